@@ -1,0 +1,307 @@
+"""Dataset loading, format detection and the token-length profile.
+
+Rows are normalised to one of the three formats TRL's SFTTrainer reads natively: chat
+`messages`, `prompt`/`completion`, or a `text` field. Common other shapes (ShareGPT
+`conversations`, Alpaca `instruction`/`input`/`output`, `question`/`answer`) are mapped to chat
+messages. The training entry applies the same `normalize_row`, so what is profiled is what trains.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autotune.embedded import DATASET_PATH, EMBEDDED_DATASET
+from autotune.errors import UserError
+
+SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+FORMATS = ("messages", "prompt_completion", "text")
+# Token lengths are measured on at most this many rows (evenly spaced): enough for a p99.
+PROFILE_SAMPLE = 4000
+
+_ACCEPTED = (
+    "`messages` (list of {role, content}), `conversations` (ShareGPT from/value), "
+    "`prompt` + `completion`, `instruction` [+ `input`] + `output`, `question` + `answer`, or `text`"
+)
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "system": "system", "model": "assistant"}
+
+
+def resolve_dataset(source: str | None) -> str:
+    """The dataset as the plan records it: `embedded:arithmetic`, an absolute path, or a hub name."""
+    if source is None or source == EMBEDDED_DATASET:
+        return EMBEDDED_DATASET
+    path = Path(source).expanduser()
+    if path.suffix.lower() in SUFFIXES or path.exists() or source.startswith((".", "/", "~")):
+        if not path.is_file():
+            raise UserError(
+                f"Dataset file not found: {source}",
+                title="Dataset",
+                fix="Pass --dataset with a path to a .jsonl, .json, .csv or .parquet file, "
+                "or leave it out to use the bundled example dataset.",
+            )
+        if path.suffix.lower() not in SUFFIXES:
+            raise UserError(
+                f"Dataset file {source} has an unsupported type '{path.suffix or 'none'}'.",
+                title="Dataset",
+                fix="Convert it to .jsonl, .json, .csv or .parquet.",
+            )
+        return str(path.resolve())
+    return source  # a hub dataset name, e.g. "trl-lib/Capybara"
+
+
+def local_path(source: str) -> Path | None:
+    """The file behind a resolved dataset source, or None for a hub dataset."""
+    if source == EMBEDDED_DATASET:
+        return DATASET_PATH
+    path = Path(source)
+    return path if path.is_absolute() else None
+
+
+def load_rows(source: str) -> list[dict[str, Any]]:
+    """All rows of a local dataset as plain dicts (no pandas, no torch)."""
+    path = local_path(source)
+    if path is None:
+        return _load_hub_rows(source)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl" or (suffix == ".json" and _looks_like_json_lines(path)):
+            rows = []
+            with open(path, encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError as exc:
+                        raise UserError(
+                            f"{path}: line {number} is not valid JSON ({exc.args[0]}).",
+                            title="Dataset", fix="Fix or remove that line; each line must be one JSON object.",
+                        ) from None
+        elif suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            rows = data.get("data", data.get("train")) if isinstance(data, dict) else data
+            if not isinstance(rows, list):
+                raise UserError(f"{path} holds no list of rows.", title="Dataset",
+                                fix='Write a JSON array of objects, {"data": [...]}, or JSON lines.')
+        elif suffix == ".csv":
+            with open(path, encoding="utf-8", newline="") as f:
+                rows = list(csv.DictReader(f))
+        else:
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(path).to_pylist()
+    except UserError:
+        raise
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"Could not read dataset {path}: {exc}", title="Dataset",
+                        fix="Check that the file is readable and matches its extension.") from None
+    if not rows:
+        raise UserError(f"Dataset {path} has no rows.", title="Dataset", fix="Add examples to the file.")
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: row {number} is not an object but {type(row).__name__}.",
+                            title="Dataset", fix="Each row must be a JSON object with named fields.")
+    return rows
+
+
+def _looks_like_json_lines(path: Path) -> bool:
+    with open(path, encoding="utf-8") as f:
+        head = f.read(1)
+    return head == "{"
+
+
+def _load_hub_rows(name: str) -> list[dict[str, Any]]:
+    try:
+        import datasets
+
+        return list(datasets.load_dataset(name, split="train"))
+    except Exception as exc:  # offline, unknown name, gated: all are the user's to fix
+        raise UserError(
+            f"Could not load dataset '{name}' from the Hugging Face Hub: {str(exc).splitlines()[0]}",
+            title="Dataset",
+            fix="Check the name and your network, or download it and pass --dataset with a local file.",
+        ) from None
+
+
+def detect_format(columns: Iterable[str]) -> tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+    """The TRL format a dataset maps to, and the row function that maps it."""
+    cols = set(columns)
+    if "messages" in cols:
+        return "messages", _messages
+    if "conversations" in cols:
+        return "messages", _sharegpt
+    if {"prompt", "completion"} <= cols:
+        return "prompt_completion", _prompt_completion
+    if "instruction" in cols and ({"output"} & cols or {"response"} & cols):
+        return "messages", _alpaca
+    if {"question", "answer"} <= cols:
+        return "messages", _question_answer
+    if "text" in cols:
+        return "text", _text
+    raise UserError(
+        f"The dataset has no usable field: found columns {sorted(cols) or 'none'}.",
+        title="Dataset",
+        fix=f"Give each row one of {_ACCEPTED}.",
+    )
+
+
+def normalize_rows(rows: list[dict[str, Any]], source: str = "dataset") -> tuple[str, list[dict[str, Any]]]:
+    """Detect the format from the first row and map every row, naming the first bad one."""
+    fmt, convert = detect_format(rows[0].keys())
+    out = []
+    for number, row in enumerate(rows, 1):
+        try:
+            out.append(convert(row))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UserError(
+                f"{source}: row {number} does not match the {fmt} format of row 1 ({exc}).",
+                title="Dataset",
+                fix=f"Make every row use the same fields: {_ACCEPTED}.",
+            ) from None
+    return fmt, out
+
+
+def _str(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"`{name}` must be a non-empty string")
+    return value
+
+
+def _messages(row: dict[str, Any]) -> dict[str, Any]:
+    messages = row["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("`messages` must be a non-empty list")
+    clean = []
+    for message in messages:
+        role = message["role"]
+        if role not in ("system", "user", "assistant", "tool"):
+            raise ValueError(f"unknown role {role!r}")
+        clean.append({"role": role, "content": _str(message["content"], "content")})
+    if not any(m["role"] == "assistant" for m in clean):
+        raise ValueError("no assistant message to learn from")
+    return {"messages": clean}
+
+
+def _sharegpt(row: dict[str, Any]) -> dict[str, Any]:
+    turns = row["conversations"]
+    messages = [{"role": _SHAREGPT_ROLES[t["from"]], "content": t["value"]} for t in turns]
+    return _messages({"messages": messages})
+
+
+def _prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
+    return {"prompt": _str(row["prompt"], "prompt"), "completion": _str(row["completion"], "completion")}
+
+
+def _alpaca(row: dict[str, Any]) -> dict[str, Any]:
+    prompt = _str(row["instruction"], "instruction")
+    if isinstance(row.get("input"), str) and row["input"].strip():
+        prompt = f"{prompt}\n\n{row['input']}"
+    answer = row.get("output", row.get("response"))
+    return _messages({"messages": [{"role": "user", "content": prompt},
+                                   {"role": "assistant", "content": answer}]})
+
+
+def _question_answer(row: dict[str, Any]) -> dict[str, Any]:
+    return _messages({"messages": [{"role": "user", "content": row["question"]},
+                                   {"role": "assistant", "content": row["answer"]}]})
+
+
+def _text(row: dict[str, Any]) -> dict[str, Any]:
+    return {"text": _str(row["text"], "text")}
+
+
+@dataclass
+class DatasetProfile:
+    """What the planner needs to know about the data: its size and its real token lengths."""
+
+    source: str
+    format: str
+    num_examples: int
+    measured: int                      # rows whose tokens were counted
+    tokenizer: str                     # what counted them, or "estimate (4 characters per token)"
+    exact_tokens: bool
+    mean_tokens: float
+    p50_tokens: int
+    p90_tokens: int
+    p95_tokens: int
+    p99_tokens: int
+    max_tokens: int
+    total_tokens: int                  # estimated over all rows
+    histogram: list[tuple[int, int, int]] = field(default_factory=list)  # (low, high, count)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["histogram"] = [list(bucket) for bucket in self.histogram]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DatasetProfile:
+        data = dict(data)
+        data["histogram"] = [tuple(bucket) for bucket in data.get("histogram", [])]
+        return cls(**data)
+
+
+def profile_dataset(source: str, counter: TokenCounter) -> DatasetProfile:
+    """Count examples and measure token lengths with the model's own tokenizer and chat template."""
+    rows = load_rows(source)
+    fmt, rows = normalize_rows(rows, source)
+    step = max(1, len(rows) // PROFILE_SAMPLE)
+    sample = rows[::step]
+    lengths = sorted(counter.count(row) for row in sample)
+    mean = sum(lengths) / len(lengths)
+    return DatasetProfile(
+        source=source,
+        format=fmt,
+        num_examples=len(rows),
+        measured=len(lengths),
+        tokenizer=counter.name,
+        exact_tokens=counter.exact,
+        mean_tokens=round(mean, 1),
+        p50_tokens=percentile(lengths, 50),
+        p90_tokens=percentile(lengths, 90),
+        p95_tokens=percentile(lengths, 95),
+        p99_tokens=percentile(lengths, 99),
+        max_tokens=lengths[-1],
+        total_tokens=round(mean * len(rows)),
+        histogram=histogram(lengths),
+    )
+
+
+def percentile(sorted_values: list[int], q: float) -> int:
+    """Nearest-rank percentile of an ascending list."""
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def histogram(sorted_values: list[int], buckets: int = 12) -> list[tuple[int, int, int]]:
+    low, high = sorted_values[0], sorted_values[-1]
+    width = max(1, math.ceil((high - low + 1) / buckets))
+    counts: dict[int, int] = {}
+    for value in sorted_values:
+        counts[(value - low) // width] = counts.get((value - low) // width, 0) + 1
+    return [(low + i * width, low + (i + 1) * width - 1, counts.get(i, 0))
+            for i in range((high - low) // width + 1)]
+
+
+class TokenCounter:
+    """Counts a normalised row's tokens as training will see them (chat template included)."""
+
+    name = "estimate (4 characters per token)"
+    exact = False
+
+    def count(self, row: dict[str, Any]) -> int:
+        return max(1, round(len(render_text(row)) / 4))
+
+
+def render_text(row: dict[str, Any]) -> str:
+    if "messages" in row:
+        return "\n".join(f"{m['role']}: {m['content']}" for m in row["messages"])
+    if "prompt" in row:
+        return row["prompt"] + row["completion"]
+    return str(row["text"])

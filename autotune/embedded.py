@@ -1,0 +1,247 @@
+"""The embedded default: a tiny Llama and a bundled SFT dataset, so llmwizard trains offline anywhere.
+
+The dataset is generated deterministically (arithmetic and unit conversions) and shipped as
+`data/arithmetic.jsonl`; `generate_examples()` reproduces it byte for byte. The model is built on
+first use into the user's cache: a byte-level BPE tokenizer trained on the bundled data, a Llama
+config and random weights, written with `tokenizers`, `json` and `safetensors.numpy` only, so the
+CLI never imports torch to build it. A manifest of SHA-256 digests detects a corrupt cache, which
+is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+EMBEDDED_MODEL = "embedded:tiny-llama"
+EMBEDDED_DATASET = "embedded:arithmetic"
+
+# Bump when anything below changes what is built: old caches are then rebuilt beside the new one.
+_BUILD_VERSION = "1"
+_SEED = 1234
+_NUM_EXAMPLES = 400
+
+DATA_DIR = Path(__file__).parent / "data"
+DATASET_PATH = DATA_DIR / "arithmetic.jsonl"
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
+# The bundled data supports about 300 BPE tokens; the embedding is padded to a multiple of 64.
+VOCAB_SIZE = 320
+
+MODEL_CONFIG: dict[str, Any] = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": VOCAB_SIZE,
+    "hidden_size": 64,
+    "intermediate_size": 176,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 512,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "hidden_act": "silu",
+    "attention_bias": False,
+    "mlp_bias": False,
+    "initializer_range": 0.02,
+    "tie_word_embeddings": False,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "dtype": "float32",
+}
+
+# Roles become special tokens; `{% generation %}` marks the assistant text so TRL's
+# assistant_only_loss can mask the prompt.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|assistant|>' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+    "{% else %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+_UNITS = [
+    ("km", "m", 1000), ("m", "cm", 100), ("kg", "g", 1000), ("h", "min", 60),
+    ("min", "s", 60), ("L", "mL", 1000), ("day", "h", 24), ("week", "day", 7),
+]
+
+
+def generate_examples(n: int = _NUM_EXAMPLES, seed: int = _SEED) -> list[dict[str, Any]]:
+    """The bundled dataset: short, regular chat examples whose loss falls quickly."""
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    for _ in range(n):
+        kind = rng.choice(["add", "sub", "mul", "convert"])
+        if kind == "add":
+            a, b = rng.randint(0, 99), rng.randint(0, 99)
+            question, answer = f"What is {a} + {b}?", f"{a} + {b} = {a + b}"
+        elif kind == "sub":
+            a = rng.randint(0, 99)
+            b = rng.randint(0, a)
+            question, answer = f"What is {a} - {b}?", f"{a} - {b} = {a - b}"
+        elif kind == "mul":
+            a, b = rng.randint(2, 12), rng.randint(2, 12)
+            question, answer = f"What is {a} x {b}?", f"{a} x {b} = {a * b}"
+        else:
+            big, small, factor = rng.choice(_UNITS)
+            value = rng.randint(1, 20)
+            question, answer = f"Convert {value} {big} to {small}.", f"{value} {big} = {value * factor} {small}"
+        rows.append({"messages": [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+        ]})
+    return rows
+
+
+def dataset_jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def cache_root() -> Path:
+    """`$LLMWIZARD_CACHE`, else `$XDG_CACHE_HOME/llmwizard`, else `~/.cache/llmwizard`."""
+    if os.environ.get("LLMWIZARD_CACHE"):
+        return Path(os.environ["LLMWIZARD_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llmwizard"
+
+
+def embedded_model_dir() -> Path:
+    return cache_root() / "embedded" / f"tiny-llama-v{_BUILD_VERSION}"
+
+
+def ensure_embedded_model() -> Path:
+    """Return the embedded model's directory, building it when missing or corrupt."""
+    target = embedded_model_dir()
+    if _verify(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
+    try:
+        _build(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        # A rename is atomic: a concurrent reader sees the old directory or the whole new one.
+        os.replace(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if _verify(target):  # another process finished the same build first
+            return target
+        raise
+    return target
+
+
+def _verify(directory: Path) -> bool:
+    manifest = directory / "manifest.json"
+    try:
+        digests = json.loads(manifest.read_text())
+        return bool(digests) and all(
+            _sha256(directory / name) == digest for name, digest in digests.items()
+        )
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _build(directory: Path) -> None:
+    rows = [json.loads(line) for line in DATASET_PATH.read_text().splitlines() if line.strip()]
+    _build_tokenizer(rows, directory)
+    _build_weights(directory)
+    names = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+             "tokenizer_config.json", "chat_template.jinja"]
+    manifest = {name: _sha256(directory / name) for name in names}
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _build_tokenizer(rows: list[dict[str, Any]], directory: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    # Single digits keep arithmetic learnable; byte-level keeps every string encodable.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    texts = [message["content"] for row in rows for message in row["messages"]]
+    tokenizer.train_from_iterator(texts, trainer)
+    if tokenizer.get_vocab_size() > VOCAB_SIZE:
+        raise RuntimeError(f"embedded tokenizer has {tokenizer.get_vocab_size()} tokens, over {VOCAB_SIZE}")
+    tokenizer.save(str(directory / "tokenizer.json"))
+    config = {
+        "backend": "tokenizers",
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "pad_token": "<pad>",
+        "model_max_length": MODEL_CONFIG["max_position_embeddings"],
+        "add_bos_token": False,
+        "add_eos_token": False,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (directory / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+
+
+def _build_weights(directory: Path) -> None:
+    """Random init as transformers does for Llama: N(0, initializer_range), RMSNorm weights 1."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    cfg = MODEL_CONFIG
+    rng = np.random.default_rng(_SEED)
+    std = cfg["initializer_range"]
+    hidden, inter, head_dim = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
+    q_out = cfg["num_attention_heads"] * head_dim
+    kv_out = cfg["num_key_value_heads"] * head_dim
+
+    def normal(*shape: int) -> Any:
+        return rng.normal(0.0, std, size=shape).astype(np.float32)
+
+    # A frozen lm_head at std 0.02 caps every logit near 0.02 * hidden, so a LoRA on top could
+    # never make a confident prediction. Untied, larger input embeddings and a wider lm_head give
+    # the adapters room while the first loss stays near ln(vocab), as for a real model.
+    def scaled(scale: float, *shape: int) -> Any:
+        return rng.normal(0.0, scale, size=shape).astype(np.float32)
+
+    tensors: dict[str, Any] = {
+        "model.embed_tokens.weight": scaled(0.5, cfg["vocab_size"], hidden),
+        "lm_head.weight": scaled(0.15, cfg["vocab_size"], hidden),
+    }
+    for i in range(cfg["num_hidden_layers"]):
+        prefix = f"model.layers.{i}."
+        tensors.update({
+            prefix + "self_attn.q_proj.weight": normal(q_out, hidden),
+            prefix + "self_attn.k_proj.weight": normal(kv_out, hidden),
+            prefix + "self_attn.v_proj.weight": normal(kv_out, hidden),
+            prefix + "self_attn.o_proj.weight": normal(hidden, q_out),
+            prefix + "mlp.gate_proj.weight": normal(inter, hidden),
+            prefix + "mlp.up_proj.weight": normal(inter, hidden),
+            prefix + "mlp.down_proj.weight": normal(hidden, inter),
+            prefix + "input_layernorm.weight": np.ones(hidden, dtype=np.float32),
+            prefix + "post_attention_layernorm.weight": np.ones(hidden, dtype=np.float32),
+        })
+    tensors["model.norm.weight"] = np.ones(hidden, dtype=np.float32)
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    generation = {"bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"],
+                  "pad_token_id": cfg["pad_token_id"]}
+    (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")

@@ -1,0 +1,397 @@
+"""plan(hardware, model, dataset, goals) -> Plan, with a reason for every choice.
+
+Pure: no I/O, no clocks, no processes. The order of decisions:
+1. dataset rules (epochs, learning rate, LoRA rank, length cap) from the data's size class;
+2. max length from the real token-length distribution, capped by the rule and the model;
+3. precision from the device (bf16 from compute capability 8.0, fp16 below, fp32 on the CPU);
+4. strategy, offload, micro-batch and activation checkpointing: every candidate that fits the
+   memory budget with headroom, ranked by the cost model in autotune.throughput;
+5. gradient accumulation so that micro-batch x processes x accumulation = the effective batch;
+6. schedule: eval, save and logging steps from the steps per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from autotune.dataset import DatasetProfile
+from autotune.errors import UserError
+from autotune.goals import Goals
+from autotune.hardware import GiB, HardwareProfile
+from autotune.memory import OFFLOADS, STRATEGIES, MemoryEstimate, TrainSetup, estimate
+from autotune.model_spec import ModelSpec
+from autotune.plan import LoraSettings, Plan
+from autotune.rules import RULES, classify, round_up
+from autotune.throughput import step_cost
+
+# Keep this share of the budget free: allocator spikes, evaluation and checkpoint saving.
+HEADROOM = 0.05
+DEFAULT_EFFECTIVE_BATCH = 16
+CPU_TFLOPS = 0.2  # a few cores: only used to rank CPU candidates against each other
+
+
+@dataclass
+class Candidate:
+    strategy: str
+    offload: str
+    micro_batch: int
+    checkpointing: bool
+    estimate: MemoryEstimate
+    step_s: float
+
+
+def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, goals: Goals,
+         *, name: str | None = None) -> Plan:
+    reasons: dict[str, str] = {}
+    warnings: list[str] = []
+    cpu = hardware.device == "cpu"
+
+    # 1. Dataset rules.
+    if goals.dataset_size in RULES:
+        size, why = goals.dataset_size, f"preset {goals.preset or ''} is for {goals.dataset_size} datasets".strip()
+        actual, _ = classify(dataset)
+        if actual != size:
+            warnings.append(f"The preset is for {size} datasets but this one is {actual}; "
+                            f"consider --preset {actual}-dataset.")
+    else:
+        size, why = classify(dataset)
+    rule = RULES[size]
+    reasons["dataset"] = f"{size} dataset: {why}"
+    source = f"preset {goals.preset}" if goals.preset else f"Google's rule for {size} datasets"
+
+    method = goals.method or "lora"
+    if method not in ("full", "lora", "qlora"):
+        raise UserError(f"Unknown method '{method}'.", title="Method", fix="Use full, lora or qlora.")
+    if method == "qlora" and cpu:
+        raise UserError("QLoRA needs an NVIDIA GPU: bitsandbytes' 4-bit kernels do not run on the CPU.",
+                        title="Method", fix="Use --method lora on this machine, or plan with --gpus.")
+    reasons["method"] = {
+        "lora": "LoRA: adapters train a small share of the weights; the guidance's default for tuning",
+        "qlora": "QLoRA: a 4-bit NF4 base with LoRA adapters, for the least memory",
+        "full": "full fine-tuning: every weight trains (most memory, most capacity)",
+    }[method] + (f" ({source})" if goals.method else "")
+
+    epochs = goals.epochs if goals.epochs is not None else rule.epochs
+    reasons["epochs"] = f"{epochs:g} epochs: {source if goals.epochs is not None else 'Google rule for ' + size + ' datasets'}"
+    lr = goals.learning_rate if goals.learning_rate is not None else rule.learning_rate
+    if method == "full" and goals.learning_rate is None:
+        lr = rule.learning_rate / 10
+        reasons["learning_rate"] = f"{lr:g}: a tenth of the LoRA rule ({rule.learning_rate:g}) for full fine-tuning"
+    else:
+        reasons["learning_rate"] = f"{lr:g}: {source if goals.learning_rate is not None else 'Google rule for ' + size + ' datasets'}"
+
+    lora = None
+    if method != "full":
+        r = goals.lora_r or rule.lora_r
+        targets = goals.lora_targets or model.linear_names
+        unknown = sorted(set(targets) - set(model.linear_names))
+        if unknown:
+            raise UserError(f"LoRA targets {', '.join(unknown)} are not linear layers of {model.name}.",
+                            title="LoRA", fix=f"Choose from: {', '.join(model.linear_names)}.")
+        lora = LoraSettings(r=r, alpha=goals.lora_alpha or 2 * r,
+                            dropout=goals.lora_dropout if goals.lora_dropout is not None else 0.05,
+                            target_modules=list(targets))
+        share = model.lora_params(r, targets) / model.total_params
+        reasons["lora"] = (f"rank {r}, alpha {lora.alpha} on {', '.join(targets)}: "
+                           f"{model.lora_params(r, targets):,} trainable parameters ({share:.2%}); "
+                           f"rank from {source if goals.lora_r else 'Google rule for ' + size + ' datasets'}")
+
+    # 2. Max length from the real distribution.
+    max_length = _max_length(model, dataset, goals, rule.max_length, reasons, warnings)
+
+    # 3. Precision.
+    precision = _precision(hardware, goals, reasons)
+
+    # 4. World layout and strategy.
+    nodes = hardware.nodes
+    per_node = (goals.processes or 1) if cpu else hardware.gpus_per_node
+    if not cpu and goals.processes and goals.processes != hardware.gpus_per_node:
+        if goals.processes > hardware.gpus_per_node:
+            raise UserError(
+                f"{goals.processes} processes per node but this node has {hardware.gpus_per_node} GPU(s): "
+                "two processes on one GPU fail with 'Duplicate GPU detected'.",
+                title="Processes", fix=f"Use --processes {hardware.gpus_per_node} or fewer.")
+        per_node = goals.processes
+    world = nodes * per_node
+    if cpu:
+        reasons["device"] = (f"CPU: {per_node} process(es) with the gloo backend"
+                             + ("" if hardware.notes == [] else f" ({hardware.notes[0]})"))
+    else:
+        gpu = hardware.smallest_gpu
+        assert gpu is not None
+        reasons["device"] = f"{world} GPU process(es): {hardware.describe()}"
+        if len({g.name for g in hardware.gpus}) > 1:
+            warnings.append(f"Mixed GPU models: planning for the smallest, {gpu.name}.")
+
+    effective = goals.effective_batch or DEFAULT_EFFECTIVE_BATCH
+    if effective < world:
+        effective = world
+    if effective % world:
+        effective = world * math.ceil(effective / world)
+    budget = _budget(hardware, per_node)
+    setup = TrainSetup(method=method, num_gpus=world, seq_len=max_length, precision=precision,
+                       optimizer=goals.optimizer or "adamw", lora_r=lora.r if lora else 8,
+                       lora_targets=lora.target_modules if lora else None,
+                       lora_dropout=lora.dropout if lora else 0.0, device=hardware.device)
+    chosen = _choose(hardware, model, setup, goals, budget, effective, world, reasons)
+    micro = chosen.micro_batch
+    grad_accum = effective // (micro * world)
+    reasons["batch"] = (f"micro-batch {micro} x {world} process(es) x {grad_accum} accumulation = "
+                        f"effective batch {effective}" + (f" ({source})" if goals.effective_batch else ""))
+
+    launcher = goals.launcher or "accelerate"
+    if launcher == "deepspeed" and not chosen.strategy.startswith("zero"):
+        raise UserError(f"The deepspeed launcher runs ZeRO strategies, not {chosen.strategy}.",
+                        title="Launcher", fix="Use --launcher accelerate or torchrun, or --strategy zero2/zero3.")
+    reasons["launcher"] = {
+        "accelerate": "accelerate launch: one config file for every strategy",
+        "torchrun": "torchrun with accelerate's environment variables",
+        "deepspeed": "the deepspeed launcher",
+    }[launcher] + (" (asked for)" if goals.launcher else "")
+
+    # 6. Schedule.
+    eval_fraction = goals.eval_fraction if goals.eval_fraction is not None else 0.1
+    if not 0 <= eval_fraction < 0.5:
+        raise UserError(f"Eval fraction {eval_fraction} is out of range.", title="Evaluation",
+                        fix="Hold out between 0 (no evaluation) and 0.5 of the rows, e.g. --eval-fraction 0.1.")
+    train_examples = max(1, round(dataset.num_examples * (1 - eval_fraction)))
+    steps_per_epoch = max(1, math.ceil(train_examples / effective))
+    total_steps = goals.max_steps if goals.max_steps else math.ceil(steps_per_epoch * epochs)
+    evals = goals.evals_per_epoch or 1
+    eval_steps = max(1, steps_per_epoch // evals)
+    if goals.max_steps:
+        eval_steps = max(1, min(eval_steps, total_steps // 4 or 1))
+    logging_steps = max(1, min(10, total_steps // 50 or 1))
+    reasons["schedule"] = (f"{steps_per_epoch} steps per epoch, {total_steps} steps in all; "
+                           f"evaluate and checkpoint every {eval_steps} steps, log every {logging_steps}")
+
+    trainable = chosen.estimate.trainable_params
+    return Plan(
+        name=name or _run_name(model.name, dataset.source),
+        model=model.path if model.source == "local" and model.path else model.name,
+        model_source=model.source, layer_cls=model.layer_cls,
+        dataset=dataset.source, dataset_format=dataset.format,
+        device=hardware.device, hardware=hardware.describe(),
+        strategy=chosen.strategy, offload=chosen.offload, launcher=launcher,
+        num_machines=nodes, num_processes=world, method=method, precision=precision,
+        optimizer=setup.optimizer, micro_batch=micro, grad_accum=grad_accum, effective_batch=effective,
+        activation_checkpointing=chosen.checkpointing, max_length=max_length, epochs=float(epochs),
+        max_steps=goals.max_steps or -1, learning_rate=float(lr),
+        lr_scheduler=goals.lr_scheduler or "cosine",
+        warmup_ratio=goals.warmup_ratio if goals.warmup_ratio is not None else 0.03,
+        weight_decay=goals.weight_decay if goals.weight_decay is not None else 0.0,
+        lora=lora, eval_fraction=eval_fraction,
+        eval_steps=eval_steps, save_steps=eval_steps, logging_steps=logging_steps, seed=goals.seed,
+        trainable_params=trainable, total_params=model.total_params, estimate=chosen.estimate,
+        reasons=reasons, warnings=warnings,
+    )
+
+
+def _max_length(model: ModelSpec, dataset: DatasetProfile, goals: Goals, rule_cap: int,
+                reasons: dict[str, str], warnings: list[str]) -> int:
+    if goals.max_length is not None and goals.max_length > model.max_positions:
+        raise UserError(
+            f"Max length {goals.max_length} is longer than {model.name} allows ({model.max_positions} positions).",
+            title="Max length", fix=f"Use --max-length {model.max_positions} or less.")
+    if dataset.max_tokens > model.max_positions and not goals.allow_truncation:
+        raise UserError(
+            f"The longest example in {dataset.source} has {dataset.max_tokens} tokens, more than "
+            f"{model.name} allows ({model.max_positions}); p99 is {dataset.p99_tokens}.",
+            title="Dataset", fix="Shorten or drop those examples, or pass --allow-truncation to cut them.")
+    if goals.max_length is not None:
+        length = goals.max_length
+        reasons["max_length"] = f"{length} tokens (asked for); p99 of the data is {dataset.p99_tokens} tokens"
+        if dataset.max_tokens > length:
+            warnings.append(f"About {_share_over(dataset, length):.0%} of examples are longer than {length} tokens "
+                            f"and will be truncated (longest: {dataset.max_tokens}).")
+        return length
+    cap = goals.max_length_cap or rule_cap
+    wanted = round_up(dataset.p99_tokens)
+    length = min(wanted, cap, model.max_positions)
+    why = (f"{length} tokens: p99 of the data is {dataset.p99_tokens} tokens "
+           f"({'exact' if dataset.exact_tokens else 'estimated'}, {dataset.tokenizer}), rounded up to a multiple of 64")
+    if length < wanted:
+        limit = "the model's" if length == model.max_positions else (
+            f"preset {goals.preset}'s" if goals.max_length_cap else "the dataset rule's")
+        why = f"{length} tokens: {limit} cap; p99 of the data is {dataset.p99_tokens} tokens"
+    if dataset.max_tokens > length:
+        over = _share_over(dataset, length)
+        warnings.append(f"About {over:.0%} of examples are longer than {length} tokens and will be truncated "
+                        f"(longest: {dataset.max_tokens}). Raise --max-length if they matter.")
+    reasons["max_length"] = why
+    return length
+
+
+def _share_over(dataset: DatasetProfile, length: int) -> float:
+    over = sum(count for low, high, count in dataset.histogram if low > length)
+    return max(over / max(1, dataset.measured), 0.01)
+
+
+def _precision(hardware: HardwareProfile, goals: Goals, reasons: dict[str, str]) -> str:
+    if hardware.device == "cpu":
+        precision = goals.precision or "fp32"
+        reasons["precision"] = "fp32: the CPU has no fast bf16/fp16 training path" if not goals.precision else f"{precision} (asked for)"
+        return precision
+    gpu = hardware.smallest_gpu
+    assert gpu is not None
+    cc = f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}"
+    if goals.precision:
+        if goals.precision == "bf16" and gpu.compute_capability < (8, 0):
+            raise UserError(f"bf16 needs compute capability 8.0 or newer; {gpu.name} has {cc}.",
+                            title="Precision", fix="Use --precision fp16 on this GPU.")
+        reasons["precision"] = f"{goals.precision} (asked for)"
+        return goals.precision
+    if gpu.compute_capability >= (8, 0):
+        reasons["precision"] = f"bf16 mixed precision: {gpu.name} has compute capability {cc} (>= 8.0)"
+        return "bf16"
+    reasons["precision"] = f"fp16 mixed precision with loss scaling: {gpu.name} has compute capability {cc} (< 8.0, no bf16)"
+    return "fp16"
+
+
+def _budget(hardware: HardwareProfile, per_node: int) -> int:
+    if hardware.device == "cpu":
+        return hardware.host_ram_available // max(1, per_node)
+    gpu = hardware.smallest_gpu
+    assert gpu is not None
+    return gpu.free_memory
+
+
+def _choose(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals: Goals, budget: int,
+            effective: int, world: int, reasons: dict[str, str]) -> Candidate:
+    strategies = [goals.strategy] if goals.strategy else (
+        ["single"] if world == 1 else ["ddp", "zero2", "fsdp", "zero3"])
+    for strategy in strategies:
+        if strategy not in STRATEGIES:
+            raise UserError(f"Unknown strategy '{strategy}'.", title="Strategy",
+                            fix=f"Use one of: {', '.join(STRATEGIES)}.")
+        if strategy == "single" and world > 1:
+            raise UserError(f"Strategy 'single' runs one process, but the plan has {world}.",
+                            title="Strategy", fix="Use ddp, fsdp, zero2 or zero3, or --processes 1.")
+        if strategy != "single" and world == 1:
+            raise UserError(f"Strategy '{strategy}' needs two or more processes; this plan has one.",
+                            title="Strategy", fix="Plan for more GPUs (--gpus) or processes (--processes 2).")
+    offloads = [goals.offload] if goals.offload else ["none"]
+    for offload in offloads:
+        if offload not in OFFLOADS:
+            raise UserError(f"Unknown offload '{offload}'.", title="Offload", fix=f"Use one of: {', '.join(OFFLOADS)}.")
+    micro_options = [m for m in (64, 32, 16, 8, 4, 2, 1) if (effective // world) % m == 0]
+    if goals.micro_batch:
+        micro_options = [goals.micro_batch]
+    checkpoint_options = [goals.checkpointing] if goals.checkpointing is not None else [False, True]
+    gpu = hardware.smallest_gpu
+    tflops = (gpu.bf16_tflops or 100.0) if gpu else CPU_TFLOPS
+    usable = int(budget * (1 - HEADROOM))
+
+    def search(offload_options: list[str]) -> list[Candidate]:
+        found = []
+        for strategy in strategies:
+            for offload in offload_options:
+                if offload != "none" and strategy not in ("fsdp", "zero2", "zero3"):
+                    continue
+                if offload == "params" and strategy == "zero2":
+                    continue
+                for checkpointing in checkpoint_options:
+                    for micro in micro_options:
+                        setup = _replace(base, strategy=strategy, offload=offload, micro_batch=micro,
+                                         checkpointing=checkpointing)
+                        est = estimate(model, setup, budget)
+                        if est.total > usable:
+                            continue
+                        if offload != "none" and est.host_ram > hardware.host_ram_available:
+                            continue
+                        cost = step_cost(
+                            total_params=model.total_params, trainable_params=est.trainable_params,
+                            tokens_per_step=effective * base.seq_len, method=base.method, strategy=strategy,
+                            offload=offload, checkpointing=checkpointing, world=world, nodes=hardware.nodes,
+                            tflops=tflops, interconnect=hardware.interconnect)
+                        # Smaller micro-batches cost kernel efficiency: a mild penalty per halving.
+                        penalty = 1 + 0.04 * math.log2(max(micro_options) / micro)
+                        found.append(Candidate(strategy, offload, micro, checkpointing, est, cost.total_s * penalty))
+                        break  # largest fitting micro-batch for this strategy and checkpointing
+        return found
+
+    fitting = search(offloads)
+    if not fitting and not goals.offload:
+        fitting = search(["optimizer", "params"])
+    if not fitting:
+        raise _nothing_fits(hardware, model, base, budget, world, goals)
+    best = min(fitting, key=lambda c: c.step_s)
+    others = sorted({c.strategy + ("+offload" if c.offload != "none" else "") for c in fitting} - {best.strategy})
+    est = best.estimate
+    reasons["strategy"] = (
+        f"{_strategy_words(best.strategy)}: {est.total / GiB:.2f} GiB of {budget / GiB:.2f} GiB per "
+        f"{'process' if hardware.device == 'cpu' else 'GPU'} at micro-batch {best.micro_batch}; "
+        + ("the fastest of the setups that fit" + (f" ({', '.join(others)} also fit)" if others else "")
+           if not goals.strategy else "asked for"))
+    if best.offload != "none":
+        reasons["offload"] = (f"{best.offload} offload to host RAM: nothing fits on the GPU otherwise; "
+                              f"needs {est.host_ram / GiB:.0f} GiB of {hardware.host_ram_available / GiB:.0f} GiB host RAM")
+    reasons["activation_checkpointing"] = (
+        ("on: recomputing activations in backward is what makes it fit" if best.checkpointing else
+         "off: activations fit without recomputation")
+        if goals.checkpointing is None else ("on" if best.checkpointing else "off") + " (asked for)")
+    return best
+
+
+def _replace(setup: TrainSetup, **changes: object) -> TrainSetup:
+    from dataclasses import replace
+
+    return replace(setup, **changes)  # type: ignore[arg-type]
+
+
+def _strategy_words(strategy: str) -> str:
+    return {
+        "single": "one process",
+        "ddp": "DDP (weights replicated, gradients all-reduced)",
+        "zero2": "DeepSpeed ZeRO-2 (optimizer states and gradients sharded)",
+        "fsdp": "FSDP2 full shard (weights, gradients and optimizer states sharded)",
+        "zero3": "DeepSpeed ZeRO-3 (weights, gradients and optimizer states sharded)",
+    }[strategy]
+
+
+def _nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, budget: int, world: int,
+                  goals: Goals) -> UserError:
+    """Name the smallest change that would make a plan fit."""
+    smallest = _replace(base, strategy="zero3" if world > 1 else "single", micro_batch=1, checkpointing=True)
+    est = estimate(model, smallest, budget)
+    suggestions = []
+    if base.method != "qlora" and hardware.device == "cuda":
+        q = estimate(model, _replace(smallest, method="qlora"), budget)
+        if q.total <= budget * (1 - HEADROOM):
+            suggestions.append(f"fits with QLoRA (--method qlora): {q.total / GiB:.1f} GiB per GPU")
+    if base.method == "full":
+        lo = estimate(model, _replace(smallest, method="lora"), budget)
+        if lo.total <= budget * (1 - HEADROOM):
+            suggestions.append(f"fits with LoRA (--method lora): {lo.total / GiB:.1f} GiB per GPU")
+    seq = base.seq_len
+    while seq > 256:
+        seq //= 2
+        short = estimate(model, _replace(smallest, seq_len=seq), budget)
+        if short.total <= budget * (1 - HEADROOM):
+            suggestions.append(f"fits at {seq} tokens (--max-length {seq})")
+            break
+    if hardware.device == "cuda":
+        for extra in range(1, 64):
+            more = estimate(model, _replace(smallest, strategy="zero3", num_gpus=world + extra), budget)
+            if more.total <= budget * (1 - HEADROOM):
+                gpu = hardware.smallest_gpu
+                size = f"{gpu.total_memory / GiB:.0f} GB " if gpu else ""
+                suggestions.append(f"needs {extra} more {size}GPU(s) with ZeRO-3/FSDP ({world + extra} in all)")
+                break
+    tail = "; ".join(suggestions) if suggestions else "try a smaller model"
+    return UserError(
+        f"{model.name} ({model.total_params / 1e9:.2f}B parameters, {base.method}) does not fit: even "
+        f"fully sharded at micro-batch 1 with checkpointing it needs {est.total / GiB:.1f} GiB per "
+        f"{'GPU' if hardware.device == 'cuda' else 'process'}, and {budget / GiB:.1f} GiB is free.",
+        title="Does not fit", fix=tail)
+
+
+def _run_name(model: str, dataset: str) -> str:
+    def stem(text: str) -> str:
+        text = text.split(":")[-1].rstrip("/").split("/")[-1]
+        text = re.sub(r"\.(jsonl|json|csv|parquet)$", "", text)
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:40] or "run"
+
+    return f"{stem(model)}-{stem(dataset)}"

@@ -1,0 +1,118 @@
+"""Launching an exported run: `bash launch.sh` as a child in its own process group.
+
+The child's stdin is closed, its output goes to `<run>/train.log`, and Python inside it is
+unbuffered. Stopping sends SIGTERM to the whole group (the launcher and every rank), then SIGKILL
+after a grace period. A free port is chosen for each single-machine run, so two runs on one
+machine never collide.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+from autotune.errors import UserError
+
+LOG_FILE = "train.log"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def new_run_dir(parent: Path, name: str) -> Path:
+    """A fresh `<parent>/<name>-<timestamp>` that never reuses an existing directory."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1000):
+            candidate = parent / (f"{name}-{stamp}" + (f"-{attempt + 1}" if attempt else ""))
+            try:
+                candidate.mkdir()
+                return candidate
+            except FileExistsError:
+                continue
+    except PermissionError:
+        pass
+    except OSError as exc:
+        raise UserError(f"Cannot create a run directory under {parent}: {exc.strerror}.", title="Output directory",
+                        fix="Pass --output-dir with a directory you can write to.") from None
+    if not os.access(parent if parent.exists() else parent.parent, os.W_OK):
+        raise UserError(f"Output directory {parent} is not writable.", title="Output directory",
+                        fix="Pass --output-dir with a directory you can write to.")
+    raise UserError(f"Could not create a new run directory under {parent}.", title="Output directory",
+                    fix="Remove old runs or pass another --output-dir.")
+
+
+class Launch:
+    """One running training job."""
+
+    def __init__(self, run_dir: Path, args: list[str] | None = None, env: dict[str, str] | None = None,
+                 single_machine: bool = True) -> None:
+        self.run_dir = run_dir
+        self.args = args or []
+        self.env = dict(os.environ)
+        self.env.update(env or {})
+        self.env["PYTHONUNBUFFERED"] = "1"
+        if single_machine and "MAIN_PROCESS_PORT" not in (env or {}):
+            self.env["MAIN_PROCESS_PORT"] = str(free_port())
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / LOG_FILE
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 (the child holds it; closed after wait)
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            ["bash", "launch.sh", *self.args],
+            cwd=self.run_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,  # its own process group: one signal reaches every rank
+        )
+        log.close()
+
+    def poll(self) -> int | None:
+        assert self.process is not None
+        return self.process.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self, grace: float = 20.0) -> int:
+        """SIGTERM to the group (ranks save a checkpoint), SIGKILL if it outlives `grace`."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                return self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+        return self.process.wait()
+
+    def _signal(self, sig: int) -> None:
+        assert self.process is not None
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def log_tail(self, lines: int = 20) -> list[str]:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []
+        return text.splitlines()[-lines:]

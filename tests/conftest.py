@@ -1,0 +1,39 @@
+"""Shared test setup: an isolated cache and no network to model hubs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Set before any test imports autotune, and inherited by every subprocess the tests start.
+os.environ.setdefault("LLMWIZARD_CACHE", tempfile.mkdtemp(prefix="llmwizard-test-cache-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real `llmwizard` command in a subprocess."""
+    full_env = dict(os.environ, COLUMNS="120", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "wizard.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture()
+def write_jsonl(tmp_path: Path):
+    def write(rows: list[dict], name: str = "data.jsonl") -> Path:
+        import json
+
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    return write

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import json
+
+from autotune import embedded
+
+
+def test_bundled_dataset_is_what_the_generator_makes():
+    assert embedded.DATASET_PATH.read_text() == embedded.dataset_jsonl(embedded.generate_examples())
+    rows = embedded.generate_examples()
+    assert 200 <= len(rows) <= 1000
+    assert all(r["messages"][1]["role"] == "assistant" for r in rows)
+
+
+def test_generator_is_deterministic_and_answers_are_right():
+    rows = embedded.generate_examples(50, seed=7)
+    assert rows == embedded.generate_examples(50, seed=7)
+    for row in rows:
+        question, answer = row["messages"][0]["content"], row["messages"][1]["content"]
+        if question.startswith("What is"):
+            expr, result = answer.split(" = ")
+            assert eval(expr.replace("x", "*")) == int(result)  # noqa: S307 (our own generated text)
+
+
+def test_model_builds_and_loads_with_transformers(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMWIZARD_CACHE", str(tmp_path))
+    path = embedded.ensure_embedded_model()
+    assert path.parent.parent == tmp_path
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    params = sum(p.numel() for p in model.parameters())
+    assert params < 1_000_000
+    from autotune.model_spec import load_model_spec
+
+    assert load_model_spec(None).total_params == params
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "2 + 2 = 4"}],
+        tokenize=False)
+    assert text == "<|user|>What is 2 + 2?<|assistant|>2 + 2 = 4</s>"
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMWIZARD_CACHE", str(tmp_path))
+    path = embedded.ensure_embedded_model()
+    good = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(good[: len(good) // 2])
+    assert embedded.ensure_embedded_model() == path
+    assert (path / "model.safetensors").read_bytes() == good
+    (path / "manifest.json").unlink()
+    embedded.ensure_embedded_model()
+    assert json.loads((path / "manifest.json").read_text())

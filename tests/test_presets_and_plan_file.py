@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from autotune.dataset import profile_dataset
+from autotune.embedded import EMBEDDED_DATASET, ensure_embedded_model
+from autotune.errors import UserError
+from autotune.hardware import detect
+from autotune.model_spec import load_model_spec
+from autotune.plan import Plan
+from autotune.planner import plan
+from autotune.tokens import counter_for
+from presets import list_presets, load_preset
+
+
+@pytest.fixture(scope="module")
+def cpu_plan() -> Plan:
+    profile = profile_dataset(EMBEDDED_DATASET, counter_for(ensure_embedded_model()))
+    return plan(detect(), load_model_spec(None), profile, load_preset("small-dataset"))
+
+
+def test_presets_carry_the_dataset_rules():
+    names = dict(list_presets())
+    assert {"small-dataset", "large-dataset"} <= set(names)
+    small, large = load_preset("small-dataset"), load_preset("large-dataset")
+    assert (small.epochs, small.learning_rate, small.lora_r, small.max_length_cap) == (20, 2e-4, 4, 1024)
+    assert (large.epochs, large.learning_rate, large.lora_r, large.max_length_cap) == (10, 1e-4, 8, 2048)
+
+
+def test_unknown_preset_lists_the_choices():
+    with pytest.raises(UserError, match="Unknown preset 'tiny'") as err:
+        load_preset("tiny")
+    assert "small-dataset" in err.value.fix
+
+
+def test_preset_with_unknown_key(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("epochs: 3\nepoch_count: 4\n")
+    with pytest.raises(UserError, match="epoch_count"):
+        load_preset(str(path))
+
+
+def test_plan_round_trips(tmp_path, cpu_plan):
+    cpu_plan.save(tmp_path / "plan.yaml")
+    assert Plan.load(tmp_path / "plan.yaml") == cpu_plan
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: d.pop("strategy"), "missing field 'strategy'"),
+    (lambda d: d.update(micro_batch="four"), "plan.micro_batch must be an integer"),
+    (lambda d: d.update(colour="blue"), "unknown field"),
+    (lambda d: d["estimate"]["per_gpu"].update(total="many"), "estimate.total"),
+])
+def test_damaged_plan_names_the_field(tmp_path, cpu_plan, damage, message):
+    data = cpu_plan.to_dict()
+    damage(data)
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match=message):
+        Plan.load(path)
+
+
+def test_unparseable_plan(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text("strategy: [unclosed\n")
+    with pytest.raises(UserError, match="cannot be read"):
+        Plan.load(path)

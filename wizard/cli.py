@@ -1,0 +1,362 @@
+"""The `llmwizard` command: argument parsing, subcommands and the headless flow.
+
+Only argparse is imported at module level, so `llmwizard --help` answers at once; each command
+imports what it needs. A UserError anywhere becomes a short panel on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from autotune.dataset import DatasetProfile
+    from autotune.goals import Goals
+    from autotune.hardware import HardwareProfile
+    from autotune.model_spec import ModelSpec
+    from autotune.plan import Plan
+
+SUBCOMMANDS = ("plan", "estimate", "export", "run", "detect", "presets")
+
+DESCRIPTION = """\
+Fine-tune an LLM on the hardware you have: detect it, plan a run that fits, export configs
+that run without llmwizard, launch, and watch the loss.
+
+  llmwizard                                 the interactive wizard
+  llmwizard --preset small-dataset --yes    headless: plan, export, launch, live loss
+  llmwizard plan|estimate|export|run|detect|presets ...   (see `llmwizard COMMAND --help`)
+"""
+
+
+def _plan_inputs(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("what to train, and on what")
+    group.add_argument("--model", help="local model directory (config.json) or catalog name; default: the embedded tiny model")
+    group.add_argument("--dataset", help="JSONL/JSON/CSV/Parquet file or hub name; default: the bundled arithmetic set")
+    group.add_argument("--preset", help="preset name or YAML file (see `llmwizard presets`)")
+    group.add_argument("--gpus", help="plan for hardware you don't have: 4xRTX4090, 8xH100-80GB, 2x24GB, cpu")
+    group.add_argument("--nodes", type=int, help="number of machines (with --gpus)")
+    group.add_argument("--processes", type=int, help="processes per machine (on the CPU: ranks to run)")
+    tune = parser.add_argument_group("overrides (default: decided by the planner)")
+    tune.add_argument("--method", choices=["full", "lora", "qlora"])
+    tune.add_argument("--strategy", choices=["single", "ddp", "fsdp", "zero2", "zero3"])
+    tune.add_argument("--offload", choices=["none", "optimizer", "params"])
+    tune.add_argument("--launcher", choices=["accelerate", "torchrun", "deepspeed"])
+    tune.add_argument("--epochs", type=float)
+    tune.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    tune.add_argument("--learning-rate", "--lr", type=float, dest="learning_rate")
+    tune.add_argument("--lora-r", type=int)
+    tune.add_argument("--max-length", type=int)
+    tune.add_argument("--allow-truncation", action="store_true", default=None,
+                      help="train even when examples are longer than the model allows (they are cut)")
+    tune.add_argument("--micro-batch", type=int)
+    tune.add_argument("--effective-batch", type=int)
+    tune.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                      help="activation checkpointing on/off")
+    tune.add_argument("--precision", choices=["bf16", "fp16", "fp32"])
+    tune.add_argument("--eval-fraction", type=float, help="share of rows held out for evaluation (0 = none)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmwizard", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _plan_inputs(parser)
+    parser.add_argument("--yes", "-y", action="store_true", help="headless: no questions, launch the plan")
+    parser.add_argument("--output-dir", default="runs", help="where run directories are created (default: ./runs)")
+    parser.add_argument("--no-launch", action="store_true", help="stop after exporting the run directory")
+    return parser
+
+
+def build_subparser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"llmwizard {command}")
+    if command in ("plan", "export"):
+        parser.description = {"plan": "Print the plan: every choice and its reason.",
+                              "export": "Write a run directory without launching it."}[command]
+        _plan_inputs(parser)
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+        if command == "export":
+            parser.add_argument("--out", required=True, help="directory to write the run files into")
+    elif command == "estimate":
+        parser.description = "Per-GPU memory for one setup, by component."
+        parser.add_argument("--model", required=True)
+        parser.add_argument("--gpus", required=True, help="e.g. 1xRTX4090, 8xH100-80GB, 2x24GB")
+        parser.add_argument("--nodes", type=int, default=1)
+        parser.add_argument("--method", choices=["full", "lora", "qlora"], default="lora")
+        parser.add_argument("--seq", type=int, required=True, help="sequence length in tokens")
+        parser.add_argument("--batch", type=int, required=True, help="micro-batch per GPU")
+        parser.add_argument("--strategy", choices=["single", "ddp", "fsdp", "zero2", "zero3"])
+        parser.add_argument("--offload", action="store_true", help="offload optimizer states to host RAM")
+        parser.add_argument("--checkpointing", action="store_true")
+        parser.add_argument("--lora-r", type=int, default=8)
+        parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"])
+        parser.add_argument("--optimizer", choices=["adamw", "adamw_8bit", "adafactor", "sgd"], default="adamw")
+        parser.add_argument("--attention", choices=["sdpa", "eager"], default="sdpa")
+        parser.add_argument("--json", action="store_true")
+    elif command == "run":
+        parser.description = "Launch an exported run directory (or its plan.yaml) with the live view."
+        parser.add_argument("target", help="run directory or plan.yaml")
+    elif command == "detect":
+        parser.description = "What this machine has: GPUs, memory, interconnect, host RAM."
+        parser.add_argument("--json", action="store_true")
+    elif command == "presets":
+        parser.description = "List the bundled presets."
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    from autotune.errors import UserError
+
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            args = build_subparser(argv[0]).parse_args(argv[1:])
+            return int(globals()[f"cmd_{argv[0]}"](args) or 0)
+        args = build_parser().parse_args(argv)
+        if args.yes or args.no_launch or not sys.stdin.isatty():
+            return cmd_headless(args)
+        return cmd_wizard(args)
+    except UserError as error:
+        _print_error(error)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("\nllmwizard: interrupted", file=sys.stderr)
+        return 130
+
+
+def _print_error(error: Any) -> None:
+    from rich.console import Console
+    from rich.panel import Panel
+
+    body = error.message + (f"\n[bold]Fix:[/] {error.fix}" if error.fix else "")
+    Console(stderr=True).print(Panel(body, title=f"[bold red]{error.title}[/]", border_style="red",
+                                     expand=False))
+
+
+# ----------------------------------------------------------------------------- shared steps
+
+def _hardware(args: argparse.Namespace) -> HardwareProfile:
+    from autotune import hardware
+
+    if getattr(args, "gpus", None):
+        return hardware.from_spec(args.gpus, nodes=args.nodes or 1)
+    if getattr(args, "nodes", None) and args.nodes > 1:
+        detected = hardware.detect(getattr(args, "output_dir", "."))
+        detected.nodes = args.nodes
+        return detected
+    return hardware.detect(getattr(args, "output_dir", "."))
+
+
+def _goals(args: argparse.Namespace) -> Goals:
+    from autotune.goals import Goals
+    from presets import load_preset
+
+    goals = load_preset(args.preset) if args.preset else Goals()
+    return goals.merged(
+        method=args.method, strategy=args.strategy, offload=args.offload, launcher=args.launcher,
+        epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.learning_rate,
+        lora_r=args.lora_r, max_length=args.max_length, allow_truncation=args.allow_truncation,
+        micro_batch=args.micro_batch, effective_batch=args.effective_batch,
+        checkpointing=args.checkpointing, precision=args.precision, processes=args.processes,
+        eval_fraction=args.eval_fraction,
+    )
+
+
+def _inputs(args: argparse.Namespace) -> tuple[HardwareProfile, ModelSpec, DatasetProfile, Goals]:
+    from autotune.dataset import profile_dataset, resolve_dataset
+    from autotune.model_spec import load_model_spec
+    from autotune.tokens import counter_for
+
+    goals = _goals(args)
+    hardware = _hardware(args)
+    model = load_model_spec(args.model)
+    dataset_source = resolve_dataset(args.dataset)
+    if model.source == "embedded":
+        from autotune.embedded import ensure_embedded_model
+
+        model_dir: Path | None = ensure_embedded_model()
+    else:
+        model_dir = Path(model.path) if model.path else None
+    profile = profile_dataset(dataset_source, counter_for(model_dir))
+    return hardware, model, profile, goals
+
+
+def _make_plan(args: argparse.Namespace) -> tuple[Plan, HardwareProfile, ModelSpec, DatasetProfile]:
+    from autotune.planner import plan
+
+    hardware, model, profile, goals = _inputs(args)
+    return plan(hardware, model, profile, goals), hardware, model, profile
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from presets import list_presets
+
+    for name, description in list_presets():
+        print(f"{name:<20} {description}")
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    import json
+
+    from autotune.hardware import detect
+
+    profile = detect()
+    if args.json:
+        print(json.dumps(profile.to_dict(), indent=2))
+        return 0
+    for note in profile.notes:
+        print(note)
+    print(profile.describe())
+    for gpu in profile.gpus:
+        print(f"  GPU {gpu.index}: {gpu.name}, {gpu.free_memory / 2**30:.1f} of {gpu.total_memory / 2**30:.1f} GiB free, "
+              f"compute capability {gpu.compute_capability[0]}.{gpu.compute_capability[1]}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    plan, hardware, model, profile = _make_plan(args)
+    if args.json:
+        print(json.dumps(plan.to_json_summary(), indent=2))
+        return 0
+    from rich.console import Console
+
+    from wizard.report import print_plan
+
+    print_plan(Console(), plan, hardware, model, profile)
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    import json
+
+    from autotune import hardware as hw
+    from autotune.memory import TrainSetup, estimate
+    from autotune.model_spec import load_model_spec
+
+    hardware = hw.from_spec(args.gpus, nodes=args.nodes)
+    model = load_model_spec(args.model)
+    world = hardware.gpus_per_node * hardware.nodes
+    strategy = args.strategy or ("single" if world == 1 else "ddp")
+    gpu = hardware.smallest_gpu
+    precision = args.precision or ("fp32" if gpu is None else "bf16" if gpu.compute_capability >= (8, 0) else "fp16")
+    setup = TrainSetup(method=args.method, strategy=strategy, offload="optimizer" if args.offload else "none",
+                       num_gpus=world, micro_batch=args.batch, seq_len=args.seq, checkpointing=args.checkpointing,
+                       precision=precision, optimizer=args.optimizer, attention=args.attention,
+                       lora_r=args.lora_r, device=hardware.device)
+    budget = gpu.free_memory if gpu else hardware.host_ram_available
+    result = estimate(model, setup, budget)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    from rich.console import Console
+
+    from wizard.report import print_estimate
+
+    print_estimate(Console(), result, f"{model.name}, {args.method}, {strategy}, {world} device(s)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from runner.export import export
+
+    plan, *_ = _make_plan(args)
+    out = Path(args.out)
+    _check_writable(out)
+    written = export(plan, out)
+    if args.json:
+        print(json.dumps({"dir": str(out.resolve()), "files": [p.name for p in written]}))
+    else:
+        print(f"Wrote {len(written)} files to {out}: {', '.join(p.name for p in written)}")
+        print(f"Run it with: bash {out / 'launch.sh'}   or   llmwizard run {out}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from autotune.errors import UserError
+    from autotune.plan import Plan
+
+    target = Path(args.target)
+    run_dir = target.parent if target.suffix in (".yaml", ".yml") else target
+    plan = Plan.load(run_dir / "plan.yaml" if target == run_dir else target)
+    if not (run_dir / "launch.sh").is_file():
+        raise UserError(f"{run_dir} has a plan but no launch.sh.", title="Run directory",
+                        fix=f"Export it again: llmwizard export --out {run_dir}")
+    return _launch_and_watch(Console(), plan, run_dir)
+
+
+def cmd_wizard(args: argparse.Namespace) -> int:
+    from wizard.app import run_app
+
+    return run_app(args)
+
+
+def cmd_headless(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from runner.export import export
+    from runner.launch import new_run_dir
+    from wizard.report import print_plan
+
+    console = Console()
+    plan, hardware, model, profile = _make_plan(args)
+    print_plan(console, plan, hardware, model, profile)
+    run_dir = new_run_dir(Path(args.output_dir), plan.name)
+    export(plan, run_dir)
+    console.print(f"\nRun directory: [bold]{run_dir}[/]")
+    if args.no_launch:
+        console.print(f"Launch it with: bash {run_dir / 'launch.sh'}")
+        return 0
+    return _launch_and_watch(console, plan, run_dir)
+
+
+def _check_writable(directory: Path) -> None:
+    import os
+
+    from autotune.errors import UserError
+
+    probe = directory
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise UserError(f"Cannot write to {directory}.", title="Output directory",
+                        fix="Choose a directory you can write to.")
+
+
+def _launch_and_watch(console: Console, plan: Plan, run_dir: Path) -> int:
+    from runner.export import METRICS_FILE, OUTPUT_DIR
+    from runner.launch import Launch
+    from runner.live import watch
+    from wizard.report import print_summary
+
+    if plan.model_source == "embedded":
+        from autotune.embedded import ensure_embedded_model
+
+        ensure_embedded_model()  # build once here, not concurrently in every rank
+    launch = Launch(run_dir, single_machine=plan.num_machines == 1)
+    console.print(f"Launching {plan.launcher} ({plan.strategy}, {plan.num_processes} process(es)); "
+                  f"log: {launch.log_path}")
+    launch.start()
+    try:
+        code, state = watch(launch, run_dir / METRICS_FILE, console, title=plan.name)
+    except KeyboardInterrupt:
+        console.print("\nStopping: the run saves a checkpoint when it can ...")
+        code = launch.stop()
+        console.print(f"Stopped. Plan, log and checkpoints stay in {run_dir}")
+        return 130
+    print_summary(console, plan, run_dir, state, code, launch.log_tail(30), run_dir / OUTPUT_DIR)
+    return 0 if code == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

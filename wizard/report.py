@@ -1,0 +1,104 @@
+"""Rich renderings of plans, estimates and run summaries for the headless CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console, Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from autotune.dataset import DatasetProfile
+    from autotune.hardware import HardwareProfile
+    from autotune.memory import MemoryEstimate
+    from autotune.model_spec import ModelSpec
+    from autotune.plan import Plan
+    from runner.live import RunState
+
+GiB = 1024**3
+COMPONENTS = ("params", "grads", "optimizer", "activations", "logits", "overhead")
+_COLORS = {"params": "blue", "grads": "magenta", "optimizer": "yellow", "activations": "green",
+           "logits": "cyan", "overhead": "white"}
+
+
+def _gib(value: float) -> str:
+    return f"{value / GiB:.2f} GiB" if value >= 0.1 * GiB else f"{value / 2**20:.1f} MiB"
+
+
+def memory_bar(estimate: MemoryEstimate, width: int = 60) -> Text:
+    """One bar split by component, scaled to the budget (or the total when over budget)."""
+    scale = max(estimate.budget, estimate.total) or 1
+    text = Text()
+    used = 0
+    for name in COMPONENTS:
+        cells = round(getattr(estimate, name) / scale * width)
+        used += cells
+        text.append("█" * cells, style=_COLORS[name])
+    text.append("░" * max(0, width - used), style="dim")
+    return text
+
+
+def estimate_table(estimate: MemoryEstimate) -> RenderableType:
+    table = Table(show_header=True, header_style="bold", box=None, padding=(0, 2))
+    table.add_column("component")
+    table.add_column("per device", justify="right")
+    for name in COMPONENTS:
+        table.add_row(Text(name, style=_COLORS[name]), _gib(getattr(estimate, name)))
+    table.add_row(Text("total", style="bold"), Text(_gib(estimate.total), style="bold"))
+    verdict = Text(f"fits in {_gib(estimate.budget)}" if estimate.fits else f"does NOT fit in {_gib(estimate.budget)}",
+                   style="green" if estimate.fits else "bold red")
+    return Group(table, memory_bar(estimate), verdict)
+
+
+def print_estimate(console: Console, estimate: MemoryEstimate, title: str) -> None:
+    extra = Text(f"trainable {estimate.trainable_params:,} of {estimate.total_params:,} parameters; "
+                 f"host RAM needed {_gib(estimate.host_ram)}", style="dim")
+    console.print(Panel(Group(estimate_table(estimate), extra), title=title, expand=False))
+
+
+def print_plan(console: Console, plan: Plan, hardware: HardwareProfile, model: ModelSpec,
+               profile: DatasetProfile) -> None:
+    for note in hardware.notes:
+        console.print(f"[dim]{note}[/]")
+    facts = Table.grid(padding=(0, 2))
+    facts.add_row("[bold]hardware[/]", plan.hardware)
+    facts.add_row("[bold]model[/]", f"{model.name}: {model.total_params:,} parameters, {model.num_layers} layers, "
+                  f"vocab {model.vocab_size:,}")
+    facts.add_row("[bold]dataset[/]", f"{profile.source}: {profile.num_examples:,} examples ({profile.format}), "
+                  f"tokens mean {profile.mean_tokens:.0f} / p50 {profile.p50_tokens} / p99 {profile.p99_tokens} "
+                  f"/ max {profile.max_tokens}")
+    choices = Table(show_header=True, header_style="bold", box=None, padding=(0, 2))
+    choices.add_column("choice", no_wrap=True)
+    choices.add_column("reason")
+    for key, reason in plan.reasons.items():
+        choices.add_row(key.replace("_", " "), reason)
+    parts: list[RenderableType] = [facts, Text(""), choices, Text(""), estimate_table(plan.estimate)]
+    for warning in plan.warnings:
+        parts.append(Text(f"! {warning}", style="yellow"))
+    console.print(Panel(Group(*parts), title=f"plan: {plan.name}", border_style="blue"))
+
+
+def print_summary(console: Console, plan: Plan, run_dir: Path, state: RunState, code: int,
+                  log_tail: list[str], output: Path) -> None:
+    table = Table.grid(padding=(0, 2))
+    if state.first_loss is not None and state.last_loss is not None:
+        table.add_row("loss", f"{state.first_loss:.4f} -> {state.last_loss:.4f}")
+    if state.eval_losses:
+        best_step, best = min(state.eval_losses, key=lambda item: item[1])
+        table.add_row("eval loss", f"{state.eval_losses[-1][1]:.4f} (best {best:.4f} at step {best_step})")
+    table.add_row("steps", f"{state.step}/{state.max_steps}")
+    table.add_row("wall time", f"{state.elapsed:.1f} s of training")
+    table.add_row("run directory", str(run_dir))
+    if code == 0:
+        table.add_row("saved", str(output))
+        console.print(Panel(table, title="[bold green]done[/]", border_style="green", expand=False))
+        return
+    table.add_row("exit code", str(code))
+    table.add_row("log", str(run_dir / "train.log"))
+    console.print(Panel(table, title="[bold red]training failed[/]", border_style="red", expand=False))
+    if log_tail:
+        console.print(Panel("\n".join(log_tail), title="last lines of train.log", border_style="red"),
+                      highlight=False, markup=False)
