@@ -395,3 +395,28 @@ def _run_name(model: str, dataset: str) -> str:
         return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:40] or "run"
 
     return f"{stem(model)}-{stem(dataset)}"
+
+
+def shrink_micro_batch(plan_: Plan, why: str, model: ModelSpec | None = None) -> Plan | None:
+    """The same plan at half the micro-batch, accumulation doubled so the effective batch stays;
+    None when the micro-batch is already 1. Used after an out-of-memory failure."""
+    from dataclasses import replace
+
+    if plan_.micro_batch <= 1:
+        return None
+    micro = plan_.micro_batch // 2
+    grad_accum = plan_.effective_batch // (micro * plan_.num_processes)
+    reasons = dict(plan_.reasons)
+    reasons["batch"] = (f"micro-batch {micro} x {plan_.num_processes} process(es) x {grad_accum} accumulation = "
+                        f"effective batch {plan_.effective_batch}; halved from {plan_.micro_batch} because {why}")
+    new = replace(plan_, micro_batch=micro, grad_accum=grad_accum, reasons=reasons)
+    if model is not None:
+        setup = TrainSetup(method=plan_.method, strategy=plan_.strategy, offload=plan_.offload,
+                           num_gpus=plan_.num_processes, micro_batch=micro, seq_len=plan_.max_length,
+                           checkpointing=plan_.activation_checkpointing, precision=plan_.precision,
+                           optimizer=plan_.optimizer, attention=plan_.attention,
+                           lora_r=plan_.lora.r if plan_.lora else 8,
+                           lora_targets=plan_.lora.target_modules if plan_.lora else None,
+                           lora_dropout=plan_.lora.dropout if plan_.lora else 0.0, device=plan_.device)
+        new = replace(new, estimate=estimate(model, setup, plan_.estimate.budget))
+    return new

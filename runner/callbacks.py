@@ -69,3 +69,8 @@ class MetricsCallback(TrainerCallback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def default_callbacks(metrics_file: str) -> list[TrainerCallback]:
+    """Every callback the training entry installs on each rank."""
+    return [MetricsCallback(metrics_file)]

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     model_path = resolve_model(model_args.model_name_or_path)
     train_dataset, eval_dataset = load_splits(script_args, training_args, own.eval_fraction)
 
-    from runner.callbacks import MetricsCallback
+    from runner.callbacks import default_callbacks
 
     model_init_kwargs: dict[str, Any] = dict(training_args.model_init_kwargs or {})
     if model_args.dtype and "dtype" not in model_init_kwargs:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
-        callbacks=[MetricsCallback(own.metrics_file)],
+        callbacks=default_callbacks(own.metrics_file),
     )
     resume: str | bool | None = training_args.resume_from_checkpoint
     if own.resume:

@@ -66,3 +66,18 @@ def test_unparseable_plan(tmp_path):
     path.write_text("strategy: [unclosed\n")
     with pytest.raises(UserError, match="cannot be read"):
         Plan.load(path)
+
+
+def test_shrinking_the_micro_batch_keeps_the_effective_batch(cpu_plan):
+    from autotune.planner import shrink_micro_batch
+
+    smaller = shrink_micro_batch(cpu_plan, "out of memory at step 3", load_model_spec(None))
+    assert smaller is not None
+    assert smaller.micro_batch == cpu_plan.micro_batch // 2
+    assert smaller.micro_batch * smaller.grad_accum * smaller.num_processes == cpu_plan.effective_batch
+    assert "out of memory" in smaller.reasons["batch"]
+    assert smaller.estimate.activations < cpu_plan.estimate.activations
+    one = cpu_plan
+    while one.micro_batch > 1:
+        one = shrink_micro_batch(one, "test")
+    assert shrink_micro_batch(one, "test") is None

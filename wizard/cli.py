@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from autotune.model_spec import ModelSpec
     from autotune.plan import Plan
 
-SUBCOMMANDS = ("plan", "estimate", "export", "run", "detect", "presets")
+SUBCOMMANDS = ("plan", "estimate", "export", "run", "resume", "detect", "presets")
 
 DESCRIPTION = """\
 Fine-tune an LLM on the hardware you have: detect it, plan a run that fits, export configs
@@ -98,6 +98,9 @@ def build_subparser(command: str) -> argparse.ArgumentParser:
     elif command == "run":
         parser.description = "Launch an exported run directory (or its plan.yaml) with the live view."
         parser.add_argument("target", help="run directory or plan.yaml")
+    elif command == "resume":
+        parser.description = "Continue a stopped or failed run from its last checkpoint, with the same plan."
+        parser.add_argument("target", help="run directory")
     elif command == "detect":
         parser.description = "What this machine has: GPUs, memory, interconnect, host RAM."
         parser.add_argument("--json", action="store_true")
@@ -280,7 +283,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, resume: bool = False) -> int:
     from rich.console import Console
 
     from autotune.errors import UserError
@@ -292,7 +295,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not (run_dir / "launch.sh").is_file():
         raise UserError(f"{run_dir} has a plan but no launch.sh.", title="Run directory",
                         fix=f"Export it again: llmwizard export --out {run_dir}")
-    return _launch_and_watch(Console(), plan, run_dir)
+    from runner.session import run_session
+
+    return run_session(Console(), plan, run_dir, resume=resume)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return cmd_run(args, resume=True)
 
 
 def cmd_wizard(args: argparse.Namespace) -> int:
@@ -317,7 +326,9 @@ def cmd_headless(args: argparse.Namespace) -> int:
     if args.no_launch:
         console.print(f"Launch it with: bash {run_dir / 'launch.sh'}")
         return 0
-    return _launch_and_watch(console, plan, run_dir)
+    from runner.session import run_session
+
+    return run_session(console, plan, run_dir)
 
 
 def _check_writable(directory: Path) -> None:
@@ -331,31 +342,6 @@ def _check_writable(directory: Path) -> None:
     if not probe.is_dir() or not os.access(probe, os.W_OK):
         raise UserError(f"Cannot write to {directory}.", title="Output directory",
                         fix="Choose a directory you can write to.")
-
-
-def _launch_and_watch(console: Console, plan: Plan, run_dir: Path) -> int:
-    from runner.export import METRICS_FILE, OUTPUT_DIR
-    from runner.launch import Launch
-    from runner.live import watch
-    from wizard.report import print_summary
-
-    if plan.model_source == "embedded":
-        from autotune.embedded import ensure_embedded_model
-
-        ensure_embedded_model()  # build once here, not concurrently in every rank
-    launch = Launch(run_dir, single_machine=plan.num_machines == 1)
-    console.print(f"Launching {plan.launcher} ({plan.strategy}, {plan.num_processes} process(es)); "
-                  f"log: {launch.log_path}")
-    launch.start()
-    try:
-        code, state = watch(launch, run_dir / METRICS_FILE, console, title=plan.name)
-    except KeyboardInterrupt:
-        console.print("\nStopping: the run saves a checkpoint when it can ...")
-        code = launch.stop()
-        console.print(f"Stopped. Plan, log and checkpoints stay in {run_dir}")
-        return 130
-    print_summary(console, plan, run_dir, state, code, launch.log_tail(30), run_dir / OUTPUT_DIR)
-    return 0 if code == 0 else 1
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console, Group, RenderableType
@@ -16,7 +15,6 @@ if TYPE_CHECKING:
     from autotune.memory import MemoryEstimate
     from autotune.model_spec import ModelSpec
     from autotune.plan import Plan
-    from runner.live import RunState
 
 GiB = 1024**3
 COMPONENTS = ("params", "grads", "optimizer", "activations", "logits", "overhead")
@@ -79,26 +77,3 @@ def print_plan(console: Console, plan: Plan, hardware: HardwareProfile, model: M
     for warning in plan.warnings:
         parts.append(Text(f"! {warning}", style="yellow"))
     console.print(Panel(Group(*parts), title=f"plan: {plan.name}", border_style="blue"))
-
-
-def print_summary(console: Console, plan: Plan, run_dir: Path, state: RunState, code: int,
-                  log_tail: list[str], output: Path) -> None:
-    table = Table.grid(padding=(0, 2))
-    if state.first_loss is not None and state.last_loss is not None:
-        table.add_row("loss", f"{state.first_loss:.4f} -> {state.last_loss:.4f}")
-    if state.eval_losses:
-        best_step, best = min(state.eval_losses, key=lambda item: item[1])
-        table.add_row("eval loss", f"{state.eval_losses[-1][1]:.4f} (best {best:.4f} at step {best_step})")
-    table.add_row("steps", f"{state.step}/{state.max_steps}")
-    table.add_row("wall time", f"{state.elapsed:.1f} s of training")
-    table.add_row("run directory", str(run_dir))
-    if code == 0:
-        table.add_row("saved", str(output))
-        console.print(Panel(table, title="[bold green]done[/]", border_style="green", expand=False))
-        return
-    table.add_row("exit code", str(code))
-    table.add_row("log", str(run_dir / "train.log"))
-    console.print(Panel(table, title="[bold red]training failed[/]", border_style="red", expand=False))
-    if log_tail:
-        console.print(Panel("\n".join(log_tail), title="last lines of train.log", border_style="red"),
-                      highlight=False, markup=False)
