@@ -25,22 +25,28 @@ from autotune.plan import Plan
 
 OUTPUT_DIR = "output"
 METRICS_FILE = "metrics.jsonl"
+DS_CONFIG = "ds_config.json"
+HOSTFILE = "hostfile"
 
 _OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "adafactor": "adafactor", "sgd": "sgd"}
 _DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def accelerate_config(plan: Plan) -> dict[str, Any]:
+    """accelerate's config file (what `accelerate config` writes), loadable by its own loader."""
     cpu = plan.device == "cpu"
+    multi_node = plan.num_machines > 1
     config: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
         "debug": False,
         "num_machines": plan.num_machines,
         "num_processes": plan.num_processes,  # total over all machines
-        "machine_rank": 0,
+        "machine_rank": 0,  # launch.sh passes --machine_rank from $MACHINE_RANK
         "main_process_port": plan.main_process_port,
-        "rdzv_backend": "static" if plan.num_machines == 1 else "c10d",
-        "same_network": True,
+        # c10d rendezvous for several machines: accelerate hands torchrun `--rdzv_endpoint ip:port`
+        # only when same_network is false; with true it passes master_addr/port, which c10d ignores.
+        "rdzv_backend": "c10d" if multi_node else "static",
+        "same_network": not multi_node,
         "use_cpu": cpu,
         "gpu_ids": "all",
         "downcast_bf16": "no",
@@ -50,7 +56,7 @@ def accelerate_config(plan: Plan) -> dict[str, Any]:
         "tpu_use_cluster": False,
         "tpu_use_sudo": False,
     }
-    if plan.num_machines > 1:
+    if multi_node:
         config["main_process_ip"] = plan.main_process_ip
     mixed = "no" if plan.precision == "fp32" else plan.precision
     if plan.strategy == "single":
@@ -67,12 +73,17 @@ def accelerate_config(plan: Plan) -> dict[str, Any]:
         config["fsdp_config"] = fsdp_config(plan)
     else:
         # With a DeepSpeed JSON, accelerate refuses mixed_precision, zero_stage, offload,
-        # accumulation and clipping beside it: the JSON (with "auto") carries them.
+        # accumulation and clipping beside it (DeepSpeedPlugin._deepspeed_config_checks): the
+        # JSON, with "auto" values, carries them.
         config["distributed_type"] = "DEEPSPEED"
         config["deepspeed_config"] = {
-            "deepspeed_config_file": "ds_config.json",
+            "deepspeed_config_file": DS_CONFIG,
             "zero3_init_flag": plan.strategy == "zero3",
         }
+        if multi_node:
+            # "standard" starts torchrun on each machine (as launch.sh and Slurm do); the default,
+            # pdsh, would ssh from machine 0 into the others.
+            config["deepspeed_config"]["deepspeed_multinode_launcher"] = "standard"
     return config
 
 
@@ -83,46 +94,58 @@ def fsdp_config(plan: Plan) -> dict[str, Any]:
         "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
         "fsdp_transformer_layer_cls_to_wrap": plan.layer_cls,
         "fsdp_reshard_after_forward": True,
-        "fsdp_state_dict_type": "FULL_STATE_DICT",
+        # Checkpoints stay sharded (each rank writes its shard: fast, and resumable); the training
+        # entry gathers a full state dict for the final save so the result loads anywhere.
+        "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+        # Rank 0 reads the weights, the others start on the meta device and receive shards.
         "fsdp_cpu_ram_efficient_loading": True,
         "fsdp_offload_params": plan.offload != "none",
         # FSDP's own activation checkpointing wraps each decoder layer; the model's
-        # gradient checkpointing is left off under FSDP (it would checkpoint twice).
+        # gradient checkpointing is left off under FSDP (the Trainer refuses both at once).
         "fsdp_activation_checkpointing": plan.activation_checkpointing,
     }
 
 
 def fsdp_environment(plan: Plan) -> dict[str, str]:
-    """The same FSDP2 settings as accelerate's environment, for torchrun launches."""
+    """The same FSDP2 settings as accelerate's environment, for torchrun launches.
+
+    These are the variables `accelerate launch` itself exports (accelerate.utils.launch.
+    prepare_multi_gpu_env). The switch must read "true": accelerate 1.15 tests
+    ACCELERATE_USE_FSDP with `.lower() == "true"`, so the often-quoted ACCELERATE_USE_FSDP=1
+    leaves FSDP off in the Accelerator while transformers' loader (strtobool) thinks it is on.
+    """
     cfg = fsdp_config(plan)
     return {
-        "ACCELERATE_USE_FSDP": "1",
+        "ACCELERATE_USE_FSDP": "true",
         "FSDP_VERSION": "2",
         "FSDP_AUTO_WRAP_POLICY": cfg["fsdp_auto_wrap_policy"],
         "FSDP_TRANSFORMER_CLS_TO_WRAP": cfg["fsdp_transformer_layer_cls_to_wrap"],
         "FSDP_RESHARD_AFTER_FORWARD": "true",
         "FSDP_STATE_DICT_TYPE": cfg["fsdp_state_dict_type"],
-        "FSDP_CPU_RAM_EFFICIENT_LOADING": "1",
+        "FSDP_CPU_RAM_EFFICIENT_LOADING": "true",
         "FSDP_OFFLOAD_PARAMS": str(cfg["fsdp_offload_params"]).lower(),
         "FSDP_ACTIVATION_CHECKPOINTING": str(cfg["fsdp_activation_checkpointing"]).lower(),
-        "ACCELERATE_MIXED_PRECISION": "no" if plan.precision == "fp32" else plan.precision,
     }
 
 
 def deepspeed_config(plan: Plan) -> dict[str, Any] | None:
+    """DeepSpeed JSON for the HF Trainer: "auto" wherever transformers' HfTrainerDeepSpeedConfig
+    fills the value from the training arguments or the model (batch sizes, accumulation,
+    clipping, precision, hidden-size based buckets), so the two can never disagree."""
     if not plan.strategy.startswith("zero"):
         return None
-    pin = plan.device == "cuda"
+    gpu = plan.device == "cuda"
     zero: dict[str, Any] = {
         "stage": 3 if plan.strategy == "zero3" else 2,
-        "overlap_comm": plan.device == "cuda",
+        # Overlapping reduction with backward needs CUDA streams; the CPU accelerator has none.
+        "overlap_comm": gpu,
         "contiguous_gradients": True,
         "reduce_scatter": True,
         "reduce_bucket_size": "auto",
     }
     if plan.strategy == "zero2":
         zero["allgather_partitions"] = True
-        zero["allgather_bucket_size"] = 200_000_000
+        zero["allgather_bucket_size"] = 200_000_000  # DeepSpeed's default (5e8) costs 4.5x in buffers
     else:
         zero.update({
             "stage3_prefetch_bucket_size": "auto",
@@ -133,10 +156,10 @@ def deepspeed_config(plan: Plan) -> dict[str, Any] | None:
             "stage3_gather_16bit_weights_on_model_save": True,
         })
     if plan.offload in ("optimizer", "params"):
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin}
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": gpu}
     if plan.offload == "params":
-        zero["offload_param"] = {"device": "cpu", "pin_memory": pin}
-    return {
+        zero["offload_param"] = {"device": "cpu", "pin_memory": gpu}
+    config: dict[str, Any] = {
         "train_batch_size": "auto",
         "train_micro_batch_size_per_gpu": "auto",
         "gradient_accumulation_steps": "auto",
@@ -147,6 +170,16 @@ def deepspeed_config(plan: Plan) -> dict[str, Any] | None:
         "steps_per_print": 1_000_000,
         "wall_clock_breakdown": False,
     }
+    if plan.offload != "none":
+        if plan.optimizer == "adamw":
+            # With an offloaded optimizer DeepSpeed refuses the Trainer's torch AdamW
+            # (zero_force_ds_cpu_optimizer); naming AdamW here makes it use its CPU Adam, and the
+            # Trainer fills lr, betas, eps and weight decay. The Trainer's scheduler still runs.
+            config["optimizer"] = {"type": "AdamW", "params": {
+                "lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}}
+        else:
+            config["zero_force_ds_cpu_optimizer"] = False  # keep the planned optimizer, on the CPU
+    return config
 
 
 def sft_config(plan: Plan) -> dict[str, Any]:
@@ -212,7 +245,7 @@ def sft_config(plan: Plan) -> dict[str, Any]:
             # Sharding a 4-bit model needs its storage dtype to match the other weights.
             config["bnb_4bit_quant_storage"] = "bfloat16"
     if plan.launcher != "accelerate" and plan.strategy.startswith("zero"):
-        config["deepspeed"] = "ds_config.json"  # the HF Trainer's own DeepSpeed integration
+        config["deepspeed"] = DS_CONFIG  # the HF Trainer's own DeepSpeed integration
     if plan.device == "cuda":
         config["env"] = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
     return {k: v for k, v in config.items() if v is not None}
@@ -235,59 +268,72 @@ def train_arguments(plan: Plan) -> list[str]:
 
 
 def launch_command(plan: Plan, python: str = "$PYTHON") -> tuple[list[str], dict[str, str]]:
-    """(argv, extra environment) as launch.sh runs it. Rank-specific values come from the
-    environment: MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT."""
-    rank, ip, port = "${MACHINE_RANK:-0}", "${MAIN_PROCESS_IP:-" + plan.main_process_ip + "}", \
-        "${MAIN_PROCESS_PORT:-" + str(plan.main_process_port) + "}"
+    """(argv, extra environment) as launch.sh runs it. Per-machine values come from the
+    environment at run time: MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT."""
+    rank = "${MACHINE_RANK:-0}"
+    ip = "${MAIN_PROCESS_IP:-" + plan.main_process_ip + "}"
+    port = "${MAIN_PROCESS_PORT:-" + str(plan.main_process_port) + "}"
+    multi_node = plan.num_machines > 1
     env: dict[str, str] = {}
     if plan.launcher == "accelerate":
         argv = [python, "-m", "accelerate.commands.launch", "--config_file", "accelerate_config.yaml",
                 "--main_process_port", port]
-        if plan.num_machines > 1:
+        if multi_node:
             argv += ["--machine_rank", rank, "--main_process_ip", ip]
-    elif plan.launcher == "torchrun":
+        return argv + train_arguments(plan), env
+    if plan.launcher == "torchrun":
         argv = [python, "-m", "torch.distributed.run", "--nnodes", str(plan.num_machines),
                 "--nproc_per_node", str(plan.processes_per_machine)]
-        if plan.num_machines > 1:
+        if multi_node:
+            # c10d: machine 0's address is the rendezvous; ranks are assigned as machines join.
             argv += ["--rdzv_backend", "c10d", "--rdzv_endpoint", f"{ip}:{port}", "--rdzv_id", plan.name,
                      "--node_rank", rank]
         else:
             argv += ["--master_addr", "127.0.0.1", "--master_port", port]
         if plan.strategy == "fsdp":
             env.update(fsdp_environment(plan))
-        elif plan.precision != "fp32":
-            env["ACCELERATE_MIXED_PRECISION"] = plan.precision
-    else:
-        argv = [python, "-m", "deepspeed.launcher.runner", "--num_nodes", str(plan.num_machines),
-                "--num_gpus", str(plan.processes_per_machine), "--master_port", port]
-        if plan.num_machines > 1:
-            argv += ["--hostfile", "hostfile", "--master_addr", ip]
-        argv += ["--module"]
-        return argv + train_arguments(plan)[1:], env
-    return argv + train_arguments(plan), env
+        # ZeRO: sft_config.yaml names ds_config.json in the Trainer's `deepspeed` field.
+        return argv + train_arguments(plan), env
+    # The deepspeed launcher counts devices only to fill a missing --num_gpus (on the CPU
+    # accelerator: $LOCAL_SIZE or the NUMA nodes); --num_gpus sets the processes per machine.
+    # --no_local_rank: the rank comes from $LOCAL_RANK, not an extra `--local_rank=N` argument.
+    argv = [python, "-m", "deepspeed.launcher.runner", "--num_nodes", str(plan.num_machines),
+            "--num_gpus", str(plan.processes_per_machine), "--master_port", port, "--no_local_rank"]
+    if multi_node:
+        # One launcher per machine (as torchrun): no ssh from machine 0, the rank given here.
+        argv += ["--hostfile", HOSTFILE, "--no_ssh", "--node_rank", rank, "--master_addr", ip]
+    return argv + ["--module"] + train_arguments(plan)[1:], env
 
 
 def launch_script(plan: Plan, python: str | None = None) -> str:
+    """launch.sh: the exact command, runnable from any directory and from a copied run directory
+    (it changes into its own directory first; every path in the configs is relative to it)."""
     argv, env = launch_command(plan)
     python = python or sys.executable
     lines = [
         "#!/usr/bin/env bash",
-        f"# llmwizard run '{plan.name}': {plan.strategy} on {plan.hardware}.",
+        f"# llmwizard run '{plan.name}': {plan.strategy} with {plan.launcher} on {plan.hardware}.",
         "# Rerun from anywhere with `bash launch.sh`; extra arguments reach the training entry",
         "# (`bash launch.sh --resume` continues from the last checkpoint).",
+        "# LLMWIZARD_PYTHON picks the interpreter (default: the one that exported this run, else python3).",
     ]
     if plan.num_machines > 1:
         lines += [
             f"# {plan.num_machines} machines: run this on each with MACHINE_RANK=0..{plan.num_machines - 1} and",
-            "# MAIN_PROCESS_IP set to machine 0's address (slurm.sbatch does both).",
+            "# MAIN_PROCESS_IP set to machine 0's address (slurm.sbatch does both); MAIN_PROCESS_PORT is optional.",
         ]
     lines += [
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
-        f"PYTHON=\"${{PYTHON:-{python}}}\"",
+        f"PYTHON=\"${{LLMWIZARD_PYTHON:-}}\"",
+        f'[ -n "$PYTHON" ] || PYTHON={shlex.quote(python)}',
         'command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3',
         "export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false",
     ]
+    if plan.device == "cpu" and plan.launcher != "accelerate":
+        # accelerate gives each CPU rank cores/ranks threads; torchrun would default to 1.
+        per = plan.processes_per_machine
+        lines.append(f': "${{OMP_NUM_THREADS:=$(( $(nproc) / {per} > 1 ? $(nproc) / {per} : 1 ))}}"; export OMP_NUM_THREADS')
     lines += [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
     lines.append("exec " + " ".join(_shell_word(word) for word in argv) + ' "$@"')
     return "\n".join(lines) + "\n"
@@ -301,22 +347,30 @@ def _shell_word(word: str) -> str:
 
 
 def slurm_script(plan: Plan) -> str:
-    """One task per node; each node's rank comes from its own $SLURM_NODEID."""
+    """One task per machine; each reads its own rank from its own $SLURM_NODEID."""
+    gres = (f"#SBATCH --gpus-per-node={plan.processes_per_machine}" if plan.device == "cuda"
+            else "#SBATCH --exclusive")
     return "\n".join([
         "#!/usr/bin/env bash",
         f"#SBATCH --job-name={plan.name}",
         f"#SBATCH --nodes={plan.num_machines}",
         "#SBATCH --ntasks-per-node=1",
-        f"#SBATCH --gpus-per-node={plan.processes_per_machine}" if plan.device == "cuda" else "#SBATCH --exclusive",
+        gres,
         "#SBATCH --output=slurm-%j.log",
-        "# Submit from the run directory: sbatch slurm.sbatch",
+        "# Submit with `sbatch /path/to/run/slurm.sbatch` from anywhere on a shared filesystem.",
         "set -euo pipefail",
-        'cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")}"',
+        "# Slurm runs a copy of this script, so find the run directory: the submit directory if",
+        "# launch.sh is there, else the directory of the script as submitted (scontrol's Command=).",
+        'RUN_DIR="${SLURM_SUBMIT_DIR:-$PWD}"',
+        'if [ ! -f "$RUN_DIR/launch.sh" ]; then',
+        '  RUN_DIR="$(dirname "$(scontrol show job "$SLURM_JOB_ID" | sed -n \'s/^ *Command=//p\')")"',
+        "fi",
+        'cd "$RUN_DIR"',
         'MAIN_PROCESS_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         f"MAIN_PROCESS_PORT=${{MAIN_PROCESS_PORT:-{plan.main_process_port}}}",
         "export MAIN_PROCESS_IP MAIN_PROCESS_PORT",
-        "# \\$SLURM_NODEID is escaped so each node reads its own rank; unescaped, every node",
-        "# would get rank 0 from the submitting shell and the job would hang.",
+        "# \\$SLURM_NODEID is escaped so each machine reads its own rank inside srun; unescaped,",
+        "# this shell would expand it once (to 0) for every machine and the job would hang.",
         'srun --kill-on-bad-exit=1 bash -c "MACHINE_RANK=\\$SLURM_NODEID bash launch.sh"',
         "",
     ])
@@ -356,15 +410,16 @@ def export(plan: Plan, directory: Path, python: str | None = None) -> list[Path]
     write("accelerate_config.yaml", _yaml(accelerate_config(plan)))
     ds = deepspeed_config(plan)
     if ds is not None:
-        write("ds_config.json", json.dumps(ds, indent=2) + "\n")
+        write(DS_CONFIG, json.dumps(ds, indent=2) + "\n")
     write("sft_config.yaml", "# TRL SFT config (TrlParser): python -m runner.train --config sft_config.yaml\n"
           + _yaml(sft_config(plan)))
     write("launch.sh", launch_script(plan, python), 0o755)
     if plan.num_machines > 1:
         write("slurm.sbatch", slurm_script(plan), 0o755)
         if plan.launcher == "deepspeed":
-            write("hostfile", "".join(f"node{i} slots={plan.processes_per_machine}\n"
-                                      for i in range(plan.num_machines)))
+            # With --no_ssh the names are only counted: N machines, slots processes each.
+            write(HOSTFILE, "".join(f"node{i} slots={plan.processes_per_machine}\n"
+                                    for i in range(plan.num_machines)))
     write("README.txt", readme_text(plan))
     return written
 

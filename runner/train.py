@@ -4,6 +4,11 @@ Every launcher (accelerate launch, torchrun, deepspeed) starts this module once 
 TRL YAML carries everything TRL knows (ScriptArguments + SFTConfig + ModelConfig, parsed by
 TrlParser, unknown keys refused); the few things it has no field for are options here, so the
 launch command shows them.
+
+A user mistake (a dataset without usable columns, a model directory that does not load) ends the
+rank with a one-paragraph message on stderr and exit code 2, never a traceback. Rank 0 prints
+one line `llmwizard: strategy=... world_size=N ...` after training, read from the wrapped model
+itself, so train.log says which strategy really ran (not only which one was asked for).
 """
 
 from __future__ import annotations
@@ -13,6 +18,10 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from autotune.errors import UserError
+
+USER_ERROR_EXIT = 2
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -28,29 +37,39 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     own, trl_argv = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return train(own, trl_argv)
+    except UserError as error:
+        rank = os.environ.get("RANK", "0")
+        fix = f"\nFix: {error.fix}" if error.fix else ""
+        print(f"llmwizard (rank {rank}): {error.title}: {error.message}{fix}", file=sys.stderr, flush=True)
+        return USER_ERROR_EXIT
 
+
+def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
     from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
     parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig))
     script_args, training_args, model_args = parser.parse_args_and_config(trl_argv)
+    allow_fsdp_on_cpu()
+    peft_sees_through_checkpoint_wrappers()
+    if training_args.deepspeed_plugin is not None:
+        join_deepspeed_comm()
 
+    # After the training arguments: they set up the process group, FSDP's rank-0-only loading
+    # and DeepSpeed's zero.Init, which from_pretrained must see.
     model_path = resolve_model(model_args.model_name_or_path)
+    model, tokenizer = load_model(str(model_path), model_args, training_args)
     train_dataset, eval_dataset = load_splits(script_args, training_args, own.eval_fraction)
 
     from runner.callbacks import default_callbacks
 
-    model_init_kwargs: dict[str, Any] = dict(training_args.model_init_kwargs or {})
-    if model_args.dtype and "dtype" not in model_init_kwargs:
-        model_init_kwargs["dtype"] = model_args.dtype
-    if model_args.attn_implementation and "attn_implementation" not in model_init_kwargs:
-        model_init_kwargs["attn_implementation"] = model_args.attn_implementation
-    training_args.model_init_kwargs = model_init_kwargs or None
-
     trainer = SFTTrainer(
-        model=str(model_path),
+        model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
+        processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
         callbacks=default_callbacks(own.metrics_file),
     )
@@ -58,12 +77,113 @@ def main(argv: list[str] | None = None) -> int:
     if own.resume:
         resume = last_checkpoint(training_args.output_dir) or None
     trainer.train(resume_from_checkpoint=resume)
+    if trainer.accelerator.is_main_process:
+        print(strategy_line(trainer), flush=True)
+    if trainer.is_fsdp_enabled:
+        # Checkpoints may be sharded (fast, resumable); the result is gathered whole so plain
+        # transformers/PEFT load it. Trainer.save_model writes nothing for a sharded state dict.
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         print(f"llmwizard: saved to {Path(training_args.output_dir).resolve()}", flush=True)
     if hasattr(trainer, "end"):
         trainer.end()
     return 0
+
+
+def allow_fsdp_on_cpu() -> None:
+    """Let FSDP2 run on CPU ranks (gloo) as it does on GPUs.
+
+    accelerate 1.15's AcceleratorState turns FSDP on only for GPU-family distributed types; a CPU
+    run (MULTI_CPU) keeps its FSDP plugin unused and trains as plain DDP, silently. torch's
+    fully_shard itself runs on CPU with gloo, so when an FSDP plugin was given and the state came
+    out MULTI_CPU, the state is promoted to FSDP. Nothing changes on GPUs.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    if getattr(AcceleratorState.__init__, "_llmwizard", False):
+        return
+    original = AcceleratorState.__init__
+
+    def init(self: Any, *args: Any, fsdp_plugin: Any = None, **kwargs: Any) -> None:
+        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP
+            self.fsdp_plugin = fsdp_plugin
+            # As AcceleratorState.__init__ does last: later bare AcceleratorState() calls copy it back.
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+            if self._mixed_precision != "no":
+                fsdp_plugin.set_mixed_precision(self._mixed_precision)
+
+    init._llmwizard = True  # type: ignore[attr-defined]
+    AcceleratorState.__init__ = init  # type: ignore[method-assign]
+
+
+def join_deepspeed_comm() -> None:
+    """Give deepspeed.comm the process group before from_pretrained runs zero.Init.
+
+    accelerate's PartialState does this for accelerator ranks but skips it on CPU ranks, and an
+    uninitialised deepspeed.comm reports world size 1: ZeRO-3's zero.Init then rejects the
+    batch sizes the Trainer filled in for the real world size ("train_batch_size is not equal
+    to micro_batch_per_gpu * gradient_acc_step * world_size").
+    """
+    import torch.distributed
+    from deepspeed import comm
+
+    if torch.distributed.is_initialized() and not comm.is_initialized():
+        comm.init_distributed(dist_backend=torch.distributed.get_backend(), auto_mpi_discovery=False)
+
+
+def peft_sees_through_checkpoint_wrappers() -> None:
+    """Keep LoRA weights in adapters saved under FSDP activation checkpointing.
+
+    PEFT 0.21 picks the adapter's entries out of a state dict by module name, and strips FSDP1's
+    `_fsdp_wrapped_module.` from those names but not `_checkpoint_wrapped_module.`, which FSDP's
+    activation checkpointing puts inside every decoder layer. State dicts carry no such segment
+    (torch's checkpoint wrapper removes it), so nothing matched and the saved adapter (final
+    and checkpoints) was empty. Strip the segment the same way.
+    """
+    from peft.tuners import tuners_utils
+
+    original = tuners_utils._get_tuner_state_dict_key_prefixes
+    if getattr(original, "_llmwizard", False):
+        return
+
+    def prefixes(model: Any, adapter_name: str | None = None) -> set[str]:
+        return {prefix.replace("_checkpoint_wrapped_module.", "") for prefix in original(model, adapter_name)}
+
+    prefixes._llmwizard = True  # type: ignore[attr-defined]
+    tuners_utils._get_tuner_state_dict_key_prefixes = prefixes
+
+
+def strategy_line(trainer: Any) -> str:
+    """What really wrapped the model: FSDP2 units, a DeepSpeed engine's ZeRO stage, or DDP."""
+    import torch
+    from torch.distributed.fsdp import FSDPModule
+
+    accelerator = trainer.accelerator
+    model = trainer.model_wrapped
+    details = [f"distributed_type={accelerator.distributed_type.value}"]
+    engine = getattr(trainer, "deepspeed", None)
+    if engine is not None:
+        stage = engine.zero_optimization_stage()
+        strategy = f"zero{stage}"
+        offload = engine.zero_offload_optimizer() if hasattr(engine, "zero_offload_optimizer") else None
+        details.append(f"offload_optimizer={getattr(offload, 'device', None) or 'none'}")
+    elif isinstance(trainer.model, FSDPModule) or isinstance(model, FSDPModule):
+        root = trainer.model if isinstance(trainer.model, FSDPModule) else model
+        units = sum(1 for module in root.modules() if isinstance(module, FSDPModule))
+        # fully_shard renames a wrapped class to FSDP<name>: FSDPCheckpointWrapper.
+        checkpointed = sum(1 for module in root.modules() if type(module).__name__.endswith("CheckpointWrapper"))
+        strategy = "fsdp2"
+        details += [f"fsdp_units={units}", f"activation_checkpointing={'on' if checkpointed else 'off'}"]
+    elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        strategy = "ddp"
+        details.append(f"backend={torch.distributed.get_backend()}")
+    else:
+        strategy = "single"
+    return f"llmwizard: strategy={strategy} world_size={accelerator.num_processes} " + " ".join(details)
 
 
 def resolve_model(name: str | None) -> Path | str:
@@ -74,32 +194,81 @@ def resolve_model(name: str | None) -> Path | str:
     return name
 
 
+def load_model(path: str, model_args: Any, training_args: Any) -> tuple[Any, Any]:
+    """Model and tokenizer as TRL's own sft script loads them, with a readable error."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import get_quantization_config
+
+    kwargs: dict[str, Any] = {"revision": model_args.model_revision,
+                              "trust_remote_code": training_args.trust_remote_code}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if model_args.dtype and model_args.dtype != "auto":
+        kwargs["dtype"] = getattr(torch, model_args.dtype)
+    quantization = get_quantization_config(model_args)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization  # bitsandbytes places it on this rank's GPU
+    kwargs.update(training_args.model_init_kwargs or {})
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision,
+                                                  trust_remote_code=training_args.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"Model '{path}' could not be loaded: {str(exc).splitlines()[0]}", title="Model",
+                        fix="Point model_name_or_path in sft_config.yaml at a directory saved with "
+                            "save_pretrained() (config.json, weights, tokenizer), or a hub name you can reach.") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding positions are masked out of the loss
+    return model, tokenizer
+
+
 def load_splits(script_args: Any, training_args: Any, eval_fraction: float) -> tuple[Any, Any]:
     """Train and eval splits, normalised to a TRL format with autotune's row mapping."""
     import datasets
 
-    from autotune.dataset import SUFFIXES, detect_format, local_path, resolve_dataset
+    from autotune.dataset import load_rows, local_path, normalize_rows, resolve_dataset
 
     source = resolve_dataset(script_args.dataset_name)
-    path = local_path(source)
-    if path is not None:
-        builder = SUFFIXES[path.suffix.lower()]
-        loaded = datasets.load_dataset(builder, data_files={"train": str(path)})
+    test = None
+    if local_path(source) is not None:
+        # The same reader and row mapping the planner profiled, so what was measured is what trains.
+        _, rows = normalize_rows(load_rows(source), source)
+        train = datasets.Dataset.from_list(rows)
     else:
-        loaded = datasets.load_dataset(source, name=script_args.dataset_config)
-    train = loaded[script_args.dataset_train_split]
-    _, convert = detect_format(train.column_names)
-    train = train.map(convert, remove_columns=train.column_names)
-    evaluate = training_args.eval_strategy != "no"
-    if not evaluate:
+        try:
+            loaded = datasets.load_dataset(source, name=script_args.dataset_config)
+        except Exception as exc:  # offline, unknown name, gated: all are the user's to fix
+            raise UserError(f"Could not load dataset '{source}': {str(exc).splitlines()[0]}", title="Dataset",
+                            fix="Check the name and your network, or pass a local JSONL/JSON/CSV/Parquet file.") from None
+        train = _normalized(loaded[script_args.dataset_train_split], source)
+        if training_args.eval_strategy != "no" and script_args.dataset_test_split in loaded:
+            test = _normalized(loaded[script_args.dataset_test_split], source)
+    if training_args.eval_strategy == "no":
         return train, None
-    if script_args.dataset_test_split in loaded:
-        test = loaded[script_args.dataset_test_split]
-        return train, test.map(convert, remove_columns=test.column_names)
+    if test is not None:
+        return train, test
     if eval_fraction <= 0:
-        raise SystemExit("llmwizard: evaluation is on but there is no test split; pass --eval-fraction")
+        raise UserError("Evaluation is on but the dataset has no test split.", title="Evaluation",
+                        fix="Pass --eval-fraction 0.1 to hold out rows, or set eval_strategy: 'no'.")
     split = train.train_test_split(test_size=eval_fraction, seed=training_args.seed)
     return split["train"], split["test"]
+
+
+def _normalized(dataset: Any, source: str) -> Any:
+    """Map a hub split to a TRL format; the error names the columns or the first bad row."""
+    from autotune.dataset import detect_format
+
+    fmt, convert = detect_format(dataset.column_names)
+
+    def checked(row: dict[str, Any], index: int) -> dict[str, Any]:
+        try:
+            return convert(row)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UserError(f"{source}: row {index + 1} does not match the {fmt} format ({exc}).",
+                            title="Dataset", fix="Make every row use the same fields.") from None
+
+    return dataset.map(checked, with_indices=True, remove_columns=dataset.column_names)
 
 
 def last_checkpoint(output_dir: str) -> str | None:
