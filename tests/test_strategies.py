@@ -1,0 +1,115 @@
+"""Each distributed strategy trains for real: two CPU processes (gloo), tiny Llama and Gemma.
+
+Every case exports a plan with the real planner and exporters, runs the exported launch.sh
+from another directory, and checks three things: the strategy that really wrapped the model
+(the line rank 0 prints), a falling loss in metrics.jsonl, and a saved result that loads with
+plain transformers/PEFT (gathered whole under FSDP2 and ZeRO-3). Launchers and model families
+are spread over the cases so that each appears at least once without running the full product.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.metrics import read_metrics
+from tests.tiny_models import (assert_loss_falls, losses, make_plan, run_launch_sh, strategy_ran,
+                               tiny_model)
+
+pytestmark = pytest.mark.slow
+
+EXPECTED = {"ddp": "ddp", "fsdp": "fsdp2", "zero2": "zero2", "zero3": "zero3"}
+
+CASES = [
+    # family, strategy, launcher, method, activation checkpointing
+    pytest.param("llama", "ddp", "accelerate", "lora", True, id="ddp-llama-lora-accelerate-ckpt"),
+    pytest.param("gemma", "fsdp", "accelerate", "full", True, id="fsdp2-gemma-full-accelerate-ckpt"),
+    pytest.param("llama", "zero2", "torchrun", "full", False, id="zero2-llama-full-torchrun"),
+    pytest.param("gemma", "zero3", "deepspeed", "lora", False, id="zero3-gemma-lora-deepspeed"),
+    pytest.param("llama", "zero3", "accelerate", "full", False, id="zero3-llama-full-accelerate"),
+]
+
+
+@pytest.mark.parametrize(("family", "strategy", "launcher", "method", "checkpointing"), CASES)
+def test_strategy_trains_and_saves_a_loadable_result(tmp_path: Path, family: str, strategy: str,
+                                                     launcher: str, method: str, checkpointing: bool):
+    from runner.export import export
+
+    plan = make_plan(family=family, strategy=strategy, launcher=launcher, method=method,
+                     checkpointing=checkpointing)
+    run_dir = tmp_path / "run"
+    export(plan, run_dir)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_launch_sh(run_dir, elsewhere)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+
+    ran, world = strategy_ran(log)
+    assert (ran, world) == (EXPECTED[strategy], 2)
+    if strategy == "fsdp":
+        assert "activation_checkpointing=on" in log
+    begin = next(r for r in read_metrics(run_dir / "metrics.jsonl") if r["type"] == "begin")
+    assert begin["world_size"] == 2
+    assert_loss_falls(losses(run_dir))
+    assert_result_loads(run_dir / "output", family, plan)
+    assert not list(elsewhere.iterdir()), "the run wrote into the caller's directory"
+
+
+def test_fsdp2_lora_with_checkpointing_keeps_its_adapter_and_resumes(tmp_path: Path):
+    """FSDP's activation checkpointing renames every decoder layer's modules; PEFT 0.21 then
+    saved an empty adapter. Also: sharded checkpoints written under torchrun resume."""
+    from runner.export import export
+
+    plan = make_plan(family="llama", strategy="fsdp", launcher="torchrun", method="lora",
+                     checkpointing=True, max_steps=4)
+    run_dir = tmp_path / "run"
+    export(plan, run_dir)
+    first = run_launch_sh(run_dir, tmp_path)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
+    before = losses(run_dir)
+    assert strategy_ran(first.stdout)[0] == "fsdp2"
+    checkpoint = run_dir / "output" / "checkpoint-4"
+    assert (checkpoint / "pytorch_model_fsdp_0").is_dir(), "expected a sharded (DCP) checkpoint"
+
+    # Continue to step 8 from checkpoint-4: the TrlParser takes CLI overrides of the YAML.
+    second = run_launch_sh(run_dir, tmp_path, "--resume", "--max_steps", "8")
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-4000:]
+    records = read_metrics(run_dir / "metrics.jsonl")
+    begins = [r for r in records if r["type"] == "begin"]
+    assert [b["step"] for b in begins] == [0, 4], "the second run should start at the checkpoint"
+    assert max(r["step"] for r in records if r["type"] == "log") == 8
+    after = losses(run_dir)[len(before):]
+    # Restored adapters continue from ~6.3; adapters lost from the checkpoint restart near the
+    # base model's ~6.6 (measured: 6.28 vs 6.57 at step 5, fp32 and seeded, so stable).
+    assert after[0] < before[0] - 0.2, f"resumed without the trained adapter: {before} then {after}"
+    assert_result_loads(run_dir / "output", "llama", plan)
+
+
+def assert_result_loads(output: Path, family: str, plan) -> None:
+    """The saved result loads with plain transformers (full) or PEFT (LoRA), every weight trained."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model(family))
+    if plan.lora is not None:
+        from peft import PeftModel
+
+        assert (output / "adapter_model.safetensors").is_file()
+        model = PeftModel.from_pretrained(base, output)
+        adapters = {name: p for name, p in model.named_parameters() if "lora_B" in name}
+        layers = base.config.num_hidden_layers
+        assert len(adapters) == layers * len(plan.lora.target_modules)
+        untrained = [name for name, p in adapters.items() if not p.abs().sum() > 0]
+        assert not untrained, f"adapters saved without their trained weights: {untrained[:3]}"
+        return
+    assert (output / "model.safetensors").is_file()
+    model, info = AutoModelForCausalLM.from_pretrained(output, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    trained = dict(model.named_parameters())
+    unchanged = [name for name, p in base.named_parameters() if torch.equal(p, trained[name])]
+    assert not unchanged, f"weights saved unchanged from the base model: {unchanged[:3]}"
+    if family == "gemma":
+        assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
