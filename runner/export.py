@@ -279,7 +279,9 @@ def launch_command(plan: Plan, python: str = "$PYTHON") -> tuple[list[str], dict
         argv = [python, "-m", "accelerate.commands.launch", "--config_file", "accelerate_config.yaml",
                 "--main_process_port", port]
         if multi_node:
-            argv += ["--machine_rank", rank, "--main_process_ip", ip]
+            # --rdzv_backend on the command line: accelerate 1.15 ignores the YAML's value (its
+            # CLI default "static" is never None, so _validate_launch_command keeps it).
+            argv += ["--machine_rank", rank, "--main_process_ip", ip, "--rdzv_backend", "c10d"]
         return argv + train_arguments(plan), env
     if plan.launcher == "torchrun":
         argv = [python, "-m", "torch.distributed.run", "--nnodes", str(plan.num_machines),
