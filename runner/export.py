@@ -27,6 +27,10 @@ OUTPUT_DIR = "output"
 METRICS_FILE = "metrics.jsonl"
 DS_CONFIG = "ds_config.json"
 HOSTFILE = "hostfile"
+# c10d decides which machine hosts the rendezvous store by matching the endpoint against its own
+# addresses; machine 0 says so explicitly instead, so every other machine only connects (on one
+# host, as in a loopback test, each would otherwise try to serve the port).
+IS_HOST = "is_host=$(( ${MACHINE_RANK:-0} == 0 ))"
 
 _OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "adafactor": "adafactor", "sgd": "sgd"}
 _DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -281,15 +285,16 @@ def launch_command(plan: Plan, python: str = "$PYTHON") -> tuple[list[str], dict
         if multi_node:
             # --rdzv_backend on the command line: accelerate 1.15 ignores the YAML's value (its
             # CLI default "static" is never None, so _validate_launch_command keeps it).
-            argv += ["--machine_rank", rank, "--main_process_ip", ip, "--rdzv_backend", "c10d"]
+            argv += ["--machine_rank", rank, "--main_process_ip", ip, "--rdzv_backend", "c10d",
+                     "--rdzv_conf", IS_HOST]
         return argv + train_arguments(plan), env
     if plan.launcher == "torchrun":
         argv = [python, "-m", "torch.distributed.run", "--nnodes", str(plan.num_machines),
                 "--nproc_per_node", str(plan.processes_per_machine)]
         if multi_node:
             # c10d: machine 0's address is the rendezvous; ranks are assigned as machines join.
-            argv += ["--rdzv_backend", "c10d", "--rdzv_endpoint", f"{ip}:{port}", "--rdzv_id", plan.name,
-                     "--node_rank", rank]
+            argv += ["--rdzv_backend", "c10d", "--rdzv_endpoint", f"{ip}:{port}", "--rdzv_conf", IS_HOST,
+                     "--rdzv_id", plan.name, "--node_rank", rank]
         else:
             argv += ["--master_addr", "127.0.0.1", "--master_port", port]
         if plan.strategy == "fsdp":
@@ -342,8 +347,9 @@ def launch_script(plan: Plan, python: str | None = None) -> str:
 
 
 def _shell_word(word: str) -> str:
-    """Quote a word, leaving ${VAR:-default} and $PYTHON expansions live inside double quotes."""
-    if word.startswith("$"):
+    """Quote a word, leaving ${VAR:-default}, $(( )) and $PYTHON expansions live in double quotes."""
+    if "$" in word:
+        assert '"' not in word and "\\" not in word and "`" not in word, word
         return f'"{word}"'
     return shlex.quote(word)
 
