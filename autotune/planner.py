@@ -301,14 +301,14 @@ def _choose(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals
                             continue
                         if offload != "none" and est.host_ram > hardware.host_ram_available:
                             continue
+                        grad_accum = effective // (micro * world)
                         cost = step_cost(
                             total_params=model.total_params, trainable_params=est.trainable_params,
                             tokens_per_step=effective * base.seq_len, method=base.method, strategy=strategy,
                             offload=offload, checkpointing=checkpointing, world=world, nodes=hardware.nodes,
-                            tflops=tflops, interconnect=hardware.interconnect)
-                        # Smaller micro-batches cost kernel efficiency: a mild penalty per halving.
-                        penalty = 1 + 0.04 * math.log2(max(micro_options) / micro)
-                        found.append(Candidate(strategy, offload, micro, checkpointing, est, cost.total_s * penalty))
+                            tflops=tflops, interconnect=hardware.interconnect, micro_tokens=micro * base.seq_len,
+                            num_layers=model.num_layers, grad_accum=grad_accum)
+                        found.append(Candidate(strategy, offload, micro, checkpointing, est, cost.total_s))
                         break  # largest fitting micro-batch for this strategy and checkpointing
         return found
 
@@ -318,13 +318,12 @@ def _choose(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals
     if not fitting:
         raise _nothing_fits(hardware, model, base, budget, world, goals)
     best = min(fitting, key=lambda c: c.step_s)
-    others = sorted({c.strategy + ("+offload" if c.offload != "none" else "") for c in fitting} - {best.strategy})
     est = best.estimate
     reasons["strategy"] = (
         f"{_strategy_words(best.strategy)}: {est.total / GiB:.2f} GiB of {budget / GiB:.2f} GiB per "
         f"{'process' if hardware.device == 'cpu' else 'GPU'} at micro-batch {best.micro_batch}; "
-        + ("the fastest of the setups that fit" + (f" ({', '.join(others)} also fit)" if others else "")
-           if not goals.strategy else "asked for"))
+        + ("the fastest of the setups that fit" + _alternatives(best, fitting) if not goals.strategy
+           else "asked for"))
     if best.offload != "none":
         reasons["offload"] = (f"{best.offload} offload to host RAM: nothing fits on the GPU otherwise; "
                               f"needs {est.host_ram / GiB:.0f} GiB of {hardware.host_ram_available / GiB:.0f} GiB host RAM")
@@ -333,6 +332,20 @@ def _choose(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals
          "off: activations fit without recomputation")
         if goals.checkpointing is None else ("on" if best.checkpointing else "off") + " (asked for)")
     return best
+
+
+def _alternatives(best: Candidate, fitting: list[Candidate]) -> str:
+    """"(also fit: zero2 ~3% slower, ...)": the fastest setup of each other strategy."""
+    fastest: dict[str, Candidate] = {}
+    for c in fitting:
+        key = c.strategy + ("+offload" if c.offload != "none" else "")
+        if key != best.strategy and (key not in fastest or c.step_s < fastest[key].step_s):
+            fastest[key] = c
+    if not fastest:
+        return ""
+    parts = [f"{key} ~{(c.step_s / best.step_s - 1):.0%} slower"
+             for key, c in sorted(fastest.items(), key=lambda item: item[1].step_s)]
+    return f" (also fit: {', '.join(parts)})"
 
 
 def _replace(setup: TrainSetup, **changes: object) -> TrainSetup:
@@ -373,12 +386,16 @@ def _nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup,
             suggestions.append(f"fits at {seq} tokens (--max-length {seq})")
             break
     if hardware.device == "cuda":
-        for extra in range(1, 64):
+        for extra in range(1, 512):
             more = estimate(model, _replace(smallest, strategy="zero3", num_gpus=world + extra), budget)
             if more.total <= budget * (1 - HEADROOM):
                 gpu = hardware.smallest_gpu
                 size = f"{gpu.total_memory / GiB:.0f} GB " if gpu else ""
-                suggestions.append(f"needs {extra} more {size}GPU(s) with ZeRO-3/FSDP ({world + extra} in all)")
+                text = f"needs {extra} more {size}GPU(s) with ZeRO-3/FSDP ({world + extra} in all"
+                per_node = hardware.gpus_per_node
+                if per_node > 1:
+                    text += f": {math.ceil((world + extra) / per_node)} nodes of {per_node}"
+                suggestions.append(text + ")")
                 break
     tail = "; ".join(suggestions) if suggestions else "try a smaller model"
     return UserError(
