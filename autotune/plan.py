@@ -73,6 +73,9 @@ class Plan:
     main_process_ip: str = "127.0.0.1"
     main_process_port: int = 29500
     attention: str = "sdpa"
+    # FSDP2 across machines: shard inside each machine, replicate across them (HSDP), so the
+    # per-layer weight gathers stay on the fast intra-node links.
+    hybrid_shard: bool = False
     version: int = PLAN_VERSION
 
     @property
@@ -99,6 +102,7 @@ class Plan:
             "reasons": [f"{key}: {text}" for key, text in self.reasons.items()],
             "model": self.model, "dataset": self.dataset, "device": self.device,
             "optimizer": self.optimizer, "max_steps": self.max_steps, "warnings": self.warnings,
+            "hybrid_shard": self.hybrid_shard,
         }
 
     def save(self, path: Path) -> None:

@@ -40,6 +40,11 @@ class Candidate:
     checkpointing: bool
     estimate: MemoryEstimate
     step_s: float
+    hybrid: bool = False
+
+    @property
+    def label(self) -> str:
+        return ("hsdp" if self.hybrid else self.strategy) + ("+offload" if self.offload != "none" else "")
 
 
 def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, goals: Goals,
@@ -185,7 +190,7 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
         lora=lora, eval_fraction=eval_fraction,
         eval_steps=eval_steps, save_steps=eval_steps, logging_steps=logging_steps, seed=goals.seed,
         trainable_params=trainable, total_params=model.total_params, estimate=chosen.estimate,
-        reasons=reasons, warnings=warnings,
+        reasons=reasons, warnings=warnings, hybrid_shard=chosen.hybrid,
     )
 
 
@@ -284,18 +289,23 @@ def _choose(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals
     tflops = (gpu.bf16_tflops or 100.0) if gpu else CPU_TFLOPS
     usable = int(budget * (1 - HEADROOM))
 
+    hybrid_options = [False, True] if hardware.nodes > 1 and hardware.gpus_per_node > 1 else [False]
+
     def search(offload_options: list[str]) -> list[Candidate]:
         found = []
         for strategy in strategies:
-            for offload in offload_options:
+            for offload, hybrid in ((o, h) for o in offload_options for h in hybrid_options):
                 if offload != "none" and strategy not in ("fsdp", "zero2", "zero3"):
                     continue
                 if offload == "params" and strategy == "zero2":
                     continue
+                if hybrid and strategy != "fsdp":
+                    continue
+                shards = hardware.gpus_per_node if hybrid else world
                 for checkpointing in checkpoint_options:
                     for micro in micro_options:
                         setup = _replace(base, strategy=strategy, offload=offload, micro_batch=micro,
-                                         checkpointing=checkpointing)
+                                         checkpointing=checkpointing, num_gpus=shards)
                         est = estimate(model, setup, budget)
                         if est.total > usable:
                             continue
@@ -307,8 +317,9 @@ def _choose(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals
                             tokens_per_step=effective * base.seq_len, method=base.method, strategy=strategy,
                             offload=offload, checkpointing=checkpointing, world=world, nodes=hardware.nodes,
                             tflops=tflops, interconnect=hardware.interconnect, micro_tokens=micro * base.seq_len,
-                            num_layers=model.num_layers, grad_accum=grad_accum)
-                        found.append(Candidate(strategy, offload, micro, checkpointing, est, cost.total_s))
+                            num_layers=model.num_layers, grad_accum=grad_accum, hybrid=hybrid,
+                            gpus_per_node=hardware.gpus_per_node)
+                        found.append(Candidate(strategy, offload, micro, checkpointing, est, cost.total_s, hybrid))
                         break  # largest fitting micro-batch for this strategy and checkpointing
         return found
 
@@ -319,8 +330,12 @@ def _choose(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals
         raise _nothing_fits(hardware, model, base, budget, world, goals)
     best = min(fitting, key=lambda c: c.step_s)
     est = best.estimate
+    words = _strategy_words(best.strategy)
+    if best.hybrid:
+        words = (f"FSDP2 hybrid shard (HSDP): sharded across the {hardware.gpus_per_node} GPUs of each machine, "
+                 f"replicated across the {hardware.nodes} machines so weight gathers stay on the fast local links")
     reasons["strategy"] = (
-        f"{_strategy_words(best.strategy)}: {est.total / GiB:.2f} GiB of {budget / GiB:.2f} GiB per "
+        f"{words}: {est.total / GiB:.2f} GiB of {budget / GiB:.2f} GiB per "
         f"{'process' if hardware.device == 'cpu' else 'GPU'} at micro-batch {best.micro_batch}; "
         + ("the fastest of the setups that fit" + _alternatives(best, fitting) if not goals.strategy
            else "asked for"))
@@ -338,12 +353,15 @@ def _alternatives(best: Candidate, fitting: list[Candidate]) -> str:
     """"(also fit: zero2 ~3% slower, ...)": the fastest setup of each other strategy."""
     fastest: dict[str, Candidate] = {}
     for c in fitting:
-        key = c.strategy + ("+offload" if c.offload != "none" else "")
-        if key != best.strategy and (key not in fastest or c.step_s < fastest[key].step_s):
+        key = c.label
+        if key != best.label and (key not in fastest or c.step_s < fastest[key].step_s):
             fastest[key] = c
     if not fastest:
         return ""
-    parts = [f"{key} ~{(c.step_s / best.step_s - 1):.0%} slower"
+    def slower(ratio: float) -> str:
+        return f"~{ratio:.0f}x slower" if ratio >= 2 else f"~{ratio - 1:.0%} slower"
+
+    parts = [f"{key} {slower(c.step_s / best.step_s)}"
              for key, c in sorted(fastest.items(), key=lambda item: item[1].step_s)]
     return f" (also fit: {', '.join(parts)})"
 

@@ -14,6 +14,8 @@ Step time (one optimizer step, the whole world) = compute x engine factor + expo
   ZeRO-2: reduce-scatter gradients + all-gather the updated trainable weights.
   FSDP / ZeRO-3: all-gather every weight in forward and again in backward (per micro-step:
   the gathered shards are freed between passes) + reduce-scatter gradients.
+  Hybrid FSDP (HSDP) across machines gathers weights inside each machine only, and all-reduces
+  the sharded gradients across machines.
   Gradient collectives overlap with backward (bucketing, prefetch): OVERLAP of them is hidden.
 - latency: each collective costs ALPHA seconds; FSDP / ZeRO-3 issue per-layer collectives on
   every micro-step, DDP and ZeRO-2 a few buckets per step.
@@ -54,7 +56,7 @@ class StepCost:
 def step_cost(*, total_params: int, trainable_params: int, tokens_per_step: int, method: str,
               strategy: str, offload: str, checkpointing: bool, world: int, nodes: int,
               tflops: float, interconnect: str, micro_tokens: int, num_layers: int,
-              grad_accum: int) -> StepCost:
+              grad_accum: int, hybrid: bool = False, gpus_per_node: int = 1) -> StepCost:
     """Estimated seconds per optimizer step (tokens_per_step is global, micro_tokens per process)."""
     flops_per_token = (6 if method == "full" else 4) * total_params
     if checkpointing:
@@ -63,7 +65,9 @@ def step_cost(*, total_params: int, trainable_params: int, tokens_per_step: int,
     compute = flops_per_token * tokens_per_step / (world * tflops * 1e12 * MFU * utilisation)
     compute *= ENGINE.get(strategy, 1.0)
 
-    link = "ethernet" if nodes > 1 else interconnect
+    # Between machines: datacenter nodes (NVLink inside) come with InfiniBand/RoCE, PCIe boxes
+    # usually with plain Ethernet.
+    link = ("infiniband" if interconnect == "nvlink" else "ethernet") if nodes > 1 else interconnect
     bandwidth, alpha = BANDWIDTH[link] * GB, ALPHA[link]
     comm = 0.0
     if world > 1 and strategy != "single":
@@ -75,6 +79,14 @@ def step_cost(*, total_params: int, trainable_params: int, tokens_per_step: int,
         elif strategy == "zero2":
             volume = share * grads * (1 - OVERLAP) + share * trainable_params * 2
             latency = 8 * alpha
+        elif hybrid:  # gathers inside the node; sharded grads all-reduced across nodes
+            intra = "nvlink" if interconnect == "nvlink" else "pcie"
+            local = (gpus_per_node - 1) / gpus_per_node
+            inside = grad_accum * 2 * local * weights * (1 - OVERLAP) + local * grads * (1 - OVERLAP)
+            across = 2 * (nodes - 1) / nodes * grads / gpus_per_node * (1 - OVERLAP)
+            volume = 0.0
+            latency = (inside / (BANDWIDTH[intra] * GB) + grad_accum * 3 * num_layers * ALPHA[intra]
+                       + across / bandwidth + 4 * alpha)
         else:  # fsdp, zero3: weights gathered twice per micro-step, grads reduce-scattered
             volume = grad_accum * (2 * share * weights * (1 - OVERLAP)) + share * grads * (1 - OVERLAP)
             latency = grad_accum * 3 * num_layers * alpha

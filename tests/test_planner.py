@@ -131,3 +131,13 @@ def test_every_choice_has_a_reason():
     for key in ("dataset", "method", "epochs", "learning_rate", "lora", "max_length", "precision", "device",
                 "strategy", "activation_checkpointing", "batch", "launcher", "schedule"):
         assert p.reasons.get(key), key
+
+
+def test_multi_node_fsdp_keeps_weight_gathers_inside_a_node():
+    p = plan(from_spec("8xH100-80GB", nodes=2), model(LLAMA_8B, "llama-8b"), LARGE,
+             Goals(method="full", strategy="fsdp"))
+    assert p.hybrid_shard, p.reasons["strategy"]
+    assert "HSDP" in p.reasons["strategy"]
+    one_node = plan(from_spec("8xH100-80GB"), model(LLAMA_8B, "llama-8b"), LARGE,
+                    Goals(method="full", strategy="fsdp"))
+    assert not one_node.hybrid_shard
