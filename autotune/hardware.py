@@ -1,32 +1,51 @@
 """What the machine has: GPUs through NVML, host RAM and cores through psutil and the cgroup.
 
 `detect()` reads this machine; `from_spec("4xRTX4090", nodes=2)` describes hardware you plan for.
-Planning uses FREE GPU memory (memory other processes hold is not ours) and the host RAM this
-process may use (psutil's figure capped by the container's cgroup limit).
+Planning uses FREE GPU memory (memory other processes hold is not ours), only the GPUs CUDA will
+show this process (CUDA_VISIBLE_DEVICES, which NVML ignores), and the host RAM this process may
+use (psutil's figure capped by the container's cgroup limit). `interconnect` is the link between
+GPUs inside one node; between nodes the planner assumes the network.
+
+Imports stay light: pynvml and psutil are imported inside the functions that read hardware.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 GiB = 1024**3
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+SELF_CGROUP = Path("/proc/self/cgroup")
+# Memory another process holds beyond this is worth a note (an idle GPU shows a few hundred MiB
+# used by the driver's reservation and contexts).
+BUSY_BYTES = 1 * GiB
+# nvml.h nvmlGpuP2PCapsIndex_t: READ = 0, NVLINK = 2. (pynvml 13.x defines READ as a tuple by a
+# stray comma, so the numbers are written here.)
+P2P_READ, P2P_NVLINK = 0, 2
+P2P_STATUS_OK = 0
+NVLINK_DEVICE_TYPE_SWITCH = 0x02
 
 
 @dataclass(frozen=True)
 class GPU:
-    index: int
+    index: int                              # CUDA ordinal as this process sees it (cuda:<index>)
     name: str
     total_memory: int                       # bytes
     free_memory: int                        # bytes
     compute_capability: tuple[int, int]
     uuid: str | None = None
     pci_bus_id: str | None = None
-    bf16_tflops: float | None = None        # dense peak, from the GPU catalog
+    bf16_tflops: float | None = None        # dense peak, from the GPU catalog (fp16 where cc < 8.0)
     memory_bandwidth: float | None = None   # GB/s, from the GPU catalog
+    nvml_index: int | None = None           # NVML's index, which ignores CUDA_VISIBLE_DEVICES
+    catalog_name: str | None = None         # the catalog entry the figures come from
 
 
 @dataclass
@@ -36,13 +55,15 @@ class HardwareProfile:
     source: str                             # "detected" or "spec"
     gpus: list[GPU]
     nodes: int = 1
-    interconnect: str = "none"              # between GPUs of a node: "nvlink", "pcie" or "none"
+    interconnect: str = "none"              # inside a node: "nvlink" (every pair), "pcie" or "none"
     host_ram_total: int = 0                 # bytes, per node
     host_ram_available: int = 0             # bytes, per node, capped by the cgroup limit
     cpu_cores: int = 1
     disk_free: int | None = None            # bytes free where runs are written
     spec: str | None = None
     notes: list[str] = field(default_factory=list)
+    links: dict[str, str] = field(default_factory=dict)  # "0-1" -> "nvlink" | "pcie-p2p" | "pcie"
+    cgroup_memory_limit: int | None = None  # bytes, the container's limit when there is one
 
     @property
     def device(self) -> str:
@@ -73,79 +94,412 @@ class HardwareProfile:
         return data
 
 
-def detect(runs_dir: str | os.PathLike[str] = ".") -> HardwareProfile:
-    """This machine, read now."""
-    import psutil
-
-    gpus, note = _nvml_gpus()
-    ram_total = psutil.virtual_memory().total
-    ram_available = psutil.virtual_memory().available
-    limit = cgroup_memory_limit()
-    if limit is not None and limit < ram_total:
-        ram_total = limit
-        ram_available = min(ram_available, max(0, limit - (cgroup_memory_usage() or 0)))
-    notes = [note] if note else []
+def detect(runs_dir: str | os.PathLike[str] = ".", *, cgroup_root: Path = CGROUP_ROOT,
+           self_cgroup: Path = SELF_CGROUP, environ: Mapping[str, str] | None = None) -> HardwareProfile:
+    """This machine, read now. Never raises for missing drivers or NVML errors: it notes them."""
+    gpus, links, notes = read_nvml(os.environ if environ is None else environ)
+    host = read_host(cgroup_root, self_cgroup)
+    if len(gpus) < 2:
+        interconnect = "none"
+    else:
+        interconnect = "nvlink" if all(kind == "nvlink" for kind in links.values()) else "pcie"
     return HardwareProfile(
-        source="detected",
-        gpus=gpus,
-        interconnect="pcie" if len(gpus) > 1 else "none",
-        host_ram_total=ram_total,
-        host_ram_available=ram_available,
-        cpu_cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
-        disk_free=_disk_free(Path(runs_dir)),
-        notes=notes,
+        source="detected", gpus=gpus, interconnect=interconnect, links=links,
+        host_ram_total=host.ram_total, host_ram_available=host.ram_available, cpu_cores=host.cpu_cores,
+        disk_free=_disk_free(Path(runs_dir)), cgroup_memory_limit=host.cgroup.memory_limit,
+        notes=notes + _link_notes(gpus, links) + host.notes,
     )
 
 
-def _nvml_gpus() -> tuple[list[GPU], str | None]:
+def from_spec(spec: str, nodes: int | None = 1, host_ram_gib: float | None = None) -> HardwareProfile:
+    """Hardware to plan for: "cpu", "4xRTX4090", "2x8xH100" (nodes x GPUs x model), "2x24GB",
+    with ",ram=512GB" or `host_ram_gib` for one node's RAM. See autotune.gpu_catalog."""
+    from autotune.gpu_catalog import parse_gpu_spec
+
+    return parse_gpu_spec(spec, nodes, host_ram_gib)
+
+
+# ----------------------------------------------------------------------------- NVML
+
+@dataclass
+class _Device:
+    nvml_index: int
+    handle: Any
+    name: str
+    uuid: str | None
+    bus: str | None
+    parent: Any = None                      # the physical GPU's handle for a MIG instance
+
+    @property
+    def is_mig(self) -> bool:
+        return self.parent is not None
+
+
+def read_nvml(environ: Mapping[str, str]) -> tuple[list[GPU], dict[str, str], list[str]]:
+    """The GPUs CUDA will show this process, the link between each pair, and notes."""
     try:
         import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:
-        return [], "NVML found no NVIDIA driver: planning for the CPU."
+    except ImportError:
+        return [], {}, ["nvidia-ml-py (pynvml) is not installed, so no GPU can be seen: planning for the CPU."]
     try:
-        count = pynvml.nvmlDeviceGetCount()
-        gpus = []
-        for index in range(count):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            name = pynvml.nvmlDeviceGetName(handle)
-            gpus.append(GPU(
-                index=index,
-                name=name.decode() if isinstance(name, bytes) else str(name),
-                total_memory=int(memory.total),
-                free_memory=int(memory.free),
-                compute_capability=tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle)),  # type: ignore[arg-type]
-            ))
+        pynvml.nvmlInit()
+    except Exception as exc:  # NVMLError_LibraryNotFound / DriverNotLoaded / ...; OSError from ctypes
+        return [], {}, [f"No NVIDIA driver found (NVML: {exc}): planning for the CPU."]
+    try:
+        return _read_devices(pynvml, environ)
     finally:
-        pynvml.nvmlShutdown()
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def _call(pynvml: Any, name: str, *args: Any) -> Any:
+    """One NVML query that may fail on this device or driver (NotSupported, GPU lost, a function
+    an old driver lacks): None instead of an exception."""
+    try:
+        return getattr(pynvml, name)(*args)
+    except Exception:
+        return None
+
+
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else (None if value is None else str(value))
+
+
+def _bus(pci: Any) -> str | None:
+    """PCI bus id in one spelling: NVML writes "00000000:1A:00.0", sysfs "0000:1a:00.0"."""
+    raw = _text(getattr(pci, "busId", None)) if pci is not None else None
+    match = re.fullmatch(r"([0-9a-fA-F]+):([0-9a-fA-F]+):([0-9a-fA-F]+)\.([0-7])", raw or "")
+    if not match:
+        return raw
+    domain, bus, dev, fn = match.groups()
+    return f"{int(domain, 16):04x}:{int(bus, 16):02x}:{int(dev, 16):02x}.{fn}"
+
+
+def _read_devices(pynvml: Any, environ: Mapping[str, str]) -> tuple[list[GPU], dict[str, str], list[str]]:
+    from autotune.gpu_catalog import match_nvml_name
+
+    notes: list[str] = []
+    try:
+        count = int(pynvml.nvmlDeviceGetCount())
+    except Exception as exc:
+        return [], {}, [f"NVML could not count the GPUs ({exc}): planning for the CPU."]
+    devices: list[_Device] = []
+    for index in range(count):
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        except Exception as exc:
+            notes.append(f"GPU {index}: NVML cannot open it ({exc}); left out of the plan.")
+            continue
+        devices.append(_Device(index, handle, _text(_call(pynvml, "nvmlDeviceGetName", handle)) or f"GPU {index}",
+                               _text(_call(pynvml, "nvmlDeviceGetUUID", handle)),
+                               _bus(_call(pynvml, "nvmlDeviceGetPciInfo", handle))))
+    selected = _visible(pynvml, devices, environ, notes)
+
+    gpus: list[GPU] = []
+    kept: list[_Device] = []
+    for position, dev in enumerate(selected):
+        try:
+            memory = pynvml.nvmlDeviceGetMemoryInfo(dev.handle)
+            total, free = int(memory.total), int(memory.free)
+        except Exception as exc:
+            notes.append(f"GPU {dev.nvml_index} ({dev.name}): NVML cannot read its memory ({exc}); "
+                         "left out of the plan.")
+            continue
+        model = match_nvml_name(dev.name, total)
+        cc = _call(pynvml, "nvmlDeviceGetCudaComputeCapability", dev.parent if dev.parent is not None else dev.handle)
+        if cc is None:
+            cc = model.compute_capability if model else (0, 0)
+            notes.append(f"GPU {dev.nvml_index} ({dev.name}): NVML gave no compute capability; "
+                         + (f"using the catalog's {cc[0]}.{cc[1]}." if model else "planning without bf16."))
+        gpus.append(GPU(index=position, name=dev.name, total_memory=total, free_memory=free,
+                        compute_capability=(int(cc[0]), int(cc[1])), uuid=dev.uuid, pci_bus_id=dev.bus,
+                        bf16_tflops=model.bf16_tflops if model else None,
+                        memory_bandwidth=model.bandwidth_gbs if model else None,
+                        nvml_index=dev.nvml_index, catalog_name=model.key if model else None))
+        kept.append(dev)
+        if total - free > max(BUSY_BYTES, total // 20):
+            notes.append(f"GPU {dev.nvml_index} ({dev.name}): {(total - free) / GiB:.1f} of {total / GiB:.1f} GiB "
+                         f"already in use by other processes; planning on the {free / GiB:.1f} GiB free.")
     if not gpus:
-        return [], "NVML found no GPU: planning for the CPU."
-    return gpus, None
+        if not notes:
+            notes.append("NVML found no GPU: planning for the CPU.")
+        elif not any("planning for the CPU" in note for note in notes):
+            notes.insert(0, "No usable GPU: planning for the CPU.")
+        return [], {}, notes
+    if len({g.name for g in gpus}) > 1:
+        smallest = min(gpus, key=lambda g: g.free_memory)
+        notes.append(f"Mixed GPU models ({', '.join(sorted({g.name for g in gpus}))}): every process is planned "
+                     f"for the smallest, GPU {smallest.index} ({smallest.name}, "
+                     f"{smallest.free_memory / GiB:.1f} GiB free).")
+    links = {f"{gpus[i].index}-{gpus[j].index}": _pair_link(pynvml, kept[i], kept[j], devices)
+             for i in range(len(kept)) for j in range(i + 1, len(kept))}
+    return gpus, links, notes
 
 
-def cgroup_memory_limit() -> int | None:
-    """The container's memory limit in bytes (cgroup v2, then v1), or None when unlimited."""
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
+def _visible(pynvml: Any, devices: list[_Device], environ: Mapping[str, str], notes: list[str]) -> list[_Device]:
+    """The devices CUDA shows, in CUDA's order. CUDA reads CUDA_VISIBLE_DEVICES as a comma list of
+    indices, GPU-<uuid> or MIG-<uuid> prefixes, and stops at the first entry it cannot match."""
+    value = environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        chosen = devices
+    elif not value.strip():
+        notes.insert(0, "CUDA_VISIBLE_DEVICES is empty, so CUDA shows no GPU: planning for the CPU.")
+        return []
+    else:
+        mig_cache: dict[int, list[_Device]] = {}
+        chosen = []
+        for entry in (part.strip() for part in value.split(",")):
+            found = _resolve(pynvml, entry, devices, mig_cache)
+            if found is None or any(found.handle is c.handle for c in chosen):
+                why = "matches no GPU" if found is None else "repeats a GPU"
+                notes.append(f"CUDA_VISIBLE_DEVICES entry '{entry}' {why}: CUDA ignores it and every entry after it.")
+                break
+            chosen.append(found)
+        indexed = any(re.fullmatch(r"\d+", e.strip()) for e in value.split(","))
+        if indexed and environ.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID" and len({d.name for d in devices}) > 1:
+            notes.append("CUDA_VISIBLE_DEVICES uses indices and CUDA orders unlike GPUs fastest first; they were "
+                         "read in NVML (PCI bus) order. Set CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA agrees.")
+    chosen = _whole_or_mig(pynvml, chosen, notes)
+    if any(d.is_mig for d in chosen) and len(chosen) > 1:
+        notes.append("CUDA runs a process on one MIG instance at most: planning for the first visible device only.")
+        chosen = chosen[:1]
+    return chosen
+
+
+def _resolve(pynvml: Any, entry: str, devices: list[_Device], mig_cache: dict[int, list[_Device]]) -> _Device | None:
+    upper = entry.upper()
+    if re.fullmatch(r"\d+", entry):
+        return next((d for d in devices if d.nvml_index == int(entry)), None)
+    if upper.startswith("GPU-"):
+        pool = devices
+    elif upper.startswith("MIG-"):
+        pool = [m for d in devices for m in mig_cache.setdefault(d.nvml_index, _mig_instances(pynvml, d))]
+    else:
+        return None
+    matches = [d for d in pool if d.uuid and d.uuid.upper().startswith(upper)]
+    return matches[0] if len(matches) == 1 else None  # an ambiguous prefix matches nothing, as in CUDA
+
+
+def _whole_or_mig(pynvml: Any, devices: list[_Device], notes: list[str]) -> list[_Device]:
+    """A whole GPU with MIG mode on is not a CUDA device: its MIG instances are. Use the first."""
+    result = []
+    for dev in devices:
+        mode = None if dev.is_mig else _call(pynvml, "nvmlDeviceGetMigMode", dev.handle)
+        if not mode or int(mode[0]) != 1:
+            result.append(dev)
             continue
-        if text == "max":
-            return None
-        value = int(text)
-        return None if value >= 2**60 else value  # v1 reports "unlimited" as a huge number
-    return None
+        instances = _mig_instances(pynvml, dev)
+        if not instances:
+            notes.append(f"GPU {dev.nvml_index} ({dev.name}) has MIG mode on but no MIG instance; left out.")
+            continue
+        notes.append(f"GPU {dev.nvml_index} ({dev.name}) has MIG mode on: planning for its MIG instance "
+                     f"{instances[0].uuid}. Set CUDA_VISIBLE_DEVICES=MIG-<uuid> to pick another.")
+        result.append(instances[0])
+    return result
 
 
-def cgroup_memory_usage() -> int | None:
-    for path in ("/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory/memory.usage_in_bytes"):
+def _mig_instances(pynvml: Any, dev: _Device) -> list[_Device]:
+    mode = _call(pynvml, "nvmlDeviceGetMigMode", dev.handle)
+    if not mode or int(mode[0]) != 1:
+        return []
+    instances = []
+    for slot in range(_call(pynvml, "nvmlDeviceGetMaxMigDeviceCount", dev.handle) or 0):
+        handle = _call(pynvml, "nvmlDeviceGetMigDeviceHandleByIndex", dev.handle, slot)
+        if handle is None:
+            continue  # an empty slot answers NotFound
+        name = _text(_call(pynvml, "nvmlDeviceGetName", handle)) or f"{dev.name} MIG"
+        instances.append(_Device(dev.nvml_index, handle, name, _text(_call(pynvml, "nvmlDeviceGetUUID", handle)),
+                                 dev.bus, parent=dev.handle))
+    return instances
+
+
+def _pair_link(pynvml: Any, a: _Device, b: _Device, devices: list[_Device]) -> str:
+    """"nvlink" when NVML reports NVLink P2P between the pair (direct or through NVSwitch),
+    "pcie-p2p" when PCIe peer-to-peer works, else "pcie" (NCCL then copies through host memory)."""
+    if a.is_mig or b.is_mig:
+        return "pcie"
+    nvlink = _p2p(pynvml, a, b, P2P_NVLINK)
+    if nvlink is None:  # the query is not supported: walk the links instead
+        peers_a, peers_b = _nvlink_peers(pynvml, a), _nvlink_peers(pynvml, b)
+        nvlink = (b.bus in peers_a or a.bus in peers_b or ("nvswitch" in peers_a and "nvswitch" in peers_b))
+    if nvlink:
+        return "nvlink"
+    return "pcie-p2p" if _p2p(pynvml, a, b, P2P_READ) else "pcie"
+
+
+def _p2p(pynvml: Any, a: _Device, b: _Device, index: int) -> bool | None:
+    status = _call(pynvml, "nvmlDeviceGetP2PStatus", a.handle, b.handle, index)
+    return None if status is None else int(status) == P2P_STATUS_OK
+
+
+def _nvlink_peers(pynvml: Any, dev: _Device) -> set[str]:
+    """PCI bus ids at the far end of this GPU's active NVLinks ("nvswitch" for a switch)."""
+    peers: set[str] = set()
+    for link in range(int(getattr(pynvml, "NVML_NVLINK_MAX_LINKS", 18))):
+        if _call(pynvml, "nvmlDeviceGetNvLinkState", dev.handle, link) != 1:  # NVML_FEATURE_ENABLED
+            continue
+        if _call(pynvml, "nvmlDeviceGetNvLinkRemoteDeviceType", dev.handle, link) == NVLINK_DEVICE_TYPE_SWITCH:
+            peers.add("nvswitch")
+            continue
+        remote = _bus(_call(pynvml, "nvmlDeviceGetNvLinkRemotePciInfo", dev.handle, link))
+        if remote:
+            peers.add(remote)
+    return peers
+
+
+def _link_notes(gpus: list[GPU], links: dict[str, str]) -> list[str]:
+    kinds = set(links.values())
+    if len(gpus) < 2 or kinds == {"nvlink"}:
+        return []
+    notes = []
+    if "nvlink" in kinds:
+        pairs = ", ".join(pair for pair, kind in links.items() if kind == "nvlink")
+        notes.append(f"NVLink joins only some GPU pairs ({pairs}): collectives run at PCIe speed.")
+    if "pcie" in kinds:
+        notes.append("Some GPU pairs have no peer-to-peer access: NCCL copies through host memory, so "
+                     "gradient all-reduce is slow and sharded strategies cost more.")
+    return notes
+
+
+# ----------------------------------------------------------------------------- host
+
+@dataclass(frozen=True)
+class CgroupLimits:
+    """The container's limits. memory_used is the working set: usage minus inactive page cache,
+    the figure the kubelet evicts on (cAdvisor's working_set_bytes), since cache is reclaimable."""
+
+    version: int | None = None
+    memory_limit: int | None = None
+    memory_used: int | None = None
+    cpu_limit: float | None = None          # CPUs' worth of quota
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    ram_total: int
+    ram_available: int
+    cpu_cores: int
+    cgroup: CgroupLimits
+    notes: list[str]
+
+
+def read_host(cgroup_root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> HostFacts:
+    import psutil
+
+    memory = psutil.virtual_memory()
+    total, available = int(memory.total), int(memory.available)
+    limits = read_cgroup(cgroup_root, self_cgroup)
+    notes = []
+    if limits.memory_limit is not None and limits.memory_limit < total:
+        room = limits.memory_limit - (limits.memory_used or 0)
+        total, available = limits.memory_limit, min(available, max(0, room))
+        notes.append(f"Container memory limit (cgroup v{limits.version}): {total / GiB:.1f} GiB of the host's "
+                     f"{memory.total / GiB:.1f} GiB, {available / GiB:.1f} GiB of it free.")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if limits.cpu_limit is not None and limits.cpu_limit < cores:
+        notes.append(f"Container CPU quota: {limits.cpu_limit:g} CPUs of the {cores} this process may run on.")
+        cores = max(1, math.floor(limits.cpu_limit))
+    return HostFacts(total, available, cores, limits, notes)
+
+
+def read_cgroup(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> CgroupLimits:
+    """Memory limit, working set and CPU quota of this process's cgroup (v2, else v1). A limit
+    set on a parent cgroup binds too, so the smallest limit from the leaf up to the root counts."""
+    paths = _cgroup_paths(self_cgroup)
+    if (root / "cgroup.controllers").exists():
+        leaf = _leaf(root, paths.get("", "/"))
+        limit = _min_up(leaf, root, "memory.max", lambda text: None if text == "max" else int(text))
+        used = _working_set(_read_int(leaf / "memory.current"), _stat(leaf / "memory.stat", "inactive_file"))
+        cpu = _min_up(leaf, root, "cpu.max", _cpu_v2)
+        return CgroupLimits(2, limit, used, cpu)
+    memory_root = root / "memory"
+    if memory_root.is_dir():
+        leaf = _leaf(memory_root, paths.get("memory", "/"))
+        # v1 writes "no limit" as a page-aligned LONG_MAX (9223372036854771712).
+        limit = _min_up(leaf, memory_root, "memory.limit_in_bytes",
+                        lambda text: None if int(text) >= 2**60 else int(text))
+        stat = leaf / "memory.stat"
+        inactive = _stat(stat, "total_inactive_file")
+        used = _working_set(_read_int(leaf / "memory.usage_in_bytes"),
+                            inactive if inactive is not None else _stat(stat, "inactive_file"))
+        cpu = None
+        for name in ("cpu,cpuacct", "cpu"):
+            if (root / name).is_dir():
+                cpu_leaf = _leaf(root / name, paths.get("cpu", "/"))
+                quota, period = _read_int(cpu_leaf / "cpu.cfs_quota_us"), _read_int(cpu_leaf / "cpu.cfs_period_us")
+                cpu = quota / period if quota and period and quota > 0 else None
+                break
+        return CgroupLimits(1, limit, used, cpu)
+    return CgroupLimits()
+
+
+def _cgroup_paths(self_cgroup: Path) -> dict[str, str]:
+    """/proc/self/cgroup lines "ID:controllers:path"; v2's line is "0::/path" (key "")."""
+    try:
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        return {}
+    paths: dict[str, str] = {}
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            for controller in parts[1].split(",") if parts[1] else [""]:
+                paths[controller] = parts[2]
+    return paths
+
+
+def _leaf(base: Path, relative: str) -> Path:
+    """The process's cgroup directory; in a container with its own cgroup namespace (or a v1
+    container whose mount is its own cgroup) the path does not exist below the mount: use the mount."""
+    candidate = base / relative.strip("/")
+    return candidate if relative.strip("/") and candidate.is_dir() else base
+
+
+def _min_up(leaf: Path, base: Path, name: str, parse: Callable[[str], Any]) -> Any:
+    found = []
+    path = leaf
+    while True:
         try:
-            return int(Path(path).read_text().strip())
+            value = parse((path / name).read_text().strip())
         except (OSError, ValueError):
-            continue
+            value = None
+        if value is not None:
+            found.append(value)
+        if path == base or base not in path.parents:
+            break
+        path = path.parent
+    return min(found) if found else None
+
+
+def _cpu_v2(text: str) -> float | None:
+    quota, _, period = text.partition(" ")
+    return None if quota == "max" else int(quota) / int(period or 100000)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _stat(path: Path, key: str) -> int | None:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
     return None
+
+
+def _working_set(usage: int | None, inactive_file: int | None) -> int | None:
+    if usage is None:
+        return None
+    return max(0, usage - (inactive_file or 0))
 
 
 def _disk_free(path: Path) -> int | None:
@@ -156,10 +510,3 @@ def _disk_free(path: Path) -> int | None:
         return shutil.disk_usage(probe).free
     except OSError:
         return None
-
-
-def from_spec(spec: str, nodes: int = 1) -> HardwareProfile:
-    """Hardware to plan for: "cpu", "4xRTX4090", "2x8xH100" (nodes x GPUs x model), "2x24GB"."""
-    from autotune.gpu_catalog import parse_gpu_spec
-
-    return parse_gpu_spec(spec, nodes)
