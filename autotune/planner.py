@@ -127,8 +127,6 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
         gpu = hardware.smallest_gpu
         assert gpu is not None
         reasons["device"] = f"{world} GPU process(es): {hardware.describe()}"
-        if len({g.name for g in hardware.gpus}) > 1:
-            warnings.append(f"Mixed GPU models: planning for the smallest, {gpu.name}.")
 
     effective = goals.effective_batch or DEFAULT_EFFECTIVE_BATCH
     if effective < world:
