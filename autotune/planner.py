@@ -97,7 +97,7 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
                             title="LoRA", fix=f"Choose from: {', '.join(model.linear_names)}.")
         lora = LoraSettings(r=r, alpha=goals.lora_alpha or 2 * r,
                             dropout=goals.lora_dropout if goals.lora_dropout is not None else 0.05,
-                            target_modules=list(targets))
+                            target_modules=list(targets), peft_targets=model.lora_target_modules(targets))
         share = model.lora_params(r, targets) / model.total_params
         reasons["lora"] = (f"rank {r}, alpha {lora.alpha} on {', '.join(targets)}: "
                            f"{model.lora_params(r, targets):,} trainable parameters ({share:.2%}); "
@@ -174,7 +174,7 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     return Plan(
         name=name or _run_name(model.name, dataset.source),
         model=model.path if model.source == "local" and model.path else model.name,
-        model_source=model.source, layer_cls=model.layer_cls,
+        model_source=model.source, layer_cls=",".join(model.wrap_classes or [model.layer_cls]),
         dataset=dataset.source, dataset_format=dataset.format,
         device=hardware.device, hardware=hardware.describe(),
         strategy=chosen.strategy, offload=chosen.offload, launcher=launcher,

@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from autotune.model_spec import CATALOG_PATH, count_on_meta, spec_from_config  # noqa: E402
+from autotune.model_spec import CATALOG_PATH, spec_from_config  # noqa: E402
+from autotune.param_counts import count_on_meta  # noqa: E402
 
 
 def main() -> int:

@@ -13,11 +13,11 @@ import sys
 
 import pytest
 
-from autotune import model_spec
+from autotune import model_spec, param_counts
+from autotune.param_counts import count_on_meta
 from autotune.errors import UserError
 from autotune.model_spec import (
     catalog_names,
-    count_on_meta,
     load_model_spec,
     search_catalog,
     spec_from_config,
@@ -197,12 +197,12 @@ def test_without_the_exclusion_peft_would_adapt_the_vision_tower(name):
 def test_formula_defaults_are_the_transformers_config_defaults():
     from transformers import AutoConfig
 
-    for model_type, defaults in {**model_spec._TEXT_DEFAULTS, **model_spec._VISION_DEFAULTS}.items():
+    for model_type, defaults in {**param_counts._TEXT_DEFAULTS, **param_counts._VISION_DEFAULTS}.items():
         hf_type = "qwen2_5_vl_vision" if model_type == "qwen2_5_vl" else model_type
         config = AutoConfig.for_model(hf_type)
         for key, value in defaults.items():
             assert getattr(config, key) == value, (model_type, key)
-    for model_type, (text_type, tied, _) in model_spec._MULTIMODAL.items():
+    for model_type, (text_type, tied, _) in param_counts._MULTIMODAL.items():
         config = AutoConfig.for_model(model_type)
         assert config.tie_word_embeddings == tied and config.get_text_config().model_type == text_type
 

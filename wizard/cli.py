@@ -32,7 +32,7 @@ that run without llmwizard, launch, and watch the loss.
 
 def _plan_inputs(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("what to train, and on what")
-    group.add_argument("--model", help="local model directory (config.json) or catalog name; default: the embedded tiny model")
+    group.add_argument("--model", help="local model directory, catalog name (llama-3.1-8b, qwen2.5-7b, ...) or hub id; default: the embedded tiny model")
     group.add_argument("--dataset", help="JSONL/JSON/CSV/Parquet file or hub name; default: the bundled arithmetic set")
     group.add_argument("--preset", help="preset name or YAML file (see `llmwizard presets`)")
     group.add_argument("--gpus", help="plan for hardware you don't have: 4xRTX4090, 8xH100-80GB, 2x24GB, cpu")
