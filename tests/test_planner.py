@@ -141,3 +141,20 @@ def test_multi_node_fsdp_keeps_weight_gathers_inside_a_node():
     one_node = plan(from_spec("8xH100-80GB"), model(LLAMA_8B, "llama-8b"), LARGE,
                     Goals(method="full", strategy="fsdp"))
     assert not one_node.hybrid_shard
+
+
+def test_full_fine_tuning_falls_back_to_8bit_adamw_before_offload():
+    p = plan(from_spec("1xRTX4090"), model(LLAMA_1B, "llama-1b"), SMALL, Goals(method="full"))
+    assert p.optimizer == "adamw_8bit" and p.offload == "none"
+    assert "8-bit" in p.reasons["optimizer"]
+    with pytest.raises(UserError):  # asked for plain AdamW, no offload, no sharding: nothing fits
+        plan(from_spec("1xRTX4090"), model(LLAMA_1B, "llama-1b"), SMALL,
+             Goals(method="full", optimizer="adamw", offload="none"))
+
+
+def test_single_gpu_offload_uses_deepspeed():
+    p = plan(from_spec("1xA100-80GB"), model(LLAMA_8B, "llama-8b"), LARGE, Goals(method="full", optimizer="adamw"))
+    assert p.num_processes == 1
+    assert p.strategy in ("zero2", "zero3") and p.offload != "none", p.reasons["strategy"]
+    assert "host RAM" in p.reasons["offload"]
+    assert p.estimate.host_ram <= from_spec("1xA100-80GB").host_ram_available

@@ -57,6 +57,7 @@ def _plan_inputs(parser: argparse.ArgumentParser) -> None:
     tune.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
                       help="activation checkpointing on/off")
     tune.add_argument("--precision", choices=["bf16", "fp16", "fp32"])
+    tune.add_argument("--optimizer", choices=["adamw", "adamw_8bit", "adafactor", "sgd"])
     tune.add_argument("--eval-fraction", type=float, help="share of rows held out for evaluation (0 = none)")
 
 
@@ -164,6 +165,7 @@ def _goals(args: argparse.Namespace) -> Goals:
         lora_r=args.lora_r, max_length=args.max_length, allow_truncation=args.allow_truncation,
         micro_batch=args.micro_batch, effective_batch=args.effective_batch,
         checkpointing=args.checkpointing, precision=args.precision, processes=args.processes,
+        optimizer=args.optimizer,
         eval_fraction=args.eval_fraction,
     )
 
