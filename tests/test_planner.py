@@ -144,11 +144,13 @@ def test_multi_node_fsdp_keeps_weight_gathers_inside_a_node():
 
 
 def test_full_fine_tuning_falls_back_to_8bit_adamw_before_offload():
-    p = plan(from_spec("1xRTX4090"), model(LLAMA_1B, "llama-1b"), SMALL, Goals(method="full"))
+    # 16 bytes x 1.24B parameters = 20 GB of model states before any activation: too much for 24 GB
+    # at 1856 tokens with plain AdamW, fine with 8-bit states.
+    p = plan(from_spec("1xRTX4090"), model(LLAMA_1B, "llama-1b"), LARGE, Goals(method="full"))
     assert p.optimizer == "adamw_8bit" and p.offload == "none"
     assert "8-bit" in p.reasons["optimizer"]
     with pytest.raises(UserError):  # asked for plain AdamW, no offload, no sharding: nothing fits
-        plan(from_spec("1xRTX4090"), model(LLAMA_1B, "llama-1b"), SMALL,
+        plan(from_spec("1xRTX4090"), model(LLAMA_1B, "llama-1b"), LARGE,
              Goals(method="full", optimizer="adamw", offload="none"))
 
 
