@@ -74,7 +74,8 @@ class HardwareProfile:
         nodes = f"{self.nodes} nodes x " if self.nodes > 1 else ""
         return (f"{nodes}{len(self.gpus)}x {' / '.join(names)} "
                 f"({gpu.free_memory / GiB:.1f} of {gpu.total_memory / GiB:.1f} GiB free), "
-                f"{self.interconnect}, {self.host_ram_available / GiB:.0f} GiB host RAM")
+                + (f"{'NVLink' if self.interconnect == 'nvlink' else 'PCIe'}, " if len(self.gpus) > 1 else "")
+                + f"{self.host_ram_available / GiB:.0f} GiB host RAM")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

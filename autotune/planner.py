@@ -214,8 +214,10 @@ def _max_length(model: ModelSpec, dataset: DatasetProfile, goals: Goals, rule_ca
     cap = goals.max_length_cap or rule_cap
     wanted = round_up(dataset.p99_tokens)
     length = min(wanted, cap, model.max_positions)
-    why = (f"{length} tokens: p99 of the data is {dataset.p99_tokens} tokens "
-           f"({'exact' if dataset.exact_tokens else 'estimated'}, {dataset.tokenizer}), rounded up to a multiple of 64")
+    counted = (f"counted with the {dataset.tokenizer}" if dataset.exact_tokens else
+               "estimated at 4 characters per token: the model's tokenizer is not on this machine")
+    why = (f"{length} tokens: p99 of the data is {dataset.p99_tokens} tokens ({counted}), "
+           "rounded up to a multiple of 64")
     if length < wanted:
         limit = "the model's" if length == model.max_positions else (
             f"preset {goals.preset}'s" if goals.max_length_cap else "the dataset rule's")
