@@ -1,19 +1,33 @@
 """What the planner needs to know about a model, without its weights.
 
 A `ModelSpec` holds the dimensions that drive memory (hidden, MLP width, layers, heads, vocab),
-the decoder-layer class FSDP wraps, and the parameter counts by part. It comes from the embedded
-default, a local directory with config.json, or a bundled catalog of well-known models.
+the decoder-layer class FSDP wraps, the linear projections LoRA adapts and the parameter counts
+by part. Names resolve in this order: the embedded default, a local directory with config.json,
+the bundled catalog (`model_catalog.json`, names and aliases, case-insensitive), a hub id.
+
+Counts are exact. Catalog models carry counts made by building each model on the meta device
+(`bench/build_model_catalog.py`), so planning for them imports no torch. A local or hub config
+is counted on the meta device once and cached under the user cache, keyed by a hash of its
+config.json. The analytic formula below needs no torch; it is the fallback for configs
+transformers cannot build, and the tests hold it equal to the meta count for every catalog
+architecture.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
+import re
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from autotune.embedded import EMBEDDED_MODEL, MODEL_CONFIG, embedded_model_dir
 from autotune.errors import UserError
+
+CATALOG_PATH = Path(__file__).parent / "model_catalog.json"
 
 
 @dataclass(frozen=True)
@@ -27,7 +41,7 @@ class Linear:
 
 @dataclass
 class ModelSpec:
-    name: str
+    name: str                      # what from_pretrained loads when path is None (a hub id)
     source: str                    # "embedded", "local", "catalog" or "hub"
     path: str | None               # what from_pretrained loads; None when not on disk
     model_type: str
@@ -47,6 +61,14 @@ class ModelSpec:
     other_params: int              # final norm, vision tower, ...
     total_params: int
     linears: list[Linear] = field(default_factory=list)
+    catalog_name: str | None = None
+    architecture: str = ""         # the model class, e.g. "Qwen2_5_VLForConditionalGeneration"
+    wrap_classes: list[str] = field(default_factory=list)  # every block class to wrap (vision blocks too)
+    vision_params: int = 0         # vision tower + projector, part of other_params
+    # PEFT `exclude_modules` regex that keeps LoRA on the language model: a list of names such as
+    # "gate_proj" also matches the vision tower's layers of the same name.
+    lora_exclude_modules: str | None = None
+    count_method: str = "formula"  # "meta": counted on transformers' model built on the meta device
 
     @property
     def largest_unit_params(self) -> int:
@@ -54,20 +76,40 @@ class ModelSpec:
         return max(self.layer_params, self.embedding_params, self.lm_head_params)
 
     def lora_params(self, r: int, targets: list[str] | None = None) -> int:
-        """Exact LoRA parameter count: r * (d_in + d_out) for every adapted linear."""
+        """Exact LoRA parameter count: r * (d_in + d_out) for every adapted linear (PEFT's LoRA A, B)."""
         chosen = [lin for lin in self.linears if targets is None or lin.name in targets]
         return self.num_layers * sum(r * (lin.d_in + lin.d_out) for lin in chosen)
 
+    def lora_target_modules(self, targets: list[str] | None = None) -> list[str]:
+        """`target_modules` for PEFT / TRL's `lora_target_modules` that adapts exactly what
+        `lora_params` counts.
+
+        Plain names match every module with that name, the vision tower's too, and TRL turns a
+        one-item list into a string that PEFT reads as a regex (fullmatch). So the names go out as
+        they are only for a text model with several targets; otherwise as one regex that skips
+        the vision tower.
+        """
+        names = [name for name in self.linear_names if targets is None or name in targets]
+        if not self.lora_exclude_modules and len(names) > 1:
+            return names
+        skip = f"(?!{self.lora_exclude_modules.removesuffix('.*')})" if self.lora_exclude_modules else ""
+        return [rf"{skip}.*\.(?:{'|'.join(re.escape(name) for name in names)})"]
+
     @property
     def linear_names(self) -> list[str]:
-        return [lin.name for lin in self.linears]
+        return list(dict.fromkeys(lin.name for lin in self.linears))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+# ----------------------------------------------------------------------------- names
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
 def load_model_spec(name: str | None) -> ModelSpec:
-    """The embedded default, a local model directory, or a catalog name."""
+    """The embedded default, a local model directory, a catalog name or alias, or a hub id."""
     if name is None or name == EMBEDDED_MODEL:
         return spec_from_config(EMBEDDED_MODEL, "embedded", str(embedded_model_dir()), MODEL_CONFIG)
     path = Path(name).expanduser()
@@ -76,64 +118,122 @@ def load_model_spec(name: str | None) -> ModelSpec:
         if not config_file.is_file():
             raise UserError(f"Model directory {name} has no config.json.", title="Model",
                             fix="Point --model at a directory saved with save_pretrained().")
-        try:
-            config = json.loads(config_file.read_text())
-        except ValueError as exc:
-            raise UserError(f"{config_file} is not valid JSON: {exc}", title="Model",
-                            fix="Restore the model's config.json.") from None
-        return spec_from_config(path.name, "local", str(path.resolve()), config)
-    raise UserError(
-        f"Unknown model '{name}': it is not a local directory.",
-        title="Model",
-        fix="Pass --model with a directory that holds config.json, or leave it out for the embedded default.",
-    )
+        return _spec_from_file(path.name, "local", str(path.resolve()), config_file)
+    entry = _catalog_lookup(name)
+    if entry is not None:
+        # A hub id the user typed (base or instruct) is what gets loaded, in the hub's own spelling.
+        hub_ids = [entry["hub_id"], *entry["hub_ids"]]
+        hub_id = next((h for h in hub_ids if _catalog_key(h) == _catalog_key(name)), entry["hub_id"])
+        return _spec_from_catalog(entry, hub_id)
+    known = [key for entry in _catalog()["models"] for key in (entry["name"], *entry["aliases"])]
+    suggestions = difflib.get_close_matches(name.strip().lower(), known, n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(suggestions)}?)" if suggestions else ""
+    if not _HUB_ID.match(name):
+        raise UserError(f"Unknown model '{name}': not a local directory and not in the catalog{hint}.",
+                        title="Model", fix="Pass a directory that holds config.json, a catalog name "
+                        "(`llmwizard plan --model llama-3.1-8b`) or a hub id such as org/name.")
+    config_file, why = _hub_config_file(name)
+    if config_file is None:
+        raise UserError(
+            f"Unknown model '{name}': not a local directory, not in the catalog{hint} "
+            f"and the hub is unreachable ({why}).", title="Model",
+            fix="Download the model (huggingface-cli download) and pass its directory, or allow hub "
+                "access (unset HF_HUB_OFFLINE, log in for gated models), or pick a catalog name.")
+    return _spec_from_file(name, "hub", None, config_file)
 
 
-_LAYER_CLASSES = {
-    "llama": "LlamaDecoderLayer", "mistral": "MistralDecoderLayer", "qwen2": "Qwen2DecoderLayer",
-    "gemma": "GemmaDecoderLayer", "gemma2": "Gemma2DecoderLayer", "gemma3_text": "Gemma3DecoderLayer",
-    "phi3": "Phi3DecoderLayer",
-}
+def catalog_names() -> list[str]:
+    """The short names of every catalog model, in catalog order."""
+    return [entry["name"] for entry in _catalog()["models"]]
+
+
+def search_catalog(text: str, limit: int = 10) -> list[dict[str, Any]]:
+    """Catalog models whose name, alias, hub id or family contains `text` (for completion).
+
+    Each match is {"name", "hub_id", "family", "total_params", "layer_cls"}; names that start
+    with the text come first.
+    """
+    needle = text.strip().lower()
+    scored = []
+    for order, entry in enumerate(_catalog()["models"]):
+        keys = [entry["name"], entry["hub_id"], *entry["hub_ids"], *entry["aliases"], entry["family"]]
+        keys = [k.lower() for k in keys]
+        if needle and not any(needle in k for k in keys):
+            continue
+        rank = 0 if any(k.startswith(needle) or k.split("/")[-1].startswith(needle) for k in keys) else 1
+        scored.append((rank, order, entry))
+    scored.sort(key=lambda item: item[:2])
+    return [{"name": e["name"], "hub_id": e["hub_id"], "family": e["family"],
+             "total_params": e["exact"]["total"], "layer_cls": e["exact"]["layer_cls"]}
+            for _, _, e in scored[:limit]]
+
+
+@lru_cache(maxsize=1)
+def _catalog() -> dict[str, Any]:
+    return json.loads(CATALOG_PATH.read_text())
+
+
+@lru_cache(maxsize=1)
+def _catalog_index() -> dict[str, dict[str, Any]]:
+    index: dict[str, dict[str, Any]] = {}
+    for entry in _catalog()["models"]:
+        for key in (entry["name"], entry["hub_id"], *entry["hub_ids"], *entry["aliases"]):
+            index[_catalog_key(key)] = entry
+    return index
+
+
+def _catalog_lookup(name: str) -> dict[str, Any] | None:
+    return _catalog_index().get(_catalog_key(name))
+
+
+def _catalog_key(name: str) -> str:
+    """Case and separators do not matter: "LLaMA3.1-8B" finds "llama-3.1-8b"."""
+    return re.sub(r"[-_\s]", "", name.strip().lower())
+
+
+def _spec_from_catalog(entry: dict[str, Any], hub_id: str) -> ModelSpec:
+    spec = spec_from_config(hub_id, "catalog", None, entry["config"])
+    spec.catalog_name = entry["name"]
+    from autotune.param_counts import with_counts
+
+    return with_counts(spec, entry["exact"])
+
+
+def _hub_config_file(repo_id: str) -> tuple[Path | None, str]:
+    """config.json of a hub model: the local HF cache first, the network unless HF_HUB_OFFLINE."""
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.constants import HF_HUB_OFFLINE
+    except ImportError:
+        return None, "huggingface_hub is not installed"
+    try:
+        return Path(hf_hub_download(repo_id, "config.json", local_files_only=True)), ""
+    except Exception:  # noqa: BLE001 (not cached: any failure here means "ask the hub")
+        pass
+    if HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return None, "HF_HUB_OFFLINE is set and config.json is not in the local cache"
+    try:
+        return Path(hf_hub_download(repo_id, "config.json")), ""
+    except Exception as exc:  # noqa: BLE001 (gated, missing, no network: all read the same to the user)
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no answer'}"
+
+
+def _spec_from_file(name: str, source: str, path: str | None, config_file: Path) -> ModelSpec:
+    raw = config_file.read_bytes()
+    try:
+        config = json.loads(raw)
+    except ValueError as exc:
+        raise UserError(f"{config_file} is not valid JSON: {exc}", title="Model",
+                        fix="Restore the model's config.json.") from None
+    from autotune.param_counts import cached_meta_counts, with_counts
+
+    spec = spec_from_config(name, source, path, config)
+    counts = cached_meta_counts(raw, config)
+    return with_counts(spec, counts) if counts else spec
 
 
 def spec_from_config(name: str, source: str, path: str | None, config: dict[str, Any]) -> ModelSpec:
-    """Dimensions and parameter counts of a Llama-style decoder from its config.json."""
-    text = config.get("text_config", config)
-    model_type = str(text.get("model_type", config.get("model_type", "llama")))
-    try:
-        hidden = int(text["hidden_size"])
-        inter = int(text["intermediate_size"])
-        layers = int(text["num_hidden_layers"])
-        heads = int(text["num_attention_heads"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"Model config for {name} lacks {exc}.", title="Model",
-                        fix="llmwizard plans decoder-only transformers with a standard config.json.") from None
-    kv_heads = int(text.get("num_key_value_heads") or heads)
-    head_dim = int(text.get("head_dim") or hidden // heads)
-    vocab = int(text["vocab_size"])
-    tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True)))
-    bias = bool(text.get("attention_bias", model_type == "qwen2"))
-    linears = [
-        Linear("q_proj", hidden, heads * head_dim),
-        Linear("k_proj", hidden, kv_heads * head_dim),
-        Linear("v_proj", hidden, kv_heads * head_dim),
-        Linear("o_proj", heads * head_dim, hidden),
-        Linear("gate_proj", hidden, inter),
-        Linear("up_proj", hidden, inter),
-        Linear("down_proj", inter, hidden),
-    ]
-    layer = sum(lin.d_in * lin.d_out for lin in linears) + 2 * hidden
-    if bias:
-        layer += (heads + 2 * kv_heads) * head_dim
-    embedding = vocab * hidden
-    lm_head = 0 if tied else vocab * hidden
-    other = hidden  # final norm
-    return ModelSpec(
-        name=name, source=source, path=path, model_type=model_type,
-        layer_cls=_LAYER_CLASSES.get(model_type, f"{model_type.title()}DecoderLayer"),
-        hidden_size=hidden, intermediate_size=inter, num_layers=layers, num_heads=heads,
-        num_kv_heads=kv_heads, head_dim=head_dim, vocab_size=vocab,
-        max_positions=int(text.get("max_position_embeddings", 2048)), tie_embeddings=tied,
-        embedding_params=embedding, lm_head_params=lm_head, layer_params=layer, other_params=other,
-        total_params=embedding + lm_head + layers * layer + other, linears=linears,
-    )
+    """A spec from config.json values alone (the analytic counts; see autotune.param_counts)."""
+    from autotune.param_counts import spec_from_config as build
+
+    return build(name, source, path, config)

@@ -27,7 +27,10 @@ class LoraSettings:
     r: int
     alpha: int
     dropout: float
-    target_modules: list[str]
+    target_modules: list[str]        # the linear layers adapted, by name
+    # What PEFT receives: the names, or one regex when plain names would also match a vision
+    # tower or when there is a single name (TRL passes a one-item list on as a regex string).
+    peft_targets: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -35,7 +38,7 @@ class Plan:
     name: str
     model: str                       # embedded:tiny-llama, a local directory, or a hub name
     model_source: str                # embedded | local | catalog | hub
-    layer_cls: str                   # decoder layer class FSDP wraps
+    layer_cls: str                   # the class(es) FSDP wraps, comma-separated
     dataset: str                     # embedded:arithmetic, an absolute path, or a hub name
     dataset_format: str
     device: str                      # cuda | cpu
@@ -73,6 +76,9 @@ class Plan:
     main_process_ip: str = "127.0.0.1"
     main_process_port: int = 29500
     attention: str = "sdpa"
+    # FSDP2 across machines: shard inside each machine, replicate across them (HSDP), so the
+    # per-layer weight gathers stay on the fast intra-node links.
+    hybrid_shard: bool = False
     version: int = PLAN_VERSION
 
     @property
@@ -99,6 +105,7 @@ class Plan:
             "reasons": [f"{key}: {text}" for key, text in self.reasons.items()],
             "model": self.model, "dataset": self.dataset, "device": self.device,
             "optimizer": self.optimizer, "max_steps": self.max_steps, "warnings": self.warnings,
+            "hybrid_shard": self.hybrid_shard,
         }
 
     def save(self, path: Path) -> None:

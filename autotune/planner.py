@@ -20,7 +20,7 @@ from autotune.dataset import DatasetProfile
 from autotune.errors import UserError
 from autotune.goals import Goals
 from autotune.hardware import GiB, HardwareProfile
-from autotune.memory import OFFLOADS, STRATEGIES, MemoryEstimate, TrainSetup, estimate
+from autotune.memory import OFFLOADS, OPTIMIZERS, STRATEGIES, MemoryEstimate, TrainSetup, estimate
 from autotune.model_spec import ModelSpec
 from autotune.plan import LoraSettings, Plan
 from autotune.rules import RULES, classify, round_up
@@ -40,6 +40,12 @@ class Candidate:
     checkpointing: bool
     estimate: MemoryEstimate
     step_s: float
+    hybrid: bool = False
+    optimizer: str = "adamw"
+
+    @property
+    def label(self) -> str:
+        return ("hsdp" if self.hybrid else self.strategy) + ("+offload" if self.offload != "none" else "")
 
 
 def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, goals: Goals,
@@ -92,7 +98,7 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
                             title="LoRA", fix=f"Choose from: {', '.join(model.linear_names)}.")
         lora = LoraSettings(r=r, alpha=goals.lora_alpha or 2 * r,
                             dropout=goals.lora_dropout if goals.lora_dropout is not None else 0.05,
-                            target_modules=list(targets))
+                            target_modules=list(targets), peft_targets=model.lora_target_modules(targets))
         share = model.lora_params(r, targets) / model.total_params
         reasons["lora"] = (f"rank {r}, alpha {lora.alpha} on {', '.join(targets)}: "
                            f"{model.lora_params(r, targets):,} trainable parameters ({share:.2%}); "
@@ -122,8 +128,6 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
         gpu = hardware.smallest_gpu
         assert gpu is not None
         reasons["device"] = f"{world} GPU process(es): {hardware.describe()}"
-        if len({g.name for g in hardware.gpus}) > 1:
-            warnings.append(f"Mixed GPU models: planning for the smallest, {gpu.name}.")
 
     effective = goals.effective_batch or DEFAULT_EFFECTIVE_BATCH
     if effective < world:
@@ -171,12 +175,12 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     return Plan(
         name=name or _run_name(model.name, dataset.source),
         model=model.path if model.source == "local" and model.path else model.name,
-        model_source=model.source, layer_cls=model.layer_cls,
+        model_source=model.source, layer_cls=",".join(model.wrap_classes or [model.layer_cls]),
         dataset=dataset.source, dataset_format=dataset.format,
         device=hardware.device, hardware=hardware.describe(),
         strategy=chosen.strategy, offload=chosen.offload, launcher=launcher,
         num_machines=nodes, num_processes=world, method=method, precision=precision,
-        optimizer=setup.optimizer, micro_batch=micro, grad_accum=grad_accum, effective_batch=effective,
+        optimizer=chosen.optimizer, micro_batch=micro, grad_accum=grad_accum, effective_batch=effective,
         activation_checkpointing=chosen.checkpointing, max_length=max_length, epochs=float(epochs),
         max_steps=goals.max_steps or -1, learning_rate=float(lr),
         lr_scheduler=goals.lr_scheduler or "cosine",
@@ -185,7 +189,7 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
         lora=lora, eval_fraction=eval_fraction,
         eval_steps=eval_steps, save_steps=eval_steps, logging_steps=logging_steps, seed=goals.seed,
         trainable_params=trainable, total_params=model.total_params, estimate=chosen.estimate,
-        reasons=reasons, warnings=warnings,
+        reasons=reasons, warnings=warnings, hybrid_shard=chosen.hybrid,
     )
 
 
@@ -210,8 +214,10 @@ def _max_length(model: ModelSpec, dataset: DatasetProfile, goals: Goals, rule_ca
     cap = goals.max_length_cap or rule_cap
     wanted = round_up(dataset.p99_tokens)
     length = min(wanted, cap, model.max_positions)
-    why = (f"{length} tokens: p99 of the data is {dataset.p99_tokens} tokens "
-           f"({'exact' if dataset.exact_tokens else 'estimated'}, {dataset.tokenizer}), rounded up to a multiple of 64")
+    counted = (f"counted with the {dataset.tokenizer}" if dataset.exact_tokens else
+               "estimated at 4 characters per token: the model's tokenizer is not on this machine")
+    why = (f"{length} tokens: p99 of the data is {dataset.p99_tokens} tokens ({counted}), "
+           "rounded up to a multiple of 64")
     if length < wanted:
         limit = "the model's" if length == model.max_positions else (
             f"preset {goals.preset}'s" if goals.max_length_cap else "the dataset rule's")
@@ -260,22 +266,11 @@ def _budget(hardware: HardwareProfile, per_node: int) -> int:
 
 def _choose(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals: Goals, budget: int,
             effective: int, world: int, reasons: dict[str, str]) -> Candidate:
+    """The fastest setup that fits, searched in tiers: as asked; then (on GPUs, when the optimizer
+    is ours to choose) 8-bit AdamW; then offload to host RAM (ZeRO-Offload even on one GPU)."""
+    _check_choices(goals, world)
     strategies = [goals.strategy] if goals.strategy else (
         ["single"] if world == 1 else ["ddp", "zero2", "fsdp", "zero3"])
-    for strategy in strategies:
-        if strategy not in STRATEGIES:
-            raise UserError(f"Unknown strategy '{strategy}'.", title="Strategy",
-                            fix=f"Use one of: {', '.join(STRATEGIES)}.")
-        if strategy == "single" and world > 1:
-            raise UserError(f"Strategy 'single' runs one process, but the plan has {world}.",
-                            title="Strategy", fix="Use ddp, fsdp, zero2 or zero3, or --processes 1.")
-        if strategy != "single" and world == 1:
-            raise UserError(f"Strategy '{strategy}' needs two or more processes; this plan has one.",
-                            title="Strategy", fix="Plan for more GPUs (--gpus) or processes (--processes 2).")
-    offloads = [goals.offload] if goals.offload else ["none"]
-    for offload in offloads:
-        if offload not in OFFLOADS:
-            raise UserError(f"Unknown offload '{offload}'.", title="Offload", fix=f"Use one of: {', '.join(OFFLOADS)}.")
     micro_options = [m for m in (64, 32, 16, 8, 4, 2, 1) if (effective // world) % m == 0]
     if goals.micro_batch:
         micro_options = [goals.micro_batch]
@@ -283,56 +278,119 @@ def _choose(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals
     gpu = hardware.smallest_gpu
     tflops = (gpu.bf16_tflops or 100.0) if gpu else CPU_TFLOPS
     usable = int(budget * (1 - HEADROOM))
+    hybrid_options = [False, True] if hardware.nodes > 1 and hardware.gpus_per_node > 1 else [False]
 
-    def search(offload_options: list[str]) -> list[Candidate]:
+    def search(strategy_options: list[str], offload_options: list[str], optimizer: str) -> list[Candidate]:
         found = []
-        for strategy in strategies:
-            for offload in offload_options:
+        for strategy in strategy_options:
+            for offload, hybrid in ((o, h) for o in offload_options for h in hybrid_options):
                 if offload != "none" and strategy not in ("fsdp", "zero2", "zero3"):
                     continue
                 if offload == "params" and strategy == "zero2":
                     continue
+                if hybrid and strategy != "fsdp":
+                    continue
+                shards = hardware.gpus_per_node if hybrid else world
                 for checkpointing in checkpoint_options:
                     for micro in micro_options:
                         setup = _replace(base, strategy=strategy, offload=offload, micro_batch=micro,
-                                         checkpointing=checkpointing)
+                                         checkpointing=checkpointing, num_gpus=shards, optimizer=optimizer)
                         est = estimate(model, setup, budget)
                         if est.total > usable:
                             continue
                         if offload != "none" and est.host_ram > hardware.host_ram_available:
                             continue
+                        grad_accum = effective // (micro * world)
                         cost = step_cost(
                             total_params=model.total_params, trainable_params=est.trainable_params,
                             tokens_per_step=effective * base.seq_len, method=base.method, strategy=strategy,
                             offload=offload, checkpointing=checkpointing, world=world, nodes=hardware.nodes,
-                            tflops=tflops, interconnect=hardware.interconnect)
-                        # Smaller micro-batches cost kernel efficiency: a mild penalty per halving.
-                        penalty = 1 + 0.04 * math.log2(max(micro_options) / micro)
-                        found.append(Candidate(strategy, offload, micro, checkpointing, est, cost.total_s * penalty))
+                            tflops=tflops, interconnect=hardware.interconnect, micro_tokens=micro * base.seq_len,
+                            num_layers=model.num_layers, grad_accum=grad_accum, hybrid=hybrid,
+                            gpus_per_node=hardware.gpus_per_node)
+                        found.append(Candidate(strategy, offload, micro, checkpointing, est, cost.total_s,
+                                               hybrid, optimizer))
                         break  # largest fitting micro-batch for this strategy and checkpointing
         return found
 
-    fitting = search(offloads)
-    if not fitting and not goals.offload:
-        fitting = search(["optimizer", "params"])
+    tiers: list[tuple[list[str], list[str], str, str]] = [
+        (strategies, [goals.offload] if goals.offload else ["none"], base.optimizer, "")]
+    if not goals.optimizer and hardware.device == "cuda" and base.method == "full":
+        tiers.append((strategies, ["none"], "adamw_8bit",
+                      "8-bit AdamW (bitsandbytes): fp32 AdamW states do not fit; 8-bit states take a quarter"))
+    if not goals.offload:
+        offload_strategies = strategies if world > 1 or goals.strategy else ["zero2", "zero3"]
+        tiers.append((offload_strategies, ["optimizer", "params"], base.optimizer,
+                      "nothing fits on the GPU otherwise"))
+    fitting: list[Candidate] = []
+    why = ""
+    for strategy_options, offload_options, optimizer, why in tiers:
+        fitting = search(strategy_options, offload_options, optimizer)
+        if fitting:
+            break
     if not fitting:
         raise _nothing_fits(hardware, model, base, budget, world, goals)
     best = min(fitting, key=lambda c: c.step_s)
-    others = sorted({c.strategy + ("+offload" if c.offload != "none" else "") for c in fitting} - {best.strategy})
     est = best.estimate
+    words = _strategy_words(best.strategy)
+    if best.hybrid:
+        words = (f"FSDP2 hybrid shard (HSDP): sharded across the {hardware.gpus_per_node} GPUs of each machine, "
+                 f"replicated across the {hardware.nodes} machines so weight gathers stay on the fast local links")
+    if world == 1 and best.strategy != "single":
+        words += " on one GPU, for its CPU offload"
     reasons["strategy"] = (
-        f"{_strategy_words(best.strategy)}: {est.total / GiB:.2f} GiB of {budget / GiB:.2f} GiB per "
+        f"{words}: {est.total / GiB:.2f} GiB of {budget / GiB:.2f} GiB per "
         f"{'process' if hardware.device == 'cpu' else 'GPU'} at micro-batch {best.micro_batch}; "
-        + ("the fastest of the setups that fit" + (f" ({', '.join(others)} also fit)" if others else "")
-           if not goals.strategy else "asked for"))
+        + ("the fastest of the setups that fit" + _alternatives(best, fitting) if not goals.strategy
+           else "asked for"))
+    if best.optimizer != base.optimizer:
+        reasons["optimizer"] = why
     if best.offload != "none":
-        reasons["offload"] = (f"{best.offload} offload to host RAM: nothing fits on the GPU otherwise; "
+        reasons["offload"] = (f"{best.offload} offload to host RAM: {why or 'asked for'}; "
                               f"needs {est.host_ram / GiB:.0f} GiB of {hardware.host_ram_available / GiB:.0f} GiB host RAM")
     reasons["activation_checkpointing"] = (
         ("on: recomputing activations in backward is what makes it fit" if best.checkpointing else
          "off: activations fit without recomputation")
         if goals.checkpointing is None else ("on" if best.checkpointing else "off") + " (asked for)")
     return best
+
+
+def _check_choices(goals: Goals, world: int) -> None:
+    if goals.strategy is not None:
+        if goals.strategy not in STRATEGIES:
+            raise UserError(f"Unknown strategy '{goals.strategy}'.", title="Strategy",
+                            fix=f"Use one of: {', '.join(STRATEGIES)}.")
+        if goals.strategy == "single" and world > 1:
+            raise UserError(f"Strategy 'single' runs one process, but the plan has {world}.",
+                            title="Strategy", fix="Use ddp, fsdp, zero2 or zero3, or --processes 1.")
+        single_gpu_offload = goals.strategy in ("zero2", "zero3") and goals.offload not in (None, "none")
+        if goals.strategy != "single" and world == 1 and not single_gpu_offload:
+            raise UserError(f"Strategy '{goals.strategy}' needs two or more processes; this plan has one.",
+                            title="Strategy", fix="Plan for more GPUs (--gpus) or processes (--processes 2), "
+                            "or add --offload optimizer for DeepSpeed's single-GPU offload.")
+    if goals.offload is not None and goals.offload not in OFFLOADS:
+        raise UserError(f"Unknown offload '{goals.offload}'.", title="Offload",
+                        fix=f"Use one of: {', '.join(OFFLOADS)}.")
+    if goals.optimizer is not None and goals.optimizer not in OPTIMIZERS:
+        raise UserError(f"Unknown optimizer '{goals.optimizer}'.", title="Optimizer",
+                        fix=f"Use one of: {', '.join(OPTIMIZERS)}.")
+
+
+def _alternatives(best: Candidate, fitting: list[Candidate]) -> str:
+    """"(also fit: zero2 ~3% slower, ...)": the fastest setup of each other strategy."""
+    fastest: dict[str, Candidate] = {}
+    for c in fitting:
+        key = c.label
+        if key != best.label and (key not in fastest or c.step_s < fastest[key].step_s):
+            fastest[key] = c
+    if not fastest:
+        return ""
+    def slower(ratio: float) -> str:
+        return f"~{ratio:.0f}x slower" if ratio >= 2 else f"~{ratio - 1:.0%} slower"
+
+    parts = [f"{key} {slower(c.step_s / best.step_s)}"
+             for key, c in sorted(fastest.items(), key=lambda item: item[1].step_s)]
+    return f" (also fit: {', '.join(parts)})"
 
 
 def _replace(setup: TrainSetup, **changes: object) -> TrainSetup:
@@ -373,12 +431,16 @@ def _nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup,
             suggestions.append(f"fits at {seq} tokens (--max-length {seq})")
             break
     if hardware.device == "cuda":
-        for extra in range(1, 64):
+        for extra in range(1, 512):
             more = estimate(model, _replace(smallest, strategy="zero3", num_gpus=world + extra), budget)
             if more.total <= budget * (1 - HEADROOM):
                 gpu = hardware.smallest_gpu
                 size = f"{gpu.total_memory / GiB:.0f} GB " if gpu else ""
-                suggestions.append(f"needs {extra} more {size}GPU(s) with ZeRO-3/FSDP ({world + extra} in all)")
+                text = f"needs {extra} more {size}GPU(s) with ZeRO-3/FSDP ({world + extra} in all"
+                per_node = hardware.gpus_per_node
+                if per_node > 1:
+                    text += f": {math.ceil((world + extra) / per_node)} nodes of {per_node}"
+                suggestions.append(text + ")")
                 break
     tail = "; ".join(suggestions) if suggestions else "try a smaller model"
     return UserError(

@@ -1,15 +1,28 @@
 """The cost model that ranks candidate setups by estimated step time. One place, documented.
 
-step time = compute + exposed communication + offload traffic, per optimizer step:
-- compute: 6 * params * tokens FLOPs for full fine-tuning (forward 2, backward 4; Kaplan et al.),
-  4 * params * tokens for LoRA (no weight gradients for the frozen base), plus 2 * params *
-  tokens when activations are recomputed; divided by peak bf16 FLOP/s times a utilisation (MFU).
-- communication per step, ring collectives moving 2(N-1)/N of the buffer: DDP all-reduces
-  gradients; ZeRO-2 reduce-scatters gradients and all-gathers updated weights; FSDP / ZeRO-3
-  all-gather weights in forward and backward and reduce-scatter gradients. Half of it is taken
-  as hidden behind compute (bucketing and prefetch overlap).
-- offload: optimizer states cross PCIe twice per step, and the CPU runs the optimizer.
-Only the ranking matters; figures are shown as estimates.
+Step time (one optimizer step, the whole world) = compute x engine factor + exposed communication
++ collective latency + offload traffic.
+
+- compute: 6 * params * tokens FLOPs for full fine-tuning (forward 2, backward 4; Kaplan et al.
+  2020), 4 * params * tokens for LoRA / QLoRA (no weight gradients for the frozen base), plus
+  2 * params * tokens when activations are recomputed; divided by peak bf16 FLOP/s x MFU and by
+  the number of processes. Small micro-batches run kernels below their best: utilisation scales
+  with tokens per micro-step up to SATURATION_TOKENS.
+- communication volume per optimizer step, per GPU, ring algorithms (NCCL): all-reduce moves
+  2(N-1)/N of the buffer, all-gather and reduce-scatter (N-1)/N.
+  DDP: all-reduce the trainable gradients.
+  ZeRO-2: reduce-scatter gradients + all-gather the updated trainable weights.
+  FSDP / ZeRO-3: all-gather every weight in forward and again in backward (per micro-step:
+  the gathered shards are freed between passes) + reduce-scatter gradients.
+  Hybrid FSDP (HSDP) across machines gathers weights inside each machine only, and all-reduces
+  the sharded gradients across machines.
+  Gradient collectives overlap with backward (bucketing, prefetch): OVERLAP of them is hidden.
+- latency: each collective costs ALPHA seconds; FSDP / ZeRO-3 issue per-layer collectives on
+  every micro-step, DDP and ZeRO-2 a few buckets per step.
+- engine factor: measured-order overheads of the wrappers beyond their collectives (hooks,
+  flattening, Python bookkeeping): DeepSpeed ZeRO-3 is the slowest, plain DDP the leanest.
+- offload: the optimizer's shard crosses PCIe twice per step and the CPU runs its update.
+Only the ranking is relied on; figures are shown as estimates.
 """
 
 from __future__ import annotations
@@ -18,13 +31,15 @@ from dataclasses import dataclass
 
 GB = 1e9
 
-# Sustained fraction of peak FLOP/s for transformer training with HF + SDPA.
-MFU = 0.40
-# Achieved collective bandwidth, GB/s per GPU.
+MFU = 0.40                 # sustained share of peak FLOP/s for HF + SDPA training
+SATURATION_TOKENS = 4096   # tokens per micro-step at which GPU kernels reach full utilisation
+# Achieved bus bandwidth, GB/s per GPU, for large collectives.
 BANDWIDTH = {"nvlink": 150.0, "pcie": 12.0, "none": 12.0, "infiniband": 20.0, "ethernet": 2.5}
-PCIE_OFFLOAD = 12.0       # GB/s host <-> device
-CPU_ADAM = 1.0e9          # parameters per second a CPU Adam step updates (DeepSpeed CPUAdam, order)
-OVERLAP = 0.5             # share of communication hidden behind compute
+ALPHA = {"nvlink": 20e-6, "pcie": 50e-6, "none": 50e-6, "infiniband": 30e-6, "ethernet": 150e-6}
+OVERLAP = 0.5              # share of communication hidden behind compute
+ENGINE = {"single": 1.0, "ddp": 1.0, "zero2": 1.03, "fsdp": 1.05, "zero3": 1.12}
+PCIE_OFFLOAD = 12.0        # GB/s host <-> device
+CPU_ADAM = 1.0e9           # parameters per second a CPU Adam step updates (DeepSpeed CPUAdam, order)
 
 
 @dataclass
@@ -40,31 +55,47 @@ class StepCost:
 
 def step_cost(*, total_params: int, trainable_params: int, tokens_per_step: int, method: str,
               strategy: str, offload: str, checkpointing: bool, world: int, nodes: int,
-              tflops: float, interconnect: str) -> StepCost:
-    """Estimated seconds per optimizer step for the whole world (tokens_per_step is global)."""
+              tflops: float, interconnect: str, micro_tokens: int, num_layers: int,
+              grad_accum: int, hybrid: bool = False, gpus_per_node: int = 1) -> StepCost:
+    """Estimated seconds per optimizer step (tokens_per_step is global, micro_tokens per process)."""
     flops_per_token = (6 if method == "full" else 4) * total_params
     if checkpointing:
         flops_per_token += 2 * total_params
-    compute = flops_per_token * tokens_per_step / (world * tflops * 1e12 * MFU)
+    utilisation = min(1.0, (micro_tokens / SATURATION_TOKENS) ** 0.3)
+    compute = flops_per_token * tokens_per_step / (world * tflops * 1e12 * MFU * utilisation)
+    compute *= ENGINE.get(strategy, 1.0)
 
-    link = BANDWIDTH["ethernet" if nodes > 1 else interconnect]
-    ring = 2 * (world - 1) / world if world > 1 else 0.0
-    grad_bytes = trainable_params * (4 if method != "full" else 2)
-    weight_bytes = total_params * (0.5 if method == "qlora" else 2)
-    if strategy in ("single",) or world == 1:
-        volume = 0.0
-    elif strategy == "ddp":
-        volume = grad_bytes * ring
-    elif strategy == "zero2":
-        volume = grad_bytes * ring / 2 + (trainable_params * 2) * ring / 2
-    else:  # fsdp, zero3: gather weights twice (forward, backward) + reduce-scatter grads
-        volume = weight_bytes * ring + grad_bytes * ring / 2
-    comm = (1 - OVERLAP) * volume / (link * GB)
+    # Between machines: datacenter nodes (NVLink inside) come with InfiniBand/RoCE, PCIe boxes
+    # usually with plain Ethernet.
+    link = ("infiniband" if interconnect == "nvlink" else "ethernet") if nodes > 1 else interconnect
+    bandwidth, alpha = BANDWIDTH[link] * GB, ALPHA[link]
+    comm = 0.0
+    if world > 1 and strategy != "single":
+        share = (world - 1) / world
+        grads = trainable_params * (2 if method == "full" else 4)   # bf16 grads / fp32 adapters
+        weights = total_params * (0.5 if method == "qlora" else 2)
+        if strategy == "ddp":
+            volume, latency = 2 * share * grads * (1 - OVERLAP), 4 * alpha
+        elif strategy == "zero2":
+            volume = share * grads * (1 - OVERLAP) + share * trainable_params * 2
+            latency = 8 * alpha
+        elif hybrid:  # gathers inside the node; sharded grads all-reduced across nodes
+            intra = "nvlink" if interconnect == "nvlink" else "pcie"
+            local = (gpus_per_node - 1) / gpus_per_node
+            inside = grad_accum * 2 * local * weights * (1 - OVERLAP) + local * grads * (1 - OVERLAP)
+            across = 2 * (nodes - 1) / nodes * grads / gpus_per_node * (1 - OVERLAP)
+            volume = 0.0
+            latency = (inside / (BANDWIDTH[intra] * GB) + grad_accum * 3 * num_layers * ALPHA[intra]
+                       + across / bandwidth + 4 * alpha)
+        else:  # fsdp, zero3: weights gathered twice per micro-step, grads reduce-scattered
+            volume = grad_accum * (2 * share * weights * (1 - OVERLAP)) + share * grads * (1 - OVERLAP)
+            latency = grad_accum * 3 * num_layers * alpha
+        comm = volume / bandwidth + latency
 
     off = 0.0
     if offload != "none":
         shard = trainable_params / world
-        off = (shard * 4 * 2) / (PCIE_OFFLOAD * GB) + shard / CPU_ADAM
+        off = shard * 4 * 2 / (PCIE_OFFLOAD * GB) + shard / CPU_ADAM
         if offload == "params":
-            off += 2 * weight_bytes / world / (PCIE_OFFLOAD * GB)
+            off += grad_accum * 2 * total_params * 2 / world / (PCIE_OFFLOAD * GB)
     return StepCost(compute_s=compute, comm_s=comm, offload_s=off)

@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from autotune.dataset import DatasetProfile
     from autotune.goals import Goals
     from autotune.hardware import HardwareProfile
@@ -34,11 +32,13 @@ that run without llmwizard, launch, and watch the loss.
 
 def _plan_inputs(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("what to train, and on what")
-    group.add_argument("--model", help="local model directory (config.json) or catalog name; default: the embedded tiny model")
+    group.add_argument("--model", help="local model directory, catalog name (llama-3.1-8b, qwen2.5-7b, ...) or hub id; default: the embedded tiny model")
     group.add_argument("--dataset", help="JSONL/JSON/CSV/Parquet file or hub name; default: the bundled arithmetic set")
     group.add_argument("--preset", help="preset name or YAML file (see `llmwizard presets`)")
     group.add_argument("--gpus", help="plan for hardware you don't have: 4xRTX4090, 8xH100-80GB, 2x24GB, cpu")
     group.add_argument("--nodes", type=int, help="number of machines (with --gpus)")
+    group.add_argument("--host-ram", type=float, metavar="GIB",
+                       help="host RAM per machine in GiB, for --gpus (default: typical for those GPUs)")
     group.add_argument("--processes", type=int, help="processes per machine (on the CPU: ranks to run)")
     tune = parser.add_argument_group("overrides (default: decided by the planner)")
     tune.add_argument("--method", choices=["full", "lora", "qlora"])
@@ -57,6 +57,7 @@ def _plan_inputs(parser: argparse.ArgumentParser) -> None:
     tune.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
                       help="activation checkpointing on/off")
     tune.add_argument("--precision", choices=["bf16", "fp16", "fp32"])
+    tune.add_argument("--optimizer", choices=["adamw", "adamw_8bit", "adafactor", "sgd"])
     tune.add_argument("--eval-fraction", type=float, help="share of rows held out for evaluation (0 = none)")
 
 
@@ -83,7 +84,8 @@ def build_subparser(command: str) -> argparse.ArgumentParser:
         parser.description = "Per-GPU memory for one setup, by component."
         parser.add_argument("--model", required=True)
         parser.add_argument("--gpus", required=True, help="e.g. 1xRTX4090, 8xH100-80GB, 2x24GB")
-        parser.add_argument("--nodes", type=int, default=1)
+        parser.add_argument("--nodes", type=int)
+        parser.add_argument("--host-ram", type=float, metavar="GIB", help="host RAM per machine in GiB")
         parser.add_argument("--method", choices=["full", "lora", "qlora"], default="lora")
         parser.add_argument("--seq", type=int, required=True, help="sequence length in tokens")
         parser.add_argument("--batch", type=int, required=True, help="micro-batch per GPU")
@@ -144,7 +146,7 @@ def _hardware(args: argparse.Namespace) -> HardwareProfile:
     from autotune import hardware
 
     if getattr(args, "gpus", None):
-        return hardware.from_spec(args.gpus, nodes=args.nodes or 1)
+        return hardware.from_spec(args.gpus, nodes=args.nodes, host_ram_gib=getattr(args, "host_ram", None))
     if getattr(args, "nodes", None) and args.nodes > 1:
         detected = hardware.detect(getattr(args, "output_dir", "."))
         detected.nodes = args.nodes
@@ -163,6 +165,7 @@ def _goals(args: argparse.Namespace) -> Goals:
         lora_r=args.lora_r, max_length=args.max_length, allow_truncation=args.allow_truncation,
         micro_batch=args.micro_batch, effective_batch=args.effective_batch,
         checkpointing=args.checkpointing, precision=args.precision, processes=args.processes,
+        optimizer=args.optimizer,
         eval_fraction=args.eval_fraction,
     )
 
@@ -212,12 +215,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(profile.to_dict(), indent=2))
         return 0
-    for note in profile.notes:
-        print(note)
-    print(profile.describe())
-    for gpu in profile.gpus:
-        print(f"  GPU {gpu.index}: {gpu.name}, {gpu.free_memory / 2**30:.1f} of {gpu.total_memory / 2**30:.1f} GiB free, "
-              f"compute capability {gpu.compute_capability[0]}.{gpu.compute_capability[1]}")
+    from rich.console import Console
+
+    from wizard.detect_view import render_detect
+
+    Console().print(render_detect(profile))
     return 0
 
 
@@ -243,7 +245,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from autotune.memory import TrainSetup, estimate
     from autotune.model_spec import load_model_spec
 
-    hardware = hw.from_spec(args.gpus, nodes=args.nodes)
+    hardware = hw.from_spec(args.gpus, nodes=args.nodes, host_ram_gib=args.host_ram)
     model = load_model_spec(args.model)
     world = hardware.gpus_per_node * hardware.nodes
     strategy = args.strategy or ("single" if world == 1 else "ddp")
