@@ -75,6 +75,14 @@ def accelerate_config(plan: Plan) -> dict[str, Any]:
         config["distributed_type"] = "FSDP"
         config["mixed_precision"] = mixed
         config["fsdp_config"] = fsdp_config(plan)
+        if plan.hybrid_shard:
+            # HSDP: a 2-D device mesh, shards inside a machine and replicas across machines.
+            # accelerate copies these keys onto its launch arguments and exports them as
+            # PARALLELISM_CONFIG_* for the ranks' ParallelismConfig.
+            config["parallelism_config"] = {
+                "parallelism_config_dp_replicate_size": plan.num_machines,
+                "parallelism_config_dp_shard_size": plan.processes_per_machine,
+            }
     else:
         # With a DeepSpeed JSON, accelerate refuses mixed_precision, zero_stage, offload,
         # accumulation and clipping beside it (DeepSpeedPlugin._deepspeed_config_checks): the
@@ -129,6 +137,18 @@ def fsdp_environment(plan: Plan) -> dict[str, str]:
         "FSDP_CPU_RAM_EFFICIENT_LOADING": "true",
         "FSDP_OFFLOAD_PARAMS": str(cfg["fsdp_offload_params"]).lower(),
         "FSDP_ACTIVATION_CHECKPOINTING": str(cfg["fsdp_activation_checkpointing"]).lower(),
+        **parallelism_environment(plan),
+    }
+
+
+def parallelism_environment(plan: Plan) -> dict[str, str]:
+    """HSDP's mesh as accelerate exports it (utils.launch.prepare_extend_env_parallelism_config)."""
+    if not plan.hybrid_shard:
+        return {}
+    return {
+        "ACCELERATE_USE_PARALLELISM_CONFIG": "true",
+        "PARALLELISM_CONFIG_DP_REPLICATE_SIZE": str(plan.num_machines),
+        "PARALLELISM_CONFIG_DP_SHARD_SIZE": str(plan.processes_per_machine),
     }
 
 
@@ -237,7 +257,8 @@ def sft_config(plan: Plan) -> dict[str, Any]:
             "lora_r": plan.lora.r,
             "lora_alpha": plan.lora.alpha,
             "lora_dropout": plan.lora.dropout,
-            "lora_target_modules": list(plan.lora.target_modules),
+            # The planner's PEFT form: plain names, or one regex that skips a vision tower.
+            "lora_target_modules": list(plan.lora.peft_targets or plan.lora.target_modules),
         })
     if plan.method == "qlora":
         config.update({

@@ -176,8 +176,11 @@ def strategy_line(trainer: Any) -> str:
         units = sum(1 for module in root.modules() if isinstance(module, FSDPModule))
         # fully_shard renames a wrapped class to FSDP<name>: FSDPCheckpointWrapper.
         checkpointed = sum(1 for module in root.modules() if type(module).__name__.endswith("CheckpointWrapper"))
+        # The sharded weights' device mesh: (shards,) for full shard, (replicas, shards) for HSDP.
+        mesh = next((tuple(p.device_mesh.shape) for p in root.parameters() if hasattr(p, "device_mesh")), ())
         strategy = "fsdp2"
-        details += [f"fsdp_units={units}", f"activation_checkpointing={'on' if checkpointed else 'off'}"]
+        details += [f"mesh={'x'.join(map(str, mesh))}", f"fsdp_units={units}",
+                    f"activation_checkpointing={'on' if checkpointed else 'off'}"]
     elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
         strategy = "ddp"
         details.append(f"backend={torch.distributed.get_backend()}")

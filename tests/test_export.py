@@ -239,15 +239,23 @@ def test_multi_node_deepspeed_accelerate_config_starts_torchrun_on_each_machine(
     assert plugin.zero_stage == 3 and plugin.zero3_init_flag
 
 
-def test_torchrun_fsdp_environment_is_what_accelerate_launch_exports(tmp_path):
+@pytest.mark.parametrize("hybrid", [False, True], ids=["fsdp", "hsdp-2-nodes"])
+def test_torchrun_fsdp_environment_is_what_accelerate_launch_exports(tmp_path, hybrid):
     from accelerate.utils.launch import prepare_multi_gpu_env
 
     from runner.export import fsdp_environment
 
-    p = _gpu_plan(strategy="fsdp", checkpointing=True)
+    p = _gpu_plan("2x4xH100-80GB" if hybrid else "4xA100-80GB", nodes=2 if hybrid else 1,
+                  strategy="fsdp", checkpointing=True)
+    p = dataclasses.replace(p, hybrid_shard=hybrid)  # the exporter's input, whatever the planner ranked first
     export(p, tmp_path)
-    args, _ = _accelerate_args(p, tmp_path / "accelerate_config.yaml", port=str(free_port()))
+    args, _ = _accelerate_args(p, tmp_path / "accelerate_config.yaml", rank="1", port=str(free_port()))
     accelerate_env = prepare_multi_gpu_env(args)
+    if hybrid:
+        assert accelerate_env["PARALLELISM_CONFIG_DP_REPLICATE_SIZE"] == "2"
+        assert accelerate_env["PARALLELISM_CONFIG_DP_SHARD_SIZE"] == "4"
+    else:
+        assert "ACCELERATE_USE_PARALLELISM_CONFIG" not in accelerate_env
     ours = fsdp_environment(p)
     assert ours["ACCELERATE_USE_FSDP"] == "true", "accelerate only accepts the exact word true"
     for key, value in ours.items():
