@@ -406,21 +406,36 @@ def slurm_script(plan: Plan) -> str:
 
 
 def readme_text(plan: Plan) -> str:
-    result = f"{OUTPUT_DIR}/ (adapter)" if plan.lora else f"{OUTPUT_DIR}/ (model)"
-    return f"""llmwizard run: {plan.name}
-
-Model    {plan.model}
-Dataset  {plan.dataset}
-Setup    {plan.strategy}, {plan.method}, {plan.precision}, {plan.num_processes} process(es) on {plan.num_machines} machine(s)
-
-Rerun:    bash launch.sh                 (needs llmwizard installed: pip install llmwizard)
-Resume:   bash launch.sh --resume        (continues from the last checkpoint in {OUTPUT_DIR}/)
-Watch:    llmwizard run .                (launches with the live loss view)
-Multi-node: MACHINE_RANK=<i> MAIN_PROCESS_IP=<node 0> bash launch.sh on each node, or sbatch slurm.sbatch
-
-Files: plan.yaml (every choice and its reason), accelerate_config.yaml, sft_config.yaml (TRL),
-ds_config.json (DeepSpeed runs), launch.sh, train.log, metrics.jsonl, {result}.
-"""
+    result = f"{OUTPUT_DIR}/ (LoRA adapter, safetensors)" if plan.lora else f"{OUTPUT_DIR}/ (full model, safetensors)"
+    setup = (f"{plan.strategy}{' (hybrid shard)' if plan.hybrid_shard else ''}, {plan.method}, {plan.precision}, "
+             f"{plan.num_processes} process(es) on {plan.num_machines} machine(s), launched with {plan.launcher}")
+    lines = [
+        f"llmwizard run: {plan.name}",
+        "",
+        f"Model    {plan.model}",
+        f"Dataset  {plan.dataset}",
+        f"Setup    {setup}",
+        "",
+        "Rerun:    bash launch.sh                 (from any directory; needs llmwizard installed)",
+        f"Resume:   bash launch.sh --resume        (continues from the last checkpoint in {OUTPUT_DIR}/)",
+        "Watch:    llmwizard run .                (launches with the live loss view)",
+        "Override: bash launch.sh --max_steps 100 (any sft_config.yaml key, as TRL's --key value)",
+    ]
+    if plan.num_machines > 1:
+        lines += [
+            f"Machines: on each of the {plan.num_machines}: MACHINE_RANK=<0..{plan.num_machines - 1}> "
+            "MAIN_PROCESS_IP=<machine 0> bash launch.sh",
+            "          (optional MAIN_PROCESS_PORT; the run directory on a shared filesystem), or sbatch slurm.sbatch",
+        ]
+    lines += [
+        "",
+        "Files: plan.yaml (every choice and its reason), accelerate_config.yaml, sft_config.yaml (TRL),",
+        f"{'ds_config.json (DeepSpeed), ' if plan.strategy.startswith('zero') else ''}launch.sh, "
+        f"train.log, metrics.jsonl, {result}.",
+        "train.log names the strategy that really ran: `llmwizard: strategy=... world_size=...`.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def export(plan: Plan, directory: Path, python: str | None = None) -> list[Path]:

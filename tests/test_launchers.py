@@ -22,9 +22,10 @@ from runner.launch import free_port
 from runner.metrics import read_metrics
 from tests.tiny_models import losses, make_plan, run_launch_sh, strategy_ran
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow
 
 
+@slow
 def test_a_copied_run_directory_reruns_from_anywhere(tmp_path: Path):
     from runner.export import export
 
@@ -42,6 +43,7 @@ def test_a_copied_run_directory_reruns_from_anywhere(tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["somewhere"]
 
 
+@slow
 def test_two_machines_on_loopback_form_one_world(tmp_path: Path):
     """Two `bash launch.sh` (MACHINE_RANK 0 and 1, one process each) rendezvous over c10d."""
     from runner.export import export
@@ -59,6 +61,7 @@ def test_two_machines_on_loopback_form_one_world(tmp_path: Path):
     assert (run_dir / "output" / "adapter_model.safetensors").is_file()
 
 
+@slow
 def test_slurm_script_gives_each_node_its_own_rank(tmp_path: Path):
     """slurm.sbatch under a two-node stand-in allocation, with the deepspeed launcher: it takes
     --node_rank from $MACHINE_RANK, so an unescaped $SLURM_NODEID (rank 0 twice) would fail."""
@@ -85,6 +88,7 @@ def test_slurm_script_gives_each_node_its_own_rank(tmp_path: Path):
     assert len(losses(run_dir)) == 4
 
 
+@slow
 def test_a_dataset_without_usable_columns_ends_each_rank_readably(tmp_path: Path):
     from runner.export import export
 
@@ -106,6 +110,54 @@ def test_a_dataset_without_usable_columns_ends_each_rank_readably(tmp_path: Path
     assert "Fix: Give each row one of" in log
     assert "runner/train.py" not in log, "a user mistake must not print a traceback from the entry"
     assert not [r for r in read_metrics(run_dir / "metrics.jsonl") if r["type"] == "log"]
+
+
+# ----------------------------------------------------------------------------- the entry's data loading
+# In-process and fast: the same functions each rank calls, on every file type a plan accepts.
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
+def test_the_entry_loads_every_local_file_type(tmp_path: Path, suffix: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from runner.train import load_splits
+
+    rows = [{"instruction": f"Add {i} and 1.", "input": "", "output": f"{i + 1}"} for i in range(10)]
+    path = tmp_path / f"data{suffix}"
+    if suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif suffix == ".json":
+        path.write_text(json.dumps(rows, indent=1))  # a JSON array of rows
+    elif suffix == ".csv":
+        path.write_text("instruction,input,output\n" + "".join(f"{r['instruction']},,{r['output']}\n" for r in rows))
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    script = _Args(dataset_name=str(path), dataset_config=None, dataset_train_split="train", dataset_test_split="test")
+    train, test = load_splits(script, _Args(eval_strategy="steps", seed=0), eval_fraction=0.2)
+    assert (len(train), len(test)) == (8, 2)
+    first = train[0]["messages"]
+    assert [m["role"] for m in first] == ["user", "assistant"] and first[0]["content"].startswith("Add ")
+
+
+def test_hub_style_splits_are_mapped_or_named_in_the_error():
+    import datasets
+
+    from autotune.errors import UserError
+    from runner.train import _normalized
+
+    sharegpt = datasets.Dataset.from_list([{"conversations": [{"from": "human", "value": "hi"},
+                                                             {"from": "gpt", "value": "hello"}]}])
+    assert _normalized(sharegpt, "hub/set")[0]["messages"][1] == {"role": "assistant", "content": "hello"}
+    with pytest.raises(UserError, match=r"found columns \['id', 'label'\]"):
+        _normalized(datasets.Dataset.from_list([{"id": 1, "label": "x"}]), "hub/set")
+    broken = datasets.Dataset.from_list([{"prompt": "a", "completion": "b"}, {"prompt": "", "completion": "c"}])
+    with pytest.raises(UserError, match="hub/set: row 2 does not match the prompt_completion format"):
+        _normalized(broken, "hub/set")
+
+
+class _Args:
+    def __init__(self, **values: object) -> None:
+        self.__dict__.update(values)
 
 
 def _start(run_dir: Path, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
