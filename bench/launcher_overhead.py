@@ -58,6 +58,7 @@ trainer.train()
 trainer.save_model(training_args.output_dir)
 '''
 
+FAILURES: list[str] = []
 _RUNTIME = re.compile(r"'train_runtime': '?([0-9.]+)'?.*'train_loss'")
 
 
@@ -96,12 +97,19 @@ def timed(argv: list[str], cwd: Path, steps: int) -> tuple[float, float]:
     from runner.launch import free_port
 
     env = dict(os.environ, MAIN_PROCESS_PORT=str(free_port()), PYTHONPATH=str(ROOT))
-    start = time.monotonic()
-    result = subprocess.run(argv, cwd=cwd, env=env, text=True, capture_output=True, stdin=subprocess.DEVNULL)
-    wall = time.monotonic() - start
-    output = result.stdout + result.stderr
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed in {cwd}:\n{output[-3000:]}")
+    for attempt in (1, 2):
+        start = time.monotonic()
+        result = subprocess.run(argv, cwd=cwd, env=env, text=True, capture_output=True, stdin=subprocess.DEVNULL)
+        wall = time.monotonic() - start
+        output = result.stdout + result.stderr
+        if result.returncode == 0:
+            break
+        # One retry: a rare gloo abort ("terminate called without an active exception") has
+        # been seen on this shared 2-core machine; it is counted and reported, not hidden.
+        FAILURES.append(f"{' '.join(argv[-3:])} (attempt {attempt}): {output.strip().splitlines()[-1][:160]}")
+        (Path(tempfile.gettempdir()) / f"launcher-bench-failure-{len(FAILURES)}.log").write_text(output)
+    else:
+        raise SystemExit(f"{' '.join(argv)} failed twice in {cwd}:\n{output[-3000:]}")
     runtime = [float(match) for match in _RUNTIME.findall(output)]
     if not runtime:
         raise SystemExit(f"no train_runtime in the output of {' '.join(argv)}")
@@ -188,6 +196,7 @@ def format_report(results: dict[str, dict[str, list[tuple[float, float]]]], args
                      f"{statistics.median(w for _, w in sides['llmwizard']):>18.1f}"
                      f"{statistics.median(w for _, w in sides['plain']):>14.1f}"
                      f"   paired ratios {min(paired):.2f}..{max(paired):.2f}, median {statistics.median(paired):.3f}")
+    lines += ["", f"failed launches retried: {len(FAILURES)}"] + [f"  {failure}" for failure in FAILURES]
     lines += ["", f"overall ratio (geometric mean of the paired medians): "
               f"{statistics.geometric_mean(ratios):.3f}  (target >= 0.97)"]
     return "\n".join(lines)

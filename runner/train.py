@@ -53,8 +53,8 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
     script_args, training_args, model_args = parser.parse_args_and_config(trl_argv)
     allow_fsdp_on_cpu()
     peft_sees_through_checkpoint_wrappers()
-    if training_args.deepspeed_plugin is not None:
-        join_deepspeed_comm()
+    if training_args.deepspeed_plugin is not None and training_args.deepspeed_plugin.zero_stage == 3:
+        join_deepspeed_comm()  # only zero.Init (ZeRO-3 loading) needs it before the Trainer
 
     # After the training arguments: they set up the process group, FSDP's rank-0-only loading
     # and DeepSpeed's zero.Init, which from_pretrained must see.
