@@ -86,8 +86,12 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         print(f"llmwizard: saved to {Path(training_args.output_dir).resolve()}", flush=True)
+    # Rank 0 may still be writing while the others reach the teardown; a rank that closes its
+    # gloo connections under a peer still using them can abort it ("terminate called without an
+    # active exception"), so all ranks leave together.
+    trainer.accelerator.wait_for_everyone()
     if hasattr(trainer, "end"):
-        trainer.end()
+        trainer.end()  # destroys the process group (transformers >= 5.18)
     return 0
 
 
