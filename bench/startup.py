@@ -10,6 +10,7 @@ count) and stops when the preset list is on the terminal; the app is then quit w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pty
 import re
@@ -58,10 +59,8 @@ def first_paint(columns: int, rows: int, timeout: float = 30.0) -> float:
                 if done:
                     break
                 select.select([fd], [], [], 0.05)
-                try:
+                with contextlib.suppress(OSError):
                     os.read(fd, 65536)
-                except OSError:
-                    pass
             else:
                 os.kill(pid, 9)
                 os.waitpid(pid, 0)

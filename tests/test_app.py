@@ -23,10 +23,18 @@ GiB = 1024**3
 
 def fake_hardware(free_gib: tuple[float, ...] = (79.2, 61.5), total_gib: float = 80,
                   name: str = "NVIDIA A100-SXM4-80GB", interconnect: str = "nvlink") -> HardwareProfile:
-    """What detect() would report for these GPUs: the NVML boundary, faked."""
+    """What detect() would report for these GPUs: the NVML boundary, faked (catalog figures
+    filled in as detect fills them)."""
+    from autotune.gpu_catalog import lookup
+
+    part = lookup(name)
     gpus = [GPU(index=i, name=name, total_memory=int(total_gib * GiB), free_memory=int(free * GiB),
-                compute_capability=(8, 0)) for i, free in enumerate(free_gib)]
+                compute_capability=part.compute_capability if part else (8, 0),
+                bf16_tflops=part.bf16_tflops if part else None,
+                memory_bandwidth=part.bandwidth_gbs if part else None) for i, free in enumerate(free_gib)]
+    links = {f"{a}-{b}": interconnect for a in range(len(gpus)) for b in range(a + 1, len(gpus))}
     return HardwareProfile(source="detected", gpus=gpus, interconnect=interconnect if len(gpus) > 1 else "none",
+                           links=links,
                            host_ram_total=256 * GiB, host_ram_available=230 * GiB, cpu_cores=32,
                            disk_free=500 * GiB)
 
@@ -94,7 +102,7 @@ async def test_every_step_from_detected_gpus_to_an_exported_plan(gpus: HardwareP
         assert app.screen.STEP == 1
         detected = text_of(app, "#detected")
         assert "NVIDIA A100-SXM4-80GB" in detected and "61.5 / 80.0 GiB" in detected
-        assert "NVLink" in text_of(app, "#detected-facts")
+        assert "NVLink" in detected and "230.0 GiB available" in detected
 
         await pilot.press("ctrl+n")
         await settle(pilot)
@@ -250,6 +258,29 @@ async def test_a_local_dataset_and_model_path_complete_and_profile(gpus, tmp_pat
 
 
 @pytest.mark.asyncio
+async def test_an_output_directory_that_cannot_be_written_is_reported_once(gpus, tmp_path: Path):
+    blocker = tmp_path / "runs"
+    blocker.write_text("a file where the runs directory should be")
+    app = make_app(output=blocker)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 4)
+        await pilot.press("ctrl+n")  # Export
+        await settle(pilot)
+        assert type(app.screen).__name__ == "ErrorModal"
+        assert "run directory" in text_of(app, "#error-message")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.screen.STEP == 5  # closed for good: the failed export is not retried by itself
+        assert app.screen.query_one("#next").disabled and "could not be written" in text_of(app, "#export")
+        blocker.unlink()
+        await pilot.press("escape")  # Back to the plan, Export again
+        await settle(pilot)
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.state.export is not None and app.state.export.run_dir.parent == blocker
+
+
+@pytest.mark.asyncio
 async def test_preset_and_flags_prefill_the_plan(gpus, tmp_path: Path):
     app = make_app("--preset", "large-dataset", "--max-steps", "7", "--method", "full", output=tmp_path)
     async with app.run_test(size=(120, 36)) as pilot:
@@ -291,7 +322,7 @@ def test_the_wizard_process_imports_no_torch_through_export(tmp_path: Path):
                                                        "deepspeed", "datasets") if m in sys.modules)}}))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                            cwd=tmp_path)
+                            cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"exported": True, "heavy": []}
@@ -321,7 +352,12 @@ async def test_launch_trains_on_the_cpu_and_plots_the_loss(tmp_path: Path):
         assert any(0x2800 < ord(ch) <= 0x28FF for ch in text_of(app, "#loss"))  # braille drawn
         assert (run_dir / "output" / "adapter_config.json").is_file()
         assert str(screen.query_one("#next").label) == "Quit"
-        await pilot.click("#next")
+        # Back to launch: the finished run keeps its directory; a new launch gets a new one.
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.screen.STEP == 5 and app.state.export.run_dir != run_dir
+        assert not app.screen.query_one("#next").disabled
+        await pilot.press("ctrl+q")
     assert app.return_code == 0
 
 
@@ -348,3 +384,18 @@ async def test_stop_ends_the_run_cleanly_and_quits_with_130(tmp_path: Path):
                 break
     assert app.return_code == 130 and app.state.stopped
     assert app.state.launch.poll() is not None  # the whole group is gone
+
+
+def test_diagnostics_are_worded_for_the_run_screen():
+    """The run screen shows what runner.diagnostics finds, with its fix (initial loss above 10)."""
+    pytest.importorskip("runner.diagnostics")
+    from wizard import core
+    from wizard.screens.run import findings_text
+
+    records = [{"type": "begin", "step": 0, "max_steps": 100, "world_size": 1, "time": 0.0}]
+    records += [{"type": "log", "step": s, "max_steps": 100, "loss": 12.5 - 0.01 * s, "time": float(s)}
+                for s in range(1, 11)]
+    findings = core.diagnose(records)
+    assert findings and "10" in findings[0].message
+    shown = findings_text(findings).plain
+    assert findings[0].message in shown and "Fix:" in shown

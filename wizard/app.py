@@ -121,6 +121,7 @@ class WizardApp(App[int]):
         screen = self.step_screen(index)
         if self.screen_stack and self.screen is screen:
             return
+        screen.entering()
         if len(self.screen_stack) <= 1:
             self.push_screen(screen)
         else:

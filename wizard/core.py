@@ -38,11 +38,11 @@ def detect_hardware(runs_dir: str | os.PathLike[str] = ".") -> HardwareProfile:
     return hardware.detect(runs_dir)
 
 
-def hardware_from_spec(spec: str, nodes: int = 1) -> HardwareProfile:
+def hardware_from_spec(spec: str, nodes: int = 1, host_ram_gib: float | None = None) -> HardwareProfile:
     """Hardware to plan for; raises UserError naming the spec when it cannot be read."""
     from autotune import hardware
 
-    return hardware.from_spec(spec, nodes=nodes)
+    return hardware.from_spec(spec, nodes=nodes, host_ram_gib=host_ram_gib)
 
 
 def with_nodes(hardware: HardwareProfile, nodes: int) -> HardwareProfile:
@@ -56,8 +56,7 @@ def gpu_spec_examples() -> list[str]:
     """Specs a user can type, built from the GPU catalog so new entries show up by themselves."""
     from autotune.gpu_catalog import CATALOG
 
-    names = list(CATALOG)
-    return ["cpu", *(f"{count}x{name}" for name in names for count in (1, 2, 4, 8)), "2x24GB", "8x80GB"]
+    return ["cpu", *(f"{count}x{name}" for name in CATALOG for count in (1, 2, 4, 8)), "2x24GB", "2x8xH100-80GB"]
 
 
 # ----------------------------------------------------------------------------- presets and goals
@@ -91,7 +90,7 @@ class Choice:
 
 def model_choices(text: str, limit: int = 50) -> list[Choice]:
     """Catalog models matching `text` (the embedded default first), then local model directories."""
-    import autotune.model_spec as model_spec
+    from autotune import model_spec
 
     text = text.strip()
     found: list[Choice] = []
@@ -147,7 +146,8 @@ class DatasetReport:
 
 
 def profile_dataset(source: str | None, model: ModelSpec) -> DatasetReport:
-    from autotune.dataset import profile_dataset as profile, resolve_dataset
+    from autotune.dataset import profile_dataset as profile
+    from autotune.dataset import resolve_dataset
     from autotune.rules import RULES, classify
     from autotune.tokens import counter_for
 

@@ -75,6 +75,9 @@ class StepScreen(Screen[None]):
         for field in self.query(Input):
             field.cursor_blink = self.wizard.cursor_blink
 
+    def entering(self) -> None:
+        """Called when navigation (not a closing dialog) brings this step up."""
+
     def on_screen_resume(self) -> None:
         self.query_one(StepBar).set_reached(self.state.reached)
 

@@ -29,10 +29,11 @@ def dataset_facts(report: DatasetReport) -> Table:
     table.add_row(Text("examples", style="bold"),
                   f"{profile.num_examples:,} ({FORMATS.get(profile.format, profile.format)}); "
                   f"{profile.total_tokens:,} tokens in all")
-    kind = "exact" if profile.exact_tokens else "estimated"
+    counted = f"exact: {profile.tokenizer}" if profile.exact_tokens else \
+        f"{profile.tokenizer}: the model's tokenizer is not on disk"
     table.add_row(Text("tokens", style="bold"),
                   f"mean {profile.mean_tokens:.0f}, p50 {profile.p50_tokens}, p90 {profile.p90_tokens}, "
-                  f"p99 {profile.p99_tokens}, max {profile.max_tokens} ({kind}: {profile.tokenizer})")
+                  f"p99 {profile.p99_tokens}, max {profile.max_tokens} ({counted})")
     verdict = Text(f"{report.size} dataset", style="bold green" if report.size == "small" else "bold cyan")
     verdict.append(f": {report.why}", style="default")
     table.add_row(Text("verdict", style="bold"), verdict)
@@ -69,6 +70,9 @@ class DatasetScreen(StepScreen):
             self._show(self.state.dataset)
         elif getattr(self, "_last_read", None) != key:
             self.read_dataset(*key)
+        else:  # that read failed (its error was just shown)
+            self.query_one("#dataset-facts", Static).update(
+                Text("Could not read it: change the path or name and press Enter.", style="yellow"))
 
     def _key(self) -> tuple[str, str]:
         model = self.state.model.name if self.state.model is not None else ""
@@ -79,6 +83,7 @@ class DatasetScreen(StepScreen):
         from wizard import core
 
         self._last_read = (text, model_name)
+        assert self.state.model is not None, "the model step comes first"
         self.post_message(DatasetProfiled((text, model_name), core.profile_dataset(text, self.state.model),
                                           advance))
 

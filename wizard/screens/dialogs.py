@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
@@ -13,7 +15,7 @@ from textual.widgets import Button, Static
 class ErrorModal(ModalScreen[None]):
     """What went wrong and what to do about it; Enter or Escape closes it."""
 
-    BINDINGS = [Binding("escape,enter", "close", "Close", show=True)]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,enter", "close", "Close", show=True)]
 
     def __init__(self, title: str, message: str, fix: str | None = None) -> None:
         super().__init__(classes="dialog")
@@ -40,7 +42,7 @@ class ErrorModal(ModalScreen[None]):
 class QuitModal(ModalScreen[str]):
     """Quitting while a run trains: stop it (it checkpoints), leave it running, or stay."""
 
-    BINDINGS = [Binding("escape", "choose('cancel')", "Stay", show=True)]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "choose('cancel')", "Stay", show=True)]
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):

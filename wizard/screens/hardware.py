@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 from textual import on, work
@@ -22,33 +23,35 @@ if TYPE_CHECKING:
 GiB = 1024**3
 
 
-def hardware_table(hardware: HardwareProfile) -> Table | Text:
-    if not hardware.gpus:
-        return Text(f"No GPU found: the plan trains on the CPU ({hardware.cpu_cores} cores).", style="bold")
+def gpu_table(hardware: HardwareProfile) -> Table:
+    """GPUs in four columns, narrow enough for 80 columns (`llmwizard detect` shows more)."""
     table = Table(box=None, padding=(0, 2), show_header=True, header_style="bold")
-    table.add_column("GPU")
-    table.add_column("model")
-    table.add_column("free / total", justify="right")
-    table.add_column("compute")
+    table.add_column("GPU", no_wrap=True)
+    table.add_column("free / total", justify="right", no_wrap=True)
+    table.add_column("compute", justify="center", no_wrap=True)
+    table.add_column("bf16 TFLOP/s", justify="right", no_wrap=True)
     for gpu in hardware.gpus:
-        free = gpu.free_memory / GiB
-        style = "red" if free < 0.5 * gpu.total_memory / GiB else ""
-        table.add_row(str(gpu.index), gpu.name, Text(f"{free:.1f} / {gpu.total_memory / GiB:.1f} GiB", style=style),
-                      f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}")
+        busy = gpu.total_memory - gpu.free_memory > max(GiB, gpu.total_memory // 20)
+        table.add_row(f"{gpu.index}  {gpu.name}",
+                      Text(f"{gpu.free_memory / GiB:.1f} / {gpu.total_memory / GiB:.1f} GiB",
+                           style="yellow" if busy else ""),
+                      f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}",
+                      "?" if gpu.bf16_tflops is None else f"{gpu.bf16_tflops:g}")
     return table
 
 
-def hardware_facts(hardware: HardwareProfile) -> Text:
-    text = Text()
-    links = {"nvlink": "NVLink between GPUs", "pcie": "PCIe between GPUs (no NVLink)", "none": "single device"}
-    text.append(links.get(hardware.interconnect, hardware.interconnect))
-    text.append(f"   host RAM {hardware.host_ram_available / GiB:.0f} of {hardware.host_ram_total / GiB:.0f} GiB usable")
-    text.append(f"   {hardware.cpu_cores} CPU cores")
-    if hardware.disk_free is not None:
-        text.append(f"   {hardware.disk_free / GiB:.0f} GiB disk free")
-    for note in hardware.notes:
-        text.append(f"\n{note}", style="yellow")
-    return text
+def hardware_view(hardware: HardwareProfile) -> Group:
+    """GPUs, links and host: the interconnect and host parts as `llmwizard detect` prints them."""
+    from wizard.detect_view import host_table, interconnect_view
+
+    parts: list[RenderableType] = []
+    if hardware.gpus:
+        parts += [gpu_table(hardware), interconnect_view(hardware)]
+    else:
+        parts.append(Text(f"No GPU found: plans train on the CPU ({hardware.cpu_cores} cores).", style="bold"))
+    parts.append(host_table(hardware))
+    parts += [Text(f"! {note}", style="yellow") for note in hardware.notes]
+    return Group(*parts)
 
 
 class HardwareScreen(StepScreen):
@@ -59,7 +62,6 @@ class HardwareScreen(StepScreen):
     def body(self) -> ComposeResult:
         with VerticalScroll(id="detected-box"):
             yield Static("Detecting GPUs ...", id="detected")
-            yield Static(id="detected-facts")
         with RadioSet(id="target"):
             yield RadioButton("This machine", id="this", value=not self.state.other_hardware)
             yield RadioButton("Other hardware", id="other", value=self.state.other_hardware)
@@ -98,7 +100,7 @@ class HardwareScreen(StepScreen):
         from wizard import core
 
         try:
-            hardware = core.hardware_from_spec(spec, nodes)
+            hardware = core.hardware_from_spec(spec, nodes, getattr(self.state.args, "host_ram", None))
         except UserError as error:
             if advance:
                 raise
@@ -114,13 +116,14 @@ class HardwareScreen(StepScreen):
             self.set_status("")
 
     def _show_detected(self, hardware: HardwareProfile) -> None:
-        self.query_one("#detected", Static).update(hardware_table(hardware))
-        self.query_one("#detected-facts", Static).update(hardware_facts(hardware))
+        self.query_one("#detected", Static).update(hardware_view(hardware))
 
     @on(RadioSet.Changed, "#target")
     def target_changed(self, event: RadioSet.Changed) -> None:
         self.state.other_hardware = event.pressed.id == "other"
         self._show_target()
+        if self.state.other_hardware:
+            self.query_one("#spec", Input).focus()
 
     def _show_target(self) -> None:
         other = self.state.other_hardware

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import Button, Static
 
@@ -40,6 +41,7 @@ def export_text(result: ExportResult, launchable: bool, hardware: str) -> Text:
 class LaunchScreen(StepScreen):
     STEP = 5
     NEXT_LABEL = "Launch"
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+n", "next", "Launch", priority=True)]
 
     def body(self) -> ComposeResult:
         with VerticalScroll(id="export-box"):
@@ -48,16 +50,28 @@ class LaunchScreen(StepScreen):
     def on_screen_resume(self) -> None:
         super().on_screen_resume()
         state = self.state
+        button = self.query_one("#next", Button)
         if state.plan is None:
             return
-        if state.export is None or state.exported_plan is not state.plan:
-            if getattr(self, "_writing", None) is state.plan:
-                return  # this plan was tried already (a dialog just closed): Back and Export again
-            self._writing = state.plan
+        if self.wizard.running():
+            button.disabled = True
+            self.query_one("#export", Static).update(
+                Text("A run is training: watch it on step 7. Launch again once it has ended.", style="yellow"))
+        elif state.export is not None and state.exported_plan is state.plan:
+            self._show(state.export)
+        elif getattr(self, "_failed", None) is state.plan:  # its error was just shown
+            button.disabled = True
+            self.query_one("#export", Static).update(
+                Text("The run directory could not be written: fix the cause, then Back and Export again.",
+                     style="yellow"))
+        else:
+            button.disabled = True
+            self._failed = state.plan  # until the export succeeds
             self.query_one("#export", Static).update(Text("Writing the run directory ...", style="dim"))
             self.write_run(state.plan)
-        else:
-            self._show(state.export)
+
+    def entering(self) -> None:
+        self._failed = None  # coming here again (Export) retries a failed export
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="export")
     def write_run(self, plan: Plan) -> None:
@@ -70,13 +84,15 @@ class LaunchScreen(StepScreen):
         if message.plan is not self.state.plan:
             return  # the plan changed while this one was written
         self.state.export, self.state.exported_plan = message.result, message.plan
+        self._failed = None
         self._show(message.result)
 
     def _launchable(self) -> bool:
         from wizard import core
 
         state = self.state
-        return state.plan is not None and state.hardware is not None and core.can_launch_here(state.plan, state.hardware)
+        return (state.plan is not None and state.hardware is not None
+                and core.can_launch_here(state.plan, state.hardware))
 
     def _show(self, result: ExportResult) -> None:
         launchable = self._launchable()

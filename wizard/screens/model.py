@@ -75,7 +75,6 @@ class ModelScreen(StepScreen):
     def on_mount(self) -> None:
         super().on_mount()
         self._timer: Timer | None = None
-        from wizard import core
 
         self._show_method()
         self.lookup(self.state.model_text)

@@ -7,12 +7,13 @@ and fix show inline and the bar shows what the edited setup would need; Next sta
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.table import Table
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.validation import Integer, Number
 from textual.widgets import Input, Label, Select, Static
@@ -67,6 +68,7 @@ def reasons_table(plan: Plan) -> Table:
 class PlanScreen(StepScreen):
     STEP = 4
     NEXT_LABEL = "Export"
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+n", "next", "Export", priority=True)]
 
     def body(self) -> ComposeResult:
         yield Static("Planning ...", id="plan-summary")
@@ -163,10 +165,14 @@ class PlanScreen(StepScreen):
             text.append(f"\nFix: {message.error.fix}", style="red")
         problem.update(text)
         problem.display = True
+        summary = self.query_one("#plan-summary", Static)
         if self.last_plan is not None:
             stale = Text("last plan that worked: ", style="bold yellow")
             stale.append(summary_line(self.last_plan).plain, style="dim")
-            self.query_one("#plan-summary", Static).update(stale)
+            summary.update(stale)
+        else:
+            summary.update(Text("No plan yet: change what the message below names (Back for hardware, "
+                                "model or dataset).", style="bold yellow"))
         if message.requested is not None:
             device = "process" if self.last_plan and self.last_plan.device == "cpu" else "GPU"
             self.query_one(MemoryBar).show(message.requested, device, caption="asked for: ")

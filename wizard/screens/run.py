@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.table import Table
 from rich.text import Text
@@ -100,7 +100,10 @@ def summary_table(state: RunState, code: int, stopped: bool, run_dir: Path, outp
 class RunScreen(StepScreen):
     STEP = 6
     NEXT_LABEL = "Stop"
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("s", "stop", "Stop run")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+n", "next", "Stop / Quit", show=False, priority=True),
+        Binding("s", "stop", "Stop run"),
+    ]
 
     def body(self) -> ComposeResult:
         yield Static(id="run-title")
@@ -140,7 +143,7 @@ class RunScreen(StepScreen):
         worker = get_current_worker()
         state = core.new_run_state()
         tail = core.metrics_tail(launch.run_dir)
-        records: list[dict] = []
+        records: list[dict[str, Any]] = []
         last_post = 0.0
         while not worker.is_cancelled:
             running = launch.poll() is None

@@ -52,7 +52,7 @@ class TokenHistogram(Widget):
         peak = max(count for _, _, count in rows) or 1
         text = Text(no_wrap=True, overflow="crop")
         text.append("tokens".rjust(label_width) + "  examples\n", style="dim")
-        for label, (low, _, count) in zip(labels, rows):
+        for label, (low, _, count) in zip(labels, rows, strict=True):
             cells = round(count / peak * bar_width) if count else 0
             over = self.cutoff is not None and low > self.cutoff
             text.append(label.rjust(label_width) + " │", style="dim")

@@ -12,7 +12,6 @@ from rich.text import Text
 from textual.app import RenderResult
 from textual.widget import Widget
 
-
 if TYPE_CHECKING:
     from autotune.memory import MemoryEstimate
 
@@ -49,7 +48,7 @@ class MemoryBar(Widget):
     def render(self) -> RenderResult:
         est = self.estimate
         if est is None:
-            return Text("no estimate yet", style="dim")
+            return Text("no memory estimate without a plan", style="dim")
         width = max(10, self.content_size.width)
         scale = max(est.budget, est.total) or 1
         verdict = "fits" if est.total <= est.budget else "does NOT fit"
@@ -73,6 +72,7 @@ class MemoryBar(Widget):
             text.append("\n" + " " * budget_cell + "▲ budget", style="bold red")
         text.append("\n")
         for name in COMPONENTS:
-            text.append("■ ", style=COLORS[name])
-            text.append(f"{name} {size_text(getattr(est, name))}  ", style="default")
+            # No-break spaces keep each legend entry whole when the line wraps.
+            text.append("■\u00a0", style=COLORS[name])
+            text.append(f"{name} {size_text(getattr(est, name))}".replace(" ", "\u00a0") + "  ", style="default")
         return text
