@@ -48,6 +48,8 @@ class DatasetScreen(StepScreen):
     HELP = ("A .jsonl/.json/.csv/.parquet file or a Hugging Face dataset name; empty uses the bundled "
             "arithmetic set. Enter reads it with the model's tokenizer.")
 
+    _last_read: tuple[str, str] | None = None    # the (dataset, model) last read, or tried
+
     def body(self) -> ComposeResult:
         with Horizontal(classes="form-row"):
             yield Label("Dataset", classes="field-label")
@@ -68,7 +70,7 @@ class DatasetScreen(StepScreen):
         key = self._key()
         if self.state.dataset is not None and self.state.dataset_key == key:
             self._show(self.state.dataset)
-        elif getattr(self, "_last_read", None) != key:
+        elif self._last_read != key:
             self.read_dataset(*key)
         else:  # that read failed (its error was just shown)
             self.query_one("#dataset-facts", Static).update(

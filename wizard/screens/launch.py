@@ -43,6 +43,8 @@ class LaunchScreen(StepScreen):
     NEXT_LABEL = "Launch"
     BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+n", "next", "Launch", priority=True)]
 
+    _failed: Plan | None = None      # the plan whose export is under way or failed
+
     def body(self) -> ComposeResult:
         with VerticalScroll(id="export-box"):
             yield Static("Writing the run directory ...", id="export")
@@ -59,7 +61,7 @@ class LaunchScreen(StepScreen):
                 Text("A run is training: watch it on step 7. Launch again once it has ended.", style="yellow"))
         elif state.export is not None and state.exported_plan is state.plan:
             self._show(state.export)
-        elif getattr(self, "_failed", None) is state.plan:  # its error was just shown
+        elif self._failed is state.plan:  # its error was just shown
             button.disabled = True
             self.query_one("#export", Static).update(
                 Text("The run directory could not be written: fix the cause, then Back and Export again.",

@@ -105,6 +105,9 @@ class RunScreen(StepScreen):
         Binding("s", "stop", "Stop run"),
     ]
 
+    ended = False                   # the watched run has exited
+    quit_after_stop = False         # "Stop and quit" was chosen
+
     def body(self) -> ComposeResult:
         yield Static(id="run-title")
         yield ProgressBar(id="progress", show_eta=False)
@@ -214,7 +217,7 @@ class RunScreen(StepScreen):
         button.label, button.variant, button.disabled = "Quit", "primary", False
         self.refresh_bindings()
         self.set_status("Back: change the plan and launch again.")
-        if getattr(self, "quit_after_stop", False):
+        if self.quit_after_stop:
             self.wizard.finish()
 
     def action_next(self) -> None:
@@ -229,7 +232,7 @@ class RunScreen(StepScreen):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "stop":
-            return not getattr(self, "ended", False)
+            return not self.ended
         return super().check_action(action, parameters)
 
     def stop_run(self, then_quit: bool = False) -> None:
