@@ -66,16 +66,12 @@ class WizardState:
         return (id(self.hardware), id(self.model), id(self.dataset), self.preset, self.method)
 
 
-def _screen_classes() -> list[type]:
-    from wizard.screens.dataset import DatasetScreen
-    from wizard.screens.hardware import HardwareScreen
-    from wizard.screens.launch import LaunchScreen
-    from wizard.screens.model import ModelScreen
-    from wizard.screens.plan import PlanScreen
-    from wizard.screens.preset import PresetScreen
-    from wizard.screens.run import RunScreen
+def _screen_class(index: int) -> type:
+    """Step `index`'s screen class, imported when first needed (the first paint waits for one)."""
+    import importlib
 
-    return [PresetScreen, HardwareScreen, ModelScreen, DatasetScreen, PlanScreen, LaunchScreen, RunScreen]
+    name = STEPS[index].lower()
+    return getattr(importlib.import_module(f"wizard.screens.{name}"), f"{STEPS[index]}Screen")  # type: ignore[no-any-return]
 
 
 class WizardApp(App[int]):
@@ -108,7 +104,7 @@ class WizardApp(App[int]):
 
     def step_screen(self, index: int) -> Any:
         if index not in self._screens_by_step:
-            self._screens_by_step[index] = _screen_classes()[index]()
+            self._screens_by_step[index] = _screen_class(index)()
             self.install_screen(self._screens_by_step[index], STEPS[index].lower())
         return self._screens_by_step[index]
 
