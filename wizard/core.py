@@ -200,18 +200,19 @@ def make_plan(hardware: HardwareProfile, model: ModelSpec, report: DatasetReport
 def estimate_request(last: Plan, model: ModelSpec, overrides: dict[str, Any]) -> MemoryEstimate:
     """Memory of the setup the user asked for, when the planner refused it: the last plan's
     setup with the edited knobs applied, so the bar can show how far over budget it is."""
-    from autotune.memory import TrainSetup, estimate
+    from autotune.memory import estimate
+    from autotune.planner import setup_of
 
-    strategy = overrides.get("strategy") or last.strategy
-    setup = TrainSetup(
-        method=last.method, strategy=strategy, offload=last.offload, num_gpus=last.num_processes,
-        micro_batch=overrides.get("micro_batch") or last.micro_batch, seq_len=last.max_length,
-        checkpointing=last.activation_checkpointing if overrides.get("checkpointing") is None
-        else bool(overrides["checkpointing"]),
-        precision=last.precision, optimizer=last.optimizer, attention=last.attention,
-        lora_r=overrides.get("lora_r") or (last.lora.r if last.lora else 8),
-        lora_targets=last.lora.target_modules if last.lora else None,
-        lora_dropout=last.lora.dropout if last.lora else 0.0, device=last.device)
+    changes: dict[str, Any] = {}
+    if overrides.get("strategy"):
+        changes["strategy"] = overrides["strategy"]
+    if overrides.get("micro_batch"):
+        changes["micro_batch"] = overrides["micro_batch"]
+    if overrides.get("checkpointing") is not None:
+        changes["checkpointing"] = bool(overrides["checkpointing"])
+    if overrides.get("lora_r"):
+        changes["lora_r"] = overrides["lora_r"]
+    setup = setup_of(last, **changes)
     return estimate(model, setup, last.estimate.budget)
 
 
