@@ -285,6 +285,15 @@ class InjectedOutOfMemoryCallback(TrainerCallback):
                 f"> {self.above} at step {state.global_step + 1})")
 
 
+def stop_reason(callbacks: list[TrainerCallback]) -> str | None:
+    """Why training ended early ("signal" or "diverged"), None when it ran to the end: the
+    training entry can skip saving diverged weights or exit 128+signal after a stop."""
+    for callback in callbacks:
+        if isinstance(callback, MetricsCallback):
+            return callback.run.stop_reason
+    return None
+
+
 def default_callbacks(metrics_file: str) -> list[TrainerCallback]:
     """Every callback the training entry installs on each rank (order matters: sync before stop)."""
     run = RankRun(metrics_file)

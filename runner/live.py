@@ -182,16 +182,17 @@ class RunState:
             return self.epoch / self.step * self.max_steps
         return self.num_train_epochs or None
 
-    def findings(self, final: bool = False) -> list[diagnostics.Finding]:
+    def findings(self, final: bool = False, now: bool = False) -> list[diagnostics.Finding]:
         """The diagnostics so far. They read the whole run, so while it runs they are recomputed
-        at most every FINDINGS_INTERVAL seconds; a stop record or the final verdict at once."""
+        at most every FINDINGS_INTERVAL seconds; a stop record, the final verdict or `now` (an
+        evaluation just came) at once."""
         count, was_final, when, cached = self._findings
-        now = time.monotonic()
+        clock = time.monotonic()
         stale = count != len(self.records) or final != was_final
-        due = count < 0 or final != was_final or self.stop is not None or now - when >= FINDINGS_INTERVAL
+        due = now or count < 0 or final != was_final or self.stop is not None or clock - when >= FINDINGS_INTERVAL
         if stale and due:
             cached = diagnostics.diagnose(self.records, final=final)
-            self._findings = (len(self.records), final, now, cached)
+            self._findings = (len(self.records), final, clock, cached)
         return cached
 
 
@@ -362,10 +363,10 @@ class PlainPrinter:
             why = "signal " + str(record.get("signal")) if record.get("reason") == "signal" else record.get("reason")
             self.say(f"stopping at step {record.get('step')} ({why})")
         if kind == "log":
-            self.findings(state, final=False)
+            self.findings(state, final=False, now="eval_loss" in record)
 
-    def findings(self, state: RunState, final: bool) -> None:
-        for finding in state.findings(final=final):
+    def findings(self, state: RunState, final: bool, now: bool = False) -> None:
+        for finding in state.findings(final=final, now=now):
             if finding.code in self.reported:
                 continue
             self.reported.add(finding.code)

@@ -188,29 +188,38 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _stop(console: Console, launch: Launch) -> int:
-    """SIGTERM to the group, wait for every rank to save and exit, SIGKILL what outlives the grace.
+    """Stop with words on the console; a second Ctrl-C kills at once."""
+    console.print("\nStopping: every rank saves a checkpoint at the end of its step ... "
+                  "(Ctrl-C again to kill at once)", highlight=False)
+    try:
+        return stop_launch(launch)
+    except KeyboardInterrupt:
+        console.print("Killing the run (SIGKILL).", highlight=False)
+        return kill_launch(launch)
+
+
+def stop_launch(launch: Launch, grace: float = STOP_GRACE_S) -> int:
+    """SIGTERM to the group, wait for every rank to save and exit, SIGKILL what outlives `grace`.
 
     Waiting for the launcher is not enough: accelerate's single-process launcher dies on SIGTERM
     at once while its worker is still writing the checkpoint, so the whole group is waited for.
-    A second Ctrl-C kills at once.
+    The wizard calls this too (from a worker thread).
     """
-    console.print("\nStopping: every rank saves a checkpoint at the end of its step ... "
-                  "(Ctrl-C again to kill at once)", highlight=False)
     assert launch.process is not None
-    group = launch.process.pid
-    deadline = time.monotonic() + STOP_GRACE_S
-    try:
-        code = launch.stop(grace=STOP_GRACE_S)
-        while _group_alive(group) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        code = -signal.SIGKILL
-    if _group_alive(group):
-        console.print("Killing what is left of the run (SIGKILL).", highlight=False)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, signal.SIGKILL)
-        code = launch.process.wait()
+    deadline = time.monotonic() + grace
+    code = launch.stop(grace=grace)
+    while _group_alive(launch.process.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _group_alive(launch.process.pid):
+        return kill_launch(launch)
     return code
+
+
+def kill_launch(launch: Launch) -> int:
+    assert launch.process is not None
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(launch.process.pid, signal.SIGKILL)
+    return launch.process.wait()
 
 
 def _group_alive(group: int) -> bool:
@@ -263,7 +272,7 @@ def print_summary(console: Console, plan: Plan, run_dir: Path, state: RunState, 
         table.add_row("peak memory", memory.plain.removeprefix("peak memory "))
     rate = state.average_tokens_per_second()
     if rate:
-        table.add_row("throughput", f"{rate:,.0f} tokens/s (all ranks)")
+        table.add_row("throughput", f"{rate:,.0f} tokens/s (all ranks, evaluations and saves included)")
     table.add_row("wall time", f"{format_seconds(state.elapsed)} of training")
     for change in outcome.changes:
         table.add_row("recovered", change)
