@@ -141,7 +141,8 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     setup = TrainSetup(method=method, num_gpus=world, seq_len=max_length, precision=precision,
                        optimizer=goals.optimizer or "adamw", lora_r=lora.r if lora else 8,
                        lora_targets=lora.target_modules if lora else None,
-                       lora_dropout=lora.dropout if lora else 0.0, device=hardware.device)
+                       lora_dropout=lora.dropout if lora else 0.0, device=hardware.device,
+                       gpus_per_node=per_node)
     chosen = _choose(hardware, model, setup, goals, budget, effective, world, reasons)
     micro = chosen.micro_batch
     grad_accum = effective // (micro * world)
@@ -466,6 +467,13 @@ def _nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup,
         lo = estimate(model, _replace(smallest, method="lora"), budget)
         if lo.total <= budget * (1 - HEADROOM):
             suggestions.append(f"fits with LoRA (--method lora): {lo.total / GiB:.1f} GiB per GPU")
+    if hardware.device == "cuda":
+        offload = estimate(model, _replace(smallest, strategy="zero3", offload="params", num_gpus=world,
+                                           gpus_per_node=hardware.gpus_per_node), budget)
+        if offload.total <= budget * (1 - HEADROOM) and offload.host_ram > hardware.host_ram_available:
+            need = math.ceil(offload.host_ram / GiB / 16) * 16
+            suggestions.append(f"fits with ZeRO-3 and CPU offload on a host with {need} GiB of RAM per machine "
+                               f"({hardware.host_ram_available / GiB:.0f} GiB here; with --gpus add ',ram={need}GB')")
     seq = base.seq_len
     while seq > 256:
         seq //= 2
@@ -513,7 +521,8 @@ def setup_of(plan_: Plan, **changes: object) -> TrainSetup:
                        optimizer=plan_.optimizer, attention=plan_.attention,
                        lora_r=plan_.lora.r if plan_.lora else 8,
                        lora_targets=plan_.lora.target_modules if plan_.lora else None,
-                       lora_dropout=plan_.lora.dropout if plan_.lora else 0.0, device=plan_.device)
+                       lora_dropout=plan_.lora.dropout if plan_.lora else 0.0, device=plan_.device,
+                       gpus_per_node=plan_.processes_per_machine)
     return replace(setup, **changes)  # type: ignore[arg-type]
 
 
