@@ -1,9 +1,17 @@
-"""Per-device memory model for one training step, by component.
+"""Per-device memory model for one training step, by component, and the peak of that step.
 
-Every figure is bytes on ONE device (a GPU, or one process's share of host RAM on the CPU).
-Sources: model states from the ZeRO paper (Rajbhandari et al. 2020); activations from
-Korthikanti et al. 2022, adapted to the Llama block (RMSNorm, GQA, SwiGLU); logits from how HF's
-causal-LM loss upcasts to fp32. The constants in OVERHEAD name where they come from.
+Every figure is bytes on ONE device (a GPU, or one process's share of host RAM on the CPU). The
+step modelled is the runner's: TRL's SFTTrainer with the dtypes runner/export.py writes (float32
+weights + bf16/fp16 autocast for full fine-tuning, a half-precision base with fp32 LoRA adapters),
+TRL's fused LM head (log-probs in vocabulary chunks, no full logits), HF's per-layer gradient
+checkpointing, torch AdamW (foreach), then zero_grad(set_to_none).
+
+Sources: model states from the ZeRO paper (Rajbhandari et al. 2020) and DeepSpeed's own
+estimators; activations derived tensor by tensor from the autograd graph of HF's Llama/Qwen2/
+Gemma2 blocks (RMSNorm, GQA, SwiGLU/GeGLU) and checked against FakeTensorMode + MemTracker peaks
+(bench/memory_validation.py, figures in bench/results/); the LM head from trl.kernels.
+chunked_logprob. Gradients and activations peak at opposite ends of backward, so `total` is the
+largest of the step's phases (`peak_at` names it), not the sum of the components.
 """
 
 from __future__ import annotations
@@ -11,6 +19,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from autotune.activations import (  # noqa: F401 (public names re-exported for callers)
+    LM_HEAD_TILE,
+    NF4_BYTES,
+    _layer_backward_bytes,
+    _layout,
+    _targets,
+    _weight_copies,
+    activation_bytes,
+    attention_kernel,
+    layer_token_bytes,
+    logits_bytes,
+    trainable_params,
+)
+from autotune.errors import UserError
 from autotune.model_spec import ModelSpec
 
 GiB = 1024**3
@@ -20,25 +42,29 @@ METHODS = ("full", "lora", "qlora")
 OFFLOADS = ("none", "optimizer", "params")
 OPTIMIZERS = ("adamw", "adamw_8bit", "adafactor", "sgd")
 PRECISIONS = ("bf16", "fp16", "fp32")
+ATTENTIONS = ("sdpa", "flash", "eager")
 
 # Framework costs outside the tensors the model owns.
 OVERHEAD = {
-    # CUDA context and kernels loaded by torch: 0.3-0.6 GB, not seen by torch.cuda.max_memory_*.
+    # CUDA context and kernels loaded by torch: 0.3-0.6 GB, invisible to torch.cuda.max_memory_*.
     "cuda_context": int(0.5 * GiB),
     # One NCCL communicator's buffers: 0.5-1.6 GB per communicator (NCCL docs, measured).
     "nccl": int(0.6 * GiB),
-    # The caching allocator reserves 1.1-1.25x what tensors hold (fragmentation).
+    # The caching allocator reserves 1.1-1.25x what tensors hold; the exporter sets
+    # expandable_segments, which keeps it near the low end.
     "fragmentation": 0.10,
-    # Resident size of a CPU process with torch, transformers and the trainer loaded.
+    # Resident size of one process with torch, transformers and the trainer loaded.
     "cpu_process": int(0.6 * GiB),
 }
-
-# Bytes of optimizer state per trainable parameter, fp32 states.
-_OPTIMIZER_BYTES = {"adamw": 8, "adamw_8bit": 2, "adafactor": 4, "sgd": 0}
-# NF4 weights with double quantization (bitsandbytes): 0.5 B/param + quantization constants.
-_NF4_BYTES = 0.516
-
-
+# DeepSpeed, with the values runner/export.py writes into ds_config.json.
+DEEPSPEED = {
+    "allgather_bucket": 200_000_000,   # zero_optimization.allgather_bucket_size (elements)
+    # "overlap_comm uses 4.5x the allgather_bucket_size and reduce_bucket_size" (DeepSpeed config
+    # docs: 5e8 buckets cost 5e8 x 2 B x 2 x 4.5 = 9 GB); the exporter turns it on for GPUs.
+    "overlap_factor": 4.5,
+    # estimate_zero2/3_model_states_mem_needs: pinned host buffers add half again to offloaded states.
+    "host_buffer_factor": 1.5,
+}
 @dataclass
 class TrainSetup:
     """The knobs the memory model depends on."""
@@ -52,11 +78,16 @@ class TrainSetup:
     checkpointing: bool = False
     precision: str = "bf16"
     optimizer: str = "adamw"
-    attention: str = "sdpa"           # "sdpa" (flash / memory-efficient) or "eager"
+    attention: str = "sdpa"           # "sdpa" (flash / memory-efficient), "flash" (flash_attention_2) or "eager"
     lora_r: int = 8
     lora_targets: list[str] | None = None
     lora_dropout: float = 0.05
     device: str = "cuda"
+    gpus_per_node: int = 0            # processes sharing one host's RAM; 0: all of num_gpus
+    # The step runs on FakeTensorMode tensors (bench/memory_validation.py): autograd cannot sum
+    # two gradients in place for a tensor subclass, so a tied embedding's two gradients and their
+    # sum coexist. Never set for planning.
+    fake_tensors: bool = False
 
 
 @dataclass
@@ -74,6 +105,8 @@ class MemoryEstimate:
     trainable_params: int
     total_params: int
     notes: list[str] = field(default_factory=list)
+    peak_at: str = ""                 # the phase of the step that sets `total`
+    phases: dict[str, int] = field(default_factory=dict)  # tensor bytes at each phase of the step
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -88,96 +121,182 @@ class MemoryEstimate:
         return cls(**flat)
 
 
-def trainable_params(model: ModelSpec, setup: TrainSetup) -> int:
-    if setup.method == "full":
-        return model.total_params
-    return model.lora_params(setup.lora_r, setup.lora_targets)
+def _validate(setup: TrainSetup) -> None:
+    choices = (("method", setup.method, METHODS), ("strategy", setup.strategy, STRATEGIES),
+               ("offload", setup.offload, OFFLOADS), ("optimizer", setup.optimizer, OPTIMIZERS),
+               ("precision", setup.precision, PRECISIONS), ("attention", setup.attention, ATTENTIONS))
+    for name, value, allowed in choices:
+        if value not in allowed:
+            raise UserError(f"Unknown {name} '{value}'.", title="Memory estimate",
+                            fix=f"Use one of: {', '.join(allowed)}.")
+    if setup.micro_batch < 1 or setup.seq_len < 1 or setup.num_gpus < 1:
+        raise UserError(f"Micro-batch {setup.micro_batch}, sequence {setup.seq_len} and {setup.num_gpus} GPU(s) "
+                        "must all be positive.", title="Memory estimate", fix="Pass values of 1 or more.")
+    if setup.offload != "none" and setup.strategy not in ("fsdp", "zero2", "zero3"):
+        raise UserError(f"Offload to host RAM needs a sharded strategy, not '{setup.strategy}'.",
+                        title="Offload", fix="Use --strategy zero2, zero3 or fsdp with offload.")
+    if setup.offload == "params" and setup.strategy == "zero2":
+        raise UserError("ZeRO-2 does not offload parameters.", title="Offload",
+                        fix="Use zero3 (or fsdp) for parameter offload, or offload only the optimizer.")
+
+
+def _optimizer_bytes(model: ModelSpec, setup: TrainSetup, trainable: int, state_bytes: int) -> tuple[float, float]:
+    """(states, step temporaries) for `trainable` parameters whose states are `state_bytes` wide."""
+    if setup.optimizer == "adamw":
+        # exp_avg + exp_avg_sq in the parameter dtype; foreach AdamW builds one more state-sized
+        # tensor (the sqrt of exp_avg_sq) for the whole group during step().
+        return 2 * state_bytes * trainable, state_bytes * trainable
+    if setup.optimizer == "adamw_8bit":
+        # bitsandbytes AdamW8bit: two uint8 states + an fp32 absmax per 256-element block; fused update.
+        return (2 + 2 * 4 / 256) * trainable, 0.0
+    if setup.optimizer == "adafactor":
+        # Factored second moment (row + column vectors), no first moment (HF Adafactor, beta1=None);
+        # step() builds grad^2 and the reconstructed update, full size, one tensor at a time.
+        if setup.method == "full":
+            widest = max(model.embedding_params, model.lm_head_params,
+                         max(lin.d_in * lin.d_out for lin in model.linears))
+            states = 4 * (model.num_layers * sum(lin.d_in + lin.d_out for lin in model.linears)
+                          + 2 * (model.vocab_size + model.hidden_size))
+        else:
+            widest = max(setup.lora_r * max(lin.d_in, lin.d_out) for lin in _targets(model, setup))
+            states = 4 * model.num_layers * sum(2 * setup.lora_r + lin.d_in + lin.d_out
+                                                for lin in _targets(model, setup))
+        return states, 2 * 4 * widest
+    return 0.0, 0.0  # SGD without momentum (HF's default): foreach add_ in place
 
 
 def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate:
-    """Peak bytes on one device for a training step, and whether that fits `budget`."""
+    """Peak bytes on one device for a training step, by component, and whether it fits `budget`."""
+    _validate(setup)
+    lay = _layout(model, setup)
+    notes: list[str] = []
     psi = model.total_params
     trainable = trainable_params(model, setup)
-    shards = setup.num_gpus if setup.strategy in ("fsdp", "zero2", "zero3") else 1
-    weight_bytes = 4 if setup.precision == "fp32" else 2
-    notes: list[str] = []
-
-    # Weights held on the device.
-    if setup.method == "qlora":
-        linear = model.num_layers * sum(lin.d_in * lin.d_out for lin in model.linears)
-        base = linear * _NF4_BYTES + (psi - linear) * 2
-    elif setup.method == "lora":
-        base = psi * weight_bytes
-    else:
-        # Full fine-tuning keeps fp32 master weights (mixed precision: fp32 storage, bf16 compute).
-        base = psi * 4
+    n = setup.num_gpus if setup.strategy != "single" else 1
+    sharded = setup.strategy in ("fsdp", "zero2", "zero3")
     full_shard = setup.strategy in ("fsdp", "zero3")
-    if full_shard:
-        gathered = model.largest_unit_params * (2 if setup.precision != "fp32" else 4)
-        base = base / shards + 2 * gathered  # the unit being computed plus the one prefetched
-    if setup.offload == "params":
-        base = 2 * model.largest_unit_params * weight_bytes
-    adapter = trainable * 4 if setup.method != "full" else 0  # PEFT keeps adapters in fp32
-    params = base + (adapter / shards if full_shard else adapter)
+    tokens = setup.micro_batch * setup.seq_len
+    h, vocab = model.hidden_size, model.vocab_size
+    kernel = attention_kernel(model, setup)
+    if kernel != setup.attention:
+        notes.append(f"{model.model_type} has no SDPA path in transformers: eager attention (s^2 per layer)")
 
-    # Gradients: fp32 for fp32 masters and fp32 adapters.
-    grad_shards = shards if setup.strategy in ("fsdp", "zero2", "zero3") else 1
-    grads = trainable * 4 / grad_shards
+    # Model states.
+    base_weights = psi * lay.weight
+    adapters = 0.0 if setup.method == "full" else trainable * lay.trainable
+    weights = base_weights + adapters
+    grads = trainable * lay.trainable
+    state_bytes = 4 if lay.master else lay.trainable
+    opt_states, opt_temp = _optimizer_bytes(model, setup, trainable, state_bytes)
+    opt_states += trainable * lay.master
+    if lay.master:  # DeepSpeed reduces half-precision grads, then steps on an fp32 copy of its partition
+        opt_temp += trainable * 4
+    shard_grads = n if sharded else 1
+    weights_dev = weights / n if full_shard else weights
+    grads_dev = grads / shard_grads
+    opt_dev = opt_states / shard_grads
+    opt_temp_dev = opt_temp / shard_grads
+    host_states = 0.0  # per process
+    if setup.offload != "none":
+        # ZeRO-Offload: fp32 masters, optimizer states and fp32 gradient partitions live in host RAM
+        # and the optimizer steps there; offload_param moves the half-precision partitions too.
+        # FSDP2's CPUOffloadPolicy (the exporter's answer to any offload) moves parameters,
+        # gradients and optimizer states.
+        # (DeepSpeedCPUAdam / a CPU step: no foreach temporary on the GPU; 16 bytes per trainable
+        # parameter, 18 with offload_param: DeepSpeed's estimate_zero3_model_states_mem_needs.)
+        host_states = opt_dev + trainable * 4 / shard_grads
+        opt_dev = opt_temp_dev = grads_dev = 0.0
+        if setup.strategy == "fsdp" or setup.offload == "params":
+            host_states += weights_dev
+            weights_dev = 0.0
+        notes.append("FSDP2 CPU offload: parameters, gradients and optimizer states in host RAM"
+                     if setup.strategy == "fsdp" else
+                     f"ZeRO-Offload: optimizer states{' and parameters' if setup.offload == 'params' else ''} "
+                     "in host RAM; the optimizer steps on the CPU")
 
-    # Optimizer states (+ fp32 master copy under DeepSpeed bf16, which keeps weights in bf16).
-    opt = trainable * _OPTIMIZER_BYTES[setup.optimizer]
-    optimizer = opt / grad_shards
-    host_optimizer = 0.0
-    if setup.offload in ("optimizer", "params"):
-        host_optimizer = optimizer * setup.num_gpus + grads * setup.num_gpus
-        optimizer = 0.0
-        notes.append("optimizer states live in host RAM")
+    # Buffers the strategy adds: DDP buckets, gathered units, DeepSpeed's communication buckets.
+    ddp_buckets = grads if setup.strategy == "ddp" else 0.0  # gradient_as_bucket_view=False (accelerate's default)
+    deepspeed_buffers = gathered_fwd = gathered_bwd = 0.0
+    if setup.strategy == "fsdp":
+        # accelerate's FSDP2 layout: a unit per decoder layer, resharded after forward; the final
+        # norm and LM head (with a tied embedding: the embedding too) in a unit that is not.
+        unit = _unit_bytes(model, setup, model.layer_params)
+        tail = _unit_bytes(model, setup, model.lm_head_params or model.embedding_params)
+        gathered_fwd = tail + unit  # at the LM head: the tail, and the last layer prefetched for backward
+        # in a layer's backward: that layer, the next one prefetched, and its unsharded gradients
+        gathered_bwd = tail + 2 * unit + (model.layer_params * lay.compute if setup.method == "full" else 0.0)
+    elif setup.strategy in ("zero2", "zero3"):
+        reduce_bucket = min(h * h, trainable)  # HF's "auto" reduce_bucket_size: hidden_size^2
+        factor = DEEPSPEED["overlap_factor"] if setup.device == "cuda" else 1.0
+        if setup.strategy == "zero2":
+            deepspeed_buffers = factor * 2 * (reduce_bucket + min(DEEPSPEED["allgather_bucket"], trainable))
+        else:
+            deepspeed_buffers = factor * 2 * reduce_bucket
+            widest = max(model.embedding_params, model.lm_head_params,
+                         max(lin.d_in * lin.d_out for lin in model.linears))
+            # ZeRO-3 gathers one module at a time plus the prefetch bucket ("auto": 0.9 hidden^2);
+            # DeepSpeed's estimator counts the largest module's weights and gradients.
+            gathered_fwd = _unit_bytes(model, setup, widest) + 0.9 * h * h * lay.compute
+            gathered_bwd = gathered_fwd + (widest * lay.compute if setup.method == "full" else 0.0)
 
-    activations = activation_bytes(model, setup)
-    logits = logits_bytes(model, setup)
+    # Activations and the LM head.
+    acts = activation_bytes(model, setup)
+    head_fwd = logits_bytes(model, setup, "forward")
+    head_bwd = logits_bytes(model, setup, "backward")
+    lm_grad = 0.0
+    if setup.method == "full":  # the head's weight gradient arrives first and stays through backward
+        # (FSDP2: unsharded, in the gathered dtype, until the root's reduce-scatter at the end)
+        lm_grad = vocab * h * (lay.compute if setup.strategy == "fsdp" else lay.trainable / shard_grads)
+    layer_bwd = _layer_backward_bytes(model, setup)
+    tied_extra = 0.0
+    if setup.method == "full" and model.tie_embeddings:
+        # embedding backward builds a dense [vocab, hidden] gradient that is summed into the head's
+        tied_extra = vocab * h * lay.trainable * (2 if setup.fake_tensors else 1)
+    # the embedding's gradient appears only after the first layer's backward (tied: it is the head's)
+    embedding_grad = 0.0
+    if setup.method == "full" and not model.tie_embeddings:
+        embedding_grad = model.embedding_params * lay.trainable / shard_grads
+    last_layer = tokens * layer_token_bytes(model, setup) + _weight_copies(model, setup)
+    if setup.checkpointing:
+        last_layer = tokens * lay.stream * h
 
-    tensors = params + grads + optimizer + activations + logits
+    resident = weights_dev + opt_dev + ddp_buckets
+    phases = {
+        "forward (LM head)": resident + gathered_fwd + acts + head_fwd,
+        "backward (LM head)": resident + gathered_fwd + acts + head_bwd,
+        "backward (last layer)": resident + gathered_bwd + acts + lm_grad + layer_bwd,
+        "backward (first layer)": resident + gathered_bwd + last_layer + grads_dev - embedding_grad + layer_bwd,
+        "backward (embedding)": resident + gathered_bwd + grads_dev + tied_extra / shard_grads,
+        "optimizer step": resident + grads_dev + opt_temp_dev,
+    }
+    peak_at = max(phases, key=lambda k: phases[k])
+    tensors = phases[peak_at]
+    # Not the model's tensors: framework memory, communication buffers and allocator slack.
+    overhead = deepspeed_buffers + (tensors + deepspeed_buffers) * OVERHEAD["fragmentation"]
     if setup.device == "cuda":
-        overhead = OVERHEAD["cuda_context"] + tensors * OVERHEAD["fragmentation"]
-        if setup.num_gpus > 1:
-            overhead += OVERHEAD["nccl"]
+        overhead += OVERHEAD["cuda_context"] + (OVERHEAD["nccl"] if n > 1 else 0)
     else:
-        overhead = OVERHEAD["cpu_process"] + tensors * OVERHEAD["fragmentation"]
+        overhead += OVERHEAD["cpu_process"]
     total = tensors + overhead
 
-    host_ram = host_optimizer + psi * weight_bytes  # loading the checkpoint passes through RAM
+    # Host RAM per node: offloaded states (with DeepSpeed's 1.5x for pinned buffers), one copy of
+    # the weights while the checkpoint loads, and each process's own footprint.
+    local = min(setup.gpus_per_node or setup.num_gpus, setup.num_gpus)
+    checkpoint_bytes = 4 if setup.method == "full" and lay.weight == 4 else lay.compute  # export.py's `dtype`
+    host_ram = host_states * local * DEEPSPEED["host_buffer_factor"] + psi * checkpoint_bytes
+    if setup.device == "cuda":
+        host_ram += OVERHEAD["cpu_process"] * local
     return MemoryEstimate(
-        params=int(params), grads=int(grads), optimizer=int(optimizer),
-        activations=int(activations), logits=int(logits), overhead=int(overhead),
-        total=int(total), host_ram=int(host_ram), budget=int(budget), fits=total <= budget,
-        trainable_params=int(trainable), total_params=int(psi), notes=notes,
+        params=int(weights_dev + max(gathered_fwd, gathered_bwd)), grads=int(grads_dev + ddp_buckets),
+        optimizer=int(opt_dev + opt_temp_dev), activations=int(acts + layer_bwd),
+        logits=int(max(head_fwd, head_bwd)), overhead=int(overhead), total=int(total), host_ram=int(host_ram),
+        budget=int(budget), fits=total <= budget, trainable_params=int(trainable), total_params=int(psi),
+        notes=notes, peak_at=peak_at, phases={key: int(value) for key, value in phases.items()},
     )
 
 
-def activation_bytes(model: ModelSpec, setup: TrainSetup) -> float:
-    """Saved activations at the end of the forward pass, one micro-batch."""
-    tokens = setup.micro_batch * setup.seq_len
-    h, inter, layers = model.hidden_size, model.intermediate_size, model.num_layers
-    h_kv = model.num_kv_heads * model.head_dim
-    scale = 2 if setup.precision == "fp32" else 1  # the per-token figures below are bf16 bytes
-    # Llama block, bf16, unfused HF RMSNorm (nu = 6): 2*nu*h + 8h + 4h_kv + 8I per token.
-    per_token_layer = (12 * h + 8 * h + 4 * h_kv + 8 * inter) * scale
-    if setup.method != "full" and setup.lora_dropout > 0:
-        # lora_dropout keeps a dropped-out copy of every adapted linear's input.
-        per_token_layer += sum(lin.d_in for lin in model.linears
-                               if setup.lora_targets is None or lin.name in setup.lora_targets) * 2 * scale
-    eager = 0.0
-    if setup.attention == "eager":
-        # softmax in fp32 (saved for backward) plus its bf16 cast for the value matmul.
-        eager = 6 * model.num_heads * setup.seq_len**2 * setup.micro_batch
-    if setup.checkpointing:
-        # Each layer keeps only its input; one layer is recomputed whole during backward.
-        return layers * tokens * 2 * h * scale + tokens * per_token_layer + eager
-    return layers * (tokens * per_token_layer + eager)
-
-
-def logits_bytes(model: ModelSpec, setup: TrainSetup) -> float:
-    """Logits and the loss's fp32 buffers: often the peak for large vocabularies."""
-    tokens = setup.micro_batch * setup.seq_len
-    per_token = 12 if setup.precision == "fp32" else 14  # logits + fp32 copy + log-softmax + grad
-    return tokens * model.vocab_size * per_token
+def _unit_bytes(model: ModelSpec, setup: TrainSetup, params: int) -> float:
+    """One gathered block of `params` parameters, in the dtype it is gathered in."""
+    if setup.method == "qlora":
+        return params * NF4_BYTES
+    return params * _layout(model, setup).compute

@@ -130,15 +130,19 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
         reasons["device"] = f"{world} GPU process(es): {hardware.describe()}"
 
     effective = goals.effective_batch or DEFAULT_EFFECTIVE_BATCH
-    if effective < world:
-        effective = world
-    if effective % world:
-        effective = world * math.ceil(effective / world)
+    step = world * (goals.micro_batch or 1)
+    if effective % step:
+        raised = step * math.ceil(effective / step)
+        if goals.micro_batch:
+            warnings.append(f"Effective batch raised from {effective} to {raised}: micro-batch {goals.micro_batch} "
+                            f"x {world} process(es) must divide it.")
+        effective = raised
     budget = _budget(hardware, per_node)
     setup = TrainSetup(method=method, num_gpus=world, seq_len=max_length, precision=precision,
                        optimizer=goals.optimizer or "adamw", lora_r=lora.r if lora else 8,
                        lora_targets=lora.target_modules if lora else None,
-                       lora_dropout=lora.dropout if lora else 0.0, device=hardware.device)
+                       lora_dropout=lora.dropout if lora else 0.0, device=hardware.device,
+                       gpus_per_node=per_node)
     chosen = _choose(hardware, model, setup, goals, budget, effective, world, reasons)
     micro = chosen.micro_batch
     grad_accum = effective // (micro * world)
@@ -329,6 +333,20 @@ def _choose(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals
         if fitting:
             break
     if not fitting:
+        forced = _forced_choices(goals)
+        if forced:
+            free = Goals(**{**goals.__dict__, **{key: None for key in forced}})
+            try:
+                alternative = _choose(hardware, model, base, free, budget, effective, world, {})
+            except UserError:
+                alternative = None
+            if alternative is not None:
+                asked = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in forced.items())
+                raise UserError(
+                    f"{asked} does not fit: {_forced_estimate(model, base, forced, world, budget)}",
+                    title="Does not fit",
+                    fix=f"Leave it to the planner, which fits {_label(alternative)} "
+                        f"({alternative.estimate.total / GiB:.1f} GiB per {'GPU' if hardware.device == 'cuda' else 'process'}).")
         raise _nothing_fits(hardware, model, base, budget, world, goals)
     best = min(fitting, key=lambda c: c.step_s)
     est = best.estimate
@@ -353,6 +371,32 @@ def _choose(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals
          "off: activations fit without recomputation")
         if goals.checkpointing is None else ("on" if best.checkpointing else "off") + " (asked for)")
     return best
+
+
+_FORCEABLE = ("strategy", "offload", "micro_batch", "checkpointing", "optimizer")
+
+
+def _forced_choices(goals: Goals) -> dict[str, object]:
+    return {key: getattr(goals, key) for key in _FORCEABLE if getattr(goals, key) is not None}
+
+
+def _forced_estimate(model: ModelSpec, base: TrainSetup, forced: dict[str, object], world: int, budget: int) -> str:
+    changes = {key: value for key, value in forced.items() if key in ("strategy", "offload", "micro_batch",
+                                                                       "checkpointing", "optimizer")}
+    setup = _replace(base, **{"strategy": "single" if world == 1 else "ddp", "micro_batch": 1, **changes})
+    est = estimate(model, setup, budget)
+    return f"it needs {est.total / GiB:.1f} GiB per device, and {budget / GiB:.1f} GiB is free."
+
+
+def _label(c: Candidate) -> str:
+    text = f"{'hsdp' if c.hybrid else c.strategy} at micro-batch {c.micro_batch}"
+    if c.checkpointing:
+        text += " with checkpointing"
+    if c.offload != "none":
+        text += f", {c.offload} offload"
+    if c.optimizer != "adamw":
+        text += f", {c.optimizer}"
+    return text
 
 
 def _check_choices(goals: Goals, world: int) -> None:
@@ -423,6 +467,13 @@ def _nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup,
         lo = estimate(model, _replace(smallest, method="lora"), budget)
         if lo.total <= budget * (1 - HEADROOM):
             suggestions.append(f"fits with LoRA (--method lora): {lo.total / GiB:.1f} GiB per GPU")
+    if hardware.device == "cuda":
+        offload = estimate(model, _replace(smallest, strategy="zero3", offload="params", num_gpus=world,
+                                           gpus_per_node=hardware.gpus_per_node), budget)
+        if offload.total <= budget * (1 - HEADROOM) and offload.host_ram > hardware.host_ram_available:
+            need = math.ceil(offload.host_ram / GiB / 16) * 16
+            suggestions.append(f"fits with ZeRO-3 and CPU offload on a host with {need} GiB of RAM per machine "
+                               f"({hardware.host_ram_available / GiB:.0f} GiB here; with --gpus add ',ram={need}GB')")
     seq = base.seq_len
     while seq > 256:
         seq //= 2
@@ -444,7 +495,7 @@ def _nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup,
                 break
     tail = "; ".join(suggestions) if suggestions else "try a smaller model"
     return UserError(
-        f"{model.name} ({model.total_params / 1e9:.2f}B parameters, {base.method}) does not fit: even "
+        f"{model.name} ({format_params(model.total_params)} parameters, {base.method}) does not fit: even "
         f"fully sharded at micro-batch 1 with checkpointing it needs {est.total / GiB:.1f} GiB per "
         f"{'GPU' if hardware.device == 'cuda' else 'process'}, and {budget / GiB:.1f} GiB is free.",
         title="Does not fit", fix=tail)
@@ -457,6 +508,22 @@ def _run_name(model: str, dataset: str) -> str:
         return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:40] or "run"
 
     return f"{stem(model)}-{stem(dataset)}"
+
+
+def setup_of(plan_: Plan, **changes: object) -> TrainSetup:
+    """The memory model's view of a plan, with `changes` applied (e.g. micro_batch=2)."""
+    from dataclasses import replace
+
+    setup = TrainSetup(method=plan_.method, strategy=plan_.strategy, offload=plan_.offload,
+                       num_gpus=plan_.num_processes // (plan_.num_machines if plan_.hybrid_shard else 1),
+                       micro_batch=plan_.micro_batch, seq_len=plan_.max_length,
+                       checkpointing=plan_.activation_checkpointing, precision=plan_.precision,
+                       optimizer=plan_.optimizer, attention=plan_.attention,
+                       lora_r=plan_.lora.r if plan_.lora else 8,
+                       lora_targets=plan_.lora.target_modules if plan_.lora else None,
+                       lora_dropout=plan_.lora.dropout if plan_.lora else 0.0, device=plan_.device,
+                       gpus_per_node=plan_.processes_per_machine)
+    return replace(setup, **changes)  # type: ignore[arg-type]
 
 
 def shrink_micro_batch(plan_: Plan, why: str, model: ModelSpec | None = None) -> Plan | None:
@@ -473,12 +540,14 @@ def shrink_micro_batch(plan_: Plan, why: str, model: ModelSpec | None = None) ->
                         f"effective batch {plan_.effective_batch}; halved from {plan_.micro_batch} because {why}")
     new = replace(plan_, micro_batch=micro, grad_accum=grad_accum, reasons=reasons)
     if model is not None:
-        setup = TrainSetup(method=plan_.method, strategy=plan_.strategy, offload=plan_.offload,
-                           num_gpus=plan_.num_processes, micro_batch=micro, seq_len=plan_.max_length,
-                           checkpointing=plan_.activation_checkpointing, precision=plan_.precision,
-                           optimizer=plan_.optimizer, attention=plan_.attention,
-                           lora_r=plan_.lora.r if plan_.lora else 8,
-                           lora_targets=plan_.lora.target_modules if plan_.lora else None,
-                           lora_dropout=plan_.lora.dropout if plan_.lora else 0.0, device=plan_.device)
-        new = replace(new, estimate=estimate(model, setup, plan_.estimate.budget))
+        new = replace(new, estimate=estimate(model, setup_of(new), plan_.estimate.budget))
     return new
+
+
+def format_params(count: int) -> str:
+    """8.03B, 494M, 226K: parameter counts as people write them."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            value = count / size
+            return f"{value:.3g}{unit}" if value < 100 else f"{value:.0f}{unit}"
+    return str(count)

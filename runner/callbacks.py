@@ -1,51 +1,118 @@
-"""Trainer callbacks that run inside each rank (imports transformers and torch)."""
+"""Trainer callbacks that run inside each rank (imports transformers and torch).
+
+runner.train installs `default_callbacks(metrics_file)` on every rank:
+
+- `MetricsCallback` writes the metrics stream (runner.metrics) from rank 0; every rank keeps the
+  same records, so decisions taken from them agree across ranks.
+- `RankSyncCallback` exchanges one small tensor per optimizer step between the ranks: a stop
+  flag and each rank's peak memory. See its docstring for why this is a per-step collective.
+- `StopOnSignalCallback` turns SIGTERM/SIGINT into "save a checkpoint and stop at the next step".
+- `DivergenceCallback` stops a run whose loss became NaN/Inf or spiked, without saving the
+  damaged weights, and names the last good checkpoint (runner.diagnostics).
+
+Test hook (environment variables; used by tests/test_oom.py so a CPU run takes the whole
+out-of-memory path):
+
+    LLMWIZARD_TEST_OOM_WHEN_MICRO_BATCH_ABOVE=N   every rank raises torch.OutOfMemoryError at the
+                                                  start of step LLMWIZARD_TEST_OOM_AT_STEP while
+                                                  per_device_train_batch_size > N
+    LLMWIZARD_TEST_OOM_AT_STEP=S                  the step (default 3)
+"""
 
 from __future__ import annotations
 
+import os
 import resource
+import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainerCallback
 
+from runner import diagnostics
 from runner.metrics import MetricsWriter
 
+TEST_OOM_ENV = "LLMWIZARD_TEST_OOM_WHEN_MICRO_BATCH_ABOVE"
+TEST_OOM_STEP_ENV = "LLMWIZARD_TEST_OOM_AT_STEP"
 
-def peak_memory_bytes() -> int:
-    """Peak memory of this rank: CUDA allocator peak on GPUs, else the process's peak RSS."""
+
+def peak_memory_bytes() -> tuple[int, str]:
+    """Peak memory of this rank and its kind: the CUDA allocator's peak on GPUs, else peak RSS."""
     import torch
 
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return int(torch.cuda.max_memory_allocated())
+        return int(torch.cuda.max_memory_allocated()), "cuda"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB
+    return int(rss if sys.platform == "darwin" else rss * 1024), "rss"  # Linux reports KiB
 
 
-class MetricsCallback(TrainerCallback):
-    """Writes the metrics stream (see runner.metrics) from rank 0 only."""
+@dataclass
+class RankRun:
+    """What the callbacks of one rank share."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._writer: MetricsWriter | None = None
-        self._start = time.monotonic()
+    path: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    rank_peaks: list[int] = field(default_factory=list)
+    memory_kind: str = "rss"
+    stop_signal: int = 0             # the signal this rank caught, 0 for none
+    stop_reason: str | None = None   # why training stops early: "signal" | "diverged"
+    is_main: bool = True
+    _writer: MetricsWriter | None = None
+    _start: float = field(default_factory=time.monotonic)
 
-    def _write(self, state: Any, record: dict[str, Any]) -> None:
-        if not state.is_world_process_zero:
+    def emit(self, record: dict[str, Any]) -> None:
+        """Keep the record on every rank; write it on rank 0."""
+        record.setdefault("time", round(time.monotonic() - self._start, 3))
+        self.records.append(record)
+        if not self.is_main:
             return
         if self._writer is None:
             self._writer = MetricsWriter(self.path)
-        record.setdefault("time", round(time.monotonic() - self._start, 3))
         self._writer.write(record)
 
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class MetricsCallback(TrainerCallback):
+    """Writes the metrics stream (see runner.metrics) from rank 0."""
+
+    def __init__(self, run: RankRun) -> None:
+        self.run = run
+
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # The Trainer replaces a NaN/Inf step loss with the running mean when this is on (its
+        # default), so a diverged run would log finite, even zero, losses. The stream must show
+        # the truth: the divergence check depends on it.
+        args.logging_nan_inf_filter = False
+
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._start = time.monotonic()
-        self._write(state, {
+        self.run.is_main = bool(state.is_world_process_zero)
+        self.run._start = time.monotonic()
+        peak, self.run.memory_kind = peak_memory_bytes()
+        self.run.rank_peaks = [peak]
+        model = kwargs.get("model")
+        config = getattr(model, "config", None)
+        self.run.emit({
             "type": "begin",
             "step": state.global_step,
             "max_steps": state.max_steps,
             "num_train_epochs": args.num_train_epochs,
             "world_size": args.world_size,
+            "logging_steps": state.logging_steps,
+            "save_steps": state.save_steps,
+            "eval_steps": state.eval_steps if args.eval_strategy != "no" else None,
+            "micro_batch": args.per_device_train_batch_size,
+            "grad_accum": args.gradient_accumulation_steps,
+            "learning_rate": args.learning_rate,
+            "vocab_size": getattr(config, "vocab_size", None),
+            "output_dir": args.output_dir,
+            "memory_kind": self.run.memory_kind,
         })
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
@@ -53,24 +120,188 @@ class MetricsCallback(TrainerCallback):
         record: dict[str, Any] = {"type": "log", "step": state.global_step,
                                   "max_steps": state.max_steps, "epoch": state.epoch}
         for key, value in (logs or {}).items():
-            if isinstance(value, (int, float)):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 record[key] = value
         if getattr(state, "num_input_tokens_seen", 0):
             record["tokens_seen"] = int(state.num_input_tokens_seen)
-        record["peak_memory"] = peak_memory_bytes()
-        self._write(state, record)
+        peaks = list(self.run.rank_peaks) or [peak_memory_bytes()[0]]
+        record["peak_memory"] = max(peaks)
+        record["rank_peak_memory"] = peaks
+        self.run.emit(record)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._write(state, {"type": "save", "step": state.global_step,
-                            "checkpoint": f"{args.output_dir}/checkpoint-{state.global_step}"})
+        self.run.emit({"type": "save", "step": state.global_step,
+                       "checkpoint": f"{args.output_dir}/checkpoint-{state.global_step}"})
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._write(state, {"type": "end", "step": state.global_step, "max_steps": state.max_steps})
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self.run.emit({"type": "end", "step": state.global_step, "max_steps": state.max_steps,
+                       "reason": self.run.stop_reason and ("stopped" if self.run.stop_reason == "signal"
+                                                           else self.run.stop_reason) or "completed"})
+        self.run.close()
+
+
+class RankSyncCallback(TrainerCallback):
+    """Once per optimizer step, every rank learns every rank's stop flag and peak memory.
+
+    Why a per-step collective: a stop must happen at the same step on every rank, or the ranks
+    that stopped wait forever in the checkpoint's collectives while the others wait in the next
+    step's gradient all-reduce. The signal reaches the ranks at slightly different points of a
+    step, so each rank's own flag is not enough. One all_gather of two int64 per rank per step is
+    tiny next to a step's own all-reduce; the Trainer already synchronises with the device every
+    step (it reads the step's loss). The same exchange carries each rank's peak memory, so rank 0
+    can report every rank without a file per rank (which would be missing on other nodes).
+    """
+
+    def __init__(self, run: RankRun) -> None:
+        self.run = run
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        peak, _ = peak_memory_bytes()
+        flag, peaks = exchange(self.run.stop_signal, peak)
+        self.run.rank_peaks = peaks
+        if flag and not self.run.stop_reason:
+            self.run.stop_signal = self.run.stop_signal or flag
+            self.run.stop_reason = "signal"
+            control.should_save = True
+            control.should_log = True   # log the steps since the last log, so the curve is whole
+            control.should_evaluate = False
+            control.should_training_stop = True
+            self.run.emit({"type": "stop", "step": state.global_step, "reason": "signal",
+                           "signal": _signal_name(flag),
+                           "checkpoint": f"{args.output_dir}/checkpoint-{state.global_step}"})
+
+
+def exchange(flag: int, peak: int) -> tuple[int, list[int]]:
+    """(largest stop flag over the ranks, each rank's peak) via one all_gather; local when alone."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag, [peak]
+    backend = str(dist.get_backend())
+    device = torch.device("cuda", torch.cuda.current_device()) \
+        if "nccl" in backend and torch.cuda.is_available() else torch.device("cpu")
+    mine = torch.tensor([flag, peak], dtype=torch.int64, device=device)
+    gathered = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    rows = [t.tolist() for t in gathered]
+    return max(int(r[0]) for r in rows), [int(r[1]) for r in rows]
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+class StopOnSignalCallback(TrainerCallback):
+    """SIGTERM or SIGINT: save a checkpoint at the end of the current step, then stop cleanly.
+
+    runner.launch stops a run by sending SIGTERM to the whole process group (launcher and ranks),
+    and torchrun/accelerate forward it to their workers too, so every rank sees it, possibly
+    twice. The handler only sets a flag; RankSyncCallback makes every rank act on it at the same
+    step. A second SIGINT (Ctrl-C twice in a terminal running launch.sh) gives up at once.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, run: RankRun) -> None:
+        self.run = run
+        self._previous: dict[int, Any] = {}
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.run.stop_signal and signum == signal.SIGINT:
+            self._restore()
+            raise KeyboardInterrupt
+        if not self.run.stop_signal:
+            print(f"llmwizard: {_signal_name(signum)} received; saving a checkpoint at the end of "
+                  "this step, then stopping", file=sys.stderr, flush=True)
+        self.run.stop_signal = self.run.stop_signal or int(signum)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class DivergenceCallback(TrainerCallback):
+    """NaN/Inf or a loss spike: stop now, skip this step's save and eval, name the good checkpoint.
+    A first spike-high loss only defers the save; the next log confirms it or not.
+
+    Every rank decides from the same logged values (the Trainer gathers the loss over ranks
+    before logging), so every rank stops at the same step without a further exchange.
+    """
+
+    def __init__(self, run: RankRun) -> None:
+        self.run = run
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+               **kwargs: Any) -> None:
+        if self.run.stop_reason or not logs or not any(k in logs for k in ("loss", "grad_norm", "eval_loss")):
+            return
+        # Only the latest log can be new: look at a short tail, not the whole run, at every log.
+        tail = self.run.records[:1] + self.run.records[-4 * diagnostics.SPIKE_WINDOW:]
+        finding = diagnostics.divergence(tail, since_step=state.global_step)
+        if finding is None:
+            if "loss" in logs and diagnostics.spike_pending(tail):
+                control.should_save = False  # these weights may be the damaged ones; see spike_pending
+            return
+        self.run.stop_reason = "diverged"
+        control.should_training_stop = True
+        control.should_save = False       # the weights after this step are the damaged ones
+        control.should_evaluate = False
+        good = diagnostics.last_good_checkpoint(self.run.records, finding.step)
+        print(f"llmwizard: {finding.title} at step {finding.step}; stopping. Last good checkpoint: "
+              f"{good or 'none'}", file=sys.stderr, flush=True)
+        self.run.emit({"type": "stop", "step": state.global_step, "reason": "diverged",
+                       "finding": finding.to_dict(), "good_checkpoint": good})
+
+
+class InjectedOutOfMemoryCallback(TrainerCallback):
+    """The test hook described in the module docstring: a CUDA out-of-memory error on demand."""
+
+    def __init__(self, above: int, at_step: int) -> None:
+        self.above = above
+        self.at_step = at_step
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        micro = args.per_device_train_batch_size
+        if micro > self.above and state.global_step + 1 >= self.at_step:
+            import torch
+
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory. Tried to allocate 2.00 GiB. (llmwizard test hook: micro-batch {micro} "
+                f"> {self.above} at step {state.global_step + 1})")
+
+
+def stop_reason(callbacks: list[TrainerCallback]) -> str | None:
+    """Why training ended early ("signal" or "diverged"), None when it ran to the end: the
+    training entry can skip saving diverged weights or exit 128+signal after a stop."""
+    for callback in callbacks:
+        if isinstance(callback, MetricsCallback):
+            return callback.run.stop_reason
+    return None
 
 
 def default_callbacks(metrics_file: str) -> list[TrainerCallback]:
-    """Every callback the training entry installs on each rank."""
-    return [MetricsCallback(metrics_file)]
+    """Every callback the training entry installs on each rank (order matters: sync before stop)."""
+    run = RankRun(metrics_file)
+    callbacks: list[TrainerCallback] = [
+        MetricsCallback(run), RankSyncCallback(run), StopOnSignalCallback(run), DivergenceCallback(run),
+    ]
+    above = os.environ.get(TEST_OOM_ENV)
+    if above:
+        callbacks.append(InjectedOutOfMemoryCallback(int(above), int(os.environ.get(TEST_OOM_STEP_ENV, "3"))))
+    return callbacks
+

@@ -1,8 +1,10 @@
 """The headless live view: loss you can watch while a run trains.
 
 `RunState` folds metrics records (runner.metrics) into what the views show. In a terminal the
-view is a rich Live panel (progress, loss, a plot of the whole run); elsewhere (CI, pipes, log
-files) it prints one plain line per logged step.
+view is a rich Live panel: progress and ETA, the current numbers, a plot of the train and eval
+loss over the whole run, and the diagnostics (runner.diagnostics) as they appear. Elsewhere
+(CI, pipes, log files) it prints one plain line per logged step, one per evaluation, and each
+diagnostic once. The panel fits 80 columns and uses the room of wider terminals for the plot.
 """
 
 from __future__ import annotations
@@ -19,10 +21,19 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from runner import diagnostics
 from runner.launch import Launch
 from runner.metrics import MetricsTail
+from runner.plot import EVAL_STYLE, TRAIN_STYLE, loss_plot
 
-_BLOCKS = " ▁▂▃▄▅▆▇█"
+# Throughput is measured over this many recent log records: recent enough to show a slowdown,
+# long enough to smooth one slow step (an evaluation or a checkpoint save between logs).
+RATE_WINDOW = 5
+# The smoothed loss averages the logs of this many recent steps (TensorBoard-like smoothing
+# without its lag at the start of a run).
+SMOOTHING_STEPS = 20
+# Diagnostics read the whole run; recompute them at most this often (seconds) while it runs.
+FINDINGS_INTERVAL = 2.0
 
 
 @dataclass
@@ -30,6 +41,7 @@ class RunState:
     max_steps: int = 0
     step: int = 0
     epoch: float = 0.0
+    num_train_epochs: float = 0.0
     world_size: int = 1
     losses: list[tuple[int, float]] = field(default_factory=list)
     eval_losses: list[tuple[int, float]] = field(default_factory=list)
@@ -38,29 +50,73 @@ class RunState:
     tokens_seen: int = 0
     tokens_per_second: float | None = None
     peak_memory: int = 0
+    rank_peaks: list[int] = field(default_factory=list)
+    memory_kind: str = "rss"
     elapsed: float = 0.0
     checkpoints: list[str] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    start_step: int = 0              # where the current attempt began (non-zero after a resume)
+    attempts: int = 0
+    stop: dict[str, Any] | None = None
+    end_reason: str | None = None
     began: bool = False
     ended: bool = False
+    _time_base: float = 0.0
+    _attempt_start_time: float = 0.0
+    _rate_points: list[tuple[float, int]] = field(default_factory=list)
+    _attempt_tokens: tuple[float, int] | None = None   # first (time, tokens) of this attempt
+    _findings: tuple[int, bool, float, list[diagnostics.Finding]] = (-1, False, 0.0, [])
+
+    @classmethod
+    def from_records(cls, records: list[dict[str, Any]]) -> RunState:
+        state = cls()
+        for record in records:
+            state.update(record)
+        return state
 
     def update(self, record: dict[str, Any]) -> bool:
         """Fold one record in; True when it carried a training loss (a new line for plain output)."""
+        self.records.append(record)
         kind = record.get("type")
-        self.elapsed = max(self.elapsed, float(record.get("time", 0.0)))
+        if "time" in record:
+            self.elapsed = max(self.elapsed, self._time_base + float(record.get("time") or 0.0))
         if kind == "begin":
             self.began = True
-            self.max_steps = int(record.get("max_steps") or 0)
+            self.ended = False
+            self.attempts += 1
+            self.stop = None
+            self.end_reason = None
+            self._time_base = self.elapsed
+            self._attempt_start_time = self.elapsed
+            self._rate_points = []
+            self._attempt_tokens = None
+            self.start_step = int(record.get("step") or 0)
+            self.step = self.start_step
+            self.max_steps = int(record.get("max_steps") or self.max_steps)
+            self.num_train_epochs = float(record.get("num_train_epochs") or 0.0)
             self.world_size = int(record.get("world_size") or 1)
+            self.memory_kind = str(record.get("memory_kind") or self.memory_kind)
+            # A resume from an earlier checkpoint throws away what came after it.
+            self.losses = [(s, v) for s, v in self.losses if s <= self.start_step]
+            self.eval_losses = [(s, v) for s, v in self.eval_losses if s <= self.start_step]
         elif kind == "log":
             self.step = int(record.get("step", self.step))
             self.max_steps = int(record.get("max_steps") or self.max_steps)
             self.epoch = float(record.get("epoch") or self.epoch)
             self.peak_memory = max(self.peak_memory, int(record.get("peak_memory") or 0))
-            if record.get("tokens_seen"):
-                tokens = int(record["tokens_seen"])
-                if self.elapsed > 0:
-                    self.tokens_per_second = tokens / self.elapsed
-                self.tokens_seen = tokens
+            peaks = record.get("rank_peak_memory")
+            if isinstance(peaks, list) and peaks:
+                if len(peaks) != len(self.rank_peaks):
+                    self.rank_peaks = [0] * len(peaks)
+                self.rank_peaks = [max(a, int(b)) for a, b in zip(self.rank_peaks, peaks, strict=True)]
+            if record.get("tokens_seen") and "loss" in record:  # training logs: not eval or the end summary
+                self.tokens_seen = int(record["tokens_seen"])
+                self._rate_points.append((self.elapsed, self.tokens_seen))
+                self._attempt_tokens = self._attempt_tokens or (self.elapsed, self.tokens_seen)
+                self._rate_points = self._rate_points[-(RATE_WINDOW + 1):]
+                (t0, n0), (t1, n1) = self._rate_points[0], self._rate_points[-1]
+                if t1 > t0 and n1 > n0:
+                    self.tokens_per_second = (n1 - n0) / (t1 - t0)
             if "learning_rate" in record:
                 self.learning_rate = float(record["learning_rate"])
             if "grad_norm" in record:
@@ -72,8 +128,11 @@ class RunState:
                 return True
         elif kind == "save":
             self.checkpoints.append(str(record.get("checkpoint")))
+        elif kind == "stop":
+            self.stop = record
         elif kind == "end":
             self.ended = True
+            self.end_reason = record.get("reason")
             self.step = int(record.get("step", self.step))
         return False
 
@@ -85,120 +144,290 @@ class RunState:
     def last_loss(self) -> float | None:
         return self.losses[-1][1] if self.losses else None
 
-    def smoothed_loss(self, window: int = 5) -> float | None:
-        if not self.losses:
+    def smoothed_loss(self, steps: int = SMOOTHING_STEPS) -> float | None:
+        """Mean of the losses logged over the last `steps` steps (at least the last log): one
+        batch's loss is noisy, and a window in steps means the same whatever the logging interval."""
+        finite = [(step, loss) for step, loss in self.losses if math.isfinite(loss)]
+        if not finite:
             return None
-        tail = [loss for _, loss in self.losses[-window:] if math.isfinite(loss)]
-        return sum(tail) / len(tail) if tail else None
+        last = finite[-1][0]
+        window = [loss for step, loss in finite if step > last - steps] or [finite[-1][1]]
+        return sum(window) / len(window)
+
+    def best_eval(self) -> tuple[int, float] | None:
+        finite = [item for item in self.eval_losses if math.isfinite(item[1])]
+        return min(finite, key=lambda item: item[1]) if finite else None
+
+    def average_tokens_per_second(self) -> float | None:
+        """Over the current attempt's training logs (the live figure is a recent window)."""
+        if self._attempt_tokens is None or not self._rate_points:
+            return None
+        (t0, n0), (t1, n1) = self._attempt_tokens, self._rate_points[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 and n1 > n0 else self.tokens_per_second
+
+    def steps_per_second(self) -> float | None:
+        done = self.step - self.start_step
+        seconds = self.elapsed - self._attempt_start_time
+        return done / seconds if done > 0 and seconds > 0 else None
 
     def eta(self) -> float | None:
-        if not self.max_steps or self.step <= 0 or self.elapsed <= 0:
+        rate = self.steps_per_second()
+        if not self.max_steps or rate is None:
             return None
-        return self.elapsed / self.step * (self.max_steps - self.step)
+        return max(0, self.max_steps - self.step) / rate
+
+    def total_epochs(self) -> float | None:
+        """Epochs the whole run covers (max_steps may end it before num_train_epochs)."""
+        if self.step > 0 and self.epoch > 0 and self.max_steps:
+            return self.epoch / self.step * self.max_steps
+        return self.num_train_epochs or None
+
+    def findings(self, final: bool = False, now: bool = False) -> list[diagnostics.Finding]:
+        """The diagnostics so far. They read the whole run, so while it runs they are recomputed
+        at most every FINDINGS_INTERVAL seconds; a stop record, the final verdict or `now` (an
+        evaluation just came) at once."""
+        count, was_final, when, cached = self._findings
+        clock = time.monotonic()
+        stale = count != len(self.records) or final != was_final
+        due = now or count < 0 or final != was_final or self.stop is not None or clock - when >= FINDINGS_INTERVAL
+        if stale and due:
+            cached = diagnostics.diagnose(self.records, final=final)
+            self._findings = (len(self.records), final, clock, cached)
+        return cached
 
 
-def loss_chart(values: list[float], width: int = 60, height: int = 8) -> list[str]:
-    """Column chart of a series, resampled to `width` columns, in block characters."""
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return []
-    if len(values) > width:
-        buckets = [values[i * len(values) // width:(i + 1) * len(values) // width] for i in range(width)]
-        values = [sum(b) / len(b) for b in buckets if b]
-    low, high = min(finite), max(finite)
-    span = (high - low) or 1.0
-    levels = [round((v - low) / span * (height * 8 - 1)) + 1 if math.isfinite(v) else 0 for v in values]
-    rows = []
-    for row in range(height - 1, -1, -1):
-        line = ""
-        for level in levels:
-            fill = min(8, max(0, level - row * 8))
-            line += _BLOCKS[fill]
-        rows.append(line)
-    return rows
+# ----------------------------------------------------------------------------- the panel
 
-
-def _format_seconds(seconds: float | None) -> str:
-    if seconds is None:
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
         return "-"
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
         else f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def _mib(value: int) -> str:
-    return f"{value / 2**20:,.0f} MiB"
+def format_bytes(value: int) -> str:
+    return f"{value / 2**30:.1f} GiB" if value >= 2**30 else f"{value / 2**20:,.0f} MiB"
 
 
-def render(state: RunState, title: str) -> RenderableType:
-    bar = ProgressBar(total=max(1, state.max_steps), completed=state.step, width=50)
-    progress = Table.grid(padding=(0, 2))
-    progress.add_row(bar, f"step {state.step}/{state.max_steps or '?'}", f"epoch {state.epoch:.2f}",
-                     f"elapsed {_format_seconds(state.elapsed)}", f"eta {_format_seconds(state.eta())}")
-    metrics = Table.grid(padding=(0, 3))
+def _pairs(*pairs: tuple[str, str | None], style: str = "bold") -> Text:
+    text = Text()
+    for label, value in pairs:
+        if value is None:
+            continue
+        if text.plain:
+            text.append("   ")
+        text.append(f"{label} ", style="dim")
+        text.append(value, style=style)
+    return text
+
+
+def memory_line(state: RunState) -> Text | None:
+    kind = "GPU, allocated" if state.memory_kind == "cuda" else "host RSS"
+    peaks = state.rank_peaks or ([state.peak_memory] if state.peak_memory else [])
+    if not peaks:
+        return None
+    if len(peaks) == 1:
+        return _pairs(("peak memory", f"{format_bytes(peaks[0])} ({kind})"))
+    if len(peaks) <= 4:
+        ranks = " · ".join(f"r{i} {format_bytes(p)}" for i, p in enumerate(peaks))
+        return _pairs(("peak memory", f"{ranks} ({kind})"))
+    top = max(range(len(peaks)), key=lambda i: peaks[i])
+    return _pairs(("peak memory", f"max {format_bytes(peaks[top])} on rank {top}, min {format_bytes(min(peaks))}, "
+                                  f"{len(peaks)} ranks ({kind})"))
+
+
+def numbers(state: RunState) -> list[Text]:
     smoothed = state.smoothed_loss()
-    metrics.add_row(
-        f"loss [bold]{state.last_loss:.4f}[/]" if state.last_loss is not None else "loss -",
-        f"smoothed {smoothed:.4f}" if smoothed is not None else "",
-        f"eval {state.eval_losses[-1][1]:.4f}" if state.eval_losses else "eval -",
-        f"lr {state.learning_rate:.2e}" if state.learning_rate is not None else "lr -",
-        f"grad norm {state.grad_norm:.3f}" if state.grad_norm is not None else "",
-        f"{state.tokens_per_second:,.0f} tok/s" if state.tokens_per_second else "",
-        f"peak {_mib(state.peak_memory)}/rank" if state.peak_memory else "",
+    best = state.best_eval()
+    loss = _pairs(
+        ("loss", f"{state.last_loss:.4f}" if state.last_loss is not None else "-"),
+        ("smoothed", f"{smoothed:.4f}" if smoothed is not None else None),
+        ("eval", f"{state.eval_losses[-1][1]:.4f}" if state.eval_losses else None),
+        ("best eval", f"{best[1]:.4f} @ step {best[0]}" if best and len(state.eval_losses) > 1 else None),
     )
-    parts: list[RenderableType] = [progress, metrics]
-    chart = loss_chart([loss for _, loss in state.losses])
-    if chart:
-        losses = [loss for _, loss in state.losses if math.isfinite(loss)]
-        parts.append(Text(f"loss {max(losses):.3f}", style="dim"))
-        parts.append(Text("\n".join(chart), style="cyan"))
-        parts.append(Text(f"loss {min(losses):.3f}   (steps 1-{state.step})", style="dim"))
-    return Panel(Group(*parts), title=title, border_style="blue")
+    rates = _pairs(
+        ("lr", f"{state.learning_rate:.2e}" if state.learning_rate is not None else None),
+        ("grad norm", f"{state.grad_norm:.3f}" if state.grad_norm is not None else None),
+        ("tokens/s", f"{state.tokens_per_second:,.0f}" if state.tokens_per_second else None),
+    )
+    memory = memory_line(state)
+    return [line for line in (loss, rates, memory) if line is not None and line.plain]
 
+
+def progress_lines(state: RunState, width: int) -> list[RenderableType]:
+    total = max(1, state.max_steps)
+    percent = f"{min(state.step, total) / total:4.0%}"
+    counter = f"step {state.step}/{state.max_steps or '?'}"
+    bar_width = max(10, width - len(percent) - len(counter) - 4)
+    row = Table.grid(padding=(0, 1))
+    row.add_row(ProgressBar(total=total, completed=min(state.step, total), width=bar_width),
+                Text(percent, style="bold"), Text(counter))
+    epochs = state.total_epochs()
+    rate = state.steps_per_second()
+    timing = _pairs(
+        ("epoch", f"{state.epoch:.2f}" + (f" of {epochs:.2f}" if epochs else "")),
+        ("elapsed", format_seconds(state.elapsed)),
+        ("eta", format_seconds(state.eta())),
+        ("steps/s", f"{rate:.2f}" if rate else None),
+        ("resumed at step", str(state.start_step) if state.start_step else None),
+        style="",
+    )
+    return [row, timing]
+
+
+def finding_lines(findings: list[diagnostics.Finding], width: int, limit: int = 3) -> list[Text]:
+    out = []
+    for finding in findings[:limit]:
+        mark, style = ("✖", "bold red") if finding.severity == diagnostics.STOP else ("⚠", "bold yellow")
+        text = Text(f"{mark} {finding.title}: ", style=style)
+        text.append(finding.message)
+        text.truncate(max(20, 2 * width - 2), overflow="ellipsis")  # at most two lines each
+        out.append(text)
+    return out
+
+
+def render(state: RunState, title: str, width: int = 100, height: int = 30, status: str = "running",
+           ascii_only: bool = False) -> RenderableType:
+    inner = max(20, width - 4)
+    findings = finding_lines(state.findings(final=state.ended), inner)
+    parts: list[RenderableType] = [*progress_lines(state, inner), Text(""), *numbers(state)]
+    finding_rows = sum(1 if len(f.plain) <= inner else 2 for f in findings)
+    # Rows other than the plot: borders 2, progress 2, blank 1, numbers 3, blank 1, axis 2,
+    # legend 1, findings; keep one row spare for the cursor line below the panel.
+    plot_height = max(3, min(16, height - 13 - finding_rows - 1))
+    plot = loss_plot(state.losses, state.eval_losses, state.max_steps, inner, plot_height, ascii_only)
+    if plot:
+        parts.append(Text(""))
+        parts.extend(plot)
+        legend = Text(" " * 2)
+        legend.append("━ train loss", style=TRAIN_STYLE)
+        if state.eval_losses:
+            legend.append("   ")
+            legend.append("━ eval loss", style=EVAL_STYLE)
+        parts.append(legend)
+    elif not state.began:
+        parts.append(Text("waiting for the first step (loading the model and data) ...", style="dim"))
+    parts.extend(findings)
+    border = {"running": "blue", "done": "green", "stopping": "yellow", "stopped": "yellow"}.get(status, "red")
+    return Panel(Group(*parts), title=f"[bold]{title}[/]", subtitle=status, border_style=border, width=width)
+
+
+# ----------------------------------------------------------------------------- plain lines
 
 def plain_line(state: RunState) -> str:
+    """One line per logged step, `key value` pairs, for logs and CI."""
     fields = [f"step {state.step}/{state.max_steps}", f"epoch {state.epoch:.2f}"]
     if state.last_loss is not None:
         fields.append(f"loss {state.last_loss:.4f}")
-    if state.eval_losses and state.eval_losses[-1][0] == state.step:
-        fields.append(f"eval_loss {state.eval_losses[-1][1]:.4f}")
+    smoothed = state.smoothed_loss()
+    if smoothed is not None:
+        fields.append(f"smoothed {smoothed:.4f}")
     if state.learning_rate is not None:
         fields.append(f"lr {state.learning_rate:.2e}")
     if state.grad_norm is not None:
         fields.append(f"grad_norm {state.grad_norm:.3f}")
-    fields.append(f"elapsed {_format_seconds(state.elapsed)}")
+    if state.tokens_per_second:
+        fields.append(f"tok/s {state.tokens_per_second:.0f}")
+    if state.peak_memory:
+        fields.append(f"peak_mem {format_bytes(max(state.rank_peaks or [state.peak_memory])).replace(' ', '')}")
+    fields.append(f"elapsed {format_seconds(state.elapsed)}")
+    fields.append(f"eta {format_seconds(state.eta())}")
     return "  ".join(fields)
 
 
-def watch(launch: Launch, metrics_path: Path, console: Console, title: str,
-          interval: float = 0.5) -> tuple[int, RunState]:
-    """Follow a running launch until it exits; return (exit code, final state)."""
-    state = RunState()
-    tail = MetricsTail(metrics_path)
+def plain_eval_line(state: RunState) -> str:
+    step, value = state.eval_losses[-1]
+    best = state.best_eval()
+    line = f"step {step}/{state.max_steps}  eval_loss {value:.4f}"
+    return line + (f"  best {best[1]:.4f} (step {best[0]})" if best else "")
 
-    def drain() -> list[bool]:
-        return [state.update(record) for record in tail.poll()]
 
+class PlainPrinter:
+    """Prints new records as lines; each diagnostic once."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.reported: set[str] = set()
+
+    def record(self, state: RunState, record: dict[str, Any], is_loss: bool) -> None:
+        kind = record.get("type")
+        if kind == "begin":
+            start = f", resuming at step {state.start_step}" if state.start_step else ""
+            self.say(f"training: {state.max_steps} steps, {state.world_size} process(es){start}")
+        elif is_loss:
+            self.say(plain_line(state))
+        if kind == "log" and "eval_loss" in record:
+            self.say(plain_eval_line(state))
+        if kind == "stop":
+            why = "signal " + str(record.get("signal")) if record.get("reason") == "signal" else record.get("reason")
+            self.say(f"stopping at step {record.get('step')} ({why})")
+        if kind == "log":
+            self.findings(state, final=False, now="eval_loss" in record)
+
+    def findings(self, state: RunState, final: bool, now: bool = False) -> None:
+        for finding in state.findings(final=final, now=now):
+            if finding.code in self.reported:
+                continue
+            self.reported.add(finding.code)
+            self.say(f"{finding.severity}: {finding.title}: {finding.message} Fix: {finding.fix}")
+
+    def say(self, line: str) -> None:
+        self.console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+# ----------------------------------------------------------------------------- following a run
+
+def watch(launch: Launch, metrics_path: Path, console: Console, title: str, interval: float = 0.5,
+          state: RunState | None = None, tail: MetricsTail | None = None) -> tuple[int, RunState]:
+    """Follow a running launch until it exits; return (exit code, final state).
+
+    Pass the `state` and `tail` of earlier attempts (a resume, an out-of-memory retry) to keep
+    the whole run in view without printing its old lines again.
+    """
+    state = state or RunState()
+    tail = tail or MetricsTail(metrics_path)
     if console.is_terminal:
         from rich.live import Live
 
-        with Live(render(state, title), console=console, refresh_per_second=4, transient=False) as live:
+        def view(status: str = "running") -> RenderableType:
+            return render(state, title, console.width, console.height, status,
+                          ascii_only=not console.encoding.lower().startswith("utf"))
+
+        with Live(view(), console=console, refresh_per_second=4, transient=False,
+                  vertical_overflow="crop") as live:
             while launch.poll() is None:
-                drain()
-                live.update(render(state, title))
+                for record in tail.poll():
+                    state.update(record)
+                live.update(view())
                 time.sleep(interval)
-            drain()
-            live.update(render(state, title))
-    else:
-        while True:
-            running = launch.poll() is None
             for record in tail.poll():
-                if state.update(record):
-                    console.print(plain_line(state), highlight=False, soft_wrap=True)
-                elif record.get("type") == "log" and "eval_loss" in record:
-                    console.print(f"step {state.step}  eval_loss {record['eval_loss']:.4f}",
-                                  highlight=False)
-            if not running:
-                break
-            time.sleep(interval)
-    return launch.wait(), state
+                state.update(record)
+            code = launch.wait()
+            live.update(view(final_status(state, code)))
+        return code, state
+    printer = PlainPrinter(console)
+    while True:
+        running = launch.poll() is None
+        for record in tail.poll():
+            printer.record(state, record, state.update(record))
+        if not running:
+            break
+        time.sleep(interval)
+    code = launch.wait()
+    printer.findings(state, final=True)
+    return code, state
+
+
+def final_status(state: RunState, code: int) -> str:
+    if state.end_reason == "diverged":
+        return "diverged"
+    if state.end_reason == "stopped":
+        return "stopped"
+    return "done" if code == 0 else "failed"
+
+
+def replay(records: list[dict[str, Any]]) -> RunState:
+    """A RunState from a finished run's records (the summary after a stop)."""
+    return RunState.from_records(records)
+

@@ -155,8 +155,36 @@ def test_full_fine_tuning_falls_back_to_8bit_adamw_before_offload():
 
 
 def test_single_gpu_offload_uses_deepspeed():
-    p = plan(from_spec("1xA100-80GB"), model(LLAMA_8B, "llama-8b"), LARGE, Goals(method="full", optimizer="adamw"))
+    # DeepSpeed's estimators: offloaded states take about 16 B/param x 1.5 of host RAM (~190 GB here).
+    with pytest.raises(UserError) as err:
+        plan(from_spec("1xA100-80GB,ram=128GB"), model(LLAMA_8B, "llama-8b"), LARGE,
+             Goals(method="full", optimizer="adamw"))
+    assert "CPU offload on a host with" in err.value.fix
+    hardware = from_spec("1xA100-80GB,ram=512GB")
+    p = plan(hardware, model(LLAMA_8B, "llama-8b"), LARGE, Goals(method="full", optimizer="adamw"))
     assert p.num_processes == 1
     assert p.strategy in ("zero2", "zero3") and p.offload != "none", p.reasons["strategy"]
     assert "host RAM" in p.reasons["offload"]
-    assert p.estimate.host_ram <= from_spec("1xA100-80GB").host_ram_available
+    assert p.estimate.host_ram <= hardware.host_ram_available
+
+
+def test_a_forced_micro_batch_raises_the_effective_batch_instead_of_zero_accumulation():
+    p = plan(from_spec("4xH100-80GB"), model(LLAMA_1B, "llama-1b"), SMALL, Goals(micro_batch=16, effective_batch=16))
+    assert p.grad_accum >= 1
+    assert p.micro_batch * p.grad_accum * p.num_processes == p.effective_batch == 64
+    assert any("raised from 16 to 64" in w for w in p.warnings)
+
+
+def test_a_forced_choice_that_does_not_fit_is_named_with_what_would():
+    with pytest.raises(UserError) as err:
+        plan(from_spec("1xRTX4090"), model(LLAMA_8B, "llama-8b"), LARGE, Goals(micro_batch=64))
+    assert err.value.message.startswith("micro batch 64 does not fit")
+    assert "Leave it to the planner" in err.value.fix and "micro-batch" in err.value.fix
+
+
+def test_setup_of_matches_the_plans_estimate():
+    from autotune.memory import estimate
+    from autotune.planner import setup_of
+
+    p = plan(from_spec("4xRTX4090"), model(LLAMA_8B, "llama-8b"), LARGE, Goals())
+    assert estimate(model(LLAMA_8B, "llama-8b"), setup_of(p), p.estimate.budget) == p.estimate

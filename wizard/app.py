@@ -1,14 +1,164 @@
-"""Interactive entry. Until the Textual wizard lands, it shows the plan and asks before launching."""
+"""The interactive wizard: from detected hardware to a running, plotted training job.
+
+`llmwizard` with no arguments in a terminal calls `run_app(args)`. Seven steps, one screen
+each (wizard.screens): preset, hardware, model and method, dataset, plan with what-if edits,
+export and launch, live run. `WizardState` holds every answer so far; screens read it and
+write it from their message handlers, on the UI thread. All decisions come from the core via
+wizard.core; this module only wires screens together.
+"""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from textual.app import App
+from textual.binding import Binding, BindingType
+
+from wizard.widgets.steps import STEPS
+
+if TYPE_CHECKING:
+    from autotune.goals import Goals
+    from autotune.hardware import HardwareProfile
+    from autotune.model_spec import ModelSpec
+    from autotune.plan import Plan
+    from runner.launch import Launch
+    from wizard.core import DatasetReport, ExportResult
+
+
+@dataclass
+class WizardState:
+    """The user's answers and what the core made of them."""
+
+    args: argparse.Namespace
+    preset: str | None = None
+    detected: HardwareProfile | None = None
+    hardware: HardwareProfile | None = None      # what the plan is for
+    other_hardware: bool = False                 # planning for hardware described by a spec
+    gpu_spec: str = ""
+    nodes: int = 1
+    model_text: str = ""                         # as typed; "" is the embedded default
+    model: ModelSpec | None = None
+    method: str | None = None                    # None: the preset's or the planner's choice
+    dataset_text: str = ""
+    dataset: DatasetReport | None = None
+    dataset_key: tuple[str, str] | None = None   # (dataset, model) the report was made for
+    overrides: dict[str, Any] = field(default_factory=dict)   # what-if edits on the plan step
+    plan: Plan | None = None
+    export: ExportResult | None = None
+    exported_plan: Plan | None = None
+    launch: Launch | None = None
+    stopped: bool = False                        # the user stopped the run
+    reached: int = 0
+
+    @property
+    def output_dir(self) -> str:
+        return str(getattr(self.args, "output_dir", None) or "runs")
+
+    def goals(self) -> Goals:
+        from wizard import core
+
+        return core.goals_for(self.preset, self.args, {"method": self.method, **self.overrides})
+
+    def plan_inputs(self) -> tuple[Any, ...]:
+        """What the plan depends on besides the what-if edits: a change means re-planning."""
+        return (id(self.hardware), id(self.model), id(self.dataset), self.preset, self.method)
+
+
+def _screen_class(index: int) -> type:
+    """Step `index`'s screen class, imported when first needed (the first paint waits for one)."""
+    import importlib
+
+    name = STEPS[index].lower()
+    return getattr(importlib.import_module(f"wizard.screens.{name}"), f"{STEPS[index]}Screen")  # type: ignore[no-any-return]
+
+
+class WizardApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "llmwizard"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+q", "quit", "Quit", priority=True)]
+
+    def __init__(self, args: argparse.Namespace | None = None, *, cursor_blink: bool = True) -> None:
+        super().__init__()
+        from wizard.cli import build_parser
+
+        args = argparse.Namespace(**vars(args)) if args is not None else build_parser().parse_args([])
+        self.state = WizardState(args)
+        self.state.preset = getattr(self.state.args, "preset", None)
+        if getattr(self.state.args, "gpus", None):
+            self.state.other_hardware = True
+            self.state.gpu_spec = self.state.args.gpus
+        self.state.nodes = getattr(self.state.args, "nodes", None) or 1
+        self.state.model_text = getattr(self.state.args, "model", None) or ""
+        # --method becomes the wizard's own answer, so picking another method on screen wins.
+        self.state.method = getattr(self.state.args, "method", None)
+        self.state.args.method = None
+        self.state.dataset_text = getattr(self.state.args, "dataset", None) or ""
+        self.cursor_blink = cursor_blink
+        self._screens_by_step: dict[int, Any] = {}
+
+    def on_mount(self) -> None:
+        self.goto(0)
+
+    def step_screen(self, index: int) -> Any:
+        if index not in self._screens_by_step:
+            self._screens_by_step[index] = _screen_class(index)()
+            self.install_screen(self._screens_by_step[index], STEPS[index].lower())
+        return self._screens_by_step[index]
+
+    def goto(self, index: int) -> None:
+        """Show step `index` (0-based); a step is reachable once every step before it was."""
+        index = max(0, min(index, len(STEPS) - 1))
+        if index > self.state.reached + 1 or (index == len(STEPS) - 1 and self.state.launch is None):
+            return
+        self.state.reached = max(self.state.reached, index)
+        screen = self.step_screen(index)
+        if self.screen_stack and self.screen is screen:
+            return
+        screen.entering()
+        if len(self.screen_stack) <= 1:
+            self.push_screen(screen)
+        else:
+            self.switch_screen(screen)
+
+    def running(self) -> bool:
+        launch = self.state.launch
+        return launch is not None and launch.process is not None and launch.poll() is None
+
+    async def action_quit(self) -> None:
+        if not self.running():
+            self.finish()
+            return
+        from wizard.screens.dialogs import QuitModal
+
+        def chosen(choice: str | None) -> None:
+            if choice == "stop":
+                self.step_screen(len(STEPS) - 1).stop_run(then_quit=True)
+            elif choice == "leave":
+                self.finish(0)
+
+        self.push_screen(QuitModal(), chosen)
+
+    def finish(self, code: int | None = None) -> None:
+        """Leave the app; `run_app` returns the code (`exit_code()` unless given)."""
+        code = self.exit_code() if code is None else code
+        self.exit(code, return_code=code)
+
+    def exit_code(self) -> int:
+        """0 unless a run was launched and did not finish cleanly (1 failed, 130 stopped)."""
+        launch = self.state.launch
+        if launch is None or launch.process is None:
+            return 0
+        code = launch.poll()
+        if code is None or code == 0:
+            return 0
+        return 130 if self.state.stopped else 1
 
 
 def run_app(args: argparse.Namespace) -> int:
-    from rich.prompt import Confirm
-
-    from wizard import cli
-
-    args.no_launch = not Confirm.ask("Plan, export and launch with these settings?", default=True)
-    return cli.cmd_headless(args)
+    """The wizard in this terminal; its return value is the process exit code."""
+    app = WizardApp(args)
+    app.run()
+    return app.return_code or 0

@@ -95,7 +95,7 @@ def build_subparser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--lora-r", type=int, default=8)
         parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"])
         parser.add_argument("--optimizer", choices=["adamw", "adamw_8bit", "adafactor", "sgd"], default="adamw")
-        parser.add_argument("--attention", choices=["sdpa", "eager"], default="sdpa")
+        parser.add_argument("--attention", choices=["sdpa", "flash", "eager"], default="sdpa")
         parser.add_argument("--json", action="store_true")
     elif command == "run":
         parser.description = "Launch an exported run directory (or its plan.yaml) with the live view."
@@ -248,13 +248,14 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     hardware = hw.from_spec(args.gpus, nodes=args.nodes, host_ram_gib=args.host_ram)
     model = load_model_spec(args.model)
     world = hardware.gpus_per_node * hardware.nodes
-    strategy = args.strategy or ("single" if world == 1 else "ddp")
+    # Offload needs a sharded strategy: ZeRO-3 offloads the most (DeepSpeed runs it on one GPU too).
+    strategy = args.strategy or ("zero3" if args.offload else "single" if world == 1 else "ddp")
     gpu = hardware.smallest_gpu
     precision = args.precision or ("fp32" if gpu is None else "bf16" if gpu.compute_capability >= (8, 0) else "fp16")
     setup = TrainSetup(method=args.method, strategy=strategy, offload="optimizer" if args.offload else "none",
                        num_gpus=world, micro_batch=args.batch, seq_len=args.seq, checkpointing=args.checkpointing,
                        precision=precision, optimizer=args.optimizer, attention=args.attention,
-                       lora_r=args.lora_r, device=hardware.device)
+                       lora_r=args.lora_r, device=hardware.device, gpus_per_node=hardware.gpus_per_node)
     budget = gpu.free_memory if gpu else hardware.host_ram_available
     result = estimate(model, setup, budget)
     if args.json:

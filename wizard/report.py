@@ -48,6 +48,9 @@ def estimate_table(estimate: MemoryEstimate) -> RenderableType:
     table.add_row(Text("total", style="bold"), Text(_gib(estimate.total), style="bold"))
     verdict = Text(f"fits in {_gib(estimate.budget)}" if estimate.fits else f"does NOT fit in {_gib(estimate.budget)}",
                    style="green" if estimate.fits else "bold red")
+    if estimate.peak_at:
+        # Gradients and activations peak at different moments: the total is the worst moment.
+        verdict.append(f"   (total = the peak of the step, during the {estimate.peak_at})", style="dim")
     return Group(table, memory_bar(estimate), verdict)
 
 

@@ -1,0 +1,211 @@
+"""Activations and the LM head's buffers: what one micro-batch keeps alive, tensor by tensor.
+
+Derived from the autograd graph of HF's Llama/Qwen2/Gemma2 blocks as the runner trains them and
+checked against FakeTensorMode + MemTracker peaks (bench/memory_validation.py). `_layout` says in
+which dtype each tensor family is stored for a method, strategy and precision; autotune.memory
+combines these figures with the model states into the step's peak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from autotune.model_spec import ModelSpec
+
+if TYPE_CHECKING:
+    from autotune.memory import TrainSetup
+
+# TRL's fused LM head (trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE and
+# trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE): one [tokens x vocab] tile at a time.
+LM_HEAD_TILE = (4096, 32768)
+# NF4 with double quantization (bitsandbytes, use_bnb_nested_quant): 4 bits + an 8-bit absmax per
+# 64 weights + an fp32 absmax per 256 blocks.
+NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
+# Gemma2/3 put a norm before and after both attention and MLP; Llama-style blocks have two.
+_FOUR_NORM_MODELS = ("gemma2", "gemma3", "gemma3_text")
+# Gemma2 softcaps attention scores and final logits (tanh): one more saved tensor per use.
+_SOFTCAP_MODELS = ("gemma2",)
+# transformers falls back to eager attention for these (`_supports_sdpa = False`: softcapping).
+_NO_SDPA_MODELS = ("gemma2",)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Bytes per element of each tensor family, as the runner's stack stores them."""
+
+    compute: int       # matmul inputs/outputs (the autocast dtype, or the weights' when no autocast)
+    stream: int        # the residual stream between layers
+    weight: float      # trainable or base weight storage (mean over the model)
+    trainable: int     # trainable parameters and their gradients
+    master: int        # extra fp32 master copy held by the optimizer (DeepSpeed mixed precision)
+    autocast_copies: bool  # fp32 trainable weights cast per step to half copies saved for backward
+    mask: int          # a LoRA dropout mask element (bool on a GPU, the input's dtype on the CPU)
+
+
+def _layout(model: ModelSpec, setup: TrainSetup) -> _Layout:
+    half = setup.precision in ("bf16", "fp16")
+    compute = 2 if half else 4
+    deepspeed = setup.strategy in ("zero2", "zero3")
+    if setup.method == "full":  # (no adapters, no dropout masks)
+        if not half:
+            return _Layout(4, 4, 4, 4, 0, False, 0)
+        if deepspeed:  # DeepSpeed casts the module to bf16/fp16 and keeps fp32 masters in the optimizer
+            return _Layout(2, 2, 2, 2, 4, False, 0)
+        if setup.strategy == "fsdp":  # fp32 shards, gathered as bf16 (MixedPrecisionPolicy)
+            return _Layout(2, 2, 4, 4, 0, False, 0)
+        return _Layout(2, 4, 4, 4, 0, True, 0)  # export.py: dtype float32 + autocast
+    # A LoRA base in the compute dtype; PEFT upcasts adapters to fp32, except where TRL keeps them
+    # half (QLoRA, ZeRO-3) or DeepSpeed casts the module (then the optimizer holds fp32 masters).
+    trainable = 2 if half and (setup.method == "qlora" or deepspeed) else 4
+    master = 4 if half and deepspeed else 0
+    linear = _linear_params(model)
+    weight = compute
+    if setup.method == "qlora":
+        weight = (linear * NF4_BYTES + (model.total_params - linear) * compute) / model.total_params
+    # The dropout runs in the adapter's dtype at compute time: FSDP2 gathers adapters in bf16.
+    mask = 1 if setup.device == "cuda" else (compute if setup.strategy == "fsdp" else trainable)
+    return _Layout(compute, compute, weight, trainable, master, False, mask)
+
+
+def _linear_params(model: ModelSpec) -> int:
+    return model.num_layers * sum(lin.d_in * lin.d_out for lin in model.linears)
+
+
+def _targets(model: ModelSpec, setup: TrainSetup) -> list[Any]:
+    return [lin for lin in model.linears if setup.lora_targets is None or lin.name in setup.lora_targets]
+
+
+def trainable_params(model: ModelSpec, setup: TrainSetup) -> int:
+    if setup.method == "full":
+        return model.total_params
+    return model.lora_params(setup.lora_r, setup.lora_targets)
+
+
+def attention_kernel(model: ModelSpec, setup: TrainSetup) -> str:
+    """The kernel that really runs: transformers uses eager where a model does not support SDPA."""
+    if setup.attention == "sdpa" and model.model_type in _NO_SDPA_MODELS:
+        return "eager"
+    return setup.attention
+
+
+def layer_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
+    """Bytes one decoder layer keeps for backward, per token, without checkpointing.
+
+    Tensor by tensor from the autograd graph: RMSNorm saves its fp32 input (and, when its weight
+    trains, the normalised tensor); a trainable linear saves its input in the compute dtype (one
+    cast per linear under autocast with an fp32 stream, one shared tensor otherwise); a frozen one
+    saves nothing; a LoRA adapter saves its dropout mask and the cast dropout output; flash/SDPA
+    saves q, k, v, the output and an fp32 logsumexp per head; eager adds the fp32 softmax and the
+    half-precision probabilities per key (the s^2 term); SwiGLU/GeGLU save gate, activation and up
+    (and the product when down_proj trains).
+    """
+    lay = _layout(model, setup)
+    c, s = lay.compute, lay.stream
+    h, inter, a = model.hidden_size, model.intermediate_size, model.num_heads
+    hq, hkv = model.num_heads * model.head_dim, model.num_kv_heads * model.head_dim
+    full = setup.method == "full"
+    norms = 4 if model.model_type in _FOUR_NORM_MODELS else 2
+    normalised = (4 if model.model_type.startswith("gemma") else s) if full else 0
+    total = norms * (4 * h + normalised * h + 8)
+    if full:
+        total += c * h * 5 if s != c else s * h * 2      # q/k/v and gate/up inputs
+        total += c * inter                                # down_proj's input
+    for lin in ([] if full else _targets(model, setup)):
+        saved = (lay.mask + c) if setup.lora_dropout > 0 else c
+        total += saved * lin.d_in + c * setup.lora_r
+    if attention_kernel(model, setup) == "eager":
+        seq = setup.seq_len
+        probs = 4 + (c if c != 4 else 0) + (c if model.model_type in _SOFTCAP_MODELS else 0)
+        total += c * hq * 3 + a * seq * probs + (c * hq if full else 0)
+    else:
+        total += c * (2 * hq + 2 * hkv) + 4 * a
+    total += 3 * c * inter                                # gate out, activation out, up out
+    return total
+
+
+def activation_bytes(model: ModelSpec, setup: TrainSetup) -> float:
+    """Saved activations at the end of the forward pass, one micro-batch, all layers."""
+    lay = _layout(model, setup)
+    tokens = setup.micro_batch * setup.seq_len
+    if setup.checkpointing:
+        layers = model.num_layers * tokens * lay.stream * model.hidden_size  # each layer keeps its input
+    else:
+        layers = model.num_layers * (tokens * layer_token_bytes(model, setup) + _weight_copies(model, setup))
+        if setup.method != "full":
+            # Behind a frozen embedding the first layer's input needs no gradient, so nothing is kept
+            # for one: not its first norm's fp32 copy, nor the dropout masks of adapters reading it.
+            # (TRL calls enable_input_require_grads() only with gradient checkpointing.)
+            readers = sum(lin.d_in for lin in _targets(model, setup) if lin.name in ("q_proj", "k_proj", "v_proj"))
+            layers -= tokens * (4 * model.hidden_size + 8 + (lay.mask * readers if setup.lora_dropout > 0 else 0))
+    return layers + tokens * _fixed_token_bytes(model, setup)
+
+
+def _weight_copies(model: ModelSpec, setup: TrainSetup) -> float:
+    """Half-precision copies autocast makes of one layer's fp32 weights; backward keeps them."""
+    lay = _layout(model, setup)
+    return lay.compute * _linear_params(model) / model.num_layers if lay.autocast_copies else 0.0
+
+
+def _fixed_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
+    """Per-token tensors outside the layers: final norm, the head's saved hidden states, RoPE tables, ids."""
+    lay = _layout(model, setup)
+    h = model.hidden_size
+    normalised = (4 if model.model_type.startswith("gemma") else lay.stream) if setup.method == "full" else 0
+    return (4 * h + normalised * h) + lay.stream * h + 2 * model.head_dim * lay.stream + 6 * 4 + 16
+
+
+def _layer_backward_bytes(model: ModelSpec, setup: TrainSetup) -> float:
+    """Transient buffers while one layer runs backward (gradients of its activations and weights)."""
+    lay = _layout(model, setup)
+    tokens = setup.micro_batch * setup.seq_len
+    inter = model.intermediate_size
+    # Gradients of gate, up and the activation (measured: 6 x I bytes per token in bf16). Under
+    # non-reentrant checkpointing the recomputed tensors stay until the whole layer is done, and
+    # with LoRA the adapters' fp32 input gradients join them (measured: 12 x I).
+    mlp_grads = 6 if setup.checkpointing and setup.method != "full" else 3
+    transient = tokens * mlp_grads * lay.compute * inter
+    if attention_kernel(model, setup) == "eager":  # gradients of the probabilities and the fp32 softmax
+        transient += setup.micro_batch * model.num_heads * setup.seq_len**2 * (lay.compute + 2)
+    widest = max(lin.d_in * lin.d_out for lin in model.linears)
+    if setup.method == "full":
+        transient += widest * lay.compute + (widest * lay.trainable if lay.compute != lay.trainable else 0)
+    elif setup.method == "qlora":
+        transient += widest * lay.compute  # bitsandbytes dequantizes the weight for grad_input
+    if setup.checkpointing:  # the layer is recomputed first, under autocast
+        transient += tokens * layer_token_bytes(model, setup) + _weight_copies(model, setup)
+    return transient
+
+
+def logits_bytes(model: ModelSpec, setup: TrainSetup, phase: str = "backward") -> float:
+    """TRL's fused LM head: tiles of [<=4096 tokens x <=32768 vocab] instead of full logits.
+
+    On a GPU a Triton kernel folds each tile in place; elsewhere torch ops do, with several fp32
+    temporaries of the tile's size. Backward rebuilds each tile and accumulates fp32 gradients for
+    the hidden states (and for the LM head's weight when it trains).
+    """
+    lay = _layout(model, setup)
+    tokens = setup.micro_batch * setup.seq_len
+    rows, cols = min(tokens, LM_HEAD_TILE[0]), min(model.vocab_size, LM_HEAD_TILE[1])
+    h = model.hidden_size
+    softcap = model.model_type in _SOFTCAP_MODELS
+    tile = rows * LM_HEAD_TILE[1] * lay.compute  # the matmul buffer is chunk-wide even for a small vocabulary
+    # hidden and weight chunks are cast to the compute dtype when stored wider (fp32 under autocast)
+    head_weight = lay.compute if setup.method != "full" or setup.strategy == "fsdp" else lay.trainable
+    chunks = (rows * h * lay.compute * (lay.stream != lay.compute)
+              + cols * h * lay.compute * (head_weight != lay.compute))
+    if phase == "forward":
+        fold = 0 if setup.device == "cuda" else rows * cols * 4 * 3.25
+        return tile + chunks + fold + 7 * 4 * tokens
+    fold = 0.0
+    if setup.device != "cuda":
+        # torch fold of one tile (8.25 fp32 tiles alive with softcapping), or the fp32 upcasts
+        # `_addmm_fp32` makes of the tile and the weight chunk outside CUDA
+        fold = max(rows * cols * 4 * (8.25 if softcap else 7.25), rows * cols * 4 + cols * h * 4)
+    grad_hidden = tokens * h * (4 + (lay.stream if lay.stream != 4 else 0))
+    accumulator = cast = 0.0
+    if setup.method == "full":  # fp32 accumulator, cast back (after the tiles) when the weight in use is half
+        in_use = lay.compute if setup.strategy == "fsdp" else lay.trainable
+        accumulator = model.vocab_size * h * 4
+        cast = model.vocab_size * h * in_use if in_use != 4 else 0.0
+    return tile + chunks + grad_hidden + accumulator + max(fold, cast)

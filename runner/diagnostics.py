@@ -1,0 +1,269 @@
+"""What the loss curves say, in words a user can act on: pure functions over metrics records.
+
+The same functions run in three places: inside each rank (the divergence check that stops a
+run, runner.callbacks), in the live view, and in the end-of-run summary (runner.session). They
+read only the records of runner.metrics, so a finished run can be diagnosed again from its
+metrics.jsonl.
+
+The rules come from Google's Gemini/Vertex AI tuning guidance (see REFERENCE.md, "Monitoring"):
+training and validation loss should both fall; validation loss rising while training loss falls
+means overfitting; a loss that does not move means too little signal; an initial loss above ~10
+usually means truncated or badly formatted inputs. NaN/Inf and sudden spikes are the usual
+signs of divergence (too high a learning rate, fp16 overflow, bad data).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from itertools import pairwise
+from typing import Any
+
+from runner.metrics import current_records, loss_series
+
+# Google's guidance: "an initial loss above ~10 usually means inputs longer than the context
+# were truncated (check format and lengths)". A pretrained model fine-tuned on text in its own
+# format starts far lower (typically 1-4 nats per token).
+INITIAL_LOSS_LIMIT = 10.0
+# A model that predicts every token with equal probability has loss ln(vocab size): a first loss
+# within this share of it means the weights carry no knowledge (random init, wrong tokenizer).
+UNIFORM_LOSS_SHARE = 0.9
+
+# Overfitting: the eval loss rose at this many evaluations in a row while the training loss fell.
+# One rise is noise from a small eval split; three in a row is a trend (the guidance's "validation
+# loss rising while training loss falls").
+OVERFIT_RISES = 3
+# A rise smaller than this share of the eval loss is treated as flat, not rising.
+OVERFIT_MIN_RISE = 0.002
+
+# Divergence: a logged loss this many times the median of the recent ones, and at least
+# SPIKE_MIN_ABS nats above it. Batch-to-batch noise in fine-tuning stays well within 2x of the
+# running median; the absolute floor keeps a memorised 0.01 -> 0.03 from counting as a spike.
+SPIKE_RATIO = 2.0
+SPIKE_MIN_ABS = 0.5
+SPIKE_WINDOW = 10      # logged losses the median is taken over
+# Logged losses needed before a verdict. Two is enough: the first losses of a fine-tuning run are
+# its highest (it only falls from there), and SPIKE_CONFIRM guards against one odd batch.
+SPIKE_MIN_HISTORY = 2
+# A spike must last this many logged losses. One hard batch can double the loss of a small batch
+# (a mix of short and long answers); a diverging run stays up. Costs one log of delay.
+SPIKE_CONFIRM = 2
+
+# Plateau: the mean loss over the last quarter of the logged steps is within this share of the
+# mean over the first quarter. 2% over a whole run is what the eye reads as a flat line.
+PLATEAU_MIN_DROP = 0.02
+PLATEAU_MIN_LOGS = 8   # too few points to call a trend below this
+# Still falling at the end: the last quarter is this much below the third quarter.
+STILL_FALLING_DROP = 0.05
+
+WARNING = "warning"
+STOP = "stop"
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str        # initial_loss | uniform_loss | non_finite | spike | overfitting | plateau | still_falling
+    severity: str    # warning | stop
+    step: int        # the step the finding is about (first bad step, best eval step, ...)
+    title: str
+    message: str
+    fix: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def begin_record(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The latest `begin` record (settings of the attempt now running), or {}."""
+    for record in reversed(records):
+        if record.get("type") == "begin":
+            return record
+    return {}
+
+
+def initial_loss(records: list[dict[str, Any]]) -> Finding | None:
+    losses = [(step, loss) for step, loss in loss_series(records) if math.isfinite(loss)]
+    if not losses:
+        return None
+    step, first = losses[0]
+    vocab = next((int(r["vocab_size"]) for r in records if r.get("type") == "begin" and r.get("vocab_size")), 0)
+    uniform = math.log(vocab) if vocab > 1 else None
+    if uniform is not None and first >= UNIFORM_LOSS_SHARE * uniform and first > INITIAL_LOSS_LIMIT:
+        return Finding("uniform_loss", WARNING, step, "Initial loss is that of random guessing",
+                       f"The first loss {first:.2f} is close to ln({vocab}) = {uniform:.2f}, the loss of a model that "
+                       "gives every token the same probability: the weights know nothing about this text.",
+                       "Check that --model points at trained weights and that the tokenizer belongs to it.")
+    if first > INITIAL_LOSS_LIMIT:
+        return Finding("initial_loss", WARNING, step, "Initial loss above 10",
+                       f"The first loss is {first:.2f}. A model fine-tuned on text it can read starts well below 10; "
+                       "this usually means inputs were cut at max_length or are not in the chat format the "
+                       "model expects.",
+                       "Check the dataset format and the longest examples (llmwizard plan shows the token "
+                       "lengths); raise --max-length or shorten the examples.")
+    return None
+
+
+def divergence(records: list[dict[str, Any]], since_step: int = 0) -> Finding | None:
+    """The first NaN/Inf or loss spike confirmed at or after `since_step`, or None. A `stop`
+    finding: the run must end. The callback in each rank passes the current step, so each log
+    is judged once; `step` of the finding is the first bad step.
+
+    The gradient norm is not judged: with fp16 the loss scaler overflows on purpose in the first
+    steps (the step is skipped, the norm logged as inf), which is no divergence; weights that did
+    turn NaN show in the next loss.
+    """
+    for record in current_records(records):
+        if record.get("type") != "log" or int(record.get("step") or 0) < since_step:
+            continue
+        for key in ("loss", "eval_loss"):
+            value = record.get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                step = int(record["step"])
+                return Finding("non_finite", STOP, step, "Training diverged (NaN/Inf)",
+                               f"The {key.replace('_', ' ')} became {value} at step {step}: the weights are no "
+                               "longer numbers, and every later step would be wasted.",
+                               _divergence_fix(records))
+    losses = [(step, loss) for step, loss in loss_series(records) if math.isfinite(loss)]
+    for index in range(SPIKE_MIN_HISTORY, len(losses) - SPIKE_CONFIRM + 1):
+        confirm_step = losses[index + SPIKE_CONFIRM - 1][0]
+        if confirm_step < since_step:
+            continue
+        median = statistics.median(value for _, value in losses[max(0, index - SPIKE_WINDOW):index])
+        window = losses[index:index + SPIKE_CONFIRM]
+        if all(loss > SPIKE_RATIO * median and loss - median > SPIKE_MIN_ABS for _, loss in window):
+            step, loss = window[0]
+            return Finding("spike", STOP, step, "Training diverged (loss spike)",
+                           f"The loss jumped to {loss:.3f} at step {step}, {loss / median:.1f}x the recent median "
+                           f"{median:.3f}, and stayed up: the updates have thrown the model off course.",
+                           _divergence_fix(records))
+    return None
+
+
+def spike_pending(records: list[dict[str, Any]]) -> bool:
+    """The latest logged loss is spike-high but not yet confirmed by the next one. The callback
+    skips saving a checkpoint then, so the damaged weights cannot rotate the last good
+    checkpoint out (save_total_limit keeps only the newest few)."""
+    losses = [loss for _, loss in loss_series(records)]
+    if len(losses) <= SPIKE_MIN_HISTORY or not math.isfinite(losses[-1]):
+        return False
+    recent = [value for value in losses[-1 - SPIKE_WINDOW:-1] if math.isfinite(value)]
+    if not recent:
+        return False
+    median = statistics.median(recent)
+    return losses[-1] > SPIKE_RATIO * median and losses[-1] - median > SPIKE_MIN_ABS
+
+
+def _divergence_fix(records: list[dict[str, Any]]) -> str:
+    lr = _learning_rate(records)
+    tenth = f" (a tenth: --learning-rate {lr / 10:.0e})" if lr else " (try a tenth)"
+    return (f"Lower the learning rate{tenth} and start again from the last good checkpoint or from scratch; "
+            "with fp16, prefer bf16 where the GPU supports it.")
+
+
+def _learning_rate(records: list[dict[str, Any]]) -> float | None:
+    lr = begin_record(records).get("learning_rate")
+    return float(lr) if isinstance(lr, (int, float)) and lr > 0 else None
+
+
+def _raise_lr(records: list[dict[str, Any]]) -> str:
+    """How to raise the learning rate; a figure only in the usual fine-tuning range (<= 5e-4),
+    where x3 is a safe next try (LoRA tolerates ~10x the full fine-tuning rate)."""
+    lr = _learning_rate(records)
+    return f"raise the learning rate (e.g. --learning-rate {lr * 3:.0e})" if lr and lr <= 5e-4 \
+        else "raise the learning rate"
+
+
+def last_good_checkpoint(records: list[dict[str, Any]], bad_step: int) -> str | None:
+    """The newest checkpoint saved before the damage that showed at `bad_step`.
+
+    The loss logged at step S is the mean over the steps since the previous log, each computed
+    with the weights left by the step before it; so with logging every k steps the first bad
+    weights may be those saved at step S - k. Only checkpoints at or before S - k - 1 are
+    certainly clean.
+    """
+    logging_steps = int(begin_record(records).get("logging_steps") or 1)
+    limit = bad_step - logging_steps - 1
+    good = [(int(r["step"]), str(r["checkpoint"])) for r in records
+            if r.get("type") == "save" and r.get("checkpoint") and int(r["step"]) <= limit]
+    return max(good)[1] if good else None
+
+
+def overfitting(records: list[dict[str, Any]]) -> Finding | None:
+    """Eval loss rising for OVERFIT_RISES evaluations in a row while the training loss fell."""
+    evals = [(step, loss) for step, loss in loss_series(records, "eval_loss") if math.isfinite(loss)]
+    train = [(step, loss) for step, loss in loss_series(records) if math.isfinite(loss)]
+    if len(evals) <= OVERFIT_RISES or not train:
+        return None
+    for end in range(OVERFIT_RISES, len(evals)):
+        window = evals[end - OVERFIT_RISES:end + 1]
+        rising = all(b[1] > a[1] * (1 + OVERFIT_MIN_RISE) for a, b in pairwise(window))
+        if not rising:
+            continue
+        train_before = _mean_near(train, window[0][0])
+        train_after = _mean_near(train, window[-1][0])
+        if train_before is None or train_after is None or train_after >= train_before:
+            continue
+        best_step, best = min(evals, key=lambda item: item[1])
+        epoch = _epoch_at(records, best_step)
+        at_epoch = f" (epoch {epoch:.1f})" if epoch is not None else ""
+        return Finding("overfitting", WARNING, best_step, "Overfitting",
+                       f"The eval loss rose from {window[0][1]:.3f} at step {window[0][0]} to {window[-1][1]:.3f} at "
+                       f"step {window[-1][0]} while the training loss fell from {train_before:.3f} to "
+                       f"{train_after:.3f}: the model is memorising the training rows. The best eval loss was "
+                       f"{best:.3f} at step {best_step}{at_epoch}.",
+                       (f"Train for fewer epochs (about {math.ceil(epoch)} reach the best eval loss)" if epoch
+                        else f"Stop near step {best_step}")
+                       + " or add more varied examples. The checkpoint with the best eval loss is kept and "
+                       "loaded at the end.")
+    return None
+
+
+def plateau(records: list[dict[str, Any]], final: bool) -> Finding | None:
+    """A loss that hardly moves, or (at the end) one still falling: too little signal."""
+    losses = [(step, loss) for step, loss in loss_series(records) if math.isfinite(loss)]
+    if len(losses) < PLATEAU_MIN_LOGS:
+        return None
+    max_steps = int(begin_record(records).get("max_steps") or 0)
+    if not final and max_steps and losses[-1][0] < max_steps // 2:
+        return None  # the first half of a run often looks flat during warmup; judge later
+    quarter = max(2, len(losses) // 4)
+    first = statistics.fmean(loss for _, loss in losses[:quarter])
+    last = statistics.fmean(loss for _, loss in losses[-quarter:])
+    drop = (first - last) / first if first > 0 else 0.0
+    higher = _raise_lr(records)
+    if drop < PLATEAU_MIN_DROP:
+        return Finding("plateau", WARNING, losses[-1][0], "Loss is flat",
+                       f"The loss went from {first:.3f} to {last:.3f} ({-drop:+.1%}) over steps "
+                       f"{losses[0][0]}-{losses[-1][0]}: the model is hardly learning.",
+                       f"{higher[0].upper() + higher[1:]} or train more epochs; if it stays flat, check that "
+                       "the answers are not cut off by max_length.")
+    if final and len(losses) >= 2 * quarter + 2:
+        third = statistics.fmean(loss for _, loss in losses[-2 * quarter:-quarter])
+        if third > 0 and (third - last) / third > STILL_FALLING_DROP:
+            return Finding("still_falling", WARNING, losses[-1][0], "Loss was still falling",
+                           f"The loss fell {(third - last) / third:.0%} in the last quarter of the run "
+                           f"({third:.3f} -> {last:.3f}): it had not converged.",
+                           f"Train more epochs or {higher}.")
+    return None
+
+
+def diagnose(records: list[dict[str, Any]], final: bool = False) -> list[Finding]:
+    """Every finding for a run, the most serious first. `final`: the run has ended."""
+    found = [divergence(records), overfitting(records), initial_loss(records)]
+    if not found[0] and not found[1]:  # "train longer" would contradict both
+        found.append(plateau(records, final))
+    return sorted((f for f in found if f is not None), key=lambda f: f.severity != STOP)
+
+
+def _mean_near(series: list[tuple[int, float]], step: int, width: int = 3) -> float | None:
+    """Mean of the `width` logged values at or before `step` (single batches are noisy)."""
+    before = [value for s, value in series if s <= step][-width:]
+    return statistics.fmean(before) if before else None
+
+
+def _epoch_at(records: list[dict[str, Any]], step: int) -> float | None:
+    for record in records:
+        if record.get("type") == "log" and int(record.get("step", -1)) == step and record.get("epoch") is not None:
+            return float(record["epoch"])
+    return None

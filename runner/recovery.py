@@ -1,0 +1,232 @@
+"""Why a run failed, in plain words with the fix, and what can be done about it automatically.
+
+`diagnose_failure` reads the part of train.log that one attempt wrote (and its exit status) and
+recognises the failures people meet most: GPU out of memory, host out of memory, port in use,
+more processes than GPUs, collective timeouts, a missing dataset column, a full disk. Only GPU
+out-of-memory is recovered automatically (runner.session re-plans with a smaller micro-batch);
+`record_recovery` keeps the story in <run>/recovery.log. Checkpoint helpers read what the HF
+Trainer wrote (trainer_state.json), so the summary can name the best and the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+RECOVERY_LOG = "recovery.log"
+# A micro-batch halves at each retry: three retries reach 1/8 of the planned micro-batch, which
+# covers a memory estimate that was off by 8x; beyond that the plan itself must change.
+MAX_OOM_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: str        # cuda_oom | host_oom | port_in_use | duplicate_gpu | collective_timeout |
+    #                  dataset_column | disk_full | user_error | unknown
+    title: str
+    message: str
+    fix: str
+    evidence: str    # the log line that gave it away ("" when only the exit status did)
+    rank: int | None = None
+
+
+# (kind, pattern, title, message, fix). Order matters: root causes before their symptoms (a rank
+# that ran out of memory makes the others time out in their next collective).
+_SIGNATURES: list[tuple[str, str, str, str, str]] = [
+    ("cuda_oom",
+     r"CUDA out of memory|torch\.OutOfMemoryError|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|HIP out of memory",
+     "GPU out of memory",
+     "A rank ran out of GPU memory: the micro-batch, sequence length or model states need more than the GPU has.",
+     "Lower --micro-batch (the effective batch is kept by more accumulation), turn on --checkpointing, shorten "
+     "--max-length, or shard more (--strategy fsdp / zero3, --offload optimizer)."),
+    ("disk_full",
+     r"No space left on device|ENOSPC|\[Errno 28\]",
+     "Disk full",
+     "Writing failed because the disk is full (checkpoints hold the weights and optimizer states).",
+     "Free space on the disk that holds the run directory, or start the run with --output-dir on a larger "
+     "disk; old run directories under ./runs can go."),
+    ("duplicate_gpu",
+     r"Duplicate GPU detected",
+     "More processes than GPUs",
+     "NCCL found two ranks on the same GPU: the run starts more processes than there are visible GPUs.",
+     "Start one process per GPU: re-plan with --processes set to the GPU count, and check "
+     "CUDA_VISIBLE_DEVICES lists distinct GPUs."),
+    ("port_in_use",
+     r"EADDRINUSE|[Aa]ddress already in use",
+     "Port in use",
+     "The rendezvous port was already taken, usually by another run still going on this machine.",
+     "Stop the other run, or set a free port: MAIN_PROCESS_PORT=29501 bash launch.sh (llmwizard picks a free "
+     "port for each launch, so another program took it in between)."),
+    ("dataset_column",
+     r"not in the dataset|Column .* not found|KeyError: '(text|messages|prompt|completion|conversations|"
+     r"instruction|input|output|response|question|answer)'|The dataset has no usable field",
+     "Dataset column missing",
+     "The training data lacks a column the trainer needs.",
+     "Give every row one of: messages, prompt + completion, instruction + output, question + answer, or text "
+     "(`llmwizard plan --dataset FILE` checks a file before a run)."),
+    ("host_oom",
+     r"Signals\.SIGKILL|SIGKILL|exitcode\s*:\s*-9\b|Killed\s*$",
+     "Out of host memory (killed)",
+     "A process was killed with SIGKILL, which is what the kernel's out-of-memory killer does when the "
+     "machine runs out of RAM.",
+     "Use less host RAM: fewer processes, no CPU offload or a smaller micro-batch; check with "
+     "`dmesg | grep -i oom`. Loading is the usual peak: fsdp_cpu_ram_efficient_loading loads once per machine."),
+    ("collective_timeout",
+     r"Watchdog caught collective operation timeout|collective operation timeout|NCCL.*[Tt]imeout|"
+     r"[Tt]imed out waiting|DistStoreError.*[Tt]imed out|gloo.*[Tt]imed out",
+     "Ranks stopped waiting for each other",
+     "A collective (all-reduce, barrier) timed out: one rank hung or died, or the network between machines is "
+     "blocked.",
+     "Look for the first error above in train.log (another rank's crash is the usual cause). Across machines, "
+     "check the firewall and NCCL_SOCKET_IFNAME; a slow first step can need a longer ddp_timeout."),
+]
+_USER_ERROR = re.compile(r"UserError: (?P<message>.+)")
+_RANK = re.compile(r"\[rank(\d+)\]|\brank\s*:\s*(\d+)|local_rank[=:]\s*(\d+)")
+
+
+def diagnose_failure(log_text: str, exit_code: int | None) -> Failure | None:
+    """The failure one attempt's log shows; None for a clean exit (warnings in a good run's log
+    can mention the same words)."""
+    if exit_code == 0:
+        return None
+    lines = log_text.splitlines()
+    for kind, pattern, title, message, fix in _SIGNATURES:
+        regex = re.compile(pattern)
+        for line in lines:
+            if regex.search(line):
+                return Failure(kind, title, message, fix, line.strip()[:300], _rank_of(line, lines))
+    for index, line in enumerate(lines):
+        match = _USER_ERROR.search(line)
+        if match:
+            following = lines[index + 1] if index + 1 < len(lines) else ""
+            fix = following.split("Fix:", 1)[1].strip() if "Fix:" in following else "See the message above."
+            return Failure("user_error", "Bad input", match["message"].strip(), fix, line.strip()[:300])
+    if exit_code in (-9, 137):
+        kind, _, title, message, fix = _SIGNATURES[5]
+        return Failure(kind, title, message, fix, f"exit status {exit_code}")
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    error = next((line.strip() for line in reversed(lines) if re.match(r"\s*\w+(\.\w+)*(Error|Exception):", line)),
+                 last)
+    message = f"The training process exited with status {exit_code}."
+    return Failure("unknown", "Training failed", message + (f" Last error: {error[:300]}" if error else ""),
+                   "Read the last lines of train.log below; rerun with `bash launch.sh` in the run directory to "
+                   "see the output directly.", error[:300])
+
+
+def _rank_of(line: str, lines: list[str]) -> int | None:
+    for text in [line, *lines]:
+        match = _RANK.search(text)
+        if match:
+            return int(next(group for group in match.groups() if group is not None))
+    return None
+
+
+def log_excerpt(log_text: str, failure: Failure | None, lines: int = 20) -> list[str]:
+    """The lines that explain a failure: those leading up to the evidence (the failing rank's own
+    error, not the launcher's traceback after it), else the end of the log. Progress-bar lines
+    (carriage returns) are cut to their last state."""
+    text = [line.rsplit("\r", 1)[-1] for line in log_text.splitlines()]
+    text = [line for line in text if line.strip()]
+    if failure is not None and failure.evidence:
+        hits = [i for i, line in enumerate(text) if line.strip()[:300] == failure.evidence]
+        if hits:
+            end = hits[-1] + 1
+            return text[max(0, end - lines):end]
+    return text[-lines:]
+
+
+def attempt_log(log_path: Path, offset: int) -> str:
+    """What one attempt appended to train.log (attempts share the file)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def record_recovery(run_dir: Path, text: str) -> None:
+    """Append one entry to <run>/recovery.log (what failed, what changed, where it resumed)."""
+    stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    with open(run_dir / RECOVERY_LOG, "a", encoding="utf-8") as f:
+        f.write(f"{stamp}  {text}\n")
+
+
+def read_recoveries(run_dir: Path) -> list[str]:
+    try:
+        return [line.rstrip() for line in (run_dir / RECOVERY_LOG).read_text(encoding="utf-8").splitlines()
+                if line.strip()]
+    except OSError:
+        return []
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """checkpoint-N directories, oldest step first."""
+    found = []
+    for path in output_dir.glob("checkpoint-*"):
+        suffix = path.name.rsplit("-", 1)[-1]
+        if path.is_dir() and suffix.isdigit():
+            found.append((int(suffix), path))
+    return [path for _, path in sorted(found)]
+
+
+def is_complete(checkpoint: Path) -> bool:
+    """The Trainer writes trainer_state.json last: without it, saving was cut short."""
+    return (checkpoint / "trainer_state.json").is_file()
+
+
+def set_aside_incomplete(output_dir: Path) -> list[Path]:
+    """Rename checkpoints whose save was cut short (killed mid-save) so resuming skips them:
+    the Trainer resumes from the highest-numbered checkpoint-N, complete or not."""
+    moved = []
+    for checkpoint in checkpoints(output_dir):
+        if not is_complete(checkpoint):
+            target = checkpoint.with_name(f"incomplete-{checkpoint.name}")
+            if target.exists():
+                shutil.rmtree(target, ignore_errors=True)
+            checkpoint.rename(target)
+            moved.append(target)
+    return moved
+
+
+def last_checkpoint(output_dir: Path) -> Path | None:
+    complete = [c for c in checkpoints(output_dir) if is_complete(c)]
+    return complete[-1] if complete else None
+
+
+@dataclass(frozen=True)
+class BestCheckpoint:
+    path: Path
+    step: int | None
+    metric: float | None
+
+
+def best_checkpoint(run_dir: Path, output_dir: Path) -> BestCheckpoint | None:
+    """The best checkpoint by eval loss, as the Trainer recorded it (only when it still exists)."""
+    for checkpoint in reversed(checkpoints(output_dir)):
+        try:
+            state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        best = state.get("best_model_checkpoint")
+        if not best:
+            return None
+        path = Path(best) if Path(best).is_absolute() else run_dir / best
+        if not path.is_dir():
+            return None
+        metric = state.get("best_metric")
+        return BestCheckpoint(path, state.get("best_global_step"), float(metric) if metric is not None else None)
+    return None
+
+
+def free_disk_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None

@@ -1,0 +1,92 @@
+"""Snapshots of the wizard's key screens at 80x24 and 120x36, cursor blink off, fake GPUs.
+
+Update after an intended change with `pytest tests/snapshots --snapshot-update` and look at
+the SVGs (syrupy keeps them in tests/snapshots/__snapshots__/).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.widgets import Static
+
+from runner.live import RunState
+from tests.test_app import fake_hardware, go_to, make_app, settle
+from wizard.screens.run import metrics_text
+from wizard.widgets.loss_plot import LossPlot
+
+
+@pytest.fixture(autouse=True)
+def fixed_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    profile = fake_hardware(free_gib=(23.1, 23.6, 23.6, 20.2), total_gib=24,
+                            name="NVIDIA GeForce RTX 4090", interconnect="pcie")
+    monkeypatch.setattr("autotune.hardware.detect", lambda *args, **kwargs: profile)
+
+
+def at_step(step: int, *actions: str):
+    async def run_before(pilot) -> None:
+        await go_to(pilot, step)
+        if actions:
+            await pilot.press(*actions)
+        await settle(pilot)
+
+    return run_before
+
+
+# Run directories carry a timestamp, so the export step is asserted in tests/test_app.py instead.
+@pytest.mark.parametrize("size", [(80, 24), (120, 36)], ids=["80x24", "120x36"])
+@pytest.mark.parametrize("step", [0, 1, 2, 3, 4], ids=["preset", "hardware", "model", "dataset", "plan"])
+def test_step(snap_compare, step: int, size: tuple[int, int], tmp_path: Path):
+    assert snap_compare(make_app(output=tmp_path), terminal_size=size, run_before=at_step(step))
+
+
+def test_plan_that_does_not_fit(snap_compare, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    small = fake_hardware(free_gib=(1.0,), total_gib=16, name="NVIDIA T4-like", interconnect="none")
+    monkeypatch.setattr("autotune.hardware.detect", lambda *args, **kwargs: small)
+
+    async def run_before(pilot) -> None:
+        await go_to(pilot, 4)
+        pilot.app.screen.query_one("#micro-batch").value = "4096"
+        await settle(pilot)
+
+    assert snap_compare(make_app("--preset", "large-dataset", output=tmp_path), terminal_size=(120, 36),
+                        run_before=run_before)
+
+
+def test_error_dialog(snap_compare, tmp_path: Path):
+    async def run_before(pilot) -> None:
+        await go_to(pilot, 3)
+        pilot.app.screen.query_one("#dataset").value = "data/missing.jsonl"
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+
+    assert snap_compare(make_app(output=tmp_path), terminal_size=(80, 24), run_before=run_before)
+
+
+class LossView(App[None]):
+    """The run screen's live part, fed a fixed metrics stream (training has its own test)."""
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="metrics")
+        yield LossPlot(id="loss")
+
+    def on_mount(self) -> None:
+        state = RunState()
+        state.update({"type": "begin", "max_steps": 120, "world_size": 1, "time": 0})
+        for step in range(1, 121):
+            loss = 2.2 * 0.985**step + 0.35 + 0.08 * ((step * 7919) % 13) / 13
+            record = {"type": "log", "step": step, "epoch": step / 40, "loss": loss, "learning_rate": 2e-4,
+                      "grad_norm": 0.9, "tokens_seen": step * 2048, "peak_memory": 612 * 2**20, "time": step * 0.5}
+            if step % 30 == 0:
+                record["eval_loss"] = loss + 0.05
+            state.update(record)
+        self.query_one("#metrics", Static).update(Text.assemble(metrics_text(state)))
+        self.query_one(LossPlot).update_series(state.losses, state.eval_losses, state.max_steps)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 36)], ids=["80x24", "120x36"])
+def test_loss_plot(snap_compare, size: tuple[int, int]):
+    assert snap_compare(LossView(), terminal_size=size)

@@ -1,0 +1,401 @@
+"""The Textual wizard driven by Pilot through every step, with fake GPUs (NVML is the only fake).
+
+The planner, dataset profiler, exporter and launcher are the real ones; the run test trains the
+embedded model on the CPU for real. Snapshot tests of the key screens live in tests/snapshots/.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from autotune.hardware import GPU, HardwareProfile
+from wizard.app import WizardApp
+from wizard.cli import build_parser
+
+GiB = 1024**3
+
+
+def fake_hardware(free_gib: tuple[float, ...] = (79.2, 61.5), total_gib: float = 80,
+                  name: str = "NVIDIA A100-SXM4-80GB", interconnect: str = "nvlink") -> HardwareProfile:
+    """What detect() would report for these GPUs: the NVML boundary, faked (catalog figures
+    filled in as detect fills them)."""
+    from autotune.gpu_catalog import lookup
+
+    part = lookup(name)
+    gpus = [GPU(index=i, name=name, total_memory=int(total_gib * GiB), free_memory=int(free * GiB),
+                compute_capability=part.compute_capability if part else (8, 0),
+                bf16_tflops=part.bf16_tflops if part else None,
+                memory_bandwidth=part.bandwidth_gbs if part else None) for i, free in enumerate(free_gib)]
+    links = {f"{a}-{b}": interconnect for a in range(len(gpus)) for b in range(a + 1, len(gpus))}
+    return HardwareProfile(source="detected", gpus=gpus, interconnect=interconnect if len(gpus) > 1 else "none",
+                           links=links,
+                           host_ram_total=256 * GiB, host_ram_available=230 * GiB, cpu_cores=32,
+                           disk_free=500 * GiB)
+
+
+@pytest.fixture()
+def gpus(monkeypatch: pytest.MonkeyPatch) -> HardwareProfile:
+    profile = fake_hardware()
+    monkeypatch.setattr("autotune.hardware.detect", lambda *args, **kwargs: profile)
+    return profile
+
+
+def make_app(*argv: str, output: Path | None = None) -> WizardApp:
+    args = build_parser().parse_args([*argv, *(["--output-dir", str(output)] if output else [])])
+    return WizardApp(args, cursor_blink=False)
+
+
+async def settle(pilot, rounds: int = 3) -> None:
+    """Let workers finish and their messages land (a result can start another worker)."""
+    for _ in range(rounds):
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+
+
+async def launched(pilot) -> None:
+    """Press Launch and wait for the run screen (not for workers: the run's tail lasts the run)."""
+    await pilot.click("#next")
+    for _ in range(200):
+        await pilot.pause(0.1)
+        if getattr(pilot.app.screen, "STEP", -1) == 6:
+            return
+    raise AssertionError(f"no run screen: {pilot.app.screen!r}")
+
+
+async def go_to(pilot, step: int) -> None:
+    """Accept each step's defaults with Ctrl+N until step `step` (0-based) shows."""
+    for _ in range(12):
+        await settle(pilot)
+        if getattr(pilot.app.screen, "STEP", -1) >= step:
+            return
+        await pilot.press("ctrl+n")
+    raise AssertionError(f"stuck on {pilot.app.screen!r}")
+
+
+def text_of(app: WizardApp, selector: str) -> str:
+    """The plain text a Static shows."""
+    import io
+
+    from rich.console import Console
+    from textual.widgets import Static
+
+    widget = app.screen.query_one(selector)
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(widget.content if isinstance(widget, Static) else widget.render())
+    return console.export_text()
+
+
+@pytest.mark.asyncio
+async def test_every_step_from_detected_gpus_to_an_exported_plan(gpus: HardwareProfile, tmp_path: Path):
+    app = make_app(output=tmp_path / "runs")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot)
+        assert app.screen.STEP == 0
+        await pilot.press("enter")  # no preset
+        await settle(pilot)
+        assert app.screen.STEP == 1
+        detected = text_of(app, "#detected")
+        assert "NVIDIA A100-SXM4-80GB" in detected and "61.5 / 80.0 GiB" in detected
+        assert "NVLink" in detected and "230.0 GiB available" in detected
+
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.screen.STEP == 2 and app.state.hardware is gpus
+        facts = text_of(app, "#model-facts")
+        assert "225,856" in facts and "r=8" in facts  # parameters and the LoRA share
+
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.screen.STEP == 3
+        facts = text_of(app, "#dataset-facts")
+        assert "400 (chat messages)" in facts and "small dataset" in facts
+        assert app.state.dataset is not None and app.state.dataset.profile.histogram
+
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.screen.STEP == 4
+        plan = app.state.plan
+        assert plan is not None and plan.num_processes == 2 and plan.device == "cuda"
+        reasons = text_of(app, "#reasons")
+        for key in plan.reasons:
+            assert key.replace("_", " ") in reasons
+        assert "per GPU: fits" in text_of(app, "#memory")
+
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.screen.STEP == 5
+        export = app.state.export
+        assert export is not None and (export.run_dir / "launch.sh").is_file()
+        assert export.run_dir.parent == tmp_path / "runs"
+        shown = text_of(app, "#export")
+        assert "launch.sh" in shown and "accelerate.commands.launch" in shown
+        # A plan for the detected GPUs launches here; this machine has them (as far as NVML says).
+        assert not app.screen.query_one("#next").disabled
+
+
+@pytest.mark.asyncio
+async def test_what_if_edits_replan_and_a_setup_that_does_not_fit_is_shown_inline(monkeypatch, tmp_path: Path):
+    small = fake_hardware(free_gib=(1.0,), total_gib=16, name="NVIDIA T4-like", interconnect="none")
+    monkeypatch.setattr("autotune.hardware.detect", lambda *args, **kwargs: small)
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 4)
+        first = app.state.plan
+        assert first is not None
+
+        screen = app.screen
+        screen.query_one("#lora-r").value = "16"
+        await settle(pilot)
+        assert app.state.plan is not None and app.state.plan.lora.r == 16
+        assert app.state.overrides == {"lora_r": 16}
+        assert "rank 16" in text_of(app, "#reasons")
+
+        screen.query_one("#micro-batch").value = "4096"
+        await settle(pilot)
+        assert app.state.plan is None
+        problem = text_of(app, "#plan-problem")
+        assert "Does not fit" in problem and "Fix:" in problem
+        assert "asked for" in text_of(app, "#memory") and "does NOT fit" in text_of(app, "#memory")
+
+        await pilot.press("ctrl+n")  # Next refuses, with the planner's words
+        await pilot.pause()
+        assert type(app.screen).__name__ == "ErrorModal"
+        assert "does not fit" in text_of(app, "#error-message")
+        await pilot.press("enter")
+        await pilot.pause()
+
+        screen.query_one("#micro-batch").value = ""
+        await settle(pilot)
+        assert app.state.plan is not None and not screen.query_one("#plan-problem").display
+
+
+@pytest.mark.asyncio
+async def test_a_strategy_that_cannot_run_is_explained_not_crashed(gpus, tmp_path: Path):
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 4)
+        app.screen.query_one("#strategy").value = "single"
+        await settle(pilot)
+        assert app.state.plan is None
+        assert "Strategy 'single' runs one process" in text_of(app, "#plan-problem")
+        app.screen.query_one("#strategy").value = "fsdp"
+        await settle(pilot)
+        assert app.state.plan is not None and app.state.plan.strategy == "fsdp"
+
+
+@pytest.mark.asyncio
+async def test_other_hardware_spec_is_checked_as_you_type_and_on_next(gpus, tmp_path: Path):
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 1)
+        await pilot.click("#other")
+        await pilot.click("#spec")
+        await pilot.press(*"4xRTX9999")
+        await settle(pilot)
+        assert "Unknown GPU model" in text_of(app, "#spec-result")
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert type(app.screen).__name__ == "ErrorModal"
+        assert "RTX4090" in text_of(app, "#error-fix")
+        await pilot.press("escape")
+        await pilot.pause()
+        spec = app.screen.query_one("#spec")
+        spec.value = "2x8xH100-80GB"
+        await settle(pilot)
+        assert "8x NVIDIA H100" in text_of(app, "#spec-result")
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.screen.STEP == 2
+        assert app.state.hardware.nodes == 2 and len(app.state.hardware.gpus) == 8
+        await go_to(pilot, 5)
+        # Planned for hardware this machine lacks: exported, not launched here.
+        assert app.state.plan.num_machines == 2
+        assert app.screen.query_one("#next").disabled
+        assert "not this machine" in text_of(app, "#export")
+        assert (app.state.export.run_dir / "slurm.sbatch").is_file()
+
+
+@pytest.mark.asyncio
+async def test_a_missing_dataset_file_shows_the_fix(gpus, tmp_path: Path):
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 3)
+        field = app.screen.query_one("#dataset")
+        field.value = str(tmp_path / "nope.jsonl")
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert type(app.screen).__name__ == "ErrorModal"
+        assert "Dataset file not found" in text_of(app, "#error-message")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen.STEP == 3 and app.is_running
+
+
+@pytest.mark.asyncio
+async def test_a_local_dataset_and_model_path_complete_and_profile(gpus, tmp_path: Path, write_jsonl):
+    rows = [{"prompt": f"say {i}", "completion": " ok" * (i % 7 + 1)} for i in range(1200)]
+    data = write_jsonl(rows, "pairs.jsonl")
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 3)
+        field = app.screen.query_one("#dataset")
+        field.focus()
+        field.value = str(tmp_path / "pai")
+        await pilot.pause(0.4)
+        await settle(pilot)
+        assert str(data) in field.suggester._suggestions  # completion offers the file
+        field.value = str(data)
+        await pilot.press("enter")
+        await settle(pilot)
+        facts = text_of(app, "#dataset-facts")
+        assert "1,200 (prompt / completion)" in facts and "large dataset" in facts
+
+
+@pytest.mark.asyncio
+async def test_an_output_directory_that_cannot_be_written_is_reported_once(gpus, tmp_path: Path):
+    blocker = tmp_path / "runs"
+    blocker.write_text("a file where the runs directory should be")
+    app = make_app(output=blocker)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 4)
+        await pilot.press("ctrl+n")  # Export
+        await settle(pilot)
+        assert type(app.screen).__name__ == "ErrorModal"
+        assert "run directory" in text_of(app, "#error-message")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.screen.STEP == 5  # closed for good: the failed export is not retried by itself
+        assert app.screen.query_one("#next").disabled and "could not be written" in text_of(app, "#export")
+        blocker.unlink()
+        await pilot.press("escape")  # Back to the plan, Export again
+        await settle(pilot)
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.state.export is not None and app.state.export.run_dir.parent == blocker
+
+
+@pytest.mark.asyncio
+async def test_preset_and_flags_prefill_the_plan(gpus, tmp_path: Path):
+    app = make_app("--preset", "large-dataset", "--max-steps", "7", "--method", "full", output=tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 4)
+        plan = app.state.plan
+        assert plan is not None
+        assert plan.method == "full" and plan.max_steps == 7 and plan.effective_batch == 32
+        assert "preset large-dataset" in plan.reasons["epochs"]
+        # Choosing the preset's own method on screen hands the choice back to the preset.
+        await go_to(pilot, 4)
+        app.goto(2)
+        await settle(pilot)
+        await pilot.click("#lora")
+        await settle(pilot)
+        assert app.state.method is None
+        app.goto(4)
+        await settle(pilot)
+        assert app.state.plan.method == "lora"
+
+
+def test_the_wizard_process_imports_no_torch_through_export(tmp_path: Path):
+    """Driven through plan and export in a fresh interpreter, nothing heavy is imported."""
+    script = textwrap.dedent(f"""
+        import asyncio, json, sys
+        sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
+        import autotune.hardware
+        from tests.test_app import fake_hardware, go_to, make_app
+        from pathlib import Path
+        autotune.hardware.detect = lambda *a, **k: fake_hardware()
+        async def main():
+            app = make_app(output=Path({str(tmp_path)!r}))
+            async with app.run_test(size=(120, 36)) as pilot:
+                await go_to(pilot, 5)
+                await go_to(pilot, 5)
+                return app.state.export is not None
+        exported = asyncio.run(main())
+        print(json.dumps({{"exported": exported,
+                          "heavy": sorted(m for m in ("torch", "transformers", "trl", "peft", "accelerate",
+                                                       "deepspeed", "datasets") if m in sys.modules)}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"exported": True, "heavy": []}
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_launch_trains_on_the_cpu_and_plots_the_loss(tmp_path: Path):
+    """A real run: the embedded model, 10 steps on the CPU, from the Launch button to the summary."""
+    app = make_app("--gpus", "cpu", "--max-steps", "10", output=tmp_path / "runs")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 5)
+        assert app.state.plan.device == "cpu" and app.state.plan.max_steps == 10
+        await launched(pilot)
+        screen = app.screen
+        for _ in range(1200):  # up to 10 minutes on a busy machine
+            await pilot.pause(0.5)
+            if screen.ended:
+                break
+        assert screen.ended, app.state.launch.log_tail(30)
+        run_dir = app.state.launch.run_dir
+        summary = text_of(app, "#summary")
+        assert "done" in summary and str(run_dir) in summary, summary
+        assert screen.state_snapshot.step == 10
+        plot = screen.query_one("#loss")
+        assert len(plot.train) >= 5
+        assert any(0x2800 < ord(ch) <= 0x28FF for ch in text_of(app, "#loss"))  # braille drawn
+        assert (run_dir / "output" / "adapter_config.json").is_file()
+        assert str(screen.query_one("#next").label) == "Quit"
+        # Back to launch: the finished run keeps its directory; a new launch gets a new one.
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.screen.STEP == 5 and app.state.export.run_dir != run_dir
+        assert not app.screen.query_one("#next").disabled
+        await pilot.press("ctrl+q")
+    assert app.return_code == 0
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_stop_ends_the_run_cleanly_and_quits_with_130(tmp_path: Path):
+    app = make_app("--gpus", "cpu", "--max-steps", "2000", output=tmp_path / "runs")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 5)
+        await launched(pilot)
+        screen = app.screen
+        for _ in range(1200):
+            await pilot.pause(0.5)
+            if screen.state_snapshot is not None and screen.state_snapshot.losses:
+                break
+        assert screen.state_snapshot.losses, app.state.launch.log_tail(30)
+        await pilot.press("ctrl+q")  # quitting mid-run asks first
+        await pilot.pause()
+        assert type(app.screen).__name__ == "QuitModal"
+        await pilot.click("#stop")
+        for _ in range(240):
+            await pilot.pause(0.5)
+            if not app.is_running:
+                break
+    assert app.return_code == 130 and app.state.stopped
+    assert app.state.launch.poll() is not None  # the whole group is gone
+
+
+def test_diagnostics_are_worded_for_the_run_screen():
+    """The run screen shows what runner.diagnostics finds, with its fix (initial loss above 10)."""
+    pytest.importorskip("runner.diagnostics")
+    from wizard import core
+    from wizard.screens.run import findings_text
+
+    records = [{"type": "begin", "step": 0, "max_steps": 100, "world_size": 1, "time": 0.0}]
+    records += [{"type": "log", "step": s, "max_steps": 100, "loss": 12.5 - 0.01 * s, "time": float(s)}
+                for s in range(1, 11)]
+    findings = core.diagnose(records)
+    assert findings and "10" in findings[0].message
+    shown = findings_text(findings).plain
+    assert findings[0].message in shown and "Fix:" in shown

@@ -1,0 +1,258 @@
+"""Diagnostics over metrics records, failure signatures in train.log, and one real divergent run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from runner import diagnostics as dx
+from runner import recovery
+from runner.metrics import read_metrics
+from tests.conftest import run_cli
+
+
+def run_records(losses: list[float], evals: dict[int, float] | None = None, *, start: int = 0,
+                max_steps: int | None = None, saves: tuple[int, ...] = (), vocab: int | None = None,
+                logging_steps: int = 1, grad_norms: dict[int, float] | None = None) -> list[dict]:
+    """Records as the callbacks write them: one log per step from `start + 1`."""
+    records: list[dict] = [{"type": "begin", "step": start, "max_steps": max_steps or start + len(losses),
+                            "logging_steps": logging_steps, "learning_rate": 2e-4, "vocab_size": vocab}]
+    for index, loss in enumerate(losses):
+        step = start + index + 1
+        records.append({"type": "log", "step": step, "epoch": step / 10, "loss": loss,
+                        "grad_norm": (grad_norms or {}).get(step, 1.0), "learning_rate": 2e-4})
+        if evals and step in evals:
+            records.append({"type": "log", "step": step, "epoch": step / 10, "eval_loss": evals[step]})
+        if step in saves:
+            records.append({"type": "save", "step": step, "checkpoint": f"output/checkpoint-{step}"})
+    return records
+
+
+def falling(n: int, first: float = 3.0, last: float = 1.0) -> list[float]:
+    return [first + (last - first) * i / (n - 1) for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- initial loss
+
+def test_initial_loss_above_ten_is_flagged_and_below_is_not():
+    finding = dx.initial_loss(run_records([12.5, 11.0, 9.0]))
+    assert finding is not None and finding.code == "initial_loss" and "12.50" in finding.message
+    assert "max_length" in finding.message or "format" in finding.message
+    assert dx.initial_loss(run_records([9.5, 8.0])) is None
+
+
+def test_initial_loss_near_ln_vocab_names_random_weights():
+    vocab = 128_256
+    finding = dx.initial_loss(run_records([math.log(vocab) - 0.2, 9.0], vocab=vocab))
+    assert finding is not None and finding.code == "uniform_loss"
+    assert f"ln({vocab})" in finding.message
+
+
+# ----------------------------------------------------------------------------- divergence
+
+def test_nan_loss_is_a_stop_finding():
+    finding = dx.divergence(run_records([2.0, 1.9, float("nan"), float("nan")]))
+    assert finding is not None and finding.code == "non_finite" and finding.severity == dx.STOP
+    assert finding.step == 3
+
+
+def test_an_infinite_grad_norm_alone_is_no_divergence():
+    """fp16's loss scaler overflows on purpose in the first steps: the step is skipped, no harm done."""
+    assert dx.divergence(run_records([2.0, 1.9, 1.8], grad_norms={2: float("inf")})) is None
+
+
+def test_loss_spike_is_found_and_noise_is_not():
+    steady = [2.0, 2.1, 1.9, 2.05, 1.95, 2.0]
+    finding = dx.divergence(run_records(steady + [5.5, 7.0]))
+    assert finding is not None and finding.code == "spike" and finding.step == 7
+    assert dx.divergence(run_records(steady + [5.5, 2.0])) is None           # one hard batch
+    assert dx.divergence(run_records(steady + [2.9, 3.0])) is None           # within 2x: noise
+    assert dx.divergence(run_records(falling(30, 6.0, 0.5))) is None         # a normal fast start
+    assert dx.divergence(run_records([0.02, 0.01, 0.015, 0.012, 0.05])) is None  # tiny absolute jump
+
+
+def test_a_first_spike_high_loss_is_pending_until_the_next_log():
+    steady = [2.0, 2.1, 1.9, 2.05, 1.95, 2.0]
+    assert dx.spike_pending(run_records(steady + [5.5]))
+    assert not dx.spike_pending(run_records(steady + [5.5, 2.0]))
+    assert not dx.spike_pending(run_records(steady + [2.5]))
+
+
+def test_divergence_since_step_judges_only_new_logs():
+    records = run_records([2.0, 2.0, 2.0, 9.0, 9.5, 2.0])
+    finding = dx.divergence(records, since_step=5)
+    assert finding is not None and finding.step == 4  # confirmed at step 5, first bad at step 4
+    assert dx.divergence(records, since_step=6) is None
+
+
+def test_last_good_checkpoint_is_before_the_first_damaged_weights():
+    records = run_records([2.0] * 6 + [9.0], saves=(2, 4, 6))
+    # The loss at step 7 was computed with the weights after step 6: checkpoint-6 is damaged.
+    assert dx.last_good_checkpoint(records, 7) == "output/checkpoint-4"
+    records = run_records([2.0] * 6 + [9.0], saves=(2, 4, 6), logging_steps=3)
+    assert dx.last_good_checkpoint(records, 7) == "output/checkpoint-2"
+    assert dx.last_good_checkpoint(run_records([2.0, 9.0], saves=(1,)), 2) is None
+
+
+def test_a_resume_from_before_the_nan_supersedes_it():
+    records = run_records([2.0, 1.9, 1.8, float("nan")], saves=(2,))
+    records += run_records([1.7, 1.6], start=2)[0:]
+    assert dx.divergence(records) is None
+
+
+# ----------------------------------------------------------------------------- overfitting
+
+def test_eval_rising_while_train_falls_is_overfitting_with_the_best_step():
+    evals = {5: 2.0, 10: 1.6, 15: 1.5, 20: 1.55, 25: 1.62, 30: 1.7}
+    finding = dx.overfitting(run_records(falling(30), evals))
+    assert finding is not None and finding.code == "overfitting" and finding.step == 15
+    assert "1.500 at step 15" in finding.message and "epoch 1.5" in finding.message
+    assert "fewer epochs" in finding.fix
+
+
+def test_two_rises_or_train_rising_too_is_not_overfitting():
+    two_rises = {5: 2.0, 10: 1.6, 15: 1.5, 20: 1.55, 25: 1.62, 30: 1.6}
+    assert dx.overfitting(run_records(falling(30), two_rises)) is None
+    rising = {5: 1.5, 10: 1.55, 15: 1.62, 20: 1.7}
+    assert dx.overfitting(run_records(falling(20, 1.0, 3.0), rising)) is None
+
+
+# ----------------------------------------------------------------------------- plateau
+
+def test_flat_loss_is_a_plateau_and_a_falling_one_is_not():
+    flat = [2.0 + 0.01 * (-1) ** i for i in range(40)]
+    finding = dx.plateau(run_records(flat), final=True)
+    assert finding is not None and finding.code == "plateau"
+    assert "--learning-rate 6e-04" in finding.fix  # x3 of the run's 2e-4
+    assert dx.plateau(run_records(falling(40, 3.0, 1.0)[:20] + [2.0] * 20), final=True) is None
+
+
+def test_plateau_is_not_judged_in_the_first_half_of_a_live_run():
+    flat = [2.0] * 20
+    assert dx.plateau(run_records(flat, max_steps=100), final=False) is None
+    assert dx.plateau(run_records(flat, max_steps=30), final=False) is not None
+
+
+def test_still_falling_at_the_end_says_train_longer():
+    finding = dx.plateau(run_records(falling(40, 3.0, 1.0)), final=True)
+    assert finding is not None and finding.code == "still_falling" and "more epochs" in finding.fix
+    assert dx.plateau(run_records(falling(40, 3.0, 1.0)), final=False) is None
+
+
+def test_diagnose_puts_stops_first_and_drops_plateau_advice_when_overfitting():
+    evals = {5: 2.0, 10: 1.6, 15: 1.5, 20: 1.55, 25: 1.62, 30: 1.7, 35: 1.8, 40: 1.9}
+    codes = [f.code for f in dx.diagnose(run_records(falling(40, 3.0, 1.0), evals), final=True)]
+    assert codes == ["overfitting"]
+    codes = [f.code for f in dx.diagnose(run_records([12.0, 11.0, 10.5, float("nan")]), final=True)]
+    assert codes == ["non_finite", "initial_loss"]
+
+
+# ----------------------------------------------------------------------------- failures in train.log
+# Lines below were captured from real failures on this machine (torch 2.13, accelerate 1.15) where
+# they could be produced on a CPU; the NCCL ones are NCCL's own wording.
+
+EADDRINUSE = ("torch.distributed.DistNetworkError: The server socket has failed to listen on any local network "
+              "address. port: 38765, useIpv6: false, code: -98, name: EADDRINUSE, message: address already in use")
+ACCELERATE_SIGKILL = ("subprocess.CalledProcessError: Command '['python3', '-m', 'runner.train', '--config', "
+                      "'sft_config.yaml']' died with <Signals.SIGKILL: 9>.")
+TORCHRUN_SIGKILL = "\n".join([
+    "E1123 20:22:41.892000 22558 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: -9) "
+    "local_rank: 1 (pid: 22562) of binary: python",
+    "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:",
+    "  rank      : 1 (local_rank: 1)",
+    "  exitcode  : -9 (pid: 22562)  (SIGKILL)",
+    "  traceback : Signal 9 (SIGKILL) received by PID 22562",
+])
+GLOO_TIMEOUT = ("[rank0]: RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/"
+                "unbound_buffer.cc:78] Timed out waiting 3000ms for recv operation to complete")
+NCCL_WATCHDOG = ("[rank1]:[E ProcessGroupNCCL.cpp:632] [Rank 1] Watchdog caught collective operation timeout: "
+                 "WorkNCCL(SeqNum=5, OpType=ALLREDUCE, Timeout(ms)=600000) ran for 600035 milliseconds before "
+                 "timing out.")
+DUPLICATE_GPU = ("[rank1]: torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970, "
+                 "invalid usage\n"
+                 "[rank1]: ncclInvalidUsage: This usually reflects invalid usage of NCCL library.\n"
+                 "[rank1]: Last error:\n[rank1]: Duplicate GPU detected : rank 1 and rank 0 both on CUDA device 1000")
+CUDA_OOM = ("[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+            "capacity of 23.65 GiB of which 1.06 GiB is free.")
+DISK_FULL = "OSError: [Errno 28] No space left on device: 'output/checkpoint-40/optimizer.pt'"
+MISSING_COLUMN = """autotune.errors.UserError: The dataset has no usable field: found columns ['body'].
+Fix: Give each row one of messages, prompt+completion, text."""
+
+
+@pytest.mark.parametrize(("log", "code", "kind", "rank"), [
+    (EADDRINUSE, 1, "port_in_use", None),
+    (ACCELERATE_SIGKILL, 1, "host_oom", None),
+    (TORCHRUN_SIGKILL, 1, "host_oom", 1),
+    (GLOO_TIMEOUT, 1, "collective_timeout", 0),
+    (NCCL_WATCHDOG, 1, "collective_timeout", 1),
+    (DUPLICATE_GPU, 1, "duplicate_gpu", 1),
+    (CUDA_OOM, 1, "cuda_oom", 0),
+    (DISK_FULL, 1, "disk_full", None),
+    (MISSING_COLUMN, 1, "dataset_column", None),
+    ("", -9, "host_oom", None),
+    ("", 137, "host_oom", None),
+])
+def test_failure_signatures(log, code, kind, rank):
+    failure = recovery.diagnose_failure("some output\n" + log + "\nmore output", code)
+    assert failure is not None and failure.kind == kind
+    assert failure.rank == rank
+    assert failure.fix and failure.message
+
+
+def test_the_root_cause_wins_over_its_symptoms():
+    log = "\n".join([NCCL_WATCHDOG, CUDA_OOM, TORCHRUN_SIGKILL])
+    assert recovery.diagnose_failure(log, 1).kind == "cuda_oom"
+
+
+def test_a_clean_exit_is_no_failure_and_an_unknown_one_names_the_error():
+    assert recovery.diagnose_failure(CUDA_OOM, 0) is None
+    failure = recovery.diagnose_failure("Traceback (most recent call last):\nValueError: bad thing\nbye", 1)
+    assert failure.kind == "unknown" and "ValueError: bad thing" in failure.message
+
+
+def test_log_excerpt_ends_at_the_evidence_not_the_launcher_traceback():
+    log = "\n".join(["start"] + [f"line {i}" for i in range(30)] + [CUDA_OOM] + ["launcher traceback"] * 10)
+    failure = recovery.diagnose_failure(log, 1)
+    excerpt = recovery.log_excerpt(log, failure, lines=5)
+    assert excerpt[-1] == CUDA_OOM and len(excerpt) == 5
+
+
+def test_incomplete_checkpoints_are_set_aside(tmp_path):
+    for step, complete in ((2, True), (4, True), (6, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert recovery.last_checkpoint(tmp_path).name == "checkpoint-4"
+    moved = recovery.set_aside_incomplete(tmp_path)
+    assert [p.name for p in moved] == ["incomplete-checkpoint-6"]
+    assert [p.name for p in recovery.checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
+
+
+# ----------------------------------------------------------------------------- a real divergent run
+
+@pytest.mark.slow
+def test_a_huge_learning_rate_is_stopped_and_the_good_checkpoint_named(tmp_path):
+    """Full fine-tuning at learning rate 5 blows the loss up within a few steps."""
+    run_dir = tmp_path / "run"
+    result = run_cli("export", "--method", "full", "--learning-rate", "5", "--max-steps", "30",
+                     "--micro-batch", "4", "--effective-batch", "4", "--eval-fraction", "0", "--out", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    config = run_dir / "sft_config.yaml"
+    config.write_text(config.read_text().replace("save_steps: 7", "save_steps: 1"))  # a checkpoint every step
+    result = run_cli("run", str(run_dir), cwd=tmp_path)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+
+    records = read_metrics(run_dir / "metrics.jsonl")
+    (stop,) = [r for r in records if r["type"] == "stop"]
+    assert stop["reason"] == "diverged" and stop["finding"]["severity"] == "stop"
+    bad = stop["finding"]["step"]
+    last = max(r["step"] for r in records if r["type"] == "log" and "loss" in r)
+    assert bad <= stop["step"] == last < 30, "training went on after the divergence"
+    assert records[-1]["type"] == "end" and records[-1]["reason"] == "diverged"
+    saved = [r["step"] for r in records if r["type"] == "save"]
+    assert stop["step"] not in saved, "the damaged weights of the stopping step were saved"
+    good = stop["good_checkpoint"]
+    assert good == f"output/checkpoint-{bad - 2}" and (run_dir / good / "trainer_state.json").is_file()
+    assert "training diverged" in result.stdout and f"{good} (the last saved before the damage)" in result.stdout
+    assert "--learning-rate 5e-01" in result.stdout

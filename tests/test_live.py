@@ -1,0 +1,137 @@
+"""The live view and the metrics stream: the panel at 80 and 120 columns, the plain lines for
+pipes, and one real run (built to overfit) through the CLI with its metrics, evals and best checkpoint."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from runner.live import PlainPrinter, RunState, render
+from runner.metrics import read_metrics
+from runner.plot import loss_plot
+from tests.conftest import run_cli
+
+PLAIN_LINE = re.compile(r"^step (\d+)/(\d+)  epoch [\d.]+  loss [\d.]+  smoothed [\d.]+  lr [\d.e+-]+  "
+                        r"grad_norm [\d.]+  (tok/s \d+  )?peak_mem [\d,.]+(MiB|GiB)  elapsed [\d:]+  eta [\d:-]+$")
+
+
+def records(steps: int = 30, max_steps: int = 60, ranks: int = 2) -> list[dict]:
+    out: list[dict] = [{"type": "begin", "step": 0, "max_steps": max_steps, "num_train_epochs": 3.0,
+                        "world_size": ranks, "logging_steps": 1, "learning_rate": 2e-4, "memory_kind": "cuda",
+                        "time": 0.0}]
+    for step in range(1, steps + 1):
+        loss = 3.0 * 0.97 ** step + 0.05 * (-1) ** step
+        out.append({"type": "log", "step": step, "max_steps": max_steps, "epoch": step / 20, "loss": loss,
+                    "learning_rate": 2e-4, "grad_norm": 0.5, "tokens_seen": 4096 * step,
+                    "peak_memory": 21 * 2**30, "rank_peak_memory": [21 * 2**30, 20 * 2**30 + rank_offset(step)][:ranks],
+                    "time": step * 0.5})
+        if step % 10 == 0:
+            out.append({"type": "log", "step": step, "max_steps": max_steps, "epoch": step / 20,
+                        "eval_loss": loss + 0.2, "time": step * 0.5})
+            out.append({"type": "save", "step": step, "checkpoint": f"output/checkpoint-{step}"})
+    return out
+
+
+def rank_offset(step: int) -> int:
+    return step * 2**20
+
+
+@pytest.mark.parametrize(("width", "height"), [(80, 24), (120, 36)])
+def test_the_panel_fits_the_terminal_and_shows_everything(width, height):
+    state = RunState.from_records(records())
+    console = Console(width=width, height=height, record=True, force_terminal=True, color_system="truecolor")
+    console.print(render(state, "tiny-llama-arithmetic", width, height))
+    text = console.export_text()
+    lines = text.splitlines()
+    assert len(lines) < height, "the panel must leave the cursor line free"
+    assert all(len(line) <= width for line in lines)
+    losses = [r["loss"] for r in records() if "loss" in r]
+    smoothed = sum(losses[-20:]) / 20  # the logs of the last 20 steps
+    for needle in ("50% step 30/60", "epoch 1.50 of 3.00", "eta 0:15", f"loss {losses[-1]:.4f}",
+                   f"smoothed {smoothed:.4f}", f"eval {losses[-1] + 0.2:.4f}",
+                   "best eval", "lr 2.00e-04", "grad norm 0.500", "tokens/s 8,192", "r0 21.0 GiB",
+                   "r1 20.0 GiB", "GPU, allocated", "train loss", "eval loss", "step 60"):
+        assert needle in text, needle
+    plot_rows = [line for line in lines if any("\u2800" <= ch <= "\u28ff" for ch in line)]
+    assert len(plot_rows) >= 3
+
+
+def test_the_plot_draws_train_and_eval_in_their_colours_over_the_whole_run():
+    train = [(step, 3.0 - step / 30) for step in range(1, 31)]
+    evals = [(10, 2.9), (20, 2.5), (30, 2.4)]
+    rows = loss_plot(train, evals, max_steps=60, width=60, height=8)
+    styles = {str(span.style) for row in rows for span in row.spans}
+    assert {"cyan", "magenta"} <= styles
+    plot = [row.plain for row in rows[:8]]
+    drawn = [max((i for i, ch in enumerate(row) if "\u2801" <= ch <= "\u28ff"), default=0) for row in plot]
+    assert max(drawn) < 60 * 0.6, "30 of 60 steps should fill about half of the plot's width"
+    assert rows[-1].plain.rstrip().endswith("step 60")
+
+
+def test_plain_output_is_one_line_per_logged_step_and_each_warning_once():
+    out = io.StringIO()
+    console = Console(file=out, width=80, force_terminal=False)
+    printer = PlainPrinter(console)
+    state = RunState()
+    flat = records()
+    for record in flat:
+        printer.record(state, record, state.update(record))
+    printer.findings(state, final=True)
+    lines = out.getvalue().splitlines()
+    steps = [line for line in lines if PLAIN_LINE.match(line)]
+    assert [int(PLAIN_LINE.match(line).group(1)) for line in steps] == list(range(1, 31))
+    assert sum(line.startswith("step ") and "eval_loss" in line for line in lines) == 3
+    assert lines[0] == "training: 60 steps, 2 process(es)"
+
+
+@pytest.mark.slow
+def test_a_real_run_streams_metrics_evals_and_keeps_the_best_checkpoint(tmp_path, write_jsonl):
+    """32 rows of random answers, full fine-tuning for 20 epochs: the eval loss bottoms out and rises."""
+    rng = random.Random(0)
+    rows = [{"messages": [{"role": "user", "content": f"Code {i}?"},
+                          {"role": "assistant", "content": "".join(rng.choice("0123456789+-=") for _ in range(12))}]}
+            for i in range(32)]
+    data = write_jsonl(rows)
+    run_dir = tmp_path / "run"
+    result = run_cli("export", "--dataset", str(data), "--method", "full", "--learning-rate", "5e-3",
+                     "--epochs", "20", "--eval-fraction", "0.25", "--micro-batch", "8", "--effective-batch", "8",
+                     "--out", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    result = run_cli("run", str(run_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    begin = metrics[0]
+    assert begin["type"] == "begin" and begin["max_steps"] == 60  # 24 training rows / 8 x 20 epochs
+    every = begin["eval_steps"]
+    assert begin["micro_batch"] == 8 and begin["memory_kind"] == "rss" and begin["vocab_size"] == 320
+    losses = [r for r in metrics if r["type"] == "log" and "loss" in r]
+    evals = [r for r in metrics if r["type"] == "log" and "eval_loss" in r]
+    assert [r["step"] for r in losses] == list(range(1, 61, begin["logging_steps"]))[:len(losses)]
+    assert losses[-1]["step"] == 60 or losses[-1]["step"] + begin["logging_steps"] > 60
+    for record in losses:
+        assert {"learning_rate", "grad_norm", "tokens_seen", "peak_memory", "epoch"} <= set(record)
+        assert record["rank_peak_memory"] == [record["peak_memory"]] and record["peak_memory"] > 50 * 2**20
+    assert [r["step"] for r in evals] == list(range(every, 61, every))
+    assert metrics[-1]["type"] == "end" and metrics[-1]["reason"] == "completed"
+
+    # The plain output: one line per logged step, one per evaluation, the overfitting warning once.
+    lines = result.stdout.splitlines()
+    assert [int(PLAIN_LINE.match(line).group(1)) for line in lines if PLAIN_LINE.match(line)] == \
+        [r["step"] for r in losses]
+    assert sum(" eval_loss " in line for line in lines) == len(evals)
+    assert sum(line.startswith("warning: Overfitting") for line in lines) == 1
+
+    # The best checkpoint by eval loss survives save_total_limit and the summary names it.
+    best = min(evals, key=lambda r: r["eval_loss"])["step"]
+    assert best < 60
+    state = json.loads((run_dir / "output" / "checkpoint-60" / "trainer_state.json").read_text())
+    assert state["best_global_step"] == best and Path(run_dir, state["best_model_checkpoint"]).is_dir()
+    assert f"best checkpoint  output/checkpoint-{best} (step {best}" in result.stdout
+    assert "Overfitting" in result.stdout and f"at step {best}" in result.stdout

@@ -1,0 +1,301 @@
+"""The wizard's one door to the decision core and the runner.
+
+Screens never import autotune/, runner/ or presets/ themselves: they call these functions (from
+thread workers) and show what comes back. When a core API changes, this module changes and the
+screens do not. Every import is inside a function so the app paints before the core loads, and
+nothing here imports torch: training runs in a child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autotune.dataset import DatasetProfile
+    from autotune.goals import Goals
+    from autotune.hardware import HardwareProfile
+    from autotune.memory import MemoryEstimate
+    from autotune.model_spec import ModelSpec
+    from autotune.plan import Plan
+    from autotune.rules import SizeRule
+    from runner.launch import Launch
+    from runner.live import RunState
+
+EMBEDDED_MODEL = "embedded:tiny-llama"
+EMBEDDED_DATASET = "embedded:arithmetic"
+DATASET_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+# ----------------------------------------------------------------------------- hardware
+
+def detect_hardware(runs_dir: str | os.PathLike[str] = ".") -> HardwareProfile:
+    from autotune import hardware
+
+    return hardware.detect(runs_dir)
+
+
+def hardware_from_spec(spec: str, nodes: int = 1, host_ram_gib: float | None = None) -> HardwareProfile:
+    """Hardware to plan for; raises UserError naming the spec when it cannot be read."""
+    from autotune import hardware
+
+    return hardware.from_spec(spec, nodes=nodes, host_ram_gib=host_ram_gib)
+
+
+def with_nodes(hardware: HardwareProfile, nodes: int) -> HardwareProfile:
+    """This machine's profile for `nodes` machines like it (the same object when unchanged)."""
+    import dataclasses
+
+    return hardware if nodes == hardware.nodes else dataclasses.replace(hardware, nodes=nodes)
+
+
+def gpu_spec_examples() -> list[str]:
+    """Specs a user can type, built from the GPU catalog so new entries show up by themselves."""
+    from autotune.gpu_catalog import CATALOG
+
+    return ["cpu", *(f"{count}x{name}" for name in CATALOG for count in (1, 2, 4, 8)), "2x24GB", "2x8xH100-80GB"]
+
+
+# ----------------------------------------------------------------------------- presets and goals
+
+def list_presets() -> list[tuple[str, str]]:
+    from presets import list_presets as bundled
+
+    return bundled()
+
+
+def goals_for(preset: str | None, args: argparse.Namespace | None,
+              overrides: dict[str, Any] | None = None) -> Goals:
+    """Preset, then command-line flags, then the wizard's own edits: later wins."""
+    from autotune.goals import GOAL_FIELDS, Goals
+    from presets import load_preset
+
+    goals = load_preset(preset) if preset else Goals()
+    flags = {name: getattr(args, name, None) for name in GOAL_FIELDS - {"preset", "seed"}}
+    return goals.merged(**flags).merged(**(overrides or {}))
+
+
+# ----------------------------------------------------------------------------- models
+
+@dataclass(frozen=True)
+class Choice:
+    """A completion: the value the input takes and the line the list shows."""
+
+    value: str
+    label: str
+
+
+def model_choices(text: str, limit: int = 50) -> list[Choice]:
+    """Catalog models matching `text` (the embedded default first), then local model directories."""
+    from autotune import model_spec
+
+    text = text.strip()
+    found: list[Choice] = []
+    if text.lower() in EMBEDDED_MODEL:
+        found.append(Choice(EMBEDDED_MODEL, f"{EMBEDDED_MODEL}  (built here, trains anywhere)"))
+    search = getattr(model_spec, "search_catalog", None)
+    if search is not None:
+        for item in search(text, limit=limit if text else 10):
+            found.append(_catalog_choice(item))
+    elif hasattr(model_spec, "catalog_names"):
+        found += [Choice(name, name) for name in model_spec.catalog_names() if text.lower() in name.lower()]
+    found += [Choice(path, path) for path in _local_paths(text, want_dirs=True)]
+    unique = {choice.value: choice for choice in found}
+    return list(unique.values())[:limit]
+
+
+def _catalog_choice(item: Any) -> Choice:
+    if isinstance(item, str):
+        return Choice(item, item)
+    name = str(item.get("name"))
+    details = [str(item[key]) for key in ("family",) if item.get(key)]
+    if item.get("total_params"):
+        details.append(f"{int(item['total_params']) / 1e9:.2f}B")
+    if item.get("hub_id"):
+        details.append(str(item["hub_id"]))
+    return Choice(name, f"{name}  ({', '.join(details)})" if details else name)
+
+
+def load_model(name: str | None) -> ModelSpec:
+    from autotune.model_spec import load_model_spec
+
+    name = (name or "").strip() or None
+    return load_model_spec(name)
+
+
+def model_directory(model: ModelSpec) -> Path | None:
+    """Where the model's tokenizer lives on disk (building the embedded model once), or None."""
+    if model.source == "embedded":
+        from autotune.embedded import ensure_embedded_model
+
+        return ensure_embedded_model()
+    return Path(model.path) if model.path and Path(model.path).is_dir() else None
+
+
+# ----------------------------------------------------------------------------- datasets
+
+@dataclass
+class DatasetReport:
+    profile: DatasetProfile
+    size: str                 # "small" or "large"
+    why: str
+    rule: SizeRule
+
+
+def profile_dataset(source: str | None, model: ModelSpec) -> DatasetReport:
+    from autotune.dataset import profile_dataset as profile
+    from autotune.dataset import resolve_dataset
+    from autotune.rules import RULES, classify
+    from autotune.tokens import counter_for
+
+    resolved = resolve_dataset((source or "").strip() or None)
+    result = profile(resolved, counter_for(model_directory(model)))
+    size, why = classify(result)
+    return DatasetReport(result, size, why, RULES[size])
+
+
+def dataset_choices(text: str, limit: int = 30) -> list[str]:
+    found = [EMBEDDED_DATASET] if text.strip().lower() in EMBEDDED_DATASET else []
+    return (found + _local_paths(text, want_dirs=False))[:limit]
+
+
+def _local_paths(text: str, *, want_dirs: bool) -> list[str]:
+    """Completions for a path being typed: model directories (config.json) or dataset files."""
+    text = text.strip()
+    if not text.startswith((".", "/", "~")) and "/" not in text:
+        return []  # a catalog or hub name, not a path being typed
+    typed = Path(text).expanduser()
+    base, stem = (typed, "") if text.endswith("/") else (typed.parent, typed.name)
+    try:
+        entries = sorted(base.iterdir())[:500]
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.name.lower().startswith(stem.lower()):
+            continue
+        shown = str(entry)
+        if text.startswith("./"):
+            shown = "./" + shown
+        if text.startswith("~"):
+            shown = "~/" + str(entry.relative_to(Path.home()))
+        if entry.is_dir():
+            found.append(shown + "/" if not (want_dirs and (entry / "config.json").is_file()) else shown)
+        elif not want_dirs and entry.suffix.lower() in DATASET_SUFFIXES:
+            found.append(shown)
+    return found
+
+
+# ----------------------------------------------------------------------------- planning
+
+def make_plan(hardware: HardwareProfile, model: ModelSpec, report: DatasetReport, goals: Goals) -> Plan:
+    from autotune.planner import plan
+
+    return plan(hardware, model, report.profile, goals)
+
+
+def estimate_request(last: Plan, model: ModelSpec, overrides: dict[str, Any]) -> MemoryEstimate:
+    """Memory of the setup the user asked for, when the planner refused it: the last plan's
+    setup with the edited knobs applied, so the bar can show how far over budget it is."""
+    from autotune.memory import estimate
+    from autotune.planner import setup_of
+
+    changes: dict[str, Any] = {}
+    if overrides.get("strategy"):
+        changes["strategy"] = overrides["strategy"]
+    if overrides.get("micro_batch"):
+        changes["micro_batch"] = overrides["micro_batch"]
+    if overrides.get("checkpointing") is not None:
+        changes["checkpointing"] = bool(overrides["checkpointing"])
+    if overrides.get("lora_r"):
+        changes["lora_r"] = overrides["lora_r"]
+    setup = setup_of(last, **changes)
+    return estimate(model, setup, last.estimate.budget)
+
+
+# ----------------------------------------------------------------------------- export and run
+
+@dataclass
+class ExportResult:
+    run_dir: Path
+    files: list[Path]
+    command: str              # the exact command launch.sh runs
+
+
+def export_run(plan: Plan, output_dir: str | os.PathLike[str]) -> ExportResult:
+    from runner.export import export
+    from runner.launch import new_run_dir
+
+    run_dir = new_run_dir(Path(output_dir), plan.name)
+    files = export(plan, run_dir)
+    script = (run_dir / "launch.sh").read_text(encoding="utf-8")
+    command = next((line for line in script.splitlines() if line.startswith("exec ")), "bash launch.sh")
+    return ExportResult(run_dir, files, command)
+
+
+def can_launch_here(plan: Plan, hardware: HardwareProfile) -> bool:
+    """A plan for this machine launches here; one for described GPUs or many nodes is exported."""
+    if plan.num_machines > 1:
+        return False
+    return hardware.source == "detected" or plan.device == "cpu"
+
+
+def start_run(plan: Plan, run_dir: Path) -> Launch:
+    from runner.launch import Launch
+
+    if plan.model_source == "embedded":
+        from autotune.embedded import ensure_embedded_model
+
+        ensure_embedded_model()  # build once here, not concurrently in every rank
+    launch = Launch(run_dir, single_machine=plan.num_machines == 1)
+    launch.start()
+    return launch
+
+
+def metrics_path(run_dir: Path) -> Path:
+    from runner.metrics import METRICS_FILE
+
+    return run_dir / METRICS_FILE
+
+
+def new_run_state() -> RunState:
+    from runner.live import RunState
+
+    return RunState()
+
+
+def metrics_tail(run_dir: Path) -> Any:
+    from runner.metrics import MetricsTail
+
+    return MetricsTail(metrics_path(run_dir))
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnostic as the run screen shows it."""
+
+    level: str                # "warning", or "stop" when the run stops (or should) because of it
+    message: str
+    fix: str | None = None
+
+
+def diagnose(records: list[dict[str, Any]], final: bool = False) -> list[Finding]:
+    """What runner.diagnostics says about the metrics so far ([] where it is not installed)."""
+    try:
+        from runner import diagnostics  # type: ignore[attr-defined]
+    except ImportError:
+        return []
+    found = diagnostics.diagnose(records, final=final)
+    return [Finding(str(getattr(item, "severity", "warning")),
+                    ": ".join(part for part in (getattr(item, "title", ""), getattr(item, "message", str(item)))
+                              if part),
+                    getattr(item, "fix", None) or None) for item in found]
+
+
+def output_dir(run_dir: Path) -> Path:
+    from runner.export import OUTPUT_DIR
+
+    return run_dir / OUTPUT_DIR

@@ -1,0 +1,136 @@
+"""Step 4: the dataset: format, example count, token lengths, and the dataset-size verdict."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.suggester import SuggestFromList
+from textual.timer import Timer
+from textual.widgets import Input, Label, Static
+
+from wizard.messages import Completions, DatasetProfiled
+from wizard.screens.base import StepScreen
+from wizard.widgets.histogram import TokenHistogram
+
+if TYPE_CHECKING:
+    from wizard.core import DatasetReport
+
+FORMATS = {"messages": "chat messages", "prompt_completion": "prompt / completion", "text": "plain text"}
+
+
+def dataset_facts(report: DatasetReport) -> Table:
+    profile, rule = report.profile, report.rule
+    table = Table.grid(padding=(0, 2))
+    table.add_row(Text("examples", style="bold"),
+                  f"{profile.num_examples:,} ({FORMATS.get(profile.format, profile.format)}); "
+                  f"{profile.total_tokens:,} tokens in all")
+    counted = f"exact: {profile.tokenizer}" if profile.exact_tokens else \
+        f"{profile.tokenizer}: the model's tokenizer is not on disk"
+    table.add_row(Text("tokens", style="bold"),
+                  f"mean {profile.mean_tokens:.0f}, p50 {profile.p50_tokens}, p90 {profile.p90_tokens}, "
+                  f"p99 {profile.p99_tokens}, max {profile.max_tokens} ({counted})")
+    verdict = Text(f"{report.size} dataset", style="bold green" if report.size == "small" else "bold cyan")
+    verdict.append(f": {report.why}", style="default")
+    table.add_row(Text("verdict", style="bold"), verdict)
+    table.add_row(Text("rule", style="bold"),
+                  f"{rule.epochs} epochs, learning rate {rule.learning_rate:g}, LoRA rank {rule.lora_r}, "
+                  f"length cap {rule.max_length} (Google's tuning guidance)")
+    return table
+
+
+class DatasetScreen(StepScreen):
+    STEP = 3
+    HELP = ("A .jsonl/.json/.csv/.parquet file or a Hugging Face dataset name; empty uses the bundled "
+            "arithmetic set. Enter reads it with the model's tokenizer.")
+
+    _last_read: tuple[str, str] | None = None    # the (dataset, model) last read, or tried
+
+    def body(self) -> ComposeResult:
+        with Horizontal(classes="form-row"):
+            yield Label("Dataset", classes="field-label")
+            yield Input(self.state.dataset_text, placeholder="empty: the bundled arithmetic examples",
+                        id="dataset", compact=True)
+        yield Static("Reading the dataset ...", id="dataset-facts", classes="detail")
+        yield TokenHistogram(id="histogram")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self._timer: Timer | None = None
+        self.query_one("#dataset", Input).focus()
+
+    def on_screen_resume(self) -> None:
+        """Read the dataset when the screen first shows or the model (its tokenizer) changed;
+        not when a dialog closes, or a failed read would reopen its own error forever."""
+        super().on_screen_resume()
+        key = self._key()
+        if self.state.dataset is not None and self.state.dataset_key == key:
+            self._show(self.state.dataset)
+        elif self._last_read != key:
+            self.read_dataset(*key)
+        else:  # that read failed (its error was just shown)
+            self.query_one("#dataset-facts", Static).update(
+                Text("Could not read it: change the path or name and press Enter.", style="yellow"))
+
+    def _key(self) -> tuple[str, str]:
+        model = self.state.model.name if self.state.model is not None else ""
+        return self.query_one("#dataset", Input).value.strip(), model
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="profile")
+    def read_dataset(self, text: str, model_name: str, advance: bool = False) -> None:
+        from wizard import core
+
+        self._last_read = (text, model_name)
+        assert self.state.model is not None, "the model step comes first"
+        self.post_message(DatasetProfiled((text, model_name), core.profile_dataset(text, self.state.model),
+                                          advance))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="complete")
+    def complete(self, text: str) -> None:
+        from wizard import core
+
+        choices = [core.Choice(path, path) for path in core.dataset_choices(text)]
+        self.post_message(Completions("dataset", text, choices))
+
+    @on(Input.Changed, "#dataset")
+    def typed(self, event: Input.Changed) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        self._timer = self.set_timer(0.2, lambda: self.complete(event.value))
+
+    @on(Completions)
+    def completions(self, message: Completions) -> None:
+        if message.text == self.query_one("#dataset", Input).value:
+            self.query_one("#dataset", Input).suggester = SuggestFromList(
+                [choice.value for choice in message.choices], case_sensitive=False)
+
+    @on(Input.Submitted, "#dataset")
+    def submitted(self) -> None:
+        self.query_one("#dataset-facts", Static).update(Text("Reading the dataset ...", style="dim"))
+        self.read_dataset(*self._key())
+
+    @on(DatasetProfiled)
+    def profiled(self, message: DatasetProfiled) -> None:
+        if message.key != self._key():
+            return  # the text changed since this was read
+        self.state.dataset, self.state.dataset_key = message.report, message.key
+        self.state.dataset_text = message.key[0]
+        self._show(message.report)
+        self.set_status("")
+        if message.advance:
+            self.wizard.goto(self.STEP + 1)
+
+    def _show(self, report: DatasetReport) -> None:
+        self.query_one("#dataset-facts", Static).update(dataset_facts(report))
+        self.query_one(TokenHistogram).show(report.profile.histogram, report.rule.max_length)
+
+    def action_next(self) -> None:
+        if self.state.dataset is not None and self.state.dataset_key == self._key():
+            self.wizard.goto(self.STEP + 1)
+            return
+        self.set_status("Reading the dataset ...", "warning")
+        self.read_dataset(*self._key(), advance=True)

@@ -1,0 +1,187 @@
+"""Step 2: what this machine has (NVML, psutil, cgroup), or hardware you plan for instead."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.suggester import SuggestFromList
+from textual.validation import Integer
+from textual.widgets import Input, Label, RadioButton, RadioSet, Static
+
+from wizard.messages import HardwareDetected, HardwareResolved
+from wizard.screens.base import StepScreen
+
+if TYPE_CHECKING:
+    from autotune.hardware import HardwareProfile
+
+GiB = 1024**3
+
+
+def gpu_table(hardware: HardwareProfile) -> Table:
+    """GPUs in four columns, narrow enough for 80 columns (`llmwizard detect` shows more)."""
+    table = Table(box=None, padding=(0, 2), show_header=True, header_style="bold")
+    table.add_column("GPU", no_wrap=True)
+    table.add_column("free / total", justify="right", no_wrap=True)
+    table.add_column("compute", justify="center", no_wrap=True)
+    table.add_column("bf16 TFLOP/s", justify="right", no_wrap=True)
+    for gpu in hardware.gpus:
+        busy = gpu.total_memory - gpu.free_memory > max(GiB, gpu.total_memory // 20)
+        table.add_row(f"{gpu.index}  {gpu.name}",
+                      Text(f"{gpu.free_memory / GiB:.1f} / {gpu.total_memory / GiB:.1f} GiB",
+                           style="yellow" if busy else ""),
+                      f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}",
+                      "?" if gpu.bf16_tflops is None else f"{gpu.bf16_tflops:g}")
+    return table
+
+
+def hardware_view(hardware: HardwareProfile) -> Group:
+    """GPUs, links and host: the interconnect and host parts as `llmwizard detect` prints them."""
+    from wizard.detect_view import host_table, interconnect_view
+
+    parts: list[RenderableType] = []
+    if hardware.gpus:
+        parts += [gpu_table(hardware), interconnect_view(hardware)]
+    else:
+        parts.append(Text(f"No GPU found: plans train on the CPU ({hardware.cpu_cores} cores).", style="bold"))
+    parts.append(host_table(hardware))
+    parts += [Text(f"! {note}", style="yellow") for note in hardware.notes]
+    return Group(*parts)
+
+
+class HardwareScreen(StepScreen):
+    STEP = 1
+    HELP = ("Plan for this machine, or describe other hardware (the run is then exported to start "
+            "there). Tab moves between fields.")
+
+    def body(self) -> ComposeResult:
+        with VerticalScroll(id="detected-box"):
+            yield Static("Detecting GPUs ...", id="detected")
+        with RadioSet(id="target"):
+            yield RadioButton("This machine", id="this", value=not self.state.other_hardware)
+            yield RadioButton("Other hardware", id="other", value=self.state.other_hardware)
+        with Horizontal(id="spec-row", classes="form-row"):
+            yield Label("GPUs", classes="field-label")
+            yield Input(self.state.gpu_spec, placeholder="4xRTX4090, 8xH100-80GB, 2x24GB, cpu", id="spec",
+                        compact=True)
+            yield Label("nodes", classes="field-label")
+            yield Input(str(self.state.nodes), id="nodes", classes="num", compact=True, type="integer",
+                        validators=[Integer(minimum=1, maximum=4096)])
+        yield Static(id="spec-result", classes="detail")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        from wizard import core
+
+        self.query_one("#spec", Input).suggester = SuggestFromList(core.gpu_spec_examples(), case_sensitive=False)
+        self._show_target()
+        if self.state.detected is None:
+            self.detect()
+        else:
+            self._show_detected(self.state.detected)
+        if self.state.other_hardware and self.state.gpu_spec:
+            self.resolve(self.state.gpu_spec, self.state.nodes)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="detect")
+    def detect(self) -> None:
+        from wizard import core
+
+        self.post_message(HardwareDetected(core.detect_hardware(self.state.output_dir)))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="spec")
+    def resolve(self, spec: str, nodes: int, advance: bool = False) -> None:
+        """Parse the spec; while typing an error is shown inline, on Next it raises (a modal)."""
+        from autotune.errors import UserError
+        from wizard import core
+
+        try:
+            hardware = core.hardware_from_spec(spec, nodes, getattr(self.state.args, "host_ram", None))
+        except UserError as error:
+            if advance:
+                raise
+            self.post_message(HardwareResolved(spec, None, error))
+            return
+        self.post_message(HardwareResolved(spec, hardware, None, advance))
+
+    @on(HardwareDetected)
+    def detected(self, message: HardwareDetected) -> None:
+        self.state.detected = message.hardware
+        self._show_detected(message.hardware)
+        if self.wizard.state.reached == self.STEP:
+            self.set_status("")
+
+    def _show_detected(self, hardware: HardwareProfile) -> None:
+        self.query_one("#detected", Static).update(hardware_view(hardware))
+
+    @on(RadioSet.Changed, "#target")
+    def target_changed(self, event: RadioSet.Changed) -> None:
+        self.state.other_hardware = event.pressed.id == "other"
+        self._show_target()
+        if self.state.other_hardware:
+            self.query_one("#spec", Input).focus()
+
+    def _show_target(self) -> None:
+        other = self.state.other_hardware
+        self.query_one("#spec", Input).disabled = not other
+        if other:
+            self._changed()
+        else:
+            self.query_one("#spec-result", Static).update(
+                Text("Plan for the devices above." + (f" {self.state.nodes} nodes like this one."
+                                                      if self.state.nodes > 1 else "")))
+
+    @on(Input.Changed, "#spec, #nodes")
+    def _changed(self) -> None:
+        spec = self.query_one("#spec", Input).value.strip()
+        nodes_input = self.query_one("#nodes", Input)
+        if not nodes_input.is_valid:
+            self.query_one("#spec-result", Static).update(Text("nodes: a whole number, 1 or more", style="red"))
+            return
+        self.state.nodes = int(nodes_input.value or 1)
+        self.state.gpu_spec = spec
+        if self.state.other_hardware and spec:
+            self.resolve(spec, self.state.nodes)
+        elif self.state.other_hardware:
+            self.query_one("#spec-result", Static).update(Text("Describe the GPUs, e.g. 4xRTX4090.", style="dim"))
+        else:
+            self._show_target()
+
+    @on(HardwareResolved)
+    def resolved(self, message: HardwareResolved) -> None:
+        result = self.query_one("#spec-result", Static)
+        if message.spec != self.state.gpu_spec and not message.advance:
+            return  # an older keystroke
+        if message.hardware is None:
+            assert message.error is not None
+            fix = f"  {message.error.fix}" if message.error.fix else ""
+            result.update(Text(message.error.message + fix, style="red"))
+            return
+        result.update(Text("Plan for: " + message.hardware.describe(), style="green"))
+        if message.advance:
+            self.state.hardware = message.hardware
+            self.wizard.goto(self.STEP + 1)
+
+    def action_next(self) -> None:
+        if not self.query_one("#nodes", Input).is_valid:
+            self.query_one("#nodes", Input).focus()
+            return
+        if self.state.other_hardware:
+            spec = self.query_one("#spec", Input).value.strip()
+            if not spec:
+                self.query_one("#spec", Input).focus()
+                self.set_status("Describe the GPUs first, e.g. 4xRTX4090.", "warning")
+                return
+            self.resolve(spec, self.state.nodes, advance=True)
+            return
+        if self.state.detected is None:
+            self.set_status("Still detecting ...", "warning")
+            return
+        from wizard import core
+
+        self.state.hardware = core.with_nodes(self.state.detected, self.state.nodes)
+        self.wizard.goto(self.STEP + 1)

@@ -1,0 +1,130 @@
+"""Step 6: write the run directory, show its files and the exact command, and launch it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.widgets import Button, Static
+
+from wizard.messages import Exported, RunStarted
+from wizard.screens.base import StepScreen
+
+if TYPE_CHECKING:
+    from autotune.plan import Plan
+    from wizard.core import ExportResult
+
+
+def export_text(result: ExportResult, launchable: bool, hardware: str) -> Text:
+    text = Text()
+    text.append("Run directory  ", style="bold")
+    text.append(f"{result.run_dir}\n")
+    text.append("Files          ", style="bold")
+    text.append("  ".join(path.name for path in result.files) + "\n\n")
+    text.append("launch.sh runs\n", style="bold")
+    text.append(f"  {result.command}\n\n", style="cyan")
+    text.append("Rerun it any time with ", style="dim")
+    text.append(f"bash {result.run_dir}/launch.sh", style="bold")
+    text.append(" (add --resume to continue from the last checkpoint).\n", style="dim")
+    if launchable:
+        text.append("\nLaunch starts it here and shows the loss as it trains.", style="green")
+    else:
+        text.append(f"\nThis plan is for {hardware}, not this machine: copy the run directory there and "
+                    "run launch.sh (multi-node: slurm.sbatch). Ctrl+Q quits.", style="yellow")
+    return text
+
+
+class LaunchScreen(StepScreen):
+    STEP = 5
+    NEXT_LABEL = "Launch"
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+n", "next", "Launch", priority=True)]
+
+    _failed: Plan | None = None      # the plan whose export is under way or failed
+
+    def body(self) -> ComposeResult:
+        with VerticalScroll(id="export-box"):
+            yield Static("Writing the run directory ...", id="export")
+
+    def on_screen_resume(self) -> None:
+        super().on_screen_resume()
+        state = self.state
+        button = self.query_one("#next", Button)
+        if state.plan is None:
+            return
+        if self.wizard.running():
+            button.disabled = True
+            self.query_one("#export", Static).update(
+                Text("A run is training: watch it on step 7. Launch again once it has ended.", style="yellow"))
+        elif state.export is not None and state.exported_plan is state.plan:
+            self._show(state.export)
+        elif self._failed is state.plan:  # its error was just shown
+            button.disabled = True
+            self.query_one("#export", Static).update(
+                Text("The run directory could not be written: fix the cause, then Back and Export again.",
+                     style="yellow"))
+        else:
+            button.disabled = True
+            self._failed = state.plan  # until the export succeeds
+            self.query_one("#export", Static).update(Text("Writing the run directory ...", style="dim"))
+            self.write_run(state.plan)
+
+    def entering(self) -> None:
+        self._failed = None  # coming here again (Export) retries a failed export
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="export")
+    def write_run(self, plan: Plan) -> None:
+        from wizard import core
+
+        self.post_message(Exported(plan, core.export_run(plan, self.state.output_dir)))
+
+    @on(Exported)
+    def exported(self, message: Exported) -> None:
+        if message.plan is not self.state.plan:
+            return  # the plan changed while this one was written
+        self.state.export, self.state.exported_plan = message.result, message.plan
+        self._failed = None
+        self._show(message.result)
+
+    def _launchable(self) -> bool:
+        from wizard import core
+
+        state = self.state
+        return (state.plan is not None and state.hardware is not None
+                and core.can_launch_here(state.plan, state.hardware))
+
+    def _show(self, result: ExportResult) -> None:
+        launchable = self._launchable()
+        hardware = self.state.plan.hardware if self.state.plan else ""
+        self.query_one("#export", Static).update(export_text(result, launchable, hardware))
+        button = self.query_one("#next", Button)
+        button.disabled = not launchable or self.wizard.running()
+        if self.wizard.running():
+            self.set_status("A run is training: see step 7.", "warning")
+        button.focus()
+
+    def action_next(self) -> None:
+        button = self.query_one("#next", Button)
+        if button.disabled or self.state.export is None or self.state.exported_plan is not self.state.plan:
+            return
+        button.disabled = True
+        self.set_status("Starting ...")
+        self.start(self.state.export)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="launch")
+    def start(self, result: ExportResult) -> None:
+        from wizard import core
+
+        assert self.state.plan is not None
+        self.post_message(RunStarted(core.start_run(self.state.plan, result.run_dir)))
+
+    @on(RunStarted)
+    def started(self, message: RunStarted) -> None:
+        self.state.launch = message.launch
+        self.state.stopped = False
+        self.state.export = None  # this directory now belongs to the run; a new launch re-exports
+        self.set_status("")
+        self.wizard.goto(self.STEP + 1)

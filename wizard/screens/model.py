@@ -1,0 +1,170 @@
+"""Step 3: the model (catalog search with completion, or a local directory) and the method."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
+from textual.suggester import SuggestFromList
+from textual.timer import Timer
+from textual.widgets import Input, Label, OptionList, RadioButton, RadioSet, Static
+from textual.widgets.option_list import Option
+
+from wizard.messages import Completions, ModelLoaded
+from wizard.screens.base import StepScreen
+
+if TYPE_CHECKING:
+    from autotune.model_spec import ModelSpec
+
+METHODS = {"full": "Full", "lora": "LoRA", "qlora": "QLoRA"}
+METHOD_HELP = {
+    "full": "every weight trains: most memory, most capacity",
+    "lora": "small adapters train, the base stays frozen: the usual choice",
+    "qlora": "LoRA on a 4-bit base: least memory, needs an NVIDIA GPU",
+}
+RANKS = (4, 8, 16, 64)
+
+
+def params_text(count: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            return f"{count / size:.2f}{unit}"
+    return str(count)
+
+
+def model_facts(model: ModelSpec) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_row(Text(model.name, style="bold"),
+                  f"{model.source}, {model.model_type}: {params_text(model.total_params)} parameters "
+                  f"({model.total_params:,})")
+    table.add_row("shape", f"{model.num_layers} layers x hidden {model.hidden_size}, MLP {model.intermediate_size}, "
+                  f"{model.num_heads} heads ({model.num_kv_heads} KV), vocab {model.vocab_size:,}, "
+                  f"{model.max_positions:,} positions")
+    shares = "   ".join(f"r={r}: {params_text(model.lora_params(r))} ({model.lora_params(r) / model.total_params:.2%})"
+                        for r in RANKS)
+    table.add_row("LoRA trains", shares)
+    return table
+
+
+class ModelScreen(StepScreen):
+    STEP = 2
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("down", "matches", "Matches", show=False)]
+    HELP = ("Type a model name from the catalog or a local directory with config.json; → accepts the "
+            "suggestion, ↓ picks from the matches. Then choose how to train it.")
+
+    def body(self) -> ComposeResult:
+        with Horizontal(classes="form-row"):
+            yield Label("Model", classes="field-label")
+            yield Input(self.state.model_text, placeholder="empty: the embedded tiny model (trains anywhere)",
+                        id="model", compact=True)
+        yield OptionList(id="matches")
+        yield Static("Reading the model ...", id="model-facts", classes="detail")
+        with Horizontal(classes="form-row"):
+            yield Label("Method", classes="field-label")
+            with RadioSet(id="method"):
+                chosen = self.state.method or self._default_method()
+                for key, label in METHODS.items():
+                    yield RadioButton(label, id=key, value=key == chosen)
+        yield Static(id="method-help", classes="detail")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self._timer: Timer | None = None
+
+        self._show_method()
+        self.lookup(self.state.model_text)
+        self.query_one("#model", Input).focus()
+
+    def on_screen_resume(self) -> None:
+        super().on_screen_resume()
+        if self.state.method is None:  # the preset may have changed: show its method
+            self.query_one(f"#{self._default_method()}", RadioButton).value = True
+
+    def _default_method(self) -> str:
+        """What the preset (or the planner) would choose: picking it leaves the choice to them."""
+        from wizard import core
+
+        return core.goals_for(self.state.preset, None).method or "lora"
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="lookup")
+    def lookup(self, text: str, advance: bool = False) -> None:
+        """Matches for the text, then the model's spec: shown inline, or (on Next) raised."""
+        from autotune.errors import UserError
+        from wizard import core
+
+        self.post_message(Completions("model", text, core.model_choices(text)))
+        try:
+            model = core.load_model(text)
+        except UserError as error:
+            if advance:
+                raise
+            self.post_message(ModelLoaded(text, None, error))
+            return
+        self.post_message(ModelLoaded(text, model, None, advance))
+
+    @on(Input.Changed, "#model")
+    def typed(self, event: Input.Changed) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        self._timer = self.set_timer(0.25, lambda: self.lookup(event.value))
+
+    @on(Input.Submitted, "#model")
+    def submitted(self) -> None:
+        self.action_next()
+
+    @on(Completions)
+    def completions(self, message: Completions) -> None:
+        if message.text != self.query_one("#model", Input).value:
+            return
+        matches = self.query_one("#matches", OptionList)
+        matches.set_options([Option(choice.label, id=choice.value) for choice in message.choices])
+        self.query_one("#model", Input).suggester = SuggestFromList([c.value for c in message.choices],
+                                                                    case_sensitive=False)
+
+    @on(OptionList.OptionSelected, "#matches")
+    def picked(self, event: OptionList.OptionSelected) -> None:
+        model_input = self.query_one("#model", Input)
+        model_input.value = event.option.id or ""
+        model_input.focus()
+
+    @on(ModelLoaded)
+    def loaded(self, message: ModelLoaded) -> None:
+        if message.name != self.query_one("#model", Input).value and not message.advance:
+            return
+        facts = self.query_one("#model-facts", Static)
+        if message.model is None:
+            assert message.error is not None
+            facts.update(Text(message.error.message + (f"\n{message.error.fix}" if message.error.fix else ""),
+                              style="red"))
+            return
+        facts.update(model_facts(message.model))
+        if message.advance:
+            if self.state.model is None or self.state.model_text != message.name:
+                self.state.model, self.state.model_text = message.model, message.name
+            self.wizard.goto(self.STEP + 1)
+
+    @on(RadioSet.Changed, "#method")
+    def method_changed(self, event: RadioSet.Changed) -> None:
+        chosen = event.pressed.id
+        self.state.method = None if chosen == self._default_method() else chosen
+        self._show_method()
+
+    def _show_method(self) -> None:
+        pressed = self.query_one("#method", RadioSet).pressed_button
+        key = pressed.id if pressed is not None and pressed.id else "lora"
+        self.query_one("#method-help", Static).update(f"{METHODS[key]}: {METHOD_HELP[key]}")
+
+    def action_matches(self) -> None:
+        """↓ in the model field moves to the list of matches."""
+        matches = self.query_one("#matches", OptionList)
+        if self.focused is self.query_one("#model", Input) and matches.option_count:
+            matches.focus()
+            matches.highlighted = 0
+
+    def action_next(self) -> None:
+        self.lookup(self.query_one("#model", Input).value, advance=True)

@@ -1,0 +1,213 @@
+"""Step 5: the plan: every choice with its reason, memory per device, and what-if edits.
+
+Each edit re-plans at once in a thread worker through the planner with Goals overrides. When the
+planner refuses (a UserError: it no longer fits, a strategy needs more processes, ...) the reason
+and fix show inline and the bar shows what the edited setup would need; Next stays closed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, VerticalScroll
+from textual.validation import Integer, Number
+from textual.widgets import Input, Label, Select, Static
+
+from wizard.messages import PlanReady, PlanRejected
+from wizard.screens.base import StepScreen
+from wizard.widgets.memory_bar import MemoryBar
+
+if TYPE_CHECKING:
+    from autotune.errors import UserError
+    from autotune.plan import Plan
+
+AUTO = "auto"
+STRATEGIES = [("auto", AUTO), ("single", "single"), ("DDP", "ddp"), ("FSDP2", "fsdp"),
+              ("ZeRO-2", "zero2"), ("ZeRO-3", "zero3")]
+CHECKPOINTING = [("auto", AUTO), ("on", "on"), ("off", "off")]
+# (input id, Goals field, parser, validator)
+NUMBER_FIELDS: list[tuple[str, str, Any, Any]] = [
+    ("micro-batch", "micro_batch", int, Integer(minimum=1, maximum=4096)),
+    ("lora-r", "lora_r", int, Integer(minimum=1, maximum=1024)),
+    ("learning-rate", "learning_rate", float, Number(minimum=1e-9, maximum=1.0)),
+    ("epochs", "epochs", float, Number(minimum=0.01, maximum=1000)),
+    ("max-steps", "max_steps", int, Integer(minimum=1)),
+]
+
+
+def summary_line(plan: Plan) -> Text:
+    unit = "process" if plan.device == "cpu" else "GPU"
+    world = f"{plan.num_processes} {unit}" + (("es" if unit == "process" else "s") if plan.num_processes > 1 else "")
+    steps = f"{plan.max_steps} steps" if plan.max_steps > 0 else f"{plan.epochs:g} epochs"
+    lora = f" r={plan.lora.r}" if plan.lora else ""
+    text = Text()
+    text.append(f"{plan.strategy}", style="bold")
+    text.append(f" on {world}" + (f" x {plan.num_machines} nodes" if plan.num_machines > 1 else ""))
+    text.append(f" · {plan.method}{lora} · {plan.precision} · micro-batch {plan.micro_batch} x accum "
+                f"{plan.grad_accum} = {plan.effective_batch} · {plan.max_length} tokens · {steps} · "
+                f"lr {plan.learning_rate:g}")
+    return text
+
+
+def reasons_table(plan: Plan) -> Table:
+    table = Table(box=None, padding=(0, 1), show_header=False, expand=True)
+    table.add_column("choice", style="bold", no_wrap=True)
+    table.add_column("reason", ratio=1)
+    for key, reason in plan.reasons.items():
+        table.add_row(key.replace("_", " "), reason)
+    for warning in plan.warnings:
+        table.add_row(Text("warning", style="bold yellow"), Text(warning, style="yellow"))
+    return table
+
+
+class PlanScreen(StepScreen):
+    STEP = 4
+    NEXT_LABEL = "Export"
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+n", "next", "Export", priority=True)]
+
+    def body(self) -> ComposeResult:
+        yield Static("Planning ...", id="plan-summary")
+        yield MemoryBar(id="memory")
+        yield Static(id="plan-problem", classes="problem")
+        with Horizontal(classes="form-row"):
+            yield Label("micro-batch", classes="field-label")
+            yield Input(id="micro-batch", classes="num", compact=True, validators=[NUMBER_FIELDS[0][3]])
+            yield Label("checkpointing", classes="field-label")
+            yield Select(CHECKPOINTING, value=AUTO, allow_blank=False, id="checkpointing", compact=True)
+            yield Label("strategy", classes="field-label")
+            yield Select(STRATEGIES, value=AUTO, allow_blank=False, id="strategy", compact=True)
+        with Horizontal(classes="form-row"):
+            for field_id, _, _, validator in NUMBER_FIELDS[1:]:
+                yield Label(field_id.replace("-", " ").replace("lora r", "LoRA rank"), classes="field-label")
+                yield Input(id=field_id, classes="num", compact=True, validators=[validator])
+        with VerticalScroll(id="reasons-box"):
+            yield Static(id="reasons")
+
+    def on_mount(self) -> None:
+        self.serial = 0
+        self.planned_for: tuple[Any, ...] | None = None
+        self.last_plan: Plan | None = None
+        self.problem: UserError | None = None
+        super().on_mount()
+        self._fill_overrides()
+
+    def _fill_overrides(self) -> None:
+        """Show the edits already made (or given as flags), blank where the planner decides."""
+        overrides = self.state.overrides
+        for field_id, name, _, _ in NUMBER_FIELDS:
+            value = overrides.get(name)
+            self.query_one(f"#{field_id}", Input).value = "" if value is None else f"{value:g}"
+        checkpointing = overrides.get("checkpointing")
+        self.query_one("#checkpointing", Select).value = AUTO if checkpointing is None else (
+            "on" if checkpointing else "off")
+        self.query_one("#strategy", Select).value = overrides.get("strategy") or AUTO
+
+    def on_screen_resume(self) -> None:
+        super().on_screen_resume()
+        if self.planned_for != self.state.plan_inputs():
+            self.replan()
+
+    def replan(self) -> None:
+        self.serial += 1
+        self.planned_for = self.state.plan_inputs()
+        self.plan_worker(self.serial, dict(self.state.overrides))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="plan")
+    def plan_worker(self, serial: int, overrides: dict[str, Any]) -> None:
+        from autotune.errors import UserError
+        from wizard import core
+
+        state = self.state
+        assert state.hardware is not None and state.model is not None and state.dataset is not None
+        try:
+            plan = core.make_plan(state.hardware, state.model, state.dataset, state.goals())
+        except UserError as error:
+            requested = None
+            if self.last_plan is not None and error.title == "Does not fit":
+                requested = core.estimate_request(self.last_plan, state.model, overrides)
+            self.post_message(PlanRejected(serial, error, requested))
+            return
+        self.post_message(PlanReady(serial, plan))
+
+    @on(PlanReady)
+    def plan_ready(self, message: PlanReady) -> None:
+        if message.serial != self.serial:
+            return
+        plan = self.state.plan = self.last_plan = message.plan
+        self.problem = None
+        self.query_one("#plan-problem", Static).update("")
+        self.query_one("#plan-problem").display = False
+        self.query_one("#plan-summary", Static).update(summary_line(plan))
+        device = "process" if plan.device == "cpu" else "GPU"
+        self.query_one(MemoryBar).show(plan.estimate, device)
+        self.query_one("#reasons", Static).update(reasons_table(plan))
+        placeholders = {"micro-batch": plan.micro_batch, "lora-r": plan.lora.r if plan.lora else None,
+                        "learning-rate": plan.learning_rate, "epochs": plan.epochs,
+                        "max-steps": plan.max_steps if plan.max_steps > 0 else None}
+        for field_id, value in placeholders.items():
+            self.query_one(f"#{field_id}", Input).placeholder = "-" if value is None else f"{value:g}"
+        self.set_status("")
+
+    @on(PlanRejected)
+    def plan_rejected(self, message: PlanRejected) -> None:
+        if message.serial != self.serial:
+            return
+        self.state.plan = None
+        self.problem = message.error
+        problem = self.query_one("#plan-problem", Static)
+        text = Text(f"{message.error.title}: {message.error.message}", style="bold red")
+        if message.error.fix:
+            text.append(f"\nFix: {message.error.fix}", style="red")
+        problem.update(text)
+        problem.display = True
+        summary = self.query_one("#plan-summary", Static)
+        if self.last_plan is not None:
+            stale = Text("last plan that worked: ", style="bold yellow")
+            stale.append(summary_line(self.last_plan).plain, style="dim")
+            summary.update(stale)
+        else:
+            summary.update(Text("No plan yet: change what the message below names (Back for hardware, "
+                                "model or dataset).", style="bold yellow"))
+        if message.requested is not None:
+            device = "process" if self.last_plan and self.last_plan.device == "cpu" else "GPU"
+            self.query_one(MemoryBar).show(message.requested, device, caption="asked for: ")
+
+    @on(Input.Changed, ".num")
+    @on(Select.Changed)
+    def edited(self) -> None:
+        overrides: dict[str, Any] = {}
+        for field_id, name, parse, _ in NUMBER_FIELDS:
+            field = self.query_one(f"#{field_id}", Input)
+            text = field.value.strip()
+            if not text:
+                continue
+            if not field.is_valid:
+                self.set_status(f"{field_id.replace('-', ' ')}: not a valid value", "warning")
+                return
+            overrides[name] = parse(text)
+        checkpointing = self.query_one("#checkpointing", Select).value
+        if checkpointing != AUTO:
+            overrides["checkpointing"] = checkpointing == "on"
+        strategy = self.query_one("#strategy", Select).value
+        if strategy != AUTO:
+            overrides["strategy"] = strategy
+        self.set_status("")
+        if overrides != self.state.overrides or self.state.plan is None:
+            self.state.overrides = overrides
+            self.replan()
+
+    def action_next(self) -> None:
+        if self.state.plan is not None:
+            self.wizard.goto(self.STEP + 1)
+            return
+        if self.problem is not None:
+            from wizard.screens.dialogs import ErrorModal
+
+            self.app.push_screen(ErrorModal(self.problem.title, self.problem.message, self.problem.fix))
+        else:
+            self.set_status("Still planning ...", "warning")

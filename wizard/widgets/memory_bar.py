@@ -1,0 +1,78 @@
+"""Per-device memory as one bar split by component, against the budget.
+
+The scale is the budget, or the total when the setup is over budget, so an overflow shows as
+a bar that runs past the budget mark. Colours match the headless report (wizard.report).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual.app import RenderResult
+from textual.widget import Widget
+
+if TYPE_CHECKING:
+    from autotune.memory import MemoryEstimate
+
+GiB = 1024**3
+COMPONENTS = ("params", "grads", "optimizer", "activations", "logits", "overhead")
+# The same colours as the headless report (wizard.report), so both faces read alike.
+COLORS = {"params": "blue", "grads": "magenta", "optimizer": "yellow", "activations": "green",
+          "logits": "cyan", "overhead": "white"}
+
+
+def size_text(value: float) -> str:
+    return f"{value / GiB:.2f} GiB" if value >= 0.1 * GiB else f"{value / 2**20:.1f} MiB"
+
+
+class MemoryBar(Widget):
+    """Bar, budget mark and legend for one MemoryEstimate."""
+
+    DEFAULT_CSS = """
+    MemoryBar {
+        height: auto;
+    }
+    """
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.estimate: MemoryEstimate | None = None
+        self.device = "GPU"
+        self.caption = ""
+
+    def show(self, estimate: MemoryEstimate | None, device: str = "GPU", caption: str = "") -> None:
+        self.estimate, self.device, self.caption = estimate, device, caption
+        self.refresh(layout=True)
+
+    def render(self) -> RenderResult:
+        est = self.estimate
+        if est is None:
+            return Text("no memory estimate without a plan", style="dim")
+        width = max(10, self.content_size.width)
+        scale = max(est.budget, est.total) or 1
+        verdict = "fits" if est.total <= est.budget else "does NOT fit"
+        text = Text()
+        text.append(f"{self.caption}{size_text(est.total)} of {size_text(est.budget)} per {self.device}: ",
+                    style="bold")
+        text.append(verdict, style="bold green" if est.total <= est.budget else "bold red")
+        text.append("\n")
+        budget_cell = min(width - 1, round(est.budget / scale * width))
+        used = 0
+        for name in COMPONENTS:
+            cells = round(getattr(est, name) / scale * width)
+            if getattr(est, name) > 0 and cells == 0 and used < width:
+                cells = 1  # a component that exists is never invisible
+            cells = min(cells, width - used)
+            text.append("█" * cells, style=COLORS[name])
+            used += cells
+        if used < width:
+            text.append("░" * (width - used), style="dim")
+        if est.total > est.budget:
+            text.append("\n" + " " * budget_cell + "▲ budget", style="bold red")
+        text.append("\n")
+        for name in COMPONENTS:
+            # No-break spaces keep each legend entry whole when the line wraps.
+            text.append("■\u00a0", style=COLORS[name])
+            text.append(f"{name} {size_text(getattr(est, name))}".replace(" ", "\u00a0") + "  ", style="default")
+        return text
