@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         rank = os.environ.get("RANK", "0")
         fix = f"\nFix: {error.fix}" if error.fix else ""
-        print(f"llmwizard (rank {rank}): {error.title}: {error.message}{fix}", file=sys.stderr, flush=True)
+        # "UserError: message" then "Fix: ..." on the next line is what runner.recovery reads.
+        print(f"llmwizard (rank {rank}, {error.title}) UserError: {error.message}{fix}", file=sys.stderr, flush=True)
         return USER_ERROR_EXIT
 
 

@@ -105,9 +105,13 @@ def test_a_dataset_without_usable_columns_ends_each_rank_readably(tmp_path: Path
     log = result.stdout + result.stderr
     assert result.returncode != 0
     for rank in (0, 1):
-        assert (f"llmwizard (rank {rank}): Dataset: The dataset has no usable field: "
+        assert (f"llmwizard (rank {rank}, Dataset) UserError: The dataset has no usable field: "
                 "found columns ['label', 'question_text']") in log
     assert "Fix: Give each row one of" in log
+    from runner.recovery import diagnose_failure
+
+    failure = diagnose_failure(log, result.returncode)
+    assert failure is not None and failure.kind == "dataset_column"
     assert "runner/train.py" not in log, "a user mistake must not print a traceback from the entry"
     assert not [r for r in read_metrics(run_dir / "metrics.jsonl") if r["type"] == "log"]
 
