@@ -70,7 +70,8 @@ def load_rows(source: str) -> list[dict[str, Any]]:
         return _load_hub_rows(source)
     suffix = path.suffix.lower()
     try:
-        if suffix == ".jsonl" or (suffix == ".json" and _looks_like_json_lines(path)):
+        whole = _whole_json(path) if suffix == ".json" else None
+        if suffix == ".jsonl" or (suffix == ".json" and whole is None):
             rows = []
             with open(path, encoding="utf-8") as f:
                 for number, line in enumerate(f, 1):
@@ -84,7 +85,7 @@ def load_rows(source: str) -> list[dict[str, Any]]:
                             title="Dataset", fix="Fix or remove that line; each line must be one JSON object.",
                         ) from None
         elif suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = whole
             rows = data.get("data", data.get("train")) if isinstance(data, dict) else data
             if not isinstance(rows, list):
                 raise UserError(f"{path} holds no list of rows.", title="Dataset",
@@ -110,10 +111,12 @@ def load_rows(source: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _looks_like_json_lines(path: Path) -> bool:
-    with open(path, encoding="utf-8") as f:
-        head = f.read(1)
-    return head == "{"
+def _whole_json(path: Path) -> Any:
+    """The file as one JSON document, or None when it is JSON lines (several documents)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
 
 
 def _load_hub_rows(name: str) -> list[dict[str, Any]]:

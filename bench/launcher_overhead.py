@@ -175,7 +175,7 @@ def format_report(results: dict[str, dict[str, list[tuple[float, float]]]], args
     import trl
 
     lines = [
-        f"launcher overhead: llmwizard launch.sh vs hand-written `accelerate launch` + plain SFTTrainer script",
+        "launcher overhead: llmwizard launch.sh vs hand-written `accelerate launch` + plain SFTTrainer script",
         f"machine: {os.cpu_count()} CPU cores, {platform.machine()}, no GPU; {args.processes} processes (gloo); "
         f"embedded tiny Llama, LoRA, {args.steps} steps, {args.repeats} repeats (medians)",
         f"versions: torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "

@@ -8,6 +8,7 @@ machine never collide.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -92,23 +93,33 @@ class Launch:
         assert self.process is not None
         return self.process.wait(timeout)
 
-    def stop(self, grace: float = 20.0) -> int:
-        """SIGTERM to the group (ranks save a checkpoint), SIGKILL if it outlives `grace`."""
+    def stop(self, grace: float = 30.0) -> int:
+        """SIGTERM to the group, wait for every rank to save and exit, SIGKILL what outlives `grace`.
+
+        Waiting for the launcher alone is not enough: accelerate's single-process launcher dies on
+        SIGTERM at once while its worker is still writing the checkpoint, so the whole process
+        group is waited for.
+        """
         assert self.process is not None
+        deadline = time.monotonic() + grace
         if self.process.poll() is None:
             self._signal(signal.SIGTERM)
-            try:
-                return self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                self._signal(signal.SIGKILL)
+        while _group_alive(self.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _group_alive(self.process.pid):
+            return self.kill()
+        return self.process.wait()
+
+    def kill(self) -> int:
+        """SIGKILL to the whole group at once."""
+        assert self.process is not None
+        self._signal(signal.SIGKILL)
         return self.process.wait()
 
     def _signal(self, sig: int) -> None:
         assert self.process is not None
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def log_tail(self, lines: int = 20) -> list[str]:
         try:
@@ -116,3 +127,27 @@ class Launch:
         except OSError:
             return []
         return text.splitlines()[-lines:]
+
+
+def _group_alive(group: int) -> bool:
+    """Any process of the group still running (zombies do not count)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(group, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # after "(comm)": state ppid pgrp ...
+        if len(fields) > 2 and fields[2] == str(group) and fields[0] != "Z":
+            return True
+    return False

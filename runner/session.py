@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,58 +190,10 @@ def _stop(console: Console, launch: Launch) -> int:
     console.print("\nStopping: every rank saves a checkpoint at the end of its step ... "
                   "(Ctrl-C again to kill at once)", highlight=False)
     try:
-        return stop_launch(launch)
+        return launch.stop(STOP_GRACE_S)
     except KeyboardInterrupt:
         console.print("Killing the run (SIGKILL).", highlight=False)
-        return kill_launch(launch)
-
-
-def stop_launch(launch: Launch, grace: float = STOP_GRACE_S) -> int:
-    """SIGTERM to the group, wait for every rank to save and exit, SIGKILL what outlives `grace`.
-
-    Waiting for the launcher is not enough: accelerate's single-process launcher dies on SIGTERM
-    at once while its worker is still writing the checkpoint, so the whole group is waited for.
-    The wizard calls this too (from a worker thread).
-    """
-    assert launch.process is not None
-    deadline = time.monotonic() + grace
-    code = launch.stop(grace=grace)
-    while _group_alive(launch.process.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _group_alive(launch.process.pid):
-        return kill_launch(launch)
-    return code
-
-
-def kill_launch(launch: Launch) -> int:
-    assert launch.process is not None
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(launch.process.pid, signal.SIGKILL)
-    return launch.process.wait()
-
-
-def _group_alive(group: int) -> bool:
-    """Any process of the group still running (zombies do not count)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(group, 0)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()  # after "(comm)": state ppid pgrp ...
-        if len(fields) > 2 and fields[2] == str(group) and fields[0] != "Z":
-            return True
-    return False
+        return launch.kill()
 
 
 # ----------------------------------------------------------------------------- summary

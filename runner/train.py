@@ -63,8 +63,9 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
     model, tokenizer = load_model(str(model_path), model_args, training_args)
     train_dataset, eval_dataset = load_splits(script_args, training_args, own.eval_fraction)
 
-    from runner.callbacks import default_callbacks
+    from runner.callbacks import default_callbacks, stop_reason
 
+    callbacks = default_callbacks(own.metrics_file)
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -72,7 +73,7 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        callbacks=default_callbacks(own.metrics_file),
+        callbacks=callbacks,
     )
     resume: str | bool | None = training_args.resume_from_checkpoint
     if own.resume:
@@ -84,9 +85,16 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
         # Checkpoints may be sharded (fast, resumable); the result is gathered whole so plain
         # transformers/PEFT load it. Trainer.save_model writes nothing for a sharded state dict.
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        print(f"llmwizard: saved to {Path(training_args.output_dir).resolve()}", flush=True)
+    best = trainer.state.best_model_checkpoint if training_args.load_best_model_at_end else None
+    if stop_reason(callbacks) == "diverged" and not best:
+        # The weights in memory are the damaged ones; the last good checkpoint stays the result.
+        if trainer.accelerator.is_main_process:
+            print("llmwizard: training diverged; not saving the final weights "
+                  f"(the checkpoints in {training_args.output_dir} hold the last good ones)", flush=True)
+    else:
+        trainer.save_model(training_args.output_dir)
+        if trainer.accelerator.is_main_process:
+            print(f"llmwizard: saved to {Path(training_args.output_dir).resolve()}", flush=True)
     # Rank 0 may still be writing while the others reach the teardown; a rank that closes its
     # gloo connections under a peer still using them can abort it ("terminate called without an
     # active exception"), so all ranks leave together.
@@ -280,11 +288,17 @@ def _normalized(dataset: Any, source: str) -> Any:
 
 
 def last_checkpoint(output_dir: str) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if not os.path.isdir(output_dir):
+    """The newest complete checkpoint: one whose save finished (trainer_state.json is written
+    last), so a save cut short by a kill is never resumed from."""
+    root = Path(output_dir)
+    if not root.is_dir():
         return None
-    return get_last_checkpoint(output_dir)
+    steps = []
+    for path in root.glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if suffix.isdigit() and (path / "trainer_state.json").is_file():
+            steps.append((int(suffix), path))
+    return str(max(steps)[1]) if steps else None
 
 
 if __name__ == "__main__":

@@ -99,3 +99,13 @@ def test_estimate_counter_without_a_tokenizer(write_jsonl):
     profile = profile_dataset(resolve_dataset(str(path)), counter_for(None))
     assert not profile.exact_tokens
     assert profile.max_tokens == 100
+
+
+def test_json_document_shapes(tmp_path):
+    rows = [{"text": "one"}, {"text": "two"}]
+    shapes = {"list.json": rows, "data.json": {"data": rows}, "train.json": {"train": rows}}
+    for name, document in shapes.items():
+        (tmp_path / name).write_text(json.dumps(document, indent=2))
+        assert load_rows(resolve_dataset(str(tmp_path / name))) == rows, name
+    (tmp_path / "lines.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_rows(resolve_dataset(str(tmp_path / "lines.json"))) == rows

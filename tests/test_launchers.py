@@ -199,3 +199,16 @@ esac
 """)
     for path in (srun, scontrol):
         path.chmod(0o755)
+
+
+def test_a_half_written_checkpoint_is_never_resumed_from(tmp_path):
+    from runner.train import last_checkpoint
+
+    for step, complete in ((10, True), (20, True), (30, False)):
+        path = tmp_path / f"checkpoint-{step}"
+        path.mkdir()
+        if complete:
+            (path / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-x").mkdir()
+    assert last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-20")
+    assert last_checkpoint(str(tmp_path / "missing")) is None
