@@ -41,13 +41,25 @@ class Goals:
     processes: int | None = None           # processes per node; on the CPU, how many ranks
     seed: int = 42
     extra: dict[str, Any] = field(default_factory=dict)
+    # The fields the user set (flags, wizard edits), as opposed to a preset's values: the plan's
+    # reasons say "asked for" for these, and the planner never adjusts them.
+    explicit: frozenset[str] = frozenset()
 
     def merged(self, **overrides: Any) -> Goals:
-        """A copy with every override that is not None applied."""
-        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        """A copy with every override that is not None applied, each marked explicit."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, explicit=self.explicit | set(given), **given)
+
+    def source(self, key: str, default: str) -> str:
+        """Where a set value came from, for a reason: asked for, the preset, else `default`."""
+        if key in self.explicit:
+            return "asked for"
+        if getattr(self, key) is not None and self.preset:
+            return f"preset {self.preset}"
+        return default
 
 
-GOAL_FIELDS = {f.name for f in fields(Goals)} - {"extra"}
+GOAL_FIELDS = {f.name for f in fields(Goals)} - {"extra", "explicit", "preset"}
 
 
 def goals_from_preset(name: str, values: dict[str, Any]) -> Goals:
