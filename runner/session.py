@@ -29,7 +29,7 @@ from autotune.plan import Plan
 from runner import diagnostics, recovery
 from runner.export import METRICS_FILE, OUTPUT_DIR
 from runner.launch import Launch
-from runner.live import RunState, format_bytes, format_seconds, memory_line, watch
+from runner.live import RunState, final_status, format_bytes, format_seconds, memory_line, watch
 from runner.metrics import MetricsTail
 
 # torch.distributed.elastic gives workers 30 s between SIGTERM and SIGKILL when torchrun shuts
@@ -86,7 +86,7 @@ def run_session(console: Console, plan: Plan, run_dir: Path, *, resume: bool = F
             failure = recovery.diagnose_failure(recovery.attempt_log(launch.log_path, offset), code)
             if failure is not None and failure.rank is None and plan.num_processes == 1:
                 failure = dataclasses.replace(failure, rank=0)
-            outcome = Outcome(_status(state, code), code, failure, outcome.changes, notes=outcome.notes)
+            outcome = Outcome(final_status(state, code), code, failure, outcome.changes, notes=outcome.notes)
             if failure is not None and failure.kind == "cuda_oom" and retries < recovery.MAX_OOM_RETRIES:
                 smaller = _replan_after_oom(console, plan, run_dir, state, failure)
                 if smaller is not None:
@@ -101,14 +101,6 @@ def run_session(console: Console, plan: Plan, run_dir: Path, *, resume: bool = F
             break
     print_summary(console, plan, run_dir, state, outcome)
     return outcome.exit_code
-
-
-def _status(state: RunState, code: int) -> str:
-    if state.end_reason == "diverged":
-        return "diverged"
-    if state.end_reason == "stopped":
-        return "stopped"
-    return "done" if code == 0 else "failed"
 
 
 def _size(path: Path) -> int:

@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 
 # Modules the CLI imports on its way to a printed plan, or the parent process while it watches a run.
 LIGHT = ["autotune.dataset", "autotune.embedded", "autotune.goals", "autotune.hardware", "autotune.nvml", "autotune.host", "autotune.gpu_catalog", "autotune.memory",
-         "autotune.model_spec", "autotune.param_counts", "autotune.plan", "autotune.planner", "autotune.rules", "autotune.throughput",
+         "autotune.model_spec", "autotune.param_counts", "autotune.plan", "autotune.planner", "autotune.search", "autotune.rules", "autotune.throughput",
          "autotune.tokens", "presets", "runner.export", "runner.configs", "runner.scripts", "runner.diagnostics", "runner.plot", "runner.recovery", "runner.launch", "runner.metrics", "runner.live",
          "runner.session", "wizard.cli", "wizard.report", "wizard.detect_view"]
 

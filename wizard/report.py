@@ -18,11 +18,11 @@ if TYPE_CHECKING:
 
 GiB = 1024**3
 COMPONENTS = ("params", "grads", "optimizer", "activations", "logits", "overhead")
-_COLORS = {"params": "blue", "grads": "magenta", "optimizer": "yellow", "activations": "green",
+COLORS = {"params": "blue", "grads": "magenta", "optimizer": "yellow", "activations": "green",
            "logits": "cyan", "overhead": "white"}
 
 
-def _gib(value: float) -> str:
+def size_text(value: float) -> str:
     return f"{value / GiB:.2f} GiB" if value >= 0.1 * GiB else f"{value / 2**20:.1f} MiB"
 
 
@@ -34,7 +34,7 @@ def memory_bar(estimate: MemoryEstimate, width: int = 60) -> Text:
     for name in COMPONENTS:
         cells = round(getattr(estimate, name) / scale * width)
         used += cells
-        text.append("█" * cells, style=_COLORS[name])
+        text.append("█" * cells, style=COLORS[name])
     text.append("░" * max(0, width - used), style="dim")
     return text
 
@@ -44,9 +44,9 @@ def estimate_table(estimate: MemoryEstimate) -> RenderableType:
     table.add_column("component")
     table.add_column("per device", justify="right")
     for name in COMPONENTS:
-        table.add_row(Text(name, style=_COLORS[name]), _gib(getattr(estimate, name)))
-    table.add_row(Text("total", style="bold"), Text(_gib(estimate.total), style="bold"))
-    verdict = Text(f"fits in {_gib(estimate.budget)}" if estimate.fits else f"does NOT fit in {_gib(estimate.budget)}",
+        table.add_row(Text(name, style=COLORS[name]), size_text(getattr(estimate, name)))
+    table.add_row(Text("total", style="bold"), Text(size_text(estimate.total), style="bold"))
+    verdict = Text(f"fits in {size_text(estimate.budget)}" if estimate.fits else f"does NOT fit in {size_text(estimate.budget)}",
                    style="green" if estimate.fits else "bold red")
     if estimate.peak_at:
         # Gradients and activations peak at different moments: the total is the worst moment.
@@ -56,7 +56,7 @@ def estimate_table(estimate: MemoryEstimate) -> RenderableType:
 
 def print_estimate(console: Console, estimate: MemoryEstimate, title: str) -> None:
     extra = Text(f"trainable {estimate.trainable_params:,} of {estimate.total_params:,} parameters; "
-                 f"host RAM needed {_gib(estimate.host_ram)}", style="dim")
+                 f"host RAM needed {size_text(estimate.host_ram)}", style="dim")
     console.print(Panel(Group(estimate_table(estimate), extra), title=title, expand=False))
 
 

@@ -12,18 +12,11 @@ from rich.text import Text
 from textual.app import RenderResult
 from textual.widget import Widget
 
+# The same components, colours and sizes as the headless report, so both faces read alike.
+from wizard.report import COLORS, COMPONENTS, size_text
+
 if TYPE_CHECKING:
     from autotune.memory import MemoryEstimate
-
-GiB = 1024**3
-COMPONENTS = ("params", "grads", "optimizer", "activations", "logits", "overhead")
-# The same colours as the headless report (wizard.report), so both faces read alike.
-COLORS = {"params": "blue", "grads": "magenta", "optimizer": "yellow", "activations": "green",
-          "logits": "cyan", "overhead": "white"}
-
-
-def size_text(value: float) -> str:
-    return f"{value / GiB:.2f} GiB" if value >= 0.1 * GiB else f"{value / 2**20:.1f} MiB"
 
 
 class MemoryBar(Widget):
