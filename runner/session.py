@@ -29,7 +29,8 @@ from autotune.plan import Plan
 from runner import diagnostics, recovery
 from runner.export import METRICS_FILE, OUTPUT_DIR
 from runner.launch import Launch
-from runner.live import RunState, final_status, format_bytes, format_seconds, memory_line, watch
+from runner.live import format_bytes, format_seconds, memory_line, watch
+from runner.state import RunState, final_status
 from runner.metrics import MetricsTail
 
 # torch.distributed.elastic gives workers 30 s between SIGTERM and SIGKILL when torchrun shuts

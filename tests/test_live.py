@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from runner.live import PlainPrinter, RunState, render
+from runner.live import PlainPrinter, render, watch
 from runner.metrics import read_metrics
+from runner.state import RunState
 from runner.plot import loss_plot
 from tests.conftest import run_cli
 
@@ -135,3 +136,21 @@ def test_a_real_run_streams_metrics_evals_and_keeps_the_best_checkpoint(tmp_path
     assert state["best_global_step"] == best and Path(run_dir, state["best_model_checkpoint"]).is_dir()
     assert f"best checkpoint  output/checkpoint-{best} (step {best}" in result.stdout
     assert "Overfitting" in result.stdout and f"at step {best}" in result.stdout
+
+
+def test_the_terminal_view_follows_a_launch_to_its_end(tmp_path: Path):
+    """The rich Live path (a terminal), through a real Launch whose launch.sh writes the metrics."""
+    from runner.launch import Launch
+
+    lines = "".join(json.dumps(r) + "\n" for r in records(steps=12, max_steps=12, ranks=1))
+    (tmp_path / "stream.jsonl").write_text(lines)
+    (tmp_path / "launch.sh").write_text("sleep 0.3\ncat stream.jsonl >> metrics.jsonl\nsleep 0.3\n")
+    launch = Launch(tmp_path)
+    launch.start()
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100, height=30, color_system=None)
+    code, state = watch(launch, tmp_path / "metrics.jsonl", console, "terminal test", interval=0.05)
+    assert code == 0
+    assert state.step == 12 and len(state.losses) == 12 and state.eval_losses
+    screen = out.getvalue()
+    assert "terminal test" in screen and "step 12/12" in screen and "done" in screen

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from autotune.plan import Plan
     from autotune.rules import SizeRule
     from runner.launch import Launch
-    from runner.live import RunState
+    from runner.state import RunState
 
 EMBEDDED_MODEL = "embedded:tiny-llama"
 EMBEDDED_DATASET = "embedded:arithmetic"
@@ -262,7 +262,7 @@ def metrics_path(run_dir: Path) -> Path:
 
 
 def new_run_state() -> RunState:
-    from runner.live import RunState
+    from runner.state import RunState
 
     return RunState()
 

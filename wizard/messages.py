@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from autotune.model_spec import ModelSpec
     from autotune.plan import Plan
     from runner.launch import Launch
-    from runner.live import RunState
+    from runner.state import RunState
     from wizard.core import Choice, DatasetReport, ExportResult, Finding
 
 

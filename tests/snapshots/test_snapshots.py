@@ -13,7 +13,7 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.widgets import Static
 
-from runner.live import RunState
+from runner.state import RunState
 from tests.test_app import fake_hardware, go_to, make_app, settle
 from wizard.screens.run import metrics_text
 from wizard.widgets.loss_plot import LossPlot

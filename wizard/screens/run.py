@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from runner.launch import Launch
-    from runner.live import RunState
+    from runner.state import RunState
     from wizard.core import Finding
 
 

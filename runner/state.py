@@ -1,0 +1,192 @@
+"""RunState: what a run's metrics records add up to, for every face that shows a run.
+
+Both the headless live view (runner.live) and the wizard's run screen fold records from
+runner.metrics into a RunState and draw from it; diagnostics are computed from its records.
+Light on purpose: no rich, no textual, no torch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner import diagnostics
+
+# Throughput is measured over this many recent log records: recent enough to show a slowdown,
+# long enough to smooth one slow step (an evaluation or a checkpoint save between logs).
+RATE_WINDOW = 5
+# The smoothed loss averages the logs of this many recent steps (TensorBoard-like smoothing
+# without its lag at the start of a run).
+SMOOTHING_STEPS = 20
+# Diagnostics read the whole run; recompute them at most this often (seconds) while it runs.
+FINDINGS_INTERVAL = 2.0
+
+
+@dataclass
+class RunState:
+    max_steps: int = 0
+    step: int = 0
+    epoch: float = 0.0
+    num_train_epochs: float = 0.0
+    world_size: int = 1
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens_seen: int = 0
+    tokens_per_second: float | None = None
+    peak_memory: int = 0
+    rank_peaks: list[int] = field(default_factory=list)
+    memory_kind: str = "rss"
+    elapsed: float = 0.0
+    checkpoints: list[str] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    start_step: int = 0              # where the current attempt began (non-zero after a resume)
+    attempts: int = 0
+    stop: dict[str, Any] | None = None
+    end_reason: str | None = None
+    began: bool = False
+    ended: bool = False
+    _time_base: float = 0.0
+    _attempt_start_time: float = 0.0
+    _rate_points: list[tuple[float, int]] = field(default_factory=list)
+    _attempt_tokens: tuple[float, int] | None = None   # first (time, tokens) of this attempt
+    _findings: tuple[int, bool, float, list[diagnostics.Finding]] = (-1, False, 0.0, [])
+
+    @classmethod
+    def from_records(cls, records: list[dict[str, Any]]) -> RunState:
+        state = cls()
+        for record in records:
+            state.update(record)
+        return state
+
+    def update(self, record: dict[str, Any]) -> bool:
+        """Fold one record in; True when it carried a training loss (a new line for plain output)."""
+        self.records.append(record)
+        kind = record.get("type")
+        if "time" in record:
+            self.elapsed = max(self.elapsed, self._time_base + float(record.get("time") or 0.0))
+        if kind == "begin":
+            self.began = True
+            self.ended = False
+            self.attempts += 1
+            self.stop = None
+            self.end_reason = None
+            self._time_base = self.elapsed
+            self._attempt_start_time = self.elapsed
+            self._rate_points = []
+            self._attempt_tokens = None
+            self.start_step = int(record.get("step") or 0)
+            self.step = self.start_step
+            self.max_steps = int(record.get("max_steps") or self.max_steps)
+            self.num_train_epochs = float(record.get("num_train_epochs") or 0.0)
+            self.world_size = int(record.get("world_size") or 1)
+            self.memory_kind = str(record.get("memory_kind") or self.memory_kind)
+            # A resume from an earlier checkpoint throws away what came after it.
+            self.losses = [(s, v) for s, v in self.losses if s <= self.start_step]
+            self.eval_losses = [(s, v) for s, v in self.eval_losses if s <= self.start_step]
+        elif kind == "log":
+            self.step = int(record.get("step", self.step))
+            self.max_steps = int(record.get("max_steps") or self.max_steps)
+            self.epoch = float(record.get("epoch") or self.epoch)
+            self.peak_memory = max(self.peak_memory, int(record.get("peak_memory") or 0))
+            peaks = record.get("rank_peak_memory")
+            if isinstance(peaks, list) and peaks:
+                if len(peaks) != len(self.rank_peaks):
+                    self.rank_peaks = [0] * len(peaks)
+                self.rank_peaks = [max(a, int(b)) for a, b in zip(self.rank_peaks, peaks, strict=True)]
+            if record.get("tokens_seen") and "loss" in record:  # training logs: not eval or the end summary
+                self.tokens_seen = int(record["tokens_seen"])
+                self._rate_points.append((self.elapsed, self.tokens_seen))
+                self._attempt_tokens = self._attempt_tokens or (self.elapsed, self.tokens_seen)
+                self._rate_points = self._rate_points[-(RATE_WINDOW + 1):]
+                (t0, n0), (t1, n1) = self._rate_points[0], self._rate_points[-1]
+                if t1 > t0 and n1 > n0:
+                    self.tokens_per_second = (n1 - n0) / (t1 - t0)
+            if "learning_rate" in record:
+                self.learning_rate = float(record["learning_rate"])
+            if "grad_norm" in record:
+                self.grad_norm = float(record["grad_norm"])
+            if "eval_loss" in record:
+                self.eval_losses.append((self.step, float(record["eval_loss"])))
+            if "loss" in record:
+                self.losses.append((self.step, float(record["loss"])))
+                return True
+        elif kind == "save":
+            self.checkpoints.append(str(record.get("checkpoint")))
+        elif kind == "stop":
+            self.stop = record
+        elif kind == "end":
+            self.ended = True
+            self.end_reason = record.get("reason")
+            self.step = int(record.get("step", self.step))
+        return False
+
+    @property
+    def first_loss(self) -> float | None:
+        return self.losses[0][1] if self.losses else None
+
+    @property
+    def last_loss(self) -> float | None:
+        return self.losses[-1][1] if self.losses else None
+
+    def smoothed_loss(self, steps: int = SMOOTHING_STEPS) -> float | None:
+        """Mean of the losses logged over the last `steps` steps (at least the last log): one
+        batch's loss is noisy, and a window in steps means the same whatever the logging interval."""
+        finite = [(step, loss) for step, loss in self.losses if math.isfinite(loss)]
+        if not finite:
+            return None
+        last = finite[-1][0]
+        window = [loss for step, loss in finite if step > last - steps] or [finite[-1][1]]
+        return sum(window) / len(window)
+
+    def best_eval(self) -> tuple[int, float] | None:
+        finite = [item for item in self.eval_losses if math.isfinite(item[1])]
+        return min(finite, key=lambda item: item[1]) if finite else None
+
+    def average_tokens_per_second(self) -> float | None:
+        """Over the current attempt's training logs (the live figure is a recent window)."""
+        if self._attempt_tokens is None or not self._rate_points:
+            return None
+        (t0, n0), (t1, n1) = self._attempt_tokens, self._rate_points[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 and n1 > n0 else self.tokens_per_second
+
+    def steps_per_second(self) -> float | None:
+        done = self.step - self.start_step
+        seconds = self.elapsed - self._attempt_start_time
+        return done / seconds if done > 0 and seconds > 0 else None
+
+    def eta(self) -> float | None:
+        rate = self.steps_per_second()
+        if not self.max_steps or rate is None:
+            return None
+        return max(0, self.max_steps - self.step) / rate
+
+    def total_epochs(self) -> float | None:
+        """Epochs the whole run covers (max_steps may end it before num_train_epochs)."""
+        if self.step > 0 and self.epoch > 0 and self.max_steps:
+            return self.epoch / self.step * self.max_steps
+        return self.num_train_epochs or None
+
+    def findings(self, final: bool = False, now: bool = False) -> list[diagnostics.Finding]:
+        """The diagnostics so far. They read the whole run, so while it runs they are recomputed
+        at most every FINDINGS_INTERVAL seconds; a stop record, the final verdict or `now` (an
+        evaluation just came) at once."""
+        count, was_final, when, cached = self._findings
+        clock = time.monotonic()
+        stale = count != len(self.records) or final != was_final
+        due = now or count < 0 or final != was_final or self.stop is not None or clock - when >= FINDINGS_INTERVAL
+        if stale and due:
+            cached = diagnostics.diagnose(self.records, final=final)
+            self._findings = (len(self.records), final, clock, cached)
+        return cached
+
+
+def final_status(state: RunState, code: int) -> str:
+    if state.end_reason == "diverged":
+        return "diverged"
+    if state.end_reason == "stopped":
+        return "stopped"
+    return "done" if code == 0 else "failed"
