@@ -30,3 +30,11 @@ def test_module_imports_no_torch_and_no_textual(module):
 def test_import_contracts():
     out = subprocess.run(["lint-imports"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed")
+def test_no_undefined_names_or_unused_imports():
+    """Pyflakes-level errors (an undefined name on a rarely run path, a dead import) fail here."""
+    out = subprocess.run(["ruff", "check", "--select", "F,E9", "autotune", "runner", "wizard", "presets", "tests",
+                          "bench"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
