@@ -54,8 +54,10 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
     script_args, training_args, model_args = parser.parse_args_and_config(trl_argv)
     allow_fsdp_on_cpu()
     peft_sees_through_checkpoint_wrappers()
-    if training_args.deepspeed_plugin is not None and training_args.deepspeed_plugin.zero_stage == 3:
-        join_deepspeed_comm()  # only zero.Init (ZeRO-3 loading) needs it before the Trainer
+    if training_args.deepspeed_plugin is not None:
+        deepspeed_skips_its_shm_kernel()
+        if training_args.deepspeed_plugin.zero_stage == 3:
+            join_deepspeed_comm()  # only zero.Init (ZeRO-3 loading) needs it before the Trainer
 
     # After the training arguments: they set up the process group, FSDP's rank-0-only loading
     # and DeepSpeed's zero.Init, which from_pretrained must see.
@@ -131,6 +133,22 @@ def allow_fsdp_on_cpu() -> None:
 
     init._llmwizard = True  # type: ignore[attr-defined]
     AcceleratorState.__init__ = init  # type: ignore[method-assign]
+
+
+def deepspeed_skips_its_shm_kernel() -> None:
+    """Keep DeepSpeed from compiling its shared-memory all-reduce kernel when it sets up comms.
+
+    On a CPU rank, deepspeed.comm JIT-builds `deepspeed_shm_comm` (a C++ extension, via ninja)
+    the first time it starts. Training never calls that kernel: it serves
+    `inference_all_reduce` only, and falls back to torch.distributed without it. The build
+    costs tens of seconds on a fresh machine and needs a C++ toolchain, and a rank killed
+    mid-build leaves torch's build lock behind, on which every later DeepSpeed run waits
+    forever. DeepSpeed keeps its op-compatibility table as one mutable dict for this purpose;
+    an op marked incompatible there is never built.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def join_deepspeed_comm() -> None:

@@ -42,7 +42,10 @@ def test_strategy_trains_and_saves_a_loadable_result(tmp_path: Path, family: str
     export(plan, run_dir)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    result = run_launch_sh(run_dir, elsewhere)
+    env = {}
+    if strategy.startswith("zero"):
+        env["TORCH_EXTENSIONS_DIR"] = str(stale_extension_build_lock(tmp_path / "torch_extensions"))
+    result = run_launch_sh(run_dir, elsewhere, env=env, timeout=400)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
 
@@ -55,6 +58,16 @@ def test_strategy_trains_and_saves_a_loadable_result(tmp_path: Path, family: str
     assert_loss_falls(losses(run_dir))
     assert_result_loads(run_dir / "output", family, plan)
     assert not list(elsewhere.iterdir()), "the run wrote into the caller's directory"
+
+
+def stale_extension_build_lock(root: Path) -> Path:
+    """A torch extensions directory as a rank killed while building DeepSpeed's shm kernel leaves
+    it: the build lock stays, and any process that tries that build waits on it forever. The
+    DeepSpeed runs must train regardless, because they never build that kernel."""
+    build = root / "deepspeed_shm_comm"  # under TORCH_EXTENSIONS_DIR, torch adds no version folder
+    build.mkdir(parents=True)
+    (build / "lock").touch()
+    return root
 
 
 def test_fsdp2_lora_with_checkpointing_keeps_its_adapter_and_resumes(tmp_path: Path):
