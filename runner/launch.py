@@ -1,9 +1,12 @@
 """Launching an exported run: `bash launch.sh` as a child in its own process group.
 
 The child's stdin is closed, its output goes to `<run>/train.log`, and Python inside it is
-unbuffered. Stopping sends SIGTERM to the whole group (the launcher and every rank), then SIGKILL
-after a grace period. A free port is chosen for each single-machine run, so two runs on one
-machine never collide.
+unbuffered. Stopping sends SIGTERM to the whole group, then SIGKILL after a grace period. Not
+every rank is in that group: torch's elastic agent (torchrun, and accelerate's multi-process
+launch) starts each worker in a session of its own. The agent forwards SIGTERM to its workers,
+but a SIGKILL'd agent cannot, so the launcher's whole process tree is noted before any signal
+and every process in it is waited for and, past the grace period, killed. A free port is chosen
+for each single-machine run, so two runs on one machine never collide.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
+
+import psutil
 
 from autotune.errors import UserError
 
@@ -97,24 +102,41 @@ class Launch:
         """SIGTERM to the group, wait for every rank to save and exit, SIGKILL what outlives `grace`.
 
         Waiting for the launcher alone is not enough: accelerate's single-process launcher dies on
-        SIGTERM at once while its worker is still writing the checkpoint, so the whole process
-        group is waited for.
+        SIGTERM at once while its worker is still writing the checkpoint, and elastic workers sit
+        outside the group, so the whole process tree is waited for.
         """
         assert self.process is not None
+        tree = self.process_tree()
         deadline = time.monotonic() + grace
         if self.process.poll() is None:
             self._signal(signal.SIGTERM)
-        while _group_alive(self.process.pid) and time.monotonic() < deadline:
+        while self._alive(tree) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _group_alive(self.process.pid):
-            return self.kill()
+        if self._alive(tree):
+            return self.kill(tree)
         return self.process.wait()
 
-    def kill(self) -> int:
-        """SIGKILL to the whole group at once."""
+    def kill(self, tree: list[psutil.Process] | None = None) -> int:
+        """SIGKILL to the whole group and to every process of the launcher's tree at once."""
         assert self.process is not None
+        tree = (tree or []) + self.process_tree()
         self._signal(signal.SIGKILL)
+        for process in tree:
+            with contextlib.suppress(psutil.Error):
+                process.kill()  # psutil checks the start time: a reused pid is left alone
         return self.process.wait()
+
+    def process_tree(self) -> list[psutil.Process]:
+        """Every live descendant of the launcher (ranks included, whatever their session)."""
+        assert self.process is not None
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+
+    def _alive(self, tree: list[psutil.Process]) -> bool:
+        assert self.process is not None
+        return _group_alive(self.process.pid) or any(_running(process) for process in tree)
 
     def _signal(self, sig: int) -> None:
         assert self.process is not None
@@ -127,6 +149,13 @@ class Launch:
         except OSError:
             return []
         return text.splitlines()[-lines:]
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _group_alive(group: int) -> bool:

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ import yaml
 
 from runner.launch import free_port
 from runner.metrics import read_metrics
-from tests.tiny_models import losses, make_plan, run_launch_sh, strategy_ran
+from tests.tiny_models import losses, make_plan, run_group, run_launch_sh, strategy_ran
 
 slow = pytest.mark.slow
 
@@ -79,8 +80,7 @@ def test_slurm_script_gives_each_node_its_own_rank(tmp_path: Path):
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="7",
                SLURM_JOB_NODELIST="node[0-1]", SLURM_SUBMIT_DIR=str(submit_dir),
                MAIN_PROCESS_PORT=str(free_port()))
-    result = subprocess.run(["bash", str(run_dir / "slurm.sbatch")], cwd=submit_dir, env=env, text=True,
-                            capture_output=True, timeout=900, stdin=subprocess.DEVNULL)
+    result = run_group(["bash", str(run_dir / "slurm.sbatch")], cwd=submit_dir, env=env, timeout=900)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     assert "node_rank=0" in log and "node_rank=1" in log
@@ -212,3 +212,33 @@ def test_a_half_written_checkpoint_is_never_resumed_from(tmp_path):
     (tmp_path / "checkpoint-x").mkdir()
     assert last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-20")
     assert last_checkpoint(str(tmp_path / "missing")) is None
+
+
+@slow
+@pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
+def test_killing_a_launch_ends_ranks_outside_its_process_group(tmp_path: Path, launcher: str):
+    """torch's elastic agent starts each worker in a session of its own, out of reach of the
+    launch's process group: a kill must still end every rank, not orphan them mid-training."""
+    import psutil
+
+    from runner.export import export
+    from runner.launch import Launch
+
+    run_dir = tmp_path / "run"
+    export(make_plan(strategy="ddp", launcher=launcher, max_steps=500), run_dir)
+    launch = Launch(run_dir)
+    launch.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not losses(run_dir) and launch.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert losses(run_dir), "no step logged:\n" + "\n".join(launch.log_tail(40))
+        ranks = [p for p in launch.process_tree() if "runner.train" in " ".join(p.cmdline())]
+        assert len(ranks) == 2
+        assert all(os.getsid(p.pid) != os.getsid(launch.process.pid) for p in ranks)
+        launch.kill()
+        _, alive = psutil.wait_procs(ranks, timeout=15)
+        assert not alive, f"ranks outlived the kill: {[p.pid for p in alive]}"
+    finally:
+        if launch.poll() is None:
+            launch.kill()

@@ -11,9 +11,11 @@ model_type "gemma" to the former, which is the class recipe 1 of REFERENCE.md wr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,8 +119,31 @@ def run_launch_sh(run_dir: Path, cwd: Path, *args: str, env: dict[str, str] | No
 
     full_env = dict(os.environ, MAIN_PROCESS_PORT=str(free_port()))
     full_env.update(env or {})
-    return subprocess.run(["bash", str(run_dir / "launch.sh"), *args], cwd=cwd, env=full_env, text=True,
-                          capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return run_group(["bash", str(run_dir / "launch.sh"), *args], cwd=cwd, env=full_env, timeout=timeout)
+
+
+def run_group(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """subprocess.run in a session of its own, so a timeout ends the launcher *and* its ranks.
+
+    subprocess.run's own timeout kills only `bash`; ranks left behind hold its pipes open (so it
+    never returns) and keep ports and build locks that hang later launches in the suite.
+    """
+    import psutil
+
+    child = subprocess.Popen(command, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        out, err = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        tree = psutil.Process(child.pid).children(recursive=True)  # elastic ranks have their own sessions
+        os.killpg(child.pid, signal.SIGKILL)
+        for process in tree:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        out, err = child.communicate()
+        raise AssertionError(f"{command[-1]} still running after {timeout:.0f} s; its output:\n"
+                             + (out + err)[-4000:]) from None
+    return subprocess.CompletedProcess(command, child.returncode, out, err)
 
 
 def strategy_ran(log: str) -> tuple[str, int]:
