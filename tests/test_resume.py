@@ -33,10 +33,15 @@ def logged_steps(path: Path) -> list[int]:
     return [r["step"] for r in read_metrics(path) if r.get("type") == "log" and "loss" in r]
 
 
+STEPS = 300
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_and_resume_continues_the_step_count(tmp_path):
     run_dir = (tmp_path / "run").resolve()
-    result = run_cli("export", "--max-steps", "16", "--learning-rate", "1e-7", "--eval-fraction", "0",
+    # Long enough that SIGINT lands mid-run however fast the machine: the tiny model can take 16
+    # steps in under a second, faster than a signal at step 2 is acted on.
+    result = run_cli("export", "--max-steps", str(STEPS), "--learning-rate", "1e-7", "--eval-fraction", "0",
                      "--out", str(run_dir))
     assert result.returncode == 0, result.stderr
     metrics = run_dir / "metrics.jsonl"
@@ -57,7 +62,7 @@ def test_ctrl_c_saves_and_resume_continues_the_step_count(tmp_path):
     (stop,) = [r for r in records if r["type"] == "stop"]
     stopped = stop["step"]
     assert stop["reason"] == "signal" and stop["signal"] == "SIGTERM"
-    assert 2 <= stopped < 16, "the run should stop mid-way"
+    assert 2 <= stopped < STEPS, "the run should stop mid-way"
     assert records[-1]["type"] == "end" and records[-1]["reason"] == "stopped"
     checkpoint = run_dir / "output" / f"checkpoint-{stopped}"
     assert (checkpoint / "trainer_state.json").is_file(), "no checkpoint saved at the stop"
@@ -70,7 +75,8 @@ def test_ctrl_c_saves_and_resume_continues_the_step_count(tmp_path):
     begins = [r for r in records if r["type"] == "begin"]
     assert [b["step"] for b in begins] == [0, stopped]
     steps = logged_steps(metrics)
-    assert steps == list(range(1, 17)), "each step once, continuing after the checkpoint"
-    assert records[-1]["type"] == "end" and records[-1]["reason"] == "completed" and records[-1]["step"] == 16
+    assert steps == sorted(set(steps)) and steps[-1] == STEPS, "each logged step once, continuing after the checkpoint"
+    assert [s for s in steps if s > stopped], "nothing logged after the resume"
+    assert records[-1]["type"] == "end" and records[-1]["reason"] == "completed" and records[-1]["step"] == STEPS
     assert f"resumed from output/checkpoint-{stopped}" in result.stdout
     assert "Loss is flat" in result.stdout and "Raise the learning rate" in result.stdout
