@@ -36,6 +36,12 @@ def logged_steps(path: Path) -> list[int]:
 STEPS = 300
 
 
+def ctrl_c_delivered() -> None:
+    """SIGINT as a terminal's foreground job has it: a suite started in the background by a
+    non-interactive shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_and_resume_continues_the_step_count(tmp_path):
     run_dir = (tmp_path / "run").resolve()
@@ -48,7 +54,7 @@ def test_ctrl_c_saves_and_resume_continues_the_step_count(tmp_path):
 
     child = subprocess.Popen([sys.executable, "-m", "wizard.cli", "run", str(run_dir)], cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=dict(os.environ, COLUMNS="120"))
+                             env=dict(os.environ, COLUMNS="120"), preexec_fn=ctrl_c_delivered)
     deadline = time.monotonic() + 300
     while not [s for s in logged_steps(metrics) if s >= 2]:
         assert child.poll() is None, child.stdout.read()
