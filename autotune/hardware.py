@@ -75,7 +75,7 @@ class HardwareProfile:
         return (f"{nodes}{len(self.gpus)}x {' / '.join(names)} "
                 f"({gpu.free_memory / GiB:.1f} of {gpu.total_memory / GiB:.1f} GiB free), "
                 + (f"{'NVLink' if self.interconnect == 'nvlink' else 'PCIe'}, " if len(self.gpus) > 1 else "")
-                + f"{self.host_ram_available / GiB:.0f} GiB host RAM")
+                + f"host RAM {self.host_ram_available / GiB:.0f} of {self.host_ram_total / GiB:.0f} GiB usable")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
