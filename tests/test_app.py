@@ -61,11 +61,17 @@ async def settle(pilot, rounds: int = 3) -> None:
 async def launched(pilot) -> None:
     """Press Launch and wait for the run screen (not for workers: the run's tail lasts the run)."""
     await pilot.click("#next")
-    for _ in range(200):
-        await pilot.pause(0.1)
-        if getattr(pilot.app.screen, "STEP", -1) == 6:
-            return
-    raise AssertionError(f"no run screen: {pilot.app.screen!r}")
+    if not await wait_until(pilot, lambda: getattr(pilot.app.screen, "STEP", -1) == 6, seconds=20, interval=0.1):
+        raise AssertionError(f"no run screen: {pilot.app.screen!r}")
+
+
+async def wait_until(pilot, condition, seconds: float, interval: float = 0.5) -> bool:
+    """Let the app run in `interval` pauses until `condition()` holds; False if `seconds` pass first."""
+    for _ in range(int(seconds / interval)):
+        await pilot.pause(interval)
+        if condition():
+            return True
+    return bool(condition())
 
 
 async def go_to(pilot, step: int) -> None:
@@ -338,10 +344,7 @@ async def test_launch_trains_on_the_cpu_and_plots_the_loss(tmp_path: Path):
         assert app.state.plan.device == "cpu" and app.state.plan.max_steps == 10
         await launched(pilot)
         screen = app.screen
-        for _ in range(1200):  # up to 10 minutes on a busy machine
-            await pilot.pause(0.5)
-            if screen.ended:
-                break
+        await wait_until(pilot, lambda: screen.ended, seconds=600)  # 10 minutes on a busy machine
         assert screen.ended, app.state.launch.log_tail(30)
         run_dir = app.state.launch.run_dir
         summary = text_of(app, "#summary")
@@ -369,19 +372,14 @@ async def test_stop_ends_the_run_cleanly_and_quits_with_130(tmp_path: Path):
         await go_to(pilot, 5)
         await launched(pilot)
         screen = app.screen
-        for _ in range(1200):
-            await pilot.pause(0.5)
-            if screen.state_snapshot is not None and screen.state_snapshot.losses:
-                break
+        await wait_until(pilot, lambda: screen.state_snapshot is not None and screen.state_snapshot.losses,
+                         seconds=600)
         assert screen.state_snapshot.losses, app.state.launch.log_tail(30)
         await pilot.press("ctrl+q")  # quitting mid-run asks first
         await pilot.pause()
         assert type(app.screen).__name__ == "QuitModal"
         await pilot.click("#stop")
-        for _ in range(240):
-            await pilot.pause(0.5)
-            if not app.is_running:
-                break
+        await wait_until(pilot, lambda: not app.is_running, seconds=120)
     assert app.return_code == 130 and app.state.stopped
     assert app.state.launch.poll() is not None  # the whole group is gone
 
