@@ -2,7 +2,7 @@
 
 Derived from the autograd graph of HF's Llama/Qwen2/Gemma2 blocks as the runner trains them and
 checked against FakeTensorMode + MemTracker peaks (bench/memory_validation.py). `_layout` says in
-which dtype each tensor family is stored for a method, strategy and precision; autotune.memory
+which dtype each tensor family is stored for a method, strategy and precision; llmwizard.autotune.memory
 combines these figures with the model states into the step's peak.
 """
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from autotune.model_spec import ModelSpec
+from llmwizard.autotune.model_spec import ModelSpec
 
 if TYPE_CHECKING:
-    from autotune.memory import TrainSetup
+    from llmwizard.autotune.memory import TrainSetup
 
 # TRL's fused LM head (trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE and
 # trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE): one [tokens x vocab] tile at a time.

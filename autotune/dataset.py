@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotune.embedded import DATASET_PATH, EMBEDDED_DATASET
-from autotune.errors import UserError
+from llmwizard.autotune.embedded import DATASET_PATH, EMBEDDED_DATASET
+from llmwizard.autotune.errors import UserError
 
 SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 FORMATS = ("messages", "prompt_completion", "text")

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from autotune.errors import UserError
+from llmwizard.autotune.errors import UserError
 
 
 @dataclass

@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from autotune.errors import UserError
-from autotune.hardware import GPU, GiB, HardwareProfile
+from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.hardware import GPU, GiB, HardwareProfile
 
 MiB = 1024**2
 # Share of a hypothetical node's RAM a run may count on: the OS, page cache, the launcher and
@@ -245,7 +245,7 @@ def _split_ram(spec: str) -> tuple[str, float | None]:
 
 def _cpu_profile(spec: str, nodes: int, ram_gib: float | None) -> HardwareProfile:
     """Planning for the CPU uses this machine's host (RAM capped by its cgroup, affinity cores)."""
-    from autotune.hardware import read_host
+    from llmwizard.autotune.hardware import read_host
 
     host = read_host()
     profile = HardwareProfile(source="spec", gpus=[], nodes=nodes, spec=spec, host_ram_total=host.ram_total,

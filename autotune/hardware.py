@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotune.host import CGROUP_ROOT, SELF_CGROUP, GiB, disk_free, read_cgroup, read_host  # noqa: F401 (re-exported)
+from llmwizard.autotune.host import CGROUP_ROOT, SELF_CGROUP, GiB, disk_free, read_cgroup, read_host  # noqa: F401 (re-exported)
 
 
 
@@ -86,7 +86,7 @@ class HardwareProfile:
 def detect(runs_dir: str | os.PathLike[str] = ".", *, cgroup_root: Path = CGROUP_ROOT,
            self_cgroup: Path = SELF_CGROUP, environ: Mapping[str, str] | None = None) -> HardwareProfile:
     """This machine, read now. Never raises for missing drivers or NVML errors: it notes them."""
-    from autotune.nvml import link_notes, read_nvml
+    from llmwizard.autotune.nvml import link_notes, read_nvml
 
     gpus, links, notes = read_nvml(os.environ if environ is None else environ)
     host = read_host(cgroup_root, self_cgroup)
@@ -104,7 +104,7 @@ def detect(runs_dir: str | os.PathLike[str] = ".", *, cgroup_root: Path = CGROUP
 
 def from_spec(spec: str, nodes: int | None = 1, host_ram_gib: float | None = None) -> HardwareProfile:
     """Hardware to plan for: "cpu", "4xRTX4090", "2x8xH100" (nodes x GPUs x model), "2x24GB",
-    with ",ram=512GB" or `host_ram_gib` for one node's RAM. See autotune.gpu_catalog."""
-    from autotune.gpu_catalog import parse_gpu_spec
+    with ",ram=512GB" or `host_ram_gib` for one node's RAM. See llmwizard.autotune.gpu_catalog."""
+    from llmwizard.autotune.gpu_catalog import parse_gpu_spec
 
     return parse_gpu_spec(spec, nodes, host_ram_gib)

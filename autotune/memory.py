@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from autotune.activations import (  # noqa: F401 (public names re-exported for callers)
+from llmwizard.autotune.activations import (  # noqa: F401 (public names re-exported for callers)
     LM_HEAD_TILE,
     NF4_BYTES,
     _layer_backward_bytes,
@@ -32,8 +32,8 @@ from autotune.activations import (  # noqa: F401 (public names re-exported for c
     logits_bytes,
     trainable_params,
 )
-from autotune.errors import UserError
-from autotune.model_spec import ModelSpec
+from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.model_spec import ModelSpec
 
 GiB = 1024**3
 

@@ -24,8 +24,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from autotune.embedded import EMBEDDED_MODEL, MODEL_CONFIG, embedded_model_dir
-from autotune.errors import UserError
+from llmwizard.autotune.embedded import EMBEDDED_MODEL, MODEL_CONFIG, embedded_model_dir
+from llmwizard.autotune.errors import UserError
 
 CATALOG_PATH = Path(__file__).parent / "model_catalog.json"
 
@@ -194,7 +194,7 @@ def _catalog_key(name: str) -> str:
 def _spec_from_catalog(entry: dict[str, Any], hub_id: str) -> ModelSpec:
     spec = spec_from_config(hub_id, "catalog", None, entry["config"])
     spec.catalog_name = entry["name"]
-    from autotune.param_counts import with_counts
+    from llmwizard.autotune.param_counts import with_counts
 
     return with_counts(spec, entry["exact"])
 
@@ -225,7 +225,7 @@ def _spec_from_file(name: str, source: str, path: str | None, config_file: Path)
     except ValueError as exc:
         raise UserError(f"{config_file} is not valid JSON: {exc}", title="Model",
                         fix="Restore the model's config.json.") from None
-    from autotune.param_counts import cached_meta_counts, with_counts
+    from llmwizard.autotune.param_counts import cached_meta_counts, with_counts
 
     spec = spec_from_config(name, source, path, config)
     counts = cached_meta_counts(raw, config)
@@ -233,7 +233,7 @@ def _spec_from_file(name: str, source: str, path: str | None, config_file: Path)
 
 
 def spec_from_config(name: str, source: str, path: str | None, config: dict[str, Any]) -> ModelSpec:
-    """A spec from config.json values alone (the analytic counts; see autotune.param_counts)."""
-    from autotune.param_counts import spec_from_config as build
+    """A spec from config.json values alone (the analytic counts; see llmwizard.autotune.param_counts)."""
+    from llmwizard.autotune.param_counts import spec_from_config as build
 
     return build(name, source, path, config)

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from autotune.errors import UserError
-from autotune.memory import MemoryEstimate
+from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.memory import MemoryEstimate
 
 PLAN_VERSION = 1
 

@@ -5,7 +5,7 @@ Pure: no I/O, no clocks, no processes. The order of decisions:
 2. max length from the real token-length distribution, capped by the rule and the model;
 3. precision from the device (bf16 from compute capability 8.0, fp16 below, fp32 on the CPU);
 4. strategy, offload, micro-batch and activation checkpointing: every candidate that fits the
-   memory budget with headroom, ranked by the cost model (autotune.search, autotune.throughput);
+   memory budget with headroom, ranked by the cost model (llmwizard.autotune.search, llmwizard.autotune.throughput);
 5. gradient accumulation so that micro-batch x processes x accumulation = the effective batch;
 6. schedule: eval, save and logging steps from the steps per epoch.
 """
@@ -15,15 +15,15 @@ from __future__ import annotations
 import math
 import re
 
-from autotune.dataset import DatasetProfile
-from autotune.errors import UserError
-from autotune.goals import Goals
-from autotune.hardware import HardwareProfile
-from autotune.memory import TrainSetup, estimate
-from autotune.model_spec import ModelSpec
-from autotune.plan import LoraSettings, Plan
-from autotune.rules import RULES, classify, round_up
-from autotune.search import HEADROOM, choose, format_params  # noqa: F401 (re-exported)
+from llmwizard.autotune.dataset import DatasetProfile
+from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.goals import Goals
+from llmwizard.autotune.hardware import HardwareProfile
+from llmwizard.autotune.memory import TrainSetup, estimate
+from llmwizard.autotune.model_spec import ModelSpec
+from llmwizard.autotune.plan import LoraSettings, Plan
+from llmwizard.autotune.rules import RULES, classify, round_up
+from llmwizard.autotune.search import HEADROOM, choose, format_params  # noqa: F401 (re-exported)
 
 DEFAULT_EFFECTIVE_BATCH = 16
 # The embedded default is a random-init toy model: it learns visibly at ten times the rule's rate.

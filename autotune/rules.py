@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autotune.dataset import DatasetProfile
+from llmwizard.autotune.dataset import DatasetProfile
 
 SMALL_MAX_EXAMPLES = 1000
 SMALL_MAX_AVG_TOKENS = 500

@@ -4,7 +4,7 @@ Candidates are strategy x offload x activation checkpointing x micro-batch (x hy
 across machines), searched in tiers: as asked; then, on GPUs when the optimizer is ours to choose,
 8-bit AdamW; then offload to host RAM (DeepSpeed ZeRO-Offload even on one GPU). The largest
 micro-batch that fits with HEADROOM is kept per strategy, and the fastest candidate by
-autotune.throughput wins. When nothing fits, the error names the smallest change that would.
+llmwizard.autotune.throughput wins. When nothing fits, the error names the smallest change that would.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from autotune.errors import UserError
-from autotune.goals import Goals
-from autotune.hardware import GiB, HardwareProfile
-from autotune.memory import OFFLOADS, OPTIMIZERS, STRATEGIES, MemoryEstimate, TrainSetup, estimate
-from autotune.model_spec import ModelSpec
-from autotune.throughput import step_cost
+from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.goals import Goals
+from llmwizard.autotune.hardware import GiB, HardwareProfile
+from llmwizard.autotune.memory import OFFLOADS, OPTIMIZERS, STRATEGIES, MemoryEstimate, TrainSetup, estimate
+from llmwizard.autotune.model_spec import ModelSpec
+from llmwizard.autotune.throughput import step_cost
 
 # Keep this share of the budget free: allocator spikes, evaluation and checkpoint saving.
 HEADROOM = 0.05

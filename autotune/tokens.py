@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from autotune.dataset import TokenCounter
+from llmwizard.autotune.dataset import TokenCounter
 
 
 class ModelTokenCounter(TokenCounter):

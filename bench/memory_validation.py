@@ -1,4 +1,4 @@
-"""Check autotune.memory against the tensor-level peak of real training steps, measured without memory.
+"""Check llmwizard.autotune.memory against the tensor-level peak of real training steps, measured without memory.
 
 Each case builds a real architecture at its real widths (hidden, MLP, heads, vocabulary) with fewer
 layers, under torch's FakeTensorMode (tensors have shapes and dtypes, no storage), and runs two
@@ -42,8 +42,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autotune.memory import MemoryEstimate, TrainSetup, estimate  # noqa: E402
-from autotune.model_spec import spec_from_config  # noqa: E402
+from llmwizard.autotune.memory import MemoryEstimate, TrainSetup, estimate  # noqa: E402
+from llmwizard.autotune.model_spec import spec_from_config  # noqa: E402
 
 # Real widths from each model's published config.json; the layer count is set per case.
 MODELS: dict[str, dict[str, Any]] = {
@@ -98,7 +98,7 @@ def reduced_config(case: Case) -> dict[str, Any]:
 
 
 def estimate_case(case: Case) -> MemoryEstimate:
-    """autotune.memory's figure for the same reduced model and setup."""
+    """llmwizard.autotune.memory's figure for the same reduced model and setup."""
     spec = spec_from_config(case.model, "catalog", None, reduced_config(case))
     setup = TrainSetup(method=case.method, strategy=case.strategy, num_gpus=case.world, micro_batch=case.batch,
                        seq_len=case.seq, checkpointing=case.checkpointing, precision="bf16", optimizer=case.optimizer,
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     import trl
 
-    lines = [f"# autotune.memory vs FakeTensorMode + MemTracker peaks ({time.strftime('%Y-%m-%d')})",
+    lines = [f"# llmwizard.autotune.memory vs FakeTensorMode + MemTracker peaks ({time.strftime('%Y-%m-%d')})",
              f"# torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
              f"trl {trl.__version__}; bf16 autocast, TRL fused LM head, two steps",
              "# tensor bytes at the peak (no CUDA context, NCCL or allocator slack); reduced layer counts (L);",

@@ -31,7 +31,7 @@ def first_paint(columns: int, rows: int, timeout: float = 30.0) -> float:
     pid, fd = pty.fork()
     if pid == 0:  # the child: the real command, as a user types it
         os.environ.update(TERM="xterm-256color", COLUMNS=str(columns), LINES=str(rows))
-        os.execvp(sys.executable, [sys.executable, "-m", "wizard.cli"])
+        os.execvp(sys.executable, [sys.executable, "-m", "llmwizard.wizard.cli"])
     ioctl(fd, TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     seen = ""
     elapsed = None

@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from autotune.errors import UserError
-from autotune.goals import Goals, goals_from_preset
+from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.goals import Goals, goals_from_preset
 
 PRESET_DIR = Path(__file__).parent
 

@@ -1,14 +1,14 @@
 """Trainer callbacks that run inside each rank (imports transformers and torch).
 
-runner.train installs `default_callbacks(metrics_file)` on every rank:
+llmwizard.runner.train installs `default_callbacks(metrics_file)` on every rank:
 
-- `MetricsCallback` writes the metrics stream (runner.metrics) from rank 0; every rank keeps the
+- `MetricsCallback` writes the metrics stream (llmwizard.runner.metrics) from rank 0; every rank keeps the
   same records, so decisions taken from them agree across ranks.
 - `RankSyncCallback` exchanges one small tensor per optimizer step between the ranks: a stop
   flag and each rank's peak memory. See its docstring for why this is a per-step collective.
 - `StopOnSignalCallback` turns SIGTERM/SIGINT into "save a checkpoint and stop at the next step".
 - `DivergenceCallback` stops a run whose loss became NaN/Inf or spiked, without saving the
-  damaged weights, and names the last good checkpoint (runner.diagnostics).
+  damaged weights, and names the last good checkpoint (llmwizard.runner.diagnostics).
 
 Test hook (environment variables; used by tests/test_oom.py so a CPU run takes the whole
 out-of-memory path):
@@ -32,8 +32,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from runner import diagnostics
-from runner.metrics import MetricsWriter
+from llmwizard.runner import diagnostics
+from llmwizard.runner.metrics import MetricsWriter
 
 TEST_OOM_ENV = "LLMWIZARD_TEST_OOM_WHEN_MICRO_BATCH_ABOVE"
 TEST_OOM_STEP_ENV = "LLMWIZARD_TEST_OOM_AT_STEP"
@@ -80,7 +80,7 @@ class RankRun:
 
 
 class MetricsCallback(TrainerCallback):
-    """Writes the metrics stream (see runner.metrics) from rank 0."""
+    """Writes the metrics stream (see llmwizard.runner.metrics) from rank 0."""
 
     def __init__(self, run: RankRun) -> None:
         self.run = run
@@ -198,7 +198,7 @@ def _signal_name(number: int) -> str:
 class StopOnSignalCallback(TrainerCallback):
     """SIGTERM or SIGINT: save a checkpoint at the end of the current step, then stop cleanly.
 
-    runner.launch stops a run by sending SIGTERM to the whole process group (launcher and ranks),
+    llmwizard.runner.launch stops a run by sending SIGTERM to the whole process group (launcher and ranks),
     and torchrun/accelerate forward it to their workers too, so every rank sees it, possibly
     twice. The handler only sets a flag; RankSyncCallback makes every rank act on it at the same
     step. A second SIGINT (Ctrl-C twice in a terminal running launch.sh) gives up at once.

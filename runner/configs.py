@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autotune.plan import Plan
+from llmwizard.autotune.plan import Plan
 
 OUTPUT_DIR = "output"
 METRICS_FILE = "metrics.jsonl"

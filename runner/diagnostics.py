@@ -1,8 +1,8 @@
 """What the loss curves say, in words a user can act on: pure functions over metrics records.
 
 The same functions run in three places: inside each rank (the divergence check that stops a
-run, runner.callbacks), in the live view, and in the end-of-run summary (runner.session). They
-read only the records of runner.metrics, so a finished run can be diagnosed again from its
+run, llmwizard.runner.callbacks), in the live view, and in the end-of-run summary (llmwizard.runner.session). They
+read only the records of llmwizard.runner.metrics, so a finished run can be diagnosed again from its
 metrics.jsonl.
 
 The rules come from Google's Gemini/Vertex AI tuning guidance (see REFERENCE.md, "Monitoring"):
@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from itertools import pairwise
 from typing import Any
 
-from runner.metrics import current_records, loss_series
+from llmwizard.runner.metrics import current_records, loss_series
 
 # Google's guidance: "an initial loss above ~10 usually means inputs longer than the context
 # were truncated (check format and lengths)". A pretrained model fine-tuned on text in its own

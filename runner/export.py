@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from autotune.plan import Plan
-from runner.configs import (  # noqa: F401 (the exporters' public names, re-exported)
+from llmwizard.autotune.plan import Plan
+from llmwizard.runner.configs import (  # noqa: F401 (the exporters' public names, re-exported)
     DS_CONFIG,
     HOSTFILE,
     METRICS_FILE,
@@ -32,7 +32,7 @@ from runner.configs import (  # noqa: F401 (the exporters' public names, re-expo
     parallelism_environment,
     sft_config,
 )
-from runner.scripts import (  # noqa: F401
+from llmwizard.runner.scripts import (  # noqa: F401
     IS_HOST,
     launch_command,
     launch_script,
@@ -59,7 +59,7 @@ def export(plan: Plan, directory: Path, python: str | None = None) -> list[Path]
     ds = deepspeed_config(plan)
     if ds is not None:
         write(DS_CONFIG, json.dumps(ds, indent=2) + "\n")
-    write("sft_config.yaml", "# TRL SFT config (TrlParser): python -m runner.train --config sft_config.yaml\n"
+    write("sft_config.yaml", "# TRL SFT config (TrlParser): python -m llmwizard.runner.train --config sft_config.yaml\n"
           + _yaml(sft_config(plan)))
     write("launch.sh", launch_script(plan, python), 0o755)
     if plan.num_machines > 1:

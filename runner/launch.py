@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from autotune.errors import UserError
+from llmwizard.autotune.errors import UserError
 
 LOG_FILE = "train.log"
 

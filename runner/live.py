@@ -1,8 +1,8 @@
 """The headless live view: loss you can watch while a run trains.
 
-`RunState` folds metrics records (runner.metrics) into what the views show. In a terminal the
+`RunState` folds metrics records (llmwizard.runner.metrics) into what the views show. In a terminal the
 view is a rich Live panel: progress and ETA, the current numbers, a plot of the train and eval
-loss over the whole run, and the diagnostics (runner.diagnostics) as they appear. Elsewhere
+loss over the whole run, and the diagnostics (llmwizard.runner.diagnostics) as they appear. Elsewhere
 (CI, pipes, log files) it prints one plain line per logged step, one per evaluation, and each
 diagnostic once. The panel fits 80 columns and uses the room of wider terminals for the plot.
 """
@@ -20,11 +20,11 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from runner import diagnostics
-from runner.launch import Launch
-from runner.metrics import MetricsTail
-from runner.plot import EVAL_STYLE, TRAIN_STYLE, loss_plot
-from runner.state import RunState, final_status
+from llmwizard.runner import diagnostics
+from llmwizard.runner.launch import Launch
+from llmwizard.runner.metrics import MetricsTail
+from llmwizard.runner.plot import EVAL_STYLE, TRAIN_STYLE, loss_plot
+from llmwizard.runner.state import RunState, final_status
 
 # ----------------------------------------------------------------------------- the panel
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import shlex
 import sys
 
-from autotune.plan import Plan
-from runner.configs import HOSTFILE, METRICS_FILE, OUTPUT_DIR, fsdp_environment
+from llmwizard.autotune.plan import Plan
+from llmwizard.runner.configs import HOSTFILE, METRICS_FILE, OUTPUT_DIR, fsdp_environment
 
 # c10d decides which machine hosts the rendezvous store by matching the endpoint against its own
 # addresses; machine 0 says so explicitly instead, so every other machine only connects (on one
@@ -21,7 +21,7 @@ IS_HOST = "is_host=$(( ${MACHINE_RANK:-0} == 0 ))"
 
 def train_arguments(plan: Plan) -> list[str]:
     """What follows the launcher: the per-rank entry and its options."""
-    args = ["-m", "runner.train", "--config", "sft_config.yaml", "--metrics-file", METRICS_FILE]
+    args = ["-m", "llmwizard.runner.train", "--config", "sft_config.yaml", "--metrics-file", METRICS_FILE]
     if plan.eval_fraction > 0:
         args += ["--eval-fraction", f"{plan.eval_fraction:g}"]
     return args

@@ -4,7 +4,7 @@ what can be recovered, summarise.
 The CLI (headless, `run`, `resume`) calls `run_session`; the wizard drives `Launch` and
 `RunState` itself. A failed or stopped run keeps its directory whole: plan, log, metrics and
 checkpoints. Ctrl-C or SIGTERM stops the whole process group: every rank saves a checkpoint at
-the end of its current step (runner.callbacks) and `llmwizard resume RUN_DIR` continues from it.
+the end of its current step (llmwizard.runner.callbacks) and `llmwizard resume RUN_DIR` continues from it.
 When a rank runs out of GPU memory the plan is redone with half the micro-batch (the effective
 batch kept by more accumulation), the run files are exported again and the run resumes from its
 last checkpoint, at most MAX_OOM_RETRIES times; recovery.log and plan.yaml say what changed.
@@ -25,13 +25,13 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from autotune.plan import Plan
-from runner import diagnostics, recovery
-from runner.export import METRICS_FILE, OUTPUT_DIR
-from runner.launch import Launch
-from runner.live import format_bytes, format_seconds, memory_line, watch
-from runner.state import RunState, final_status
-from runner.metrics import MetricsTail
+from llmwizard.autotune.plan import Plan
+from llmwizard.runner import diagnostics, recovery
+from llmwizard.runner.export import METRICS_FILE, OUTPUT_DIR
+from llmwizard.runner.launch import Launch
+from llmwizard.runner.live import format_bytes, format_seconds, memory_line, watch
+from llmwizard.runner.state import RunState, final_status
+from llmwizard.runner.metrics import MetricsTail
 
 # torch.distributed.elastic gives workers 30 s between SIGTERM and SIGKILL when torchrun shuts
 # down; give a stopping run the same time to finish its step and write its checkpoint.
@@ -56,7 +56,7 @@ class Outcome:
 def run_session(console: Console, plan: Plan, run_dir: Path, *, resume: bool = False) -> int:
     """Launch `run_dir` (exported from `plan`), follow it live, print the summary; the exit code."""
     if plan.model_source == "embedded":
-        from autotune.embedded import ensure_embedded_model
+        from llmwizard.autotune.embedded import ensure_embedded_model
 
         ensure_embedded_model()  # build once here, not concurrently in every rank
     output = run_dir / OUTPUT_DIR
@@ -125,8 +125,8 @@ def _prepare_resume(console: Console, output: Path) -> list[str]:
 def _replan_after_oom(console: Console, plan: Plan, run_dir: Path, state: RunState,
                       failure: recovery.Failure) -> tuple[Plan, str] | None:
     """Half the micro-batch, same effective batch; export again and say so. None: nothing left."""
-    from autotune.planner import shrink_micro_batch
-    from runner.export import export
+    from llmwizard.autotune.planner import shrink_micro_batch
+    from llmwizard.runner.export import export
 
     who = f"rank {failure.rank}" if failure.rank is not None else "a rank"
     why = f"{who} ran out of GPU memory during step {state.step + 1}"
@@ -151,7 +151,7 @@ def _replan_after_oom(console: Console, plan: Plan, run_dir: Path, state: RunSta
 def _model_spec(plan: Plan):  # type: ignore[no-untyped-def]
     """The model's spec for re-estimating memory; None when it cannot be had offline."""
     try:
-        from autotune.model_spec import load_model_spec
+        from llmwizard.autotune.model_spec import load_model_spec
 
         return load_model_spec(None if plan.model_source == "embedded" else plan.model)
     except Exception:  # noqa: BLE001 (the estimate is a nicety; the re-plan works without it)

@@ -1,7 +1,7 @@
 """RunState: what a run's metrics records add up to, for every face that shows a run.
 
-Both the headless live view (runner.live) and the wizard's run screen fold records from
-runner.metrics into a RunState and draw from it; diagnostics are computed from its records.
+Both the headless live view (llmwizard.runner.live) and the wizard's run screen fold records from
+llmwizard.runner.metrics into a RunState and draw from it; diagnostics are computed from its records.
 Light on purpose: no rich, no textual, no torch.
 """
 
@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner import diagnostics
+from llmwizard.runner import diagnostics
 
 # Throughput is measured over this many recent log records: recent enough to show a slowdown,
 # long enough to smooth one slow step (an evaluation or a checkpoint save between logs).

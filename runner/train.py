@@ -1,4 +1,4 @@
-"""The per-rank training entry: `python -m runner.train --config sft_config.yaml [options]`.
+"""The per-rank training entry: `python -m llmwizard.runner.train --config sft_config.yaml [options]`.
 
 Every launcher (accelerate launch, torchrun, deepspeed) starts this module once per rank. The
 TRL YAML carries everything TRL knows (ScriptArguments + SFTConfig + ModelConfig, parsed by
@@ -19,13 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from autotune.errors import UserError
+from llmwizard.autotune.errors import UserError
 
 USER_ERROR_EXIT = 2
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m runner.train", add_help=False)
+    parser = argparse.ArgumentParser(prog="python -m llmwizard.runner.train", add_help=False)
     parser.add_argument("--metrics-file", default="metrics.jsonl",
                         help="JSON-lines metrics written by rank 0")
     parser.add_argument("--eval-fraction", type=float, default=0.0,
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         rank = os.environ.get("RANK", "0")
         fix = f"\nFix: {error.fix}" if error.fix else ""
-        # "UserError: message" then "Fix: ..." on the next line is what runner.recovery reads.
+        # "UserError: message" then "Fix: ..." on the next line is what llmwizard.runner.recovery reads.
         print(f"llmwizard (rank {rank}, {error.title}) UserError: {error.message}{fix}", file=sys.stderr, flush=True)
         return USER_ERROR_EXIT
 
@@ -65,7 +65,7 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
     model, tokenizer = load_model(str(model_path), model_args, training_args)
     train_dataset, eval_dataset = load_splits(script_args, training_args, own.eval_fraction)
 
-    from runner.callbacks import default_callbacks, stop_reason
+    from llmwizard.runner.callbacks import default_callbacks, stop_reason
 
     callbacks = default_callbacks(own.metrics_file)
     trainer = SFTTrainer(
@@ -221,7 +221,7 @@ def strategy_line(trainer: Any) -> str:
 
 
 def resolve_model(name: str | None) -> Path | str:
-    from autotune.embedded import EMBEDDED_MODEL, ensure_embedded_model
+    from llmwizard.autotune.embedded import EMBEDDED_MODEL, ensure_embedded_model
 
     if name is None or name == EMBEDDED_MODEL:
         return ensure_embedded_model()
@@ -261,7 +261,7 @@ def load_splits(script_args: Any, training_args: Any, eval_fraction: float) -> t
     """Train and eval splits, normalised to a TRL format with autotune's row mapping."""
     import datasets
 
-    from autotune.dataset import load_rows, local_path, normalize_rows, resolve_dataset
+    from llmwizard.autotune.dataset import load_rows, local_path, normalize_rows, resolve_dataset
 
     source = resolve_dataset(script_args.dataset_name)
     test = None
@@ -291,7 +291,7 @@ def load_splits(script_args: Any, training_args: Any, eval_fraction: float) -> t
 
 def _normalized(dataset: Any, source: str) -> Any:
     """Map a hub split to a TRL format; the error names the columns or the first bad row."""
-    from autotune.dataset import detect_format
+    from llmwizard.autotune.dataset import detect_format
 
     fmt, convert = detect_format(dataset.column_names)
 

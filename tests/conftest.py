@@ -23,8 +23,20 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The real `llmwizard` command in a subprocess."""
     full_env = dict(os.environ, COLUMNS="120", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "wizard.cli", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "llmwizard.wizard.cli", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def installed_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding llmwizard/{autotune,runner,wizard,presets} as links to the repository's folders:
+    the layout a wheel installs. Static tools (import-linter, mypy) read the namespace from here, since
+    they do not follow the editable install's import hook."""
+    root = tmp_path_factory.mktemp("layout")
+    (root / "llmwizard").mkdir()
+    for package in ("autotune", "runner", "wizard", "presets"):
+        (root / "llmwizard" / package).symlink_to(ROOT / package, target_is_directory=True)
+    return root
 
 
 @pytest.fixture()

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from autotune.hardware import GPU, HardwareProfile
-from wizard.app import WizardApp
-from wizard.cli import build_parser
+from llmwizard.autotune.hardware import GPU, HardwareProfile
+from llmwizard.wizard.app import WizardApp
+from llmwizard.wizard.cli import build_parser
 
 GiB = 1024**3
 
@@ -25,7 +25,7 @@ def fake_hardware(free_gib: tuple[float, ...] = (79.2, 61.5), total_gib: float =
                   name: str = "NVIDIA A100-SXM4-80GB", interconnect: str = "nvlink") -> HardwareProfile:
     """What detect() would report for these GPUs: the NVML boundary, faked (catalog figures
     filled in as detect fills them)."""
-    from autotune.gpu_catalog import lookup
+    from llmwizard.autotune.gpu_catalog import lookup
 
     part = lookup(name)
     gpus = [GPU(index=i, name=name, total_memory=int(total_gib * GiB), free_memory=int(free * GiB),
@@ -42,7 +42,7 @@ def fake_hardware(free_gib: tuple[float, ...] = (79.2, 61.5), total_gib: float =
 @pytest.fixture()
 def gpus(monkeypatch: pytest.MonkeyPatch) -> HardwareProfile:
     profile = fake_hardware()
-    monkeypatch.setattr("autotune.hardware.detect", lambda *args, **kwargs: profile)
+    monkeypatch.setattr("llmwizard.autotune.hardware.detect", lambda *args, **kwargs: profile)
     return profile
 
 
@@ -148,7 +148,7 @@ async def test_every_step_from_detected_gpus_to_an_exported_plan(gpus: HardwareP
 @pytest.mark.asyncio
 async def test_what_if_edits_replan_and_a_setup_that_does_not_fit_is_shown_inline(monkeypatch, tmp_path: Path):
     small = fake_hardware(free_gib=(1.0,), total_gib=16, name="NVIDIA T4-like", interconnect="none")
-    monkeypatch.setattr("autotune.hardware.detect", lambda *args, **kwargs: small)
+    monkeypatch.setattr("llmwizard.autotune.hardware.detect", lambda *args, **kwargs: small)
     app = make_app(output=tmp_path)
     async with app.run_test(size=(120, 36)) as pilot:
         await go_to(pilot, 4)
@@ -312,10 +312,10 @@ def test_the_wizard_process_imports_no_torch_through_export(tmp_path: Path):
     script = textwrap.dedent(f"""
         import asyncio, json, sys
         sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
-        import autotune.hardware
+        import llmwizard.autotune.hardware
         from tests.test_app import fake_hardware, go_to, make_app
         from pathlib import Path
-        autotune.hardware.detect = lambda *a, **k: fake_hardware()
+        llmwizard.autotune.hardware.detect = lambda *a, **k: fake_hardware()
         async def main():
             app = make_app(output=Path({str(tmp_path)!r}))
             async with app.run_test(size=(120, 36)) as pilot:
@@ -385,10 +385,10 @@ async def test_stop_ends_the_run_cleanly_and_quits_with_130(tmp_path: Path):
 
 
 def test_diagnostics_are_worded_for_the_run_screen():
-    """The run screen shows what runner.diagnostics finds, with its fix (initial loss above 10)."""
-    pytest.importorskip("runner.diagnostics")
-    from wizard import core
-    from wizard.screens.run import findings_text
+    """The run screen shows what llmwizard.runner.diagnostics finds, with its fix (initial loss above 10)."""
+    pytest.importorskip("llmwizard.runner.diagnostics")
+    from llmwizard.wizard import core
+    from llmwizard.wizard.screens.run import findings_text
 
     records = [{"type": "begin", "step": 0, "max_steps": 100, "world_size": 1, "time": 0.0}]
     records += [{"type": "log", "step": s, "max_steps": 100, "loss": 12.5 - 0.01 * s, "time": float(s)}

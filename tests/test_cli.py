@@ -13,7 +13,7 @@ from tests.conftest import run_cli
 
 
 def test_help_imports_nothing_heavy():
-    code = ("import sys\nfrom wizard.cli import build_parser\nbuild_parser().format_help()\n"
+    code = ("import sys\nfrom llmwizard.wizard.cli import build_parser\nbuild_parser().format_help()\n"
             "heavy = [m for m in ('torch', 'transformers', 'textual', 'trl', 'deepspeed') if m in sys.modules]\n"
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -21,7 +21,7 @@ def test_help_imports_nothing_heavy():
 
 
 def test_plan_path_imports_no_torch(tmp_path):
-    code = ("import sys, io, contextlib\nfrom wizard.cli import main\n"
+    code = ("import sys, io, contextlib\nfrom llmwizard.wizard.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n    main(['plan', '--json'])\n"
             "print([m for m in ('torch', 'transformers', 'textual') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from autotune.dataset import (detect_format, histogram, load_rows, normalize_rows, percentile,
+from llmwizard.autotune.dataset import (detect_format, histogram, load_rows, normalize_rows, percentile,
                               profile_dataset, resolve_dataset)
-from autotune.embedded import EMBEDDED_DATASET, ensure_embedded_model
-from autotune.errors import UserError
-from autotune.tokens import counter_for
+from llmwizard.autotune.embedded import EMBEDDED_DATASET, ensure_embedded_model
+from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.tokens import counter_for
 
 
 def test_formats_are_detected_and_mapped():

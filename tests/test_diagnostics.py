@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from runner import diagnostics as dx
-from runner import recovery
-from runner.metrics import read_metrics
+from llmwizard.runner import diagnostics as dx
+from llmwizard.runner import recovery
+from llmwizard.runner.metrics import read_metrics
 from tests.conftest import run_cli
 
 
@@ -154,7 +154,7 @@ def test_diagnose_puts_stops_first_and_drops_plateau_advice_when_overfitting():
 
 EADDRINUSE = ("torch.distributed.DistNetworkError: The server socket has failed to listen on any local network "
               "address. port: 38765, useIpv6: false, code: -98, name: EADDRINUSE, message: address already in use")
-ACCELERATE_SIGKILL = ("subprocess.CalledProcessError: Command '['python3', '-m', 'runner.train', '--config', "
+ACCELERATE_SIGKILL = ("subprocess.CalledProcessError: Command '['python3', '-m', 'llmwizard.runner.train', '--config', "
                       "'sft_config.yaml']' died with <Signals.SIGKILL: 9>.")
 TORCHRUN_SIGKILL = "\n".join([
     "E1123 20:22:41.892000 22558 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: -9) "
@@ -176,7 +176,7 @@ DUPLICATE_GPU = ("[rank1]: torch.distributed.DistBackendError: NCCL error in: Pr
 CUDA_OOM = ("[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
             "capacity of 23.65 GiB of which 1.06 GiB is free.")
 DISK_FULL = "OSError: [Errno 28] No space left on device: 'output/checkpoint-40/optimizer.pt'"
-MISSING_COLUMN = """autotune.errors.UserError: The dataset has no usable field: found columns ['body'].
+MISSING_COLUMN = """llmwizard.autotune.errors.UserError: The dataset has no usable field: found columns ['body'].
 Fix: Give each row one of messages, prompt+completion, text."""
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.metrics import iter_logs, read_metrics
+from llmwizard.runner.metrics import iter_logs, read_metrics
 from tests.conftest import run_cli
 
 
@@ -29,7 +29,7 @@ def test_main_command_trains_and_saves_an_adapter(tmp_path: Path):
     output = run_dir / "output"
     config = PeftConfig.from_pretrained(output)
     assert config.r == 4
-    from autotune.embedded import ensure_embedded_model
+    from llmwizard.autotune.embedded import ensure_embedded_model
 
     base = AutoModelForCausalLM.from_pretrained(ensure_embedded_model())
     model = PeftModel.from_pretrained(base, output)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from autotune import embedded
+from llmwizard.autotune import embedded
 
 
 def test_bundled_dataset_is_what_the_generator_makes():
@@ -32,7 +32,7 @@ def test_model_builds_and_loads_with_transformers(tmp_path, monkeypatch):
     assert not info["missing_keys"] and not info["unexpected_keys"]
     params = sum(p.numel() for p in model.parameters())
     assert params < 1_000_000
-    from autotune.model_spec import load_model_spec
+    from llmwizard.autotune.model_spec import load_model_spec
 
     assert load_model_spec(None).total_params == params
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -9,15 +9,15 @@ import subprocess
 import pytest
 import yaml
 
-from autotune.dataset import profile_dataset
-from autotune.embedded import EMBEDDED_DATASET, ensure_embedded_model
-from autotune.goals import Goals
-from autotune.hardware import detect
-from autotune.model_spec import load_model_spec
-from autotune.planner import plan
-from autotune.tokens import counter_for
-from runner.export import export, sft_config
-from runner.launch import free_port
+from llmwizard.autotune.dataset import profile_dataset
+from llmwizard.autotune.embedded import EMBEDDED_DATASET, ensure_embedded_model
+from llmwizard.autotune.goals import Goals
+from llmwizard.autotune.hardware import detect
+from llmwizard.autotune.model_spec import load_model_spec
+from llmwizard.autotune.planner import plan
+from llmwizard.autotune.tokens import counter_for
+from llmwizard.runner.export import export, sft_config
+from llmwizard.runner.launch import free_port
 
 
 def _plan(**goals):
@@ -104,7 +104,7 @@ def test_cpu_config_turns_bf16_off():
 # for GPUs even though only their CPU forms run here.
 
 def _gpu_plan(spec: str = "4xA100-80GB", nodes: int = 1, **goals):
-    from autotune.hardware import from_spec
+    from llmwizard.autotune.hardware import from_spec
 
     profile = profile_dataset(EMBEDDED_DATASET, counter_for(ensure_embedded_model()))
     return plan(from_spec(spec, nodes=nodes), load_model_spec(None), profile, Goals(**goals))
@@ -114,10 +114,10 @@ def _accelerate_args(plan_, config_file, rank="0", ip="10.1.2.3", port="29555"):
     """accelerate's own processing of launch.sh's `accelerate launch` arguments (nothing starts)."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 
-    from runner.export import launch_command
+    from llmwizard.runner.export import launch_command
 
     argv, _ = launch_command(plan_)
-    argv = argv[argv.index("accelerate.commands.launch") + 1:argv.index("runner.train") + 1]
+    argv = argv[argv.index("accelerate.commands.launch") + 1:argv.index("llmwizard.runner.train") + 1]
     values = {"MACHINE_RANK": rank, "MAIN_PROCESS_IP": ip, "MAIN_PROCESS_PORT": port}
     argv = [values[word[2:].split(":")[0]] if word.startswith("${") else word for word in argv]
     argv[argv.index("--config_file") + 1] = str(config_file)
@@ -143,7 +143,7 @@ def test_gpu_plans_export_files_their_loaders_accept(tmp_path, monkeypatch, name
     from accelerate.commands.config.config_args import load_config_from_file
     from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
-    from autotune.plan import Plan
+    from llmwizard.autotune.plan import Plan
 
     goals = dict(GPU_PLANS[name])
     p = _gpu_plan(nodes=goals.pop("nodes", 1), **goals)
@@ -243,7 +243,7 @@ def test_multi_node_deepspeed_accelerate_config_starts_torchrun_on_each_machine(
 def test_torchrun_fsdp_environment_is_what_accelerate_launch_exports(tmp_path, hybrid):
     from accelerate.utils.launch import prepare_multi_gpu_env
 
-    from runner.export import fsdp_environment
+    from llmwizard.runner.export import fsdp_environment
 
     p = _gpu_plan("2x4xH100-80GB" if hybrid else "4xA100-80GB", nodes=2 if hybrid else 1,
                   strategy="fsdp", checkpointing=True)
@@ -263,7 +263,7 @@ def test_torchrun_fsdp_environment_is_what_accelerate_launch_exports(tmp_path, h
 
 
 def test_launch_commands_per_launcher():
-    from runner.export import launch_script
+    from llmwizard.runner.export import launch_script
 
     torchrun = launch_script(_plan(strategy="fsdp", processes=2, launcher="torchrun"))
     assert "-m torch.distributed.run --nnodes 1 --nproc_per_node 2" in torchrun
@@ -276,7 +276,7 @@ def test_launch_commands_per_launcher():
 
 
 def test_slurm_script_escapes_the_node_rank(tmp_path):
-    from runner.export import slurm_script
+    from llmwizard.runner.export import slurm_script
 
     text = slurm_script(_gpu_plan("2x8xH100-80GB", nodes=2, strategy="zero3"))
     assert '#SBATCH --nodes=2' in text and "#SBATCH --gpus-per-node=8" in text

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import shutil
+import os
 import subprocess
 import sys
 
 import pytest
 
+from pathlib import Path
+
 from tests.conftest import ROOT
 
 # Modules the CLI imports on its way to a printed plan, or the parent process while it watches a run.
-LIGHT = ["autotune.dataset", "autotune.embedded", "autotune.goals", "autotune.hardware", "autotune.nvml", "autotune.host", "autotune.gpu_catalog", "autotune.memory",
-         "autotune.model_spec", "autotune.param_counts", "autotune.plan", "autotune.planner", "autotune.search", "autotune.rules", "autotune.throughput",
-         "autotune.tokens", "presets", "runner.export", "runner.configs", "runner.scripts", "runner.diagnostics", "runner.plot", "runner.recovery", "runner.launch", "runner.metrics", "runner.live",
-         "runner.session", "wizard.cli", "wizard.report", "wizard.detect_view"]
+LIGHT = ["llmwizard.autotune.dataset", "llmwizard.autotune.embedded", "llmwizard.autotune.goals", "llmwizard.autotune.hardware", "llmwizard.autotune.nvml", "llmwizard.autotune.host", "llmwizard.autotune.gpu_catalog", "llmwizard.autotune.memory",
+         "llmwizard.autotune.model_spec", "llmwizard.autotune.param_counts", "llmwizard.autotune.plan", "llmwizard.autotune.planner", "llmwizard.autotune.search", "llmwizard.autotune.rules", "llmwizard.autotune.throughput",
+         "llmwizard.autotune.tokens", "llmwizard.presets", "llmwizard.runner.export", "llmwizard.runner.configs", "llmwizard.runner.scripts", "llmwizard.runner.diagnostics", "llmwizard.runner.plot", "llmwizard.runner.recovery", "llmwizard.runner.launch", "llmwizard.runner.metrics", "llmwizard.runner.live",
+         "llmwizard.runner.session", "llmwizard.wizard.cli", "llmwizard.wizard.report", "llmwizard.wizard.detect_view"]
 
 
 @pytest.mark.parametrize("module", LIGHT)
@@ -26,15 +28,35 @@ def test_module_imports_no_torch_and_no_textual(module):
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.skipif(shutil.which("lint-imports") is None, reason="import-linter not installed")
-def test_import_contracts():
-    out = subprocess.run(["lint-imports"], capture_output=True, text=True, cwd=ROOT)
+def test_import_contracts(installed_layout: Path):
+    """import-linter over the llmwizard namespace as it installs (see `installed_layout`)."""
+    out = subprocess.run([str(Path(sys.executable).with_name("lint-imports")), "--config", str(ROOT / "pyproject.toml")],
+                         capture_output=True, text=True, cwd=installed_layout,
+                         env=dict(os.environ, PYTHONPATH=str(installed_layout)))
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed")
-def test_no_undefined_names_or_unused_imports():
-    """Pyflakes-level errors (an undefined name on a rarely run path, a dead import) fail here."""
-    out = subprocess.run(["ruff", "check", "--select", "F,E9", "autotune", "runner", "wizard", "presets", "tests",
+def test_no_undefined_names_unused_imports_or_bare_package_names():
+    """Pyflakes-level errors (an undefined name on a rarely run path, a dead import) fail here, and so
+    does a bare `import runner`: it would work only with the repository root on sys.path."""
+    out = subprocess.run(["ruff", "check", "--select", "F,E9,TID251", "autotune", "runner", "wizard", "presets", "tests",
                           "bench"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_wheel_installs_only_the_llmwizard_namespace(tmp_path: Path):
+    """The four folders install under llmwizard/; nothing generic lands top-level in site-packages."""
+    import zipfile
+
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (wheel,) = tmp_path.glob("llmwizard-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in names}
+    assert {t for t in top if not t.endswith(".dist-info")} == {"llmwizard"}
+    for package in ("autotune", "runner", "wizard", "presets"):
+        assert f"llmwizard/{package}/__init__.py" in names
+    assert "llmwizard/autotune/data/arithmetic.jsonl" in names
+    assert "llmwizard/presets/small-dataset.yaml" in names
+    assert "llmwizard/wizard/app.tcss" in names

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner.launch import free_port
-from runner.metrics import read_metrics
+from llmwizard.runner.launch import free_port
+from llmwizard.runner.metrics import read_metrics
 from tests.tiny_models import losses, make_plan, run_group, run_launch_sh, strategy_ran
 
 slow = pytest.mark.slow
@@ -28,7 +28,7 @@ slow = pytest.mark.slow
 
 @slow
 def test_a_copied_run_directory_reruns_from_anywhere(tmp_path: Path):
-    from runner.export import export
+    from llmwizard.runner.export import export
 
     original = tmp_path / "original"
     export(make_plan(strategy="single", processes=1, max_steps=3), original)
@@ -47,7 +47,7 @@ def test_a_copied_run_directory_reruns_from_anywhere(tmp_path: Path):
 @slow
 def test_two_machines_on_loopback_form_one_world(tmp_path: Path):
     """Two `bash launch.sh` (MACHINE_RANK 0 and 1, one process each) rendezvous over c10d."""
-    from runner.export import export
+    from llmwizard.runner.export import export
 
     plan = make_plan(strategy="ddp", processes=1, nodes=2, max_steps=6)
     assert (plan.num_machines, plan.num_processes) == (2, 2)
@@ -66,7 +66,7 @@ def test_two_machines_on_loopback_form_one_world(tmp_path: Path):
 def test_slurm_script_gives_each_node_its_own_rank(tmp_path: Path):
     """slurm.sbatch under a two-node stand-in allocation, with the deepspeed launcher: it takes
     --node_rank from $MACHINE_RANK, so an unescaped $SLURM_NODEID (rank 0 twice) would fail."""
-    from runner.export import export
+    from llmwizard.runner.export import export
 
     plan = make_plan(strategy="zero2", launcher="deepspeed", processes=1, nodes=2, max_steps=4)
     run_dir = tmp_path / "run"
@@ -90,7 +90,7 @@ def test_slurm_script_gives_each_node_its_own_rank(tmp_path: Path):
 
 @slow
 def test_a_dataset_without_usable_columns_ends_each_rank_readably(tmp_path: Path):
-    from runner.export import export
+    from llmwizard.runner.export import export
 
     run_dir = tmp_path / "run"
     export(make_plan(strategy="ddp", max_steps=2), run_dir)
@@ -108,7 +108,7 @@ def test_a_dataset_without_usable_columns_ends_each_rank_readably(tmp_path: Path
         assert (f"llmwizard (rank {rank}, Dataset) UserError: The dataset has no usable field: "
                 "found columns ['label', 'question_text']") in log
     assert "Fix: Give each row one of" in log
-    from runner.recovery import diagnose_failure
+    from llmwizard.runner.recovery import diagnose_failure
 
     failure = diagnose_failure(log, result.returncode)
     assert failure is not None and failure.kind == "dataset_column"
@@ -124,7 +124,7 @@ def test_the_entry_loads_every_local_file_type(tmp_path: Path, suffix: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from runner.train import load_splits
+    from llmwizard.runner.train import load_splits
 
     rows = [{"instruction": f"Add {i} and 1.", "input": "", "output": f"{i + 1}"} for i in range(10)]
     path = tmp_path / f"data{suffix}"
@@ -146,8 +146,8 @@ def test_the_entry_loads_every_local_file_type(tmp_path: Path, suffix: str):
 def test_hub_style_splits_are_mapped_or_named_in_the_error():
     import datasets
 
-    from autotune.errors import UserError
-    from runner.train import _normalized
+    from llmwizard.autotune.errors import UserError
+    from llmwizard.runner.train import _normalized
 
     sharegpt = datasets.Dataset.from_list([{"conversations": [{"from": "human", "value": "hi"},
                                                              {"from": "gpt", "value": "hello"}]}])
@@ -202,7 +202,7 @@ esac
 
 
 def test_a_half_written_checkpoint_is_never_resumed_from(tmp_path):
-    from runner.train import last_checkpoint
+    from llmwizard.runner.train import last_checkpoint
 
     for step, complete in ((10, True), (20, True), (30, False)):
         path = tmp_path / f"checkpoint-{step}"
@@ -221,8 +221,8 @@ def test_killing_a_launch_ends_ranks_outside_its_process_group(tmp_path: Path, l
     launch's process group: a kill must still end every rank, not orphan them mid-training."""
     import psutil
 
-    from runner.export import export
-    from runner.launch import Launch
+    from llmwizard.runner.export import export
+    from llmwizard.runner.launch import Launch
 
     run_dir = tmp_path / "run"
     export(make_plan(strategy="ddp", launcher=launcher, max_steps=500), run_dir)
@@ -233,7 +233,7 @@ def test_killing_a_launch_ends_ranks_outside_its_process_group(tmp_path: Path, l
         while not losses(run_dir) and launch.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
         assert losses(run_dir), "no step logged:\n" + "\n".join(launch.log_tail(40))
-        ranks = [p for p in launch.process_tree() if "runner.train" in " ".join(p.cmdline())]
+        ranks = [p for p in launch.process_tree() if "llmwizard.runner.train" in " ".join(p.cmdline())]
         assert len(ranks) == 2
         assert all(os.getsid(p.pid) != os.getsid(launch.process.pid) for p in ranks)
         launch.kill()

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from runner.live import PlainPrinter, render, watch
-from runner.metrics import read_metrics
-from runner.state import RunState
-from runner.plot import loss_plot
+from llmwizard.runner.live import PlainPrinter, render, watch
+from llmwizard.runner.metrics import read_metrics
+from llmwizard.runner.state import RunState
+from llmwizard.runner.plot import loss_plot
 from tests.conftest import run_cli
 
 PLAIN_LINE = re.compile(r"^step (\d+)/(\d+)  epoch [\d.]+  loss [\d.]+  smoothed [\d.]+  lr [\d.e+-]+  "
@@ -140,7 +140,7 @@ def test_a_real_run_streams_metrics_evals_and_keeps_the_best_checkpoint(tmp_path
 
 def test_the_terminal_view_follows_a_launch_to_its_end(tmp_path: Path):
     """The rich Live path (a terminal), through a real Launch whose launch.sh writes the metrics."""
-    from runner.launch import Launch
+    from llmwizard.runner.launch import Launch
 
     lines = "".join(json.dumps(r) + "\n" for r in records(steps=12, max_steps=12, ranks=1))
     (tmp_path / "stream.jsonl").write_text(lines)

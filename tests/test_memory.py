@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from autotune.errors import UserError
-from autotune.memory import (
+from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.memory import (
     GiB,
     TrainSetup,
     activation_bytes,
@@ -18,7 +18,7 @@ from autotune.memory import (
     layer_token_bytes,
     trainable_params,
 )
-from autotune.model_spec import spec_from_config
+from llmwizard.autotune.model_spec import spec_from_config
 
 LLAMA_1B = dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                 num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,

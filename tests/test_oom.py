@@ -1,4 +1,4 @@
-"""A rank that runs out of GPU memory (raised by the test hook in runner.callbacks, so a CPU run
+"""A rank that runs out of GPU memory (raised by the test hook in llmwizard.runner.callbacks, so a CPU run
 takes the real path): the session re-plans with half the micro-batch, exports again, records
 why, resumes from the last checkpoint and finishes."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from autotune.plan import Plan
-from runner.callbacks import TEST_OOM_ENV, TEST_OOM_STEP_ENV
-from runner.metrics import read_metrics
+from llmwizard.autotune.plan import Plan
+from llmwizard.runner.callbacks import TEST_OOM_ENV, TEST_OOM_STEP_ENV
+from llmwizard.runner.metrics import read_metrics
 from tests.conftest import run_cli
 
 

@@ -3,15 +3,15 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from autotune.dataset import profile_dataset
-from autotune.embedded import EMBEDDED_DATASET, ensure_embedded_model
-from autotune.errors import UserError
-from autotune.hardware import detect
-from autotune.model_spec import load_model_spec
-from autotune.plan import Plan
-from autotune.planner import plan
-from autotune.tokens import counter_for
-from presets import list_presets, load_preset
+from llmwizard.autotune.dataset import profile_dataset
+from llmwizard.autotune.embedded import EMBEDDED_DATASET, ensure_embedded_model
+from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.hardware import detect
+from llmwizard.autotune.model_spec import load_model_spec
+from llmwizard.autotune.plan import Plan
+from llmwizard.autotune.planner import plan
+from llmwizard.autotune.tokens import counter_for
+from llmwizard.presets import list_presets, load_preset
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_unparseable_plan(tmp_path):
 
 
 def test_shrinking_the_micro_batch_keeps_the_effective_batch(cpu_plan):
-    from autotune.planner import shrink_micro_batch
+    from llmwizard.autotune.planner import shrink_micro_batch
 
     smaller = shrink_micro_batch(cpu_plan, "out of memory at step 3", load_model_spec(None))
     assert smaller is not None

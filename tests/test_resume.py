@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.metrics import read_metrics
+from llmwizard.runner.metrics import read_metrics
 from tests.conftest import run_cli
 
 
@@ -52,7 +52,7 @@ def test_ctrl_c_saves_and_resume_continues_the_step_count(tmp_path):
     assert result.returncode == 0, result.stderr
     metrics = run_dir / "metrics.jsonl"
 
-    child = subprocess.Popen([sys.executable, "-m", "wizard.cli", "run", str(run_dir)], cwd=tmp_path,
+    child = subprocess.Popen([sys.executable, "-m", "llmwizard.wizard.cli", "run", str(run_dir)], cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env=dict(os.environ, COLUMNS="120"), preexec_fn=ctrl_c_delivered)
     deadline = time.monotonic() + 300

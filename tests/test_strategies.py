@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.metrics import read_metrics
+from llmwizard.runner.metrics import read_metrics
 from tests.tiny_models import (assert_loss_falls, losses, make_plan, run_launch_sh, strategy_ran,
                                tiny_model)
 
@@ -34,7 +34,7 @@ CASES = [
 @pytest.mark.parametrize(("family", "strategy", "launcher", "method", "checkpointing"), CASES)
 def test_strategy_trains_and_saves_a_loadable_result(tmp_path: Path, family: str, strategy: str,
                                                      launcher: str, method: str, checkpointing: bool):
-    from runner.export import export
+    from llmwizard.runner.export import export
 
     plan = make_plan(family=family, strategy=strategy, launcher=launcher, method=method,
                      checkpointing=checkpointing)
@@ -73,7 +73,7 @@ def stale_extension_build_lock(root: Path) -> Path:
 def test_fsdp2_lora_with_checkpointing_keeps_its_adapter_and_resumes(tmp_path: Path):
     """FSDP's activation checkpointing renames every decoder layer's modules; PEFT 0.21 then
     saved an empty adapter. Also: sharded checkpoints written under torchrun resume."""
-    from runner.export import export
+    from llmwizard.runner.export import export
 
     plan = make_plan(family="llama", strategy="fsdp", launcher="torchrun", method="lora",
                      checkpointing=True, max_steps=4)

@@ -20,10 +20,10 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autotune.embedded import VOCAB_SIZE, ensure_embedded_model
+from llmwizard.autotune.embedded import VOCAB_SIZE, ensure_embedded_model
 
 if TYPE_CHECKING:
-    from autotune.plan import Plan
+    from llmwizard.autotune.plan import Plan
 
 # Small enough that a two-process step takes milliseconds on two cores, wide enough that every
 # head and the GQA grouping are real (4 query heads over 2 KV heads).
@@ -86,7 +86,7 @@ LEARNING_RATE = {"lora": 0.02, "full": 0.003}
 
 def tiny_model(family: str) -> Path:
     """A tiny model directory in the test cache (conftest points LLMWIZARD_CACHE at a temp dir)."""
-    from autotune.embedded import cache_root
+    from llmwizard.autotune.embedded import cache_root
 
     return build_tiny_model(family, cache_root() / "tiny-models" / family)
 
@@ -94,13 +94,13 @@ def tiny_model(family: str) -> Path:
 def make_plan(*, family: str = "llama", strategy: str = "ddp", launcher: str = "accelerate",
               method: str = "lora", processes: int = 2, nodes: int = 1, max_steps: int = 10,
               checkpointing: bool | None = False, eval_fraction: float = 0.0, **goals: Any) -> Plan:
-    from autotune.dataset import profile_dataset
-    from autotune.embedded import EMBEDDED_DATASET
-    from autotune.goals import Goals
-    from autotune.hardware import detect
-    from autotune.model_spec import load_model_spec
-    from autotune.planner import plan
-    from autotune.tokens import counter_for
+    from llmwizard.autotune.dataset import profile_dataset
+    from llmwizard.autotune.embedded import EMBEDDED_DATASET
+    from llmwizard.autotune.goals import Goals
+    from llmwizard.autotune.hardware import detect
+    from llmwizard.autotune.model_spec import load_model_spec
+    from llmwizard.autotune.planner import plan
+    from llmwizard.autotune.tokens import counter_for
 
     model_dir = tiny_model(family)
     hardware = detect()
@@ -115,7 +115,7 @@ def make_plan(*, family: str = "llama", strategy: str = "ddp", launcher: str = "
 def run_launch_sh(run_dir: Path, cwd: Path, *args: str, env: dict[str, str] | None = None,
                   timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """`bash /abs/run/launch.sh ARGS` from another directory, on a free port."""
-    from runner.launch import free_port
+    from llmwizard.runner.launch import free_port
 
     full_env = dict(os.environ, MAIN_PROCESS_PORT=str(free_port()))
     full_env.update(env or {})
@@ -154,7 +154,7 @@ def strategy_ran(log: str) -> tuple[str, int]:
 
 
 def losses(run_dir: Path) -> list[float]:
-    from runner.metrics import iter_logs, read_metrics
+    from llmwizard.runner.metrics import iter_logs, read_metrics
 
     return [loss for _, loss in iter_logs(read_metrics(run_dir / "metrics.jsonl"))]
 

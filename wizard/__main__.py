@@ -1,3 +1,3 @@
-from wizard.cli import main
+from llmwizard.wizard.cli import main
 
 raise SystemExit(main())

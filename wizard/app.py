@@ -1,10 +1,10 @@
 """The interactive wizard: from detected hardware to a running, plotted training job.
 
 `llmwizard` with no arguments in a terminal calls `run_app(args)`. Seven steps, one screen
-each (wizard.screens): preset, hardware, model and method, dataset, plan with what-if edits,
+each (llmwizard.wizard.screens): preset, hardware, model and method, dataset, plan with what-if edits,
 export and launch, live run. `WizardState` holds every answer so far; screens read it and
 write it from their message handlers, on the UI thread. All decisions come from the core via
-wizard.core; this module only wires screens together.
+llmwizard.wizard.core; this module only wires screens together.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from textual.app import App
 from textual.binding import Binding, BindingType
 
-from wizard.widgets.steps import STEPS
+from llmwizard.wizard.widgets.steps import STEPS
 
 if TYPE_CHECKING:
-    from autotune.goals import Goals
-    from autotune.hardware import HardwareProfile
-    from autotune.model_spec import ModelSpec
-    from autotune.plan import Plan
-    from runner.launch import Launch
-    from wizard.core import DatasetReport, ExportResult
+    from llmwizard.autotune.goals import Goals
+    from llmwizard.autotune.hardware import HardwareProfile
+    from llmwizard.autotune.model_spec import ModelSpec
+    from llmwizard.autotune.plan import Plan
+    from llmwizard.runner.launch import Launch
+    from llmwizard.wizard.core import DatasetReport, ExportResult
 
 
 @dataclass
@@ -57,7 +57,7 @@ class WizardState:
         return str(getattr(self.args, "output_dir", None) or "runs")
 
     def goals(self) -> Goals:
-        from wizard import core
+        from llmwizard.wizard import core
 
         return core.goals_for(self.preset, self.args, {"method": self.method, **self.overrides})
 
@@ -71,7 +71,7 @@ def _screen_class(index: int) -> type:
     import importlib
 
     name = STEPS[index].lower()
-    return getattr(importlib.import_module(f"wizard.screens.{name}"), f"{STEPS[index]}Screen")  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(f"llmwizard.wizard.screens.{name}"), f"{STEPS[index]}Screen")  # type: ignore[no-any-return]
 
 
 class WizardApp(App[int]):
@@ -82,7 +82,7 @@ class WizardApp(App[int]):
 
     def __init__(self, args: argparse.Namespace | None = None, *, cursor_blink: bool = True) -> None:
         super().__init__()
-        from wizard.cli import build_parser
+        from llmwizard.wizard.cli import build_parser
 
         args = argparse.Namespace(**vars(args)) if args is not None else build_parser().parse_args([])
         self.state = WizardState(args)
@@ -131,7 +131,7 @@ class WizardApp(App[int]):
         if not self.running():
             self.finish()
             return
-        from wizard.screens.dialogs import QuitModal
+        from llmwizard.wizard.screens.dialogs import QuitModal
 
         def chosen(choice: str | None) -> None:
             if choice == "stop":

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from autotune.dataset import DatasetProfile
-    from autotune.goals import Goals
-    from autotune.hardware import HardwareProfile
-    from autotune.model_spec import ModelSpec
-    from autotune.plan import Plan
+    from llmwizard.autotune.dataset import DatasetProfile
+    from llmwizard.autotune.goals import Goals
+    from llmwizard.autotune.hardware import HardwareProfile
+    from llmwizard.autotune.model_spec import ModelSpec
+    from llmwizard.autotune.plan import Plan
 
 SUBCOMMANDS = ("plan", "estimate", "export", "run", "resume", "detect", "presets")
 
@@ -113,7 +113,7 @@ def build_subparser(command: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from autotune.errors import UserError
+    from llmwizard.autotune.errors import UserError
 
     try:
         if argv and argv[0] in SUBCOMMANDS:
@@ -143,7 +143,7 @@ def _print_error(error: Any) -> None:
 # ----------------------------------------------------------------------------- shared steps
 
 def _hardware(args: argparse.Namespace) -> HardwareProfile:
-    from autotune import hardware
+    from llmwizard.autotune import hardware
 
     if getattr(args, "gpus", None):
         return hardware.from_spec(args.gpus, nodes=args.nodes, host_ram_gib=getattr(args, "host_ram", None))
@@ -155,8 +155,8 @@ def _hardware(args: argparse.Namespace) -> HardwareProfile:
 
 
 def _goals(args: argparse.Namespace) -> Goals:
-    from autotune.goals import Goals
-    from presets import load_preset
+    from llmwizard.autotune.goals import Goals
+    from llmwizard.presets import load_preset
 
     goals = load_preset(args.preset) if args.preset else Goals()
     return goals.merged(
@@ -171,16 +171,16 @@ def _goals(args: argparse.Namespace) -> Goals:
 
 
 def _inputs(args: argparse.Namespace) -> tuple[HardwareProfile, ModelSpec, DatasetProfile, Goals]:
-    from autotune.dataset import profile_dataset, resolve_dataset
-    from autotune.model_spec import load_model_spec
-    from autotune.tokens import counter_for
+    from llmwizard.autotune.dataset import profile_dataset, resolve_dataset
+    from llmwizard.autotune.model_spec import load_model_spec
+    from llmwizard.autotune.tokens import counter_for
 
     goals = _goals(args)
     hardware = _hardware(args)
     model = load_model_spec(args.model)
     dataset_source = resolve_dataset(args.dataset)
     if model.source == "embedded":
-        from autotune.embedded import ensure_embedded_model
+        from llmwizard.autotune.embedded import ensure_embedded_model
 
         model_dir: Path | None = ensure_embedded_model()
     else:
@@ -190,7 +190,7 @@ def _inputs(args: argparse.Namespace) -> tuple[HardwareProfile, ModelSpec, Datas
 
 
 def _make_plan(args: argparse.Namespace) -> tuple[Plan, HardwareProfile, ModelSpec, DatasetProfile]:
-    from autotune.planner import plan
+    from llmwizard.autotune.planner import plan
 
     hardware, model, profile, goals = _inputs(args)
     return plan(hardware, model, profile, goals), hardware, model, profile
@@ -199,7 +199,7 @@ def _make_plan(args: argparse.Namespace) -> tuple[Plan, HardwareProfile, ModelSp
 # ----------------------------------------------------------------------------- commands
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from presets import list_presets
+    from llmwizard.presets import list_presets
 
     for name, description in list_presets():
         print(f"{name:<20} {description}")
@@ -209,7 +209,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     import json
 
-    from autotune.hardware import detect
+    from llmwizard.autotune.hardware import detect
 
     profile = detect()
     if args.json:
@@ -217,7 +217,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         return 0
     from rich.console import Console
 
-    from wizard.detect_view import render_detect
+    from llmwizard.wizard.detect_view import render_detect
 
     Console().print(render_detect(profile))
     return 0
@@ -232,7 +232,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     from rich.console import Console
 
-    from wizard.report import print_plan
+    from llmwizard.wizard.report import print_plan
 
     print_plan(Console(), plan, hardware, model, profile)
     return 0
@@ -241,9 +241,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_estimate(args: argparse.Namespace) -> int:
     import json
 
-    from autotune import hardware as hw
-    from autotune.memory import TrainSetup, estimate
-    from autotune.model_spec import load_model_spec
+    from llmwizard.autotune import hardware as hw
+    from llmwizard.autotune.memory import TrainSetup, estimate
+    from llmwizard.autotune.model_spec import load_model_spec
 
     hardware = hw.from_spec(args.gpus, nodes=args.nodes, host_ram_gib=args.host_ram)
     model = load_model_spec(args.model)
@@ -263,7 +263,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         return 0
     from rich.console import Console
 
-    from wizard.report import print_estimate
+    from llmwizard.wizard.report import print_estimate
 
     print_estimate(Console(), result, f"{model.name}, {args.method}, {strategy}, {world} device(s)")
     return 0
@@ -272,7 +272,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import json
 
-    from runner.export import export
+    from llmwizard.runner.export import export
 
     plan, *_ = _make_plan(args)
     out = Path(args.out)
@@ -289,8 +289,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace, resume: bool = False) -> int:
     from rich.console import Console
 
-    from autotune.errors import UserError
-    from autotune.plan import Plan
+    from llmwizard.autotune.errors import UserError
+    from llmwizard.autotune.plan import Plan
 
     target = Path(args.target)
     run_dir = target.parent if target.suffix in (".yaml", ".yml") else target
@@ -298,7 +298,7 @@ def cmd_run(args: argparse.Namespace, resume: bool = False) -> int:
     if not (run_dir / "launch.sh").is_file():
         raise UserError(f"{run_dir} has a plan but no launch.sh.", title="Run directory",
                         fix=f"Export it again: llmwizard export --out {run_dir}")
-    from runner.session import run_session
+    from llmwizard.runner.session import run_session
 
     return run_session(Console(), plan, run_dir, resume=resume)
 
@@ -308,7 +308,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_wizard(args: argparse.Namespace) -> int:
-    from wizard.app import run_app
+    from llmwizard.wizard.app import run_app
 
     return run_app(args)
 
@@ -316,9 +316,9 @@ def cmd_wizard(args: argparse.Namespace) -> int:
 def cmd_headless(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from runner.export import export
-    from runner.launch import new_run_dir
-    from wizard.report import print_plan
+    from llmwizard.runner.export import export
+    from llmwizard.runner.launch import new_run_dir
+    from llmwizard.wizard.report import print_plan
 
     console = Console()
     plan, hardware, model, profile = _make_plan(args)
@@ -329,7 +329,7 @@ def cmd_headless(args: argparse.Namespace) -> int:
     if args.no_launch:
         console.print(f"Launch it with: bash {run_dir / 'launch.sh'}")
         return 0
-    from runner.session import run_session
+    from llmwizard.runner.session import run_session
 
     return run_session(console, plan, run_dir)
 
@@ -337,7 +337,7 @@ def cmd_headless(args: argparse.Namespace) -> int:
 def _check_writable(directory: Path) -> None:
     import os
 
-    from autotune.errors import UserError
+    from llmwizard.autotune.errors import UserError
 
     probe = directory
     while not probe.exists():

@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from autotune.dataset import DatasetProfile
-    from autotune.goals import Goals
-    from autotune.hardware import HardwareProfile
-    from autotune.memory import MemoryEstimate
-    from autotune.model_spec import ModelSpec
-    from autotune.plan import Plan
-    from autotune.rules import SizeRule
-    from runner.launch import Launch
-    from runner.state import RunState
+    from llmwizard.autotune.dataset import DatasetProfile
+    from llmwizard.autotune.goals import Goals
+    from llmwizard.autotune.hardware import HardwareProfile
+    from llmwizard.autotune.memory import MemoryEstimate
+    from llmwizard.autotune.model_spec import ModelSpec
+    from llmwizard.autotune.plan import Plan
+    from llmwizard.autotune.rules import SizeRule
+    from llmwizard.runner.launch import Launch
+    from llmwizard.runner.state import RunState
 
 EMBEDDED_MODEL = "embedded:tiny-llama"
 EMBEDDED_DATASET = "embedded:arithmetic"
@@ -33,14 +33,14 @@ DATASET_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 # ----------------------------------------------------------------------------- hardware
 
 def detect_hardware(runs_dir: str | os.PathLike[str] = ".") -> HardwareProfile:
-    from autotune import hardware
+    from llmwizard.autotune import hardware
 
     return hardware.detect(runs_dir)
 
 
 def hardware_from_spec(spec: str, nodes: int = 1, host_ram_gib: float | None = None) -> HardwareProfile:
     """Hardware to plan for; raises UserError naming the spec when it cannot be read."""
-    from autotune import hardware
+    from llmwizard.autotune import hardware
 
     return hardware.from_spec(spec, nodes=nodes, host_ram_gib=host_ram_gib)
 
@@ -54,7 +54,7 @@ def with_nodes(hardware: HardwareProfile, nodes: int) -> HardwareProfile:
 
 def gpu_spec_examples() -> list[str]:
     """Specs a user can type, built from the GPU catalog so new entries show up by themselves."""
-    from autotune.gpu_catalog import CATALOG
+    from llmwizard.autotune.gpu_catalog import CATALOG
 
     return ["cpu", *(f"{count}x{name}" for name in CATALOG for count in (1, 2, 4, 8)), "2x24GB", "2x8xH100-80GB"]
 
@@ -62,7 +62,7 @@ def gpu_spec_examples() -> list[str]:
 # ----------------------------------------------------------------------------- presets and goals
 
 def list_presets() -> list[tuple[str, str]]:
-    from presets import list_presets as bundled
+    from llmwizard.presets import list_presets as bundled
 
     return bundled()
 
@@ -70,8 +70,8 @@ def list_presets() -> list[tuple[str, str]]:
 def goals_for(preset: str | None, args: argparse.Namespace | None,
               overrides: dict[str, Any] | None = None) -> Goals:
     """Preset, then command-line flags, then the wizard's own edits: later wins."""
-    from autotune.goals import GOAL_FIELDS, Goals
-    from presets import load_preset
+    from llmwizard.autotune.goals import GOAL_FIELDS, Goals
+    from llmwizard.presets import load_preset
 
     goals = load_preset(preset) if preset else Goals()
     flags = {name: getattr(args, name, None) for name in GOAL_FIELDS - {"preset", "seed"}}
@@ -90,7 +90,7 @@ class Choice:
 
 def model_choices(text: str, limit: int = 50) -> list[Choice]:
     """Catalog models matching `text` (the embedded default first), then local model directories."""
-    from autotune import model_spec
+    from llmwizard.autotune import model_spec
 
     text = text.strip()
     found: list[Choice] = []
@@ -120,7 +120,7 @@ def _catalog_choice(item: Any) -> Choice:
 
 
 def load_model(name: str | None) -> ModelSpec:
-    from autotune.model_spec import load_model_spec
+    from llmwizard.autotune.model_spec import load_model_spec
 
     name = (name or "").strip() or None
     return load_model_spec(name)
@@ -129,7 +129,7 @@ def load_model(name: str | None) -> ModelSpec:
 def model_directory(model: ModelSpec) -> Path | None:
     """Where the model's tokenizer lives on disk (building the embedded model once), or None."""
     if model.source == "embedded":
-        from autotune.embedded import ensure_embedded_model
+        from llmwizard.autotune.embedded import ensure_embedded_model
 
         return ensure_embedded_model()
     return Path(model.path) if model.path and Path(model.path).is_dir() else None
@@ -146,10 +146,10 @@ class DatasetReport:
 
 
 def profile_dataset(source: str | None, model: ModelSpec) -> DatasetReport:
-    from autotune.dataset import profile_dataset as profile
-    from autotune.dataset import resolve_dataset
-    from autotune.rules import RULES, classify
-    from autotune.tokens import counter_for
+    from llmwizard.autotune.dataset import profile_dataset as profile
+    from llmwizard.autotune.dataset import resolve_dataset
+    from llmwizard.autotune.rules import RULES, classify
+    from llmwizard.autotune.tokens import counter_for
 
     resolved = resolve_dataset((source or "").strip() or None)
     result = profile(resolved, counter_for(model_directory(model)))
@@ -192,7 +192,7 @@ def _local_paths(text: str, *, want_dirs: bool) -> list[str]:
 # ----------------------------------------------------------------------------- planning
 
 def make_plan(hardware: HardwareProfile, model: ModelSpec, report: DatasetReport, goals: Goals) -> Plan:
-    from autotune.planner import plan
+    from llmwizard.autotune.planner import plan
 
     return plan(hardware, model, report.profile, goals)
 
@@ -200,8 +200,8 @@ def make_plan(hardware: HardwareProfile, model: ModelSpec, report: DatasetReport
 def estimate_request(last: Plan, model: ModelSpec, overrides: dict[str, Any]) -> MemoryEstimate:
     """Memory of the setup the user asked for, when the planner refused it: the last plan's
     setup with the edited knobs applied, so the bar can show how far over budget it is."""
-    from autotune.memory import estimate
-    from autotune.planner import setup_of
+    from llmwizard.autotune.memory import estimate
+    from llmwizard.autotune.planner import setup_of
 
     changes: dict[str, Any] = {}
     if overrides.get("strategy"):
@@ -226,8 +226,8 @@ class ExportResult:
 
 
 def export_run(plan: Plan, output_dir: str | os.PathLike[str]) -> ExportResult:
-    from runner.export import export
-    from runner.launch import new_run_dir
+    from llmwizard.runner.export import export
+    from llmwizard.runner.launch import new_run_dir
 
     run_dir = new_run_dir(Path(output_dir), plan.name)
     files = export(plan, run_dir)
@@ -244,10 +244,10 @@ def can_launch_here(plan: Plan, hardware: HardwareProfile) -> bool:
 
 
 def start_run(plan: Plan, run_dir: Path) -> Launch:
-    from runner.launch import Launch
+    from llmwizard.runner.launch import Launch
 
     if plan.model_source == "embedded":
-        from autotune.embedded import ensure_embedded_model
+        from llmwizard.autotune.embedded import ensure_embedded_model
 
         ensure_embedded_model()  # build once here, not concurrently in every rank
     launch = Launch(run_dir, single_machine=plan.num_machines == 1)
@@ -256,19 +256,19 @@ def start_run(plan: Plan, run_dir: Path) -> Launch:
 
 
 def metrics_path(run_dir: Path) -> Path:
-    from runner.metrics import METRICS_FILE
+    from llmwizard.runner.metrics import METRICS_FILE
 
     return run_dir / METRICS_FILE
 
 
 def new_run_state() -> RunState:
-    from runner.state import RunState
+    from llmwizard.runner.state import RunState
 
     return RunState()
 
 
 def metrics_tail(run_dir: Path) -> Any:
-    from runner.metrics import MetricsTail
+    from llmwizard.runner.metrics import MetricsTail
 
     return MetricsTail(metrics_path(run_dir))
 
@@ -283,9 +283,9 @@ class Finding:
 
 
 def diagnose(records: list[dict[str, Any]], final: bool = False) -> list[Finding]:
-    """What runner.diagnostics says about the metrics so far ([] where it is not installed)."""
+    """What llmwizard.runner.diagnostics says about the metrics so far ([] where it is not installed)."""
     try:
-        from runner import diagnostics  # type: ignore[attr-defined]
+        from llmwizard.runner import diagnostics  # type: ignore[attr-defined]
     except ImportError:
         return []
     found = diagnostics.diagnose(records, final=final)
@@ -296,6 +296,6 @@ def diagnose(records: list[dict[str, Any]], final: bool = False) -> list[Finding
 
 
 def output_dir(run_dir: Path) -> Path:
-    from runner.export import OUTPUT_DIR
+    from llmwizard.runner.export import OUTPUT_DIR
 
     return run_dir / OUTPUT_DIR

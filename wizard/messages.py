@@ -2,7 +2,7 @@
 
 A worker never touches a widget; it posts one of these and the screen's handler (on the UI
 thread) updates state and widgets. Failures are not messages: a worker raises, and the screens'
-one `Worker.StateChanged` handler shows the error (see wizard.screens.base).
+one `Worker.StateChanged` handler shows the error (see llmwizard.wizard.screens.base).
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 
 if TYPE_CHECKING:
-    from autotune.errors import UserError
-    from autotune.hardware import HardwareProfile
-    from autotune.memory import MemoryEstimate
-    from autotune.model_spec import ModelSpec
-    from autotune.plan import Plan
-    from runner.launch import Launch
-    from runner.state import RunState
-    from wizard.core import Choice, DatasetReport, ExportResult, Finding
+    from llmwizard.autotune.errors import UserError
+    from llmwizard.autotune.hardware import HardwareProfile
+    from llmwizard.autotune.memory import MemoryEstimate
+    from llmwizard.autotune.model_spec import ModelSpec
+    from llmwizard.autotune.plan import Plan
+    from llmwizard.runner.launch import Launch
+    from llmwizard.runner.state import RunState
+    from llmwizard.wizard.core import Choice, DatasetReport, ExportResult, Finding
 
 
 @dataclass

@@ -10,11 +10,11 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from autotune.dataset import DatasetProfile
-    from autotune.hardware import HardwareProfile
-    from autotune.memory import MemoryEstimate
-    from autotune.model_spec import ModelSpec
-    from autotune.plan import Plan
+    from llmwizard.autotune.dataset import DatasetProfile
+    from llmwizard.autotune.hardware import HardwareProfile
+    from llmwizard.autotune.memory import MemoryEstimate
+    from llmwizard.autotune.model_spec import ModelSpec
+    from llmwizard.autotune.plan import Plan
 
 GiB = 1024**3
 COMPONENTS = ("params", "grads", "optimizer", "activations", "logits", "overhead")

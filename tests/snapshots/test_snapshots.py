@@ -13,17 +13,17 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.widgets import Static
 
-from runner.state import RunState
+from llmwizard.runner.state import RunState
 from tests.test_app import fake_hardware, go_to, make_app, settle
-from wizard.screens.run import metrics_text
-from wizard.widgets.loss_plot import LossPlot
+from llmwizard.wizard.screens.run import metrics_text
+from llmwizard.wizard.widgets.loss_plot import LossPlot
 
 
 @pytest.fixture(autouse=True)
 def fixed_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     profile = fake_hardware(free_gib=(23.1, 23.6, 23.6, 20.2), total_gib=24,
                             name="NVIDIA GeForce RTX 4090", interconnect="pcie")
-    monkeypatch.setattr("autotune.hardware.detect", lambda *args, **kwargs: profile)
+    monkeypatch.setattr("llmwizard.autotune.hardware.detect", lambda *args, **kwargs: profile)
 
 
 def at_step(step: int, *actions: str):
@@ -45,7 +45,7 @@ def test_step(snap_compare, step: int, size: tuple[int, int], tmp_path: Path):
 
 def test_plan_that_does_not_fit(snap_compare, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     small = fake_hardware(free_gib=(1.0,), total_gib=16, name="NVIDIA T4-like", interconnect="none")
-    monkeypatch.setattr("autotune.hardware.detect", lambda *args, **kwargs: small)
+    monkeypatch.setattr("llmwizard.autotune.hardware.detect", lambda *args, **kwargs: small)
 
     async def run_before(pilot) -> None:
         await go_to(pilot, 4)

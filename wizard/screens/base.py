@@ -18,17 +18,17 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Static
 from textual.worker import Worker, WorkerState
 
-from wizard.messages import StepSelected
-from wizard.screens.dialogs import ErrorModal
-from wizard.widgets.steps import StepBar
+from llmwizard.wizard.messages import StepSelected
+from llmwizard.wizard.screens.dialogs import ErrorModal
+from llmwizard.wizard.widgets.steps import StepBar
 
 if TYPE_CHECKING:
-    from wizard.app import WizardApp, WizardState
+    from llmwizard.wizard.app import WizardApp, WizardState
 
 
 def error_parts(error: BaseException) -> tuple[str, str, str | None]:
     """(title, message, fix) for any exception: a UserError's own words, else a bug report."""
-    from autotune.errors import UserError
+    from llmwizard.autotune.errors import UserError
 
     if isinstance(error, UserError):
         return error.title, error.message, error.fix

@@ -13,12 +13,12 @@ from textual.suggester import SuggestFromList
 from textual.timer import Timer
 from textual.widgets import Input, Label, Static
 
-from wizard.messages import Completions, DatasetProfiled
-from wizard.screens.base import StepScreen
-from wizard.widgets.histogram import TokenHistogram
+from llmwizard.wizard.messages import Completions, DatasetProfiled
+from llmwizard.wizard.screens.base import StepScreen
+from llmwizard.wizard.widgets.histogram import TokenHistogram
 
 if TYPE_CHECKING:
-    from wizard.core import DatasetReport
+    from llmwizard.wizard.core import DatasetReport
 
 FORMATS = {"messages": "chat messages", "prompt_completion": "prompt / completion", "text": "plain text"}
 
@@ -82,7 +82,7 @@ class DatasetScreen(StepScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="profile")
     def read_dataset(self, text: str, model_name: str, advance: bool = False) -> None:
-        from wizard import core
+        from llmwizard.wizard import core
 
         self._last_read = (text, model_name)
         assert self.state.model is not None, "the model step comes first"
@@ -91,7 +91,7 @@ class DatasetScreen(StepScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="complete")
     def complete(self, text: str) -> None:
-        from wizard import core
+        from llmwizard.wizard import core
 
         choices = [core.Choice(path, path) for path in core.dataset_choices(text)]
         self.post_message(Completions("dataset", text, choices))

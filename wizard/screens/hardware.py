@@ -14,11 +14,11 @@ from textual.suggester import SuggestFromList
 from textual.validation import Integer
 from textual.widgets import Input, Label, RadioButton, RadioSet, Static
 
-from wizard.messages import HardwareDetected, HardwareResolved
-from wizard.screens.base import StepScreen
+from llmwizard.wizard.messages import HardwareDetected, HardwareResolved
+from llmwizard.wizard.screens.base import StepScreen
 
 if TYPE_CHECKING:
-    from autotune.hardware import HardwareProfile
+    from llmwizard.autotune.hardware import HardwareProfile
 
 GiB = 1024**3
 
@@ -42,7 +42,7 @@ def gpu_table(hardware: HardwareProfile) -> Table:
 
 def hardware_view(hardware: HardwareProfile) -> Group:
     """GPUs, links and host: the interconnect and host parts as `llmwizard detect` prints them."""
-    from wizard.detect_view import host_table, interconnect_view
+    from llmwizard.wizard.detect_view import host_table, interconnect_view
 
     parts: list[RenderableType] = []
     if hardware.gpus:
@@ -76,7 +76,7 @@ class HardwareScreen(StepScreen):
 
     def on_mount(self) -> None:
         super().on_mount()
-        from wizard import core
+        from llmwizard.wizard import core
 
         self.query_one("#spec", Input).suggester = SuggestFromList(core.gpu_spec_examples(), case_sensitive=False)
         self._show_target()
@@ -89,15 +89,15 @@ class HardwareScreen(StepScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="detect")
     def detect(self) -> None:
-        from wizard import core
+        from llmwizard.wizard import core
 
         self.post_message(HardwareDetected(core.detect_hardware(self.state.output_dir)))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="spec")
     def resolve(self, spec: str, nodes: int, advance: bool = False) -> None:
         """Parse the spec; while typing an error is shown inline, on Next it raises (a modal)."""
-        from autotune.errors import UserError
-        from wizard import core
+        from llmwizard.autotune.errors import UserError
+        from llmwizard.wizard import core
 
         try:
             hardware = core.hardware_from_spec(spec, nodes, getattr(self.state.args, "host_ram", None))
@@ -181,7 +181,7 @@ class HardwareScreen(StepScreen):
         if self.state.detected is None:
             self.set_status("Still detecting ...", "warning")
             return
-        from wizard import core
+        from llmwizard.wizard import core
 
         self.state.hardware = core.with_nodes(self.state.detected, self.state.nodes)
         self.wizard.goto(self.STEP + 1)

@@ -11,12 +11,12 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import Button, Static
 
-from wizard.messages import Exported, RunStarted
-from wizard.screens.base import StepScreen
+from llmwizard.wizard.messages import Exported, RunStarted
+from llmwizard.wizard.screens.base import StepScreen
 
 if TYPE_CHECKING:
-    from autotune.plan import Plan
-    from wizard.core import ExportResult
+    from llmwizard.autotune.plan import Plan
+    from llmwizard.wizard.core import ExportResult
 
 
 def export_text(result: ExportResult, launchable: bool, hardware: str) -> Text:
@@ -77,7 +77,7 @@ class LaunchScreen(StepScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="export")
     def write_run(self, plan: Plan) -> None:
-        from wizard import core
+        from llmwizard.wizard import core
 
         self.post_message(Exported(plan, core.export_run(plan, self.state.output_dir)))
 
@@ -90,7 +90,7 @@ class LaunchScreen(StepScreen):
         self._show(message.result)
 
     def _launchable(self) -> bool:
-        from wizard import core
+        from llmwizard.wizard import core
 
         state = self.state
         return (state.plan is not None and state.hardware is not None
@@ -116,7 +116,7 @@ class LaunchScreen(StepScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="launch")
     def start(self, result: ExportResult) -> None:
-        from wizard import core
+        from llmwizard.wizard import core
 
         assert self.state.plan is not None
         self.post_message(RunStarted(core.start_run(self.state.plan, result.run_dir)))

@@ -15,11 +15,11 @@ from textual.timer import Timer
 from textual.widgets import Input, Label, OptionList, RadioButton, RadioSet, Static
 from textual.widgets.option_list import Option
 
-from wizard.messages import Completions, ModelLoaded
-from wizard.screens.base import StepScreen
+from llmwizard.wizard.messages import Completions, ModelLoaded
+from llmwizard.wizard.screens.base import StepScreen
 
 if TYPE_CHECKING:
-    from autotune.model_spec import ModelSpec
+    from llmwizard.autotune.model_spec import ModelSpec
 
 METHODS = {"full": "Full", "lora": "LoRA", "qlora": "QLoRA"}
 METHOD_HELP = {
@@ -87,15 +87,15 @@ class ModelScreen(StepScreen):
 
     def _default_method(self) -> str:
         """What the preset (or the planner) would choose: picking it leaves the choice to them."""
-        from wizard import core
+        from llmwizard.wizard import core
 
         return core.goals_for(self.state.preset, None).method or "lora"
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="lookup")
     def lookup(self, text: str, advance: bool = False) -> None:
         """Matches for the text, then the model's spec: shown inline, or (on Next) raised."""
-        from autotune.errors import UserError
-        from wizard import core
+        from llmwizard.autotune.errors import UserError
+        from llmwizard.wizard import core
 
         self.post_message(Completions("model", text, core.model_choices(text)))
         try:

@@ -18,13 +18,13 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.validation import Integer, Number
 from textual.widgets import Input, Label, Select, Static
 
-from wizard.messages import PlanReady, PlanRejected
-from wizard.screens.base import StepScreen
-from wizard.widgets.memory_bar import MemoryBar
+from llmwizard.wizard.messages import PlanReady, PlanRejected
+from llmwizard.wizard.screens.base import StepScreen
+from llmwizard.wizard.widgets.memory_bar import MemoryBar
 
 if TYPE_CHECKING:
-    from autotune.errors import UserError
-    from autotune.plan import Plan
+    from llmwizard.autotune.errors import UserError
+    from llmwizard.autotune.plan import Plan
 
 AUTO = "auto"
 STRATEGIES = [("auto", AUTO), ("single", "single"), ("DDP", "ddp"), ("FSDP2", "fsdp"),
@@ -119,8 +119,8 @@ class PlanScreen(StepScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="plan")
     def plan_worker(self, serial: int, overrides: dict[str, Any]) -> None:
-        from autotune.errors import UserError
-        from wizard import core
+        from llmwizard.autotune.errors import UserError
+        from llmwizard.wizard import core
 
         state = self.state
         assert state.hardware is not None and state.model is not None and state.dataset is not None
@@ -206,7 +206,7 @@ class PlanScreen(StepScreen):
             self.wizard.goto(self.STEP + 1)
             return
         if self.problem is not None:
-            from wizard.screens.dialogs import ErrorModal
+            from llmwizard.wizard.screens.dialogs import ErrorModal
 
             self.app.push_screen(ErrorModal(self.problem.title, self.problem.message, self.problem.fix))
         else:

@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from wizard.screens.base import StepScreen
+from llmwizard.wizard.screens.base import StepScreen
 
 NO_PRESET = "-"
 
@@ -23,7 +23,7 @@ class PresetScreen(StepScreen):
 
     def on_mount(self) -> None:
         super().on_mount()
-        from wizard import core
+        from llmwizard.wizard import core
 
         options = [Option("No preset: decide everything from the data", id=NO_PRESET)]
         self.descriptions = {NO_PRESET: "Epochs, learning rate, LoRA rank and length come from Google's "

@@ -1,7 +1,7 @@
 """Step 7: the run as it trains: progress, live loss plot, metrics, diagnostics, stop, summary.
 
-A thread worker tails `metrics.jsonl` (runner.metrics.MetricsTail), folds records into a
-runner.live.RunState and posts snapshots; snapshots supersede each other, so a burst of records
+A thread worker tails `metrics.jsonl` (llmwizard.runner.metrics.MetricsTail), folds records into a
+llmwizard.runner.live.RunState and posts snapshots; snapshots supersede each other, so a burst of records
 costs one repaint. Stop sends SIGTERM to the run's process group (ranks save a checkpoint).
 """
 
@@ -19,16 +19,16 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Button, ProgressBar, Static
 from textual.worker import get_current_worker
 
-from wizard.messages import RunEnded, RunProgress
-from wizard.screens.base import StepScreen
-from wizard.widgets.loss_plot import LossPlot
+from llmwizard.wizard.messages import RunEnded, RunProgress
+from llmwizard.wizard.screens.base import StepScreen
+from llmwizard.wizard.widgets.loss_plot import LossPlot
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from runner.launch import Launch
-    from runner.state import RunState
-    from wizard.core import Finding
+    from llmwizard.runner.launch import Launch
+    from llmwizard.runner.state import RunState
+    from llmwizard.wizard.core import Finding
 
 
 def clock(seconds: float | None) -> str:
@@ -141,7 +141,7 @@ class RunScreen(StepScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="follow")
     def follow(self, launch: Launch) -> None:
-        from wizard import core
+        from llmwizard.wizard import core
 
         worker = get_current_worker()
         state = core.new_run_state()
@@ -199,7 +199,7 @@ class RunScreen(StepScreen):
 
     @on(RunEnded)
     def run_ended(self, message: RunEnded) -> None:
-        from wizard import core
+        from llmwizard.wizard import core
 
         self.ended = True
         state = self.state_snapshot = message.state

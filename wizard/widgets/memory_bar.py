@@ -1,7 +1,7 @@
 """Per-device memory as one bar split by component, against the budget.
 
 The scale is the budget, or the total when the setup is over budget, so an overflow shows as
-a bar that runs past the budget mark. Colours match the headless report (wizard.report).
+a bar that runs past the budget mark. Colours match the headless report (llmwizard.wizard.report).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from textual.app import RenderResult
 from textual.widget import Widget
 
 # The same components, colours and sizes as the headless report, so both faces read alike.
-from wizard.report import COLORS, COMPONENTS, size_text
+from llmwizard.wizard.report import COLORS, COMPONENTS, size_text
 
 if TYPE_CHECKING:
-    from autotune.memory import MemoryEstimate
+    from llmwizard.autotune.memory import MemoryEstimate
 
 
 class MemoryBar(Widget):

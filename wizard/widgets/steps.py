@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Static
 
-from wizard.messages import StepSelected
+from llmwizard.wizard.messages import StepSelected
 
 STEPS = ("Preset", "Hardware", "Model", "Dataset", "Plan", "Launch", "Run")
 
