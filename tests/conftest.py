@@ -15,6 +15,10 @@ os.environ.setdefault("LLMWIZARD_CACHE", tempfile.mkdtemp(prefix="llmwizard-test
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# The hardware is pinned to the CPU: detection (NVML maps CUDA_VISIBLE_DEVICES), the planner and every
+# launched rank then see no GPU, so a developer's GPU machine gives the results CPU CI gives. Tests of
+# GPU planning fake the NVML boundary or pass a hardware spec (`--gpus 4xRTX4090`).
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 ROOT = Path(__file__).resolve().parent.parent
 
