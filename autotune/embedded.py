@@ -10,14 +10,18 @@ is rebuilt.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from llmwizard.autotune.errors import UserError
 
 EMBEDDED_MODEL = "embedded:tiny-llama"
 EMBEDDED_DATASET = "embedded:arithmetic"
@@ -109,11 +113,55 @@ def dataset_jsonl(rows: list[dict[str, Any]]) -> str:
 
 
 def cache_root() -> Path:
-    """`$LLMWIZARD_CACHE`, else `$XDG_CACHE_HOME/llmwizard`, else `~/.cache/llmwizard`."""
+    """`$LLMWIZARD_CACHE`, else `$XDG_CACHE_HOME/llmwizard`, else `~/.cache/llmwizard`.
+
+    A cache that cannot be used (a file where the folder should be, no write access, a read-only
+    file system) is worked around: a per-user folder in the system's temporary directory serves
+    instead, with a warning on stderr that names the path and the fix. The fallback's name is fixed,
+    so the ranks of a run, which resolve the cache on their own, agree with the parent process."""
+    configured, source = _configured_cache()
+    return _usable_cache(configured, source, os.getuid() if hasattr(os, "getuid") else 0)
+
+
+def _configured_cache() -> tuple[Path, str]:
     if os.environ.get("LLMWIZARD_CACHE"):
-        return Path(os.environ["LLMWIZARD_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "llmwizard"
+        return Path(os.environ["LLMWIZARD_CACHE"]), "$LLMWIZARD_CACHE"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "llmwizard", "$XDG_CACHE_HOME"
+    return Path.home() / ".cache" / "llmwizard", "the default"
+
+
+@functools.lru_cache(maxsize=8)
+def _usable_cache(configured: Path, source: str, uid: int) -> Path:
+    problem = _cache_problem(configured)
+    if problem is None:
+        return configured
+    fallback = Path(tempfile.gettempdir()) / f"llmwizard-cache-{uid}"
+    fix = "set LLMWIZARD_CACHE to a folder you can write to"
+    if _cache_problem(fallback) is not None:
+        raise UserError(f"The cache folder {configured} ({source}) {problem}, and the fallback {fallback} "
+                        "cannot be used either.", title="Cache", fix=fix[0].upper() + fix[1:] + ".")
+    print(f"llmwizard: warning: the cache folder {configured} ({source}) {problem}; using {fallback} "
+          f"instead. Fix: {fix}.", file=sys.stderr)
+    return fallback
+
+
+def _cache_problem(path: Path) -> str | None:
+    """Why `path` cannot serve as the cache folder (None when it can), creating it if needed."""
+    if path.exists() and not path.is_dir():
+        return "is a file, not a folder"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot be created ({exc.strerror or exc})"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "is not writable"
+    try:  # root passes os.access on a read-only file system; a real write tells
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        return f"is not writable ({exc.strerror or exc})"
+    return None
 
 
 def embedded_model_dir() -> Path:
@@ -129,8 +177,10 @@ def ensure_embedded_model() -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
     try:
         _build(staging)
-        if target.exists():
+        if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():  # a file or link where the model folder belongs
+            target.unlink()
         # A rename is atomic: a concurrent reader sees the old directory or the whole new one.
         os.replace(staging, target)
     except OSError:

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from llmwizard.autotune import embedded
+from tests.conftest import run_cli
 
 
 def test_bundled_dataset_is_what_the_generator_makes():
@@ -52,3 +56,28 @@ def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch):
     (path / "manifest.json").unlink()
     embedded.ensure_embedded_model()
     assert json.loads((path / "manifest.json").read_text())
+
+
+def test_cached_model_folder_replaced_by_a_file_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMWIZARD_CACHE", str(tmp_path))
+    target = embedded.embedded_model_dir()
+    target.parent.mkdir(parents=True)
+    target.write_text("not a model")
+    path = embedded.ensure_embedded_model()
+    assert path == target and (path / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("where", ["a file", "an impossible path"])
+def test_unusable_cache_falls_back_with_a_warning_naming_it(tmp_path, where):
+    """LLMWIZARD_CACHE pointing at a file, or somewhere nothing can be created: the plan still works,
+    from a per-user cache in the temporary directory, and stderr says which path failed and the fix."""
+    bad = tmp_path / "cache-file" if where == "a file" else Path("/proc/llmwizard-cache")
+    if where == "a file":
+        bad.write_text("x")
+    result = run_cli("plan", "--max-steps", "5", env={"LLMWIZARD_CACHE": str(bad)})
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert str(bad) in result.stderr and "LLMWIZARD_CACHE" in result.stderr
+    assert "llmwizard-cache-" in result.stderr
+    if where == "a file":
+        assert bad.read_text() == "x"  # the user's file is left alone

@@ -46,10 +46,17 @@ def test_no_undefined_names_unused_imports_or_bare_package_names():
 
 def test_a_wheel_installs_only_the_llmwizard_namespace(tmp_path: Path):
     """The four folders install under llmwizard/; nothing generic lands top-level in site-packages."""
+    import shutil
     import zipfile
 
+    source = tmp_path / "source"  # a copy, so the build leaves nothing in the repository
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for package in ("autotune", "runner", "wizard", "presets"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, cwd=tmp_path)
+                          "-w", str(tmp_path), str(source)], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     (wheel,) = tmp_path.glob("llmwizard-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
