@@ -10,9 +10,11 @@ Trainer wrote (trainer_state.json), so the summary can name the best and the las
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
+import signal
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,8 +27,8 @@ MAX_OOM_RETRIES = 3
 
 @dataclass(frozen=True)
 class Failure:
-    kind: str        # cuda_oom | host_oom | port_in_use | duplicate_gpu | collective_timeout |
-    #                  dataset_column | disk_full | user_error | unknown
+    kind: str        # cuda_oom | host_oom | killed | signal | port_in_use | duplicate_gpu |
+    #                  collective_timeout | dataset_column | disk_full | user_error | unknown
     title: str
     message: str
     fix: str
@@ -44,7 +46,8 @@ _SIGNATURES: list[tuple[str, str, str, str, str]] = [
      "Lower --micro-batch (the effective batch is kept by more accumulation), turn on --checkpointing, shorten "
      "--max-length, or shard more (--strategy fsdp / zero3, --offload optimizer)."),
     ("disk_full",
-     r"No space left on device|ENOSPC|\[Errno 28\]",
+     r"No space left on device|ENOSPC|\[Errno 28\]|inline_container\.cc.*unexpected pos|"
+     r"PytorchStreamWriter failed writing|file write failed",
      "Disk full",
      "Writing failed because the disk is full (checkpoints hold the weights and optimizer states).",
      "Free space on the disk that holds the run directory, or start the run with --output-dir on a larger "
@@ -68,13 +71,14 @@ _SIGNATURES: list[tuple[str, str, str, str, str]] = [
      "The training data lacks a column the trainer needs.",
      "Give every row one of: messages, prompt + completion, instruction + output, question + answer, or text "
      "(`llmwizard plan --dataset FILE` checks a file before a run)."),
-    ("host_oom",
+    ("killed",
      r"Signals\.SIGKILL|SIGKILL|exitcode\s*:\s*-9\b|Killed\s*$",
-     "Out of host memory (killed)",
-     "A process was killed with SIGKILL, which is what the kernel's out-of-memory killer does when the "
-     "machine runs out of RAM.",
-     "Use less host RAM: fewer processes, no CPU offload or a smaller micro-batch; check with "
-     "`dmesg | grep -i oom`. Loading is the usual peak: fsdp_cpu_ram_efficient_loading loads once per machine."),
+     "A rank was killed (SIGKILL)",
+     "A training process was killed with SIGKILL (signal 9). The kernel's out-of-memory killer does that "
+     "when RAM runs out, and so do `kill -9`, a scheduler's time or memory limit and container runtimes.",
+     "If RAM ran out, the kernel log says so (`dmesg | grep -i 'killed process'`): then use fewer processes, "
+     "no CPU offload or a smaller micro-batch. Otherwise continue from the last checkpoint with "
+     "`llmwizard resume` (the command is below)."),
     ("collective_timeout",
      r"Watchdog caught collective operation timeout|collective operation timeout|NCCL.*[Tt]imeout|"
      r"[Tt]imed out waiting|DistStoreError.*[Tt]imed out|gloo.*[Tt]imed out",
@@ -88,11 +92,31 @@ _USER_ERROR = re.compile(r"UserError: (?P<message>.+)")
 _RANK = re.compile(r"\[rank(\d+)\]|\brank\s*:\s*(\d+)|local_rank[=:]\s*(\d+)")
 
 
-def diagnose_failure(log_text: str, exit_code: int | None) -> Failure | None:
+def diagnose_failure(log_text: str, exit_code: int | None, oom_kills: int | None = None) -> Failure | None:
     """The failure one attempt's log shows; None for a clean exit (warnings in a good run's log
-    can mention the same words)."""
+    can mention the same words). `oom_kills`: how many processes the kernel's out-of-memory
+    killer ended in this machine's cgroup during the attempt (see `oom_kill_count`; None where
+    unknown); only that makes a SIGKILL a host out-of-memory."""
     if exit_code == 0:
         return None
+    failure = _diagnose(log_text, exit_code)
+    if failure is not None and failure.kind == "killed" and oom_kills == 0:
+        return dataclasses.replace(failure, message=failure.message + " This machine's cgroup recorded no "
+                                   "out-of-memory kill during the run, so it was not short of RAM.")
+    if failure is not None and failure.kind == "killed" and oom_kills:
+        return Failure("host_oom", "Out of host memory (killed)",
+                       f"The kernel's out-of-memory killer ended {oom_kills} process(es) of this machine during the "
+                       "run (the cgroup's oom_kill count rose): host RAM ran out.", HOST_OOM_FIX, failure.evidence,
+                       failure.rank)
+    return failure
+
+
+HOST_OOM_FIX = ("Use less host RAM: fewer processes, no CPU offload or a smaller micro-batch; "
+                "`dmesg | grep -i 'killed process'` names what was killed. Loading is the usual peak: "
+                "fsdp_cpu_ram_efficient_loading loads once per machine.")
+
+
+def _diagnose(log_text: str, exit_code: int | None) -> Failure | None:
     lines = log_text.splitlines()
     for kind, pattern, title, message, fix in _SIGNATURES:
         regex = re.compile(pattern)
@@ -106,8 +130,17 @@ def diagnose_failure(log_text: str, exit_code: int | None) -> Failure | None:
             fix = following.split("Fix:", 1)[1].strip() if "Fix:" in following else "See the message above."
             return Failure("user_error", "Bad input", match["message"].strip(), fix, line.strip()[:300])
     if exit_code in (-9, 137):
-        kind, _, title, message, fix = _SIGNATURES[5]
+        kind, _, title, message, fix = next(entry for entry in _SIGNATURES if entry[0] == "killed")
         return Failure(kind, title, message, fix, f"exit status {exit_code}")
+    signal_number = -exit_code if exit_code is not None and exit_code < 0 else (
+        exit_code - 128 if exit_code is not None and 128 < exit_code < 160 else None)
+    if signal_number:
+        name = _signal_name(signal_number)
+        return Failure("signal", f"Stopped by a signal ({name})",
+                       f"The launcher ended on signal {signal_number} ({name}), sent from outside the run "
+                       "(a user, a scheduler or the system).",
+                       "Continue from the last checkpoint with `llmwizard resume` (the command is below).",
+                       f"exit status {exit_code}")
     last = next((line.strip() for line in reversed(lines) if line.strip()), "")
     error = next((line.strip() for line in reversed(lines) if re.match(r"\s*\w+(\.\w+)*(Error|Exception):", line)),
                  last)
@@ -115,6 +148,41 @@ def diagnose_failure(log_text: str, exit_code: int | None) -> Failure | None:
     return Failure("unknown", "Training failed", message + (f" Last error: {error[:300]}" if error else ""),
                    "Read the last lines of train.log below; rerun with `bash launch.sh` in the run directory to "
                    "see the output directly.", error[:300])
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def oom_kill_count(cgroup_root: Path = Path("/sys/fs/cgroup"),
+                   self_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
+    """How many processes the kernel's out-of-memory killer has ended in this process's memory
+    cgroup (cgroup v2 memory.events, v1 memory.oom_control); 0 where neither can be read. Read it
+    before a launch and after a failure: a rise means host RAM ran out during the run."""
+    try:
+        entries = [line.split(":", 2) for line in self_cgroup.read_text().splitlines()]
+    except OSError:
+        entries = []
+    candidates = []
+    for _, controllers, path in (e for e in entries if len(e) == 3):
+        relative = path.lstrip("/")
+        if controllers == "":
+            candidates += [cgroup_root / relative / "memory.events", cgroup_root / "memory.events"]
+        elif "memory" in controllers.split(","):
+            candidates += [cgroup_root / "memory" / relative / "memory.oom_control",
+                           cgroup_root / "memory" / "memory.oom_control"]
+    for candidate in candidates:
+        try:
+            for line in candidate.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _rank_of(line: str, lines: list[str]) -> int | None:

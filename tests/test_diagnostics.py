@@ -176,28 +176,57 @@ DUPLICATE_GPU = ("[rank1]: torch.distributed.DistBackendError: NCCL error in: Pr
 CUDA_OOM = ("[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
             "capacity of 23.65 GiB of which 1.06 GiB is free.")
 DISK_FULL = "OSError: [Errno 28] No space left on device: 'output/checkpoint-40/optimizer.pt'"
+# What torch.save says when the disk fills in the middle of a checkpoint.
+TORCH_SAVE_DISK_FULL = ("RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 1408 vs 1302")
 MISSING_COLUMN = """llmwizard.autotune.errors.UserError: The dataset has no usable field: found columns ['body'].
 Fix: Give each row one of messages, prompt+completion, text."""
 
 
 @pytest.mark.parametrize(("log", "code", "kind", "rank"), [
     (EADDRINUSE, 1, "port_in_use", None),
-    (ACCELERATE_SIGKILL, 1, "host_oom", None),
-    (TORCHRUN_SIGKILL, 1, "host_oom", 1),
+    (ACCELERATE_SIGKILL, 1, "killed", None),
+    (TORCHRUN_SIGKILL, 1, "killed", 1),
     (GLOO_TIMEOUT, 1, "collective_timeout", 0),
     (NCCL_WATCHDOG, 1, "collective_timeout", 1),
     (DUPLICATE_GPU, 1, "duplicate_gpu", 1),
     (CUDA_OOM, 1, "cuda_oom", 0),
     (DISK_FULL, 1, "disk_full", None),
+    (TORCH_SAVE_DISK_FULL, 1, "disk_full", None),
     (MISSING_COLUMN, 1, "dataset_column", None),
-    ("", -9, "host_oom", None),
-    ("", 137, "host_oom", None),
+    ("", -9, "killed", None),
+    ("", 137, "killed", None),
+    ("", -15, "signal", None),
+    ("", 143, "signal", None),
 ])
 def test_failure_signatures(log, code, kind, rank):
     failure = recovery.diagnose_failure("some output\n" + log + "\nmore output", code)
     assert failure is not None and failure.kind == kind
     assert failure.rank == rank
     assert failure.fix and failure.message
+
+
+def test_a_sigkill_is_host_memory_only_when_the_oom_killer_acted():
+    unknown = recovery.diagnose_failure(TORCHRUN_SIGKILL, 1)
+    assert unknown.kind == "killed" and "kill -9" in unknown.message and "cgroup" not in unknown.message
+    none = recovery.diagnose_failure(TORCHRUN_SIGKILL, 1, oom_kills=0)
+    assert none.kind == "killed" and "not short of RAM" in none.message
+    oom = recovery.diagnose_failure(TORCHRUN_SIGKILL, 1, oom_kills=2)
+    assert oom.kind == "host_oom" and "2 process(es)" in oom.message and oom.rank == 1
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_oom_kill_count_reads_the_cgroup(tmp_path, version):
+    self_cgroup = tmp_path / "self"
+    if version == 2:
+        self_cgroup.write_text("0::/job\n")
+        (tmp_path / "job").mkdir()
+        (tmp_path / "job" / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 4\n")
+    else:
+        self_cgroup.write_text("4:memory:/job\n1:cpu:/\n")
+        (tmp_path / "memory" / "job").mkdir(parents=True)
+        (tmp_path / "memory" / "job" / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 4\n")
+    assert recovery.oom_kill_count(tmp_path, self_cgroup) == 4
+    assert recovery.oom_kill_count(tmp_path / "nowhere", self_cgroup) is None
 
 
 def test_the_root_cause_wins_over_its_symptoms():
@@ -256,3 +285,42 @@ def test_a_huge_learning_rate_is_stopped_and_the_good_checkpoint_named(tmp_path)
     assert good == f"output/checkpoint-{bad - 2}" and (run_dir / good / "trainer_state.json").is_file()
     assert "training diverged" in result.stdout and f"{good} (the last saved before the damage)" in result.stdout
     assert "--learning-rate 5e-01" in result.stdout
+
+
+# ----------------------------------------------------------------------------- a real SIGKILL
+
+@pytest.mark.slow
+def test_a_rank_killed_by_a_signal_is_not_called_out_of_memory(tmp_path):
+    """kill -9 of one rank mid-run: the diagnosis says a rank was killed by a signal, and host
+    memory only if the kernel's OOM killer acted (the cgroup's count), which it did not here."""
+    import os
+    import signal
+    import time
+
+    from llmwizard.runner.export import export
+    from llmwizard.runner.launch import Launch
+    from tests.tiny_models import losses, make_plan
+
+    run_dir = tmp_path / "run"
+    export(make_plan(strategy="ddp", launcher="torchrun", max_steps=500), run_dir)
+    before = recovery.oom_kill_count()
+    launch = Launch(run_dir)
+    launch.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not losses(run_dir) and launch.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert losses(run_dir), "no step logged:\n" + "\n".join(launch.log_tail(40))
+        ranks = [p for p in launch.process_tree() if "llmwizard.runner.train" in " ".join(p.cmdline())]
+        os.kill(ranks[-1].pid, signal.SIGKILL)
+        code = launch.wait(timeout=120)
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+    after = recovery.oom_kill_count()
+    kills = None if before is None or after is None else after - before
+    failure = recovery.diagnose_failure(launch.log_path.read_text(errors="replace"), code, kills)
+    assert code != 0 and failure is not None
+    assert failure.kind == "killed", failure
+    assert "SIGKILL" in failure.title and "kill -9" in failure.message
+    assert "llmwizard resume" in failure.fix
