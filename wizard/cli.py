@@ -247,6 +247,11 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     hardware = hw.from_spec(args.gpus, nodes=args.nodes, host_ram_gib=args.host_ram)
     model = load_model_spec(args.model)
+    if args.seq > model.max_positions:
+        from llmwizard.autotune.errors import UserError
+
+        raise UserError(f"--seq {args.seq} is longer than {model.name} allows ({model.max_positions} positions).",
+                        title="Sequence length", fix=f"Use --seq {model.max_positions} or less.")
     world = hardware.gpus_per_node * hardware.nodes
     # Offload needs a sharded strategy: ZeRO-3 offloads the most (DeepSpeed runs it on one GPU too).
     strategy = args.strategy or ("zero3" if args.offload else "single" if world == 1 else "ddp")
