@@ -186,7 +186,7 @@ def user_error(exc: Any, *, cls: type | None, source: str, title: str, fix: str 
         tp = field_type(cls, loc) if cls else None
         allowed = describe(tp) if tp is not None else error.get("msg", "")
         lines.append(f"{source}: {shown} = {error.get('input')!r} is not allowed; use {allowed}")
-    return UserError("\n".join(lines) + ".", title=title, fix=fix)
+    return UserError(".\n".join(lines) + ".", title=title, fix=fix)
 
 
 def _field_names(cls: type, path: tuple[Any, ...]) -> list[str]:
