@@ -1,85 +1,119 @@
 """The Plan: every decision for one run, with its reason. The single source of truth.
 
 Everything a face shows or an exporter writes derives from a Plan, and `plan.yaml` loads back
-into an equal Plan. Loading checks every key and type, so a damaged or hand-broken file gives a
-message that names the field, not a traceback deep inside a launcher.
+into an equal Plan. Plan and LoraSettings are pydantic dataclasses typed with
+llmwizard.autotune.schema, so loading a damaged or hand-edited file names the key, the value and
+what is allowed, instead of launching `zero4` or a micro-batch of -3.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 import yaml
+from pydantic import ConfigDict, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
 
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.memory import MemoryEstimate
+from llmwizard.autotune.schema import (
+    Attention,
+    DatasetFormat,
+    Device,
+    Fraction,
+    Launcher,
+    LrScheduler,
+    MaxSteps,
+    Method,
+    ModelSource,
+    NonNegativeFloat,
+    NonNegativeInt,
+    Offload,
+    Optimizer,
+    Port,
+    PositiveFloat,
+    PositiveInt,
+    Precision,
+    Seed,
+    Strategy,
+    user_error,
+)
 
-PLAN_VERSION = 1
+PLAN_VERSION: Final = 1
+STRICT = ConfigDict(extra="forbid")
 
 
-@dataclass
+@dataclass(config=STRICT)
 class LoraSettings:
-    r: int
-    alpha: int
-    dropout: float
+    r: PositiveInt
+    alpha: PositiveInt
+    dropout: Fraction
     target_modules: list[str]        # the linear layers adapted, by name
     # What PEFT receives: the names, or one regex when plain names would also match a vision
     # tower or when there is a single name (TRL passes a one-item list on as a regex string).
     peft_targets: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(config=STRICT)
 class Plan:
     name: str
     model: str                       # embedded:tiny-llama, a local directory, or a hub name
-    model_source: str                # embedded | local | catalog | hub
+    model_source: ModelSource
     layer_cls: str                   # the class(es) FSDP wraps, comma-separated
     dataset: str                     # embedded:arithmetic, an absolute path, or a hub name
-    dataset_format: str
-    device: str                      # cuda | cpu
+    dataset_format: DatasetFormat
+    device: Device
     hardware: str                    # one line: what was planned for
-    strategy: str                    # single | ddp | fsdp | zero2 | zero3
-    offload: str                     # none | optimizer | params
-    launcher: str                    # accelerate | torchrun | deepspeed
-    num_machines: int
-    num_processes: int               # total over all machines
-    method: str                      # full | lora | qlora
-    precision: str                   # bf16 | fp16 | fp32
-    optimizer: str                   # adamw | adamw_8bit | adafactor | sgd
-    micro_batch: int
-    grad_accum: int
-    effective_batch: int
+    strategy: Strategy
+    offload: Offload
+    launcher: Launcher
+    num_machines: PositiveInt
+    num_processes: PositiveInt       # total over all machines
+    method: Method
+    precision: Precision
+    optimizer: Optimizer
+    micro_batch: PositiveInt
+    grad_accum: PositiveInt
+    effective_batch: PositiveInt
     activation_checkpointing: bool
-    max_length: int
-    epochs: float
-    max_steps: int                   # -1: run the epochs
-    learning_rate: float
-    lr_scheduler: str
-    warmup_ratio: float
-    weight_decay: float
+    max_length: PositiveInt
+    epochs: PositiveFloat
+    max_steps: MaxSteps              # -1: run the epochs
+    learning_rate: PositiveFloat
+    lr_scheduler: LrScheduler
+    warmup_ratio: Fraction
+    weight_decay: NonNegativeFloat
     lora: LoraSettings | None
-    eval_fraction: float
-    eval_steps: int
-    save_steps: int
-    logging_steps: int
-    seed: int
-    trainable_params: int
-    total_params: int
+    eval_fraction: Fraction
+    eval_steps: PositiveInt
+    save_steps: PositiveInt
+    logging_steps: PositiveInt
+    seed: Seed
+    trainable_params: NonNegativeInt
+    total_params: PositiveInt
     estimate: MemoryEstimate
     reasons: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     main_process_ip: str = "127.0.0.1"
-    main_process_port: int = 29500
-    attention: str = "sdpa"
+    main_process_port: Port = 29500
+    attention: Attention = "sdpa"
     # FSDP2 across machines: shard inside each machine, replicate across them (HSDP), so the
     # per-layer weight gathers stay on the fast intra-node links.
     hybrid_shard: bool = False
-    version: int = PLAN_VERSION
+    version: Literal[1] = PLAN_VERSION
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Plan:
+        """Relations the planner always keeps, checked so a hand edit cannot break them."""
+        if self.num_processes % self.num_machines:
+            raise ValueError(f"num_processes ({self.num_processes}) must be a multiple of num_machines "
+                             f"({self.num_machines}): every machine runs the same number of processes")
+        if (self.method == "full") != (self.lora is None):
+            raise ValueError(f"method {self.method} " + ("takes no lora settings (set lora: null)"
+                             if self.method == "full" else "needs lora settings (r, alpha, dropout, ...)"))
+        return self
 
     @property
     def processes_per_machine(self) -> int:
@@ -115,7 +149,10 @@ class Plan:
 
     @classmethod
     def load(cls, path: Path) -> Plan:
-        fix = "Export the plan again (`llmwizard export --out DIR`) or restore the file."
+        """The plan in `path`; a UserError (title "Plan") names any key that is unknown, missing or
+        holds a value the schema refuses, with the value and what is allowed."""
+        fix = ("Correct the value (allowed values: docs/schema.md), export the plan again "
+               "(`llmwizard export --out DIR`) or restore the file.")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -125,75 +162,15 @@ class Plan:
             raise UserError(f"Plan file {path} cannot be read: {exc}", title="Plan", fix=fix) from None
         if not isinstance(data, dict):
             raise UserError(f"Plan file {path} is not a mapping of plan fields.", title="Plan", fix=fix)
-        try:
-            return _build(cls, data, "plan")
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"Plan file {path} is damaged: {exc}", title="Plan", fix=fix) from None
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Construct a dataclass from plain data, checking keys and types field by field."""
-    if cls is MemoryEstimate:
-        if not isinstance(data, dict):
-            raise ValueError(f"{where} must be a mapping")
         data = dict(data)
-        data.update(data.pop("per_gpu", {}) or {})
-    if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a mapping")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"unknown field(s) {', '.join(unknown)} in {where}")
-    values = {}
-    for name, spec in known.items():
-        if name not in data:
-            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
-                raise ValueError(f"missing field '{name}' in {where}")
-            continue
-        values[name] = _coerce(hints[name], data[name], f"{where}.{name}")
-    return cls(**values)
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(option, value, where)
-            except (TypeError, ValueError):
-                continue
-        raise ValueError(f"{where} has an invalid value {value!r}")
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ValueError(f"{where} must be a list")
-        (item,) = typing.get_args(hint)
-        return [_coerce(item, v, where) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{where} must be a mapping")
-        return {str(k): _coerce(typing.get_args(hint)[1], v, where) for k, v in value.items()}
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true or false, not {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where} must be an integer, not {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where} must be a number, not {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{where} must be a string, not {value!r}")
-        return value
-    return value
+        estimate = data.get("estimate")
+        if isinstance(estimate, dict):
+            # plan.yaml groups the per-device components under per_gpu (MemoryEstimate.to_dict).
+            flat = dict(estimate)
+            per_gpu = flat.pop("per_gpu", None)
+            flat.update(per_gpu if isinstance(per_gpu, dict) else {})
+            data["estimate"] = flat
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise user_error(exc, cls=cls, source=str(path), title="Plan", fix=fix) from None

@@ -13,7 +13,9 @@ One record per line, each with a `type`:
 - `end`: step, reason ("completed", "stopped" or "diverged")
 A resumed run appends to the same file: its `begin` carries the step it resumed from, and log
 records after that step from the earlier attempt are superseded (see `loss_series`).
-Readers skip lines they cannot parse (the writer may be mid-line), so tailing never fails.
+The shapes are the TypedDicts below. Readers skip lines they cannot parse and records whose known
+keys have the wrong type (a hand-edited or damaged file), keeping a note of each, so tailing and
+the live view never fail on one bad line.
 Non-finite numbers are written as NaN/Infinity, which Python's json reads back.
 This module is light on purpose: the parent process reads metrics without importing torch.
 """
@@ -22,12 +24,79 @@ from __future__ import annotations
 
 import json
 import os
+import types
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO, TypedDict
 
 METRICS_FILE = "metrics.jsonl"
+
+
+class _Stepped(TypedDict):
+    """Every record has a step (the optimizer step it was written at); `type` names the shape."""
+
+    step: int
+
+
+class BeginRecord(_Stepped, total=False):
+    type: Literal["begin"]
+    time: float
+    max_steps: int
+    num_train_epochs: float
+    world_size: int
+    logging_steps: int
+    save_steps: int
+    eval_steps: int | None
+    micro_batch: int
+    grad_accum: int
+    learning_rate: float
+    vocab_size: int | None
+    output_dir: str
+    memory_kind: str
+
+
+class LogRecord(_Stepped, total=False):
+    """Also carries whatever numbers the trainer logged, under the trainer's names."""
+
+    type: Literal["log"]
+    time: float
+    max_steps: int
+    epoch: float | None
+    loss: float
+    eval_loss: float
+    learning_rate: float
+    grad_norm: float
+    tokens_seen: int
+    peak_memory: int
+    rank_peak_memory: list[int]
+
+
+class SaveRecord(_Stepped, total=False):
+    type: Literal["save"]
+    time: float
+    checkpoint: str
+
+
+class StopRecord(_Stepped, total=False):
+    type: Literal["stop"]
+    time: float
+    reason: str
+    signal: str
+    checkpoint: str
+    finding: dict[str, Any]
+    good_checkpoint: str | None
+
+
+class EndRecord(_Stepped, total=False):
+    type: Literal["end"]
+    time: float
+    max_steps: int
+    reason: str
+
+
+Record = BeginRecord | LogRecord | SaveRecord | StopRecord | EndRecord
 
 
 class MetricsWriter:
@@ -53,6 +122,7 @@ class MetricsTail:
     path: Path
     _offset: int = 0
     _partial: str = field(default="", repr=False)
+    notes: list[str] = field(default_factory=list)   # one per skipped line, for the views to show
 
     def poll(self) -> list[dict[str, Any]]:
         try:
@@ -65,14 +135,14 @@ class MetricsTail:
         text = self._partial + chunk
         lines = text.split("\n")
         self._partial = lines.pop()  # "" when the chunk ended on a newline
-        return [record for record in map(_parse, lines) if record is not None]
+        return [record for record in (_parse(line, self.notes) for line in lines) if record is not None]
 
 
-def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every complete record in a metrics file."""
+def read_metrics(path: str | os.PathLike[str], notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every well-formed record in a metrics file; a note per skipped line goes to `notes`."""
     try:
         with open(path, encoding="utf-8") as f:
-            return [record for record in map(_parse, f) if record is not None]
+            return [record for record in (_parse(line, notes) for line in f) if record is not None]
     except FileNotFoundError:
         return []
 
@@ -104,12 +174,61 @@ def loss_series(records: list[dict[str, Any]], key: str = "loss") -> list[tuple[
     return list(iter_logs(current_records(records), key))
 
 
-def _parse(line: str) -> dict[str, Any] | None:
+def _parse(line: str, notes: list[str] | None = None) -> dict[str, Any] | None:
     line = line.strip()
     if not line:
         return None
     try:
         record = json.loads(line)
     except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
+        problem: str | None = "not JSON"
+    else:
+        problem = check_record(record)
+    if problem is None:
+        return record  # type: ignore[no-any-return]
+    if notes is not None:
+        notes.append(f"skipped a metrics line ({problem}): {line[:80]}")
+    return None
+
+
+def _accepts(hint: Any) -> tuple[type, ...]:
+    """The runtime types a TypedDict annotation admits (an int is a float, a bool is neither)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(t for arg in typing.get_args(hint) for t in _accepts(arg))
+    if origin is Literal:
+        return (str,)
+    if hint is float:
+        return (int, float)
+    if hint is type(None):
+        return (type(None),)
+    return (origin or hint,)
+
+
+# For each record type: its required keys and the types each known key admits, from the TypedDicts.
+_SHAPES: dict[str, tuple[frozenset[str], dict[str, tuple[type, ...]]]] = {
+    typing.get_args(typing.get_type_hints(shape)["type"])[0]: (
+        shape.__required_keys__,
+        {key: _accepts(hint) for key, hint in typing.get_type_hints(shape).items() if key != "type"},
+    )
+    for shape in typing.get_args(Record)
+}
+
+
+def check_record(record: Any) -> str | None:
+    """What is wrong with a record's shape, or None: a known `type`, its required keys, and the
+    right type for each known key. A few dict lookups, so cheap enough for every line."""
+    if not isinstance(record, dict):
+        return "not a mapping"
+    kind = record.get("type")
+    if kind not in _SHAPES:
+        return f"unknown type {kind!r}"
+    required, accepted = _SHAPES[kind]
+    missing = required - record.keys()
+    if missing:
+        return f"{kind} record without {', '.join(sorted(missing))}"
+    for key, value in record.items():
+        allowed = accepted.get(key)
+        if allowed is not None and (isinstance(value, bool) or not isinstance(value, allowed)):
+            return f"{kind} record with {key} = {value!r}"
+    return None

@@ -47,9 +47,9 @@ def test_plan_round_trips(tmp_path, cpu_plan):
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda d: d.pop("strategy"), "missing field 'strategy'"),
-    (lambda d: d.update(micro_batch="four"), "plan.micro_batch must be an integer"),
-    (lambda d: d.update(colour="blue"), "unknown field"),
+    (lambda d: d.pop("strategy"), "missing key 'strategy'"),
+    (lambda d: d.update(micro_batch="four"), "micro_batch = 'four' is not allowed; use an integer of 1 or more"),
+    (lambda d: d.update(colour="blue"), "unknown key 'colour'"),
     (lambda d: d["estimate"]["per_gpu"].update(total="many"), "estimate.total"),
 ])
 def test_damaged_plan_names_the_field(tmp_path, cpu_plan, damage, message):

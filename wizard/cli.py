@@ -31,34 +31,49 @@ that run without llmwizard, launch, and watch the loss.
 
 
 def _plan_inputs(parser: argparse.ArgumentParser) -> None:
+    from llmwizard.autotune.schema import (
+        Fraction,
+        GiBAmount,
+        Launcher,
+        Method,
+        Offload,
+        Optimizer,
+        PositiveFloat,
+        PositiveInt,
+        Precision,
+        Strategy,
+        choices,
+        flag_type,
+    )
+
     group = parser.add_argument_group("what to train, and on what")
     group.add_argument("--model", help="local model directory, catalog name (llama-3.1-8b, qwen2.5-7b, ...) or hub id; default: the embedded tiny model")
     group.add_argument("--dataset", help="JSONL/JSON/CSV/Parquet file or hub name; default: the bundled arithmetic set")
     group.add_argument("--preset", help="preset name or YAML file (see `llmwizard presets`)")
     group.add_argument("--gpus", help="plan for hardware you don't have: 4xRTX4090, 8xH100-80GB, 2x24GB, cpu")
-    group.add_argument("--nodes", type=int, help="number of machines (with --gpus)")
-    group.add_argument("--host-ram", type=float, metavar="GIB",
+    group.add_argument("--nodes", type=flag_type(PositiveInt), help="number of machines (with --gpus)")
+    group.add_argument("--host-ram", type=flag_type(GiBAmount), metavar="GIB",
                        help="host RAM per machine in GiB, for --gpus (default: typical for those GPUs)")
-    group.add_argument("--processes", type=int, help="processes per machine (on the CPU: ranks to run)")
+    group.add_argument("--processes", type=flag_type(PositiveInt), help="processes per machine (on the CPU: ranks to run)")
     tune = parser.add_argument_group("overrides (default: decided by the planner)")
-    tune.add_argument("--method", choices=["full", "lora", "qlora"])
-    tune.add_argument("--strategy", choices=["single", "ddp", "fsdp", "zero2", "zero3"])
-    tune.add_argument("--offload", choices=["none", "optimizer", "params"])
-    tune.add_argument("--launcher", choices=["accelerate", "torchrun", "deepspeed"])
-    tune.add_argument("--epochs", type=float)
-    tune.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    tune.add_argument("--learning-rate", "--lr", type=float, dest="learning_rate")
-    tune.add_argument("--lora-r", type=int)
-    tune.add_argument("--max-length", type=int)
+    tune.add_argument("--method", choices=choices(Method))
+    tune.add_argument("--strategy", choices=choices(Strategy))
+    tune.add_argument("--offload", choices=choices(Offload))
+    tune.add_argument("--launcher", choices=choices(Launcher))
+    tune.add_argument("--epochs", type=flag_type(PositiveFloat))
+    tune.add_argument("--max-steps", type=flag_type(PositiveInt), help="stop after this many optimizer steps")
+    tune.add_argument("--learning-rate", "--lr", type=flag_type(PositiveFloat), dest="learning_rate")
+    tune.add_argument("--lora-r", type=flag_type(PositiveInt))
+    tune.add_argument("--max-length", type=flag_type(PositiveInt))
     tune.add_argument("--allow-truncation", action="store_true", default=None,
                       help="train even when examples are longer than the model allows (they are cut)")
-    tune.add_argument("--micro-batch", type=int)
-    tune.add_argument("--effective-batch", type=int)
+    tune.add_argument("--micro-batch", type=flag_type(PositiveInt))
+    tune.add_argument("--effective-batch", type=flag_type(PositiveInt))
     tune.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
                       help="activation checkpointing on/off")
-    tune.add_argument("--precision", choices=["bf16", "fp16", "fp32"])
-    tune.add_argument("--optimizer", choices=["adamw", "adamw_8bit", "adafactor", "sgd"])
-    tune.add_argument("--eval-fraction", type=float, help="share of rows held out for evaluation (0 = none)")
+    tune.add_argument("--precision", choices=choices(Precision))
+    tune.add_argument("--optimizer", choices=choices(Optimizer))
+    tune.add_argument("--eval-fraction", type=flag_type(Fraction), help="share of rows held out for evaluation (0 = none)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,21 +96,25 @@ def build_subparser(command: str) -> argparse.ArgumentParser:
         if command == "export":
             parser.add_argument("--out", required=True, help="directory to write the run files into")
     elif command == "estimate":
+        from llmwizard.autotune import schema
+
+        positive = schema.flag_type(schema.PositiveInt)
         parser.description = "Per-GPU memory for one setup, by component."
         parser.add_argument("--model", required=True)
         parser.add_argument("--gpus", required=True, help="e.g. 1xRTX4090, 8xH100-80GB, 2x24GB")
-        parser.add_argument("--nodes", type=int)
-        parser.add_argument("--host-ram", type=float, metavar="GIB", help="host RAM per machine in GiB")
-        parser.add_argument("--method", choices=["full", "lora", "qlora"], default="lora")
-        parser.add_argument("--seq", type=int, required=True, help="sequence length in tokens")
-        parser.add_argument("--batch", type=int, required=True, help="micro-batch per GPU")
-        parser.add_argument("--strategy", choices=["single", "ddp", "fsdp", "zero2", "zero3"])
+        parser.add_argument("--nodes", type=positive)
+        parser.add_argument("--host-ram", type=schema.flag_type(schema.GiBAmount), metavar="GIB",
+                            help="host RAM per machine in GiB")
+        parser.add_argument("--method", choices=schema.choices(schema.Method), default="lora")
+        parser.add_argument("--seq", type=positive, required=True, help="sequence length in tokens")
+        parser.add_argument("--batch", type=positive, required=True, help="micro-batch per GPU")
+        parser.add_argument("--strategy", choices=schema.choices(schema.Strategy))
         parser.add_argument("--offload", action="store_true", help="offload optimizer states to host RAM")
         parser.add_argument("--checkpointing", action="store_true")
-        parser.add_argument("--lora-r", type=int, default=8)
-        parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"])
-        parser.add_argument("--optimizer", choices=["adamw", "adamw_8bit", "adafactor", "sgd"], default="adamw")
-        parser.add_argument("--attention", choices=["sdpa", "flash", "eager"], default="sdpa")
+        parser.add_argument("--lora-r", type=positive, default=8)
+        parser.add_argument("--precision", choices=schema.choices(schema.Precision))
+        parser.add_argument("--optimizer", choices=schema.choices(schema.Optimizer), default="adamw")
+        parser.add_argument("--attention", choices=schema.choices(schema.Attention), default="sdpa")
         parser.add_argument("--json", action="store_true")
     elif command == "run":
         parser.description = "Launch an exported run directory (or its plan.yaml) with the live view."
@@ -144,13 +163,17 @@ def _print_error(error: Any) -> None:
 
 def _hardware(args: argparse.Namespace) -> HardwareProfile:
     from llmwizard.autotune import hardware
+    from llmwizard.autotune.errors import UserError
 
     if getattr(args, "gpus", None):
         return hardware.from_spec(args.gpus, nodes=args.nodes, host_ram_gib=getattr(args, "host_ram", None))
-    if getattr(args, "nodes", None) and args.nodes > 1:
-        detected = hardware.detect(getattr(args, "output_dir", "."))
-        detected.nodes = args.nodes
-        return detected
+    # Both describe hardware you plan for: without --gpus they would apply to this machine's
+    # detected devices, which the user did not describe.
+    for flag, value in (("--nodes", getattr(args, "nodes", None)), ("--host-ram", getattr(args, "host_ram", None))):
+        if value is not None and not (flag == "--nodes" and value == 1):
+            raise UserError(f"{flag} {value:g} needs --gpus: it describes hardware you plan for.", title="Hardware",
+                            fix=f"Add --gpus for one machine's GPUs (e.g. --gpus 8xH100-80GB {flag} {value:g}), "
+                            f"or drop {flag} to plan for this machine.")
     return hardware.detect(getattr(args, "output_dir", "."))
 
 

@@ -1,0 +1,231 @@
+"""The allowed values of every setting, in one place: presets, plan.yaml, flags and the wizard.
+
+Each choice is a `Literal` type and each number an `Annotated` type carrying a `Check` (the rule
+and how it reads). Goals and Plan are pydantic dataclasses typed with these, argparse takes its
+`choices=` and `type=` from them, and `describe()` renders what a type allows for messages and
+docs/schema.md.
+
+This module imports only the standard library at module level, so the command line builds its
+parser (and answers `--help`) without loading pydantic; pydantic is imported when a value is
+validated.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any, Literal, Union
+
+from llmwizard.autotune.errors import UserError
+
+# ----------------------------------------------------------------------------- choices
+
+Strategy = Literal["single", "ddp", "fsdp", "zero2", "zero3"]
+Method = Literal["full", "lora", "qlora"]
+Offload = Literal["none", "optimizer", "params"]
+Optimizer = Literal["adamw", "adamw_8bit", "adafactor", "sgd"]
+Precision = Literal["bf16", "fp16", "fp32"]
+Launcher = Literal["accelerate", "torchrun", "deepspeed"]
+# transformers.SchedulerType values whose schedule needs no extra arguments
+# (get_scheduler in transformers/optimization.py); the plateau and min-lr schedules need more.
+LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                      "constant_with_warmup", "inverse_sqrt"]
+Attention = Literal["sdpa", "flash", "eager"]
+DatasetSize = Literal["small", "large"]       # the size classes of autotune/rules.py
+Device = Literal["cuda", "cpu"]
+ModelSource = Literal["embedded", "local", "catalog", "hub"]
+DatasetFormat = Literal["messages", "prompt_completion", "text"]   # what TRL's SFTTrainer reads
+
+# Every choice type by the name docs/schema.md and tests use.
+CHOICES: dict[str, Any] = {
+    "Strategy": Strategy, "Method": Method, "Offload": Offload, "Optimizer": Optimizer,
+    "Precision": Precision, "Launcher": Launcher, "LrScheduler": LrScheduler, "Attention": Attention,
+    "DatasetSize": DatasetSize, "Device": Device, "ModelSource": ModelSource, "DatasetFormat": DatasetFormat,
+}
+
+
+class Check:
+    """Annotated metadata: a rule a value must pass after its type is checked, and how the rule
+    reads in a message ("an integer of 1 or more"). pydantic applies it through the
+    `__get_pydantic_core_schema__` hook."""
+
+    __slots__ = ("test", "allowed")
+
+    def __init__(self, test: Callable[[Any], bool], allowed: str) -> None:
+        self.test = test
+        self.allowed = allowed
+
+    def __repr__(self) -> str:
+        return f"Check({self.allowed!r})"
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        def check(value: Any) -> Any:
+            if not self.test(value):
+                raise ValueError(f"must be {self.allowed}")
+            return value
+
+        return core_schema.no_info_after_validator_function(check, handler(source))
+
+
+# ----------------------------------------------------------------------------- numbers
+# NaN fails every comparison, so the float rules refuse it along with inf.
+
+PositiveInt = Annotated[int, Check(lambda v: v >= 1, "an integer of 1 or more")]
+NonNegativeInt = Annotated[int, Check(lambda v: v >= 0, "an integer of 0 or more")]
+PositiveFloat = Annotated[float, Check(lambda v: 0 < v < math.inf, "a finite number greater than 0")]
+NonNegativeFloat = Annotated[float, Check(lambda v: 0 <= v < math.inf, "a finite number of 0 or more")]
+Fraction = Annotated[float, Check(lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1")]
+Port = Annotated[int, Check(lambda v: 1 <= v <= 65535, "a port number from 1 to 65535")]
+# numpy's seed (which transformers.set_seed sets) takes 0 .. 2**32 - 1.
+Seed = Annotated[int, Check(lambda v: 0 <= v <= 2**32 - 1, "an integer from 0 to 4294967295")]
+# The trainer's convention: -1 runs the epochs, a positive count stops after that many steps.
+MaxSteps = Annotated[int, Check(lambda v: v == -1 or v >= 1, "-1 (run the epochs) or an integer of 1 or more")]
+GiBAmount = Annotated[float, Check(lambda v: 0 < v < math.inf, "a finite number of GiB greater than 0")]
+
+# Every number type by name, for docs/schema.md and its test.
+NUMBERS: dict[str, Any] = {
+    "PositiveInt": PositiveInt, "NonNegativeInt": NonNegativeInt, "PositiveFloat": PositiveFloat,
+    "NonNegativeFloat": NonNegativeFloat, "Fraction": Fraction, "Port": Port, "Seed": Seed,
+    "MaxSteps": MaxSteps, "GiBAmount": GiBAmount,
+}
+
+
+def choices(tp: Any) -> list[str]:
+    """The values of a Literal type (through Optional and Annotated), for argparse and selects."""
+    tp = _unwrap(tp)
+    if typing.get_origin(tp) is not Literal:
+        raise TypeError(f"{tp!r} is not a Literal type")
+    return [str(value) for value in typing.get_args(tp)]
+
+
+def describe(tp: Any) -> str:
+    """What a type allows, in words: "one of: a, b", "an integer of 1 or more", ..."""
+    if typing.get_origin(tp) is Annotated:
+        for meta in tp.__metadata__:
+            if isinstance(meta, Check):
+                return meta.allowed
+        return describe(typing.get_args(tp)[0])
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        # X | None: None only means "not set", so say what X allows.
+        return " or ".join(describe(arg) for arg in typing.get_args(tp) if arg is not type(None))
+    if origin is Literal:
+        return "one of: " + ", ".join(str(v) for v in typing.get_args(tp))
+    if origin in (list, frozenset, set, tuple):
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "text", type(None): "null"}
+    if tp in names:
+        return names[tp]
+    if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
+        return f"a mapping of {tp.__name__} fields: {', '.join(tp.__dataclass_fields__)}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _unwrap(tp: Any) -> Any:
+    """The type inside Annotated[...] and X | None."""
+    while True:
+        if typing.get_origin(tp) is Annotated:
+            tp = typing.get_args(tp)[0]
+            continue
+        if typing.get_origin(tp) in (Union, types.UnionType):
+            options = [arg for arg in typing.get_args(tp) if arg is not type(None)]
+            if len(options) == 1:
+                tp = options[0]
+                continue
+        return tp
+
+
+def field_type(cls: type, path: Iterable[str | int]) -> Any:
+    """The declared type at a dotted path of a (pydantic or plain) dataclass, or None."""
+    tp: Any = cls
+    for part in path:
+        inner = _unwrap(tp)
+        if isinstance(part, int) or typing.get_origin(inner) in (list, dict, frozenset, tuple):
+            args = typing.get_args(inner)
+            tp = args[-1] if args else Any
+            continue
+        if not (isinstance(inner, type) and hasattr(inner, "__dataclass_fields__")):
+            return None
+        hints = typing.get_type_hints(inner, include_extras=True)
+        if part not in hints:
+            return None
+        tp = hints[part]
+    return tp
+
+
+# ----------------------------------------------------------------------------- errors
+
+def user_error(exc: Any, *, cls: type | None, source: str, title: str, fix: str | None = None,
+               key_name: Callable[[str], str] | None = None) -> UserError:
+    """A UserError for a pydantic ValidationError: the key (dotted path), the value given and
+    what is allowed, for each problem. `source` says where the values came from ("plan.yaml",
+    "preset small-dataset"); `key_name` turns a dotted key into what the user typed."""
+    lines = []
+    for error in exc.errors():
+        loc = tuple(error.get("loc", ()))
+        key = ".".join(str(part) for part in loc)
+        shown = key_name(key) if key_name else key
+        kind = error.get("type", "")
+        if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+            known = _field_names(cls, loc[:-1]) if cls else []
+            lines.append(f"{source}: unknown key '{shown}'"
+                         + (f"; known keys: {', '.join(known)}" if known else ""))
+            continue
+        if not loc:     # a check across fields
+            lines.append(f"{source}: {error.get('msg', '').removeprefix('Value error, ')}")
+            continue
+        if kind in ("missing", "missing_argument"):
+            lines.append(f"{source}: missing key '{shown}'")
+            continue
+        tp = field_type(cls, loc) if cls else None
+        allowed = describe(tp) if tp is not None else error.get("msg", "")
+        lines.append(f"{source}: {shown} = {error.get('input')!r} is not allowed; use {allowed}")
+    return UserError(".\n".join(lines) + ".", title=title, fix=fix)
+
+
+def _field_names(cls: type, path: tuple[Any, ...]) -> list[str]:
+    tp = _unwrap(field_type(cls, path)) if path else cls
+    fields = getattr(tp, "__dataclass_fields__", None)
+    return list(fields) if fields else []
+
+
+def validate(tp: Any, value: Any) -> Any:
+    """`value` checked and converted to `tp` (pydantic's lax mode: "1e-4" is a float); raises
+    pydantic's ValidationError."""
+    return _adapter(tp).validate_python(value)
+
+
+_ADAPTERS: dict[Any, Any] = {}
+
+
+def _adapter(tp: Any) -> Any:
+    from pydantic import TypeAdapter
+
+    if tp not in _ADAPTERS:
+        _ADAPTERS[tp] = TypeAdapter(tp)
+    return _ADAPTERS[tp]
+
+
+def flag_type(tp: Any) -> Callable[[str], Any]:
+    """An argparse `type=` function for `tp`: a bad value exits 2 naming the flag (argparse adds
+    it), the value and what is allowed."""
+
+    def convert(text: str) -> Any:
+        import argparse
+
+        from pydantic import ValidationError
+
+        try:
+            return validate(tp, text.strip())
+        except ValidationError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed; use {describe(tp)}") from None
+
+    convert.__name__ = getattr(_unwrap(tp), "__name__", "value")
+    convert.schema_type = tp  # type: ignore[attr-defined]
+    return convert
