@@ -42,6 +42,8 @@ BAD_FLAGS = [
     ([*ESTIMATE, "--seq", "128", "--batch", "1", "--lora-r", "0"], ["--lora-r", "'0'", "1 or more"]),
     ([*ESTIMATE, "--seq", "0", "--batch", "1"], ["--seq", "'0'", "1 or more"]),
     (["plan", "--nodes", "2"], ["--nodes 2", "--gpus"]),
+    ([*ESTIMATE, "--seq", "10000000", "--batch", "1"], ["--seq 10000000", "positions", "--seq 512 or less"]),
+    (["plan", "--gpus", "4x0GB"], ["4x0GB"]),
 ]
 
 # (preset text, words the message must hold: the key, the value, what is allowed)
