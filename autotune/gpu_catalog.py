@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass
 
 from llmwizard.autotune.errors import UserError
-from llmwizard.autotune.hardware import GPU, GiB, HardwareProfile
+from llmwizard.autotune.hardware_types import GPU, GiB, HardwareProfile
+from llmwizard.autotune.host import read_host
 
 MiB = 1024**2
 # Share of a hypothetical node's RAM a run may count on: the OS, page cache, the launcher and
@@ -245,8 +246,6 @@ def _split_ram(spec: str) -> tuple[str, float | None]:
 
 def _cpu_profile(spec: str, nodes: int, ram_gib: float | None) -> HardwareProfile:
     """Planning for the CPU uses this machine's host (RAM capped by its cgroup, affinity cores)."""
-    from llmwizard.autotune.hardware import read_host
-
     host = read_host()
     profile = HardwareProfile(source="spec", gpus=[], nodes=nodes, spec=spec, host_ram_total=host.ram_total,
                               host_ram_available=host.ram_available, cpu_cores=host.cpu_cores,

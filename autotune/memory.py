@@ -19,30 +19,37 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from llmwizard.autotune.activations import (  # noqa: F401 (public names re-exported for callers)
+from llmwizard.autotune.activations import (
     LM_HEAD_TILE,
     NF4_BYTES,
-    _layer_backward_bytes,
-    _layout,
-    _targets,
-    _weight_copies,
     activation_bytes,
+    adapted_linears,
     attention_kernel,
+    layer_backward_bytes,
     layer_token_bytes,
+    layout,
     logits_bytes,
     trainable_params,
+    weight_copy_bytes,
 )
 from llmwizard.autotune.errors import UserError
-from llmwizard.autotune.model_spec import ModelSpec
+from llmwizard.autotune.hardware_types import GiB
+from llmwizard.autotune.model_types import ModelSpec
+from llmwizard.autotune.train_setup import (
+    ATTENTIONS,
+    METHODS,
+    OFFLOADS,
+    OPTIMIZERS,
+    PRECISIONS,
+    STRATEGIES,
+    TrainSetup,
+)
 
-GiB = 1024**3
-
-STRATEGIES = ("single", "ddp", "fsdp", "zero2", "zero3")
-METHODS = ("full", "lora", "qlora")
-OFFLOADS = ("none", "optimizer", "params")
-OPTIMIZERS = ("adamw", "adamw_8bit", "adafactor", "sgd")
-PRECISIONS = ("bf16", "fp16", "fp32")
-ATTENTIONS = ("sdpa", "flash", "eager")
+# Names callers import from here: the setup type and its choices live in
+# llmwizard.autotune.train_setup, the activation figures in llmwizard.autotune.activations.
+__all__ = ["ATTENTIONS", "GiB", "LM_HEAD_TILE", "METHODS", "MemoryEstimate", "NF4_BYTES", "OFFLOADS", "OPTIMIZERS",
+           "PRECISIONS", "STRATEGIES", "TrainSetup", "activation_bytes", "attention_kernel", "estimate",
+           "layer_token_bytes", "logits_bytes", "trainable_params"]
 
 # Framework costs outside the tensors the model owns.
 OVERHEAD = {
@@ -65,31 +72,6 @@ DEEPSPEED = {
     # estimate_zero2/3_model_states_mem_needs: pinned host buffers add half again to offloaded states.
     "host_buffer_factor": 1.5,
 }
-@dataclass
-class TrainSetup:
-    """The knobs the memory model depends on."""
-
-    method: str = "lora"
-    strategy: str = "single"
-    offload: str = "none"
-    num_gpus: int = 1                 # data-parallel world size: what sharding divides by
-    micro_batch: int = 1
-    seq_len: int = 1024
-    checkpointing: bool = False
-    precision: str = "bf16"
-    optimizer: str = "adamw"
-    attention: str = "sdpa"           # "sdpa" (flash / memory-efficient), "flash" (flash_attention_2) or "eager"
-    lora_r: int = 8
-    lora_targets: list[str] | None = None
-    lora_dropout: float = 0.05
-    device: str = "cuda"
-    gpus_per_node: int = 0            # processes sharing one host's RAM; 0: all of num_gpus
-    # The step runs on FakeTensorMode tensors (bench/memory_validation.py): autograd cannot sum
-    # two gradients in place for a tensor subclass, so a tied embedding's two gradients and their
-    # sum coexist. Never set for planning.
-    fake_tensors: bool = False
-
-
 @dataclass
 class MemoryEstimate:
     params: int
@@ -158,9 +140,9 @@ def _optimizer_bytes(model: ModelSpec, setup: TrainSetup, trainable: int, state_
             states = 4 * (model.num_layers * sum(lin.d_in + lin.d_out for lin in model.linears)
                           + 2 * (model.vocab_size + model.hidden_size))
         else:
-            widest = max(setup.lora_r * max(lin.d_in, lin.d_out) for lin in _targets(model, setup))
+            widest = max(setup.lora_r * max(lin.d_in, lin.d_out) for lin in adapted_linears(model, setup))
             states = 4 * model.num_layers * sum(2 * setup.lora_r + lin.d_in + lin.d_out
-                                                for lin in _targets(model, setup))
+                                                for lin in adapted_linears(model, setup))
         return states, 2 * 4 * widest
     return 0.0, 0.0  # SGD without momentum (HF's default): foreach add_ in place
 
@@ -168,7 +150,7 @@ def _optimizer_bytes(model: ModelSpec, setup: TrainSetup, trainable: int, state_
 def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate:
     """Peak bytes on one device for a training step, by component, and whether it fits `budget`."""
     _validate(setup)
-    lay = _layout(model, setup)
+    lay = layout(model, setup)
     notes: list[str] = []
     psi = model.total_params
     trainable = trainable_params(model, setup)
@@ -247,7 +229,7 @@ def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate
     if setup.method == "full":  # the head's weight gradient arrives first and stays through backward
         # (FSDP2: unsharded, in the gathered dtype, until the root's reduce-scatter at the end)
         lm_grad = vocab * h * (lay.compute if setup.strategy == "fsdp" else lay.trainable / shard_grads)
-    layer_bwd = _layer_backward_bytes(model, setup)
+    layer_bwd = layer_backward_bytes(model, setup)
     tied_extra = 0.0
     if setup.method == "full" and model.tie_embeddings:
         # embedding backward builds a dense [vocab, hidden] gradient that is summed into the head's
@@ -256,7 +238,7 @@ def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate
     embedding_grad = 0.0
     if setup.method == "full" and not model.tie_embeddings:
         embedding_grad = model.embedding_params * lay.trainable / shard_grads
-    last_layer = tokens * layer_token_bytes(model, setup) + _weight_copies(model, setup)
+    last_layer = tokens * layer_token_bytes(model, setup) + weight_copy_bytes(model, setup)
     if setup.checkpointing:
         last_layer = tokens * lay.stream * h
 
@@ -299,4 +281,4 @@ def _unit_bytes(model: ModelSpec, setup: TrainSetup, params: int) -> float:
     """One gathered block of `params` parameters, in the dtype it is gathered in."""
     if setup.method == "qlora":
         return params * NF4_BYTES
-    return params * _layout(model, setup).compute
+    return params * layout(model, setup).compute

@@ -18,12 +18,13 @@ import re
 from llmwizard.autotune.dataset import DatasetProfile
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.goals import Goals
-from llmwizard.autotune.hardware import HardwareProfile
-from llmwizard.autotune.memory import TrainSetup, estimate
-from llmwizard.autotune.model_spec import ModelSpec
+from llmwizard.autotune.hardware_types import HardwareProfile
+from llmwizard.autotune.memory import estimate
+from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.plan import LoraSettings, Plan
 from llmwizard.autotune.rules import RULES, classify, round_up
 from llmwizard.autotune.search import HEADROOM, choose, format_params  # noqa: F401 (re-exported)
+from llmwizard.autotune.train_setup import TrainSetup
 
 DEFAULT_EFFECTIVE_BATCH = 16
 # The embedded default is a random-init toy model: it learns visibly at ten times the rule's rate.

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.goals import Goals
-from llmwizard.autotune.hardware import GiB, HardwareProfile
-from llmwizard.autotune.memory import OFFLOADS, OPTIMIZERS, STRATEGIES, MemoryEstimate, TrainSetup, estimate
-from llmwizard.autotune.model_spec import ModelSpec
+from llmwizard.autotune.hardware_types import GiB, HardwareProfile
+from llmwizard.autotune.memory import MemoryEstimate, estimate
+from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.throughput import step_cost
+from llmwizard.autotune.train_setup import OFFLOADS, OPTIMIZERS, STRATEGIES, TrainSetup
 
 # Keep this share of the budget free: allocator spikes, evaluation and checkpoint saving.
 HEADROOM = 0.05
