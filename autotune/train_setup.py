@@ -41,3 +41,13 @@ class TrainSetup:
     # two gradients in place for a tensor subclass, so a tied embedding's two gradients and their
     # sum coexist. Never set for planning.
     fake_tensors: bool = False
+
+    @property
+    def data_parallel(self) -> int:
+        """Processes the model states are spread over: the whole world, except for `single`."""
+        return self.num_gpus if self.strategy != "single" else 1
+
+    @property
+    def grad_shards(self) -> int:
+        """What gradients and optimizer states are divided by: the world under ZeRO and FSDP, else 1."""
+        return self.data_parallel if self.strategy in ("fsdp", "zero2", "zero3") else 1
