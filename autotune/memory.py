@@ -8,9 +8,9 @@ checkpointing, torch AdamW (foreach), then zero_grad(set_to_none).
 
 Sources: model states (llmwizard.autotune.model_states) from the ZeRO paper (Rajbhandari et al.
 2020) and DeepSpeed's own estimators; activations (llmwizard.autotune.activations) derived tensor
-by tensor from the autograd graph of HF's Llama/Qwen2/Gemma2 blocks (RMSNorm, GQA, SwiGLU/GeGLU) and checked against FakeTensorMode + MemTracker peaks
-(bench/memory_validation.py, figures in bench/results/); the LM head from trl.kernels.
-chunked_logprob. Gradients and activations peak at opposite ends of backward, so `total` is the
+by tensor from the autograd graph of HF's Llama/Qwen2/Gemma2 blocks (RMSNorm, GQA, SwiGLU/GeGLU)
+and checked against FakeTensorMode + MemTracker peaks (bench/memory_validation.py, figures in
+bench/results/); the LM head from trl.kernels.chunked_logprob. Gradients and activations peak at opposite ends of backward, so `total` is the
 largest of the step's phases (`peak_at` names it), not the sum of the components.
 """
 
