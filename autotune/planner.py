@@ -23,7 +23,8 @@ from llmwizard.autotune.memory import estimate
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.plan import LoraSettings, Plan
 from llmwizard.autotune.rules import RULES, classify, round_up
-from llmwizard.autotune.search import HEADROOM, choose, format_params  # noqa: F401 (re-exported)
+from llmwizard.autotune.no_fit import format_params  # noqa: F401 (re-exported)
+from llmwizard.autotune.search import HEADROOM, choose  # noqa: F401 (re-exported)
 from llmwizard.autotune.train_setup import TrainSetup
 
 DEFAULT_EFFECTIVE_BATCH = 16
@@ -132,7 +133,9 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
                        lora_targets=lora.target_modules if lora else None,
                        lora_dropout=lora.dropout if lora else 0.0, device=hardware.device,
                        gpus_per_node=per_node)
-    chosen = choose(hardware, model, setup, goals, budget, effective, world, reasons)
+    choice = choose(hardware, model, setup, goals, budget, effective, world)
+    reasons.update(choice.reasons)
+    chosen = choice.best
     micro = chosen.micro_batch
     grad_accum = effective // (micro * world)
     reasons["batch"] = (f"micro-batch {micro} x {world} process(es) x {grad_accum} accumulation = "
