@@ -57,7 +57,7 @@ def layout(model: ModelSpec, setup: TrainSetup) -> Layout:
     trainable = 2 if half and (setup.method == "qlora" or deepspeed) else 4
     master = 4 if half and deepspeed else 0
     linear = _linear_params(model)
-    weight = compute
+    weight: float = compute
     if setup.method == "qlora":
         weight = (linear * NF4_BYTES + (model.total_params - linear) * compute) / model.total_params
     # The dropout runs in the adapter's dtype at compute time: FSDP2 gathers adapters in bf16.
@@ -126,6 +126,7 @@ def activation_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     """Saved activations at the end of the forward pass, one micro-batch, all layers."""
     lay = layout(model, setup)
     tokens = setup.micro_batch * setup.seq_len
+    layers: float
     if setup.checkpointing:
         layers = model.num_layers * tokens * lay.stream * model.hidden_size  # each layer keeps its input
     else:
@@ -134,7 +135,8 @@ def activation_bytes(model: ModelSpec, setup: TrainSetup) -> float:
             # Behind a frozen embedding the first layer's input needs no gradient, so nothing is kept
             # for one: not its first norm's fp32 copy, nor the dropout masks of adapters reading it.
             # (TRL calls enable_input_require_grads() only with gradient checkpointing.)
-            readers = sum(lin.d_in for lin in adapted_linears(model, setup) if lin.name in ("q_proj", "k_proj", "v_proj"))
+            readers = sum(lin.d_in for lin in adapted_linears(model, setup)
+                          if lin.name in ("q_proj", "k_proj", "v_proj"))
             layers -= tokens * (4 * model.hidden_size + 8 + (lay.mask * readers if setup.lora_dropout > 0 else 0))
     return layers + tokens * _fixed_token_bytes(model, setup)
 
@@ -162,7 +164,7 @@ def layer_backward_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     # non-reentrant checkpointing the recomputed tensors stay until the whole layer is done, and
     # with LoRA the adapters' fp32 input gradients join them (measured: 12 x I).
     mlp_grads = 6 if setup.checkpointing and setup.method != "full" else 3
-    transient = tokens * mlp_grads * lay.compute * inter
+    transient: float = tokens * mlp_grads * lay.compute * inter
     if attention_kernel(model, setup) == "eager":  # gradients of the probabilities and the fp32 softmax
         transient += setup.micro_batch * model.num_heads * setup.seq_len**2 * (lay.compute + 2)
     widest = max(lin.d_in * lin.d_out for lin in model.linears)

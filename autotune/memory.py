@@ -10,8 +10,9 @@ Sources: model states (llmwizard.autotune.model_states) from the ZeRO paper (Raj
 2020) and DeepSpeed's own estimators; activations (llmwizard.autotune.activations) derived tensor
 by tensor from the autograd graph of HF's Llama/Qwen2/Gemma2 blocks (RMSNorm, GQA, SwiGLU/GeGLU)
 and checked against FakeTensorMode + MemTracker peaks (bench/memory_validation.py, figures in
-bench/results/); the LM head from trl.kernels.chunked_logprob. Gradients and activations peak at opposite ends of backward, so `total` is the
-largest of the step's phases (`peak_at` names it), not the sum of the components.
+bench/results/); the LM head from trl.kernels.chunked_logprob. Gradients and activations peak at
+opposite ends of backward, so `total` is the largest of the step's phases (`peak_at` names it),
+not the sum of the components.
 """
 
 from __future__ import annotations
@@ -216,6 +217,7 @@ def _step_tensors(model: ModelSpec, setup: TrainSetup) -> _StepTensors:
     # the embedding's gradient appears only after the first layer's backward (tied: it is the head's)
     embedding_grad = model.embedding_params * lay.trainable / shards if full and not model.tie_embeddings else 0.0
     tokens = setup.micro_batch * setup.seq_len
+    last_layer: float
     if setup.checkpointing:
         last_layer = tokens * lay.stream * h
     else:

@@ -65,14 +65,14 @@ def load_model_spec(name: str | None) -> ModelSpec:
         raise UserError(f"Unknown model '{name}': not a local directory and not in the catalog{hint}.",
                         title="Model", fix="Pass a directory that holds config.json, a catalog name "
                         "(`llmwizard plan --model llama-3.1-8b`) or a hub id such as org/name.")
-    config_file, why = _hub_config_file(name)
-    if config_file is None:
+    hub_file, why = _hub_config_file(name)
+    if hub_file is None:
         raise UserError(
             f"Unknown model '{name}': not a local directory, not in the catalog{hint} "
             f"and the hub is unreachable ({why}).", title="Model",
             fix="Download the model (huggingface-cli download) and pass its directory, or allow hub "
                 "access (unset HF_HUB_OFFLINE, log in for gated models), or pick a catalog name.")
-    return _spec_from_file(name, "hub", None, config_file)
+    return _spec_from_file(name, "hub", None, hub_file)
 
 
 def catalog_names() -> list[str]:

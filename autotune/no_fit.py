@@ -17,7 +17,8 @@ from llmwizard.autotune.train_setup import TrainSetup
 def forced_estimate(model: ModelSpec, base: TrainSetup, forced: dict[str, object], world: int, budget: int) -> str:
     changes = {key: value for key, value in forced.items() if key in ("strategy", "offload", "micro_batch",
                                                                        "checkpointing", "optimizer")}
-    setup = replace(base, **{"strategy": "single" if world == 1 else "ddp", "micro_batch": 1, **changes})
+    setup = replace(base, **{"strategy": "single" if world == 1 else "ddp", "micro_batch": 1,  # type: ignore[arg-type]
+                             **changes})
     est = estimate(model, setup, budget)
     return f"it needs {est.total / GiB:.1f} GiB per device, and {budget / GiB:.1f} GiB is free."
 

@@ -226,7 +226,7 @@ def _does_not_fit(space: SearchSpace, goals: Goals) -> UserError:
                 f"{asked} does not fit: {forced_estimate(model, base, forced, world, budget)}",
                 title="Does not fit",
                 fix=f"Leave it to the planner, which fits {_label(alternative)} "
-                    f"({alternative.estimate.total / GiB:.1f} GiB per {'GPU' if hardware.device == 'cuda' else 'process'}).")
+                    f"({alternative.estimate.total / GiB:.1f} GiB per {_device_word(hardware)}).")
     return nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM))
 
 
@@ -288,6 +288,10 @@ def _alternatives(best: Candidate, fitting: list[Candidate]) -> str:
 
 def _replace(setup: TrainSetup, **changes: object) -> TrainSetup:
     return replace(setup, **changes)  # type: ignore[arg-type]
+
+
+def _device_word(hardware: HardwareProfile) -> str:
+    return "GPU" if hardware.device == "cuda" else "process"
 
 
 def _strategy_words(strategy: str) -> str:
