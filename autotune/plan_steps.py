@@ -38,6 +38,8 @@ class Decision(Generic[T]):
 
 @dataclass(frozen=True)
 class World:
+    """The processes of the run: nodes alike, the same number of processes on each."""
+
     nodes: int
     per_node: int                     # processes per node
 
@@ -48,6 +50,8 @@ class World:
 
 @dataclass(frozen=True)
 class Schedule:
+    """How much data is held out, and how often the run evaluates, checkpoints and logs."""
+
     eval_fraction: float
     eval_steps: int                   # also the checkpoint interval
     logging_steps: int
@@ -232,6 +236,7 @@ def base_setup(hardware: HardwareProfile, world: World, method: str, max_length:
 
 
 def budget(hardware: HardwareProfile, per_node: int) -> int:
+    """Bytes one process may use: the smallest GPU's free memory, or on the CPU a share of the RAM."""
     if hardware.device == "cpu":
         return hardware.host_ram_available // max(1, per_node)
     gpu = hardware.smallest_gpu
@@ -239,7 +244,7 @@ def budget(hardware: HardwareProfile, per_node: int) -> int:
     return gpu.free_memory
 
 
-# ----------------------------------------------------------------------------- 5. accumulation
+# ----------------------------------------------------------------------------- 5. accumulation, launcher
 
 def grad_accum(goals: Goals, micro: int, world: int, effective: int) -> Decision[int]:
     grad_accum = effective // (micro * world)
@@ -280,6 +285,7 @@ def schedule(dataset: DatasetProfile, goals: Goals, effective: int, epochs: floa
 
 
 def run_name(model: str, dataset: str) -> str:
+    """"<model>-<dataset>" from their last path parts, safe as a directory name."""
     def stem(text: str) -> str:
         text = text.split(":")[-1].rstrip("/").split("/")[-1]
         text = re.sub(r"\.(jsonl|json|csv|parquet)$", "", text)
