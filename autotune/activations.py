@@ -1,7 +1,7 @@
 """Activations and the LM head's buffers: what one micro-batch keeps alive, tensor by tensor.
 
 Derived from the autograd graph of HF's Llama/Qwen2/Gemma2 blocks as the runner trains them and
-checked against FakeTensorMode + MemTracker peaks (bench/memory_validation.py). `_layout` says in
+checked against FakeTensorMode + MemTracker peaks (bench/memory_validation.py). `layout` says in
 which dtype each tensor family is stored for a method, strategy and precision; llmwizard.autotune.memory
 combines these figures with the model states into the step's peak.
 """
@@ -9,12 +9,9 @@ combines these figures with the model states into the step's peak.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-from llmwizard.autotune.model_spec import ModelSpec
-
-if TYPE_CHECKING:
-    from llmwizard.autotune.memory import TrainSetup
+from llmwizard.autotune.model_types import Linear, ModelSpec
+from llmwizard.autotune.train_setup import TrainSetup
 
 # TRL's fused LM head (trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE and
 # trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE): one [tokens x vocab] tile at a time.
@@ -31,7 +28,7 @@ _NO_SDPA_MODELS = ("gemma2",)
 
 
 @dataclass(frozen=True)
-class _Layout:
+class Layout:
     """Bytes per element of each tensor family, as the runner's stack stores them."""
 
     compute: int       # matmul inputs/outputs (the autocast dtype, or the weights' when no autocast)
@@ -43,36 +40,37 @@ class _Layout:
     mask: int          # a LoRA dropout mask element (bool on a GPU, the input's dtype on the CPU)
 
 
-def _layout(model: ModelSpec, setup: TrainSetup) -> _Layout:
+def layout(model: ModelSpec, setup: TrainSetup) -> Layout:
     half = setup.precision in ("bf16", "fp16")
     compute = 2 if half else 4
     deepspeed = setup.strategy in ("zero2", "zero3")
     if setup.method == "full":  # (no adapters, no dropout masks)
         if not half:
-            return _Layout(4, 4, 4, 4, 0, False, 0)
+            return Layout(4, 4, 4, 4, 0, False, 0)
         if deepspeed:  # DeepSpeed casts the module to bf16/fp16 and keeps fp32 masters in the optimizer
-            return _Layout(2, 2, 2, 2, 4, False, 0)
+            return Layout(2, 2, 2, 2, 4, False, 0)
         if setup.strategy == "fsdp":  # fp32 shards, gathered as bf16 (MixedPrecisionPolicy)
-            return _Layout(2, 2, 4, 4, 0, False, 0)
-        return _Layout(2, 4, 4, 4, 0, True, 0)  # export.py: dtype float32 + autocast
+            return Layout(2, 2, 4, 4, 0, False, 0)
+        return Layout(2, 4, 4, 4, 0, True, 0)  # export.py: dtype float32 + autocast
     # A LoRA base in the compute dtype; PEFT upcasts adapters to fp32, except where TRL keeps them
     # half (QLoRA, ZeRO-3) or DeepSpeed casts the module (then the optimizer holds fp32 masters).
     trainable = 2 if half and (setup.method == "qlora" or deepspeed) else 4
     master = 4 if half and deepspeed else 0
     linear = _linear_params(model)
-    weight = compute
+    weight: float = compute
     if setup.method == "qlora":
         weight = (linear * NF4_BYTES + (model.total_params - linear) * compute) / model.total_params
     # The dropout runs in the adapter's dtype at compute time: FSDP2 gathers adapters in bf16.
     mask = 1 if setup.device == "cuda" else (compute if setup.strategy == "fsdp" else trainable)
-    return _Layout(compute, compute, weight, trainable, master, False, mask)
+    return Layout(compute, compute, weight, trainable, master, False, mask)
 
 
 def _linear_params(model: ModelSpec) -> int:
     return model.num_layers * sum(lin.d_in * lin.d_out for lin in model.linears)
 
 
-def _targets(model: ModelSpec, setup: TrainSetup) -> list[Any]:
+def adapted_linears(model: ModelSpec, setup: TrainSetup) -> list[Linear]:
+    """The linears LoRA adapts in this setup (every linear when no targets are given)."""
     return [lin for lin in model.linears if setup.lora_targets is None or lin.name in setup.lora_targets]
 
 
@@ -100,7 +98,7 @@ def layer_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     half-precision probabilities per key (the s^2 term); SwiGLU/GeGLU save gate, activation and up
     (and the product when down_proj trains).
     """
-    lay = _layout(model, setup)
+    lay = layout(model, setup)
     c, s = lay.compute, lay.stream
     h, inter, a = model.hidden_size, model.intermediate_size, model.num_heads
     hq, hkv = model.num_heads * model.head_dim, model.num_kv_heads * model.head_dim
@@ -111,7 +109,7 @@ def layer_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     if full:
         total += c * h * 5 if s != c else s * h * 2      # q/k/v and gate/up inputs
         total += c * inter                                # down_proj's input
-    for lin in ([] if full else _targets(model, setup)):
+    for lin in ([] if full else adapted_linears(model, setup)):
         saved = (lay.mask + c) if setup.lora_dropout > 0 else c
         total += saved * lin.d_in + c * setup.lora_r
     if attention_kernel(model, setup) == "eager":
@@ -126,45 +124,47 @@ def layer_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
 
 def activation_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     """Saved activations at the end of the forward pass, one micro-batch, all layers."""
-    lay = _layout(model, setup)
+    lay = layout(model, setup)
     tokens = setup.micro_batch * setup.seq_len
+    layers: float
     if setup.checkpointing:
         layers = model.num_layers * tokens * lay.stream * model.hidden_size  # each layer keeps its input
     else:
-        layers = model.num_layers * (tokens * layer_token_bytes(model, setup) + _weight_copies(model, setup))
+        layers = model.num_layers * (tokens * layer_token_bytes(model, setup) + weight_copy_bytes(model, setup))
         if setup.method != "full":
             # Behind a frozen embedding the first layer's input needs no gradient, so nothing is kept
             # for one: not its first norm's fp32 copy, nor the dropout masks of adapters reading it.
             # (TRL calls enable_input_require_grads() only with gradient checkpointing.)
-            readers = sum(lin.d_in for lin in _targets(model, setup) if lin.name in ("q_proj", "k_proj", "v_proj"))
+            readers = sum(lin.d_in for lin in adapted_linears(model, setup)
+                          if lin.name in ("q_proj", "k_proj", "v_proj"))
             layers -= tokens * (4 * model.hidden_size + 8 + (lay.mask * readers if setup.lora_dropout > 0 else 0))
     return layers + tokens * _fixed_token_bytes(model, setup)
 
 
-def _weight_copies(model: ModelSpec, setup: TrainSetup) -> float:
+def weight_copy_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     """Half-precision copies autocast makes of one layer's fp32 weights; backward keeps them."""
-    lay = _layout(model, setup)
+    lay = layout(model, setup)
     return lay.compute * _linear_params(model) / model.num_layers if lay.autocast_copies else 0.0
 
 
 def _fixed_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     """Per-token tensors outside the layers: final norm, the head's saved hidden states, RoPE tables, ids."""
-    lay = _layout(model, setup)
+    lay = layout(model, setup)
     h = model.hidden_size
     normalised = (4 if model.model_type.startswith("gemma") else lay.stream) if setup.method == "full" else 0
     return (4 * h + normalised * h) + lay.stream * h + 2 * model.head_dim * lay.stream + 6 * 4 + 16
 
 
-def _layer_backward_bytes(model: ModelSpec, setup: TrainSetup) -> float:
+def layer_backward_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     """Transient buffers while one layer runs backward (gradients of its activations and weights)."""
-    lay = _layout(model, setup)
+    lay = layout(model, setup)
     tokens = setup.micro_batch * setup.seq_len
     inter = model.intermediate_size
     # Gradients of gate, up and the activation (measured: 6 x I bytes per token in bf16). Under
     # non-reentrant checkpointing the recomputed tensors stay until the whole layer is done, and
     # with LoRA the adapters' fp32 input gradients join them (measured: 12 x I).
     mlp_grads = 6 if setup.checkpointing and setup.method != "full" else 3
-    transient = tokens * mlp_grads * lay.compute * inter
+    transient: float = tokens * mlp_grads * lay.compute * inter
     if attention_kernel(model, setup) == "eager":  # gradients of the probabilities and the fp32 softmax
         transient += setup.micro_batch * model.num_heads * setup.seq_len**2 * (lay.compute + 2)
     widest = max(lin.d_in * lin.d_out for lin in model.linears)
@@ -173,7 +173,7 @@ def _layer_backward_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     elif setup.method == "qlora":
         transient += widest * lay.compute  # bitsandbytes dequantizes the weight for grad_input
     if setup.checkpointing:  # the layer is recomputed first, under autocast
-        transient += tokens * layer_token_bytes(model, setup) + _weight_copies(model, setup)
+        transient += tokens * layer_token_bytes(model, setup) + weight_copy_bytes(model, setup)
     return transient
 
 
@@ -184,7 +184,7 @@ def logits_bytes(model: ModelSpec, setup: TrainSetup, phase: str = "backward") -
     temporaries of the tile's size. Backward rebuilds each tile and accumulates fp32 gradients for
     the hidden states (and for the LM head's weight when it trains).
     """
-    lay = _layout(model, setup)
+    lay = layout(model, setup)
     tokens = setup.micro_batch * setup.seq_len
     rows, cols = min(tokens, LM_HEAD_TILE[0]), min(model.vocab_size, LM_HEAD_TILE[1])
     h = model.hidden_size

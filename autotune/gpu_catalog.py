@@ -16,11 +16,13 @@ Figures per GPU (one entry = one part):
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from llmwizard.autotune.errors import UserError
-from llmwizard.autotune.hardware import GPU, GiB, HardwareProfile
+from llmwizard.autotune.hardware_types import GPU, GiB, HardwareProfile
+from llmwizard.autotune.host import read_host
 
 MiB = 1024**2
 # Share of a hypothetical node's RAM a run may count on: the OS, page cache, the launcher and
@@ -161,8 +163,11 @@ def match_nvml_name(name: str, total_memory: int | None = None) -> GPUModel | No
 
 _SEP = r"\s*[x×*]\s*"
 _SPEC = re.compile(rf"^(?:(\d+){_SEP})?(?:(\d+){_SEP})?(.+)$", re.IGNORECASE)
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(?:GB|GIB|G)$", re.IGNORECASE)
-_RAM = re.compile(r"^(?:ram|host[-_ ]?ram)\s*=\s*(\d+(?:\.\d+)?)\s*(?:GB|GIB|G)?$", re.IGNORECASE)
+# A number as a user may write one, signs, nan and inf included, so that those are refused by name
+# rather than read as an unknown GPU model.
+_NUMBER = r"([-+]?\d+(?:\.\d+)?|[-+]?(?:nan|inf|infinity))"
+_SIZE = re.compile(rf"^{_NUMBER}\s*(?:GB|GIB|G)$", re.IGNORECASE)
+_RAM = re.compile(rf"^(?:ram|host[-_ ]?ram)\s*=\s*{_NUMBER}\s*(?:GB|GIB|G)?$", re.IGNORECASE)
 
 
 def parse_gpu_spec(spec: str, nodes: int | None = 1, host_ram_gib: float | None = None) -> HardwareProfile:
@@ -171,7 +176,9 @@ def parse_gpu_spec(spec: str, nodes: int | None = 1, host_ram_gib: float | None 
     restate the spec's node count but not contradict it."""
     nodes = 1 if nodes is None else nodes
     text, ram = _split_ram(spec)
-    ram = host_ram_gib if host_ram_gib is not None else ram
+    if host_ram_gib is not None:
+        ram = _positive(host_ram_gib, f"Host RAM --host-ram {host_ram_gib:g} for '{spec}'",
+                        "Give the RAM of one node in GiB, e.g. --host-ram 256.")
     if nodes < 1:
         raise UserError(f"--nodes {nodes} is not a node count.", title="Hardware", fix="Use --nodes 1 or more.")
     if not text:
@@ -191,14 +198,18 @@ def parse_gpu_spec(spec: str, nodes: int | None = 1, host_ram_gib: float | None 
                         fix=f"Write {count}x{model_name} with --nodes {nodes}, or drop --nodes.")
     node_count = spec_nodes if spec_nodes is not None else nodes
     if count < 1 or node_count < 1:
-        raise UserError(f"'{spec}' asks for no GPU.", title="Hardware", fix=_FIX)
+        what = f"{count} GPUs per node" if count < 1 else f"{node_count} nodes"
+        raise UserError(f"'{spec}' asks for no GPU: {what}.", title="Hardware",
+                        fix="Ask for 1 or more of each. " + _FIX)
     if count > MAX_GPUS_PER_NODE:
         raise UserError(f"'{spec}' puts {count} GPUs in one node; nodes hold at most {MAX_GPUS_PER_NODE}.",
                         title="Hardware", fix=f"Write NODESxGPUSxMODEL, e.g. {max(1, count // 8)}x8x{model_name}.")
     notes = []
     size = _SIZE.match(model_name)
     if size:
-        model = generic(float(size.group(1)))
+        memory = _positive(float(size.group(1)), f"GPU memory '{model_name}' in '{spec}'",
+                           f"Give each GPU's memory in GB, e.g. {count}x24GB.", smallest=1 / 1024)
+        model = generic(memory)
         notes.append(f"{model.key} GPUs: only the memory is known; assumed bf16-capable (compute capability 8.0), "
                      "PCIe, 100 TFLOP/s.")
     else:
@@ -236,17 +247,23 @@ def _split_ram(spec: str) -> tuple[str, float | None]:
         if not match:
             raise UserError(f"Cannot read '{extra}' in '{spec}'.", title="Hardware",
                             fix="After the GPUs only the host RAM of one node may follow: 4xRTX4090,ram=256GB.")
-        ram = float(match.group(1))
-        if ram <= 0:
-            raise UserError(f"Host RAM '{extra}' in '{spec}' is not a size.", title="Hardware",
-                            fix="Give the RAM of one node in GB, e.g. ram=256GB.")
+        ram = _positive(float(match.group(1)), f"Host RAM '{extra}' in '{spec}'",
+                        "Give the RAM of one node in GB, e.g. ram=256GB.")
     return parts[0], ram
+
+
+def _positive(value: float, what: str, fix: str, smallest: float = 0.0) -> float:
+    """`value` when it is a finite size above zero (and at least `smallest`: a GPU's memory is
+    counted in MiB); else a UserError naming `what`, the value and the fix."""
+    if not math.isfinite(value) or value <= 0 or value < smallest:
+        rule = f"of at least {smallest * 1024:g} MiB" if smallest else "above 0"
+        raise UserError(f"{what} is not a size: {value:g} (it must be a finite number {rule}).",
+                        title="Hardware", fix=fix)
+    return value
 
 
 def _cpu_profile(spec: str, nodes: int, ram_gib: float | None) -> HardwareProfile:
     """Planning for the CPU uses this machine's host (RAM capped by its cgroup, affinity cores)."""
-    from llmwizard.autotune.hardware import read_host
-
     host = read_host()
     profile = HardwareProfile(source="spec", gpus=[], nodes=nodes, spec=spec, host_ram_total=host.ram_total,
                               host_ram_available=host.ram_available, cpu_cores=host.cpu_cores,

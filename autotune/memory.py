@@ -6,12 +6,13 @@ weights + bf16/fp16 autocast for full fine-tuning, a half-precision base with fp
 TRL's fused LM head (log-probs in vocabulary chunks, no full logits), HF's per-layer gradient
 checkpointing, torch AdamW (foreach), then zero_grad(set_to_none).
 
-Sources: model states from the ZeRO paper (Rajbhandari et al. 2020) and DeepSpeed's own
-estimators; activations derived tensor by tensor from the autograd graph of HF's Llama/Qwen2/
-Gemma2 blocks (RMSNorm, GQA, SwiGLU/GeGLU) and checked against FakeTensorMode + MemTracker peaks
-(bench/memory_validation.py, figures in bench/results/); the LM head from trl.kernels.
-chunked_logprob. Gradients and activations peak at opposite ends of backward, so `total` is the
-largest of the step's phases (`peak_at` names it), not the sum of the components.
+Sources: model states (llmwizard.autotune.model_states) from the ZeRO paper (Rajbhandari et al.
+2020) and DeepSpeed's own estimators; activations (llmwizard.autotune.activations) derived tensor
+by tensor from the autograd graph of HF's Llama/Qwen2/Gemma2 blocks (RMSNorm, GQA, SwiGLU/GeGLU)
+and checked against FakeTensorMode + MemTracker peaks (bench/memory_validation.py, figures in
+bench/results/); the LM head from trl.kernels.chunked_logprob. Gradients and activations peak at
+opposite ends of backward, so `total` is the largest of the step's phases (`peak_at` names it),
+not the sum of the components.
 """
 
 from __future__ import annotations
@@ -19,30 +20,37 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from llmwizard.autotune.activations import (  # noqa: F401 (public names re-exported for callers)
+from llmwizard.autotune.activations import (
     LM_HEAD_TILE,
     NF4_BYTES,
-    _layer_backward_bytes,
-    _layout,
-    _targets,
-    _weight_copies,
     activation_bytes,
     attention_kernel,
+    layer_backward_bytes,
     layer_token_bytes,
+    layout,
     logits_bytes,
     trainable_params,
+    weight_copy_bytes,
 )
 from llmwizard.autotune.errors import UserError
-from llmwizard.autotune.model_spec import ModelSpec
+from llmwizard.autotune.hardware_types import GiB
+from llmwizard.autotune.model_states import ModelStates, model_states
+from llmwizard.autotune.model_types import ModelSpec
+from llmwizard.autotune.train_setup import (
+    ATTENTIONS,
+    METHODS,
+    OFFLOADS,
+    OPTIMIZERS,
+    PRECISIONS,
+    STRATEGIES,
+    TrainSetup,
+)
 
-GiB = 1024**3
-
-STRATEGIES = ("single", "ddp", "fsdp", "zero2", "zero3")
-METHODS = ("full", "lora", "qlora")
-OFFLOADS = ("none", "optimizer", "params")
-OPTIMIZERS = ("adamw", "adamw_8bit", "adafactor", "sgd")
-PRECISIONS = ("bf16", "fp16", "fp32")
-ATTENTIONS = ("sdpa", "flash", "eager")
+# Names callers import from here: the setup type and its choices live in
+# llmwizard.autotune.train_setup, the activation figures in llmwizard.autotune.activations.
+__all__ = ["ATTENTIONS", "GiB", "LM_HEAD_TILE", "METHODS", "MemoryEstimate", "NF4_BYTES", "OFFLOADS", "OPTIMIZERS",
+           "PRECISIONS", "STRATEGIES", "TrainSetup", "activation_bytes", "attention_kernel", "estimate",
+           "layer_token_bytes", "logits_bytes", "trainable_params"]
 
 # Framework costs outside the tensors the model owns.
 OVERHEAD = {
@@ -65,31 +73,6 @@ DEEPSPEED = {
     # estimate_zero2/3_model_states_mem_needs: pinned host buffers add half again to offloaded states.
     "host_buffer_factor": 1.5,
 }
-@dataclass
-class TrainSetup:
-    """The knobs the memory model depends on."""
-
-    method: str = "lora"
-    strategy: str = "single"
-    offload: str = "none"
-    num_gpus: int = 1                 # data-parallel world size: what sharding divides by
-    micro_batch: int = 1
-    seq_len: int = 1024
-    checkpointing: bool = False
-    precision: str = "bf16"
-    optimizer: str = "adamw"
-    attention: str = "sdpa"           # "sdpa" (flash / memory-efficient), "flash" (flash_attention_2) or "eager"
-    lora_r: int = 8
-    lora_targets: list[str] | None = None
-    lora_dropout: float = 0.05
-    device: str = "cuda"
-    gpus_per_node: int = 0            # processes sharing one host's RAM; 0: all of num_gpus
-    # The step runs on FakeTensorMode tensors (bench/memory_validation.py): autograd cannot sum
-    # two gradients in place for a tensor subclass, so a tied embedding's two gradients and their
-    # sum coexist. Never set for planning.
-    fake_tensors: bool = False
-
-
 @dataclass
 class MemoryEstimate:
     params: int
@@ -140,163 +123,147 @@ def _validate(setup: TrainSetup) -> None:
                         fix="Use zero3 (or fsdp) for parameter offload, or offload only the optimizer.")
 
 
-def _optimizer_bytes(model: ModelSpec, setup: TrainSetup, trainable: int, state_bytes: int) -> tuple[float, float]:
-    """(states, step temporaries) for `trainable` parameters whose states are `state_bytes` wide."""
-    if setup.optimizer == "adamw":
-        # exp_avg + exp_avg_sq in the parameter dtype; foreach AdamW builds one more state-sized
-        # tensor (the sqrt of exp_avg_sq) for the whole group during step().
-        return 2 * state_bytes * trainable, state_bytes * trainable
-    if setup.optimizer == "adamw_8bit":
-        # bitsandbytes AdamW8bit: two uint8 states + an fp32 absmax per 256-element block; fused update.
-        return (2 + 2 * 4 / 256) * trainable, 0.0
-    if setup.optimizer == "adafactor":
-        # Factored second moment (row + column vectors), no first moment (HF Adafactor, beta1=None);
-        # step() builds grad^2 and the reconstructed update, full size, one tensor at a time.
-        if setup.method == "full":
-            widest = max(model.embedding_params, model.lm_head_params,
-                         max(lin.d_in * lin.d_out for lin in model.linears))
-            states = 4 * (model.num_layers * sum(lin.d_in + lin.d_out for lin in model.linears)
-                          + 2 * (model.vocab_size + model.hidden_size))
-        else:
-            widest = max(setup.lora_r * max(lin.d_in, lin.d_out) for lin in _targets(model, setup))
-            states = 4 * model.num_layers * sum(2 * setup.lora_r + lin.d_in + lin.d_out
-                                                for lin in _targets(model, setup))
-        return states, 2 * 4 * widest
-    return 0.0, 0.0  # SGD without momentum (HF's default): foreach add_ in place
-
-
 def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate:
     """Peak bytes on one device for a training step, by component, and whether it fits `budget`."""
     _validate(setup)
-    lay = _layout(model, setup)
     notes: list[str] = []
-    psi = model.total_params
-    trainable = trainable_params(model, setup)
-    n = setup.num_gpus if setup.strategy != "single" else 1
-    sharded = setup.strategy in ("fsdp", "zero2", "zero3")
-    full_shard = setup.strategy in ("fsdp", "zero3")
-    tokens = setup.micro_batch * setup.seq_len
-    h, vocab = model.hidden_size, model.vocab_size
-    kernel = attention_kernel(model, setup)
-    if kernel != setup.attention:
+    if attention_kernel(model, setup) != setup.attention:
         notes.append(f"{model.model_type} has no SDPA path in transformers: eager attention (s^2 per layer)")
+    trainable = trainable_params(model, setup)
+    states = model_states(model, setup, trainable)
+    notes += states.notes
+    buffers = _strategy_buffers(model, setup, trainable)
+    step = _step_tensors(model, setup)
+    phases = _phases(states, buffers, step)
+    peak_at = max(phases, key=lambda k: phases[k])
+    tensors = phases[peak_at]
+    overhead = _overhead(setup, tensors, buffers.deepspeed)
+    total = tensors + overhead
+    return MemoryEstimate(
+        params=int(states.weights + max(buffers.gathered_fwd, buffers.gathered_bwd)),
+        grads=int(states.grads + buffers.ddp_buckets), optimizer=int(states.optimizer + states.optimizer_temp),
+        activations=int(step.activations + step.layer_backward), logits=int(max(step.head_fwd, step.head_bwd)),
+        overhead=int(overhead), total=int(total), host_ram=int(_host_ram(model, setup, states.host)),
+        budget=int(budget), fits=total <= budget, trainable_params=int(trainable), total_params=int(model.total_params),
+        notes=notes, peak_at=peak_at, phases={key: int(value) for key, value in phases.items()},
+    )
 
-    # Model states.
-    base_weights = psi * lay.weight
-    adapters = 0.0 if setup.method == "full" else trainable * lay.trainable
-    weights = base_weights + adapters
-    grads = trainable * lay.trainable
-    state_bytes = 4 if lay.master else lay.trainable
-    opt_states, opt_temp = _optimizer_bytes(model, setup, trainable, state_bytes)
-    opt_states += trainable * lay.master
-    if lay.master:  # DeepSpeed reduces half-precision grads, then steps on an fp32 copy of its partition
-        opt_temp += trainable * 4
-    shard_grads = n if sharded else 1
-    weights_dev = weights / n if full_shard else weights
-    grads_dev = grads / shard_grads
-    opt_dev = opt_states / shard_grads
-    opt_temp_dev = opt_temp / shard_grads
-    host_states = 0.0  # per process
-    if setup.offload != "none":
-        # ZeRO-Offload: fp32 masters, optimizer states and fp32 gradient partitions live in host RAM
-        # and the optimizer steps there; offload_param moves the half-precision partitions too.
-        # FSDP2's CPUOffloadPolicy (the exporter's answer to any offload) moves parameters,
-        # gradients and optimizer states.
-        # (DeepSpeedCPUAdam / a CPU step: no foreach temporary on the GPU; 16 bytes per trainable
-        # parameter, 18 with offload_param: DeepSpeed's estimate_zero3_model_states_mem_needs.)
-        host_states = opt_dev + trainable * 4 / shard_grads
-        opt_dev = opt_temp_dev = grads_dev = 0.0
-        if setup.strategy == "fsdp" or setup.offload == "params":
-            host_states += weights_dev
-            weights_dev = 0.0
-        notes.append("FSDP2 CPU offload: parameters, gradients and optimizer states in host RAM"
-                     if setup.strategy == "fsdp" else
-                     f"ZeRO-Offload: optimizer states{' and parameters' if setup.offload == 'params' else ''} "
-                     "in host RAM; the optimizer steps on the CPU")
 
-    # Buffers the strategy adds: DDP buckets, gathered units, DeepSpeed's communication buckets.
-    ddp_buckets = grads if setup.strategy == "ddp" else 0.0  # gradient_as_bucket_view=False (accelerate's default)
-    deepspeed_buffers = gathered_fwd = gathered_bwd = 0.0
+@dataclass(frozen=True)
+class _Buffers:
+    """What the strategy adds: DDP buckets, gathered units, DeepSpeed's communication buckets."""
+
+    ddp_buckets: float = 0.0
+    deepspeed: float = 0.0
+    gathered_fwd: float = 0.0
+    gathered_bwd: float = 0.0
+
+
+def _strategy_buffers(model: ModelSpec, setup: TrainSetup, trainable: int) -> _Buffers:
+    lay = layout(model, setup)
+    h = model.hidden_size
+    if setup.strategy == "ddp":  # gradient_as_bucket_view=False (accelerate's default)
+        return _Buffers(ddp_buckets=trainable * lay.trainable)
     if setup.strategy == "fsdp":
         # accelerate's FSDP2 layout: a unit per decoder layer, resharded after forward; the final
         # norm and LM head (with a tied embedding: the embedding too) in a unit that is not.
         unit = _unit_bytes(model, setup, model.layer_params)
         tail = _unit_bytes(model, setup, model.lm_head_params or model.embedding_params)
-        gathered_fwd = tail + unit  # at the LM head: the tail, and the last layer prefetched for backward
-        # in a layer's backward: that layer, the next one prefetched, and its unsharded gradients
-        gathered_bwd = tail + 2 * unit + (model.layer_params * lay.compute if setup.method == "full" else 0.0)
-    elif setup.strategy in ("zero2", "zero3"):
-        reduce_bucket = min(h * h, trainable)  # HF's "auto" reduce_bucket_size: hidden_size^2
-        factor = DEEPSPEED["overlap_factor"] if setup.device == "cuda" else 1.0
-        if setup.strategy == "zero2":
-            deepspeed_buffers = factor * 2 * (reduce_bucket + min(DEEPSPEED["allgather_bucket"], trainable))
-        else:
-            deepspeed_buffers = factor * 2 * reduce_bucket
-            widest = max(model.embedding_params, model.lm_head_params,
-                         max(lin.d_in * lin.d_out for lin in model.linears))
-            # ZeRO-3 gathers one module at a time plus the prefetch bucket ("auto": 0.9 hidden^2);
-            # DeepSpeed's estimator counts the largest module's weights and gradients.
-            gathered_fwd = _unit_bytes(model, setup, widest) + 0.9 * h * h * lay.compute
-            gathered_bwd = gathered_fwd + (widest * lay.compute if setup.method == "full" else 0.0)
+        # forward, at the LM head: the tail, and the last layer prefetched for backward; in a
+        # layer's backward: that layer, the next one prefetched, and its unsharded gradients
+        return _Buffers(gathered_fwd=tail + unit, gathered_bwd=tail + 2 * unit + (
+            model.layer_params * lay.compute if setup.method == "full" else 0.0))
+    if setup.strategy not in ("zero2", "zero3"):
+        return _Buffers()
+    reduce_bucket = min(h * h, trainable)  # HF's "auto" reduce_bucket_size: hidden_size^2
+    factor = DEEPSPEED["overlap_factor"] if setup.device == "cuda" else 1.0
+    if setup.strategy == "zero2":
+        return _Buffers(deepspeed=factor * 2 * (reduce_bucket + min(DEEPSPEED["allgather_bucket"], trainable)))
+    widest = max(model.embedding_params, model.lm_head_params, max(lin.d_in * lin.d_out for lin in model.linears))
+    # ZeRO-3 gathers one module at a time plus the prefetch bucket ("auto": 0.9 hidden^2);
+    # DeepSpeed's estimator counts the largest module's weights and gradients.
+    gathered_fwd = _unit_bytes(model, setup, widest) + 0.9 * h * h * lay.compute
+    return _Buffers(deepspeed=factor * 2 * reduce_bucket, gathered_fwd=gathered_fwd,
+                    gathered_bwd=gathered_fwd + (widest * lay.compute if setup.method == "full" else 0.0))
 
-    # Activations and the LM head.
-    acts = activation_bytes(model, setup)
-    head_fwd = logits_bytes(model, setup, "forward")
-    head_bwd = logits_bytes(model, setup, "backward")
+
+@dataclass(frozen=True)
+class _StepTensors:
+    """Activations, the LM head's buffers and the gradients that come and go during backward."""
+
+    activations: float
+    head_fwd: float
+    head_bwd: float
+    layer_backward: float
+    lm_grad: float                    # the LM head's weight gradient (full fine-tuning)
+    tied_extra: float                 # a tied embedding's dense gradient, per shard
+    embedding_grad: float             # the embedding's gradient, not yet there at the first layer
+    last_layer: float                 # what the first layer's backward still holds of the forward
+
+
+def _step_tensors(model: ModelSpec, setup: TrainSetup) -> _StepTensors:
+    lay = layout(model, setup)
+    shards = setup.grad_shards
+    h, vocab = model.hidden_size, model.vocab_size
+    full = setup.method == "full"
     lm_grad = 0.0
-    if setup.method == "full":  # the head's weight gradient arrives first and stays through backward
+    if full:  # the head's weight gradient arrives first and stays through backward
         # (FSDP2: unsharded, in the gathered dtype, until the root's reduce-scatter at the end)
-        lm_grad = vocab * h * (lay.compute if setup.strategy == "fsdp" else lay.trainable / shard_grads)
-    layer_bwd = _layer_backward_bytes(model, setup)
+        lm_grad = vocab * h * (lay.compute if setup.strategy == "fsdp" else lay.trainable / shards)
     tied_extra = 0.0
-    if setup.method == "full" and model.tie_embeddings:
+    if full and model.tie_embeddings:
         # embedding backward builds a dense [vocab, hidden] gradient that is summed into the head's
         tied_extra = vocab * h * lay.trainable * (2 if setup.fake_tensors else 1)
     # the embedding's gradient appears only after the first layer's backward (tied: it is the head's)
-    embedding_grad = 0.0
-    if setup.method == "full" and not model.tie_embeddings:
-        embedding_grad = model.embedding_params * lay.trainable / shard_grads
-    last_layer = tokens * layer_token_bytes(model, setup) + _weight_copies(model, setup)
+    embedding_grad = model.embedding_params * lay.trainable / shards if full and not model.tie_embeddings else 0.0
+    tokens = setup.micro_batch * setup.seq_len
+    last_layer: float
     if setup.checkpointing:
         last_layer = tokens * lay.stream * h
+    else:
+        last_layer = tokens * layer_token_bytes(model, setup) + weight_copy_bytes(model, setup)
+    return _StepTensors(activation_bytes(model, setup), logits_bytes(model, setup, "forward"),
+                        logits_bytes(model, setup, "backward"), layer_backward_bytes(model, setup), lm_grad,
+                        tied_extra / shards, embedding_grad, last_layer)
 
-    resident = weights_dev + opt_dev + ddp_buckets
-    phases = {
-        "forward (LM head)": resident + gathered_fwd + acts + head_fwd,
-        "backward (LM head)": resident + gathered_fwd + acts + head_bwd,
-        "backward (last layer)": resident + gathered_bwd + acts + lm_grad + layer_bwd,
-        "backward (first layer)": resident + gathered_bwd + last_layer + grads_dev - embedding_grad + layer_bwd,
-        "backward (embedding)": resident + gathered_bwd + grads_dev + tied_extra / shard_grads,
-        "optimizer step": resident + grads_dev + opt_temp_dev,
+
+def _phases(states: ModelStates, buffers: _Buffers, step: _StepTensors) -> dict[str, float]:
+    """Tensor bytes at each phase of the step: gradients and activations peak at opposite ends."""
+    resident = states.weights + states.optimizer + buffers.ddp_buckets
+    fwd, bwd = buffers.gathered_fwd, buffers.gathered_bwd
+    return {
+        "forward (LM head)": resident + fwd + step.activations + step.head_fwd,
+        "backward (LM head)": resident + fwd + step.activations + step.head_bwd,
+        "backward (last layer)": resident + bwd + step.activations + step.lm_grad + step.layer_backward,
+        "backward (first layer)": (resident + bwd + step.last_layer + states.grads - step.embedding_grad
+                                   + step.layer_backward),
+        "backward (embedding)": resident + bwd + states.grads + step.tied_extra,
+        "optimizer step": resident + states.grads + states.optimizer_temp,
     }
-    peak_at = max(phases, key=lambda k: phases[k])
-    tensors = phases[peak_at]
-    # Not the model's tensors: framework memory, communication buffers and allocator slack.
+
+
+def _overhead(setup: TrainSetup, tensors: float, deepspeed_buffers: float) -> float:
+    """Not the model's tensors: framework memory, communication buffers and allocator slack."""
     overhead = deepspeed_buffers + (tensors + deepspeed_buffers) * OVERHEAD["fragmentation"]
     if setup.device == "cuda":
-        overhead += OVERHEAD["cuda_context"] + (OVERHEAD["nccl"] if n > 1 else 0)
-    else:
-        overhead += OVERHEAD["cpu_process"]
-    total = tensors + overhead
+        return overhead + (OVERHEAD["cuda_context"] + (OVERHEAD["nccl"] if setup.data_parallel > 1 else 0))
+    return overhead + OVERHEAD["cpu_process"]
 
-    # Host RAM per node: offloaded states (with DeepSpeed's 1.5x for pinned buffers), one copy of
-    # the weights while the checkpoint loads, and each process's own footprint.
+
+def _host_ram(model: ModelSpec, setup: TrainSetup, host_states: float) -> float:
+    """Host RAM per node: offloaded states (with DeepSpeed's 1.5x for pinned buffers), one copy of
+    the weights while the checkpoint loads, and each process's own footprint."""
+    lay = layout(model, setup)
     local = min(setup.gpus_per_node or setup.num_gpus, setup.num_gpus)
     checkpoint_bytes = 4 if setup.method == "full" and lay.weight == 4 else lay.compute  # export.py's `dtype`
-    host_ram = host_states * local * DEEPSPEED["host_buffer_factor"] + psi * checkpoint_bytes
+    host_ram = host_states * local * DEEPSPEED["host_buffer_factor"] + model.total_params * checkpoint_bytes
     if setup.device == "cuda":
         host_ram += OVERHEAD["cpu_process"] * local
-    return MemoryEstimate(
-        params=int(weights_dev + max(gathered_fwd, gathered_bwd)), grads=int(grads_dev + ddp_buckets),
-        optimizer=int(opt_dev + opt_temp_dev), activations=int(acts + layer_bwd),
-        logits=int(max(head_fwd, head_bwd)), overhead=int(overhead), total=int(total), host_ram=int(host_ram),
-        budget=int(budget), fits=total <= budget, trainable_params=int(trainable), total_params=int(psi),
-        notes=notes, peak_at=peak_at, phases={key: int(value) for key, value in phases.items()},
-    )
+    return host_ram
 
 
 def _unit_bytes(model: ModelSpec, setup: TrainSetup, params: int) -> float:
     """One gathered block of `params` parameters, in the dtype it is gathered in."""
     if setup.method == "qlora":
         return params * NF4_BYTES
-    return params * _layout(model, setup).compute
+    return params * layout(model, setup).compute

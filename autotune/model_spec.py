@@ -19,88 +19,21 @@ import difflib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from llmwizard.autotune.embedded import EMBEDDED_MODEL, MODEL_CONFIG, embedded_model_dir
 from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.model_types import Linear, ModelSpec
+from llmwizard.autotune.param_counts import cached_meta_counts, spec_from_config, with_counts
+
+# Names callers import from here; the types live in llmwizard.autotune.model_types and the
+# analytic counts in llmwizard.autotune.param_counts.
+__all__ = ["CATALOG_PATH", "Linear", "ModelSpec", "catalog_names", "load_model_spec", "search_catalog",
+           "spec_from_config"]
 
 CATALOG_PATH = Path(__file__).parent / "model_catalog.json"
-
-
-@dataclass(frozen=True)
-class Linear:
-    """One linear projection inside a decoder layer: a LoRA target."""
-
-    name: str
-    d_in: int
-    d_out: int
-
-
-@dataclass
-class ModelSpec:
-    name: str                      # what from_pretrained loads when path is None (a hub id)
-    source: str                    # "embedded", "local", "catalog" or "hub"
-    path: str | None               # what from_pretrained loads; None when not on disk
-    model_type: str
-    layer_cls: str                 # the decoder layer class FSDP wraps
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    max_positions: int
-    tie_embeddings: bool
-    embedding_params: int
-    lm_head_params: int            # 0 when tied to the embedding
-    layer_params: int              # one decoder layer
-    other_params: int              # final norm, vision tower, ...
-    total_params: int
-    linears: list[Linear] = field(default_factory=list)
-    catalog_name: str | None = None
-    architecture: str = ""         # the model class, e.g. "Qwen2_5_VLForConditionalGeneration"
-    wrap_classes: list[str] = field(default_factory=list)  # every block class to wrap (vision blocks too)
-    vision_params: int = 0         # vision tower + projector, part of other_params
-    # PEFT `exclude_modules` regex that keeps LoRA on the language model: a list of names such as
-    # "gate_proj" also matches the vision tower's layers of the same name.
-    lora_exclude_modules: str | None = None
-    count_method: str = "formula"  # "meta": counted on transformers' model built on the meta device
-
-    @property
-    def largest_unit_params(self) -> int:
-        """The biggest block that is ever gathered whole under full sharding."""
-        return max(self.layer_params, self.embedding_params, self.lm_head_params)
-
-    def lora_params(self, r: int, targets: list[str] | None = None) -> int:
-        """Exact LoRA parameter count: r * (d_in + d_out) for every adapted linear (PEFT's LoRA A, B)."""
-        chosen = [lin for lin in self.linears if targets is None or lin.name in targets]
-        return self.num_layers * sum(r * (lin.d_in + lin.d_out) for lin in chosen)
-
-    def lora_target_modules(self, targets: list[str] | None = None) -> list[str]:
-        """`target_modules` for PEFT / TRL's `lora_target_modules` that adapts exactly what
-        `lora_params` counts.
-
-        Plain names match every module with that name, the vision tower's too, and TRL turns a
-        one-item list into a string that PEFT reads as a regex (fullmatch). So the names go out as
-        they are only for a text model with several targets; otherwise as one regex that skips
-        the vision tower.
-        """
-        names = [name for name in self.linear_names if targets is None or name in targets]
-        if not self.lora_exclude_modules and len(names) > 1:
-            return names
-        skip = f"(?!{self.lora_exclude_modules.removesuffix('.*')})" if self.lora_exclude_modules else ""
-        return [rf"{skip}.*\.(?:{'|'.join(re.escape(name) for name in names)})"]
-
-    @property
-    def linear_names(self) -> list[str]:
-        return list(dict.fromkeys(lin.name for lin in self.linears))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ----------------------------------------------------------------------------- names
@@ -132,14 +65,14 @@ def load_model_spec(name: str | None) -> ModelSpec:
         raise UserError(f"Unknown model '{name}': not a local directory and not in the catalog{hint}.",
                         title="Model", fix="Pass a directory that holds config.json, a catalog name "
                         "(`llmwizard plan --model llama-3.1-8b`) or a hub id such as org/name.")
-    config_file, why = _hub_config_file(name)
-    if config_file is None:
+    hub_file, why = _hub_config_file(name)
+    if hub_file is None:
         raise UserError(
             f"Unknown model '{name}': not a local directory, not in the catalog{hint} "
             f"and the hub is unreachable ({why}).", title="Model",
             fix="Download the model (huggingface-cli download) and pass its directory, or allow hub "
                 "access (unset HF_HUB_OFFLINE, log in for gated models), or pick a catalog name.")
-    return _spec_from_file(name, "hub", None, config_file)
+    return _spec_from_file(name, "hub", None, hub_file)
 
 
 def catalog_names() -> list[str]:
@@ -194,8 +127,6 @@ def _catalog_key(name: str) -> str:
 def _spec_from_catalog(entry: dict[str, Any], hub_id: str) -> ModelSpec:
     spec = spec_from_config(hub_id, "catalog", None, entry["config"])
     spec.catalog_name = entry["name"]
-    from llmwizard.autotune.param_counts import with_counts
-
     return with_counts(spec, entry["exact"])
 
 
@@ -225,15 +156,6 @@ def _spec_from_file(name: str, source: str, path: str | None, config_file: Path)
     except ValueError as exc:
         raise UserError(f"{config_file} is not valid JSON: {exc}", title="Model",
                         fix="Restore the model's config.json.") from None
-    from llmwizard.autotune.param_counts import cached_meta_counts, with_counts
-
     spec = spec_from_config(name, source, path, config)
     counts = cached_meta_counts(raw, config)
     return with_counts(spec, counts) if counts else spec
-
-
-def spec_from_config(name: str, source: str, path: str | None, config: dict[str, Any]) -> ModelSpec:
-    """A spec from config.json values alone (the analytic counts; see llmwizard.autotune.param_counts)."""
-    from llmwizard.autotune.param_counts import spec_from_config as build
-
-    return build(name, source, path, config)

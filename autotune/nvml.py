@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from llmwizard.autotune.hardware import GPU, GiB
+from llmwizard.autotune.gpu_catalog import match_nvml_name
+from llmwizard.autotune.hardware_types import GPU, GiB
 
 # Memory another process holds beyond this is worth a note (an idle GPU shows a few hundred MiB
 # used by the driver's reservation and contexts).
@@ -80,8 +81,6 @@ def _bus(pci: Any) -> str | None:
 
 
 def _read_devices(pynvml: Any, environ: Mapping[str, str]) -> tuple[list[GPU], dict[str, str], list[str]]:
-    from llmwizard.autotune.gpu_catalog import match_nvml_name
-
     notes: list[str] = []
     try:
         count = int(pynvml.nvmlDeviceGetCount())

@@ -17,7 +17,8 @@ from typing import Any
 
 from llmwizard.autotune.embedded import cache_root
 from llmwizard.autotune.errors import UserError
-from llmwizard.autotune.model_spec import Linear, ModelSpec
+from llmwizard.autotune.model_types import Linear, ModelSpec
+
 
 def cached_meta_counts(raw: bytes, config: dict[str, Any]) -> dict[str, Any] | None:
     """Meta-device counts for this config.json, computed once and kept in the user cache."""

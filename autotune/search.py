@@ -4,20 +4,24 @@ Candidates are strategy x offload x activation checkpointing x micro-batch (x hy
 across machines), searched in tiers: as asked; then, on GPUs when the optimizer is ours to choose,
 8-bit AdamW; then offload to host RAM (DeepSpeed ZeRO-Offload even on one GPU). The largest
 micro-batch that fits with HEADROOM is kept per strategy, and the fastest candidate by
-llmwizard.autotune.throughput wins. When nothing fits, the error names the smallest change that would.
+llmwizard.autotune.throughput wins. `choose` is three steps: `generate` the candidates that fit,
+`rank` them, `explain` the winner. When nothing fits, the error names the smallest change that
+would (llmwizard.autotune.no_fit).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, replace
 
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.goals import Goals
-from llmwizard.autotune.hardware import GiB, HardwareProfile
-from llmwizard.autotune.memory import OFFLOADS, OPTIMIZERS, STRATEGIES, MemoryEstimate, TrainSetup, estimate
-from llmwizard.autotune.model_spec import ModelSpec
+from llmwizard.autotune.hardware_types import GiB, HardwareProfile
+from llmwizard.autotune.memory import MemoryEstimate, estimate
+from llmwizard.autotune.model_types import ModelSpec
+from llmwizard.autotune.no_fit import forced_estimate, nothing_fits
 from llmwizard.autotune.throughput import step_cost
+from llmwizard.autotune.train_setup import OFFLOADS, OPTIMIZERS, STRATEGIES, TrainSetup
 
 # Keep this share of the budget free: allocator spikes, evaluation and checkpoint saving.
 HEADROOM = 0.05
@@ -40,109 +44,190 @@ class Candidate:
         return ("hsdp" if self.hybrid else self.strategy) + ("+offload" if self.offload != "none" else "")
 
 
+@dataclass
+class Choice:
+    """The winning candidate, and why: reasons keyed as the Plan's (strategy, optimizer, offload,
+    activation_checkpointing)."""
+
+    best: Candidate
+    reasons: dict[str, str]
+
+
 def choose(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals: Goals, budget: int,
-            effective: int, world: int, reasons: dict[str, str]) -> Candidate:
+           effective: int, world: int) -> Choice:
     """The fastest setup that fits, searched in tiers: as asked; then (on GPUs, when the optimizer
     is ours to choose) 8-bit AdamW; then offload to host RAM (ZeRO-Offload even on one GPU)."""
     _check_choices(goals, world)
+    space = _space(hardware, model, base, goals, budget, effective, world)
+    fitting, why = generate(space, goals)
+    if not fitting:
+        raise _does_not_fit(space, goals)
+    best = rank(fitting)
+    return Choice(best, explain(space, goals, best, fitting, why))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What the search holds fixed (the machine, the model, the base setup, the batch) and the
+    knobs it turns besides strategy, offload and optimizer, which each tier sets."""
+
+    hardware: HardwareProfile
+    model: ModelSpec
+    base: TrainSetup
+    budget: int
+    effective: int                    # the effective batch: micro-batch x world x accumulation
+    world: int
+    strategies: list[str]
+    micro_batches: list[int]          # largest first: the first that fits is kept
+    checkpointing: list[bool]
+    hybrid: list[bool]
+
+    @property
+    def usable(self) -> int:
+        return int(self.budget * (1 - HEADROOM))
+
+    @property
+    def tflops(self) -> float:
+        gpu = self.hardware.smallest_gpu
+        return (gpu.bf16_tflops or 100.0) if gpu else CPU_TFLOPS
+
+
+def _space(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals: Goals, budget: int,
+           effective: int, world: int) -> SearchSpace:
     strategies = [goals.strategy] if goals.strategy else (
         ["single"] if world == 1 else ["ddp", "zero2", "fsdp", "zero3"])
-    micro_options = [m for m in (64, 32, 16, 8, 4, 2, 1) if (effective // world) % m == 0]
+    micro_batches = [m for m in (64, 32, 16, 8, 4, 2, 1) if (effective // world) % m == 0]
     if goals.micro_batch:
-        micro_options = [goals.micro_batch]
-    checkpoint_options = [goals.checkpointing] if goals.checkpointing is not None else [False, True]
-    gpu = hardware.smallest_gpu
-    tflops = (gpu.bf16_tflops or 100.0) if gpu else CPU_TFLOPS
-    usable = int(budget * (1 - HEADROOM))
-    hybrid_options = [False, True] if hardware.nodes > 1 and hardware.gpus_per_node > 1 else [False]
+        micro_batches = [goals.micro_batch]
+    checkpointing = [goals.checkpointing] if goals.checkpointing is not None else [False, True]
+    hybrid = [False, True] if hardware.nodes > 1 and hardware.gpus_per_node > 1 else [False]
+    return SearchSpace(hardware, model, base, budget, effective, world, strategies, micro_batches, checkpointing,
+                       hybrid)
 
-    def search(strategy_options: list[str], offload_options: list[str], optimizer: str) -> list[Candidate]:
-        found = []
-        for strategy in strategy_options:
-            for offload, hybrid in ((o, h) for o in offload_options for h in hybrid_options):
-                if offload != "none" and strategy not in ("fsdp", "zero2", "zero3"):
-                    continue
-                if offload == "params" and strategy == "zero2":
-                    continue
-                if hybrid and strategy != "fsdp":
-                    continue
-                shards = hardware.gpus_per_node if hybrid else world
-                for checkpointing in checkpoint_options:
-                    for micro in micro_options:
-                        setup = _replace(base, strategy=strategy, offload=offload, micro_batch=micro,
-                                         checkpointing=checkpointing, num_gpus=shards, optimizer=optimizer)
-                        est = estimate(model, setup, budget)
-                        if est.total > usable:
-                            continue
-                        if offload != "none" and est.host_ram > hardware.host_ram_available:
-                            continue
-                        grad_accum = effective // (micro * world)
-                        cost = step_cost(
-                            total_params=model.total_params, trainable_params=est.trainable_params,
-                            tokens_per_step=effective * base.seq_len, method=base.method, strategy=strategy,
-                            offload=offload, checkpointing=checkpointing, world=world, nodes=hardware.nodes,
-                            tflops=tflops, interconnect=hardware.interconnect, micro_tokens=micro * base.seq_len,
-                            num_layers=model.num_layers, grad_accum=grad_accum, hybrid=hybrid,
-                            gpus_per_node=hardware.gpus_per_node)
-                        found.append(Candidate(strategy, offload, micro, checkpointing, est, cost.total_s,
-                                               hybrid, optimizer))
-                        break  # largest fitting micro-batch for this strategy and checkpointing
-        return found
 
-    tiers: list[tuple[list[str], list[str], str, str]] = [
-        (strategies, [goals.offload] if goals.offload else ["none"], base.optimizer, "")]
-    if not goals.optimizer and hardware.device == "cuda" and base.method == "full":
-        tiers.append((strategies, ["none"], "adamw_8bit",
-                      "8-bit AdamW (bitsandbytes): fp32 AdamW states do not fit; 8-bit states take a quarter"))
+@dataclass(frozen=True)
+class Tier:
+    """One round of the search, and why the plan would need it (empty for the first)."""
+
+    strategies: list[str]
+    offloads: list[str]
+    optimizer: str
+    why: str
+
+
+def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
+    base, strategies = space.base, space.strategies
+    tiers = [Tier(strategies, [goals.offload] if goals.offload else ["none"], base.optimizer, "")]
+    if not goals.optimizer and space.hardware.device == "cuda" and base.method == "full":
+        tiers.append(Tier(strategies, ["none"], "adamw_8bit",
+                          "8-bit AdamW (bitsandbytes): fp32 AdamW states do not fit; 8-bit states take a quarter"))
     if not goals.offload:
-        offload_strategies = strategies if world > 1 or goals.strategy else ["zero2", "zero3"]
-        tiers.append((offload_strategies, ["optimizer", "params"], base.optimizer,
-                      "nothing fits on the GPU otherwise"))
-    fitting: list[Candidate] = []
-    why = ""
-    for strategy_options, offload_options, optimizer, why in tiers:
-        fitting = search(strategy_options, offload_options, optimizer)
+        offload_strategies = strategies if space.world > 1 or goals.strategy else ["zero2", "zero3"]
+        tiers.append(Tier(offload_strategies, ["optimizer", "params"], base.optimizer,
+                          "nothing fits on the GPU otherwise"))
+    return tiers
+
+
+def generate(space: SearchSpace, goals: Goals) -> tuple[list[Candidate], str]:
+    """Every candidate that fits, from the first tier where any does, and that tier's reason."""
+    for tier in _tiers(space, goals):
+        fitting = []
+        for strategy, offload, hybrid in itertools.product(tier.strategies, tier.offloads, space.hybrid):
+            if not _compatible(strategy, offload, hybrid):
+                continue
+            for checkpointing in space.checkpointing:
+                candidate = _largest_fitting(space, strategy, offload, hybrid, checkpointing, tier.optimizer)
+                if candidate is not None:
+                    fitting.append(candidate)
         if fitting:
-            break
-    if not fitting:
-        forced = _forced_choices(goals)
-        if forced:
-            free = Goals(**{**goals.__dict__, **{key: None for key in forced}})
-            try:
-                alternative = choose(hardware, model, base, free, budget, effective, world, {})
-            except UserError:
-                alternative = None
-            if alternative is not None:
-                asked = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in forced.items())
-                raise UserError(
-                    f"{asked} does not fit: {_forced_estimate(model, base, forced, world, budget)}",
-                    title="Does not fit",
-                    fix=f"Leave it to the planner, which fits {_label(alternative)} "
-                        f"({alternative.estimate.total / GiB:.1f} GiB per {'GPU' if hardware.device == 'cuda' else 'process'}).")
-        raise _nothing_fits(hardware, model, base, budget, world, goals)
-    best = min(fitting, key=lambda c: c.step_s)
-    est = best.estimate
+            return fitting, tier.why
+    return [], ""
+
+
+def _compatible(strategy: str, offload: str, hybrid: bool) -> bool:
+    """Offload needs a sharded strategy, ZeRO-2 cannot offload parameters, only FSDP shards hybrid."""
+    if offload != "none" and strategy not in ("fsdp", "zero2", "zero3"):
+        return False
+    if offload == "params" and strategy == "zero2":
+        return False
+    return not hybrid or strategy == "fsdp"
+
+
+def _largest_fitting(space: SearchSpace, strategy: str, offload: str, hybrid: bool, checkpointing: bool,
+                     optimizer: str) -> Candidate | None:
+    """The candidate at the largest micro-batch that fits the budget (and the host RAM, when it
+    offloads), or None."""
+    hardware, base = space.hardware, space.base
+    shards = hardware.gpus_per_node if hybrid else space.world
+    for micro in space.micro_batches:
+        setup = _replace(base, strategy=strategy, offload=offload, micro_batch=micro, checkpointing=checkpointing,
+                         num_gpus=shards, optimizer=optimizer)
+        est = estimate(space.model, setup, space.budget)
+        if est.total > space.usable:
+            continue
+        if offload != "none" and est.host_ram > hardware.host_ram_available:
+            continue
+        cost = step_cost(
+            total_params=space.model.total_params, trainable_params=est.trainable_params,
+            tokens_per_step=space.effective * base.seq_len, method=base.method, strategy=strategy,
+            offload=offload, checkpointing=checkpointing, world=space.world, nodes=hardware.nodes,
+            tflops=space.tflops, interconnect=hardware.interconnect, micro_tokens=micro * base.seq_len,
+            num_layers=space.model.num_layers, grad_accum=space.effective // (micro * space.world), hybrid=hybrid,
+            gpus_per_node=hardware.gpus_per_node)
+        return Candidate(strategy, offload, micro, checkpointing, est, cost.total_s, hybrid, optimizer)
+    return None
+
+
+def rank(fitting: list[Candidate]) -> Candidate:
+    """The fastest by the cost model; the first generated wins a tie."""
+    return min(fitting, key=lambda c: c.step_s)
+
+
+def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Candidate], why: str) -> dict[str, str]:
+    """The reasons for the strategy, and for the optimizer and offload when a later tier chose them."""
+    hardware, est = space.hardware, best.estimate
     words = _strategy_words(best.strategy)
     if best.hybrid:
         words = (f"FSDP2 hybrid shard (HSDP): sharded across the {hardware.gpus_per_node} GPUs of each machine, "
                  f"replicated across the {hardware.nodes} machines so weight gathers stay on the fast local links")
-    if world == 1 and best.strategy != "single":
+    if space.world == 1 and best.strategy != "single":
         words += " on one GPU, for its CPU offload"
-    reasons["strategy"] = (
-        f"{words}: {est.total / GiB:.2f} GiB of {budget / GiB:.2f} GiB per "
+    reasons = {"strategy": (
+        f"{words}: {est.total / GiB:.2f} GiB of {space.budget / GiB:.2f} GiB per "
         f"{'process' if hardware.device == 'cpu' else 'GPU'} at micro-batch {best.micro_batch}; "
         + ("the fastest of the setups that fit" + _alternatives(best, fitting) if not goals.strategy
-           else "asked for"))
-    if best.optimizer != base.optimizer:
+           else "asked for"))}
+    if best.optimizer != space.base.optimizer:
         reasons["optimizer"] = why
     if best.offload != "none":
-        reasons["offload"] = (f"{best.offload} offload to host RAM: {why or 'asked for'}; "
-                              f"needs {est.host_ram / GiB:.0f} GiB of {hardware.host_ram_available / GiB:.0f} GiB host RAM")
+        reasons["offload"] = (f"{best.offload} offload to host RAM: {why or 'asked for'}; needs "
+                              f"{est.host_ram / GiB:.0f} GiB of {hardware.host_ram_available / GiB:.0f} GiB host RAM")
     reasons["activation_checkpointing"] = (
         ("on: recomputing activations in backward is what makes it fit" if best.checkpointing else
          "off: activations fit without recomputation")
         if goals.checkpointing is None else ("on" if best.checkpointing else "off") + " (asked for)")
-    return best
+    return reasons
+
+
+def _does_not_fit(space: SearchSpace, goals: Goals) -> UserError:
+    """Nothing fits. When the user forced a knob and the planner could fit without it, say so;
+    otherwise name the smallest change that would make a plan fit."""
+    hardware, model, base, budget, world = space.hardware, space.model, space.base, space.budget, space.world
+    forced = _forced_choices(goals)
+    if forced:
+        free = Goals(**{**goals.__dict__, **{key: None for key in forced}})
+        try:
+            alternative = choose(hardware, model, base, free, budget, space.effective, world).best
+        except UserError:
+            alternative = None
+        if alternative is not None:
+            asked = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in forced.items())
+            return UserError(
+                f"{asked} does not fit: {forced_estimate(model, base, forced, world, budget)}",
+                title="Does not fit",
+                fix=f"Leave it to the planner, which fits {_label(alternative)} "
+                    f"({alternative.estimate.total / GiB:.1f} GiB per {_device_word(hardware)}).")
+    return nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM))
 
 
 _FORCEABLE = ("strategy", "offload", "micro_batch", "checkpointing", "optimizer")
@@ -150,14 +235,6 @@ _FORCEABLE = ("strategy", "offload", "micro_batch", "checkpointing", "optimizer"
 
 def _forced_choices(goals: Goals) -> dict[str, object]:
     return {key: getattr(goals, key) for key in _FORCEABLE if getattr(goals, key) is not None}
-
-
-def _forced_estimate(model: ModelSpec, base: TrainSetup, forced: dict[str, object], world: int, budget: int) -> str:
-    changes = {key: value for key, value in forced.items() if key in ("strategy", "offload", "micro_batch",
-                                                                       "checkpointing", "optimizer")}
-    setup = _replace(base, **{"strategy": "single" if world == 1 else "ddp", "micro_batch": 1, **changes})
-    est = estimate(model, setup, budget)
-    return f"it needs {est.total / GiB:.1f} GiB per device, and {budget / GiB:.1f} GiB is free."
 
 
 def _label(c: Candidate) -> str:
@@ -210,9 +287,11 @@ def _alternatives(best: Candidate, fitting: list[Candidate]) -> str:
 
 
 def _replace(setup: TrainSetup, **changes: object) -> TrainSetup:
-    from dataclasses import replace
-
     return replace(setup, **changes)  # type: ignore[arg-type]
+
+
+def _device_word(hardware: HardwareProfile) -> str:
+    return "GPU" if hardware.device == "cuda" else "process"
 
 
 def _strategy_words(strategy: str) -> str:
@@ -223,60 +302,3 @@ def _strategy_words(strategy: str) -> str:
         "fsdp": "FSDP2 full shard (weights, gradients and optimizer states sharded)",
         "zero3": "DeepSpeed ZeRO-3 (weights, gradients and optimizer states sharded)",
     }[strategy]
-
-
-def _nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, budget: int, world: int,
-                  goals: Goals) -> UserError:
-    """Name the smallest change that would make a plan fit."""
-    smallest = _replace(base, strategy="zero3" if world > 1 else "single", micro_batch=1, checkpointing=True)
-    est = estimate(model, smallest, budget)
-    suggestions = []
-    if base.method != "qlora" and hardware.device == "cuda":
-        q = estimate(model, _replace(smallest, method="qlora"), budget)
-        if q.total <= budget * (1 - HEADROOM):
-            suggestions.append(f"fits with QLoRA (--method qlora): {q.total / GiB:.1f} GiB per GPU")
-    if base.method == "full":
-        lo = estimate(model, _replace(smallest, method="lora"), budget)
-        if lo.total <= budget * (1 - HEADROOM):
-            suggestions.append(f"fits with LoRA (--method lora): {lo.total / GiB:.1f} GiB per GPU")
-    if hardware.device == "cuda":
-        offload = estimate(model, _replace(smallest, strategy="zero3", offload="params", num_gpus=world,
-                                           gpus_per_node=hardware.gpus_per_node), budget)
-        if offload.total <= budget * (1 - HEADROOM) and offload.host_ram > hardware.host_ram_available:
-            need = math.ceil(offload.host_ram / GiB / 16) * 16
-            suggestions.append(f"fits with ZeRO-3 and CPU offload on a host with {need} GiB of RAM per machine "
-                               f"({hardware.host_ram_available / GiB:.0f} GiB here; with --gpus add ',ram={need}GB')")
-    seq = base.seq_len
-    while seq > 256:
-        seq //= 2
-        short = estimate(model, _replace(smallest, seq_len=seq), budget)
-        if short.total <= budget * (1 - HEADROOM):
-            suggestions.append(f"fits at {seq} tokens (--max-length {seq})")
-            break
-    if hardware.device == "cuda":
-        for extra in range(1, 512):
-            more = estimate(model, _replace(smallest, strategy="zero3", num_gpus=world + extra), budget)
-            if more.total <= budget * (1 - HEADROOM):
-                gpu = hardware.smallest_gpu
-                size = f"{gpu.total_memory / GiB:.0f} GB " if gpu else ""
-                text = f"needs {extra} more {size}GPU(s) with ZeRO-3/FSDP ({world + extra} in all"
-                per_node = hardware.gpus_per_node
-                if per_node > 1:
-                    text += f": {math.ceil((world + extra) / per_node)} nodes of {per_node}"
-                suggestions.append(text + ")")
-                break
-    tail = "; ".join(suggestions) if suggestions else "try a smaller model"
-    return UserError(
-        f"{model.name} ({format_params(model.total_params)} parameters, {base.method}) does not fit: even "
-        f"fully sharded at micro-batch 1 with checkpointing it needs {est.total / GiB:.1f} GiB per "
-        f"{'GPU' if hardware.device == 'cuda' else 'process'}, and {budget / GiB:.1f} GiB is free.",
-        title="Does not fit", fix=tail)
-
-
-def format_params(count: int) -> str:
-    """8.03B, 494M, 226K: parameter counts as people write them."""
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if count >= size:
-            value = count / size
-            return f"{value:.3g}{unit}" if value < 100 else f"{value:.0f}{unit}"
-    return str(count)

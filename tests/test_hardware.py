@@ -23,6 +23,7 @@ from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.gpu_catalog import CATALOG, lookup, match_nvml_name
 from llmwizard.autotune.hardware import GiB, detect, from_spec, read_cgroup
 from llmwizard.wizard.detect_view import render_detect
+from tests.conftest import run_cli
 
 MiB = 1024**2
 
@@ -484,6 +485,38 @@ def test_bad_specs_raise_user_errors(spec, nodes, needle):
     with pytest.raises(UserError) as caught:
         from_spec(spec, nodes=nodes)
     assert needle in str(caught.value) and caught.value.title == "Hardware"
+
+
+@pytest.mark.parametrize(("spec", "host_ram", "named", "fix"), [
+    ("4x0GB", None, ["'0GB'", "'4x0GB'", ": 0 "], "4x24GB"),
+    ("2x-8GB", None, ["'-8GB'", "'2x-8GB'", ": -8 "], "2x24GB"),
+    ("4xnanGB", None, ["'nanGB'", "'4xnanGB'", ": nan "], "4x24GB"),
+    ("1xinfGB", None, ["'infGB'", "'1xinfGB'", ": inf "], "1x24GB"),
+    ("1x0.0001GB", None, ["'0.0001GB'", "1 MiB"], "1x24GB"),
+    ("0xRTX4090", None, ["'0xRTX4090'", "0 GPUs per node"], "1 or more"),
+    ("0x8xH100", None, ["'0x8xH100'", "0 nodes"], "1 or more"),
+    ("4xRTX4090,ram=-64GB", None, ["'ram=-64GB'", "'4xRTX4090,ram=-64GB'", ": -64 "], "ram=256GB"),
+    ("4xRTX4090,ram=nanGB", None, ["'ram=nanGB'", ": nan "], "ram=256GB"),
+    ("cpu,ram=-1GB", None, ["'ram=-1GB'", "'cpu,ram=-1GB'"], "ram=256GB"),
+    ("4xL4", -3.0, ["--host-ram -3", "'4xL4'"], "--host-ram 256"),
+    ("4xL4", float("nan"), ["--host-ram nan", "'4xL4'"], "--host-ram 256"),
+])
+def test_zero_negative_and_nan_sizes_are_refused_by_name(spec, host_ram, named, fix):
+    with pytest.raises(UserError) as caught:
+        from_spec(spec, host_ram_gib=host_ram)
+    assert caught.value.title == "Hardware"
+    for part in named:
+        assert part in caught.value.message
+    assert caught.value.fix and fix in caught.value.fix
+
+
+@pytest.mark.parametrize("args", [["--gpus", "4x0GB"], ["--gpus", "0xRTX4090"], ["--gpus", "1xL4,ram=-8GB"],
+                                  ["--gpus", "2xnanGB"], ["--gpus", "1xL4", "--host-ram", "-1"]])
+def test_the_cli_refuses_bad_sizes_with_exit_code_2(args):
+    result = run_cli("plan", *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "Fix" in result.stderr
+    assert args[1] in result.stderr
 
 
 def test_unknown_model_lists_the_known_names():

@@ -188,3 +188,17 @@ def test_setup_of_matches_the_plans_estimate():
 
     p = plan(from_spec("4xRTX4090"), model(LLAMA_8B, "llama-8b"), LARGE, Goals())
     assert estimate(model(LLAMA_8B, "llama-8b"), setup_of(p), p.estimate.budget) == p.estimate
+
+
+def test_reasons_come_in_the_order_of_the_steps():
+    """plan() records each step's reason as it decides: dataset rules, length, precision, world,
+    the search's choices, batch, launcher, schedule (a face lists them in this order)."""
+    p = plan(from_spec("1xRTX4090,ram=256GB"), model(LLAMA_8B, "llama-8b"), LARGE,
+             Goals(method="full", max_length=1024))
+    assert list(p.reasons) == ["dataset", "method", "epochs", "learning_rate", "max_length", "precision", "device",
+                               "strategy", "offload", "activation_checkpointing", "batch", "launcher", "schedule"]
+    assert p.warnings and "truncated" in p.warnings[0]
+    lora = plan(from_spec("2xRTX4090"), model(LLAMA_1B, "llama-1b"), SMALL, Goals(micro_batch=3))
+    assert list(lora.reasons)[:5] == ["dataset", "method", "epochs", "learning_rate", "lora"]
+    assert "offload" not in lora.reasons and "optimizer" not in lora.reasons
+    assert any("Effective batch raised from 16 to 18" in w for w in lora.warnings)

@@ -1,0 +1,85 @@
+"""What the planner knows about a model, as data: its dimensions, parameter counts and linears.
+
+The bottom of the model modules: llmwizard.autotune.param_counts counts a config into a
+`ModelSpec`, llmwizard.autotune.model_spec resolves a name to one, and the memory model and
+planner only read it. Imports nothing from llmwizard.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Linear:
+    """One linear projection inside a decoder layer: a LoRA target."""
+
+    name: str
+    d_in: int
+    d_out: int
+
+
+@dataclass
+class ModelSpec:
+    name: str                      # what from_pretrained loads when path is None (a hub id)
+    source: str                    # "embedded", "local", "catalog" or "hub"
+    path: str | None               # what from_pretrained loads; None when not on disk
+    model_type: str
+    layer_cls: str                 # the decoder layer class FSDP wraps
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_positions: int
+    tie_embeddings: bool
+    embedding_params: int
+    lm_head_params: int            # 0 when tied to the embedding
+    layer_params: int              # one decoder layer
+    other_params: int              # final norm, vision tower, ...
+    total_params: int
+    linears: list[Linear] = field(default_factory=list)
+    catalog_name: str | None = None
+    architecture: str = ""         # the model class, e.g. "Qwen2_5_VLForConditionalGeneration"
+    wrap_classes: list[str] = field(default_factory=list)  # every block class to wrap (vision blocks too)
+    vision_params: int = 0         # vision tower + projector, part of other_params
+    # PEFT `exclude_modules` regex that keeps LoRA on the language model: a list of names such as
+    # "gate_proj" also matches the vision tower's layers of the same name.
+    lora_exclude_modules: str | None = None
+    count_method: str = "formula"  # "meta": counted on transformers' model built on the meta device
+
+    @property
+    def largest_unit_params(self) -> int:
+        """The biggest block that is ever gathered whole under full sharding."""
+        return max(self.layer_params, self.embedding_params, self.lm_head_params)
+
+    def lora_params(self, r: int, targets: list[str] | None = None) -> int:
+        """Exact LoRA parameter count: r * (d_in + d_out) for every adapted linear (PEFT's LoRA A, B)."""
+        chosen = [lin for lin in self.linears if targets is None or lin.name in targets]
+        return self.num_layers * sum(r * (lin.d_in + lin.d_out) for lin in chosen)
+
+    def lora_target_modules(self, targets: list[str] | None = None) -> list[str]:
+        """`target_modules` for PEFT / TRL's `lora_target_modules` that adapts exactly what
+        `lora_params` counts.
+
+        Plain names match every module with that name, the vision tower's too, and TRL turns a
+        one-item list into a string that PEFT reads as a regex (fullmatch). So the names go out as
+        they are only for a text model with several targets; otherwise as one regex that skips
+        the vision tower.
+        """
+        names = [name for name in self.linear_names if targets is None or name in targets]
+        if not self.lora_exclude_modules and len(names) > 1:
+            return names
+        skip = f"(?!{self.lora_exclude_modules.removesuffix('.*')})" if self.lora_exclude_modules else ""
+        return [rf"{skip}.*\.(?:{'|'.join(re.escape(name) for name in names)})"]
+
+    @property
+    def linear_names(self) -> list[str]:
+        return list(dict.fromkeys(lin.name for lin in self.linears))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,81 @@
+"""What to say when nothing fits: the figures behind a "does not fit" error and the smallest change
+that would make a plan fit. Pure: every figure comes from llmwizard.autotune.memory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.hardware_types import GiB, HardwareProfile
+from llmwizard.autotune.memory import estimate
+from llmwizard.autotune.model_types import ModelSpec
+from llmwizard.autotune.train_setup import TrainSetup
+
+
+def forced_estimate(model: ModelSpec, base: TrainSetup, forced: dict[str, object], world: int, budget: int) -> str:
+    changes = {key: value for key, value in forced.items() if key in ("strategy", "offload", "micro_batch",
+                                                                       "checkpointing", "optimizer")}
+    setup = replace(base, **{"strategy": "single" if world == 1 else "ddp", "micro_batch": 1,  # type: ignore[arg-type]
+                             **changes})
+    est = estimate(model, setup, budget)
+    return f"it needs {est.total / GiB:.1f} GiB per device, and {budget / GiB:.1f} GiB is free."
+
+
+def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, budget: int, world: int,
+                 limit: float) -> UserError:
+    """Name the smallest change that would make a plan fit: what fits within `limit` bytes (the
+    budget less the search's headroom) with another method, CPU offload, a shorter length or more GPUs."""
+    smallest = replace(base, strategy="zero3" if world > 1 else "single", micro_batch=1, checkpointing=True)
+    est = estimate(model, smallest, budget)
+    suggestions = []
+    if base.method != "qlora" and hardware.device == "cuda":
+        q = estimate(model, replace(smallest, method="qlora"), budget)
+        if q.total <= limit:
+            suggestions.append(f"fits with QLoRA (--method qlora): {q.total / GiB:.1f} GiB per GPU")
+    if base.method == "full":
+        lo = estimate(model, replace(smallest, method="lora"), budget)
+        if lo.total <= limit:
+            suggestions.append(f"fits with LoRA (--method lora): {lo.total / GiB:.1f} GiB per GPU")
+    if hardware.device == "cuda":
+        offload = estimate(model, replace(smallest, strategy="zero3", offload="params", num_gpus=world,
+                                           gpus_per_node=hardware.gpus_per_node), budget)
+        if offload.total <= limit and offload.host_ram > hardware.host_ram_available:
+            need = math.ceil(offload.host_ram / GiB / 16) * 16
+            suggestions.append(f"fits with ZeRO-3 and CPU offload on a host with {need} GiB of RAM per machine "
+                               f"({hardware.host_ram_available / GiB:.0f} GiB here; with --gpus add ',ram={need}GB')")
+    seq = base.seq_len
+    while seq > 256:
+        seq //= 2
+        short = estimate(model, replace(smallest, seq_len=seq), budget)
+        if short.total <= limit:
+            suggestions.append(f"fits at {seq} tokens (--max-length {seq})")
+            break
+    if hardware.device == "cuda":
+        for extra in range(1, 512):
+            more = estimate(model, replace(smallest, strategy="zero3", num_gpus=world + extra), budget)
+            if more.total <= limit:
+                gpu = hardware.smallest_gpu
+                size = f"{gpu.total_memory / GiB:.0f} GB " if gpu else ""
+                text = f"needs {extra} more {size}GPU(s) with ZeRO-3/FSDP ({world + extra} in all"
+                per_node = hardware.gpus_per_node
+                if per_node > 1:
+                    text += f": {math.ceil((world + extra) / per_node)} nodes of {per_node}"
+                suggestions.append(text + ")")
+                break
+    tail = "; ".join(suggestions) if suggestions else "try a smaller model"
+    return UserError(
+        f"{model.name} ({format_params(model.total_params)} parameters, {base.method}) does not fit: even "
+        f"fully sharded at micro-batch 1 with checkpointing it needs {est.total / GiB:.1f} GiB per "
+        f"{'GPU' if hardware.device == 'cuda' else 'process'}, and {budget / GiB:.1f} GiB is free.",
+        title="Does not fit", fix=tail)
+
+
+def format_params(count: int) -> str:
+    """8.03B, 494M, 226K: parameter counts as people write them."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            value = count / size
+            return f"{value:.3g}{unit}" if value < 100 else f"{value:.0f}{unit}"
+    return str(count)

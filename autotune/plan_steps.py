@@ -1,0 +1,294 @@
+"""The planner's steps, one function each: what it decides and why (a `Decision`).
+
+llmwizard.autotune.planner calls them in the order its docstring gives; the search for the
+strategy (step 4) is llmwizard.autotune.search. Pure: no I/O, no clocks, no processes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from llmwizard.autotune.dataset import DatasetProfile
+from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.goals import Goals
+from llmwizard.autotune.hardware_types import HardwareProfile
+from llmwizard.autotune.model_types import ModelSpec
+from llmwizard.autotune.plan import LoraSettings
+from llmwizard.autotune.rules import RULES, SizeRule, classify, round_up
+from llmwizard.autotune.train_setup import TrainSetup
+
+DEFAULT_EFFECTIVE_BATCH = 16
+# The embedded default is a random-init toy model: it learns visibly at ten times the rule's rate.
+RANDOM_INIT_LR_SCALE = 10
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Decision(Generic[T]):
+    """What one step decided, why, and what the user should know about it."""
+
+    value: T
+    reason: str = ""                  # empty: the step gives no reason of its own
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class World:
+    """The processes of the run: nodes alike, the same number of processes on each."""
+
+    nodes: int
+    per_node: int                     # processes per node
+
+    @property
+    def size(self) -> int:
+        return self.nodes * self.per_node
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How much data is held out, and how often the run evaluates, checkpoints and logs."""
+
+    eval_fraction: float
+    eval_steps: int                   # also the checkpoint interval
+    logging_steps: int
+
+
+# ----------------------------------------------------------------------------- 1. dataset rules
+
+def size_rule(dataset: DatasetProfile, goals: Goals) -> Decision[SizeRule]:
+    """The preset's size class when it names one (warning when the data is the other), else the data's."""
+    if goals.dataset_size not in RULES:
+        size, why = classify(dataset)
+        return Decision(RULES[size], f"{size} dataset: {why}")
+    size = goals.dataset_size
+    why = f"preset {goals.preset or ''} is for {size} datasets".strip()
+    actual, _ = classify(dataset)
+    warnings = () if actual == size else (
+        f"The preset is for {size} datasets but this one is {actual}; consider --preset {actual}-dataset.",)
+    return Decision(RULES[size], f"{size} dataset: {why}", warnings)
+
+
+def _rule_text(rule: SizeRule) -> str:
+    return f"Google's rule for {rule.size} datasets"
+
+
+def method(hardware: HardwareProfile, goals: Goals) -> Decision[str]:
+    method = goals.method or "lora"
+    if method not in ("full", "lora", "qlora"):
+        raise UserError(f"Unknown method '{method}'.", title="Method", fix="Use full, lora or qlora.")
+    if method == "qlora" and hardware.device == "cpu":
+        raise UserError("QLoRA needs an NVIDIA GPU: bitsandbytes' 4-bit kernels do not run on the CPU.",
+                        title="Method", fix="Use --method lora on this machine, or plan with --gpus.")
+    return Decision(method, {
+        "lora": "LoRA: adapters train a small share of the weights; the guidance's default for tuning",
+        "qlora": "QLoRA: a 4-bit NF4 base with LoRA adapters, for the least memory",
+        "full": "full fine-tuning: every weight trains (most memory, most capacity)",
+    }[method] + (f" ({goals.source('method', '')})" if goals.method else ""))
+
+
+def epochs(goals: Goals, rule: SizeRule) -> Decision[float]:
+    epochs = goals.epochs if goals.epochs is not None else rule.epochs
+    return Decision(epochs, f"{epochs:g} epochs: {goals.source('epochs', _rule_text(rule))}")
+
+
+def learning_rate(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -> Decision[float]:
+    rule_text = _rule_text(rule)
+    lr = goals.learning_rate if goals.learning_rate is not None else rule.learning_rate
+    reason = f"{lr:g}: {goals.source('learning_rate', rule_text)}"
+    if method == "full" and goals.learning_rate is None:
+        lr = rule.learning_rate / 10
+        reason = f"{lr:g}: a tenth of the LoRA rule ({rule.learning_rate:g}) for full fine-tuning"
+    if model.source == "embedded" and "learning_rate" not in goals.explicit:
+        # Google's rates are for tuning pretrained weights; the embedded model starts random and
+        # learns visibly only at about ten times that rate (bench: 6.5 -> 2.0 in the default run).
+        lr *= RANDOM_INIT_LR_SCALE
+        reason = (f"{lr:g}: {RANDOM_INIT_LR_SCALE}x {goals.source('learning_rate', rule_text)}'s "
+                  f"{lr / RANDOM_INIT_LR_SCALE:g}, because the embedded tiny model is randomly "
+                  "initialised and the rule's rates assume pretrained weights")
+    return Decision(lr, reason)
+
+
+def lora(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -> Decision[LoraSettings | None]:
+    if method == "full":
+        return Decision(None)
+    r = goals.lora_r or rule.lora_r
+    targets = goals.lora_targets or model.linear_names
+    unknown = sorted(set(targets) - set(model.linear_names))
+    if unknown:
+        raise UserError(f"LoRA targets {', '.join(unknown)} are not linear layers of {model.name}.",
+                        title="LoRA", fix=f"Choose from: {', '.join(model.linear_names)}.")
+    lora = LoraSettings(r=r, alpha=goals.lora_alpha or 2 * r,
+                        dropout=goals.lora_dropout if goals.lora_dropout is not None else 0.05,
+                        target_modules=list(targets), peft_targets=model.lora_target_modules(targets))
+    share = model.lora_params(r, targets) / model.total_params
+    return Decision(lora, f"rank {r}, alpha {lora.alpha} on {', '.join(targets)}: "
+                          f"{model.lora_params(r, targets):,} trainable parameters ({share:.2%}); "
+                          f"rank from {goals.source('lora_r', _rule_text(rule))}")
+
+
+# ----------------------------------------------------------------------------- 2. max length
+
+def max_length(model: ModelSpec, dataset: DatasetProfile, goals: Goals, rule_cap: int) -> Decision[int]:
+    if goals.max_length is not None and goals.max_length > model.max_positions:
+        raise UserError(
+            f"Max length {goals.max_length} is longer than {model.name} allows ({model.max_positions} positions).",
+            title="Max length", fix=f"Use --max-length {model.max_positions} or less.")
+    if dataset.max_tokens > model.max_positions and not goals.allow_truncation:
+        raise UserError(
+            f"The longest example in {dataset.source} has {dataset.max_tokens} tokens, more than "
+            f"{model.name} allows ({model.max_positions}); p99 is {dataset.p99_tokens}.",
+            title="Dataset", fix="Shorten or drop those examples, or pass --allow-truncation to cut them.")
+    if goals.max_length is not None:
+        length = goals.max_length
+        warnings = () if dataset.max_tokens <= length else (
+            f"About {_share_over(dataset, length):.0%} of examples are longer than {length} tokens "
+            f"and will be truncated (longest: {dataset.max_tokens}).",)
+        return Decision(length, f"{length} tokens (asked for); p99 of the data is {dataset.p99_tokens} tokens",
+                        warnings)
+    cap = goals.max_length_cap or rule_cap
+    wanted = round_up(dataset.p99_tokens)
+    length = min(wanted, cap, model.max_positions)
+    counted = (f"counted with the {dataset.tokenizer}" if dataset.exact_tokens else
+               "estimated at 4 characters per token: the model's tokenizer is not on this machine")
+    why = (f"{length} tokens: p99 of the data is {dataset.p99_tokens} tokens ({counted}), "
+           "rounded up to a multiple of 64")
+    if length < wanted:
+        limit = "the model's" if length == model.max_positions else (
+            f"preset {goals.preset}'s" if goals.max_length_cap else "the dataset rule's")
+        why = f"{length} tokens: {limit} cap; p99 of the data is {dataset.p99_tokens} tokens"
+    warnings = () if dataset.max_tokens <= length else (
+        f"About {_share_over(dataset, length):.0%} of examples are longer than {length} tokens and will be "
+        f"truncated (longest: {dataset.max_tokens}). Raise --max-length if they matter.",)
+    return Decision(length, why, warnings)
+
+
+def _share_over(dataset: DatasetProfile, length: int) -> float:
+    over = sum(count for low, high, count in dataset.histogram if low > length)
+    return max(over / max(1, dataset.measured), 0.01)
+
+
+# ----------------------------------------------------------------------------- 3. precision
+
+def precision(hardware: HardwareProfile, goals: Goals) -> Decision[str]:
+    if hardware.device == "cpu":
+        precision = goals.precision or "fp32"
+        return Decision(precision, "fp32: the CPU has no fast bf16/fp16 training path" if not goals.precision
+                        else f"{precision} (asked for)")
+    gpu = hardware.smallest_gpu
+    assert gpu is not None
+    cc = f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}"
+    if goals.precision:
+        if goals.precision == "bf16" and gpu.compute_capability < (8, 0):
+            raise UserError(f"bf16 needs compute capability 8.0 or newer; {gpu.name} has {cc}.",
+                            title="Precision", fix="Use --precision fp16 on this GPU.")
+        return Decision(goals.precision, f"{goals.precision} (asked for)")
+    if gpu.compute_capability >= (8, 0):
+        return Decision("bf16", f"bf16 mixed precision: {gpu.name} has compute capability {cc} (>= 8.0)")
+    return Decision("fp16", f"fp16 mixed precision with loss scaling: {gpu.name} has compute capability {cc} "
+                            "(< 8.0, no bf16)")
+
+
+# ----------------------------------------------------------------------------- 4. world and strategy
+
+def world(hardware: HardwareProfile, goals: Goals) -> Decision[World]:
+    """Processes per node: one per GPU (or fewer, asked for); on the CPU, as many as asked."""
+    if hardware.device == "cpu":
+        world = World(hardware.nodes, goals.processes or 1)
+        return Decision(world, f"CPU: {world.per_node} process(es) with the gloo backend"
+                               + ("" if hardware.notes == [] else f" ({hardware.notes[0]})"))
+    per_node = hardware.gpus_per_node
+    if goals.processes and goals.processes != per_node:
+        if goals.processes > per_node:
+            raise UserError(
+                f"{goals.processes} processes per node but this node has {per_node} GPU(s): "
+                "two processes on one GPU fail with 'Duplicate GPU detected'.",
+                title="Processes", fix=f"Use --processes {per_node} or fewer.")
+        per_node = goals.processes
+    world = World(hardware.nodes, per_node)
+    return Decision(world, f"{world.size} GPU process(es): {hardware.describe()}")
+
+
+def effective_batch(goals: Goals, world: int) -> Decision[int]:
+    """The effective batch, raised to a multiple of what one micro-step takes in (no reason of its
+    own: the batch reason states it)."""
+    effective = goals.effective_batch or DEFAULT_EFFECTIVE_BATCH
+    step = world * (goals.micro_batch or 1)
+    if not effective % step:
+        return Decision(effective)
+    raised = step * math.ceil(effective / step)
+    warnings = (f"Effective batch raised from {effective} to {raised}: micro-batch {goals.micro_batch} "
+                f"x {world} process(es) must divide it.",) if goals.micro_batch else ()
+    return Decision(raised, warnings=warnings)
+
+
+def base_setup(hardware: HardwareProfile, world: World, method: str, max_length: int, precision: str,
+                goals: Goals, lora: LoraSettings | None) -> TrainSetup:
+    """What the search starts from: everything decided so far."""
+    return TrainSetup(method=method, num_gpus=world.size, seq_len=max_length, precision=precision,
+                      optimizer=goals.optimizer or "adamw", lora_r=lora.r if lora else 8,
+                      lora_targets=lora.target_modules if lora else None,
+                      lora_dropout=lora.dropout if lora else 0.0, device=hardware.device,
+                      gpus_per_node=world.per_node)
+
+
+def budget(hardware: HardwareProfile, per_node: int) -> int:
+    """Bytes one process may use: the smallest GPU's free memory, or on the CPU a share of the RAM."""
+    if hardware.device == "cpu":
+        return hardware.host_ram_available // max(1, per_node)
+    gpu = hardware.smallest_gpu
+    assert gpu is not None
+    return gpu.free_memory
+
+
+# ----------------------------------------------------------------------------- 5. accumulation, launcher
+
+def grad_accum(goals: Goals, micro: int, world: int, effective: int) -> Decision[int]:
+    grad_accum = effective // (micro * world)
+    return Decision(grad_accum, f"micro-batch {micro} x {world} process(es) x {grad_accum} accumulation = "
+                                f"effective batch {effective}"
+                                + (f" ({goals.source('effective_batch', '')})" if goals.effective_batch else ""))
+
+
+def launcher(goals: Goals, strategy: str) -> Decision[str]:
+    launcher = goals.launcher or "accelerate"
+    if launcher == "deepspeed" and not strategy.startswith("zero"):
+        raise UserError(f"The deepspeed launcher runs ZeRO strategies, not {strategy}.",
+                        title="Launcher", fix="Use --launcher accelerate or torchrun, or --strategy zero2/zero3.")
+    return Decision(launcher, {
+        "accelerate": "accelerate launch: one config file for every strategy",
+        "torchrun": "torchrun with accelerate's environment variables",
+        "deepspeed": "the deepspeed launcher",
+    }[launcher] + (" (asked for)" if goals.launcher else ""))
+
+
+# ----------------------------------------------------------------------------- 6. schedule
+
+def schedule(dataset: DatasetProfile, goals: Goals, effective: int, epochs: float) -> Decision[Schedule]:
+    eval_fraction = goals.eval_fraction if goals.eval_fraction is not None else 0.1
+    if not 0 <= eval_fraction < 0.5:
+        raise UserError(f"Eval fraction {eval_fraction} is out of range.", title="Evaluation",
+                        fix="Hold out between 0 (no evaluation) and 0.5 of the rows, e.g. --eval-fraction 0.1.")
+    train_examples = max(1, round(dataset.num_examples * (1 - eval_fraction)))
+    steps_per_epoch = max(1, math.ceil(train_examples / effective))
+    total_steps = goals.max_steps if goals.max_steps else math.ceil(steps_per_epoch * epochs)
+    eval_steps = max(1, steps_per_epoch // (goals.evals_per_epoch or 1))
+    if goals.max_steps:
+        eval_steps = max(1, min(eval_steps, total_steps // 4 or 1))
+    logging_steps = max(1, min(10, total_steps // 50 or 1))
+    return Decision(Schedule(eval_fraction, eval_steps, logging_steps),
+                    f"{steps_per_epoch} steps per epoch, {total_steps} steps in all; "
+                    f"evaluate and checkpoint every {eval_steps} steps, log every {logging_steps}")
+
+
+def run_name(model: str, dataset: str) -> str:
+    """"<model>-<dataset>" from their last path parts, safe as a directory name."""
+    def stem(text: str) -> str:
+        text = text.split(":")[-1].rstrip("/").split("/")[-1]
+        text = re.sub(r"\.(jsonl|json|csv|parquet)$", "", text)
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:40] or "run"
+
+    return f"{stem(model)}-{stem(dataset)}"

@@ -1,0 +1,42 @@
+"""A plan seen again: the memory model's view of it, and the same plan at a smaller micro-batch
+after a run ran out of memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from llmwizard.autotune.memory import estimate
+from llmwizard.autotune.model_types import ModelSpec
+from llmwizard.autotune.plan import Plan
+from llmwizard.autotune.train_setup import TrainSetup
+
+
+def setup_of(plan_: Plan, **changes: object) -> TrainSetup:
+    """The memory model's view of a plan, with `changes` applied (e.g. micro_batch=2)."""
+    setup = TrainSetup(method=plan_.method, strategy=plan_.strategy, offload=plan_.offload,
+                       num_gpus=plan_.num_processes // (plan_.num_machines if plan_.hybrid_shard else 1),
+                       micro_batch=plan_.micro_batch, seq_len=plan_.max_length,
+                       checkpointing=plan_.activation_checkpointing, precision=plan_.precision,
+                       optimizer=plan_.optimizer, attention=plan_.attention,
+                       lora_r=plan_.lora.r if plan_.lora else 8,
+                       lora_targets=plan_.lora.target_modules if plan_.lora else None,
+                       lora_dropout=plan_.lora.dropout if plan_.lora else 0.0, device=plan_.device,
+                       gpus_per_node=plan_.processes_per_machine)
+    return replace(setup, **changes)  # type: ignore[arg-type]
+
+
+def shrink_micro_batch(plan_: Plan, why: str, model: ModelSpec | None = None) -> Plan | None:
+    """The same plan at half the micro-batch, accumulation doubled so the effective batch stays;
+    None when the micro-batch is already 1. Used after an out-of-memory failure."""
+    if plan_.micro_batch <= 1:
+        return None
+    micro = plan_.micro_batch // 2
+    grad_accum = plan_.effective_batch // (micro * plan_.num_processes)
+    reasons = dict(plan_.reasons)
+    reasons["batch"] = (f"micro-batch {micro} x {plan_.num_processes} process(es) x {grad_accum} accumulation = "
+                        f"effective batch {plan_.effective_batch}; halved from {plan_.micro_batch} because {why}")
+    new = replace(plan_, micro_batch=micro, grad_accum=grad_accum, reasons=reasons)
+    if model is not None:
+        new = replace(new, estimate=estimate(model, setup_of(new), plan_.estimate.budget))
+    return new
