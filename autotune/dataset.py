@@ -18,6 +18,7 @@ from typing import Any
 
 from llmwizard.autotune.embedded import DATASET_PATH, EMBEDDED_DATASET
 from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.schema import DatasetFormat
 
 SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 FORMATS = ("messages", "prompt_completion", "text")
@@ -86,10 +87,11 @@ def load_rows(source: str) -> list[dict[str, Any]]:
                         ) from None
         elif suffix == ".json":
             data = whole
-            rows = data.get("data", data.get("train")) if isinstance(data, dict) else data
-            if not isinstance(rows, list):
+            found = data.get("data", data.get("train")) if isinstance(data, dict) else data
+            if not isinstance(found, list):
                 raise UserError(f"{path} holds no list of rows.", title="Dataset",
                                 fix='Write a JSON array of objects, {"data": [...]}, or JSON lines.')
+            rows = found
         elif suffix == ".csv":
             with open(path, encoding="utf-8", newline="") as f:
                 rows = list(csv.DictReader(f))
@@ -132,7 +134,7 @@ def _load_hub_rows(name: str) -> list[dict[str, Any]]:
         ) from None
 
 
-def detect_format(columns: Iterable[str]) -> tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+def detect_format(columns: Iterable[str]) -> tuple[DatasetFormat, Callable[[dict[str, Any]], dict[str, Any]]]:
     """The TRL format a dataset maps to, and the row function that maps it."""
     cols = set(columns)
     if "messages" in cols:
@@ -154,7 +156,7 @@ def detect_format(columns: Iterable[str]) -> tuple[str, Callable[[dict[str, Any]
     )
 
 
-def normalize_rows(rows: list[dict[str, Any]], source: str = "dataset") -> tuple[str, list[dict[str, Any]]]:
+def normalize_rows(rows: list[dict[str, Any]], source: str = "dataset") -> tuple[DatasetFormat, list[dict[str, Any]]]:
     """Detect the format from the first row and map every row, naming the first bad one."""
     fmt, convert = detect_format(rows[0].keys())
     out = []
@@ -224,7 +226,7 @@ class DatasetProfile:
     """What the planner needs to know about the data: its size and its real token lengths."""
 
     source: str
-    format: str
+    format: DatasetFormat
     num_examples: int
     measured: int                      # rows whose tokens were counted
     tokenizer: str                     # what counted them, or "estimate (4 characters per token)"

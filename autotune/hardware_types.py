@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from llmwizard.autotune.schema import Device
+
 GiB = 1024**3
 
 
@@ -46,7 +48,7 @@ class HardwareProfile:
     cgroup_memory_limit: int | None = None  # bytes, the container's limit when there is one
 
     @property
-    def device(self) -> str:
+    def device(self) -> Device:
         return "cuda" if self.gpus else "cpu"
 
     @property

@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from llmwizard.autotune.schema import ModelSource
 from llmwizard.autotune.embedded import EMBEDDED_MODEL, MODEL_CONFIG, embedded_model_dir
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.model_types import Linear, ModelSpec
@@ -149,7 +150,7 @@ def _hub_config_file(repo_id: str) -> tuple[Path | None, str]:
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no answer'}"
 
 
-def _spec_from_file(name: str, source: str, path: str | None, config_file: Path) -> ModelSpec:
+def _spec_from_file(name: str, source: ModelSource, path: str | None, config_file: Path) -> ModelSpec:
     raw = config_file.read_bytes()
     try:
         config = json.loads(raw)

@@ -11,6 +11,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from llmwizard.autotune.schema import ModelSource
+
 
 @dataclass(frozen=True)
 class Linear:
@@ -24,7 +26,7 @@ class Linear:
 @dataclass
 class ModelSpec:
     name: str                      # what from_pretrained loads when path is None (a hub id)
-    source: str                    # "embedded", "local", "catalog" or "hub"
+    source: ModelSource            # "embedded", "local", "catalog" or "hub"
     path: str | None               # what from_pretrained loads; None when not on disk
     model_type: str
     layer_cls: str                 # the decoder layer class FSDP wraps

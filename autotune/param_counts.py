@@ -15,6 +15,7 @@ import re
 from importlib import metadata
 from typing import Any
 
+from llmwizard.autotune.schema import ModelSource
 from llmwizard.autotune.embedded import cache_root
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.model_types import Linear, ModelSpec
@@ -159,7 +160,7 @@ _VISION_BLOCKS = {"gemma3": ["SiglipEncoderLayer", "SiglipVisionEmbeddings"],
                   "qwen2_5_vl": ["Qwen2_5_VLVisionBlock"]}
 
 
-def spec_from_config(name: str, source: str, path: str | None, config: dict[str, Any]) -> ModelSpec:
+def spec_from_config(name: str, source: ModelSource, path: str | None, config: dict[str, Any]) -> ModelSpec:
     """Dimensions and analytic parameter counts from a config.json (no torch).
 
     Per-architecture module layouts follow transformers' modeling_<type>.py: which projections

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from llmwizard.autotune.schema import Launcher, Method, Precision
 from llmwizard.autotune.dataset import DatasetProfile
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.goals import Goals
@@ -76,7 +77,7 @@ def _rule_text(rule: SizeRule) -> str:
     return f"Google's rule for {rule.size} datasets"
 
 
-def method(hardware: HardwareProfile, goals: Goals) -> Decision[str]:
+def method(hardware: HardwareProfile, goals: Goals) -> Decision[Method]:
     method = goals.method or "lora"
     if method not in ("full", "lora", "qlora"):
         raise UserError(f"Unknown method '{method}'.", title="Method", fix="Use full, lora or qlora.")
@@ -173,7 +174,7 @@ def _share_over(dataset: DatasetProfile, length: int) -> float:
 
 # ----------------------------------------------------------------------------- 3. precision
 
-def precision(hardware: HardwareProfile, goals: Goals) -> Decision[str]:
+def precision(hardware: HardwareProfile, goals: Goals) -> Decision[Precision]:
     if hardware.device == "cpu":
         precision = goals.precision or "fp32"
         return Decision(precision, "fp32: the CPU has no fast bf16/fp16 training path" if not goals.precision
@@ -225,7 +226,7 @@ def effective_batch(goals: Goals, world: int) -> Decision[int]:
     return Decision(raised, warnings=warnings)
 
 
-def base_setup(hardware: HardwareProfile, world: World, method: str, max_length: int, precision: str,
+def base_setup(hardware: HardwareProfile, world: World, method: Method, max_length: int, precision: Precision,
                 goals: Goals, lora: LoraSettings | None) -> TrainSetup:
     """What the search starts from: everything decided so far."""
     return TrainSetup(method=method, num_gpus=world.size, seq_len=max_length, precision=precision,
@@ -253,7 +254,7 @@ def grad_accum(goals: Goals, micro: int, world: int, effective: int) -> Decision
                                 + (f" ({goals.source('effective_batch', '')})" if goals.effective_batch else ""))
 
 
-def launcher(goals: Goals, strategy: str) -> Decision[str]:
+def launcher(goals: Goals, strategy: str) -> Decision[Launcher]:
     launcher = goals.launcher or "accelerate"
     if launcher == "deepspeed" and not strategy.startswith("zero"):
         raise UserError(f"The deepspeed launcher runs ZeRO strategies, not {strategy}.",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, replace
 
+from llmwizard.autotune.schema import Offload, Optimizer, Strategy
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.goals import Goals
 from llmwizard.autotune.hardware_types import GiB, HardwareProfile
@@ -30,14 +31,14 @@ CPU_TFLOPS = 0.2  # a few cores: only used to rank CPU candidates against each o
 
 @dataclass
 class Candidate:
-    strategy: str
-    offload: str
+    strategy: Strategy
+    offload: Offload
     micro_batch: int
     checkpointing: bool
     estimate: MemoryEstimate
     step_s: float
     hybrid: bool = False
-    optimizer: str = "adamw"
+    optimizer: Optimizer = "adamw"
 
     @property
     def label(self) -> str:
@@ -77,7 +78,7 @@ class SearchSpace:
     budget: int
     effective: int                    # the effective batch: micro-batch x world x accumulation
     world: int
-    strategies: list[str]
+    strategies: list[Strategy]
     micro_batches: list[int]          # largest first: the first that fits is kept
     checkpointing: list[bool]
     hybrid: list[bool]
@@ -94,7 +95,7 @@ class SearchSpace:
 
 def _space(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals: Goals, budget: int,
            effective: int, world: int) -> SearchSpace:
-    strategies = [goals.strategy] if goals.strategy else (
+    strategies: list[Strategy] = [goals.strategy] if goals.strategy else (
         ["single"] if world == 1 else ["ddp", "zero2", "fsdp", "zero3"])
     micro_batches = [m for m in (64, 32, 16, 8, 4, 2, 1) if (effective // world) % m == 0]
     if goals.micro_batch:
@@ -109,9 +110,9 @@ def _space(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals:
 class Tier:
     """One round of the search, and why the plan would need it (empty for the first)."""
 
-    strategies: list[str]
-    offloads: list[str]
-    optimizer: str
+    strategies: list[Strategy]
+    offloads: list[Offload]
+    optimizer: Optimizer
     why: str
 
 
@@ -122,7 +123,7 @@ def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
         tiers.append(Tier(strategies, ["none"], "adamw_8bit",
                           "8-bit AdamW (bitsandbytes): fp32 AdamW states do not fit; 8-bit states take a quarter"))
     if not goals.offload:
-        offload_strategies = strategies if space.world > 1 or goals.strategy else ["zero2", "zero3"]
+        offload_strategies: list[Strategy] = strategies if space.world > 1 or goals.strategy else ["zero2", "zero3"]
         tiers.append(Tier(offload_strategies, ["optimizer", "params"], base.optimizer,
                           "nothing fits on the GPU otherwise"))
     return tiers
@@ -144,7 +145,7 @@ def generate(space: SearchSpace, goals: Goals) -> tuple[list[Candidate], str]:
     return [], ""
 
 
-def _compatible(strategy: str, offload: str, hybrid: bool) -> bool:
+def _compatible(strategy: Strategy, offload: Offload, hybrid: bool) -> bool:
     """Offload needs a sharded strategy, ZeRO-2 cannot offload parameters, only FSDP shards hybrid."""
     if offload != "none" and strategy not in ("fsdp", "zero2", "zero3"):
         return False
@@ -153,8 +154,8 @@ def _compatible(strategy: str, offload: str, hybrid: bool) -> bool:
     return not hybrid or strategy == "fsdp"
 
 
-def _largest_fitting(space: SearchSpace, strategy: str, offload: str, hybrid: bool, checkpointing: bool,
-                     optimizer: str) -> Candidate | None:
+def _largest_fitting(space: SearchSpace, strategy: Strategy, offload: Offload, hybrid: bool, checkpointing: bool,
+                     optimizer: Optimizer) -> Candidate | None:
     """The candidate at the largest micro-batch that fits the budget (and the host RAM, when it
     offloads), or None."""
     hardware, base = space.hardware, space.base

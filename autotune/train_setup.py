@@ -2,40 +2,42 @@
 
 The bottom of the decision modules: llmwizard.autotune.activations and .memory size a
 `TrainSetup`, llmwizard.autotune.search generates and ranks them, the planner turns the winner into
-a Plan. Imports nothing from llmwizard.
+a Plan. Imports nothing from llmwizard but the schema's types.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The values each knob may take.
-STRATEGIES = ("single", "ddp", "fsdp", "zero2", "zero3")
-METHODS = ("full", "lora", "qlora")
-OFFLOADS = ("none", "optimizer", "params")
-OPTIMIZERS = ("adamw", "adamw_8bit", "adafactor", "sgd")
-PRECISIONS = ("bf16", "fp16", "fp32")
-ATTENTIONS = ("sdpa", "flash", "eager")
+from llmwizard.autotune.schema import Attention, Device, Method, Offload, Optimizer, Precision, Strategy, choices
+
+# The values each knob may take: the schema's.
+STRATEGIES = tuple(choices(Strategy))
+METHODS = tuple(choices(Method))
+OFFLOADS = tuple(choices(Offload))
+OPTIMIZERS = tuple(choices(Optimizer))
+PRECISIONS = tuple(choices(Precision))
+ATTENTIONS = tuple(choices(Attention))
 
 
 @dataclass
 class TrainSetup:
     """The knobs the memory model depends on."""
 
-    method: str = "lora"
-    strategy: str = "single"
-    offload: str = "none"
+    method: Method = "lora"
+    strategy: Strategy = "single"
+    offload: Offload = "none"
     num_gpus: int = 1                 # data-parallel world size: what sharding divides by
     micro_batch: int = 1
     seq_len: int = 1024
     checkpointing: bool = False
-    precision: str = "bf16"
-    optimizer: str = "adamw"
-    attention: str = "sdpa"           # "sdpa" (flash / memory-efficient), "flash" (flash_attention_2) or "eager"
+    precision: Precision = "bf16"
+    optimizer: Optimizer = "adamw"
+    attention: Attention = "sdpa"           # "sdpa" (flash / memory-efficient), "flash" (flash_attention_2) or "eager"
     lora_r: int = 8
     lora_targets: list[str] | None = None
     lora_dropout: float = 0.05
-    device: str = "cuda"
+    device: Device = "cuda"
     gpus_per_node: int = 0            # processes sharing one host's RAM; 0: all of num_gpus
     # The step runs on FakeTensorMode tensors (bench/memory_validation.py): autograd cannot sum
     # two gradients in place for a tensor subclass, so a tied embedding's two gradients and their

@@ -39,7 +39,7 @@ def test_import_contracts(installed_layout: Path):
 def test_no_undefined_names_unused_imports_or_bare_package_names():
     """Pyflakes-level errors (an undefined name on a rarely run path, a dead import) fail here, and so
     does a bare `import runner`: it would work only with the repository root on sys.path."""
-    out = subprocess.run(["ruff", "check", "--select", "F,E9,TID251", "autotune", "runner", "wizard", "presets", "tests",
+    out = subprocess.run([str(Path(sys.executable).with_name("ruff")), "check", "--select", "F,E9,TID251", "autotune", "runner", "wizard", "presets", "tests",
                           "bench"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
 

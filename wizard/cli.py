@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from llmwizard.autotune.hardware import HardwareProfile
     from llmwizard.autotune.model_spec import ModelSpec
     from llmwizard.autotune.plan import Plan
+    from llmwizard.autotune.schema import Precision, Strategy
 
 SUBCOMMANDS = ("plan", "estimate", "export", "run", "resume", "detect", "presets")
 
@@ -277,9 +278,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
                         title="Sequence length", fix=f"Use --seq {model.max_positions} or less.")
     world = hardware.gpus_per_node * hardware.nodes
     # Offload needs a sharded strategy: ZeRO-3 offloads the most (DeepSpeed runs it on one GPU too).
-    strategy = args.strategy or ("zero3" if args.offload else "single" if world == 1 else "ddp")
+    strategy: Strategy = args.strategy or ("zero3" if args.offload else "single" if world == 1 else "ddp")
     gpu = hardware.smallest_gpu
-    precision = args.precision or ("fp32" if gpu is None else "bf16" if gpu.compute_capability >= (8, 0) else "fp16")
+    precision: Precision = args.precision or ("fp32" if gpu is None else "bf16" if gpu.compute_capability >= (8, 0) else "fp16")
     setup = TrainSetup(method=args.method, strategy=strategy, offload="optimizer" if args.offload else "none",
                        num_gpus=world, micro_batch=args.batch, seq_len=args.seq, checkpointing=args.checkpointing,
                        precision=precision, optimizer=args.optimizer, attention=args.attention,
