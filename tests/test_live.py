@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from llmwizard.runner.live import PlainPrinter, render, watch
+from llmwizard.runner.live import ConsoleView, PlainPrinter, render
 from llmwizard.runner.metrics import read_metrics
 from llmwizard.runner.state import RunState
 from llmwizard.runner.plot import loss_plot
@@ -138,19 +138,27 @@ def test_a_real_run_streams_metrics_evals_and_keeps_the_best_checkpoint(tmp_path
     assert "Overfitting" in result.stdout and f"at step {best}" in result.stdout
 
 
-def test_the_terminal_view_follows_a_launch_to_its_end(tmp_path: Path):
-    """The rich Live path (a terminal), through a real Launch whose launch.sh writes the metrics."""
-    from llmwizard.runner.launch import Launch
+def test_the_terminal_view_follows_a_session_to_its_end(tmp_path: Path):
+    """The rich Live path (a terminal): a RunSession over a real Launch whose launch.sh writes the metrics."""
+    from llmwizard.runner.engine import RunSession
+    from tests.test_session import exported
 
+    run_dir = exported(tmp_path)
     lines = "".join(json.dumps(r) + "\n" for r in records(steps=12, max_steps=12, ranks=1))
-    (tmp_path / "stream.jsonl").write_text(lines)
-    (tmp_path / "launch.sh").write_text("sleep 0.3\ncat stream.jsonl >> metrics.jsonl\nsleep 0.3\n")
-    launch = Launch(tmp_path)
-    launch.start()
+    (run_dir / "stream.jsonl").write_text(lines)
+    (run_dir / "launch.sh").write_text("sleep 0.3\ncat stream.jsonl >> metrics.jsonl\nsleep 0.3\n")
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=100, height=30, color_system=None)
-    code, state = watch(launch, tmp_path / "metrics.jsonl", console, "terminal test", interval=0.05)
-    assert code == 0
-    assert state.step == 12 and len(state.losses) == 12 and state.eval_losses
+    view = ConsoleView(console, "terminal test", refresh_per_second=20)
+    outcome = RunSession(app_plan(run_dir), run_dir, view, interval=0.05).run()
+    assert outcome.exit_code == 0 and outcome.status == "done"
+    assert view.state.step == 12 and len(view.state.losses) == 12 and view.state.eval_losses
     screen = out.getvalue()
     assert "terminal test" in screen and "step 12/12" in screen and "done" in screen
+    assert "Launching" in screen and view.end is not None and view.end.summary.status == "done"
+
+
+def app_plan(run_dir: Path):
+    from llmwizard.autotune.plan import Plan
+
+    return Plan.load(run_dir / "plan.yaml")

@@ -119,12 +119,14 @@ class LaunchScreen(StepScreen):
         from llmwizard.wizard import core
 
         assert self.state.plan is not None
-        self.post_message(RunStarted(core.start_run(self.state.plan, result.run_dir)))
+        session, said = core.start_session(self.state.plan, result.run_dir)
+        self.post_message(RunStarted(session, said))
 
     @on(RunStarted)
     def started(self, message: RunStarted) -> None:
-        self.state.launch = message.launch
+        self.state.launch = message.session.launch
         self.state.stopped = False
+        self.wizard.step_screen(self.STEP + 1).watch_session(message.session, message.said)
         self.state.export = None  # this directory now belongs to the run; a new launch re-exports
         self.set_status("")
         self.wizard.goto(self.STEP + 1)
