@@ -39,7 +39,9 @@ def test_a_changed_signature_is_caught_too():
 def test_a_missing_deepspeed_table_is_a_warning_not_a_stop(monkeypatch, capsys):
     import deepspeed.ops
 
-    monkeypatch.delattr(deepspeed.ops, "__compatible_ops__")
+    # deepspeed.ops builds the table lazily in a module __getattr__, so a deleted one comes back:
+    # stand in for a release without it.
+    monkeypatch.setattr(deepspeed.ops, "__compatible_ops__", None, raising=False)
     patches.deepspeed_skips_its_shm_kernel()
     err = capsys.readouterr().err
     assert "warning: deepspeed" in err and "__compatible_ops__" in err
