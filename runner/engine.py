@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ from llmwizard.runner.summary import Outcome, build_summary, resume_command
 # down; give a stopping run the same time to finish its step and write its checkpoint.
 STOP_GRACE_S = 30.0
 LOG_TAIL_LINES = 25
+
+
+class _Detached(Exception):
+    """The follower left; the run goes on."""
 
 
 class RunSession:
@@ -55,6 +60,7 @@ class RunSession:
         self._attempt = 0
         self._offset = 0
         self._outcome = Outcome("failed", 1)
+        self._detached: Callable[[], bool] = lambda: False
 
     # ------------------------------------------------------------------ control, from any thread
 
@@ -106,20 +112,24 @@ class RunSession:
             f"{plan.micro_batch} x {plan.grad_accum} accumulation)", plan.launcher, str(launch.log_path),
             self._attempt))
 
-    def run(self) -> Outcome:
+    def run(self, detached: Callable[[], bool] | None = None) -> Outcome | None:
         """Run to the end in the calling thread; the outcome (its summary went out as the last event).
-        KeyboardInterrupt (Ctrl-C in the CLI's thread) stops the run like `stop()`."""
+        KeyboardInterrupt (Ctrl-C in the CLI's thread) stops the run like `stop()`. When `detached()`
+        turns true (the wizard quit and left the run training), stop following and return None:
+        the run keeps going and keeps writing its log and metrics."""
+        self._detached = detached or (lambda: False)
         self.start()
         outcome = self._outcome
         retries = 0
         while True:
             launch = self.launch
-            if self._stop.is_set() and (launch is None or launch.poll() is not None):
-                outcome = Outcome("stopped", launch.wait() if launch else 130, notes=outcome.notes,
-                                  changes=outcome.changes)
+            if launch is None:  # stopped before the first launch
+                outcome = Outcome("stopped", 130, notes=outcome.notes, changes=outcome.changes)
                 break
-            assert launch is not None
-            code, stopped = self._follow(launch)
+            try:
+                code, stopped = self._follow(launch)
+            except _Detached:
+                return None
             if stopped:
                 outcome = Outcome("stopped", code, notes=outcome.notes, changes=outcome.changes)
                 break
@@ -136,8 +146,10 @@ class RunSession:
                     self.plan = smaller[0]
                     outcome.changes.append(smaller[1])
                     self.resume = True
-                    if not self._stop.is_set():
-                        self._launch_attempt()
+                    if self._stop.is_set():  # asked to stop while re-planning: the next attempt is not started
+                        outcome = Outcome("stopped", code, notes=outcome.notes, changes=outcome.changes)
+                        break
+                    self._launch_attempt()
                     continue
             if failure is not None:
                 outcome.log_tail = recovery.log_excerpt(log_text, failure, LOG_TAIL_LINES)
@@ -158,6 +170,8 @@ class RunSession:
                     break
                 if self._stop.is_set():
                     return self._stop_launch(launch), True
+                if self._detached():
+                    raise _Detached
                 time.sleep(self.interval)
         except KeyboardInterrupt:
             self._stop.set()

@@ -39,6 +39,7 @@ def run_session(console: Console, plan: Plan, run_dir: Path, *, resume: bool = F
         view.close()
     if view.end is not None:
         print_summary(console, view.end.summary)
+    assert outcome is not None  # only a follower that detaches gets None
     return outcome.exit_code
 
 

@@ -19,6 +19,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Button, ProgressBar, Static
+from textual.worker import get_current_worker
 
 from llmwizard.wizard.messages import RunEvent
 from llmwizard.wizard.screens.base import StepScreen
@@ -103,9 +104,12 @@ class RunScreen(StepScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="follow")
     def follow(self, session: RunSession) -> None:
-        """Run the session here; every event goes to the screen as a message (never a widget)."""
-        session.on_event = lambda event: self.post_message(RunEvent(event))
-        session.run()
+        """Run the session here; every event goes to the screen as a message (never a widget).
+        Quitting the wizard cancels this worker: the session stops following and the run, if it
+        was left running, goes on by itself."""
+        worker = get_current_worker()
+        session.on_event = lambda event: None if worker.is_cancelled else self.post_message(RunEvent(event))
+        session.run(detached=lambda: worker.is_cancelled)
 
     @on(RunEvent)
     def run_event(self, message: RunEvent) -> None:
