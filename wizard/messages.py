@@ -101,10 +101,7 @@ class RunEvent(Message):
     event: Event
 
     def can_replace(self, message: Message) -> bool:
-        from llmwizard.runner.events import Metrics
-
-        return isinstance(message, RunEvent) and isinstance(message.event, Metrics) \
-            and isinstance(self.event, Metrics)
+        return isinstance(message, RunEvent) and type(message.event).__name__ == type(self.event).__name__ == "Metrics"
 
 
 @dataclass

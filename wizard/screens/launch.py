@@ -29,7 +29,9 @@ def export_text(result: ExportResult, launchable: bool, hardware: str) -> Text:
     text.append(f"  {result.command}\n\n", style="cyan")
     text.append("Rerun it any time with ", style="dim")
     text.append(f"bash {result.run_dir}/launch.sh", style="bold")
-    text.append(" (add --resume to continue from the last checkpoint).\n", style="dim")
+    text.append("; continue a stopped run with ", style="dim")
+    text.append(f"llmwizard resume {result.run_dir}", style="bold")
+    text.append(".\n", style="dim")
     if launchable:
         text.append("\nLaunch starts it here and shows the loss as it trains.", style="green")
     else:

@@ -26,6 +26,7 @@ from llmwizard.wizard.screens.base import StepScreen
 from llmwizard.wizard.widgets.loss_plot import LossPlot
 
 if TYPE_CHECKING:
+    from llmwizard.runner import events
     from llmwizard.runner.engine import RunSession
     from llmwizard.runner.events import Event
     from llmwizard.runner.state import RunState
@@ -116,28 +117,42 @@ class RunScreen(StepScreen):
         self.show(message.event)
 
     def show(self, event: Event) -> None:
-        from llmwizard.runner import events
+        """Render one event: `_on_<event class>` (the events are plain data; no runner import here)."""
+        handler = getattr(self, f"_on_{type(event).__name__.lower()}", None)
+        if handler is not None:
+            handler(event)
 
-        if isinstance(event, events.Metrics):
-            self._metrics(event.state)
-        elif isinstance(event, events.Finding):
-            self.findings.append(event.finding)
-            self.query_one("#diagnostics", Static).update(findings_view(self.findings))
-        elif isinstance(event, events.Started):
-            if self.session is not None:
-                self.state.launch = self.session.launch  # the attempt now running
-            if event.attempt > 1:
-                self._recovery(Text(f"Attempt {event.attempt}: {event.plan}", style="dim"))
-        elif isinstance(event, events.Recovery):
-            if event.kind == "oom_replan":
-                self._recovery(Text(f"Out of GPU memory. {event.message}.", style="yellow"))
-            else:
-                self._recovery(Text(event.message))
-        elif isinstance(event, events.Stopping):
-            self.set_status("Killing the run ..." if event.force else
-                            "Stopping: every rank saves a checkpoint at the end of its step ...", "warning")
-        elif isinstance(event, (events.Stopped, events.Finished, events.Failed)):
-            self._ended(event)
+    def _on_metrics(self, event: events.Metrics) -> None:
+        self._metrics(event.state)
+
+    def _on_finding(self, event: events.Finding) -> None:
+        self.findings.append(event.finding)
+        self.query_one("#diagnostics", Static).update(findings_view(self.findings))
+
+    def _on_started(self, event: events.Started) -> None:
+        if self.session is not None:
+            self.state.launch = self.session.launch  # the attempt now running
+        if event.attempt > 1:
+            self._recovery(Text(f"Attempt {event.attempt}: {event.plan}", style="dim"))
+
+    def _on_recovery(self, event: events.Recovery) -> None:
+        if event.kind == "oom_replan":
+            self._recovery(Text(f"Out of GPU memory. {event.message}.", style="yellow"))
+        else:
+            self._recovery(Text(event.message))
+
+    def _on_stopping(self, event: events.Stopping) -> None:
+        self.set_status("Killing the run ..." if event.force else
+                        "Stopping: every rank saves a checkpoint at the end of its step ...", "warning")
+
+    def _on_stopped(self, event: events.Stopped) -> None:
+        self._ended(event)
+
+    def _on_finished(self, event: events.Finished) -> None:
+        self._ended(event)
+
+    def _on_failed(self, event: events.Failed) -> None:
+        self._ended(event)
 
     def _recovery(self, line: Text) -> None:
         self.recoveries.append(line)
@@ -172,7 +187,7 @@ class RunScreen(StepScreen):
                          f"elapsed {core.format_seconds(state.elapsed)}   eta {core.format_seconds(state.eta())}")
         self.query_one("#run-title", Static).update(title)
 
-    def _ended(self, event: Any) -> None:
+    def _ended(self, event: events.Stopped | events.Finished | events.Failed) -> None:
         from llmwizard.wizard import core
 
         self.ended = True
