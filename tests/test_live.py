@@ -162,3 +162,32 @@ def app_plan(run_dir: Path):
     from llmwizard.autotune.plan import Plan
 
     return Plan.load(run_dir / "plan.yaml")
+
+
+def test_the_plain_view_renders_each_event_as_the_console_always_printed_it():
+    """Events in, the CLI's lines out: launch, the numbers, a finding once, a re-plan, a stop."""
+    from llmwizard.runner import events
+    from llmwizard.runner.diagnostics import Finding
+
+    out = io.StringIO()
+    view = ConsoleView(Console(file=out, width=200, force_terminal=False), "plain test")
+    view(events.Started("accelerate (ddp, 2 process(es), micro-batch 16 x 1 accumulation)", "accelerate",
+                        "/runs/x/train.log", 1))
+    state = RunState()
+    for record in records(steps=3, max_steps=60, ranks=2):
+        view(events.Metrics(record, state.update(record), state.snapshot()))
+    finding = Finding("plateau", "warning", 3, "Loss is flat", "It stopped falling.", "Raise the learning rate.")
+    view(events.Finding(finding))
+    view(events.Finding(finding))
+    view(events.Recovery("oom_replan", "rank 0 ran out of GPU memory during step 4: micro-batch 16 -> 8",
+                         (16, 8), (1, 2), 16, "checkpoint-2"))
+    view(events.Stopping())
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "Launching accelerate (ddp, 2 process(es), micro-batch 16 x 1 accumulation); log: " \
+                       "/runs/x/train.log"
+    assert lines[1] == "training: 60 steps, 2 process(es)"
+    assert [int(PLAIN_LINE.match(line).group(1)) for line in lines if PLAIN_LINE.match(line)] == [1, 2, 3]
+    assert lines.count("warning: Loss is flat: It stopped falling. Fix: Raise the learning rate.") == 1
+    assert "Out of GPU memory. rank 0 ran out of GPU memory during step 4: micro-batch 16 -> 8." in lines
+    assert lines[-1].startswith("Stopping: every rank saves a checkpoint") and view.status == "stopping"
+    assert view.state.step == 3 and view.end is None
