@@ -103,3 +103,33 @@ def test_stop_from_another_thread_saves_a_checkpoint_and_says_how_to_resume(tmp_
     assert stopped.summary.title == f"stopped at step {stopped.step}"
     assert rows["resume"] == f"llmwizard resume {run_dir}"
     assert session.launch is not None and session.launch.poll() is not None and not session.running()
+
+
+def test_a_failed_attempt_is_diagnosed_with_its_log_and_the_resume_command(tmp_path: Path):
+    """launch.sh stands in for ranks that hit a full disk: the launcher's exit and log are real."""
+    run_dir = exported(tmp_path, max_steps=4, eval_fraction=0)
+    (run_dir / "launch.sh").write_text("echo 'loading'\necho 'OSError: [Errno 28] No space left on device' >&2\nexit 1\n")
+    seen: list[events.Event] = []
+    outcome = RunSession(load_plan(run_dir), run_dir, seen.append, interval=0.05).run()
+    assert outcome.status == "failed" and outcome.exit_code == 1
+    assert kinds(seen) == ["Started", "Failed"]
+    failed = seen[-1]
+    assert isinstance(failed, events.Failed) and failed.failure is not None and failed.failure.kind == "disk_full"
+    assert any("No space left on device" in line for line in failed.log_excerpt)
+    assert failed.resume_command == f"llmwizard resume {run_dir}"
+    assert failed.summary.title == "training failed: Disk full" and failed.summary.free_disk is not None
+    assert ("log", str(run_dir / "train.log")) in failed.summary.rows
+
+
+def test_a_follower_that_detaches_leaves_the_run_going(tmp_path: Path):
+    """The wizard quit with "leave running": the session stops following, the launch goes on."""
+    run_dir = exported(tmp_path, max_steps=4, eval_fraction=0)
+    (run_dir / "launch.sh").write_text("sleep 30\n")
+    seen: list[events.Event] = []
+    session = RunSession(load_plan(run_dir), run_dir, seen.append, interval=0.05)
+    try:
+        assert session.run(detached=lambda: True) is None
+        assert kinds(seen) == ["Started"] and session.running()
+    finally:
+        session.launch.kill()
+    assert not session.running()
