@@ -10,18 +10,12 @@ llmwizard.runner.train installs `default_callbacks(metrics_file)` on every rank:
 - `DivergenceCallback` stops a run whose loss became NaN/Inf or spiked, without saving the
   damaged weights, and names the last good checkpoint (llmwizard.runner.diagnostics).
 
-Test hook (environment variables; used by tests/test_oom.py so a CPU run takes the whole
-out-of-memory path):
-
-    LLMWIZARD_TEST_OOM_WHEN_MICRO_BATCH_ABOVE=N   every rank raises torch.OutOfMemoryError at the
-                                                  start of step LLMWIZARD_TEST_OOM_AT_STEP while
-                                                  per_device_train_batch_size > N
-    LLMWIZARD_TEST_OOM_AT_STEP=S                  the step (default 3)
+Tests add their own callbacks (an out-of-memory error on demand) through
+llmwizard.runner.train.TEST_CALLBACKS_ENV; nothing here knows about them.
 """
 
 from __future__ import annotations
 
-import os
 import resource
 import signal
 import sys
@@ -34,10 +28,6 @@ from transformers import TrainerCallback
 
 from llmwizard.runner import diagnostics
 from llmwizard.runner.metrics import MetricsWriter
-
-TEST_OOM_ENV = "LLMWIZARD_TEST_OOM_WHEN_MICRO_BATCH_ABOVE"
-TEST_OOM_STEP_ENV = "LLMWIZARD_TEST_OOM_AT_STEP"
-
 
 def peak_memory_bytes() -> tuple[int, str]:
     """Peak memory of this rank and its kind: the CUDA allocator's peak on GPUs, else peak RSS."""
@@ -268,23 +258,6 @@ class DivergenceCallback(TrainerCallback):
                        "finding": finding.to_dict(), "good_checkpoint": good})
 
 
-class InjectedOutOfMemoryCallback(TrainerCallback):
-    """The test hook described in the module docstring: a CUDA out-of-memory error on demand."""
-
-    def __init__(self, above: int, at_step: int) -> None:
-        self.above = above
-        self.at_step = at_step
-
-    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        micro = args.per_device_train_batch_size
-        if micro > self.above and state.global_step + 1 >= self.at_step:
-            import torch
-
-            raise torch.OutOfMemoryError(
-                f"CUDA out of memory. Tried to allocate 2.00 GiB. (llmwizard test hook: micro-batch {micro} "
-                f"> {self.above} at step {state.global_step + 1})")
-
-
 def stop_reason(callbacks: list[TrainerCallback]) -> str | None:
     """Why training ended early ("signal" or "diverged"), None when it ran to the end: the
     training entry can skip saving diverged weights or exit 128+signal after a stop."""
@@ -297,11 +270,5 @@ def stop_reason(callbacks: list[TrainerCallback]) -> str | None:
 def default_callbacks(metrics_file: str) -> list[TrainerCallback]:
     """Every callback the training entry installs on each rank (order matters: sync before stop)."""
     run = RankRun(metrics_file)
-    callbacks: list[TrainerCallback] = [
-        MetricsCallback(run), RankSyncCallback(run), StopOnSignalCallback(run), DivergenceCallback(run),
-    ]
-    above = os.environ.get(TEST_OOM_ENV)
-    if above:
-        callbacks.append(InjectedOutOfMemoryCallback(int(above), int(os.environ.get(TEST_OOM_STEP_ENV, "3"))))
-    return callbacks
+    return [MetricsCallback(run), RankSyncCallback(run), StopOnSignalCallback(run), DivergenceCallback(run)]
 

@@ -1,17 +1,15 @@
-"""The headless live view: loss you can watch while a run trains.
+"""The console view of a run session: loss you can watch while a run trains.
 
-`RunState` folds metrics records (llmwizard.runner.metrics) into what the views show. In a terminal the
-view is a rich Live panel: progress and ETA, the current numbers, a plot of the train and eval
-loss over the whole run, and the diagnostics (llmwizard.runner.diagnostics) as they appear. Elsewhere
-(CI, pipes, log files) it prints one plain line per logged step, one per evaluation, and each
-diagnostic once. The panel fits 80 columns and uses the room of wider terminals for the plot.
+It renders the events of llmwizard.runner.engine.RunSession (llmwizard.runner.events) and nothing
+else. In a terminal the view is a rich Live panel: progress and ETA, the current numbers, a plot
+of the train and eval loss over the whole run, and the diagnostics (llmwizard.runner.diagnostics)
+as they appear. Elsewhere (CI, pipes, log files) it prints one plain line per logged step, one
+per evaluation, and each diagnostic once. The panel fits 80 columns and uses the room of wider
+terminals for the plot. The run's summary is printed by llmwizard.runner.session.print_summary.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -20,25 +18,12 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from llmwizard.runner import diagnostics
-from llmwizard.runner.launch import Launch
-from llmwizard.runner.metrics import MetricsTail
+from llmwizard.runner import diagnostics, events
 from llmwizard.runner.plot import EVAL_STYLE, TRAIN_STYLE, loss_plot
-from llmwizard.runner.state import RunState, final_status
+from llmwizard.runner.state import RunState
+from llmwizard.runner.summary import format_bytes, format_seconds, memory_text
 
 # ----------------------------------------------------------------------------- the panel
-
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
-        else f"{seconds // 60}:{seconds % 60:02d}"
-
-
-def format_bytes(value: int) -> str:
-    return f"{value / 2**30:.1f} GiB" if value >= 2**30 else f"{value / 2**20:,.0f} MiB"
-
 
 def _pairs(*pairs: tuple[str, str | None], style: str = "bold") -> Text:
     text = Text()
@@ -53,18 +38,8 @@ def _pairs(*pairs: tuple[str, str | None], style: str = "bold") -> Text:
 
 
 def memory_line(state: RunState) -> Text | None:
-    kind = "GPU, allocated" if state.memory_kind == "cuda" else "host RSS"
-    peaks = state.rank_peaks or ([state.peak_memory] if state.peak_memory else [])
-    if not peaks:
-        return None
-    if len(peaks) == 1:
-        return _pairs(("peak memory", f"{format_bytes(peaks[0])} ({kind})"))
-    if len(peaks) <= 4:
-        ranks = " · ".join(f"r{i} {format_bytes(p)}" for i, p in enumerate(peaks))
-        return _pairs(("peak memory", f"{ranks} ({kind})"))
-    top = max(range(len(peaks)), key=lambda i: peaks[i])
-    return _pairs(("peak memory", f"max {format_bytes(peaks[top])} on rank {top}, min {format_bytes(min(peaks))}, "
-                                  f"{len(peaks)} ranks ({kind})"))
+    memory = memory_text(state)
+    return None if memory is None else _pairs(("peak memory", memory))
 
 
 def numbers(state: RunState) -> list[Text]:
@@ -192,58 +167,83 @@ class PlainPrinter:
         if kind == "stop":
             why = "signal " + str(record.get("signal")) if record.get("reason") == "signal" else record.get("reason")
             self.say(f"stopping at step {record.get('step')} ({why})")
-        if kind == "log":
-            self.findings(state, final=False, now="eval_loss" in record)
+
+    def finding(self, finding: diagnostics.Finding) -> None:
+        if finding.code not in self.reported:
+            self.reported.add(finding.code)
+            self.say(f"{finding.severity}: {finding.title}: {finding.message} Fix: {finding.fix}")
 
     def findings(self, state: RunState, final: bool, now: bool = False) -> None:
         for finding in state.findings(final=final, now=now):
-            if finding.code in self.reported:
-                continue
-            self.reported.add(finding.code)
-            self.say(f"{finding.severity}: {finding.title}: {finding.message} Fix: {finding.fix}")
+            self.finding(finding)
 
     def say(self, line: str) -> None:
         self.console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
-# ----------------------------------------------------------------------------- following a run
+# ----------------------------------------------------------------------------- the view
 
-def watch(launch: Launch, metrics_path: Path, console: Console, title: str, interval: float = 0.5,
-          state: RunState | None = None, tail: MetricsTail | None = None) -> tuple[int, RunState]:
-    """Follow a running launch until it exits; return (exit code, final state).
+STOP_HINT = "\nStopping: every rank saves a checkpoint at the end of its step ... (Ctrl-C again to kill at once)"
 
-    Pass the `state` and `tail` of earlier attempts (a resume, an out-of-memory retry) to keep
-    the whole run in view without printing its old lines again.
-    """
-    state = state or RunState()
-    tail = tail or MetricsTail(metrics_path)
-    if console.is_terminal:
+
+class ConsoleView:
+    """A RunSession's `on_event`: a Live panel for the whole session in a terminal (lines printed
+    above it), plain lines elsewhere. `end` keeps the last event (its summary) once the run ended."""
+
+    def __init__(self, console: Console, title: str, refresh_per_second: float = 4) -> None:
+        self.console = console
+        self.title = title
+        self.refresh_per_second = refresh_per_second
+        self.state = RunState()
+        self.status = "running"
+        self.end: events.Stopped | events.Finished | events.Failed | None = None
+        self.printer = None if console.is_terminal else PlainPrinter(console)
+        self._live: Any = None
+
+    def __call__(self, event: events.Event) -> None:
+        if isinstance(event, events.Metrics):
+            self.state = event.state
+            if self.printer is not None:
+                self.printer.record(event.state, event.record, event.is_loss)
+        elif isinstance(event, events.Finding):
+            if self.printer is not None:
+                self.printer.finding(event.finding)
+        elif isinstance(event, events.Started):
+            self.say(f"Launching {event.plan}; log: {event.log_path}")
+            self.status = "running"
+            self._start_live()
+        elif isinstance(event, events.Recovery):
+            if event.kind == "oom_replan":
+                self.console.print(Text(f"Out of GPU memory. {event.message}.", style="yellow"))
+            else:
+                self.say(event.message)
+        elif isinstance(event, events.Stopping):
+            self.status = "stopping"
+            self.say("Killing the run (SIGKILL)." if event.force else STOP_HINT)
+        elif isinstance(event, (events.Stopped, events.Finished, events.Failed)):
+            self.end = event
+            self.status = event.summary.status
+            self.close()
+
+    def say(self, line: str) -> None:
+        self.console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    def view(self) -> RenderableType:
+        return render(self.state, self.title, self.console.width, self.console.height, self.status,
+                      ascii_only=not self.console.encoding.lower().startswith("utf"))
+
+    def _start_live(self) -> None:
+        if self._live is not None or not self.console.is_terminal:
+            return
         from rich.live import Live
 
-        def view(status: str = "running") -> RenderableType:
-            return render(state, title, console.width, console.height, status,
-                          ascii_only=not console.encoding.lower().startswith("utf"))
+        self._live = Live(console=self.console, refresh_per_second=self.refresh_per_second, transient=False,
+                          vertical_overflow="crop", get_renderable=self.view)
+        self._live.start()
 
-        with Live(view(), console=console, refresh_per_second=4, transient=False,
-                  vertical_overflow="crop") as live:
-            while launch.poll() is None:
-                for record in tail.poll():
-                    state.update(record)
-                live.update(view())
-                time.sleep(interval)
-            for record in tail.poll():
-                state.update(record)
-            code = launch.wait()
-            live.update(view(final_status(state, code)))
-        return code, state
-    printer = PlainPrinter(console)
-    while True:
-        running = launch.poll() is None
-        for record in tail.poll():
-            printer.record(state, record, state.update(record))
-        if not running:
-            break
-        time.sleep(interval)
-    code = launch.wait()
-    printer.findings(state, final=True)
-    return code, state
+    def close(self) -> None:
+        """Draw the panel a last time and leave it on screen."""
+        if self._live is not None:
+            self._live.refresh()
+            self._live.stop()
+            self._live = None

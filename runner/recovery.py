@@ -3,7 +3,7 @@
 `diagnose_failure` reads the part of train.log that one attempt wrote (and its exit status) and
 recognises the failures people meet most: GPU out of memory, host out of memory, port in use,
 more processes than GPUs, collective timeouts, a missing dataset column, a full disk. Only GPU
-out-of-memory is recovered automatically (llmwizard.runner.session re-plans with a smaller micro-batch);
+out-of-memory is recovered automatically (llmwizard.runner.engine re-plans with a smaller micro-batch);
 `record_recovery` keeps the story in <run>/recovery.log. Checkpoint helpers read what the HF
 Trainer wrote (trainer_state.json), so the summary can name the best and the last checkpoint.
 """

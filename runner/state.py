@@ -7,6 +7,7 @@ Light on purpose: no rich, no textual, no torch.
 
 from __future__ import annotations
 
+import copy as _copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -61,6 +62,14 @@ class RunState:
         for record in records:
             state.update(record)
         return state
+
+    def snapshot(self) -> RunState:
+        """A copy another thread may keep while this one folds on: the lists are copied (records
+        themselves are never changed once read), so this costs pointers, not a deep copy."""
+        copy = _copy.copy(self)
+        for name in ("losses", "eval_losses", "rank_peaks", "checkpoints", "records", "_rate_points"):
+            setattr(copy, name, list(getattr(self, name)))
+        return copy
 
     def update(self, record: dict[str, Any]) -> bool:
         """Fold one record in; True when it carried a training loss (a new line for plain output)."""

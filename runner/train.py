@@ -20,8 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from llmwizard.autotune.errors import UserError
+from llmwizard.runner.patches import (LibraryChanged, allow_fsdp_on_cpu, deepspeed_skips_its_shm_kernel,
+                                      peft_sees_through_checkpoint_wrappers)
 
 USER_ERROR_EXIT = 2
+# Set by tests only: a module (dotted name, or the path of a .py file) whose `callbacks()` gives
+# extra Trainer callbacks, e.g. tests/hooks/oom.py. Real runs pay one environment lookup.
+TEST_CALLBACKS_ENV = "LLMWIZARD_TEST_CALLBACKS"
+
+__all__ = ["allow_fsdp_on_cpu", "main", "train"]
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -38,7 +45,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     own, trl_argv = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        return train(own, trl_argv)
+        try:
+            return train(own, trl_argv)
+        except LibraryChanged as changed:
+            raise UserError(changed.message, title=f"{changed.library} version",
+                            fix=changed.fix) from None
     except UserError as error:
         rank = os.environ.get("RANK", "0")
         fix = f"\nFix: {error.fix}" if error.fix else ""
@@ -52,8 +63,12 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
 
     parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig))
     script_args, training_args, model_args = parser.parse_args_and_config(trl_argv)
-    allow_fsdp_on_cpu()
-    peft_sees_through_checkpoint_wrappers()
+    import torch
+
+    if not torch.cuda.is_available():
+        allow_fsdp_on_cpu()
+    if model_args.use_peft:
+        peft_sees_through_checkpoint_wrappers()
     if training_args.deepspeed_plugin is not None:
         deepspeed_skips_its_shm_kernel()
         if training_args.deepspeed_plugin.zero_stage == 3:
@@ -67,7 +82,7 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
 
     from llmwizard.runner.callbacks import default_callbacks, stop_reason
 
-    callbacks = default_callbacks(own.metrics_file)
+    callbacks = default_callbacks(own.metrics_file) + test_callbacks()
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -106,49 +121,22 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
     return 0
 
 
-def allow_fsdp_on_cpu() -> None:
-    """Let FSDP2 run on CPU ranks (gloo) as it does on GPUs.
+def test_callbacks() -> list[Any]:
+    """The callbacks of the module TEST_CALLBACKS_ENV names; [] on real runs (nothing imported)."""
+    name = os.environ.get(TEST_CALLBACKS_ENV)
+    if not name:
+        return []
+    import importlib
+    import importlib.util
 
-    accelerate 1.15's AcceleratorState turns FSDP on only for GPU-family distributed types; a CPU
-    run (MULTI_CPU) keeps its FSDP plugin unused and trains as plain DDP, silently. torch's
-    fully_shard itself runs on CPU with gloo, so when an FSDP plugin was given and the state came
-    out MULTI_CPU, the state is promoted to FSDP. Nothing changes on GPUs.
-    """
-    from accelerate.state import AcceleratorState, PartialState
-    from accelerate.utils import DistributedType
-
-    if getattr(AcceleratorState.__init__, "_llmwizard", False):
-        return
-    original = AcceleratorState.__init__
-
-    def init(self: Any, *args: Any, fsdp_plugin: Any = None, **kwargs: Any) -> None:
-        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
-        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
-            self.distributed_type = DistributedType.FSDP
-            self.fsdp_plugin = fsdp_plugin
-            # As AcceleratorState.__init__ does last: later bare AcceleratorState() calls copy it back.
-            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-            if self._mixed_precision != "no":
-                fsdp_plugin.set_mixed_precision(self._mixed_precision)
-
-    init._llmwizard = True  # type: ignore[attr-defined]
-    AcceleratorState.__init__ = init  # type: ignore[method-assign]
-
-
-def deepspeed_skips_its_shm_kernel() -> None:
-    """Keep DeepSpeed from compiling its shared-memory all-reduce kernel when it sets up comms.
-
-    On a CPU rank, deepspeed.comm JIT-builds `deepspeed_shm_comm` (a C++ extension, via ninja)
-    the first time it starts. Training never calls that kernel: it serves
-    `inference_all_reduce` only, and falls back to torch.distributed without it. The build
-    costs tens of seconds on a fresh machine and needs a C++ toolchain, and a rank killed
-    mid-build leaves torch's build lock behind, on which every later DeepSpeed run waits
-    forever. DeepSpeed keeps its op-compatibility table as one mutable dict for this purpose;
-    an op marked incompatible there is never built.
-    """
-    import deepspeed.ops
-
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if name.endswith(".py"):
+        spec = importlib.util.spec_from_file_location("llmwizard_test_callbacks", name)
+        assert spec is not None and spec.loader is not None, name
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(name)
+    return list(module.callbacks())
 
 
 def join_deepspeed_comm() -> None:
@@ -164,28 +152,6 @@ def join_deepspeed_comm() -> None:
 
     if torch.distributed.is_initialized() and not comm.is_initialized():
         comm.init_distributed(dist_backend=torch.distributed.get_backend(), auto_mpi_discovery=False)
-
-
-def peft_sees_through_checkpoint_wrappers() -> None:
-    """Keep LoRA weights in adapters saved under FSDP activation checkpointing.
-
-    PEFT 0.21 picks the adapter's entries out of a state dict by module name, and strips FSDP1's
-    `_fsdp_wrapped_module.` from those names but not `_checkpoint_wrapped_module.`, which FSDP's
-    activation checkpointing puts inside every decoder layer. State dicts carry no such segment
-    (torch's checkpoint wrapper removes it), so nothing matched and the saved adapter (final
-    and checkpoints) was empty. Strip the segment the same way.
-    """
-    from peft.tuners import tuners_utils
-
-    original = tuners_utils._get_tuner_state_dict_key_prefixes
-    if getattr(original, "_llmwizard", False):
-        return
-
-    def prefixes(model: Any, adapter_name: str | None = None) -> set[str]:
-        return {prefix.replace("_checkpoint_wrapped_module.", "") for prefix in original(model, adapter_name)}
-
-    prefixes._llmwizard = True  # type: ignore[attr-defined]
-    tuners_utils._get_tuner_state_dict_key_prefixes = prefixes
 
 
 def strategy_line(trainer: Any) -> str:

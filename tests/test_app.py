@@ -6,6 +6,7 @@ embedded model on the CPU for real. Snapshot tests of the key screens live in te
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from llmwizard.autotune.hardware import GPU, HardwareProfile
 from llmwizard.wizard.app import WizardApp
@@ -382,18 +384,77 @@ async def test_stop_ends_the_run_cleanly_and_quits_with_130(tmp_path: Path):
         await wait_until(pilot, lambda: not app.is_running, seconds=120)
     assert app.return_code == 130 and app.state.stopped
     assert app.state.launch.poll() is not None  # the whole group is gone
+    # The CLI's stop advice, from the same summary builder.
+    from llmwizard.runner.events import Stopped
+
+    run_dir = app.state.launch.run_dir
+    end = screen.end_event
+    assert isinstance(end, Stopped) and end.resume_command == f"llmwizard resume {run_dir}"
+    assert ("resume", f"llmwizard resume {run_dir}") in end.summary.rows
+    assert (run_dir / "output" / end.checkpoint / "trainer_state.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_the_run_screen_recovers_from_out_of_memory_as_the_cli_does(tmp_path: Path, monkeypatch):
+    """The OOM test hook (tests/hooks/oom.py) makes every rank run out of memory at step 6 while the
+    micro-batch is above 8: the screen shows the re-plan and the resume, then the CLI's summary."""
+    from llmwizard.autotune.plan import Plan
+    from llmwizard.runner.events import Finished
+    from llmwizard.runner.session import print_summary
+    from tests.hooks.oom import environment
+
+    for name, value in environment(above=8, at_step=6).items():
+        monkeypatch.setenv(name, value)
+    app = make_app("--gpus", "cpu", "--max-steps", "8", "--eval-fraction", "0", output=tmp_path / "runs")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 5)
+        before = app.state.plan
+        assert (before.micro_batch, before.grad_accum, before.effective_batch) == (16, 1, 16)
+        resumed = (6 - 1) // before.save_steps * before.save_steps  # the last checkpoint before step 6
+        assert resumed > 0, "the plan should checkpoint before step 6"
+        await launched(pilot)
+        screen = app.screen
+        await wait_until(pilot, lambda: screen.ended, seconds=600)
+        assert screen.ended, app.state.launch.log_tail(30)
+        run_dir = app.state.launch.run_dir
+
+        shown = " ".join(text_of(app, "#recovery").split())
+        assert "Out of GPU memory." in shown and "out of GPU memory during step 6" in shown
+        assert "micro-batch 16 -> 8, gradient accumulation 1 -> 2 (effective batch 16 unchanged)" in shown
+        assert f"resuming from checkpoint-{resumed}" in shown
+        assert "Attempt 2:" in shown and "micro-batch 8 x 2 accumulation" in shown
+        assert screen.state_snapshot.step == 8 and app.state.launch.poll() == 0
+        after = Plan.load(run_dir / "plan.yaml")
+        assert (after.micro_batch, after.grad_accum, after.effective_batch) == (8, 2, 16)
+
+        end = screen.end_event
+        assert isinstance(end, Finished) and end.exit_code == 0
+        summary = " ".join(text_of(app, "#summary").split())
+        assert summary.startswith("done")
+        # Every row the CLI prints for this run, the screen shows.
+        cli = io.StringIO()
+        print_summary(Console(file=cli, width=200), end.summary)
+        for label, value in end.summary.rows:
+            assert f"{label} {' '.join(value.split())}" in summary, (label, value)
+            assert " ".join(value.split()) in " ".join(cli.getvalue().replace("│", " ").split())
+        assert any(label == "recovered" and "micro-batch 16 -> 8" in value for label, value in end.summary.rows)
+        assert str(screen.query_one("#next").label) == "Quit"
+        await pilot.press("ctrl+q")
+    assert app.return_code == 0
 
 
 def test_diagnostics_are_worded_for_the_run_screen():
     """The run screen shows what llmwizard.runner.diagnostics finds, with its fix (initial loss above 10)."""
-    pytest.importorskip("llmwizard.runner.diagnostics")
-    from llmwizard.wizard import core
-    from llmwizard.wizard.screens.run import findings_text
+    from llmwizard.runner.state import RunState
+    from llmwizard.wizard.screens.run import findings_view
 
     records = [{"type": "begin", "step": 0, "max_steps": 100, "world_size": 1, "time": 0.0}]
     records += [{"type": "log", "step": s, "max_steps": 100, "loss": 12.5 - 0.01 * s, "time": float(s)}
                 for s in range(1, 11)]
-    findings = core.diagnose(records)
+    findings = RunState.from_records(records).findings()
     assert findings and "10" in findings[0].message
-    shown = findings_text(findings).plain
-    assert findings[0].message in shown and "Fix:" in shown
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(findings_view(findings))
+    shown = " ".join(console.export_text().split())
+    assert findings[0].message in shown and f"Fix: {findings[0].fix}" in shown

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from llmwizard.runner.live import PlainPrinter, render, watch
+from llmwizard.runner.live import ConsoleView, PlainPrinter, render
 from llmwizard.runner.metrics import read_metrics
 from llmwizard.runner.state import RunState
 from llmwizard.runner.plot import loss_plot
@@ -138,19 +138,56 @@ def test_a_real_run_streams_metrics_evals_and_keeps_the_best_checkpoint(tmp_path
     assert "Overfitting" in result.stdout and f"at step {best}" in result.stdout
 
 
-def test_the_terminal_view_follows_a_launch_to_its_end(tmp_path: Path):
-    """The rich Live path (a terminal), through a real Launch whose launch.sh writes the metrics."""
-    from llmwizard.runner.launch import Launch
+def test_the_terminal_view_follows_a_session_to_its_end(tmp_path: Path):
+    """The rich Live path (a terminal): a RunSession over a real Launch whose launch.sh writes the metrics."""
+    from llmwizard.runner.engine import RunSession
+    from tests.test_session import exported
 
+    run_dir = exported(tmp_path)
     lines = "".join(json.dumps(r) + "\n" for r in records(steps=12, max_steps=12, ranks=1))
-    (tmp_path / "stream.jsonl").write_text(lines)
-    (tmp_path / "launch.sh").write_text("sleep 0.3\ncat stream.jsonl >> metrics.jsonl\nsleep 0.3\n")
-    launch = Launch(tmp_path)
-    launch.start()
+    (run_dir / "stream.jsonl").write_text(lines)
+    (run_dir / "launch.sh").write_text("sleep 0.3\ncat stream.jsonl >> metrics.jsonl\nsleep 0.3\n")
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=100, height=30, color_system=None)
-    code, state = watch(launch, tmp_path / "metrics.jsonl", console, "terminal test", interval=0.05)
-    assert code == 0
-    assert state.step == 12 and len(state.losses) == 12 and state.eval_losses
+    view = ConsoleView(console, "terminal test", refresh_per_second=20)
+    outcome = RunSession(app_plan(run_dir), run_dir, view, interval=0.05).run()
+    assert outcome.exit_code == 0 and outcome.status == "done"
+    assert view.state.step == 12 and len(view.state.losses) == 12 and view.state.eval_losses
     screen = out.getvalue()
     assert "terminal test" in screen and "step 12/12" in screen and "done" in screen
+    assert "Launching" in screen and view.end is not None and view.end.summary.status == "done"
+
+
+def app_plan(run_dir: Path):
+    from llmwizard.autotune.plan import Plan
+
+    return Plan.load(run_dir / "plan.yaml")
+
+
+def test_the_plain_view_renders_each_event_as_the_console_always_printed_it():
+    """Events in, the CLI's lines out: launch, the numbers, a finding once, a re-plan, a stop."""
+    from llmwizard.runner import events
+    from llmwizard.runner.diagnostics import Finding
+
+    out = io.StringIO()
+    view = ConsoleView(Console(file=out, width=200, force_terminal=False), "plain test")
+    view(events.Started("accelerate (ddp, 2 process(es), micro-batch 16 x 1 accumulation)", "accelerate",
+                        "/runs/x/train.log", 1))
+    state = RunState()
+    for record in records(steps=3, max_steps=60, ranks=2):
+        view(events.Metrics(record, state.update(record), state.snapshot()))
+    finding = Finding("plateau", "warning", 3, "Loss is flat", "It stopped falling.", "Raise the learning rate.")
+    view(events.Finding(finding))
+    view(events.Finding(finding))
+    view(events.Recovery("oom_replan", "rank 0 ran out of GPU memory during step 4: micro-batch 16 -> 8",
+                         (16, 8), (1, 2), 16, "checkpoint-2"))
+    view(events.Stopping())
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "Launching accelerate (ddp, 2 process(es), micro-batch 16 x 1 accumulation); log: " \
+                       "/runs/x/train.log"
+    assert lines[1] == "training: 60 steps, 2 process(es)"
+    assert [int(PLAIN_LINE.match(line).group(1)) for line in lines if PLAIN_LINE.match(line)] == [1, 2, 3]
+    assert lines.count("warning: Loss is flat: It stopped falling. Fix: Raise the learning rate.") == 1
+    assert "Out of GPU memory. rank 0 ran out of GPU memory during step 4: micro-batch 16 -> 8." in lines
+    assert lines[-1].startswith("Stopping: every rank saves a checkpoint") and view.status == "stopping"
+    assert view.state.step == 3 and view.end is None

@@ -1,5 +1,5 @@
-"""A rank that runs out of GPU memory (raised by the test hook in llmwizard.runner.callbacks, so a CPU run
-takes the real path): the session re-plans with half the micro-batch, exports again, records
+"""A rank that runs out of GPU memory (raised by the test hook tests/hooks/oom.py, so a CPU run takes
+the real path): the session re-plans with half the micro-batch, exports again, records
 why, resumes from the last checkpoint and finishes."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from llmwizard.autotune.plan import Plan
-from llmwizard.runner.callbacks import TEST_OOM_ENV, TEST_OOM_STEP_ENV
 from llmwizard.runner.metrics import read_metrics
 from tests.conftest import run_cli
+from tests.hooks.oom import environment
 
 
 @pytest.mark.slow
@@ -23,7 +23,7 @@ def test_out_of_memory_replans_with_a_smaller_micro_batch_and_resumes(tmp_path):
     resumed = (6 - 1) // before.save_steps * before.save_steps  # the last checkpoint before step 6
     assert resumed > 0, "the plan should checkpoint before step 6"
 
-    result = run_cli("run", str(run_dir), cwd=tmp_path, env={TEST_OOM_ENV: "8", TEST_OOM_STEP_ENV: "6"})
+    result = run_cli("run", str(run_dir), cwd=tmp_path, env=environment(above=8, at_step=6))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     after = Plan.load(run_dir / "plan.yaml")

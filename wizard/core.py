@@ -22,8 +22,14 @@ if TYPE_CHECKING:
     from llmwizard.autotune.model_spec import ModelSpec
     from llmwizard.autotune.plan import Plan
     from llmwizard.autotune.rules import SizeRule
-    from llmwizard.runner.launch import Launch
+    from rich.console import RenderableType
+    from rich.text import Text
+
+    from llmwizard.runner.diagnostics import Finding as DiagnosticFinding
+    from llmwizard.runner.engine import RunSession
+    from llmwizard.runner.events import Event
     from llmwizard.runner.state import RunState
+    from llmwizard.runner.summary import Summary
 
 EMBEDDED_MODEL = "embedded:tiny-llama"
 EMBEDDED_DATASET = "embedded:arithmetic"
@@ -243,59 +249,54 @@ def can_launch_here(plan: Plan, hardware: HardwareProfile) -> bool:
     return hardware.source == "detected" or plan.device == "cpu"
 
 
-def start_run(plan: Plan, run_dir: Path) -> Launch:
-    from llmwizard.runner.launch import Launch
+def start_session(plan: Plan, run_dir: Path) -> tuple[RunSession, list[Event]]:
+    """A RunSession for `run_dir`, its first attempt launched, and the events that said so.
 
-    if plan.model_source == "embedded":
-        from llmwizard.autotune.embedded import ensure_embedded_model
+    The run screen follows it afterwards (`RunSession.run` in its thread worker, with its own
+    sink): the session itself diagnoses, recovers from running out of GPU memory and stops.
+    """
+    from llmwizard.runner.engine import RunSession
 
-        ensure_embedded_model()  # build once here, not concurrently in every rank
-    launch = Launch(run_dir, single_machine=plan.num_machines == 1)
-    launch.start()
-    return launch
-
-
-def metrics_path(run_dir: Path) -> Path:
-    from llmwizard.runner.metrics import METRICS_FILE
-
-    return run_dir / METRICS_FILE
+    said: list[Event] = []
+    session = RunSession(plan, run_dir, said.append)
+    session.start()
+    return session, said
 
 
-def new_run_state() -> RunState:
-    from llmwizard.runner.state import RunState
+# ----------------------------------------------------------------------------- run views
 
-    return RunState()
+def format_seconds(seconds: float | None) -> str:
+    from llmwizard.runner.summary import format_seconds as clock
 
-
-def metrics_tail(run_dir: Path) -> Any:
-    from llmwizard.runner.metrics import MetricsTail
-
-    return MetricsTail(metrics_path(run_dir))
+    return clock(seconds)
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One diagnostic as the run screen shows it."""
+def metrics_lines(state: RunState) -> list[Text]:
+    """The current numbers (loss, eval, lr, grad norm, tokens/s, peak memory), as the console shows them."""
+    from llmwizard.runner.live import numbers
 
-    level: str                # "warning", or "stop" when the run stops (or should) because of it
-    message: str
-    fix: str | None = None
+    return numbers(state)
 
 
-def diagnose(records: list[dict[str, Any]], final: bool = False) -> list[Finding]:
-    """What llmwizard.runner.diagnostics says about the metrics so far ([] where it is not installed)."""
-    try:
-        from llmwizard.runner import diagnostics  # type: ignore[attr-defined]
-    except ImportError:
-        return []
-    found = diagnostics.diagnose(records, final=final)
-    return [Finding(str(getattr(item, "severity", "warning")),
-                    ": ".join(part for part in (getattr(item, "title", ""), getattr(item, "message", str(item)))
-                              if part),
-                    getattr(item, "fix", None) or None) for item in found]
+def finding_view(finding: DiagnosticFinding) -> RenderableType:
+    from llmwizard.runner.session import finding_text
+
+    return finding_text(finding)
 
 
-def output_dir(run_dir: Path) -> Path:
-    from llmwizard.runner.export import OUTPUT_DIR
+def summary_view(summary: Summary, log_lines: int = 8) -> RenderableType:
+    """The end-of-run summary as the console prints it: title, rows, findings, failure and fix."""
+    from rich.console import Group
+    from rich.text import Text
 
-    return run_dir / OUTPUT_DIR
+    from llmwizard.runner.session import failure_text, finding_text, summary_table, summary_title
+
+    parts: list[RenderableType] = [summary_title(summary), summary_table(summary)]
+    parts += [finding_text(finding) for finding in summary.findings]
+    if summary.log_excerpt:
+        parts.append(Text("train.log, the lines before the error:", style="dim"))
+        parts += [Text(line, style="red", no_wrap=True, overflow="ellipsis") for line in summary.log_excerpt[-log_lines:]]
+    failure = failure_text(summary)
+    if failure is not None and summary.failure is not None:
+        parts += [Text(summary.failure.title, style="bold red"), failure]
+    return Group(*parts)

@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     from llmwizard.autotune.memory import MemoryEstimate
     from llmwizard.autotune.model_spec import ModelSpec
     from llmwizard.autotune.plan import Plan
-    from llmwizard.runner.launch import Launch
-    from llmwizard.runner.state import RunState
-    from llmwizard.wizard.core import Choice, DatasetReport, ExportResult, Finding
+    from llmwizard.runner.engine import RunSession
+    from llmwizard.runner.events import Event
+    from llmwizard.wizard.core import Choice, DatasetReport, ExportResult
 
 
 @dataclass
@@ -87,28 +87,21 @@ class Exported(Message):
 
 @dataclass
 class RunStarted(Message):
-    launch: Launch
+    """A run session whose first attempt was launched, and the events it said on the way."""
+
+    session: RunSession
+    said: list[Event] = field(default_factory=list)
 
 
 @dataclass
-class RunProgress(Message):
-    """A snapshot of the run; a newer one supersedes an unhandled older one."""
+class RunEvent(Message):
+    """One event of the run session (llmwizard.runner.events); a metrics snapshot supersedes an
+    unhandled older one, every other event is shown."""
 
-    state: RunState
-    findings: list[Finding] = field(default_factory=list)
-    log_tail: list[str] = field(default_factory=list)
+    event: Event
 
     def can_replace(self, message: Message) -> bool:
-        return isinstance(message, RunProgress)
-
-
-@dataclass
-class RunEnded(Message):
-    code: int
-    state: RunState
-    log_tail: list[str]
-    stopped: bool = False
-    findings: list[Finding] = field(default_factory=list)
+        return isinstance(message, RunEvent) and type(message.event).__name__ == type(self.event).__name__ == "Metrics"
 
 
 @dataclass

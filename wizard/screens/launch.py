@@ -29,7 +29,9 @@ def export_text(result: ExportResult, launchable: bool, hardware: str) -> Text:
     text.append(f"  {result.command}\n\n", style="cyan")
     text.append("Rerun it any time with ", style="dim")
     text.append(f"bash {result.run_dir}/launch.sh", style="bold")
-    text.append(" (add --resume to continue from the last checkpoint).\n", style="dim")
+    text.append("; continue a stopped run with ", style="dim")
+    text.append(f"llmwizard resume {result.run_dir}", style="bold")
+    text.append(".\n", style="dim")
     if launchable:
         text.append("\nLaunch starts it here and shows the loss as it trains.", style="green")
     else:
@@ -119,12 +121,14 @@ class LaunchScreen(StepScreen):
         from llmwizard.wizard import core
 
         assert self.state.plan is not None
-        self.post_message(RunStarted(core.start_run(self.state.plan, result.run_dir)))
+        session, said = core.start_session(self.state.plan, result.run_dir)
+        self.post_message(RunStarted(session, said))
 
     @on(RunStarted)
     def started(self, message: RunStarted) -> None:
-        self.state.launch = message.launch
+        self.state.launch = message.session.launch
         self.state.stopped = False
+        self.wizard.step_screen(self.STEP + 1).watch_session(message.session, message.said)
         self.state.export = None  # this directory now belongs to the run; a new launch re-exports
         self.set_status("")
         self.wizard.goto(self.STEP + 1)

@@ -1,17 +1,19 @@
-"""Step 7: the run as it trains: progress, live loss plot, metrics, diagnostics, stop, summary.
+"""Step 7: the run as it trains: progress, live loss plot, metrics, diagnostics, recovery, stop, summary.
 
-A thread worker tails `metrics.jsonl` (llmwizard.runner.metrics.MetricsTail), folds records into a
-llmwizard.runner.live.RunState and posts snapshots; snapshots supersede each other, so a burst of records
-costs one repaint. Stop sends SIGTERM to the run's process group (ranks save a checkpoint).
+The run is a llmwizard.runner.engine.RunSession, the same the CLI runs: it diagnoses failures,
+re-plans after running out of GPU memory and resumes, and ends with the CLI's summary and resume
+advice. A thread worker runs it and posts each of its events (llmwizard.runner.events) as a
+RunEvent message; this screen only renders them. Metrics snapshots supersede each other, so a
+burst of records costs one repaint. Stop asks the session to stop: SIGTERM to the run's process
+group, every rank saves a checkpoint.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from rich.table import Table
+from rich.console import Group
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -19,82 +21,31 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Button, ProgressBar, Static
 from textual.worker import get_current_worker
 
-from llmwizard.wizard.messages import RunEnded, RunProgress
+from llmwizard.wizard.messages import RunEvent
 from llmwizard.wizard.screens.base import StepScreen
 from llmwizard.wizard.widgets.loss_plot import LossPlot
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
-    from llmwizard.runner.launch import Launch
+    from llmwizard.runner import events
+    from llmwizard.runner.engine import RunSession
+    from llmwizard.runner.events import Event
     from llmwizard.runner.state import RunState
-    from llmwizard.wizard.core import Finding
-
-
-def clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def metrics_text(state: RunState) -> Text:
-    parts: list[tuple[str, str]] = []
-    if state.last_loss is not None:
-        parts.append((f"loss {state.last_loss:.4f}", "bold"))
-    smoothed = state.smoothed_loss()
-    if smoothed is not None:
-        parts.append((f"smoothed {smoothed:.4f}", ""))
-    if state.eval_losses:
-        parts.append((f"eval {state.eval_losses[-1][1]:.4f}", "bold yellow"))
-    if state.learning_rate is not None:
-        parts.append((f"lr {state.learning_rate:.2e}", ""))
-    if state.grad_norm is not None:
-        parts.append((f"grad norm {state.grad_norm:.3f}", ""))
-    if state.tokens_per_second:
-        parts.append((f"{state.tokens_per_second:,.0f} tok/s", ""))
-    if state.peak_memory:
-        parts.append((f"peak {state.peak_memory / 2**20:,.0f} MiB/rank", ""))
-    text = Text()
-    for index, (part, style) in enumerate(parts):
-        text.append(("   " if index else "") + part, style=style)
-    return text
+    """The numbers block: the console's lines (llmwizard.runner.live.numbers), one per row."""
+    from llmwizard.wizard import core
+
+    return Text("\n").join(core.metrics_lines(state))
 
 
-def findings_text(findings: list[Finding]) -> Text:
+def findings_view(findings: list[Any]) -> Any:
+    """The diagnostics so far, worded as the console words them (each with its fix)."""
+    from llmwizard.wizard import core
+
     if not findings:
         return Text("Diagnostics: nothing unusual so far.", style="dim")
-    text = Text()
-    for index, finding in enumerate(findings):
-        style = "bold red" if finding.level == "stop" else "yellow"
-        text.append(("\n" if index else "") + f"! {finding.message}", style=style)
-        if finding.fix:
-            text.append(f"  Fix: {finding.fix}", style="dim")
-    return text
-
-
-def summary_table(state: RunState, code: int, stopped: bool, run_dir: Path, output: Path,
-                  log_tail: list[str]) -> Table:
-    table = Table.grid(padding=(0, 2))
-    title = ("stopped" if stopped else "done" if code == 0 else f"training failed (exit code {code})")
-    table.add_row(Text(title, style="bold green" if code == 0 and not stopped else "bold red"), "")
-    if state.first_loss is not None and state.last_loss is not None:
-        table.add_row("loss", f"{state.first_loss:.4f} -> {state.last_loss:.4f}")
-    if state.eval_losses:
-        best_step, best = min(state.eval_losses, key=lambda item: item[1])
-        table.add_row("eval loss", f"{state.eval_losses[-1][1]:.4f} (best {best:.4f} at step {best_step})")
-    table.add_row("steps", f"{state.step}/{state.max_steps or '?'} in {clock(state.elapsed)}")
-    table.add_row("run directory", str(run_dir))
-    if code == 0 and not stopped:
-        table.add_row("saved", str(output))
-    elif stopped:
-        table.add_row("continue", f"bash {run_dir}/launch.sh --resume")
-    else:
-        table.add_row("log", str(run_dir / "train.log"))
-        for line in log_tail[-8:]:
-            table.add_row("", Text(line, style="red"))
-    return table
+    return Group(*(core.finding_view(finding) for finding in findings))
 
 
 class RunScreen(StepScreen):
@@ -105,112 +56,148 @@ class RunScreen(StepScreen):
         Binding("s", "stop", "Stop run"),
     ]
 
-    ended = False                   # the watched run has exited
+    ended = False                   # the watched run has ended
     quit_after_stop = False         # "Stop and quit" was chosen
+    pending: tuple[RunSession, list[Event]] | None = None   # handed over by the launch step
 
     def body(self) -> ComposeResult:
         yield Static(id="run-title")
         yield ProgressBar(id="progress", show_eta=False)
         yield Static(id="run-metrics")
         yield LossPlot(id="loss")
+        yield Static(id="recovery")
         yield Static(id="diagnostics")
         yield Static(id="summary")
 
     def on_mount(self) -> None:
         super().on_mount()
-        self.watching: Launch | None = None
-        self.ended = False
+        self.session: RunSession | None = None
         self.state_snapshot: RunState | None = None
-        self.last_log: list[str] = []
+        self.findings: list[Any] = []
+        self.recoveries: list[Text] = []
+        self.end_event: Event | None = None
         self.set_interval(1.0, self._tick)
         self.query_one("#next", Button).variant = "error"
 
+    def watch_session(self, session: RunSession, said: list[Event]) -> None:
+        """The launch step hands over a started session and the events it said so far."""
+        self.pending = (session, said)
+
     def on_screen_resume(self) -> None:
         super().on_screen_resume()
-        launch = self.state.launch
-        if launch is not None and launch is not self.watching:
-            self.watching, self.ended = launch, False
-            self.state_snapshot, self.last_log = None, []
-            self.query_one("#summary", Static).display = False
-            self.query_one(LossPlot).update_series([], [])
-            self.query_one("#progress", ProgressBar).update(total=None, progress=0)
-            button = self.query_one("#next", Button)
-            button.label, button.variant, button.disabled = "Stop", "error", False
-            self._tick()
-            self.follow(launch)
+        if self.pending is None:
+            return
+        session, said = self.pending
+        self.pending = None
+        self.session, self.ended, self.end_event = session, False, None
+        self.state_snapshot, self.findings, self.recoveries = None, [], []
+        for widget in ("#summary", "#recovery"):
+            self.query_one(widget, Static).display = False
+        self.query_one("#diagnostics", Static).update(findings_view([]))
+        self.query_one(LossPlot).update_series([], [])
+        self.query_one("#progress", ProgressBar).update(total=None, progress=0)
+        button = self.query_one("#next", Button)
+        button.label, button.variant, button.disabled = "Stop", "error", False
+        for event in said:
+            self.show(event)
+        self._tick()
+        self.follow(session)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="follow")
-    def follow(self, launch: Launch) -> None:
-        from llmwizard.wizard import core
-
+    def follow(self, session: RunSession) -> None:
+        """Run the session here; every event goes to the screen as a message (never a widget).
+        Quitting the wizard cancels this worker: the session stops following and the run, if it
+        was left running, goes on by itself."""
         worker = get_current_worker()
-        state = core.new_run_state()
-        tail = core.metrics_tail(launch.run_dir)
-        records: list[dict[str, Any]] = []
-        last_post = 0.0
-        while not worker.is_cancelled:
-            running = launch.poll() is None
-            new = tail.poll()
-            for record in new:
-                state.update(record)
-            records.extend(new)
-            if new or time.monotonic() - last_post > 1.0:
-                self.post_message(RunProgress(copy.deepcopy(state), core.diagnose(records),
-                                              launch.log_tail(3)))
-                last_post = time.monotonic()
-            if not running:
-                break
-            time.sleep(0.25)
-        if worker.is_cancelled:
-            return
-        code = launch.wait()
-        for record in tail.poll():
-            state.update(record)
-            records.append(record)
-        self.post_message(RunEnded(code, state, launch.log_tail(30), self.state.stopped,
-                                   core.diagnose(records, final=True)))
+        session.on_event = lambda event: None if worker.is_cancelled else self.post_message(RunEvent(event))
+        session.run(detached=lambda: worker.is_cancelled)
 
-    @on(RunProgress)
-    def progress(self, message: RunProgress) -> None:
-        state = self.state_snapshot = message.state
-        self.last_log = message.log_tail
+    @on(RunEvent)
+    def run_event(self, message: RunEvent) -> None:
+        self.show(message.event)
+
+    def show(self, event: Event) -> None:
+        """Render one event: `_on_<event class>` (the events are plain data; no runner import here)."""
+        handler = getattr(self, f"_on_{type(event).__name__.lower()}", None)
+        if handler is not None:
+            handler(event)
+
+    def _on_metrics(self, event: events.Metrics) -> None:
+        self._metrics(event.state)
+
+    def _on_finding(self, event: events.Finding) -> None:
+        self.findings.append(event.finding)
+        self.query_one("#diagnostics", Static).update(findings_view(self.findings))
+
+    def _on_started(self, event: events.Started) -> None:
+        if self.session is not None:
+            self.state.launch = self.session.launch  # the attempt now running
+        if event.attempt > 1:
+            self._recovery(Text(f"Attempt {event.attempt}: {event.plan}", style="dim"))
+
+    def _on_recovery(self, event: events.Recovery) -> None:
+        if event.kind == "oom_replan":
+            self._recovery(Text(f"Out of GPU memory. {event.message}.", style="yellow"))
+        else:
+            self._recovery(Text(event.message))
+
+    def _on_stopping(self, event: events.Stopping) -> None:
+        self.set_status("Killing the run ..." if event.force else
+                        "Stopping: every rank saves a checkpoint at the end of its step ...", "warning")
+
+    def _on_stopped(self, event: events.Stopped) -> None:
+        self._ended(event)
+
+    def _on_finished(self, event: events.Finished) -> None:
+        self._ended(event)
+
+    def _on_failed(self, event: events.Failed) -> None:
+        self._ended(event)
+
+    def _recovery(self, line: Text) -> None:
+        self.recoveries.append(line)
+        widget = self.query_one("#recovery", Static)
+        widget.update(Group(*self.recoveries))
+        widget.display = True
+
+    def _metrics(self, state: RunState) -> None:
+        self.state_snapshot = state
         self.query_one("#progress", ProgressBar).update(total=state.max_steps or None, progress=state.step)
         self.query_one("#run-metrics", Static).update(metrics_text(state))
         self.query_one(LossPlot).update_series(state.losses, state.eval_losses, state.max_steps)
-        self.query_one("#diagnostics", Static).update(findings_text(message.findings))
         self._tick()
 
     def _tick(self) -> None:
-        launch, state = self.watching, self.state_snapshot
-        if launch is None:
+        from llmwizard.wizard import core
+
+        launch, state = self.state.launch, self.state_snapshot
+        if self.session is None or launch is None:
             return
-        plan = self.state.exported_plan
-        title = Text(f"{plan.name if plan else launch.run_dir.name}", style="bold")
+        plan = self.session.plan
+        title = Text(plan.name, style="bold")
         if self.ended:
             pass
         elif state is None or not state.began:
-            line = self.last_log[-1] if self.last_log else ""
-            title.append(f"   starting ({clock(time.monotonic() - launch.started)}): loading the model and data"
-                         + (f" | {line[:80]}" if line else ""), style="dim")
+            lines = launch.log_tail(3) if launch.process is not None else []
+            since = core.format_seconds(time.monotonic() - launch.started)
+            title.append(f"   starting ({since}): loading the model and data"
+                         + (f" | {lines[-1][:80]}" if lines else ""), style="dim")
         else:
             title.append(f"   step {state.step}/{state.max_steps or '?'}   epoch {state.epoch:.2f}   "
-                         f"elapsed {clock(state.elapsed)}   eta {clock(state.eta())}")
+                         f"elapsed {core.format_seconds(state.elapsed)}   eta {core.format_seconds(state.eta())}")
         self.query_one("#run-title", Static).update(title)
 
-    @on(RunEnded)
-    def run_ended(self, message: RunEnded) -> None:
+    def _ended(self, event: events.Stopped | events.Finished | events.Failed) -> None:
         from llmwizard.wizard import core
 
         self.ended = True
-        state = self.state_snapshot = message.state
-        self.query_one("#progress", ProgressBar).update(total=max(1, state.max_steps), progress=state.step)
-        self.query_one("#run-metrics", Static).update(metrics_text(state))
-        self.query_one(LossPlot).update_series(state.losses, state.eval_losses, state.max_steps)
-        self.query_one("#diagnostics", Static).update(findings_text(message.findings))
-        assert self.watching is not None
+        self.end_event = event
+        self.state.stopped = self.state.stopped or event.summary.status == "stopped"
+        if self.state_snapshot is not None:
+            state = self.state_snapshot
+            self.query_one("#progress", ProgressBar).update(total=max(1, state.max_steps), progress=state.step)
         summary = self.query_one("#summary", Static)
-        summary.update(summary_table(state, message.code, message.stopped, self.watching.run_dir,
-                                     core.output_dir(self.watching.run_dir), message.log_tail))
+        summary.update(core.summary_view(event.summary))
         summary.display = True
         self._tick()
         button = self.query_one("#next", Button)
@@ -237,15 +224,11 @@ class RunScreen(StepScreen):
 
     def stop_run(self, then_quit: bool = False) -> None:
         self.quit_after_stop = then_quit
-        if self.state.launch is None or self.ended:
+        if self.session is None or self.ended:
             if then_quit:
                 self.wizard.finish()
             return
         self.state.stopped = True
         self.query_one("#next", Button).disabled = True
         self.set_status("Stopping: the run saves a checkpoint first ...", "warning")
-        self.stop_worker(self.state.launch)
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="stop")
-    def stop_worker(self, launch: Launch) -> None:
-        launch.stop()
+        self.session.stop()  # the session's worker stops the run; its last event ends this screen
