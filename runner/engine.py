@@ -25,6 +25,7 @@ from llmwizard.runner import events, recovery
 from llmwizard.runner.export import METRICS_FILE, OUTPUT_DIR
 from llmwizard.runner.launch import Launch
 from llmwizard.runner.metrics import MetricsTail
+from llmwizard.runner.preflight import check_model_weights
 from llmwizard.runner.state import RunState, final_status
 from llmwizard.runner.summary import Outcome, build_summary, resume_command
 
@@ -58,6 +59,7 @@ class RunSession:
         self._tail = MetricsTail(run_dir / METRICS_FILE)
         self._started = False
         self._attempt = 0
+        self._oom_kills: int | None = None
         self._offset = 0
         self._outcome = Outcome("failed", 1)
         self._detached: Callable[[], bool] = lambda: False
@@ -93,6 +95,8 @@ class RunSession:
             from llmwizard.autotune.embedded import ensure_embedded_model
 
             ensure_embedded_model()  # build once here, not concurrently in every rank
+        else:
+            check_model_weights(self.plan.model, self.plan.model_source)  # fail now, not inside every rank
         for record in self._tail.poll():  # earlier attempts stay in view without being shown again
             self.state.update(record)
         if self.resume:
@@ -105,6 +109,7 @@ class RunSession:
         self._attempt += 1
         launch = Launch(self.run_dir, args=["--resume"] if self.resume else [], single_machine=plan.num_machines == 1)
         self._offset = _size(launch.log_path)
+        self._oom_kills = recovery.oom_kill_count()
         launch.start()
         self.launch = launch
         self.on_event(events.Started(
@@ -134,7 +139,7 @@ class RunSession:
                 outcome = Outcome("stopped", code, notes=outcome.notes, changes=outcome.changes)
                 break
             log_text = recovery.attempt_log(launch.log_path, self._offset)
-            failure = recovery.diagnose_failure(log_text, code)
+            failure = recovery.diagnose_failure(log_text, code, self._oom_kills_since_launch())
             if failure is not None and failure.rank is None and self.plan.num_processes == 1:
                 failure = dataclasses.replace(failure, rank=0)
             outcome = Outcome(final_status(self.state, code), code, failure, outcome.changes, notes=outcome.notes)
@@ -159,6 +164,11 @@ class RunSession:
         self.outcome = outcome
         self.on_event(self._end_event(outcome))
         return outcome
+
+    def _oom_kills_since_launch(self) -> int | None:
+        """Processes the kernel's OOM killer ended in this cgroup during the attempt (None: unknown)."""
+        now = recovery.oom_kill_count()
+        return None if now is None or self._oom_kills is None else now - self._oom_kills
 
     def _follow(self, launch: Launch) -> tuple[int, bool]:
         """Follow one attempt until its launcher exits: (exit code, stopped by request)."""

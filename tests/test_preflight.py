@@ -51,3 +51,17 @@ def test_cached_weights_pass(tmp_path: Path):
                               "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert out.returncode == 0, out.stderr
     assert "found in the local Hugging Face cache" in out.stdout
+
+
+def test_headless_run_of_an_uncached_catalog_model_stops_before_launching(tmp_path: Path):
+    """`--yes --model llama-3.2-1b` offline: exit 2 with the fix before any rank starts; the exported
+    run directory stays, so `llmwizard run DIR` works once the weights are there."""
+    from tests.conftest import run_cli
+
+    result = run_cli("--yes", "--model", "llama-3.2-1b", "--max-steps", "1", "--output-dir", str(tmp_path / "runs"),
+                     cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "hf download meta-llama/Llama-3.2-1B" in result.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "plan.yaml").is_file() and not (run_dir / "train.log").exists()

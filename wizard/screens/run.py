@@ -109,7 +109,12 @@ class RunScreen(StepScreen):
         Quitting the wizard cancels this worker: the session stops following and the run, if it
         was left running, goes on by itself."""
         worker = get_current_worker()
-        session.on_event = lambda event: None if worker.is_cancelled else self.post_message(RunEvent(event))
+
+        def deliver(event: Event) -> None:
+            if not worker.is_cancelled:
+                self.post_message(RunEvent(event))
+
+        session.on_event = deliver
         session.run(detached=lambda: worker.is_cancelled)
 
     @on(RunEvent)
