@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -306,6 +307,8 @@ def test_one_trainer_per_directory_and_stop_ends_an_orphaned_run(tmp_path: Path)
         for command in ("run", "resume"):
             assert_refused(run_cli(command, str(run_dir), cwd=tmp_path), f"Already running (pid {child.pid})",
                            "llmwizard stop")
+        assert_refused(run_cli("export", "--force", "--max-steps", "5", "--out", str(run_dir), cwd=tmp_path),
+                       f"Already running (pid {child.pid})")
         status = json.loads(run_cli("status", str(run_dir), "--json").stdout)
         assert [(s["state"], s["pid"]) for s in status] == [("running", child.pid)]
 
@@ -333,3 +336,32 @@ def test_one_trainer_per_directory_and_stop_ends_an_orphaned_run(tmp_path: Path)
     assert not (run_dir / runlock.LOCK_FILE).exists()
     status = json.loads(run_cli("status", str(run_dir), "--json").stdout)
     assert status[0]["state"] == "stopped" and status[0]["checkpoint"] == f"output/checkpoint-{stop['step']}"
+
+
+@slow
+def test_watch_follows_and_stop_asks_a_live_llmwizard_to_stop(tmp_path: Path):
+    """stop on a run whose llmwizard still lives: that llmwizard gets SIGTERM, stops every rank
+    with a checkpoint and exits 143; a `watch` in another terminal follows it to the end."""
+    run_dir = _exported(tmp_path, "--max-steps", "300", "--learning-rate", "1e-7")
+    child = start_cli("run", str(run_dir), cwd=tmp_path)
+    watcher: subprocess.Popen[str] | None = None
+    try:
+        wait_for_step(run_dir, child, 1)
+        watcher = start_cli("watch", str(run_dir), cwd=tmp_path)
+        wait_for_step(run_dir, child, 3)
+        result = run_cli("stop", str(run_dir), cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"sent SIGTERM to llmwizard (pid {child.pid})" in result.stdout
+        out, _ = child.communicate(timeout=60)
+        watched, _ = watcher.communicate(timeout=60)
+    finally:
+        for process in (child, watcher):
+            if process is not None and process.poll() is None:
+                process.kill()
+    assert child.returncode == 143, out[-3000:]
+    (stop,) = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["type"] == "stop"]
+    assert (run_dir / "output" / f"checkpoint-{stop['step']}" / "trainer_state.json").is_file()
+    assert not runlock.train_processes(run_dir) and not (run_dir / runlock.LOCK_FILE).exists()
+    assert f"Following {run_dir} (pid {child.pid})" in watched
+    assert re.search(r"^step \d+/300 ", watched, re.MULTILINE), watched[-3000:]  # the live lines
+    assert f"stopped at step {stop['step']}" in watched

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from llmwizard.autotune.model_spec import ModelSpec
     from llmwizard.autotune.plan import Plan
 
-SUBCOMMANDS = ("plan", "estimate", "export", "run", "resume", "stop", "status", "detect", "presets")
+SUBCOMMANDS = ("plan", "estimate", "export", "run", "resume", "watch", "stop", "status", "detect", "presets")
 
 DESCRIPTION = """\
 Fine-tune an LLM on the hardware you have: detect it, plan a run that fits, export configs
@@ -26,7 +26,7 @@ that run without llmwizard, launch, and watch the loss.
 
   llmwizard                                 the interactive wizard
   llmwizard --preset small-dataset --yes    headless: plan, export, launch, live loss
-  llmwizard plan|estimate|export|run|resume|stop|status|detect|presets ...   (see `llmwizard COMMAND --help`)
+  llmwizard plan|estimate|export|run|resume|watch|stop|status|detect|presets ...   (see `llmwizard COMMAND --help`)
 """
 
 
@@ -106,6 +106,9 @@ def build_subparser(command: str) -> argparse.ArgumentParser:
             "resume": "Continue a stopped or failed run from its last checkpoint, with its plan.yaml."}[command]
         parser.add_argument("target", help="run directory" + (" or plan.yaml" if command == "run" else ""))
         _run_dir_flags(parser, fresh=command == "run")
+    elif command == "watch":
+        parser.description = "Follow a run that another llmwizard (or an orphaned launch) is training; read-only."
+        parser.add_argument("target", help="run directory")
     elif command == "stop":
         parser.description = "Stop the run working in a directory (its llmwizard, or orphaned ranks), with a checkpoint."
         parser.add_argument("target", help="run directory")
@@ -334,6 +337,12 @@ def cmd_run(args: argparse.Namespace, resume: bool = False) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     return cmd_run(args, resume=True)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from llmwizard.wizard.run_commands import cmd_watch as follow
+
+    return follow(args)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""The commands that act on a run directory: run, resume, stop, status, and export's guard.
+"""The commands that act on a run directory: run, resume, watch, stop, status, and export's guard.
 
 plan.yaml is the source of truth: `run` and `resume` load and check it, then export the other
 run files from it again before launching, so what trains is what plan.yaml says. A file edited
@@ -16,8 +16,10 @@ import json
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 from rich.console import Console
 from rich.table import Table
@@ -42,11 +44,15 @@ def check_export_target(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory.", title="Output directory",
                         fix="Pass a new or empty directory to --out.")
-    if force or not out.is_dir() or not any(out.iterdir()):
+    if not out.is_dir() or not any(out.iterdir()):
         return
-    from llmwizard.runner import rundir
+    from llmwizard.runner import rundir, runlock
 
     status = rundir.run_status(out)
+    if status.state == "running" and status.pid is not None:
+        raise runlock.already_running(out, status.pid)  # even with --force: files in use stay as they are
+    if force:
+        return
     what = {"finished": "a finished run", "running": "a running run", "stopped": "a stopped run",
             "diverged": "a diverged run", "failed": "a failed run", "exported": "an exported run"}.get(
         status.state, "files")
@@ -173,6 +179,56 @@ def cmd_status(args: argparse.Namespace) -> int:
         table.add_row(str(path), s.state, f"{s.step}/{s.max_steps or '?'}", s.checkpoint or "-", s.detail)
     console.print(table)
     return 0
+
+
+class _Followed:
+    """What llmwizard.runner.live.watch needs of a launch, for a run another process started:
+    running while its lock is live (or its ranks work in the directory); read-only."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.code: int | None = None
+
+    def poll(self) -> int | None:
+        from llmwizard.runner import rundir
+
+        if self.code is None:
+            status = rundir.run_status(self.run_dir)
+            if status.state != "running":
+                self.code = 0 if status.state == "finished" else 1
+        return self.code
+
+    def wait(self, timeout: float | None = None) -> int:
+        while self.poll() is None:
+            time.sleep(0.5)
+        assert self.code is not None
+        return self.code
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from llmwizard.autotune.plan import Plan
+    from llmwizard.runner import rundir
+    from llmwizard.runner.configs import METRICS_FILE
+    from llmwizard.runner.live import watch
+    from llmwizard.runner.session import Outcome, print_summary
+    from llmwizard.runner.state import final_status
+
+    run_dir = Path(args.target)
+    plan = Plan.load(run_dir / "plan.yaml")
+    console = Console()
+    status = rundir.run_status(run_dir)
+    if status.state != "running":
+        console.print(f"{run_dir} is not running: {status.state} at step {status.step}/{status.max_steps or '?'} "
+                      f"({status.detail}).", highlight=False)
+        return 0
+    console.print(f"Following {run_dir} (pid {status.pid}); Ctrl-C stops following, not the run.", highlight=False)
+    try:
+        code, state = watch(cast(Any, _Followed(run_dir)), run_dir / METRICS_FILE, console, title=plan.name)
+    except KeyboardInterrupt:
+        console.print(f"\nStopped following; the run goes on (`llmwizard stop {run_dir}` stops it).", highlight=False)
+        return EXIT_SIGINT
+    print_summary(console, plan, run_dir, state, Outcome(final_status(state, code), code))
+    return code
 
 
 @contextlib.contextmanager
