@@ -365,3 +365,30 @@ def test_watch_follows_and_stop_asks_a_live_llmwizard_to_stop(tmp_path: Path):
     assert f"Following {run_dir} (pid {child.pid})" in watched
     assert re.search(r"^step \d+/300 ", watched, re.MULTILINE), watched[-3000:]  # the live lines
     assert f"stopped at step {stop['step']}" in watched
+
+
+def test_a_commented_plan_yaml_is_not_rewritten_and_kept_when_the_plan_changes(tmp_path: Path):
+    run_dir = _exported(tmp_path, "--max-steps", "4")
+    plan_file = run_dir / "plan.yaml"
+    plan_file.write_text("# my notes on this run\n" + plan_file.read_text())
+    mine = plan_file.read_text()
+    plan = Plan.load(plan_file)
+    export_files(plan, run_dir)  # what `run` does: plan.yaml is the input, left as written
+    assert plan_file.read_text() == mine
+    assert read_manifest(run_dir).files["plan.yaml"] == sha256_file(plan_file)
+
+    plan_file.write_text(mine + "# more notes\n")
+    report = export_files(dataclasses.replace(plan, micro_batch=plan.micro_batch // 2), run_dir)  # a re-plan
+    (kept,) = run_dir.glob("plan.yaml.edited-*")
+    assert kept.read_text() == mine + "# more notes\n" and kept in report.set_aside
+    assert Plan.load(plan_file).micro_batch == plan.micro_batch // 2
+
+
+def test_stop_refuses_a_grace_period_that_is_not_a_positive_number(tmp_path: Path):
+    run_dir = _exported(tmp_path, "--max-steps", "4")
+    before = snapshot(run_dir)
+    for grace in ("0", "-5", "nan", "inf"):
+        assert_refused(run_cli("stop", str(run_dir), "--grace", grace, cwd=tmp_path), "--grace", grace)
+    assert snapshot(run_dir) == before
+    result = run_cli("stop", str(run_dir), cwd=tmp_path)
+    assert result.returncode == 0 and "Nothing is running" in result.stdout

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import signal
 import socket
 import threading
@@ -133,7 +134,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if not run_dir.is_dir():
         raise UserError(f"Run directory not found: {run_dir}", title="Run directory",
                         fix="Pass a run directory (see `llmwizard status`).")
-    if not args.grace > 0:
+    if not (math.isfinite(args.grace) and args.grace > 0):
         raise UserError(f"--grace must be a positive number of seconds, not {args.grace}.", title="Grace period",
                         fix="Pass e.g. --grace 30.")
     console = Console()
