@@ -7,6 +7,10 @@ launch) starts each worker in a session of its own. The agent forwards SIGTERM t
 but a SIGKILL'd agent cannot, so the launcher's whole process tree is noted before any signal
 and every process in it is waited for and, past the grace period, killed. A free port is chosen
 for each single-machine run, so two runs on one machine never collide.
+
+Starting takes the run lock (llmwizard.runner.runlock), so no face can start a second trainer in
+a directory where one still works; it is released when the launch is seen to end, stopped or
+killed.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 import psutil
 
 from llmwizard.autotune.errors import UserError
+from llmwizard.runner import runlock
 
 LOG_FILE = "train.log"
 
@@ -71,32 +76,52 @@ class Launch:
             self.env["MAIN_PROCESS_PORT"] = str(free_port())
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
+        self.lock: runlock.RunLock | None = None
+        self.notes: list[str] = []  # what taking the lock cleared (a stale lock)
 
     @property
     def log_path(self) -> Path:
         return self.run_dir / LOG_FILE
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 (the child holds it; closed after wait)
-        self.started = time.monotonic()
-        self.process = subprocess.Popen(
-            ["bash", "launch.sh", *self.args],
-            cwd=self.run_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            start_new_session=True,  # its own process group: one signal reaches every rank
-        )
-        log.close()
+        """Take the run lock (UserError when another run works here), then start launch.sh."""
+        self.lock = runlock.acquire(self.run_dir)
+        self.notes = list(self.lock.notes)
+        try:
+            log = open(self.log_path, "ab")  # noqa: SIM115 (the child holds it; closed after wait)
+            self.started = time.monotonic()
+            self.process = subprocess.Popen(
+                ["bash", "launch.sh", *self.args],
+                cwd=self.run_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,  # its own process group: one signal reaches every rank
+            )
+            log.close()
+            self.lock.set_launcher(self.process.pid)
+        except BaseException:
+            self._release()
+            raise
 
     def poll(self) -> int | None:
         assert self.process is not None
-        return self.process.poll()
+        code = self.process.poll()
+        if code is not None:
+            self._release()
+        return code
 
     def wait(self, timeout: float | None = None) -> int:
         assert self.process is not None
-        return self.process.wait(timeout)
+        code = self.process.wait(timeout)
+        self._release()
+        return code
+
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def stop(self, grace: float = 30.0) -> int:
         """SIGTERM to the group, wait for every rank to save and exit, SIGKILL what outlives `grace`.
@@ -114,7 +139,7 @@ class Launch:
             time.sleep(0.2)
         if self._alive(tree):
             return self.kill(tree)
-        return self.process.wait()
+        return self.wait()
 
     def kill(self, tree: list[psutil.Process] | None = None) -> int:
         """SIGKILL to the whole group and to every process of the launcher's tree at once."""
@@ -124,7 +149,7 @@ class Launch:
         for process in tree:
             with contextlib.suppress(psutil.Error):
                 process.kill()  # psutil checks the start time: a reused pid is left alone
-        return self.process.wait()
+        return self.wait()
 
     def process_tree(self) -> list[psutil.Process]:
         """Every live descendant of the launcher (ranks included, whatever their session)."""

@@ -151,10 +151,13 @@ def readme_text(plan: Plan) -> str:
         f"Dataset  {plan.dataset}",
         f"Setup    {setup}",
         "",
-        "Rerun:    bash launch.sh                 (from any directory; needs llmwizard installed)",
-        f"Resume:   bash launch.sh --resume        (continues from the last checkpoint in {OUTPUT_DIR}/)",
-        "Watch:    llmwizard run .                (launches with the live loss view)",
+        "Launch:   llmwizard run .                (exports the run files again from plan.yaml, live loss view)",
+        "Rerun:    bash launch.sh                 (the files as they are; from any directory)",
+        f"Resume:   llmwizard resume .  or  bash launch.sh --resume   (from the last checkpoint in {OUTPUT_DIR}/)",
+        "Follow:   llmwizard watch .   Stop: llmwizard stop .   State: llmwizard status .",
         "Override: bash launch.sh --max_steps 100 (any sft_config.yaml key, as TRL's --key value)",
+        "Edit plan.yaml, not the files made from it: `llmwizard run` exports them again and never",
+        "overwrites a hand edit silently (.llmwizard/manifest.json holds each file's sha256).",
     ]
     if plan.num_machines > 1:
         lines += [

@@ -267,8 +267,9 @@ def test_a_huge_learning_rate_is_stopped_and_the_good_checkpoint_named(tmp_path)
     result = run_cli("export", "--method", "full", "--learning-rate", "5", "--max-steps", "30",
                      "--micro-batch", "4", "--effective-batch", "4", "--eval-fraction", "0", "--out", str(run_dir))
     assert result.returncode == 0, result.stderr
-    config = run_dir / "sft_config.yaml"
-    config.write_text(config.read_text().replace("save_steps: 7", "save_steps: 1"))  # a checkpoint every step
+    plan = run_dir / "plan.yaml"  # the source of truth: `run` exports sft_config.yaml from it
+    assert "\nsave_steps: 7\n" in plan.read_text()
+    plan.write_text(plan.read_text().replace("\nsave_steps: 7\n", "\nsave_steps: 1\n"))  # a checkpoint every step
     result = run_cli("run", str(run_dir), cwd=tmp_path)
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
 

@@ -89,7 +89,9 @@ def test_no_secrets_are_written(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value_123")
     monkeypatch.setenv("WANDB_API_KEY", "wandb_secret_456")
     export(_plan(), tmp_path)
-    for path in tmp_path.iterdir():
+    files = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert tmp_path / ".llmwizard" / "manifest.json" in files  # it holds the plan too
+    for path in files:
         text = path.read_text()
         assert "secret_value" not in text and "secret_456" not in text
 

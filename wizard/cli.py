@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from llmwizard.autotune.plan import Plan
     from llmwizard.autotune.schema import Precision, Strategy
 
-SUBCOMMANDS = ("plan", "estimate", "export", "run", "resume", "detect", "presets")
+SUBCOMMANDS = ("plan", "estimate", "export", "run", "resume", "watch", "stop", "status", "detect", "presets")
 
 DESCRIPTION = """\
 Fine-tune an LLM on the hardware you have: detect it, plan a run that fits, export configs
@@ -27,7 +27,7 @@ that run without llmwizard, launch, and watch the loss.
 
   llmwizard                                 the interactive wizard
   llmwizard --preset small-dataset --yes    headless: plan, export, launch, live loss
-  llmwizard plan|estimate|export|run|detect|presets ...   (see `llmwizard COMMAND --help`)
+  llmwizard plan|estimate|export|run|resume|watch|stop|status|detect|presets ...   (see `llmwizard COMMAND --help`)
 """
 
 
@@ -96,6 +96,8 @@ def build_subparser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--json", action="store_true", help="machine-readable output")
         if command == "export":
             parser.add_argument("--out", required=True, help="directory to write the run files into")
+            parser.add_argument("--force", action="store_true",
+                                help="export into a non-empty directory (output/, metrics.jsonl and train.log are kept)")
     elif command == "estimate":
         from llmwizard.autotune import schema
 
@@ -117,12 +119,25 @@ def build_subparser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--optimizer", choices=schema.choices(schema.Optimizer), default="adamw")
         parser.add_argument("--attention", choices=schema.choices(schema.Attention), default="sdpa")
         parser.add_argument("--json", action="store_true")
-    elif command == "run":
-        parser.description = "Launch an exported run directory (or its plan.yaml) with the live view."
-        parser.add_argument("target", help="run directory or plan.yaml")
-    elif command == "resume":
-        parser.description = "Continue a stopped or failed run from its last checkpoint, with the same plan."
+    elif command in ("run", "resume"):
+        parser.description = {
+            "run": "Launch a run directory (or its plan.yaml) with the live view; its files are exported again "
+                   "from plan.yaml first.",
+            "resume": "Continue a stopped or failed run from its last checkpoint, with its plan.yaml."}[command]
+        parser.add_argument("target", help="run directory" + (" or plan.yaml" if command == "run" else ""))
+        _run_dir_flags(parser, fresh=command == "run")
+    elif command == "watch":
+        parser.description = "Follow a run that another llmwizard (or an orphaned launch) is training; read-only."
         parser.add_argument("target", help="run directory")
+    elif command == "stop":
+        parser.description = "Stop the run working in a directory (its llmwizard, or orphaned ranks), with a checkpoint."
+        parser.add_argument("target", help="run directory")
+        parser.add_argument("--grace", type=float, default=30.0,
+                            help="seconds for the ranks to save and exit before SIGKILL (default: 30)")
+    elif command == "status":
+        parser.description = "The runs under a directory (default: . if it is a run, else ./runs) and their state."
+        parser.add_argument("target", nargs="?", help="a run directory or a directory of runs")
+        parser.add_argument("--json", action="store_true")
     elif command == "detect":
         parser.description = "What this machine has: GPUs, memory, interconnect, host RAM."
         parser.add_argument("--json", action="store_true")
@@ -131,16 +146,29 @@ def build_subparser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _run_dir_flags(parser: argparse.ArgumentParser, fresh: bool) -> None:
+    edits = parser.add_mutually_exclusive_group()
+    edits.add_argument("--keep-edits", action="store_true",
+                       help="launch run files edited by hand as they are (plan.yaml's values for them do not apply)")
+    edits.add_argument("--discard-edits", action="store_true",
+                       help="export hand-edited run files again from plan.yaml (the edits kept as NAME.edited-<time>)")
+    if fresh:
+        parser.add_argument("--fresh", action="store_true",
+                            help="train a finished or earlier run again from the start (its results move to previous-<time>/)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from llmwizard.autotune.errors import UserError
 
     try:
         if argv and argv[0] in SUBCOMMANDS:
+            _exit_on_sigterm()
             args = build_subparser(argv[0]).parse_args(argv[1:])
             return int(globals()[f"cmd_{argv[0]}"](args) or 0)
         args = build_parser().parse_args(argv)
         if args.yes or args.no_launch or not sys.stdin.isatty():
+            _exit_on_sigterm()
             return cmd_headless(args)
         return cmd_wizard(args)
     except UserError as error:
@@ -149,6 +177,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nllmwizard: interrupted", file=sys.stderr)
         return 130
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM ends the command with exit code 143 (128 + 15) through Python's unwinding, so held
+    run locks are released; a running session turns it into a stop of every rank first."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _print_error(error: Any) -> None:
@@ -303,10 +343,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from llmwizard.runner.export import export
 
-    plan, *_ = _make_plan(args)
+    from llmwizard.wizard.run_commands import check_export_target
+
     out = Path(args.out)
+    check_export_target(out, args.force)
+    plan, *_ = _make_plan(args)
     _check_writable(out)
-    written = export(plan, out)
+    written = export(plan, out, edits="discard" if args.force else "refuse")
     if args.json:
         print(json.dumps({"dir": str(out.resolve()), "files": [p.name for p in written]}))
     else:
@@ -316,24 +359,31 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, resume: bool = False) -> int:
-    from rich.console import Console
+    from llmwizard.wizard import run_commands
 
-    from llmwizard.autotune.errors import UserError
-    from llmwizard.autotune.plan import Plan
-
-    target = Path(args.target)
-    run_dir = target.parent if target.suffix in (".yaml", ".yml") else target
-    plan = Plan.load(run_dir / "plan.yaml" if target == run_dir else target)
-    if not (run_dir / "launch.sh").is_file():
-        raise UserError(f"{run_dir} has a plan but no launch.sh.", title="Run directory",
-                        fix=f"Export it again: llmwizard export --out {run_dir}")
-    from llmwizard.runner.session import run_session
-
-    return run_session(Console(), plan, run_dir, resume=resume)
+    return run_commands.cmd_run(args, resume=resume)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     return cmd_run(args, resume=True)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from llmwizard.wizard.run_commands import cmd_watch as follow
+
+    return follow(args)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from llmwizard.wizard.run_commands import cmd_stop as stop
+
+    return stop(args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from llmwizard.wizard.run_commands import cmd_status as status
+
+    return status(args)
 
 
 def cmd_wizard(args: argparse.Namespace) -> int:
@@ -359,8 +409,11 @@ def cmd_headless(args: argparse.Namespace) -> int:
         console.print(f"Launch it with: bash {run_dir / 'launch.sh'}")
         return 0
     from llmwizard.runner.session import run_session
+    from llmwizard.wizard.run_commands import exit_code, signals_seen
 
-    return run_session(console, plan, run_dir)
+    with signals_seen() as seen:
+        code = run_session(console, plan, run_dir)
+    return exit_code(code, seen)
 
 
 def _check_writable(directory: Path) -> None:

@@ -1,0 +1,262 @@
+"""The commands that act on a run directory: run, resume, watch, stop, status, and export's guard.
+
+plan.yaml is the source of truth: `run` and `resume` load and check it, then export the other
+run files from it again before launching, so what trains is what plan.yaml says. A file edited
+by hand is never overwritten silently (llmwizard.runner.export.export_files). A directory where
+training already happened is never trained over: `run` asks for `--fresh` (the earlier results
+move to previous-<time>/), `resume` on a finished run says so and launches nothing. One trainer
+per directory: the run lock (llmwizard.runner.runlock) is held from the first look until the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+from rich.console import Console
+from rich.table import Table
+
+from llmwizard.autotune.errors import UserError
+
+# Exit codes of a run stopped by a signal: 128 + the signal number, as a shell reports them.
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
+
+
+def edits_choice(args: argparse.Namespace) -> str:
+    if getattr(args, "keep_edits", False):
+        return "keep"
+    if getattr(args, "discard_edits", False):
+        return "discard"
+    return "refuse"
+
+
+def check_export_target(out: Path, force: bool) -> None:
+    """`export --out DIR` writes into an empty or new directory; a non-empty one needs --force."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory.", title="Output directory",
+                        fix="Pass a new or empty directory to --out.")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    from llmwizard.runner import rundir, runlock
+
+    status = rundir.run_status(out)
+    if status.state == "running" and status.pid is not None:
+        raise runlock.already_running(out, status.pid)  # even with --force: files in use stay as they are
+    if force:
+        return
+    what = {"finished": "a finished run", "running": "a running run", "stopped": "a stopped run",
+            "diverged": "a diverged run", "failed": "a failed run", "exported": "an exported run"}.get(
+        status.state, "files")
+    raise UserError(f"{out} is not empty: it holds {what}. Exporting into it would replace its run files.",
+                    title="Output directory",
+                    fix=f"Choose a new directory, or pass --force to export over it (output/, checkpoints, "
+                        f"metrics.jsonl and train.log are never touched; hand-edited files are kept as "
+                        f"NAME.edited-<time>). To launch what is there: llmwizard run {out}")
+
+
+def run_dir_of(target: Path) -> tuple[Path, Path]:
+    """(run directory, plan file) for `llmwizard run TARGET` (a directory or its plan.yaml)."""
+    if target.suffix in (".yaml", ".yml"):
+        return target.parent, target
+    return target, target / "plan.yaml"
+
+
+def cmd_run(args: argparse.Namespace, resume: bool = False) -> int:
+    from llmwizard.autotune.plan import Plan
+    from llmwizard.runner import rundir, runlock
+    from llmwizard.runner.export import edited_files, edited_files_error, export_files
+
+    console = Console()
+    run_dir, plan_file = run_dir_of(Path(args.target))
+    plan = Plan.load(plan_file)  # checked first: a bad value is named before anything changes
+    with runlock.hold(run_dir) as lock:
+        for note in lock.notes:
+            console.print(f"note: {note}", style="yellow", highlight=False)
+        status = rundir.run_status(run_dir)
+        if resume and status.state == "finished":
+            console.print(f"{run_dir} already finished at step {status.step}/{status.max_steps or '?'} "
+                          f"({status.detail} holds the final model). Nothing to resume; "
+                          f"`llmwizard run {run_dir} --fresh` trains it again from the start.", highlight=False)
+            return 0
+        choice = edits_choice(args)
+        if choice == "refuse":  # before anything moves: a refusal leaves the directory as it was
+            edited = edited_files(plan, run_dir)
+            if edited:
+                raise edited_files_error(run_dir, edited, rundir.read_manifest(run_dir) is None)
+        if not resume and status.has_progress:
+            if not getattr(args, "fresh", False):
+                raise trained_here_error(run_dir, status)
+            moved = rundir.set_aside(run_dir)
+            if moved is not None:
+                console.print(f"The earlier run's results are kept in {moved}.", highlight=False)
+        report = export_files(plan, run_dir, edits=choice)
+        for note in report.notes:
+            console.print(f"note: {note}", style="yellow", highlight=False)
+        from llmwizard.runner.session import run_session
+
+        with signals_seen() as seen:
+            code = run_session(console, plan, run_dir, resume=resume)
+    return exit_code(code, seen)
+
+
+def trained_here_error(run_dir: Path, status: object) -> UserError:
+    from llmwizard.runner.rundir import RunStatus
+
+    assert isinstance(status, RunStatus)
+    where = f"step {status.step}/{status.max_steps or '?'}"
+    if status.state == "finished":
+        what = f"already finished ({where}; {status.detail} holds the final model)"
+        fix = f"Pass --fresh to train it again from the start (the earlier output/, metrics.jsonl and train.log "\
+              f"move to {run_dir}/previous-<time>/; nothing is deleted)."
+    else:
+        what = f"was trained before ({status.state} at {where}, last checkpoint {status.checkpoint or 'none'})"
+        fix = f"`llmwizard resume {run_dir}` continues it; --fresh starts again from the beginning (the earlier "\
+              f"results move to {run_dir}/previous-<time>/)."
+    return UserError(f"{run_dir} {what}. Running it again would overwrite its checkpoints and repeat its steps.",
+                     title="Run directory", fix=fix)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from llmwizard.runner import recovery, runlock
+    from llmwizard.runner.configs import OUTPUT_DIR
+
+    run_dir = Path(args.target)
+    if not run_dir.is_dir():
+        raise UserError(f"Run directory not found: {run_dir}", title="Run directory",
+                        fix="Pass a run directory (see `llmwizard status`).")
+    if not (math.isfinite(args.grace) and args.grace > 0):
+        raise UserError(f"--grace must be a positive number of seconds, not {args.grace}.", title="Grace period",
+                        fix="Pass e.g. --grace 30.")
+    console = Console()
+    was_running, done = runlock.stop_run(run_dir, args.grace)
+    for line in done:
+        console.print(line, highlight=False)
+    if not was_running:
+        console.print(f"Nothing is running in {run_dir}.", highlight=False)
+        return 0
+    output = run_dir / OUTPUT_DIR
+    last = recovery.last_checkpoint(output) if output.is_dir() else None
+    console.print(f"Stopped. Last checkpoint: {last.relative_to(run_dir) if last else 'none'}; "
+                  f"`llmwizard resume {run_dir}` continues.", highlight=False)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from llmwizard.runner import rundir
+
+    if args.target:
+        root = Path(args.target)
+        if not root.is_dir():
+            raise UserError(f"Directory not found: {root}", title="Run directory",
+                            fix="Pass a run directory or a directory of runs (default: ./ or ./runs).")
+    else:
+        root = Path.cwd() if rundir.is_run_dir(Path.cwd()) or not Path("runs").is_dir() else Path("runs")
+    runs = [root] if rundir.is_run_dir(root) else sorted(p for p in root.iterdir() if p.is_dir()
+                                                          and rundir.is_run_dir(p))
+    rows = [(path, rundir.run_status(path)) for path in runs]
+    if args.json:
+        print(json.dumps([{"run_dir": str(path), "state": s.state, "step": s.step, "max_steps": s.max_steps,
+                           "detail": s.detail, "pid": s.pid, "checkpoint": s.checkpoint} for path, s in rows],
+                         indent=2))
+        return 0
+    console = Console()
+    if not rows:
+        console.print(f"No run directories under {root}.", highlight=False)
+        return 0
+    table = Table(box=None, padding=(0, 2))
+    for column in ("run", "state", "steps", "last checkpoint", "detail"):
+        table.add_column(column, overflow="fold")
+    for path, s in rows:
+        table.add_row(str(path), s.state, f"{s.step}/{s.max_steps or '?'}", s.checkpoint or "-", s.detail)
+    console.print(table)
+    return 0
+
+
+class _Followed:
+    """What llmwizard.runner.live.watch needs of a launch, for a run another process started:
+    running while its lock is live (or its ranks work in the directory); read-only."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.code: int | None = None
+
+    def poll(self) -> int | None:
+        from llmwizard.runner import rundir
+
+        if self.code is None:
+            status = rundir.run_status(self.run_dir)
+            if status.state != "running":
+                self.code = 0 if status.state == "finished" else 1
+        return self.code
+
+    def wait(self, timeout: float | None = None) -> int:
+        while self.poll() is None:
+            time.sleep(0.5)
+        assert self.code is not None
+        return self.code
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from llmwizard.autotune.plan import Plan
+    from llmwizard.runner import rundir
+    from llmwizard.runner.configs import METRICS_FILE
+    from llmwizard.runner.live import watch
+    from llmwizard.runner.session import Outcome, print_summary
+    from llmwizard.runner.state import final_status
+
+    run_dir = Path(args.target)
+    plan = Plan.load(run_dir / "plan.yaml")
+    console = Console()
+    status = rundir.run_status(run_dir)
+    if status.state != "running":
+        console.print(f"{run_dir} is not running: {status.state} at step {status.step}/{status.max_steps or '?'} "
+                      f"({status.detail}).", highlight=False)
+        return 0
+    console.print(f"Following {run_dir} (pid {status.pid}); Ctrl-C stops following, not the run.", highlight=False)
+    try:
+        code, state = watch(cast(Any, _Followed(run_dir)), run_dir / METRICS_FILE, console, title=plan.name)
+    except KeyboardInterrupt:
+        console.print(f"\nStopped following; the run goes on (`llmwizard stop {run_dir}` stops it).", highlight=False)
+        return EXIT_SIGINT
+    print_summary(console, plan, run_dir, state, Outcome(final_status(state, code), code))
+    return code
+
+
+@contextlib.contextmanager
+def signals_seen() -> Iterator[set[int]]:
+    """The signals that reach this process inside the block, whoever handles them: the C-level
+    handler writes each one's number to the wakeup fd (signal.set_wakeup_fd), so a SIGTERM that
+    the session turns into a stop is told apart from Ctrl-C."""
+    seen: set[int] = set()
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    try:
+        yield seen
+    finally:
+        signal.set_wakeup_fd(previous)
+        with contextlib.suppress(BlockingIOError, OSError):
+            seen.update(reader.recv(4096))
+        reader.close()
+        writer.close()
+
+
+def exit_code(code: int, seen: set[int]) -> int:
+    """A run stopped by SIGTERM exits 143, by Ctrl-C 130 (128 + the signal, as shells report it)."""
+    if code == EXIT_SIGINT and signal.SIGTERM in seen and signal.SIGINT not in seen:
+        return EXIT_SIGTERM
+    return code
