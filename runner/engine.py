@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.plan import Plan
 from llmwizard.runner import events, recovery
 from llmwizard.runner.export import METRICS_FILE, OUTPUT_DIR
@@ -281,7 +282,12 @@ class RunSession:
         change = (f"{why}: micro-batch {plan.micro_batch} -> {smaller.micro_batch}, gradient accumulation "
                   f"{plan.grad_accum} -> {smaller.grad_accum} (effective batch {smaller.effective_batch} unchanged); "
                   f"{where}")
-        export(smaller, self.run_dir)
+        try:
+            export(smaller, self.run_dir)
+        except UserError as exc:  # a launch file kept with --keep-edits: the re-plan would overwrite it
+            self._outcome.notes.append(f"Out of GPU memory; the automatic re-plan (micro-batch {plan.micro_batch} -> "
+                                       f"{smaller.micro_batch}) was not applied: {exc.message}")
+            return None
         recovery.record_recovery(self.run_dir, change)
         self.on_event(events.Recovery("oom_replan", change, (plan.micro_batch, smaller.micro_batch),
                                       (plan.grad_accum, smaller.grad_accum), smaller.effective_batch,
