@@ -184,6 +184,36 @@ async def test_what_if_edits_replan_and_a_setup_that_does_not_fit_is_shown_inlin
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize(("field", "typed", "allowed"), [
+    ("#learning-rate", "fast", "finite number greater than 0"),
+    ("#lora-r", "abc", "1 or more"),
+    ("#micro-batch", "0", "1 or more"),
+    ("#epochs", "nan", "finite number greater than 0"),
+])
+async def test_a_bad_what_if_value_is_answered_with_the_schema_rule(gpus, tmp_path: Path, field: str, typed: str,
+                                                                     allowed: str):
+    """The plan screen's fields obey the rules flags, presets and plan.yaml obey; a bad value is
+    named with what is allowed, and "1e-4" is a learning rate."""
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 4)
+        screen = app.screen
+        screen.query_one(field).value = typed
+        await settle(pilot)
+        status = text_of(app, "#nav-status")
+        assert f"'{typed}' is not allowed" in status and allowed in status
+        assert not screen.query_one(field).is_valid
+        await pilot.press("ctrl+n")  # the last valid plan is not exported under an invalid field
+        await pilot.pause()
+        assert type(app.screen).__name__ == "PlanScreen" and not list(tmp_path.iterdir())
+        assert "fix it or clear it to export" in text_of(app, "#nav-status")
+        screen.query_one(field).value = ""
+        screen.query_one("#learning-rate").value = "1e-4"
+        await settle(pilot)
+        assert app.state.plan is not None and app.state.plan.learning_rate == 1e-4
+
+
+@pytest.mark.asyncio
 async def test_a_strategy_that_cannot_run_is_explained_not_crashed(gpus, tmp_path: Path):
     app = make_app(output=tmp_path)
     async with app.run_test(size=(120, 36)) as pilot:

@@ -197,6 +197,28 @@ def _local_paths(text: str, *, want_dirs: bool) -> list[str]:
 
 # ----------------------------------------------------------------------------- planning
 
+def strategy_choices() -> list[str]:
+    """The strategies a user may pin, as the schema allows them."""
+    from llmwizard.autotune.schema import Strategy, choices
+
+    return choices(Strategy)
+
+
+def parse_goal_value(name: str, text: str) -> Any:
+    """`text` as the Goals field `name` takes it ("1e-4" is a float); ValueError naming the value and
+    what is allowed. The rules are the schema's, the same that flags, presets and plan.yaml obey."""
+    from pydantic import ValidationError
+
+    from llmwizard.autotune import schema
+    from llmwizard.autotune.goals import Goals
+
+    kind = schema.field_type(Goals, [name])
+    try:
+        return schema.validate(kind, text.strip())
+    except ValidationError:
+        raise ValueError(f"'{text.strip()}' is not allowed; use {schema.describe(kind)}") from None
+
+
 def make_plan(hardware: HardwareProfile, model: ModelSpec, report: DatasetReport, goals: Goals) -> Plan:
     from llmwizard.autotune.planner import plan
 

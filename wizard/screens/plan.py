@@ -15,7 +15,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
-from textual.validation import Integer, Number
+from textual.validation import ValidationResult, Validator
 from textual.widgets import Input, Label, Select, Static
 
 from llmwizard.wizard.messages import PlanReady, PlanRejected
@@ -27,16 +27,33 @@ if TYPE_CHECKING:
     from llmwizard.autotune.plan import Plan
 
 AUTO = "auto"
-STRATEGIES = [("auto", AUTO), ("single", "single"), ("DDP", "ddp"), ("FSDP2", "fsdp"),
-              ("ZeRO-2", "zero2"), ("ZeRO-3", "zero3")]
+STRATEGY_LABELS = {"single": "single", "ddp": "DDP", "fsdp": "FSDP2", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}
 CHECKPOINTING = [("auto", AUTO), ("on", "on"), ("off", "off")]
-# (input id, Goals field, parser, validator)
-NUMBER_FIELDS: list[tuple[str, str, Any, Any]] = [
-    ("micro-batch", "micro_batch", int, Integer(minimum=1, maximum=4096)),
-    ("lora-r", "lora_r", int, Integer(minimum=1, maximum=1024)),
-    ("learning-rate", "learning_rate", float, Number(minimum=1e-9, maximum=1.0)),
-    ("epochs", "epochs", float, Number(minimum=0.01, maximum=1000)),
-    ("max-steps", "max_steps", int, Integer(minimum=1)),
+
+
+class GoalValue(Validator):
+    """A what-if field checked by the schema's rule for its Goals field; blank means "planner decides"."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def validate(self, value: str) -> ValidationResult:
+        from llmwizard.wizard import core
+
+        if not value.strip():
+            return self.success()
+        try:
+            core.parse_goal_value(self.name, value)
+        except ValueError as exc:
+            return self.failure(str(exc))
+        return self.success()
+
+
+# (input id, Goals field)
+NUMBER_FIELDS: list[tuple[str, str]] = [
+    ("micro-batch", "micro_batch"), ("lora-r", "lora_r"), ("learning-rate", "learning_rate"),
+    ("epochs", "epochs"), ("max-steps", "max_steps"),
 ]
 
 
@@ -71,20 +88,23 @@ class PlanScreen(StepScreen):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+n", "next", "Export", priority=True)]
 
     def body(self) -> ComposeResult:
+        from llmwizard.wizard import core
+
         yield Static("Planning ...", id="plan-summary")
         yield MemoryBar(id="memory")
         yield Static(id="plan-problem", classes="problem")
         with Horizontal(classes="form-row"):
             yield Label("micro-batch", classes="field-label")
-            yield Input(id="micro-batch", classes="num", compact=True, validators=[NUMBER_FIELDS[0][3]])
+            yield Input(id="micro-batch", classes="num", compact=True, validators=[GoalValue("micro_batch")])
             yield Label("checkpointing", classes="field-label")
             yield Select(CHECKPOINTING, value=AUTO, allow_blank=False, id="checkpointing", compact=True)
             yield Label("strategy", classes="field-label")
-            yield Select(STRATEGIES, value=AUTO, allow_blank=False, id="strategy", compact=True)
+            yield Select([("auto", AUTO)] + [(STRATEGY_LABELS.get(name, name), name) for name in core.strategy_choices()],
+                         value=AUTO, allow_blank=False, id="strategy", compact=True)
         with Horizontal(classes="form-row"):
-            for field_id, _, _, validator in NUMBER_FIELDS[1:]:
+            for field_id, name in NUMBER_FIELDS[1:]:
                 yield Label(field_id.replace("-", " ").replace("lora r", "LoRA rank"), classes="field-label")
-                yield Input(id=field_id, classes="num", compact=True, validators=[validator])
+                yield Input(id=field_id, classes="num", compact=True, validators=[GoalValue(name)])
         with VerticalScroll(id="reasons-box"):
             yield Static(id="reasons")
 
@@ -99,7 +119,7 @@ class PlanScreen(StepScreen):
     def _fill_overrides(self) -> None:
         """Show the edits already made (or given as flags), blank where the planner decides."""
         overrides = self.state.overrides
-        for field_id, name, _, _ in NUMBER_FIELDS:
+        for field_id, name in NUMBER_FIELDS:
             value = overrides.get(name)
             self.query_one(f"#{field_id}", Input).value = "" if value is None else f"{value:g}"
         checkpointing = overrides.get("checkpointing")
@@ -181,15 +201,17 @@ class PlanScreen(StepScreen):
     @on(Select.Changed)
     def edited(self) -> None:
         overrides: dict[str, Any] = {}
-        for field_id, name, parse, _ in NUMBER_FIELDS:
-            field = self.query_one(f"#{field_id}", Input)
-            text = field.value.strip()
+        from llmwizard.wizard import core
+
+        for field_id, name in NUMBER_FIELDS:
+            text = self.query_one(f"#{field_id}", Input).value.strip()
             if not text:
                 continue
-            if not field.is_valid:
-                self.set_status(f"{field_id.replace('-', ' ')}: not a valid value", "warning")
+            try:
+                overrides[name] = core.parse_goal_value(name, text)
+            except ValueError as exc:
+                self.set_status(f"{field_id.replace('-', ' ')}: {exc}", "warning")
                 return
-            overrides[name] = parse(text)
         checkpointing = self.query_one("#checkpointing", Select).value
         if checkpointing != AUTO:
             overrides["checkpointing"] = checkpointing == "on"
@@ -202,6 +224,17 @@ class PlanScreen(StepScreen):
             self.replan()
 
     def action_next(self) -> None:
+        from llmwizard.wizard import core
+
+        for field_id, name in NUMBER_FIELDS:  # never export the last valid plan under an invalid field
+            field = self.query_one(f"#{field_id}", Input)
+            try:
+                if field.value.strip():
+                    core.parse_goal_value(name, field.value)
+            except ValueError as exc:
+                self.set_status(f"{field_id.replace('-', ' ')}: {exc}; fix it or clear it to export", "error")
+                field.focus()
+                return
         if self.state.plan is not None:
             self.wizard.goto(self.STEP + 1)
             return
