@@ -5,10 +5,14 @@ llmwizard.runner.train installs `default_callbacks(metrics_file)` on every rank:
 - `MetricsCallback` writes the metrics stream (llmwizard.runner.metrics) from rank 0; every rank keeps the
   same records, so decisions taken from them agree across ranks.
 - `RankSyncCallback` exchanges one small tensor per optimizer step between the ranks: a stop
-  flag and each rank's peak memory. See its docstring for why this is a per-step collective.
+  flag, each rank's peak memory and, at a step that saves, whether the checkpoint fits on each
+  rank's disk. See its docstring for why this is a per-step collective.
 - `StopOnSignalCallback` turns SIGTERM/SIGINT into "save a checkpoint and stop at the next step".
 - `DivergenceCallback` stops a run whose loss became NaN/Inf or spiked, without saving the
   damaged weights, and names the last good checkpoint (llmwizard.runner.diagnostics).
+- A checkpoint that would not fit on the disk is not started: every rank skips it and stops, the
+  last complete checkpoint stays intact, and the run ends with a "Disk full" UserError
+  (llmwizard.runner.checkpoint_space).
 
 Tests add their own callbacks (an out-of-memory error on demand) through
 llmwizard.runner.train.TEST_CALLBACKS_ENV; nothing here knows about them.
@@ -22,11 +26,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-from llmwizard.runner import diagnostics
+from llmwizard.runner import checkpoint_space, diagnostics, recovery
 from llmwizard.runner.metrics import MetricsWriter
 
 def peak_memory_bytes() -> tuple[int, str]:
@@ -48,7 +53,7 @@ class RankRun:
     rank_peaks: list[int] = field(default_factory=list)
     memory_kind: str = "rss"
     stop_signal: int = 0             # the signal this rank caught, 0 for none
-    stop_reason: str | None = None   # why training stops early: "signal" | "diverged"
+    stop_reason: str | None = None   # why training stops early: "signal" | "diverged" | "disk_full"
     is_main: bool = True
     _writer: MetricsWriter | None = None
     _start: float = field(default_factory=time.monotonic)
@@ -131,25 +136,38 @@ class MetricsCallback(TrainerCallback):
 
 
 class RankSyncCallback(TrainerCallback):
-    """Once per optimizer step, every rank learns every rank's stop flag and peak memory.
+    """Once per optimizer step, every rank learns every rank's stop flag, peak memory and, when the
+    step saves a checkpoint, whether it fits on that rank's disk.
 
     Why a per-step collective: a stop must happen at the same step on every rank, or the ranks
     that stopped wait forever in the checkpoint's collectives while the others wait in the next
     step's gradient all-reduce. The signal reaches the ranks at slightly different points of a
-    step, so each rank's own flag is not enough. One all_gather of two int64 per rank per step is
+    step, so each rank's own flag is not enough. One all_gather of four int64 per rank per step is
     tiny next to a step's own all-reduce; the Trainer already synchronises with the device every
     step (it reads the step's loss). The same exchange carries each rank's peak memory, so rank 0
-    can report every rank without a file per rank (which would be missing on other nodes).
+    can report every rank without a file per rank (which would be missing on other nodes), and
+    the disk check: a sharded save is a collective, so no rank may skip a save the others enter.
+    The disk is read only at a step that saves (one statvfs), never at the others.
     """
 
     def __init__(self, run: RankRun) -> None:
         self.run = run
+        self.space = checkpoint_space.CheckpointSpace()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         peak, _ = peak_memory_bytes()
-        flag, peaks = exchange(self.run.stop_signal, peak)
+        # A caught signal asks for a save at this step too (below); the other ranks' signals are
+        # only known after the exchange, and reach them within the same step as a rule.
+        saving = not self.run.stop_reason and (bool(control.should_save) or bool(self.run.stop_signal))
+        room = self._room(args, kwargs) if saving else checkpoint_space.Room(0, 0)
+        flag, peaks, rooms = exchange(self.run.stop_signal, peak, room)
         self.run.rank_peaks = peaks
-        if flag and not self.run.stop_reason:
+        if self.run.stop_reason:
+            return
+        short = next(((rank, r) for rank, r in enumerate(rooms) if r.short), None)
+        if short is not None and (control.should_save or flag):
+            self._stop_for_disk(args, state, control, *short)
+        elif flag:
             self.run.stop_signal = self.run.stop_signal or flag
             self.run.stop_reason = "signal"
             control.should_save = True
@@ -160,22 +178,63 @@ class RankSyncCallback(TrainerCallback):
                            "signal": _signal_name(flag),
                            "checkpoint": f"{args.output_dir}/checkpoint-{state.global_step}"})
 
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """An epoch-end save (save_strategy "epoch") is checked the same way, with its own exchange
+        (every rank saves there, so every rank reaches it); after a disk stop nothing is saved."""
+        if self.run.stop_reason == "disk_full":
+            control.should_save = False
+        elif control.should_save and not self.run.stop_reason:
+            _, _, rooms = exchange(0, peak_memory_bytes()[0], self._room(args, kwargs))
+            short = next(((rank, r) for rank, r in enumerate(rooms) if r.short), None)
+            if short is not None:
+                self._stop_for_disk(args, state, control, *short)
 
-def exchange(flag: int, peak: int) -> tuple[int, list[int]]:
-    """(largest stop flag over the ranks, each rank's peak) via one all_gather; local when alone."""
+    def _room(self, args: Any, kwargs: dict[str, Any]) -> checkpoint_space.Room:
+        deepspeed = getattr(args, "deepspeed_plugin", None) is not None
+        return self.space.room(args.output_dir, kwargs.get("model"), deepspeed)
+
+    def _stop_for_disk(self, args: Any, state: Any, control: Any, rank: int, room: checkpoint_space.Room) -> None:
+        """Skip this save on every rank and stop; rank 0 says why (metrics and a UserError line)."""
+        self.run.stop_reason = "disk_full"
+        control.should_save = False
+        control.should_evaluate = False
+        control.should_log = True   # the steps since the last log, so the curve is whole
+        control.should_training_stop = True
+        message, fix = checkpoint_space.shortfall(state.global_step, args.output_dir, room)
+        good = last_complete_checkpoint(args.output_dir)
+        self.run.emit({"type": "stop", "step": state.global_step, "reason": "disk_full",
+                       "skipped_checkpoint": f"{args.output_dir}/checkpoint-{state.global_step}",
+                       "needed_bytes": room.needed, "free_bytes": room.free, "rank": rank,
+                       "good_checkpoint": good})
+        if self.run.is_main:
+            print(checkpoint_space.user_error_line(rank, message, fix), file=sys.stderr, flush=True)
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """output_dir/checkpoint-N of the newest save that finished, as the metrics name checkpoints."""
+    last = recovery.last_checkpoint(Path(output_dir)) if Path(output_dir).is_dir() else None
+    return f"{output_dir}/{last.name}" if last is not None else None
+
+
+def exchange(flag: int, peak: int, room: checkpoint_space.Room | None = None
+             ) -> tuple[int, list[int], list[checkpoint_space.Room]]:
+    """(largest stop flag over the ranks, each rank's peak, each rank's room for a checkpoint) via
+    one all_gather; local when alone."""
     import torch
     import torch.distributed as dist
 
+    room = room or checkpoint_space.Room(0, 0)
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag, [peak]
+        return flag, [peak], [room]
     backend = str(dist.get_backend())
     device = torch.device("cuda", torch.cuda.current_device()) \
         if "nccl" in backend and torch.cuda.is_available() else torch.device("cpu")
-    mine = torch.tensor([flag, peak], dtype=torch.int64, device=device)
+    mine = torch.tensor([flag, peak, room.needed, room.free], dtype=torch.int64, device=device)
     gathered = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, mine)
     rows = [t.tolist() for t in gathered]
-    return max(int(r[0]) for r in rows), [int(r[1]) for r in rows]
+    return (max(int(r[0]) for r in rows), [int(r[1]) for r in rows],
+            [checkpoint_space.Room(int(r[2]), int(r[3])) for r in rows])
 
 
 def _signal_name(number: int) -> str:
@@ -259,8 +318,9 @@ class DivergenceCallback(TrainerCallback):
 
 
 def stop_reason(callbacks: list[TrainerCallback]) -> str | None:
-    """Why training ended early ("signal" or "diverged"), None when it ran to the end: the
-    training entry can skip saving diverged weights or exit 128+signal after a stop."""
+    """Why training ended early ("signal", "diverged" or "disk_full"), None when it ran to the
+    end: the training entry skips saving diverged weights, and the final weights and exits
+    non-zero after a full disk."""
     for callback in callbacks:
         if isinstance(callback, MetricsCallback):
             return callback.run.stop_reason

@@ -148,6 +148,18 @@ def plain_eval_line(state: RunState) -> str:
     return line + (f"  best {best[1]:.4f} (step {best[0]})" if best else "")
 
 
+def stop_reason_text(record: dict[str, Any]) -> str:
+    """Why a run stops, from its `stop` record (llmwizard.runner.metrics), in a few words."""
+    reason = record.get("reason")
+    if reason == "signal":
+        return f"signal {record.get('signal')}"
+    if reason == "disk_full":
+        skipped = str(record.get("skipped_checkpoint") or "the checkpoint").rsplit("/", 1)[-1]
+        kept = record.get("good_checkpoint")
+        return f"disk full: {skipped} skipped, " + (f"{kept} kept" if kept else "no checkpoint saved before")
+    return str(reason)
+
+
 class PlainPrinter:
     """Prints new records as lines; each diagnostic once."""
 
@@ -165,8 +177,7 @@ class PlainPrinter:
         if kind == "log" and "eval_loss" in record:
             self.say(plain_eval_line(state))
         if kind == "stop":
-            why = "signal " + str(record.get("signal")) if record.get("reason") == "signal" else record.get("reason")
-            self.say(f"stopping at step {record.get('step')} ({why})")
+            self.say(f"stopping at step {record.get('step')} ({stop_reason_text(record)})")
 
     def finding(self, finding: diagnostics.Finding) -> None:
         if finding.code not in self.reported:

@@ -8,9 +8,10 @@ One record per line, each with a `type`:
   ...), plus tokens_seen, peak_memory (the largest over ranks) and rank_peak_memory (one per
   rank, gathered at each step); time is seconds since `begin`
 - `save`: step, checkpoint path
-- `stop`: step, reason ("signal" or "diverged"), and for a divergence the finding and the last
-  good checkpoint
-- `end`: step, reason ("completed", "stopped" or "diverged")
+- `stop`: step, reason ("signal", "diverged" or "disk_full"), and for a divergence the finding
+  and the last good checkpoint; for a full disk the checkpoint that was skipped, the bytes it
+  needed and the bytes free on the rank that was short, and the last complete checkpoint
+- `end`: step, reason ("completed", "stopped", "diverged" or "disk_full")
 A resumed run appends to the same file: its `begin` carries the step it resumed from, and log
 records after that step from the earlier attempt are superseded (see `loss_series`).
 The shapes are the TypedDicts below. Readers skip lines they cannot parse and records whose known
@@ -87,6 +88,10 @@ class StopRecord(_Stepped, total=False):
     checkpoint: str
     finding: dict[str, Any]
     good_checkpoint: str | None
+    skipped_checkpoint: str
+    needed_bytes: int
+    free_bytes: int
+    rank: int
 
 
 class EndRecord(_Stepped, total=False):

@@ -89,6 +89,11 @@ _SIGNATURES: list[tuple[str, str, str, str, str]] = [
      "check the firewall and NCCL_SOCKET_IFNAME; a slow first step can need a longer ddp_timeout."),
 ]
 _USER_ERROR = re.compile(r"UserError: (?P<message>.+)")
+# A rank's own UserError line: "llmwizard (rank 0, Disk full) UserError: ..." (llmwizard.runner.train).
+_RANK_USER_ERROR = re.compile(r"llmwizard \(rank (?P<rank>\d+), (?P<title>[^)]*)\) UserError: (?P<message>.+)")
+# UserError titles that name a failure kind of their own: their words (the check that found it,
+# with the numbers) win over the library errors the same cause could also produce.
+_USER_ERROR_KINDS = {"Disk full": "disk_full"}
 _RANK = re.compile(r"\[rank(\d+)\]|\brank\s*:\s*(\d+)|local_rank[=:]\s*(\d+)")
 
 
@@ -118,6 +123,9 @@ HOST_OOM_FIX = ("Use less host RAM: fewer processes, no CPU offload or a smaller
 
 def _diagnose(log_text: str, exit_code: int | None) -> Failure | None:
     lines = log_text.splitlines()
+    own = _own_failure(lines)
+    if own is not None:
+        return own
     for kind, pattern, title, message, fix in _SIGNATURES:
         regex = re.compile(pattern)
         for line in lines:
@@ -148,6 +156,18 @@ def _diagnose(log_text: str, exit_code: int | None) -> Failure | None:
     return Failure("unknown", "Training failed", message + (f" Last error: {error[:300]}" if error else ""),
                    "Read the last lines of train.log below; rerun with `bash launch.sh` in the run directory to "
                    "see the output directly.", error[:300])
+
+
+def _own_failure(lines: list[str]) -> Failure | None:
+    """A failure a rank found and named itself (see _USER_ERROR_KINDS), with its message and fix."""
+    for index, line in enumerate(lines):
+        match = _RANK_USER_ERROR.search(line)
+        if match and match["title"] in _USER_ERROR_KINDS:
+            following = lines[index + 1] if index + 1 < len(lines) else ""
+            fix = following.split("Fix:", 1)[1].strip() if "Fix:" in following else "See the message above."
+            return Failure(_USER_ERROR_KINDS[match["title"]], match["title"], match["message"].strip(), fix,
+                           line.strip()[:300], int(match["rank"]))
+    return None
 
 
 def _signal_name(number: int) -> str:

@@ -103,7 +103,10 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
         # transformers/PEFT load it. Trainer.save_model writes nothing for a sharded state dict.
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     best = trainer.state.best_model_checkpoint if training_args.load_best_model_at_end else None
-    if stop_reason(callbacks) == "diverged" and not best:
+    reason = stop_reason(callbacks)
+    if reason == "disk_full":
+        pass  # the checkpoint did not fit, nor would the weights: the last checkpoint is the result
+    elif reason == "diverged" and not best:
         # The weights in memory are the damaged ones; the last good checkpoint stays the result.
         if trainer.accelerator.is_main_process:
             print("llmwizard: training diverged; not saving the final weights "
@@ -118,7 +121,9 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
     trainer.accelerator.wait_for_everyone()
     if hasattr(trainer, "end"):
         trainer.end()  # destroys the process group (transformers >= 5.18)
-    return 0
+    # A full disk was said by rank 0 as a UserError (llmwizard.runner.callbacks); it ends the run
+    # like any other input to fix.
+    return USER_ERROR_EXIT if reason == "disk_full" else 0
 
 
 def test_callbacks() -> list[Any]:

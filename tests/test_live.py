@@ -191,3 +191,17 @@ def test_the_plain_view_renders_each_event_as_the_console_always_printed_it():
     assert "Out of GPU memory. rank 0 ran out of GPU memory during step 4: micro-batch 16 -> 8." in lines
     assert lines[-1].startswith("Stopping: every rank saves a checkpoint") and view.status == "stopping"
     assert view.state.step == 3 and view.end is None
+
+
+def test_a_stop_for_a_full_disk_says_which_checkpoint_was_skipped_and_which_is_kept():
+    out = io.StringIO()
+    printer = PlainPrinter(Console(file=out, width=200, force_terminal=False))
+    state = RunState()
+    stop = {"type": "stop", "step": 4, "reason": "disk_full", "skipped_checkpoint": "output/checkpoint-4",
+            "needed_bytes": 2**30, "free_bytes": 2**20, "rank": 1, "good_checkpoint": "output/checkpoint-2"}
+    printer.record(state, stop, state.update(stop))
+    first = dict(stop, good_checkpoint=None)
+    printer.record(state, first, state.update(first))
+    assert out.getvalue().splitlines() == [
+        "stopping at step 4 (disk full: checkpoint-4 skipped, output/checkpoint-2 kept)",
+        "stopping at step 4 (disk full: checkpoint-4 skipped, no checkpoint saved before)"]
