@@ -149,13 +149,14 @@ def _diagnose(log_text: str, exit_code: int | None) -> Failure | None:
                        "(a user, a scheduler or the system).",
                        "Continue from the last checkpoint with `llmwizard resume` (the command is below).",
                        f"exit status {exit_code}")
-    last = next((line.strip() for line in reversed(lines) if line.strip()), "")
-    error = next((line.strip() for line in reversed(lines) if re.match(r"\s*\w+(\.\w+)*(Error|Exception):", line)),
+    ours = without_tracebacks(lines)  # the launcher's own exception (CalledProcessError, ...) is not the cause
+    last = next((line.strip() for line in reversed(ours) if line.strip()), "")
+    error = next((line.strip() for line in reversed(ours) if re.match(r"\s*\w+(\.\w+)*(Error|Exception):", line)),
                  last)
     message = f"The training process exited with status {exit_code}."
     return Failure("unknown", "Training failed", message + (f" Last error: {error[:300]}" if error else ""),
-                   "Read the last lines of train.log below; rerun with `bash launch.sh` in the run directory to "
-                   "see the output directly.", error[:300])
+                   "Read train.log (its last lines are below, the full tracebacks are in the file); rerun with "
+                   "`bash launch.sh` in the run directory to see the output directly.", error[:300])
 
 
 def _own_failure(lines: list[str]) -> Failure | None:
@@ -213,18 +214,56 @@ def _rank_of(line: str, lines: list[str]) -> int | None:
     return None
 
 
-def log_excerpt(log_text: str, failure: Failure | None, lines: int = 20) -> list[str]:
-    """The lines that explain a failure: those leading up to the evidence (the failing rank's own
-    error, not the launcher's traceback after it), else the end of the log. Progress-bar lines
-    (carriage returns) are cut to their last state."""
+def log_excerpt(log_text: str, failure: Failure | None, lines: int = 10) -> list[str]:
+    """The log lines a failure panel shows: none for a recognised failure (its diagnosis and the
+    evidence line say it; the tracebacks stay in train.log), else the last `lines` lines without
+    tracebacks and launcher noise (see `without_tracebacks`). Progress-bar lines (carriage
+    returns) are cut to their last state."""
+    if failure is not None and failure.kind != "unknown":
+        return []
     text = [line.rsplit("\r", 1)[-1] for line in log_text.splitlines()]
-    text = [line for line in text if line.strip()]
-    if failure is not None and failure.evidence:
-        hits = [i for i, line in enumerate(text) if line.strip()[:300] == failure.evidence]
-        if hits:
-            end = hits[-1] + 1
-            return text[max(0, end - lines):end]
-    return text[-lines:]
+    return [line for line in without_tracebacks(text) if line.strip()][-lines:]
+
+
+# A line torch's elastic agent or a launcher writes about the ranks, not about the failure.
+_RANK_PREFIX = re.compile(r"^\[(?:default)?rank\d+\]:\s?")
+_NOISE = re.compile(
+    r"torch/distributed/elastic/|subprocess\.CalledProcessError: Command|"
+    r"The following values were not passed to `accelerate launch`|^\s*`--\w+` was set to|"
+    r"^To avoid this warning pass in values for each of the problematic parameters|"
+    r"^During handling of the above exception, another exception occurred:|"
+    r"^The above exception was the direct cause of the following exception:")
+
+
+def without_tracebacks(lines: list[str]) -> list[str]:
+    """The lines of a log without Python tracebacks (the `Traceback (most recent call last):`
+    header, `File "...", line N` frames and their source and ^^^ lines; the exception line that
+    ends one stays) and without launcher noise: torch elastic's warnings and its
+    ChildFailedError banner, accelerate's CalledProcessError and its defaults notice.
+
+    Ranks write to one log at once, so their tracebacks interleave: once a traceback has begun,
+    every indented line counts as one (an exception's own indented detail stays in train.log)."""
+    out: list[str] = []
+    in_traceback = False
+    banner_rules = -1          # "=" rules seen in a ChildFailedError banner; -1 outside one
+    for raw in lines:
+        line = _RANK_PREFIX.sub("", raw)
+        stripped = line.strip()
+        if banner_rules >= 0:
+            banner_rules += stripped.startswith("====")
+            if banner_rules >= 2:
+                banner_rules = -1
+            continue
+        if "ChildFailedError" in line:
+            banner_rules = 0
+            continue
+        if stripped.startswith("Traceback (most recent call last):"):
+            in_traceback = True
+            continue
+        if (in_traceback and line[:1].isspace()) or stripped.startswith('File "') or _NOISE.search(line):
+            continue
+        out.append(raw)
+    return out
 
 
 def attempt_log(log_path: Path, offset: int) -> str:

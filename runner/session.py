@@ -87,7 +87,8 @@ def finding_text(finding: diagnostics.Finding) -> Group:
 
 
 def failure_text(summary: Summary) -> Text | None:
-    """What failed, the log line that says so and the fix; None when nothing failed."""
+    """What failed in our words: the message, the log line that says so, the fix, where the full
+    log is and how to continue; None when nothing failed. Library tracebacks stay in train.log."""
     failure = summary.failure
     if failure is None:
         return None
@@ -99,7 +100,17 @@ def failure_text(summary: Summary) -> Text | None:
         body.append(f"\nfree now on that disk: {format_bytes(summary.free_disk)}", style="dim")
     body.append("\nFix: ", style="bold")
     body.append(failure.fix)
+    if summary.log_path:
+        body.append("\nfull log: ", style="dim")
+        body.append(summary.log_path)
+    if summary.resume:
+        body.append("\nafter the fix: ", style="dim")
+        body.append(summary.resume)
     return body
+
+
+# An unrecognised failure shows this many of the log's last lines (tracebacks left out).
+EXCERPT_LINES = 10
 
 
 def print_summary(console: Console, summary: Summary) -> None:
@@ -109,9 +120,9 @@ def print_summary(console: Console, summary: Summary) -> None:
         console.print(finding_text(finding))
     failure = failure_text(summary)
     if failure is not None and summary.log_excerpt:
-        lines = [Text(line, no_wrap=True, overflow="ellipsis") for line in summary.log_excerpt]
-        console.print(Panel(Group(*lines), title=f"train.log (the lines before the error; full log: "
-                            f"{summary.log_path})", title_align="left", border_style="red"))
+        lines = [Text(line, no_wrap=True, overflow="ellipsis") for line in summary.log_excerpt[-EXCERPT_LINES:]]
+        console.print(Panel(Group(*lines), title="the last lines of train.log (tracebacks left out)",
+                            title_align="left", border_style="red"))
     if failure is not None and summary.failure is not None:
         console.print(Panel(failure, title=Text(summary.failure.title, style="bold red"), border_style="red",
                             expand=False))

@@ -74,6 +74,7 @@ class Summary:
     log_excerpt: tuple[str, ...] = ()
     log_path: str = ""
     free_disk: int | None = None                  # bytes free where the run writes, after a full disk
+    resume: str = ""                              # after a failure: the resume command and where it continues
 
 
 def build_summary(run_dir: Path, state: RunState, outcome: Outcome) -> Summary:
@@ -110,7 +111,16 @@ def build_summary(run_dir: Path, state: RunState, outcome: Outcome) -> Summary:
         findings = [f for f in findings if f.severity != diagnostics.STOP]  # already in the rows
     free = recovery.free_disk_bytes(run_dir) if outcome.failure and outcome.failure.kind == "disk_full" else None
     return Summary(outcome.status, title, style, tuple(rows), tuple(findings), outcome.failure,
-                   tuple(outcome.log_tail), str(run_dir / "train.log"), free)
+                   tuple(outcome.log_tail), str(run_dir / "train.log"), free, _resume_advice(run_dir, outcome, output))
+
+
+def _resume_advice(run_dir: Path, outcome: Outcome, output: Path) -> str:
+    """For a failure panel: the command that continues the run after the fix, and from where."""
+    if outcome.failure is None:
+        return ""
+    last = recovery.last_checkpoint(output) if output.is_dir() else None
+    where = f"continues from {last.name}" if last else "starts again: no checkpoint was saved"
+    return f"{resume_command(run_dir)} ({where})"
 
 
 def _status_rows(rows: list[tuple[str, str]], run_dir: Path, state: RunState, outcome: Outcome,

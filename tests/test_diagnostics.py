@@ -240,11 +240,69 @@ def test_a_clean_exit_is_no_failure_and_an_unknown_one_names_the_error():
     assert failure.kind == "unknown" and "ValueError: bad thing" in failure.message
 
 
-def test_log_excerpt_ends_at_the_evidence_not_the_launcher_traceback():
+def test_a_recognised_failure_shows_no_log_lines_only_its_diagnosis():
     log = "\n".join(["start"] + [f"line {i}" for i in range(30)] + [CUDA_OOM] + ["launcher traceback"] * 10)
     failure = recovery.diagnose_failure(log, 1)
-    excerpt = recovery.log_excerpt(log, failure, lines=5)
-    assert excerpt[-1] == CUDA_OOM and len(excerpt) == 5
+    assert failure.kind == "cuda_oom" and failure.evidence == CUDA_OOM
+    assert recovery.log_excerpt(log, failure, lines=5) == []
+
+
+# Two ranks failing at once under torchrun, as train.log holds it: their tracebacks interleave,
+# then torch elastic's warnings, the launcher's own traceback and its ChildFailedError banner.
+TWO_RANKS_FAILING = """\
+llmwizard: loading the dataset
+[rank1]: Traceback (most recent call last):
+Traceback (most recent call last):
+  File "<frozen runpy>", line 198, in _run_module_as_main
+[rank1]:   File "/venv/lib/python3.11/site-packages/llmwizard/runner/train.py", line 65, in train
+    script_args, training_args, model_args = parser.parse_args_and_config(trl_argv)
+                                             ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+ValueError: bogus is not a valid SchedulerType, please select one of ['linear', 'cosine']
+[rank1]:     raise ValueError(
+[rank1]: ValueError: bogus is not a valid SchedulerType, please select one of ['linear', 'cosine']
+W1130 06:44:08.203000 22834 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 22851 closing signal SIGTERM
+E1130 06:44:08.236000 22834 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 1) local_rank: 0
+Traceback (most recent call last):
+  File "/venv/bin/torchrun", line 8, in <module>
+    sys.exit(main())
+  File "/venv/lib/python3.11/site-packages/torch/distributed/launcher/api.py", line 383, in launch_agent
+    raise ChildFailedError(
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n\
+============================================================
+llmwizard.runner.train FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-11-30_06:44:08
+  rank      : 1 (local_rank: 1)
+  exitcode  : 1 (pid: 22851)
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : 1 (pid: 22850)
+  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
+============================================================
+Traceback (most recent call last):
+  File "/venv/lib/python3.11/site-packages/accelerate/commands/launch.py", line 999, in simple_launcher
+    raise subprocess.CalledProcessError(returncode=process.returncode, cmd=cmd)
+subprocess.CalledProcessError: Command '['python', '-m', 'llmwizard.runner.train']' returned non-zero exit status 1.
+"""
+
+
+def test_an_unknown_failure_shows_its_last_lines_without_tracebacks_or_launcher_noise():
+    failure = recovery.diagnose_failure(TWO_RANKS_FAILING, 1)
+    assert failure.kind == "unknown"
+    assert failure.evidence.startswith("ValueError: bogus is not a valid SchedulerType")  # not the launcher's error
+    assert "ValueError: bogus" in failure.message and "CalledProcessError" not in failure.message
+    excerpt = recovery.log_excerpt(TWO_RANKS_FAILING, failure, lines=25)
+    assert excerpt[0] == "llmwizard: loading the dataset"
+    assert [line for line in excerpt if "ValueError: bogus" in line] == excerpt[1:]
+    assert recovery.log_excerpt(TWO_RANKS_FAILING, failure, lines=1) == excerpt[-1:]
+    text = "\n".join(recovery.without_tracebacks(TWO_RANKS_FAILING.splitlines()))
+    for noise in ("Traceback", 'File "', "^^^", "raise ", "ChildFailedError", "Root Cause", "exitcode",
+                  "torch/distributed/elastic", "CalledProcessError", "====="):
+        assert noise not in text, noise
 
 
 def test_incomplete_checkpoints_are_set_aside(tmp_path):

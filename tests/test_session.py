@@ -115,10 +115,48 @@ def test_a_failed_attempt_is_diagnosed_with_its_log_and_the_resume_command(tmp_p
     assert kinds(seen) == ["Started", "Failed"]
     failed = seen[-1]
     assert isinstance(failed, events.Failed) and failed.failure is not None and failed.failure.kind == "disk_full"
-    assert any("No space left on device" in line for line in failed.log_excerpt)
+    assert "No space left on device" in failed.failure.evidence and failed.log_excerpt == ()
     assert failed.resume_command == f"llmwizard resume {run_dir}"
     assert failed.summary.title == "training failed: Disk full" and failed.summary.free_disk is not None
     assert ("log", str(run_dir / "train.log")) in failed.summary.rows
+    assert failed.summary.resume == f"llmwizard resume {run_dir} (starts again: no checkpoint was saved)"
+
+
+@pytest.mark.slow
+def test_a_python_error_in_a_rank_is_shown_in_our_words_and_its_traceback_kept_in_train_log(tmp_path: Path):
+    """A value the trainer refuses (hand-written into sft_config.yaml, which the session launches
+    as it is) raises in the rank: the console's summary and the wizard's run screen show the error
+    line, the fix, the log's path and the resume command, and no traceback; train.log keeps it."""
+    import io
+
+    from rich.console import Console
+
+    from llmwizard.runner.session import print_summary
+    from llmwizard.wizard.core import summary_view
+
+    run_dir = exported(tmp_path, max_steps=4, eval_fraction=0)
+    config = run_dir / "sft_config.yaml"
+    assert "\nlr_scheduler_type: cosine\n" in config.read_text()
+    config.write_text(config.read_text().replace("\nlr_scheduler_type: cosine\n", "\nlr_scheduler_type: bogus\n"))
+    seen: list[events.Event] = []
+    outcome = RunSession(load_plan(run_dir), run_dir, seen.append, interval=0.1).run()
+    log = (run_dir / "train.log").read_text()
+    assert outcome.status == "failed" and outcome.exit_code == 1, log[-3000:]
+    assert "Traceback (most recent call last):" in log and 'File "' in log
+    failed = seen[-1]
+    assert isinstance(failed, events.Failed) and failed.failure is not None and failed.failure.kind == "unknown"
+    assert failed.failure.evidence.startswith("ValueError: bogus is not a valid SchedulerType")
+
+    console, wizard = io.StringIO(), io.StringIO()
+    print_summary(Console(file=console, width=120), failed.summary)
+    Console(file=wizard, width=120).print(summary_view(failed.summary))
+    for printed in (console.getvalue(), wizard.getvalue()):
+        assert "Traceback" not in printed and 'File "' not in printed and "CalledProcessError" not in printed
+        words = " ".join(printed.replace("│", " ").split())
+        assert "training failed: Training failed" in words
+        assert "Last error: ValueError: bogus is not a valid SchedulerType" in words
+        assert f"full log: {run_dir / 'train.log'}" in words
+        assert f"after the fix: llmwizard resume {run_dir} (starts again: no checkpoint was saved)" in words
 
 
 def test_a_follower_that_detaches_leaves_the_run_going(tmp_path: Path):
