@@ -124,7 +124,7 @@ def gib(size: int) -> str:
 
 def shortfall(step: int, output_dir: str, room: Room) -> tuple[str, str]:
     """The message and the fix when checkpoint-`step` does not fit (the UserError's words)."""
-    path = existing_directory(Path(output_dir)) if not Path(output_dir).exists() else Path(output_dir).resolve()
+    path = existing_directory(Path(output_dir))  # the directory whose filesystem was read
     message = (f"Not enough free disk space for checkpoint-{step} on {path}: it needs about {gib(room.needed)} GiB, "
                f"{gib(room.free)} GiB are free.")
     fix = ("Free space on that disk (old run directories and checkpoints can go), or start the run again with "
