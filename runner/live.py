@@ -222,7 +222,7 @@ class ConsoleView:
         elif isinstance(event, events.Started):
             self.say(f"Launching {event.plan}; log: {event.log_path}")
             self.status = "running"
-            self._start_live()
+            self.start()
         elif isinstance(event, events.Recovery):
             if event.kind == "oom_replan":
                 self.console.print(Text(f"Out of GPU memory. {event.message}.", style="yellow"))
@@ -243,7 +243,8 @@ class ConsoleView:
         return render(self.state, self.title, self.console.width, self.console.height, self.status,
                       ascii_only=not self.console.encoding.lower().startswith("utf"))
 
-    def _start_live(self) -> None:
+    def start(self) -> None:
+        """Show the Live panel (in a terminal); the first Started event does this for a session."""
         if self._live is not None or not self.console.is_terminal:
             return
         from rich.live import Live

@@ -316,7 +316,7 @@ def summary_view(summary: Summary, log_lines: int = 8) -> RenderableType:
     parts: list[RenderableType] = [summary_title(summary), summary_table(summary)]
     parts += [finding_text(finding) for finding in summary.findings]
     if summary.log_excerpt:
-        parts.append(Text("train.log, the lines before the error:", style="dim"))
+        parts.append(Text("the last lines of train.log (tracebacks left out; the whole log keeps them):", style="dim"))
         parts += [Text(line, style="red", no_wrap=True, overflow="ellipsis") for line in summary.log_excerpt[-log_lines:]]
     failure = failure_text(summary)
     if failure is not None and summary.failure is not None:

@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
 
 from rich.console import Console
 from rich.table import Table
@@ -207,12 +206,15 @@ class _Followed:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    """The live view of a run that another process owns, read from its metrics file alone."""
     from llmwizard.autotune.plan import Plan
-    from llmwizard.runner import rundir
+    from llmwizard.runner import events, rundir
     from llmwizard.runner.configs import METRICS_FILE
-    from llmwizard.runner.live import watch
-    from llmwizard.runner.session import Outcome, print_summary
-    from llmwizard.runner.state import final_status
+    from llmwizard.runner.live import ConsoleView
+    from llmwizard.runner.metrics import MetricsTail
+    from llmwizard.runner.session import print_summary
+    from llmwizard.runner.state import RunState, final_status
+    from llmwizard.runner.summary import Outcome, build_summary
 
     run_dir = Path(args.target)
     plan = Plan.load(run_dir / "plan.yaml")
@@ -223,12 +225,24 @@ def cmd_watch(args: argparse.Namespace) -> int:
                       f"({status.detail}).", highlight=False)
         return 0
     console.print(f"Following {run_dir} (pid {status.pid}); Ctrl-C stops following, not the run.", highlight=False)
+    view, tail, state, followed = ConsoleView(console, plan.name), MetricsTail(run_dir / METRICS_FILE), RunState(), \
+        _Followed(run_dir)
+    view.start()
     try:
-        code, state = watch(cast(Any, _Followed(run_dir)), run_dir / METRICS_FILE, console, title=plan.name)
+        while True:
+            code = followed.poll()
+            for record in tail.poll():
+                is_loss = state.update(record)
+                view(events.Metrics(record, is_loss, state.snapshot()))
+            if code is not None:
+                break
+            time.sleep(0.5)
     except KeyboardInterrupt:
+        view.close()
         console.print(f"\nStopped following; the run goes on (`llmwizard stop {run_dir}` stops it).", highlight=False)
         return EXIT_SIGINT
-    print_summary(console, plan, run_dir, state, Outcome(final_status(state, code), code))
+    view.close()
+    print_summary(console, build_summary(run_dir, state, Outcome(final_status(state, code), code)))
     return code
 
 
