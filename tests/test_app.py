@@ -200,13 +200,15 @@ async def test_a_bad_what_if_value_is_answered_with_the_schema_rule(gpus, tmp_pa
         screen = app.screen
         screen.query_one(field).value = typed
         await settle(pilot)
-        status = text_of(app, "#nav-status")
-        assert f"'{typed}' is not allowed" in status and allowed in status
+        problem = text_of(app, "#plan-problem")
+        assert f"'{typed}' is not allowed" in problem and allowed in problem and "clear the field" in problem
+        assert app.state.plan is None and "last plan that worked" in text_of(app, "#plan-summary")
         assert not screen.query_one(field).is_valid
         await pilot.press("ctrl+n")  # the last valid plan is not exported under an invalid field
         await pilot.pause()
         assert type(app.screen).__name__ == "PlanScreen" and not list(tmp_path.iterdir())
-        assert "fix it or clear it to export" in text_of(app, "#nav-status")
+        assert "fix or clear it to export" in text_of(app, "#nav-status")
+        assert app.state.plan is None
         screen.query_one(field).value = ""
         screen.query_one("#learning-rate").value = "1e-4"
         await settle(pilot)

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 AUTO = "auto"
 STRATEGY_LABELS = {"single": "single", "ddp": "DDP", "fsdp": "FSDP2", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}
 CHECKPOINTING = [("auto", AUTO), ("on", "on"), ("off", "off")]
+FIELD_LABELS = {"micro-batch": "Micro-batch", "lora-r": "LoRA rank", "learning-rate": "Learning rate",
+                "epochs": "Epochs", "max-steps": "Max steps"}
 
 
 class GoalValue(Validator):
@@ -197,6 +199,23 @@ class PlanScreen(StepScreen):
             device = "process" if self.last_plan and self.last_plan.device == "cpu" else "GPU"
             self.query_one(MemoryBar).show(message.requested, device, caption="asked for: ")
 
+    def field_problem(self, field_id: str, error: ValueError) -> None:
+        """An edit that is not a value: no plan stands (a plan in flight is dropped) until it is fixed
+        or cleared, and the message says so where the planner's refusals appear."""
+        self.serial += 1
+        self.state.plan = None
+        label = FIELD_LABELS.get(field_id, field_id.replace("-", " "))
+        problem = self.query_one("#plan-problem", Static)
+        problem.update(Text(f"{label}: {error}.", style="bold red")
+                       + Text("\nFix: type an allowed value, or clear the field to let the planner decide.",
+                              style="red"))
+        problem.display = True
+        if self.last_plan is not None:
+            stale = Text("last plan that worked: ", style="bold yellow")
+            stale.append(summary_line(self.last_plan).plain, style="dim")
+            self.query_one("#plan-summary", Static).update(stale)
+        self.set_status(f"{label}: not an allowed value", "warning")
+
     @on(Input.Changed, ".num")
     @on(Select.Changed)
     def edited(self) -> None:
@@ -210,7 +229,7 @@ class PlanScreen(StepScreen):
             try:
                 overrides[name] = core.parse_goal_value(name, text)
             except ValueError as exc:
-                self.set_status(f"{field_id.replace('-', ' ')}: {exc}", "warning")
+                self.field_problem(field_id, exc)
                 return
         checkpointing = self.query_one("#checkpointing", Select).value
         if checkpointing != AUTO:
@@ -232,7 +251,8 @@ class PlanScreen(StepScreen):
                 if field.value.strip():
                     core.parse_goal_value(name, field.value)
             except ValueError as exc:
-                self.set_status(f"{field_id.replace('-', ' ')}: {exc}; fix it or clear it to export", "error")
+                label = FIELD_LABELS.get(field_id, field_id)
+                self.set_status(f"{label}: fix or clear it to export", "error")
                 field.focus()
                 return
         if self.state.plan is not None:
