@@ -354,23 +354,15 @@ def test_a_rank_killed_by_a_signal_is_not_called_out_of_memory(tmp_path):
     memory only if the kernel's OOM killer acted (the cgroup's count), which it did not here."""
     import os
     import signal
-    import time
 
     from llmwizard.runner.export import export
-    from llmwizard.runner.launch import Launch
-    from tests.tiny_models import losses, make_plan
+    from tests.tiny_models import launch_until_first_loss, make_plan
 
     run_dir = tmp_path / "run"
     export(make_plan(strategy="ddp", launcher="torchrun", max_steps=500), run_dir)
     before = recovery.oom_kill_count()
-    launch = Launch(run_dir)
-    launch.start()
+    launch, ranks = launch_until_first_loss(run_dir)
     try:
-        deadline = time.monotonic() + 300
-        while not losses(run_dir) and launch.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert losses(run_dir), "no step logged:\n" + "\n".join(launch.log_tail(40))
-        ranks = [p for p in launch.process_tree() if "llmwizard.runner.train" in " ".join(p.cmdline())]
         os.kill(ranks[-1].pid, signal.SIGKILL)
         code = launch.wait(timeout=120)
     finally:

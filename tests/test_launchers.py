@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ import yaml
 
 from llmwizard.runner.launch import free_port
 from llmwizard.runner.metrics import read_metrics
-from tests.tiny_models import losses, make_plan, run_group, run_launch_sh, strategy_ran
+from tests.tiny_models import launch_until_first_loss, losses, make_plan, run_group, run_launch_sh, strategy_ran
 
 slow = pytest.mark.slow
 
@@ -222,18 +221,11 @@ def test_killing_a_launch_ends_ranks_outside_its_process_group(tmp_path: Path, l
     import psutil
 
     from llmwizard.runner.export import export
-    from llmwizard.runner.launch import Launch
 
     run_dir = tmp_path / "run"
     export(make_plan(strategy="ddp", launcher=launcher, max_steps=500), run_dir)
-    launch = Launch(run_dir)
-    launch.start()
+    launch, ranks = launch_until_first_loss(run_dir)
     try:
-        deadline = time.monotonic() + 300
-        while not losses(run_dir) and launch.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert losses(run_dir), "no step logged:\n" + "\n".join(launch.log_tail(40))
-        ranks = [p for p in launch.process_tree() if "llmwizard.runner.train" in " ".join(p.cmdline())]
         assert len(ranks) == 2
         assert all(os.getsid(p.pid) != os.getsid(launch.process.pid) for p in ranks)
         launch.kill()

@@ -164,3 +164,22 @@ def assert_loss_falls(values: list[float]) -> None:
     assert len(values) >= 5, values
     first, last = sum(values[:2]) / 2, sum(values[-3:]) / 3
     assert last < 0.9 * first, f"loss did not fall: {values}"
+
+
+def launch_until_first_loss(run_dir: Path, timeout: float = 300) -> tuple[Any, list[Any]]:
+    """Start `run_dir`'s launch and wait for its first logged loss: the Launch and its rank processes
+    (the caller kills the launch when done)."""
+    import time
+
+    from llmwizard.runner.launch import Launch
+
+    launch = Launch(run_dir)
+    launch.start()
+    deadline = time.monotonic() + timeout
+    while not losses(run_dir) and launch.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if not losses(run_dir):
+        launch.kill()
+        raise AssertionError("no step logged:\n" + "\n".join(launch.log_tail(40)))
+    ranks = [p for p in launch.process_tree() if "llmwizard.runner.train" in " ".join(p.cmdline())]
+    return launch, ranks
