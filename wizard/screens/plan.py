@@ -250,7 +250,7 @@ class PlanScreen(StepScreen):
             try:
                 if field.value.strip():
                     core.parse_goal_value(name, field.value)
-            except ValueError as exc:
+            except ValueError:
                 label = FIELD_LABELS.get(field_id, field_id)
                 self.set_status(f"{label}: fix or clear it to export", "error")
                 field.focus()
