@@ -187,14 +187,7 @@ class PlanScreen(StepScreen):
             text.append(f"\nFix: {message.error.fix}", style="red")
         problem.update(text)
         problem.display = True
-        summary = self.query_one("#plan-summary", Static)
-        if self.last_plan is not None:
-            stale = Text("last plan that worked: ", style="bold yellow")
-            stale.append(summary_line(self.last_plan).plain, style="dim")
-            summary.update(stale)
-        else:
-            summary.update(Text("No plan yet: change what the message below names (Back for hardware, "
-                                "model or dataset).", style="bold yellow"))
+        self.show_last_plan()
         if message.requested is not None:
             device = "process" if self.last_plan and self.last_plan.device == "cpu" else "GPU"
             self.query_one(MemoryBar).show(message.requested, device, caption="asked for: ")
@@ -210,11 +203,19 @@ class PlanScreen(StepScreen):
                        + Text("\nFix: type an allowed value, or clear the field to let the planner decide.",
                               style="red"))
         problem.display = True
+        self.show_last_plan()
+        self.set_status(f"{label}: not an allowed value", "warning")
+
+    def show_last_plan(self) -> None:
+        """While no plan stands, the summary line shows the last one that worked (dimmed)."""
+        summary = self.query_one("#plan-summary", Static)
         if self.last_plan is not None:
             stale = Text("last plan that worked: ", style="bold yellow")
             stale.append(summary_line(self.last_plan).plain, style="dim")
-            self.query_one("#plan-summary", Static).update(stale)
-        self.set_status(f"{label}: not an allowed value", "warning")
+            summary.update(stale)
+        else:
+            summary.update(Text("No plan yet: change what the message below names (Back for hardware, "
+                                "model or dataset).", style="bold yellow"))
 
     @on(Input.Changed, ".num")
     @on(Select.Changed)
