@@ -175,7 +175,7 @@ class RankSyncCallback(TrainerCallback):
             control.should_evaluate = False
             control.should_training_stop = True
             self.run.emit({"type": "stop", "step": state.global_step, "reason": "signal",
-                           "signal": _signal_name(flag),
+                           "signal": recovery.signal_name(flag),
                            "checkpoint": f"{args.output_dir}/checkpoint-{state.global_step}"})
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -237,13 +237,6 @@ def exchange(flag: int, peak: int, room: checkpoint_space.Room | None = None
             [checkpoint_space.Room(int(r[2]), int(r[3])) for r in rows])
 
 
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
 class StopOnSignalCallback(TrainerCallback):
     """SIGTERM or SIGINT: save a checkpoint at the end of the current step, then stop cleanly.
 
@@ -270,7 +263,7 @@ class StopOnSignalCallback(TrainerCallback):
             self._restore()
             raise KeyboardInterrupt
         if not self.run.stop_signal:
-            print(f"llmwizard: {_signal_name(signum)} received; saving a checkpoint at the end of "
+            print(f"llmwizard: {recovery.signal_name(signum)} received; saving a checkpoint at the end of "
                   "this step, then stopping", file=sys.stderr, flush=True)
         self.run.stop_signal = self.run.stop_signal or int(signum)
 

@@ -143,7 +143,7 @@ def _diagnose(log_text: str, exit_code: int | None) -> Failure | None:
     signal_number = -exit_code if exit_code is not None and exit_code < 0 else (
         exit_code - 128 if exit_code is not None and 128 < exit_code < 160 else None)
     if signal_number:
-        name = _signal_name(signal_number)
+        name = signal_name(signal_number)
         return Failure("signal", f"Stopped by a signal ({name})",
                        f"The launcher ended on signal {signal_number} ({name}), sent from outside the run "
                        "(a user, a scheduler or the system).",
@@ -171,7 +171,8 @@ def _own_failure(lines: list[str]) -> Failure | None:
     return None
 
 
-def _signal_name(number: int) -> str:
+def signal_name(number: int) -> str:
+    """SIGTERM for 15; a plain 'signal N' for numbers the platform does not name."""
     try:
         return signal.Signals(number).name
     except ValueError:
