@@ -161,7 +161,7 @@ class Launch:
 
     def _alive(self, tree: list[psutil.Process]) -> bool:
         assert self.process is not None
-        return _group_alive(self.process.pid) or any(_running(process) for process in tree)
+        return _group_alive(self.process.pid) or any(runlock.alive(process) for process in tree)
 
     def _signal(self, sig: int) -> None:
         assert self.process is not None
@@ -174,13 +174,6 @@ class Launch:
         except OSError:
             return []
         return text.splitlines()[-lines:]
-
-
-def _running(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def _group_alive(group: int) -> bool:

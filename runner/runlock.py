@@ -214,9 +214,9 @@ def stop_run(run_dir: Path, grace: float) -> tuple[bool, list[str]]:
             with contextlib.suppress(psutil.Error):
                 process.terminate()
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_running(p) for p in tree):
+    while time.monotonic() < deadline and any(alive(p) for p in tree):
         time.sleep(0.2)
-    left = [p for p in tree + _tree(info, run_dir) if _running(p)]
+    left = [p for p in tree + _tree(info, run_dir) if alive(p)]
     if left:
         done.append(f"{len(left)} process(es) outlived {grace:g} s: sent SIGKILL")
         if launcher is not None:
@@ -241,7 +241,7 @@ def _tree(info: LockInfo | None, run_dir: Path) -> list[psutil.Process]:
         with contextlib.suppress(psutil.Error):
             processes.update({p.pid: p for p in launcher.children(recursive=True)})
     processes.update({p.pid: p for p in train_processes(run_dir)})
-    return [p for p in processes.values() if _running(p)]
+    return [p for p in processes.values() if alive(p)]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -273,7 +273,7 @@ def _process(pid: int | None, started: float | None) -> psutil.Process | None:
         process = psutil.Process(pid)
         if started is not None and abs(process.create_time() - started) > 1.0:
             return None
-        return process if _running(process) else None
+        return process if alive(process) else None
     except psutil.Error:
         return None
 
@@ -282,7 +282,8 @@ def _same_process(pid: int | None, started: float | None) -> bool:
     return _process(pid, started) is not None
 
 
-def _running(process: psutil.Process) -> bool:
+def alive(process: psutil.Process) -> bool:
+    """Running and not a zombie (a finished child not yet reaped still shows up)."""
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:

@@ -277,17 +277,12 @@ def _normalized(dataset: Any, source: str) -> Any:
 
 
 def last_checkpoint(output_dir: str) -> str | None:
-    """The newest complete checkpoint: one whose save finished (trainer_state.json is written
-    last), so a save cut short by a kill is never resumed from."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return None
-    steps = []
-    for path in root.glob("checkpoint-*"):
-        suffix = path.name.removeprefix("checkpoint-")
-        if suffix.isdigit() and (path / "trainer_state.json").is_file():
-            steps.append((int(suffix), path))
-    return str(max(steps)[1]) if steps else None
+    """The newest complete checkpoint (runner.recovery's rule), so a save cut short by a kill is
+    never resumed from."""
+    from llmwizard.runner.recovery import last_checkpoint as newest_complete
+
+    found = newest_complete(Path(output_dir))
+    return str(found) if found else None
 
 
 if __name__ == "__main__":
