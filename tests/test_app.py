@@ -167,20 +167,24 @@ async def test_what_if_edits_replan_and_a_setup_that_does_not_fit_is_shown_inlin
         screen.query_one("#micro-batch").value = "4096"
         await settle(pilot)
         assert app.state.plan is None
+        verdict = text_of(app, "#memory")
+        assert verdict.startswith("micro-batch 4096 not applied: it needs") and "fits" not in verdict
+        assert "▲ budget" in verdict  # the bar of what was asked for runs past the budget
         problem = text_of(app, "#plan-problem")
-        assert "Does not fit" in problem and "Fix:" in problem
-        assert "asked for" in text_of(app, "#memory") and "does NOT fit" in text_of(app, "#memory")
+        assert "Fix: Set micro-batch to" in problem and "or clear it (the planner picks" in problem
+        assert "✗ micro-batch" in str(screen.query_one("#label-micro-batch").content)
+        assert screen.query_one("#micro-batch").has_class("-refused")
 
-        await pilot.press("ctrl+n")  # Next refuses, with the planner's words
+        await pilot.press("ctrl+n")  # Export refuses where the user is looking, without a dialog
         await pilot.pause()
-        assert type(app.screen).__name__ == "ErrorModal"
-        assert "does not fit" in text_of(app, "#error-message")
-        await pilot.press("enter")
-        await pilot.pause()
+        assert type(app.screen).__name__ == "PlanScreen" and not list(tmp_path.iterdir())
+        assert "No plan to export" in text_of(app, "#nav-status")
 
         screen.query_one("#micro-batch").value = ""
         await settle(pilot)
         assert app.state.plan is not None and not screen.query_one("#plan-problem").display
+        assert not screen.query_one("#micro-batch").has_class("-refused")
+        assert str(screen.query_one("#label-micro-batch").content) == "micro-batch"
 
 
 @pytest.mark.asyncio
@@ -200,8 +204,8 @@ async def test_a_bad_what_if_value_is_answered_with_the_schema_rule(gpus, tmp_pa
         screen = app.screen
         screen.query_one(field).value = typed
         await settle(pilot)
-        problem = text_of(app, "#plan-problem")
-        assert f"'{typed}' is not allowed" in problem and allowed in problem and "clear the field" in problem
+        verdict, problem = text_of(app, "#memory"), text_of(app, "#plan-problem")
+        assert f"'{typed}' is not allowed" in verdict and allowed in verdict and "clear the field" in problem
         assert app.state.plan is None and "last plan that worked" in text_of(app, "#plan-summary")
         assert not screen.query_one(field).is_valid
         await pilot.press("ctrl+n")  # the last valid plan is not exported under an invalid field
@@ -223,7 +227,11 @@ async def test_a_strategy_that_cannot_run_is_explained_not_crashed(gpus, tmp_pat
         app.screen.query_one("#strategy").value = "single"
         await settle(pilot)
         assert app.state.plan is None
-        assert "Strategy 'single' runs one process" in text_of(app, "#plan-problem")
+        verdict = text_of(app, "#memory")
+        assert verdict.startswith("strategy single not applied: it runs one process, but the plan has 2")
+        fix = text_of(app, "#plan-problem")
+        assert fix.startswith("Fix: Set strategy to auto (the planner picks") and "--" not in fix
+        assert "FSDP2" in fix and "DDP" in fix  # the other strategies that work, by their names here
         app.screen.query_one("#strategy").value = "fsdp"
         await settle(pilot)
         assert app.state.plan is not None and app.state.plan.strategy == "fsdp"
@@ -490,3 +498,118 @@ def test_diagnostics_are_worded_for_the_run_screen():
     console.print(findings_view(findings))
     shown = " ".join(console.export_text().split())
     assert findings[0].message in shown and f"Fix: {findings[0].fix}" in shown
+
+
+def shown_plan(app: WizardApp) -> dict[str, object]:
+    """What the plan step shows, read back from the screen's text (not from the app's state)."""
+    import re
+
+    summary = " ".join(text_of(app, "#plan-summary").split())
+    found = re.search(r"^(\w+) on (\d+) \w+ · (\w+)(?: r=(\d+))? · \w+ · micro-batch (\d+) x accum (\d+) = (\d+) · "
+                      r"(\d+) tokens · .* · lr (\S+)$", summary)
+    assert found, summary
+    strategy, world, method, rank, micro, accum, effective, length, lr = found.groups()
+    return {"summary": summary, "strategy": strategy, "num_processes": int(world), "method": method,
+            "lora_r": int(rank) if rank else None, "micro_batch": int(micro), "grad_accum": int(accum),
+            "effective_batch": int(effective), "max_length": int(length), "learning_rate": float(lr)}
+
+
+def exported_plan(run_dir: Path) -> dict[str, object]:
+    """The same facts from the run directory's plan.yaml and sft_config.yaml."""
+    import yaml
+
+    from llmwizard.autotune.plan import Plan
+    from llmwizard.wizard.screens.plan import summary_line
+
+    plan = Plan.load(run_dir / "plan.yaml")
+    sft = yaml.safe_load((run_dir / "sft_config.yaml").read_text())
+    assert sft["learning_rate"] == plan.learning_rate and sft["per_device_train_batch_size"] == plan.micro_batch
+    assert sft["gradient_accumulation_steps"] == plan.grad_accum and sft["max_length"] == plan.max_length
+    assert sft.get("lora_r") == (plan.lora.r if plan.lora else None)
+    return {"summary": " ".join(summary_line(plan).plain.split()), "strategy": plan.strategy,
+            "num_processes": plan.num_processes, "method": plan.method, "lora_r": sft.get("lora_r"),
+            "micro_batch": sft["per_device_train_batch_size"], "grad_accum": sft["gradient_accumulation_steps"],
+            "effective_batch": plan.effective_batch, "max_length": sft["max_length"],
+            "learning_rate": sft["learning_rate"]}
+
+
+@pytest.mark.asyncio
+async def test_the_plan_on_screen_is_the_plan_exported_after_every_kind_of_edit(gpus, tmp_path: Path):
+    """After each kind of edit (learning rate, rank, micro-batch, a strategy pin, other hardware)
+    the plan the screen shows is the one plan.yaml and sft_config.yaml hold; a pin that was refused
+    exports nothing."""
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await go_to(pilot, 4)
+        edits = [("#learning-rate", "1e-4"), ("#lora-r", "16"), ("#micro-batch", "2"), ("#strategy", "zero2"),
+                 ("#strategy", "single"), ("hardware", "1xT4")]
+        exports: list[Path] = []
+        for field, value in edits:
+            if field == "hardware":  # Back to the hardware step: plan for one T4 instead
+                app.goto(1)
+                await settle(pilot)
+                await pilot.click("#other")
+                app.screen.query_one("#spec").value = value
+                await settle(pilot)
+                await pilot.press("ctrl+n")
+                await go_to(pilot, 4)
+                assert "T4" in app.state.hardware.describe()
+            else:
+                app.screen.query_one(field).value = value
+                await settle(pilot)
+            screen = app.screen
+            if value == "single":  # refused on two GPUs: shown as not applied, nothing exported
+                assert "strategy single not applied" in text_of(app, "#memory")
+                assert screen.query_one("#strategy").has_class("-refused")
+                await pilot.press("ctrl+n")
+                await settle(pilot)
+                assert app.screen is screen and len(list(tmp_path.iterdir())) == len(exports)
+                screen.query_one("#strategy").value = "auto"
+                await settle(pilot)
+                continue
+            shown = shown_plan(app)
+            if field == "#learning-rate":
+                assert shown["learning_rate"] == 1e-4
+            elif field == "#lora-r":
+                assert shown["lora_r"] == 16
+            elif field == "#micro-batch":
+                assert shown["micro_batch"] == 2
+            elif field == "#strategy":
+                assert shown["strategy"] == "zero2"
+            else:
+                assert shown["num_processes"] == 1 and shown["strategy"] == "single"
+                assert "per GPU: fits" in text_of(app, "#memory")
+            await pilot.press("ctrl+n")  # Export
+            await settle(pilot)
+            assert app.screen.STEP == 5
+            run_dir = app.state.export.run_dir
+            assert run_dir not in exports
+            exports.append(run_dir)
+            assert exported_plan(run_dir) == shown, field
+            await pilot.press("escape")
+            await settle(pilot)
+            assert app.screen.STEP == 4
+        assert sorted(tmp_path.iterdir()) == sorted(exports)
+
+
+@pytest.mark.asyncio
+async def test_switching_hardware_leaves_nothing_of_the_old_plan_on_screen(gpus, tmp_path: Path):
+    """H100s, then one T4 for a model that does not fit it: the verdict is the T4's alone."""
+    app = make_app("--gpus", "8xH100-80GB", "--model", "llama-3.1-8b", "--method", "full", output=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await go_to(pilot, 4)
+        assert "per GPU: fits" in text_of(app, "#memory") and app.state.plan is not None
+        app.goto(1)
+        await settle(pilot)
+        app.screen.query_one("#spec").value = "1xT4"
+        await settle(pilot)
+        await pilot.press("ctrl+n")
+        await go_to(pilot, 4)
+        await settle(pilot)
+        verdict = text_of(app, "#memory")
+        assert app.state.plan is None
+        assert verdict.startswith("No plan:") and "fits" not in verdict.replace("does not fit", "")
+        assert "H100" not in text_of(app, "#plan-summary") + verdict and "15.0 GiB is free" in verdict
+        assert "No plan yet" in text_of(app, "#plan-summary") and not text_of(app, "#reasons").strip()
+        fix = text_of(app, "#plan-problem")
+        assert fix.startswith("Fix:") and "--" not in fix and "method QLoRA, on step 3" in fix

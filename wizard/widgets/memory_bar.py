@@ -33,22 +33,30 @@ class MemoryBar(Widget):
         self.estimate: MemoryEstimate | None = None
         self.device = "GPU"
         self.caption = ""
+        self.headline: Text | None = None
 
-    def show(self, estimate: MemoryEstimate | None, device: str = "GPU", caption: str = "") -> None:
-        self.estimate, self.device, self.caption = estimate, device, caption
+    def show(self, estimate: MemoryEstimate | None, device: str = "GPU", caption: str = "",
+             headline: Text | None = None) -> None:
+        """`headline`, when given, is the verdict line in place of the bar's own "fits" line: the
+        screen's one verdict (a refused request, a field that is not a value), over the bar of
+        `estimate` if there is one."""
+        self.estimate, self.device, self.caption, self.headline = estimate, device, caption, headline
         self.refresh(layout=True)
 
     def render(self) -> RenderResult:
         est = self.estimate
         if est is None:
-            return Text("no memory estimate without a plan", style="dim")
+            return self.headline or Text("no memory estimate without a plan", style="dim")
         width = max(10, self.content_size.width)
         scale = max(est.budget, est.total) or 1
-        verdict = "fits" if est.total <= est.budget else "does NOT fit"
         text = Text()
-        text.append(f"{self.caption}{size_text(est.total)} of {size_text(est.budget)} per {self.device}: ",
-                    style="bold")
-        text.append(verdict, style="bold green" if est.total <= est.budget else "bold red")
+        if self.headline is not None:
+            text.append_text(self.headline)
+        else:
+            verdict = "fits" if est.total <= est.budget else "does NOT fit"
+            text.append(f"{self.caption}{size_text(est.total)} of {size_text(est.budget)} per {self.device}: ",
+                        style="bold")
+            text.append(verdict, style="bold green" if est.total <= est.budget else "bold red")
         text.append("\n")
         budget_cell = min(width - 1, round(est.budget / scale * width))
         used = 0
