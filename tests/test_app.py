@@ -397,11 +397,13 @@ async def test_launch_trains_on_the_cpu_and_plots_the_loss(tmp_path: Path):
         assert any(0x2800 < ord(ch) <= 0x28FF for ch in text_of(app, "#loss"))  # braille drawn
         assert (run_dir / "output" / "adapter_config.json").is_file()
         assert str(screen.query_one("#next").label) == "Quit"
-        # Back to launch: the finished run keeps its directory; a new launch gets a new one.
+        # Back to launch: the finished run keeps its directory (nothing is exported by going back);
+        # Launch would write a new one.
         await pilot.press("escape")
         await settle(pilot)
-        assert app.screen.STEP == 5 and app.state.export.run_dir != run_dir
-        assert not app.screen.query_one("#next").disabled
+        assert app.screen.STEP == 5 and app.state.export.run_dir == run_dir
+        assert "belongs to the run launched from it" in text_of(app, "#export")
+        assert not app.screen.query_one("#next").disabled and len(list(run_dir.parent.iterdir())) == 1
         await pilot.press("ctrl+q")
     assert app.return_code == 0
 
@@ -613,3 +615,182 @@ async def test_switching_hardware_leaves_nothing_of_the_old_plan_on_screen(gpus,
         assert "No plan yet" in text_of(app, "#plan-summary") and not text_of(app, "#reasons").strip()
         fix = text_of(app, "#plan-problem")
         assert fix.startswith("Fix:") and "--" not in fix and "method QLoRA, on step 3" in fix
+
+
+class FakeLaunch:
+    """The launcher's side of a run for UI tests: running until stopped (no processes)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        import time
+
+        self.run_dir, self.process, self.started = run_dir, object(), time.monotonic()
+        self.code: int | None = None
+        self.stops: list[float] = []
+
+    def poll(self) -> int | None:
+        return self.code
+
+    def log_tail(self, lines: int) -> list[str]:
+        return []
+
+    def stop(self, grace: float = 30.0) -> int:
+        self.stops.append(grace)
+        self.code = 130
+        return 130
+
+
+class FakeSession:
+    """A run session that trains nothing: it runs until stopped or until the wizard stops following."""
+
+    def __init__(self, plan, run_dir: Path, said) -> None:
+        self.plan, self.run_dir, self.launch, self.on_event = plan, run_dir, FakeLaunch(run_dir), said
+
+    def start(self) -> None:
+        pass
+
+    def running(self) -> bool:
+        return self.launch.code is None
+
+    def stop(self) -> None:
+        self.launch.stop()
+
+    def run(self, detached=None) -> None:
+        import time
+
+        while self.launch.code is None and not (detached and detached()):
+            time.sleep(0.05)
+
+
+async def calm(pilot) -> None:
+    """Let the UI answer while a run is followed (its worker lasts the run, so `settle` would wait)."""
+    for _ in range(3):
+        pending = [w for w in pilot.app.workers if w.group != "follow"]
+        for worker in pending:
+            await worker.wait()
+        await pilot.pause(0.05)
+
+
+@pytest.fixture()
+def fake_runs(monkeypatch: pytest.MonkeyPatch) -> list[FakeSession]:
+    started: list[FakeSession] = []
+
+    def start_session(plan, run_dir):
+        said: list = []
+        started.append(FakeSession(plan, run_dir, said.append))
+        return started[-1], said
+
+    monkeypatch.setattr("llmwizard.wizard.core.start_session", start_session)
+    return started
+
+
+@pytest.mark.asyncio
+async def test_one_run_directory_per_launch_and_the_live_run_is_reachable_from_every_step(gpus, fake_runs,
+                                                                                          tmp_path: Path):
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await go_to(pilot, 5)
+        await launched(pilot)
+        run_dir = fake_runs[0].run_dir
+        assert list(tmp_path.iterdir()) == [run_dir]
+        # Back from the run, and Export again from the plan, while it trains: no new directory.
+        await pilot.press("escape")
+        await calm(pilot)
+        assert app.screen.STEP == 5 and str(app.screen.query_one("#next").label) == "Watch run"
+        assert not app.screen.query_one("#next").disabled and "A run is training" in text_of(app, "#export")
+        await pilot.press("ctrl+n")  # the button goes to the live run: Esc is not a dead end
+        await calm(pilot)
+        assert app.screen.STEP == 6
+        for step in (5, 4, 1):
+            app.goto(step)
+            await calm(pilot)
+            assert app.screen.STEP == step
+            binding = app.screen.active_bindings["ctrl+r"]
+            assert binding.enabled and binding.binding.description == "Live run"  # shown in the footer
+            await pilot.press("ctrl+r")  # from any step
+            await calm(pilot)
+            assert app.screen.STEP == 6
+        app.goto(4)
+        await calm(pilot)
+        await pilot.press("ctrl+n")
+        await calm(pilot)
+        assert app.screen.STEP == 5 and list(tmp_path.iterdir()) == [run_dir]
+        # A changed plan is exported once, and the user is told.
+        await pilot.press("escape")
+        await calm(pilot)
+        app.screen.query_one("#learning-rate").value = "1e-4"
+        await calm(pilot)
+        await pilot.press("ctrl+n")
+        await calm(pilot)
+        assert len(list(tmp_path.iterdir())) == 2
+        assert f"The plan changed: wrote a new run directory ({run_dir.name} is kept)" in text_of(app, "#nav-status")
+        assert app.screen.query_one("#next").label.plain == "Watch run"  # no second launch while one trains
+        # The run ends: the directory it used is not launched again; Launch writes a fresh one.
+        fake_runs[0].stop()
+        await pilot.press("ctrl+r")
+        await calm(pilot)
+        app.goto(5)
+        await calm(pilot)
+        assert str(app.screen.query_one("#next").label) == "Launch"
+        app.state.launched_dir = app.state.export.run_dir  # as if the changed plan had been launched
+        app.goto(4)
+        await calm(pilot)
+        await pilot.press("ctrl+n")
+        await calm(pilot)
+        assert "belongs to the run launched from it" in text_of(app, "#export") and len(list(tmp_path.iterdir())) == 2
+        used = app.state.launched_dir
+        await launched(pilot)
+        assert len(list(tmp_path.iterdir())) == 3 and fake_runs[1].run_dir not in (run_dir, used)
+
+
+def test_leave_running_prints_how_to_follow_the_run(gpus, fake_runs, tmp_path: Path, capsys, monkeypatch):
+    from llmwizard.wizard import app as app_module
+
+    async def drive(app: WizardApp) -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await go_to(pilot, 5)
+            await launched(pilot)
+            await pilot.press("ctrl+q")
+            await pilot.pause()
+            assert type(app.screen).__name__ == "QuitModal"
+            await pilot.click("#leave")
+            await wait_until(pilot, lambda: not app.is_running, seconds=10, interval=0.1)
+        self_return.append(app.return_code)
+
+    self_return: list[int | None] = []
+
+    def run(self) -> None:
+        import asyncio
+
+        asyncio.run(drive(self))
+
+    monkeypatch.setattr(app_module.WizardApp, "run", run)
+    args = build_parser().parse_args(["--output-dir", str(tmp_path)])
+    assert app_module.run_app(args) == 0 and self_return == [0]
+    run_dir = fake_runs[0].run_dir
+    printed = capsys.readouterr().out
+    assert f"llmwizard watch {run_dir}" in printed and f"llmwizard status {tmp_path}" in printed
+    assert fake_runs[0].launch.stops == []  # left running
+
+
+def test_closing_the_terminal_stops_the_run_with_a_checkpoint(gpus, tmp_path: Path, monkeypatch):
+    """SIGHUP while a run trains: the wizard ends and stops the run as Stop does (the launcher's
+    graceful stop: SIGTERM to the group, every rank saves a checkpoint), unless it was left running."""
+    import os
+    import signal
+
+    from llmwizard.wizard import app as app_module
+
+    launches: list[FakeLaunch] = []
+
+    def run(self) -> None:
+        launches.append(FakeLaunch(tmp_path))
+        self.state.launch = launches[-1]
+        self.state.leave_running = len(launches) == 2
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    monkeypatch.setattr(app_module.WizardApp, "run", run)
+    args = build_parser().parse_args(["--output-dir", str(tmp_path)])
+    assert app_module.run_app(args) == 129
+    assert launches[0].stops == [30.0] and launches[0].poll() == 130
+    assert signal.getsignal(signal.SIGHUP) is not None and app_module.run_app(args) == 129
+    assert launches[1].stops == []  # the user chose to leave it running
