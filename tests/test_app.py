@@ -794,3 +794,25 @@ def test_closing_the_terminal_stops_the_run_with_a_checkpoint(gpus, tmp_path: Pa
     assert launches[0].stops == [30.0] and launches[0].poll() == 130
     assert signal.getsignal(signal.SIGHUP) is not None and app_module.run_app(args) == 129
     assert launches[1].stops == []  # the user chose to leave it running
+
+
+@pytest.mark.asyncio
+async def test_library_log_noise_stays_in_train_log(gpus, fake_runs, tmp_path: Path, monkeypatch):
+    """DeepSpeed's accelerator notice and tqdm's tokenizing bar are in train.log, not in the status line;
+    llmwizard's own lines are."""
+    noise = ["[2026-01-01 10:00:00,000] [INFO] [real_accelerator.py:254:get_accelerator] Setting ds_accelerator "
+             "to cuda (auto detect)", "Tokenizing train dataset:  40%|████      | 160/400 [00:00<00:00, 9.1 examples/s]"
+             "\rTokenizing train dataset: 100%|██████████| 400/400 [00:00<00:00, 9.3 examples/s]"]
+    tail = {"lines": noise}
+    monkeypatch.setattr(FakeLaunch, "log_tail", lambda self, lines: tail["lines"][-lines:])
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 5)
+        await launched(pilot)
+        app.screen._tick()
+        title = text_of(app, "#run-title")
+        assert "starting" in title and "accelerator" not in title and "Tokenizing" not in title
+        tail["lines"] = [noise[0], "llmwizard: strategy=ddp world_size=2 backend=nccl", *noise]
+        app.screen._tick()
+        title = text_of(app, "#run-title")
+        assert "llmwizard: strategy=ddp world_size=2" in title and "Tokenizing" not in title
