@@ -816,3 +816,20 @@ async def test_library_log_noise_stays_in_train_log(gpus, fake_runs, tmp_path: P
         app.screen._tick()
         title = text_of(app, "#run-title")
         assert "llmwizard: strategy=ddp world_size=2" in title and "Tokenizing" not in title
+
+
+def test_the_stop_summary_gives_the_step_its_checkpoint_holds(tmp_path: Path):
+    """Logged every 9 steps, stopped at step 58: the summary says 58, as checkpoint-58 does."""
+    from llmwizard.runner.state import RunState
+    from llmwizard.runner.summary import Outcome, build_summary
+
+    records = [{"type": "begin", "step": 0, "max_steps": 460, "world_size": 1, "time": 0.0}]
+    records += [{"type": "log", "step": s, "epoch": s / 23, "loss": 2.0 - s / 100, "time": float(s)}
+                for s in range(9, 55, 9)]
+    records.append({"type": "stop", "step": 58, "reason": "signal", "checkpoint": "output/checkpoint-58"})
+    (tmp_path / "output" / "checkpoint-58").mkdir(parents=True)
+    (tmp_path / "output" / "checkpoint-58" / "trainer_state.json").write_text("{}")
+    summary = build_summary(tmp_path, RunState.from_records(records), Outcome("stopped", 130))
+    rows = dict(summary.rows)
+    assert summary.title == "stopped at step 58" and rows["steps"].startswith("58/460")
+    assert "checkpoint-58" in rows["checkpoint"] and "(step 58)" in rows["checkpoint"]
