@@ -833,3 +833,18 @@ def test_the_stop_summary_gives_the_step_its_checkpoint_holds(tmp_path: Path):
     rows = dict(summary.rows)
     assert summary.title == "stopped at step 58" and rows["steps"].startswith("58/460")
     assert "checkpoint-58" in rows["checkpoint"] and "(step 58)" in rows["checkpoint"]
+
+
+def test_the_lora_share_is_of_all_parameters_and_below_100_percent_on_the_tiny_model():
+    from llmwizard.wizard import core
+    from llmwizard.wizard.screens.model import RANKS, lora_share, model_facts
+
+    model = core.load_model(None)  # the embedded tiny model
+    assert model.lora_params(64) > model.total_params  # rank-64 adapters outgrow the tiny model
+    console = Console(width=300, record=True, file=io.StringIO())
+    console.print(model_facts(model))
+    shown = console.export_text()
+    for r in RANKS:
+        share = lora_share(model, r)
+        assert 0 < share < 1 and f"r={r}:" in shown and f"({share:.1%})" in shown
+        assert share == model.lora_params(r) / (model.total_params + model.lora_params(r))
