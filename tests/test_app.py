@@ -848,3 +848,36 @@ def test_the_lora_share_is_of_all_parameters_and_below_100_percent_on_the_tiny_m
         share = lora_share(model, r)
         assert 0 < share < 1 and f"r={r}:" in shown and f"({share:.1%})" in shown
         assert share == model.lora_params(r) / (model.total_params + model.lora_params(r))
+
+
+@pytest.mark.asyncio
+async def test_the_gpus_field_is_off_for_this_machine_and_zero_memory_is_refused(gpus, tmp_path: Path):
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await go_to(pilot, 1)
+        screen = app.screen
+        spec, nodes = screen.query_one("#spec"), screen.query_one("#nodes")
+        assert spec.disabled and screen.query_one("#spec-label").has_class("-off")
+        await pilot.click("#spec")  # says how to turn it on
+        await pilot.pause()
+        assert "pick Other hardware" in text_of(app, "#nav-status") and app.focused is screen.query_one("#target")
+        await pilot.press("tab")
+        assert app.focused is nodes
+        await pilot.press(*"4xA100")  # meant for the GPUs field: nothing of it lands in nodes
+        await pilot.pause()
+        assert nodes.value == "1" and "nodes takes a whole number" in text_of(app, "#nav-status")
+        await pilot.click("#other")
+        await pilot.pause()
+        assert not spec.disabled and not screen.query_one("#spec-label").has_class("-off")
+        spec.value = "4x0GB"
+        await settle(pilot)
+        assert "is not a size" in text_of(app, "#spec-result")
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert type(app.screen).__name__ == "ErrorModal" and app.state.hardware is None
+
+
+def test_zero_gpu_memory_exits_2_on_the_command_line(tmp_path: Path):
+    result = subprocess.run([sys.executable, "-m", "llmwizard.wizard.cli", "plan", "--gpus", "4x0GB"],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "4x0GB" in result.stderr and "Traceback" not in result.stderr
