@@ -240,6 +240,11 @@ _FLAG_WORDS = [
     (r"--strategy (\w+)", lambda m: f"strategy {STRATEGY_WORDS.get(m.group(1), m.group(1))}"),
     (r"--micro-batch (\d+)", lambda m: f"micro-batch {m.group(1)}"),
     (r"--lora-r (\d+)", lambda m: f"LoRA rank {m.group(1)}"),
+    (r"--preset ([\w-]+)", lambda m: f"preset {m.group(1)} on step 1"),
+    (r"--learning-rate (\S+?)\)", lambda m: f"learning rate {m.group(1)})"),
+    (r"--learning-rate (\S+)", lambda m: f"learning rate {m.group(1)}"),
+    (r"--epochs (\S+)", lambda m: f"epochs {m.group(1)}"),
+    (r"--max-steps (\d+)", lambda m: f"max steps {m.group(1)}"),
     (r"--max-length (\d+)", lambda m: f"max length {m.group(1)}, from a preset or when the wizard is started "
                                        "with it"),
 ]

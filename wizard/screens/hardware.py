@@ -55,6 +55,14 @@ def hardware_view(hardware: HardwareProfile) -> Group:
     return Group(*parts)
 
 
+class Choice(RadioButton):
+    """A radio button that reads without colour: a filled dot when chosen, a ring when not."""
+
+    @property
+    def BUTTON_INNER(self) -> str:  # type: ignore[override]  # noqa: N802
+        return "●" if self.value else "○"
+
+
 class SpecInput(Input):
     """The GPUs field. While it is off (planning for this machine) a click on it is still heard, so
     the screen can say how to turn it on."""
@@ -101,8 +109,8 @@ class HardwareScreen(StepScreen):
         with VerticalScroll(id="detected-box"):
             yield Static("Detecting GPUs ...", id="detected")
         with RadioSet(id="target"):
-            yield RadioButton("This machine", id="this", value=not self.state.other_hardware)
-            yield RadioButton("Other hardware", id="other", value=self.state.other_hardware)
+            yield Choice("This machine", id="this", value=not self.state.other_hardware)
+            yield Choice("Other hardware", id="other", value=self.state.other_hardware)
         with Horizontal(id="spec-row", classes="form-row"):
             yield Label("GPUs", id="spec-label", classes="field-label")
             yield SpecInput(self.state.gpu_spec, placeholder="4xRTX4090, 8xH100-80GB, 2x24GB, cpu", id="spec",

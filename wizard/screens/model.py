@@ -17,6 +17,7 @@ from textual.widgets.option_list import Option
 
 from llmwizard.wizard.messages import Completions, ModelLoaded
 from llmwizard.wizard.screens.base import StepScreen
+from llmwizard.wizard.screens.hardware import Choice
 
 if TYPE_CHECKING:
     from llmwizard.autotune.model_spec import ModelSpec
@@ -75,7 +76,7 @@ class ModelScreen(StepScreen):
             with RadioSet(id="method"):
                 chosen = self.state.method or self._default_method()
                 for key, label in METHODS.items():
-                    yield RadioButton(label, id=key, value=key == chosen)
+                    yield Choice(label, id=key, value=key == chosen)
         yield Static(id="method-help", classes="detail")
 
     def on_mount(self) -> None:

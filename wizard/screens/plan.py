@@ -81,14 +81,22 @@ def summary_line(plan: Plan) -> Text:
 
 
 def reasons_table(plan: Plan) -> Table:
+    """Every choice with its reason, in the screen's words (no command-line flags)."""
+    from llmwizard.wizard import core
+
     table = Table(box=None, padding=(0, 1), show_header=False, expand=True)
     table.add_column("choice", style="bold", no_wrap=True)
     table.add_column("reason", ratio=1)
     for key, reason in plan.reasons.items():
-        table.add_row(key.replace("_", " "), reason)
-    for warning in plan.warnings:
-        table.add_row(Text("warning", style="bold yellow"), Text(warning, style="yellow"))
+        table.add_row(key.replace("_", " "), core.in_wizard_words(reason))
     return table
+
+
+def warnings_text(plan: Plan) -> Text:
+    """The plan's warnings, above the reasons where they are seen without scrolling."""
+    from llmwizard.wizard import core
+
+    return Text("\n").join(Text(f"! {core.in_wizard_words(warning)}", style="yellow") for warning in plan.warnings)
 
 
 class PlanScreen(StepScreen):
@@ -102,6 +110,7 @@ class PlanScreen(StepScreen):
         yield Static("Planning ...", id="plan-summary")
         yield MemoryBar(id="memory")
         yield Static(id="plan-problem", classes="problem")
+        yield Static(id="plan-warnings")
         with Horizontal(classes="form-row"):
             yield Label("micro-batch", id="label-micro-batch", classes="field-label")
             yield Input(id="micro-batch", classes="num", compact=True, validators=[GoalValue("micro_batch")],
@@ -157,6 +166,7 @@ class PlanScreen(StepScreen):
             self.query_one(MemoryBar).show(None, headline=Text("Planning ...", style="dim"))
             self.query_one("#reasons", Static).update("")
             self.query_one("#plan-problem").display = False
+            self._hide_warnings()
             self._mark_refused([])
         self.planned_for = inputs
         self.state.plan = None
@@ -195,6 +205,9 @@ class PlanScreen(StepScreen):
         self.query_one(MemoryBar).show(plan.estimate, device_word(plan))
         self.query_one("#reasons", Static).update(reasons_table(plan))
         self.query_one("#reasons-box").remove_class("-stale")
+        warnings = self.query_one("#plan-warnings", Static)
+        warnings.update(warnings_text(plan))
+        warnings.display = bool(plan.warnings)
         placeholders = {"micro-batch": plan.micro_batch, "lora-r": plan.lora.r if plan.lora else None,
                         "learning-rate": plan.learning_rate, "epochs": plan.epochs,
                         "max-steps": plan.max_steps if plan.max_steps > 0 else None}
@@ -214,8 +227,12 @@ class PlanScreen(StepScreen):
         self.query_one(MemoryBar).show(refusal.requested, device, headline=headline, caption="asked for: ")
         self._show_fix(refusal.fix)
         self._mark_refused([FIELD_IDS[name] for name in refusal.refused])
+        self._hide_warnings()
         self.show_last_plan()
         self.set_status("Export is off until a plan stands.", "warning")
+
+    def _hide_warnings(self) -> None:
+        self.query_one("#plan-warnings").display = False
 
     def _show_fix(self, fix: str | None) -> None:
         problem = self.query_one("#plan-problem", Static)
@@ -244,6 +261,7 @@ class PlanScreen(StepScreen):
         self.query_one(MemoryBar).show(None, headline=Text(f"{label}: {error}.", style="bold red"))
         self._show_fix("type an allowed value, or clear the field to let the planner decide.")
         self._mark_refused([field_id])
+        self._hide_warnings()
         self.show_last_plan()
         self.set_status(f"{label}: not an allowed value", "warning")
 
