@@ -334,10 +334,16 @@ def explain_refusal(hardware: HardwareProfile, model: ModelSpec, report: Dataset
             requested = estimate_request(last, model, overrides)
         except UserError:
             requested = None
+    detail = _detail(error, overrides)
+    if requested is not None:  # the verdict gives the bar's own figure
+        from llmwizard.wizard.report import size_text
+
+        detail = (f"it needs {size_text(requested.total)} per {'GPU' if hardware.device == 'cuda' else 'process'}, "
+                  f"and {size_text(requested.budget)} is free.")
     if fixes:
         refused = [name for name, _ in fixes]
         asked = ", ".join(value_words(name, overrides[name]) for name in refused)
-        return Refusal(f"{asked} not applied: {_detail(error, overrides)}",
+        return Refusal(f"{asked} not applied: {detail}",
                        "; or ".join(change[:1].upper() + change[1:] if i == 0 else change
                                     for i, (_, change) in enumerate(fixes)) + ".",
                        refused, requested)
@@ -346,7 +352,7 @@ def explain_refusal(hardware: HardwareProfile, model: ModelSpec, report: Dataset
         cleared_words = " and ".join(
             f"set {FIELD_WORDS[n]} to auto" if n in ("strategy", "checkpointing") else f"clear {FIELD_WORDS[n]}"
             for n in pins)
-        return Refusal(f"{asked} not applied together: {_detail(error, overrides)}",
+        return Refusal(f"{asked} not applied together: {detail}",
                        f"{cleared_words[:1].upper()}{cleared_words[1:]}: no one of them alone makes a plan.",
                        list(pins), requested)
     return Refusal(f"No plan: {in_wizard_words(error.message)}",
