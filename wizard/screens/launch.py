@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from llmwizard.wizard.core import ExportResult
 
 
-def export_text(result: ExportResult, launchable: bool, hardware: str) -> Text:
+def export_text(result: ExportResult, launchable: bool, hardware: str, running: bool = False) -> Text:
     text = Text()
     text.append("Run directory  ", style="bold")
     text.append(f"{result.run_dir}\n")
@@ -38,7 +38,9 @@ def export_text(result: ExportResult, launchable: bool, hardware: str) -> Text:
     text.append("; continue a stopped run with ", style="dim")
     text.append(f"llmwizard resume {result.run_dir}", style="bold")
     text.append(".\n", style="dim")
-    if launchable:
+    if running:
+        pass  # the screen says what to do while a run trains
+    elif launchable:
         text.append("\nLaunch starts it here and shows the loss as it trains.", style="green")
     else:
         text.append(f"\nThis plan is for {hardware}, not this machine: copy the run directory there and "
@@ -124,11 +126,11 @@ class LaunchScreen(StepScreen):
     def _show(self, result: ExportResult) -> None:
         launchable = self._launchable()
         hardware = self.state.plan.hardware if self.state.plan else ""
-        text = export_text(result, launchable, hardware)
         button = self.query_one("#next", Button)
         running = self.wizard.running()
+        text = export_text(result, launchable, hardware, running)
         if running:
-            text.append("\n\nA run is training" + (" from this directory" if self._used(result) else "")
+            text.append("\nA run is training" + (" from this directory" if self._used(result) else "")
                         + ": Watch run (Ctrl+N or Ctrl+R, from any step) shows it. Launch again once it has "
                         "ended.", style="yellow")
             button.label, button.disabled = "Watch run", False
