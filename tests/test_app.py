@@ -96,7 +96,7 @@ def text_of(app: WizardApp, selector: str) -> str:
     widget = app.screen.query_one(selector)
     console = Console(width=200, record=True, file=io.StringIO())
     console.print(widget.content if isinstance(widget, Static) else widget.render())
-    return console.export_text()
+    return console.export_text().replace("\u00a0", " ")  # no-break spaces keep figures with their units
 
 
 @pytest.mark.asyncio
@@ -881,3 +881,36 @@ def test_zero_gpu_memory_exits_2_on_the_command_line(tmp_path: Path):
     result = subprocess.run([sys.executable, "-m", "llmwizard.wizard.cli", "plan", "--gpus", "4x0GB"],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
     assert result.returncode == 2 and "4x0GB" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.asyncio
+async def test_a_pinned_strategy_on_a_70b_plan_is_refused_once_inline_and_other_edits_still_apply(gpus, tmp_path):
+    """DDP pinned where only ZeRO-3 with optimizer offload fits: no dialog (not now, not on later
+    keystrokes), the pin is shown as not applied, the fix names the strategy field, and an edit to
+    another field is still answered."""
+    app = make_app("--gpus", "8xH100-80GB", "--model", "llama-3.1-70b", "--method", "full", output=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await go_to(pilot, 4)
+        assert app.state.plan is not None and app.state.plan.strategy == "zero3"
+        screen = app.screen
+        screen.query_one("#strategy").value = "ddp"
+        await settle(pilot)
+        assert app.screen is screen and app.state.plan is None
+        verdict, fix = text_of(app, "#memory"), text_of(app, "#plan-problem")
+        assert verdict.startswith("strategy DDP not applied: it needs") and "fits" not in verdict
+        assert fix.startswith("Fix: Set strategy to auto (the planner picks ZeRO-3") and "--" not in fix
+        assert "strategy False" not in fix and "checkpointing False" not in verdict + fix
+        assert screen.query_one("#strategy").has_class("-refused")
+        screen.query_one("#learning-rate").focus()
+        await pilot.press(*"3e-5")
+        await settle(pilot)
+        assert app.screen is screen and screen.query_one("#learning-rate").value == "3e-5"
+        assert app.state.overrides == {"strategy": "ddp", "learning_rate": 3e-5}
+        assert text_of(app, "#memory").startswith("strategy DDP not applied")
+        screen.query_one("#strategy").value = "zero3"
+        await settle(pilot)
+        assert app.state.plan is not None and app.state.plan.strategy == "zero3"
+        assert app.state.plan.learning_rate == 3e-5 and not screen.query_one("#strategy").has_class("-refused")
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert exported_plan(app.state.export.run_dir)["strategy"] == "zero3"
