@@ -10,8 +10,8 @@ llmwizard.wizard.core; this module only wires screens together.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual.app import App
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from llmwizard.autotune.hardware import HardwareProfile
     from llmwizard.autotune.model_spec import ModelSpec
     from llmwizard.autotune.plan import Plan
-    from llmwizard.runner.engine import RunSession
     from llmwizard.runner.launch import Launch
     from llmwizard.wizard.core import DatasetReport, ExportResult
 
@@ -51,7 +50,6 @@ class WizardState:
     export: ExportResult | None = None
     exported_plan: Plan | None = None
     launch: Launch | None = None
-    session: RunSession | None = None            # the run session the run step follows
     launched_dir: Path | None = None             # the run directory of the last launch
     leave_running: bool = False                  # the user quit and chose to leave the run training
     stopped: bool = False                        # the user stopped the run

@@ -170,7 +170,6 @@ class LaunchScreen(StepScreen):
     @on(RunStarted)
     def started(self, message: RunStarted) -> None:
         self.state.launch = message.session.launch
-        self.state.session = message.session
         self.state.launched_dir = message.session.run_dir
         self.state.stopped = False
         self.state.leave_running = False
