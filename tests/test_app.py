@@ -7,6 +7,7 @@ embedded model on the CPU for real. Snapshot tests of the key screens live in te
 from __future__ import annotations
 
 import io
+import re
 import json
 import subprocess
 import sys
@@ -914,3 +915,24 @@ async def test_a_pinned_strategy_on_a_70b_plan_is_refused_once_inline_and_other_
         await pilot.press("ctrl+n")
         await settle(pilot)
         assert exported_plan(app.state.export.run_dir)["strategy"] == "zero3"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("size", [(80, 24), (120, 36)])
+async def test_the_memory_legend_never_splits_a_figure_from_its_unit(tmp_path: Path, monkeypatch, size):
+    """The legend lays out its entries itself: the terminal's word wrap broke "1.69 GiB" after the figure."""
+    rtx = fake_hardware(free_gib=(23.1, 23.6, 23.6, 20.2), total_gib=24, name="NVIDIA GeForce RTX 4090",
+                        interconnect="pcie")
+    monkeypatch.setattr("llmwizard.autotune.hardware.detect", lambda *args, **kwargs: rtx)
+    app = make_app("--model", "llama-3.1-8b", "--method", "full", output=tmp_path)
+    async with app.run_test(size=size) as pilot:
+        await go_to(pilot, 4)
+        app.screen.query_one("#checkpointing").value = "off"
+        await settle(pilot)
+        bar = app.screen.query_one("#memory")
+        lines = ["".join(segment.text for segment in line).rstrip()
+                 for line in bar.render_lines(bar.region.reset_offset)]
+        legend = [line for line in lines if "■" in line]
+        assert len(legend) >= 2 and all(line.strip().startswith("■") for line in legend), lines
+        for name in ("params", "grads", "optimizer", "activations", "logits", "overhead"):
+            assert any(re.search(rf"{name} [\d.]+ (GiB|MiB)", line) for line in legend), (name, lines)

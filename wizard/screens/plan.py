@@ -80,13 +80,6 @@ def summary_line(plan: Plan) -> Text:
     return text
 
 
-def keep_units(text: str) -> str:
-    """A figure and its unit never split over two lines ("1.67 GiB", "16 GB")."""
-    import re
-
-    return re.sub(r"(\d) (GiB|MiB|GB|TB|tokens|steps|epochs)\b", "\\1\u00a0\\2", text)
-
-
 def reasons_table(plan: Plan) -> Table:
     """Every choice with its reason, in the screen's words (no command-line flags)."""
     from llmwizard.wizard import core
@@ -95,7 +88,7 @@ def reasons_table(plan: Plan) -> Table:
     table.add_column("choice", style="bold", no_wrap=True)
     table.add_column("reason", ratio=1)
     for key, reason in plan.reasons.items():
-        table.add_row(key.replace("_", " "), keep_units(core.in_wizard_words(reason)))
+        table.add_row(key.replace("_", " "), core.in_wizard_words(reason))
     return table
 
 
@@ -103,7 +96,7 @@ def warnings_text(plan: Plan) -> Text:
     """The plan's warnings, above the reasons where they are seen without scrolling."""
     from llmwizard.wizard import core
 
-    return Text("\n").join(Text(f"! {keep_units(core.in_wizard_words(warning))}", style="yellow") for warning in plan.warnings)
+    return Text("\n").join(Text(f"! {core.in_wizard_words(warning)}", style="yellow") for warning in plan.warnings)
 
 
 class PlanScreen(StepScreen):
@@ -229,7 +222,7 @@ class PlanScreen(StepScreen):
         self.state.plan = None
         refusal = self.refusal = message.refusal
         self.field_error = None
-        headline = Text(keep_units(refusal.verdict), style="bold red")
+        headline = Text(refusal.verdict, style="bold red")
         device = device_word(self.last_plan) if self.last_plan else "GPU"
         self.query_one(MemoryBar).show(refusal.requested, device, headline=headline, caption="asked for: ")
         self._show_fix(refusal.fix)
@@ -243,7 +236,7 @@ class PlanScreen(StepScreen):
 
     def _show_fix(self, fix: str | None) -> None:
         problem = self.query_one("#plan-problem", Static)
-        problem.update(Text(f"Fix: {keep_units(fix)}", style="red") if fix else "")
+        problem.update(Text(f"Fix: {fix}", style="red") if fix else "")
         problem.display = bool(fix)
 
     def _mark_refused(self, field_ids: list[str]) -> None:

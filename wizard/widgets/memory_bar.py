@@ -71,9 +71,19 @@ class MemoryBar(Widget):
             text.append("░" * (width - used), style="dim")
         if est.total > est.budget:
             text.append("\n" + " " * budget_cell + "▲ budget", style="bold red")
+        # The legend, laid out here entry by entry: a line never breaks inside one ("1.67 GiB" stays
+        # whole; the terminal's word wrap would break at any space, no-break ones included).
         text.append("\n")
+        column = 0
         for name in COMPONENTS:
-            # No-break spaces keep each legend entry whole when the line wraps.
-            text.append("■\u00a0", style=COLORS[name])
-            text.append(f"{name} {size_text(getattr(est, name))}".replace(" ", "\u00a0") + "  ", style="default")
+            entry = f"{name} {size_text(getattr(est, name))}"
+            if column and column + 4 + len(entry) > width:  # "  " then "■ " then the entry
+                text.append("\n")
+                column = 0
+            elif column:
+                text.append("  ")
+                column += 2
+            text.append("■ ", style=COLORS[name])
+            text.append(entry, style="default")
+            column += 2 + len(entry)
         return text
