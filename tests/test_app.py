@@ -698,6 +698,7 @@ async def test_one_run_directory_per_launch_and_the_live_run_is_reachable_from_e
         await calm(pilot)
         assert app.screen.STEP == 5 and str(app.screen.query_one("#next").label) == "Watch run"
         assert not app.screen.query_one("#next").disabled and "A run is training" in text_of(app, "#export")
+        assert app.screen.active_bindings["ctrl+n"].binding.description == "Watch run"  # the footer says so
         await pilot.press("ctrl+n")  # the button goes to the live run: Esc is not a dead end
         await calm(pilot)
         assert app.screen.STEP == 6

@@ -51,7 +51,8 @@ def export_text(result: ExportResult, launchable: bool, hardware: str, running: 
 class LaunchScreen(StepScreen):
     STEP = 5
     NEXT_LABEL = "Launch"
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+n", "next", "Launch", priority=True)]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+n", "next", "Launch", priority=True),
+                                             Binding("ctrl+n", "watch", "Watch run", priority=True)]
 
     _failed: Plan | None = None      # the plan whose export is under way or failed
     _launch_after_export = False     # Launch was pressed for a plan whose directory a run used
@@ -141,7 +142,17 @@ class LaunchScreen(StepScreen):
                             "directory for the same plan and starts that.", style="yellow")
             button.label, button.disabled = "Launch", not launchable
         self.query_one("#export", Static).update(text)
+        self.refresh_bindings()
         button.focus()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Ctrl+N launches, or, while a run trains, shows it (the footer names which)."""
+        if action in ("next", "watch"):
+            return (action == "watch") == self.wizard.running()
+        return super().check_action(action, parameters)
+
+    def action_watch(self) -> None:
+        self.wizard.goto(self.STEP + 1)
 
     def action_next(self) -> None:
         button = self.query_one("#next", Button)
