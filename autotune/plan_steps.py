@@ -125,7 +125,8 @@ def lora(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -> Decisio
     lora = LoraSettings(r=r, alpha=goals.lora_alpha or 2 * r,
                         dropout=goals.lora_dropout if goals.lora_dropout is not None else 0.05,
                         target_modules=list(targets), peft_targets=model.lora_target_modules(targets))
-    share = model.lora_params(r, targets) / model.total_params
+    # PEFT's "trainable%": of the base plus the adapters (below 100% even for a tiny model at a high rank).
+    share = model.lora_params(r, targets) / (model.total_params + model.lora_params(r, targets))
     return Decision(lora, f"rank {r}, alpha {lora.alpha} on {', '.join(targets)}: "
                           f"{model.lora_params(r, targets):,} trainable parameters ({share:.2%}); "
                           f"rank from {goals.source('lora_r', _rule_text(rule))}")

@@ -166,6 +166,19 @@ def _learning_rate(records: list[dict[str, Any]]) -> float | None:
     return float(lr) if isinstance(lr, (int, float)) and lr > 0 else None
 
 
+def _train_longer(records: list[dict[str, Any]]) -> str:
+    """"train more epochs", or, when max steps ended the run before its epochs did, "raise max steps"
+    (more epochs would change nothing)."""
+    epochs = float(begin_record(records).get("num_train_epochs") or 0)
+    reached = max((float(r["epoch"]) for r in records if r.get("type") == "log" and r.get("epoch") is not None),
+                  default=0.0)
+    max_steps = int(begin_record(records).get("max_steps") or 0)
+    if epochs and max_steps and reached < epochs * 0.99:
+        return (f"raise max steps (the run stopped at its cap of {max_steps} steps, after {reached:.2f} of "
+                f"{epochs:g} epochs)")
+    return "train more epochs"
+
+
 def _raise_lr(records: list[dict[str, Any]]) -> str:
     """How to raise the learning rate; a figure only in the usual fine-tuning range (<= 5e-4),
     where x3 is a safe next try (LoRA tolerates ~10x the full fine-tuning rate)."""
@@ -236,7 +249,7 @@ def plateau(records: list[dict[str, Any]], final: bool) -> Finding | None:
         return Finding("plateau", WARNING, losses[-1][0], "Loss is flat",
                        f"The loss went from {first:.3f} to {last:.3f} ({-drop:+.1%}) over steps "
                        f"{losses[0][0]}-{losses[-1][0]}: the model is hardly learning.",
-                       f"{higher[0].upper() + higher[1:]} or train more epochs; if it stays flat, check that "
+                       f"{higher[0].upper() + higher[1:]} or {_train_longer(records)}; if it stays flat, check that "
                        "the answers are not cut off by max_length.")
     if final and len(losses) >= 2 * quarter + 2:
         third = statistics.fmean(loss for _, loss in losses[-2 * quarter:-quarter])
@@ -244,7 +257,7 @@ def plateau(records: list[dict[str, Any]], final: bool) -> Finding | None:
             return Finding("still_falling", WARNING, losses[-1][0], "Loss was still falling",
                            f"The loss fell {(third - last) / third:.0%} in the last quarter of the run "
                            f"({third:.3f} -> {last:.3f}): it had not converged.",
-                           f"Train more epochs or {higher}.")
+                           f"{_train_longer(records)[0].upper()}{_train_longer(records)[1:]} or {higher}.")
     return None
 
 

@@ -125,8 +125,10 @@ class RunState:
                 return True
         elif kind == "save":
             self.checkpoints.append(str(record.get("checkpoint")))
+            self.step = max(self.step, int(record.get("step") or 0))  # saved after steps not logged yet
         elif kind == "stop":
             self.stop = record
+            self.step = max(self.step, int(record.get("step") or 0))  # the step its checkpoint holds
         elif kind == "end":
             self.ended = True
             self.end_reason = record.get("reason")

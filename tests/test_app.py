@@ -7,6 +7,7 @@ embedded model on the CPU for real. Snapshot tests of the key screens live in te
 from __future__ import annotations
 
 import io
+import re
 import json
 import subprocess
 import sys
@@ -96,7 +97,7 @@ def text_of(app: WizardApp, selector: str) -> str:
     widget = app.screen.query_one(selector)
     console = Console(width=200, record=True, file=io.StringIO())
     console.print(widget.content if isinstance(widget, Static) else widget.render())
-    return console.export_text()
+    return console.export_text().replace("\u00a0", " ")  # no-break spaces keep figures with their units
 
 
 @pytest.mark.asyncio
@@ -167,20 +168,24 @@ async def test_what_if_edits_replan_and_a_setup_that_does_not_fit_is_shown_inlin
         screen.query_one("#micro-batch").value = "4096"
         await settle(pilot)
         assert app.state.plan is None
+        verdict = text_of(app, "#memory")
+        assert verdict.startswith("micro-batch 4096 not applied: it needs") and "fits" not in verdict
+        assert "▲ budget" in verdict  # the bar of what was asked for runs past the budget
         problem = text_of(app, "#plan-problem")
-        assert "Does not fit" in problem and "Fix:" in problem
-        assert "asked for" in text_of(app, "#memory") and "does NOT fit" in text_of(app, "#memory")
+        assert "Fix: Set micro-batch to" in problem and "or clear it (the planner picks" in problem
+        assert "✗ micro-batch" in str(screen.query_one("#label-micro-batch").content)
+        assert screen.query_one("#micro-batch").has_class("-refused")
 
-        await pilot.press("ctrl+n")  # Next refuses, with the planner's words
+        await pilot.press("ctrl+n")  # Export refuses where the user is looking, without a dialog
         await pilot.pause()
-        assert type(app.screen).__name__ == "ErrorModal"
-        assert "does not fit" in text_of(app, "#error-message")
-        await pilot.press("enter")
-        await pilot.pause()
+        assert type(app.screen).__name__ == "PlanScreen" and not list(tmp_path.iterdir())
+        assert "No plan to export" in text_of(app, "#nav-status")
 
         screen.query_one("#micro-batch").value = ""
         await settle(pilot)
         assert app.state.plan is not None and not screen.query_one("#plan-problem").display
+        assert not screen.query_one("#micro-batch").has_class("-refused")
+        assert str(screen.query_one("#label-micro-batch").content) == "micro-batch"
 
 
 @pytest.mark.asyncio
@@ -200,8 +205,8 @@ async def test_a_bad_what_if_value_is_answered_with_the_schema_rule(gpus, tmp_pa
         screen = app.screen
         screen.query_one(field).value = typed
         await settle(pilot)
-        problem = text_of(app, "#plan-problem")
-        assert f"'{typed}' is not allowed" in problem and allowed in problem and "clear the field" in problem
+        verdict, problem = text_of(app, "#memory"), text_of(app, "#plan-problem")
+        assert f"'{typed}' is not allowed" in verdict and allowed in verdict and "clear the field" in problem
         assert app.state.plan is None and "last plan that worked" in text_of(app, "#plan-summary")
         assert not screen.query_one(field).is_valid
         await pilot.press("ctrl+n")  # the last valid plan is not exported under an invalid field
@@ -223,7 +228,11 @@ async def test_a_strategy_that_cannot_run_is_explained_not_crashed(gpus, tmp_pat
         app.screen.query_one("#strategy").value = "single"
         await settle(pilot)
         assert app.state.plan is None
-        assert "Strategy 'single' runs one process" in text_of(app, "#plan-problem")
+        verdict = text_of(app, "#memory")
+        assert verdict.startswith("strategy single not applied: it runs one process, but the plan has 2")
+        fix = text_of(app, "#plan-problem")
+        assert fix.startswith("Fix: Set strategy to auto (the planner picks") and "--" not in fix
+        assert "FSDP2" in fix and "DDP" in fix  # the other strategies that work, by their names here
         app.screen.query_one("#strategy").value = "fsdp"
         await settle(pilot)
         assert app.state.plan is not None and app.state.plan.strategy == "fsdp"
@@ -389,11 +398,13 @@ async def test_launch_trains_on_the_cpu_and_plots_the_loss(tmp_path: Path):
         assert any(0x2800 < ord(ch) <= 0x28FF for ch in text_of(app, "#loss"))  # braille drawn
         assert (run_dir / "output" / "adapter_config.json").is_file()
         assert str(screen.query_one("#next").label) == "Quit"
-        # Back to launch: the finished run keeps its directory; a new launch gets a new one.
+        # Back to launch: the finished run keeps its directory (nothing is exported by going back);
+        # Launch would write a new one.
         await pilot.press("escape")
         await settle(pilot)
-        assert app.screen.STEP == 5 and app.state.export.run_dir != run_dir
-        assert not app.screen.query_one("#next").disabled
+        assert app.screen.STEP == 5 and app.state.export.run_dir == run_dir
+        assert "belongs to the run launched from it" in text_of(app, "#export")
+        assert not app.screen.query_one("#next").disabled and len(list(run_dir.parent.iterdir())) == 1
         await pilot.press("ctrl+q")
     assert app.return_code == 0
 
@@ -490,3 +501,439 @@ def test_diagnostics_are_worded_for_the_run_screen():
     console.print(findings_view(findings))
     shown = " ".join(console.export_text().split())
     assert findings[0].message in shown and f"Fix: {findings[0].fix}" in shown
+
+
+def shown_plan(app: WizardApp) -> dict[str, object]:
+    """What the plan step shows, read back from the screen's text (not from the app's state)."""
+    import re
+
+    summary = " ".join(text_of(app, "#plan-summary").split())
+    found = re.search(r"^(\w+) on (\d+) \w+ · (\w+)(?: r=(\d+))? · \w+ · micro-batch (\d+) x accum (\d+) = (\d+) · "
+                      r"(\d+) tokens · .* · lr (\S+)$", summary)
+    assert found, summary
+    strategy, world, method, rank, micro, accum, effective, length, lr = found.groups()
+    return {"summary": summary, "strategy": strategy, "num_processes": int(world), "method": method,
+            "lora_r": int(rank) if rank else None, "micro_batch": int(micro), "grad_accum": int(accum),
+            "effective_batch": int(effective), "max_length": int(length), "learning_rate": float(lr)}
+
+
+def exported_plan(run_dir: Path) -> dict[str, object]:
+    """The same facts from the run directory's plan.yaml and sft_config.yaml."""
+    import yaml
+
+    from llmwizard.autotune.plan import Plan
+    from llmwizard.wizard.screens.plan import summary_line
+
+    plan = Plan.load(run_dir / "plan.yaml")
+    sft = yaml.safe_load((run_dir / "sft_config.yaml").read_text())
+    assert sft["learning_rate"] == plan.learning_rate and sft["per_device_train_batch_size"] == plan.micro_batch
+    assert sft["gradient_accumulation_steps"] == plan.grad_accum and sft["max_length"] == plan.max_length
+    assert sft.get("lora_r") == (plan.lora.r if plan.lora else None)
+    return {"summary": " ".join(summary_line(plan).plain.split()), "strategy": plan.strategy,
+            "num_processes": plan.num_processes, "method": plan.method, "lora_r": sft.get("lora_r"),
+            "micro_batch": sft["per_device_train_batch_size"], "grad_accum": sft["gradient_accumulation_steps"],
+            "effective_batch": plan.effective_batch, "max_length": sft["max_length"],
+            "learning_rate": sft["learning_rate"]}
+
+
+@pytest.mark.asyncio
+async def test_the_plan_on_screen_is_the_plan_exported_after_every_kind_of_edit(gpus, tmp_path: Path):
+    """After each kind of edit (learning rate, rank, micro-batch, a strategy pin, other hardware)
+    the plan the screen shows is the one plan.yaml and sft_config.yaml hold; a pin that was refused
+    exports nothing."""
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await go_to(pilot, 4)
+        edits = [("#learning-rate", "1e-4"), ("#lora-r", "16"), ("#micro-batch", "2"), ("#strategy", "zero2"),
+                 ("#strategy", "single"), ("hardware", "1xT4")]
+        exports: list[Path] = []
+        for field, value in edits:
+            if field == "hardware":  # Back to the hardware step: plan for one T4 instead
+                app.goto(1)
+                await settle(pilot)
+                await pilot.click("#other")
+                app.screen.query_one("#spec").value = value
+                await settle(pilot)
+                await pilot.press("ctrl+n")
+                await go_to(pilot, 4)
+                assert "T4" in app.state.hardware.describe()
+            else:
+                app.screen.query_one(field).value = value
+                await settle(pilot)
+            screen = app.screen
+            if value == "single":  # refused on two GPUs: shown as not applied, nothing exported
+                assert "strategy single not applied" in text_of(app, "#memory")
+                assert screen.query_one("#strategy").has_class("-refused")
+                await pilot.press("ctrl+n")
+                await settle(pilot)
+                assert app.screen is screen and len(list(tmp_path.iterdir())) == len(exports)
+                screen.query_one("#strategy").value = "auto"
+                await settle(pilot)
+                continue
+            shown = shown_plan(app)
+            if field == "#learning-rate":
+                assert shown["learning_rate"] == 1e-4
+            elif field == "#lora-r":
+                assert shown["lora_r"] == 16
+            elif field == "#micro-batch":
+                assert shown["micro_batch"] == 2
+            elif field == "#strategy":
+                assert shown["strategy"] == "zero2"
+            else:
+                assert shown["num_processes"] == 1 and shown["strategy"] == "single"
+                assert "per GPU: fits" in text_of(app, "#memory")
+            await pilot.press("ctrl+n")  # Export
+            await settle(pilot)
+            assert app.screen.STEP == 5
+            run_dir = app.state.export.run_dir
+            assert run_dir not in exports
+            exports.append(run_dir)
+            assert exported_plan(run_dir) == shown, field
+            await pilot.press("escape")
+            await settle(pilot)
+            assert app.screen.STEP == 4
+        assert sorted(tmp_path.iterdir()) == sorted(exports)
+
+
+@pytest.mark.asyncio
+async def test_switching_hardware_leaves_nothing_of_the_old_plan_on_screen(gpus, tmp_path: Path):
+    """H100s, then one T4 for a model that does not fit it: the verdict is the T4's alone."""
+    app = make_app("--gpus", "8xH100-80GB", "--model", "llama-3.1-8b", "--method", "full", output=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await go_to(pilot, 4)
+        assert "per GPU: fits" in text_of(app, "#memory") and app.state.plan is not None
+        app.goto(1)
+        await settle(pilot)
+        app.screen.query_one("#spec").value = "1xT4"
+        await settle(pilot)
+        await pilot.press("ctrl+n")
+        await go_to(pilot, 4)
+        await settle(pilot)
+        verdict = text_of(app, "#memory")
+        assert app.state.plan is None
+        assert verdict.startswith("No plan:") and "fits" not in verdict.replace("does not fit", "")
+        assert "H100" not in text_of(app, "#plan-summary") + verdict and "15.0 GiB is free" in verdict
+        assert "No plan yet" in text_of(app, "#plan-summary") and not text_of(app, "#reasons").strip()
+        fix = text_of(app, "#plan-problem")
+        assert fix.startswith("Fix:") and "--" not in fix and "method QLoRA, on step 3" in fix
+
+
+class FakeLaunch:
+    """The launcher's side of a run for UI tests: running until stopped (no processes)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        import time
+
+        self.run_dir, self.process, self.started = run_dir, object(), time.monotonic()
+        self.code: int | None = None
+        self.stops: list[float] = []
+
+    def poll(self) -> int | None:
+        return self.code
+
+    def log_tail(self, lines: int) -> list[str]:
+        return []
+
+    def stop(self, grace: float = 30.0) -> int:
+        self.stops.append(grace)
+        self.code = 130
+        return 130
+
+
+class FakeSession:
+    """A run session that trains nothing: it runs until stopped or until the wizard stops following."""
+
+    def __init__(self, plan, run_dir: Path, said) -> None:
+        self.plan, self.run_dir, self.launch, self.on_event = plan, run_dir, FakeLaunch(run_dir), said
+
+    def start(self) -> None:
+        pass
+
+    def running(self) -> bool:
+        return self.launch.code is None
+
+    def stop(self) -> None:
+        self.launch.stop()
+
+    def run(self, detached=None) -> None:
+        import time
+
+        while self.launch.code is None and not (detached and detached()):
+            time.sleep(0.05)
+
+
+async def calm(pilot) -> None:
+    """Let the UI answer while a run is followed (its worker lasts the run, so `settle` would wait)."""
+    for _ in range(3):
+        pending = [w for w in pilot.app.workers if w.group != "follow"]
+        for worker in pending:
+            await worker.wait()
+        await pilot.pause(0.05)
+
+
+@pytest.fixture()
+def fake_runs(monkeypatch: pytest.MonkeyPatch) -> list[FakeSession]:
+    started: list[FakeSession] = []
+
+    def start_session(plan, run_dir):
+        said: list = []
+        started.append(FakeSession(plan, run_dir, said.append))
+        return started[-1], said
+
+    monkeypatch.setattr("llmwizard.wizard.core.start_session", start_session)
+    return started
+
+
+@pytest.mark.asyncio
+async def test_one_run_directory_per_launch_and_the_live_run_is_reachable_from_every_step(gpus, fake_runs,
+                                                                                          tmp_path: Path):
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await go_to(pilot, 5)
+        await launched(pilot)
+        run_dir = fake_runs[0].run_dir
+        assert list(tmp_path.iterdir()) == [run_dir]
+        # Back from the run, and Export again from the plan, while it trains: no new directory.
+        await pilot.press("escape")
+        await calm(pilot)
+        assert app.screen.STEP == 5 and str(app.screen.query_one("#next").label) == "Watch run"
+        assert not app.screen.query_one("#next").disabled and "A run is training" in text_of(app, "#export")
+        assert app.screen.active_bindings["ctrl+n"].binding.description == "Watch run"  # the footer says so
+        await pilot.press("ctrl+n")  # the button goes to the live run: Esc is not a dead end
+        await calm(pilot)
+        assert app.screen.STEP == 6
+        for step in (5, 4, 1):
+            app.goto(step)
+            await calm(pilot)
+            assert app.screen.STEP == step
+            binding = app.screen.active_bindings["ctrl+r"]
+            assert binding.enabled and binding.binding.description == "Live run"  # shown in the footer
+            await pilot.press("ctrl+r")  # from any step
+            await calm(pilot)
+            assert app.screen.STEP == 6
+        app.goto(4)
+        await calm(pilot)
+        await pilot.press("ctrl+n")
+        await calm(pilot)
+        assert app.screen.STEP == 5 and list(tmp_path.iterdir()) == [run_dir]
+        # A changed plan is exported once, and the user is told.
+        await pilot.press("escape")
+        await calm(pilot)
+        app.screen.query_one("#learning-rate").value = "1e-4"
+        await calm(pilot)
+        await pilot.press("ctrl+n")
+        await calm(pilot)
+        assert len(list(tmp_path.iterdir())) == 2
+        assert f"The plan changed: wrote a new run directory ({run_dir.name} is kept)" in text_of(app, "#nav-status")
+        assert app.screen.query_one("#next").label.plain == "Watch run"  # no second launch while one trains
+        # The run ends: the directory it used is not launched again; Launch writes a fresh one.
+        fake_runs[0].stop()
+        await pilot.press("ctrl+r")
+        await calm(pilot)
+        app.goto(5)
+        await calm(pilot)
+        assert str(app.screen.query_one("#next").label) == "Launch"
+        app.state.launched_dir = app.state.export.run_dir  # as if the changed plan had been launched
+        app.goto(4)
+        await calm(pilot)
+        await pilot.press("ctrl+n")
+        await calm(pilot)
+        assert "belongs to the run launched from it" in text_of(app, "#export") and len(list(tmp_path.iterdir())) == 2
+        used = app.state.launched_dir
+        await launched(pilot)
+        assert len(list(tmp_path.iterdir())) == 3 and fake_runs[1].run_dir not in (run_dir, used)
+
+
+def test_leave_running_prints_how_to_follow_the_run(gpus, fake_runs, tmp_path: Path, capsys, monkeypatch):
+    from llmwizard.wizard import app as app_module
+
+    async def drive(app: WizardApp) -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await go_to(pilot, 5)
+            await launched(pilot)
+            await pilot.press("ctrl+q")
+            await pilot.pause()
+            assert type(app.screen).__name__ == "QuitModal"
+            await pilot.click("#leave")
+            await wait_until(pilot, lambda: not app.is_running, seconds=10, interval=0.1)
+        self_return.append(app.return_code)
+
+    self_return: list[int | None] = []
+
+    def run(self) -> None:
+        import asyncio
+
+        asyncio.run(drive(self))
+
+    monkeypatch.setattr(app_module.WizardApp, "run", run)
+    args = build_parser().parse_args(["--output-dir", str(tmp_path)])
+    assert app_module.run_app(args) == 0 and self_return == [0]
+    run_dir = fake_runs[0].run_dir
+    printed = capsys.readouterr().out
+    assert f"llmwizard watch {run_dir}" in printed and f"llmwizard status {tmp_path}" in printed
+    assert fake_runs[0].launch.stops == []  # left running
+
+
+def test_closing_the_terminal_stops_the_run_with_a_checkpoint(gpus, tmp_path: Path, monkeypatch):
+    """SIGHUP while a run trains: the wizard ends and stops the run as Stop does (the launcher's
+    graceful stop: SIGTERM to the group, every rank saves a checkpoint), unless it was left running."""
+    import os
+    import signal
+
+    from llmwizard.wizard import app as app_module
+
+    launches: list[FakeLaunch] = []
+
+    def run(self) -> None:
+        launches.append(FakeLaunch(tmp_path))
+        self.state.launch = launches[-1]
+        self.state.leave_running = len(launches) == 2
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    monkeypatch.setattr(app_module.WizardApp, "run", run)
+    args = build_parser().parse_args(["--output-dir", str(tmp_path)])
+    assert app_module.run_app(args) == 129
+    assert launches[0].stops == [30.0] and launches[0].poll() == 130
+    assert signal.getsignal(signal.SIGHUP) is not None and app_module.run_app(args) == 129
+    assert launches[1].stops == []  # the user chose to leave it running
+
+
+@pytest.mark.asyncio
+async def test_library_log_noise_stays_in_train_log(gpus, fake_runs, tmp_path: Path, monkeypatch):
+    """DeepSpeed's accelerator notice and tqdm's tokenizing bar are in train.log, not in the status line;
+    llmwizard's own lines are."""
+    noise = ["[2026-01-01 10:00:00,000] [INFO] [real_accelerator.py:254:get_accelerator] Setting ds_accelerator "
+             "to cuda (auto detect)", "Tokenizing train dataset:  40%|████      | 160/400 [00:00<00:00, 9.1 examples/s]"
+             "\rTokenizing train dataset: 100%|██████████| 400/400 [00:00<00:00, 9.3 examples/s]"]
+    tail = {"lines": noise}
+    monkeypatch.setattr(FakeLaunch, "log_tail", lambda self, lines: tail["lines"][-lines:])
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 5)
+        await launched(pilot)
+        app.screen._tick()
+        title = text_of(app, "#run-title")
+        assert "starting" in title and "accelerator" not in title and "Tokenizing" not in title
+        tail["lines"] = [noise[0], "llmwizard: strategy=ddp world_size=2 backend=nccl", *noise]
+        app.screen._tick()
+        title = text_of(app, "#run-title")
+        assert "llmwizard: strategy=ddp world_size=2" in title and "Tokenizing" not in title
+
+
+def test_the_stop_summary_gives_the_step_its_checkpoint_holds(tmp_path: Path):
+    """Logged every 9 steps, stopped at step 58: the summary says 58, as checkpoint-58 does."""
+    from llmwizard.runner.state import RunState
+    from llmwizard.runner.summary import Outcome, build_summary
+
+    records = [{"type": "begin", "step": 0, "max_steps": 460, "world_size": 1, "time": 0.0}]
+    records += [{"type": "log", "step": s, "epoch": s / 23, "loss": 2.0 - s / 100, "time": float(s)}
+                for s in range(9, 55, 9)]
+    records.append({"type": "stop", "step": 58, "reason": "signal", "checkpoint": "output/checkpoint-58"})
+    (tmp_path / "output" / "checkpoint-58").mkdir(parents=True)
+    (tmp_path / "output" / "checkpoint-58" / "trainer_state.json").write_text("{}")
+    summary = build_summary(tmp_path, RunState.from_records(records), Outcome("stopped", 130))
+    rows = dict(summary.rows)
+    assert summary.title == "stopped at step 58" and rows["steps"].startswith("58/460")
+    assert "checkpoint-58" in rows["checkpoint"] and "(step 58)" in rows["checkpoint"]
+
+
+def test_the_lora_share_is_of_all_parameters_and_below_100_percent_on_the_tiny_model():
+    from llmwizard.wizard import core
+    from llmwizard.wizard.screens.model import RANKS, lora_share, model_facts
+
+    model = core.load_model(None)  # the embedded tiny model
+    assert model.lora_params(64) > model.total_params  # rank-64 adapters outgrow the tiny model
+    console = Console(width=300, record=True, file=io.StringIO())
+    console.print(model_facts(model))
+    shown = console.export_text()
+    for r in RANKS:
+        share = lora_share(model, r)
+        assert 0 < share < 1 and f"r={r}:" in shown and f"({share:.1%})" in shown
+        assert share == model.lora_params(r) / (model.total_params + model.lora_params(r))
+
+
+@pytest.mark.asyncio
+async def test_the_gpus_field_is_off_for_this_machine_and_zero_memory_is_refused(gpus, tmp_path: Path):
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await go_to(pilot, 1)
+        screen = app.screen
+        spec, nodes = screen.query_one("#spec"), screen.query_one("#nodes")
+        assert spec.disabled and screen.query_one("#spec-label").has_class("-off")
+        await pilot.click("#spec")  # says how to turn it on
+        await pilot.pause()
+        assert "pick Other hardware" in text_of(app, "#nav-status") and app.focused is screen.query_one("#target")
+        await pilot.press("tab")
+        assert app.focused is nodes
+        await pilot.press(*"4xA100")  # meant for the GPUs field: nothing of it lands in nodes
+        await pilot.pause()
+        assert nodes.value == "1" and "nodes takes a whole number" in text_of(app, "#nav-status")
+        await pilot.click("#other")
+        await pilot.pause()
+        assert not spec.disabled and not screen.query_one("#spec-label").has_class("-off")
+        spec.value = "4x0GB"
+        await settle(pilot)
+        assert "is not a size" in text_of(app, "#spec-result")
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert type(app.screen).__name__ == "ErrorModal" and app.state.hardware is None
+
+
+def test_zero_gpu_memory_exits_2_on_the_command_line(tmp_path: Path):
+    result = subprocess.run([sys.executable, "-m", "llmwizard.wizard.cli", "plan", "--gpus", "4x0GB"],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "4x0GB" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.asyncio
+async def test_a_pinned_strategy_on_a_70b_plan_is_refused_once_inline_and_other_edits_still_apply(gpus, tmp_path):
+    """DDP pinned where only ZeRO-3 with optimizer offload fits: no dialog (not now, not on later
+    keystrokes), the pin is shown as not applied, the fix names the strategy field, and an edit to
+    another field is still answered."""
+    app = make_app("--gpus", "8xH100-80GB", "--model", "llama-3.1-70b", "--method", "full", output=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await go_to(pilot, 4)
+        assert app.state.plan is not None and app.state.plan.strategy == "zero3"
+        screen = app.screen
+        screen.query_one("#strategy").value = "ddp"
+        await settle(pilot)
+        assert app.screen is screen and app.state.plan is None
+        verdict, fix = text_of(app, "#memory"), text_of(app, "#plan-problem")
+        assert verdict.startswith("strategy DDP not applied: it needs") and "fits" not in verdict
+        assert fix.startswith("Fix: Set strategy to auto (the planner picks ZeRO-3") and "--" not in fix
+        assert "strategy False" not in fix and "checkpointing False" not in verdict + fix
+        assert screen.query_one("#strategy").has_class("-refused")
+        screen.query_one("#learning-rate").focus()
+        await pilot.press(*"3e-5")
+        await settle(pilot)
+        assert app.screen is screen and screen.query_one("#learning-rate").value == "3e-5"
+        assert app.state.overrides == {"strategy": "ddp", "learning_rate": 3e-5}
+        assert text_of(app, "#memory").startswith("strategy DDP not applied")
+        screen.query_one("#strategy").value = "zero3"
+        await settle(pilot)
+        assert app.state.plan is not None and app.state.plan.strategy == "zero3"
+        assert app.state.plan.learning_rate == 3e-5 and not screen.query_one("#strategy").has_class("-refused")
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert exported_plan(app.state.export.run_dir)["strategy"] == "zero3"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("size", [(80, 24), (120, 36)])
+async def test_the_memory_legend_never_splits_a_figure_from_its_unit(tmp_path: Path, monkeypatch, size):
+    """The legend lays out its entries itself: the terminal's word wrap broke "1.69 GiB" after the figure."""
+    rtx = fake_hardware(free_gib=(23.1, 23.6, 23.6, 20.2), total_gib=24, name="NVIDIA GeForce RTX 4090",
+                        interconnect="pcie")
+    monkeypatch.setattr("llmwizard.autotune.hardware.detect", lambda *args, **kwargs: rtx)
+    app = make_app("--model", "llama-3.1-8b", "--method", "full", output=tmp_path)
+    async with app.run_test(size=size) as pilot:
+        await go_to(pilot, 4)
+        app.screen.query_one("#checkpointing").value = "off"
+        await settle(pilot)
+        bar = app.screen.query_one("#memory")
+        lines = ["".join(segment.text for segment in line).rstrip()
+                 for line in bar.render_lines(bar.region.reset_offset)]
+        legend = [line for line in lines if "■" in line]
+        assert len(legend) >= 2 and all(line.strip().startswith("■") for line in legend), lines
+        for name in ("params", "grads", "optimizer", "activations", "logits", "overhead"):
+            assert any(re.search(rf"{name} [\d.]+ (GiB|MiB)", line) for line in legend), (name, lines)

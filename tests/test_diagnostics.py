@@ -140,6 +140,17 @@ def test_still_falling_at_the_end_says_train_longer():
     assert dx.plateau(run_records(falling(40, 3.0, 1.0)), final=False) is None
 
 
+def test_still_falling_when_max_steps_capped_the_run_says_raise_max_steps_not_more_epochs():
+    records = run_records(falling(40, 3.0, 1.0))  # 40 steps, epoch 4.0 at the end
+    records[0]["num_train_epochs"] = 20.0        # the epochs it was planned for: max steps cut it short
+    finding = dx.plateau(records, final=True)
+    assert finding is not None and finding.code == "still_falling"
+    assert "epochs" not in finding.fix.split("(")[0] and finding.fix.startswith("Raise max steps")
+    assert "cap of 40 steps, after 4.00 of 20 epochs" in finding.fix
+    records[0]["num_train_epochs"] = 4.0         # the epochs ran out first: more epochs is the advice
+    assert "more epochs" in dx.plateau(records, final=True).fix
+
+
 def test_diagnose_puts_stops_first_and_drops_plateau_advice_when_overfitting():
     evals = {5: 2.0, 10: 1.6, 15: 1.5, 20: 1.55, 25: 1.62, 30: 1.7, 35: 1.8, 40: 1.9}
     codes = [f.code for f in dx.diagnose(run_records(falling(40, 3.0, 1.0), evals), final=True)]

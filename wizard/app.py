@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual.app import App
@@ -49,6 +50,8 @@ class WizardState:
     export: ExportResult | None = None
     exported_plan: Plan | None = None
     launch: Launch | None = None
+    launched_dir: Path | None = None             # the run directory of the last launch
+    leave_running: bool = False                  # the user quit and chose to leave the run training
     stopped: bool = False                        # the user stopped the run
     reached: int = 0
 
@@ -78,7 +81,10 @@ class WizardApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "llmwizard"
     ENABLE_COMMAND_PALETTE = False
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+q", "quit", "Quit", priority=True)]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+        Binding("ctrl+r", "watch_run", "Live run", priority=True),
+    ]
 
     def __init__(self, args: argparse.Namespace | None = None, *, cursor_blink: bool = True) -> None:
         super().__init__()
@@ -123,6 +129,18 @@ class WizardApp(App[int]):
         else:
             self.switch_screen(screen)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "watch_run":  # shown in the footer of every step once a run was launched
+            return self.state.launch is not None and getattr(self.screen, "STEP", None) != len(STEPS) - 1
+        return True
+
+    def action_watch_run(self) -> None:
+        """The live run, from any step (Ctrl+R); a dialog that is open answers first."""
+        from textual.screen import ModalScreen
+
+        if self.state.launch is not None and not isinstance(self.screen, ModalScreen):
+            self.goto(len(STEPS) - 1)
+
     def running(self) -> bool:
         launch = self.state.launch
         return launch is not None and launch.process is not None and launch.poll() is None
@@ -137,6 +155,7 @@ class WizardApp(App[int]):
             if choice == "stop":
                 self.step_screen(len(STEPS) - 1).stop_run(then_quit=True)
             elif choice == "leave":
+                self.state.leave_running = True
                 self.finish(0)
 
         self.push_screen(QuitModal(), chosen)
@@ -157,8 +176,50 @@ class WizardApp(App[int]):
         return 130 if self.state.stopped else 1
 
 
+def follow_hint(run_dir: Path) -> str:
+    """What to type to follow a run the wizard left training."""
+    return (f"The run keeps training in {run_dir} (train.log and metrics.jsonl there).\n"
+            f"  follow it:     llmwizard watch {run_dir}\n"
+            f"  all runs:      llmwizard status {run_dir.parent}\n"
+            f"  stop it:       llmwizard stop {run_dir}   (it saves a checkpoint first)")
+
+
+def stop_after_hangup(app: WizardApp, grace: float = 30.0) -> int | None:
+    """After the terminal closed: stop a run the user did not choose to leave running, the way Stop
+    stops it (SIGTERM to its process group; every rank saves a checkpoint, then exits). The exit code,
+    or None when there was nothing to stop."""
+    launch = app.state.launch
+    if launch is None or launch.process is None or launch.poll() is not None or app.state.leave_running:
+        return None
+    app.state.stopped = True
+    return launch.stop(grace)
+
+
 def run_app(args: argparse.Namespace) -> int:
-    """The wizard in this terminal; its return value is the process exit code."""
+    """The wizard in this terminal; its return value is the process exit code.
+
+    Closing the terminal (SIGHUP) stops a run with a checkpoint unless the user chose "Leave
+    running"; leaving it running prints how to follow it."""
+    import signal
+
     app = WizardApp(args)
-    app.run()
+    hung_up = False
+    previous = signal.getsignal(signal.SIGHUP)
+
+    def on_hangup(signum: int, frame: object) -> None:
+        nonlocal hung_up
+        hung_up = True
+        if app.is_running:  # nothing can be shown any more; the run is stopped below, once the app is down
+            app.call_later(app.exit, 1, 129)
+
+    signal.signal(signal.SIGHUP, on_hangup)
+    try:
+        app.run()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    if hung_up:
+        stop_after_hangup(app)
+        return 129
+    if app.state.leave_running and app.state.launched_dir is not None:
+        print(follow_hint(app.state.launched_dir))
     return app.return_code or 0

@@ -225,20 +225,182 @@ def make_plan(hardware: HardwareProfile, model: ModelSpec, report: DatasetReport
     return plan(hardware, model, report.profile, goals)
 
 
+# The what-if fields of the plan step, in the words the screen uses (Goals field -> label).
+FIELD_WORDS = {"strategy": "strategy", "checkpointing": "checkpointing", "micro_batch": "micro-batch",
+               "lora_r": "LoRA rank", "learning_rate": "learning rate", "epochs": "epochs",
+               "max_steps": "max steps"}
+STRATEGY_WORDS = {"single": "single", "ddp": "DDP", "fsdp": "FSDP2", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}
+# Flags the planner's fixes name, as the wizard says them: a field of a step, or how to start it.
+_FLAG_WORDS = [
+    (r"--method (\w+)", lambda m: f"method {m.group(1).replace('qlora', 'QLoRA').replace('lora', 'LoRA')}, "
+                                   "on step 3"),
+    (r"with --gpus add '([^']+)'", lambda m: f"add '{m.group(1)}' to the GPUs field on step 2"),
+    (r"--gpus", lambda m: "the GPUs field on step 2"),
+    (r"--processes (\d+)", lambda m: f"{m.group(1)} GPU(s) in the GPUs field on step 2"),
+    (r"--strategy (\w+)", lambda m: f"strategy {STRATEGY_WORDS.get(m.group(1), m.group(1))}"),
+    (r"--micro-batch (\d+)", lambda m: f"micro-batch {m.group(1)}"),
+    (r"--lora-r (\d+)", lambda m: f"LoRA rank {m.group(1)}"),
+    (r"--preset ([\w-]+)", lambda m: f"preset {m.group(1)} on step 1"),
+    (r"--learning-rate (\S+?)\)", lambda m: f"learning rate {m.group(1)})"),
+    (r"--learning-rate (\S+)", lambda m: f"learning rate {m.group(1)}"),
+    (r"--epochs (\S+)", lambda m: f"epochs {m.group(1)}"),
+    (r"--max-steps (\d+)", lambda m: f"max steps {m.group(1)}"),
+    (r"--max-length (\d+)", lambda m: f"max length {m.group(1)}, from a preset or when the wizard is started "
+                                       "with it"),
+]
+
+
+def value_words(name: str, value: Any) -> str:
+    """A what-if value as the plan step shows it: "strategy DDP", "checkpointing off"."""
+    if name == "strategy":
+        shown = STRATEGY_WORDS.get(str(value), str(value))
+    elif isinstance(value, bool):
+        shown = "on" if value else "off"
+    elif isinstance(value, float):
+        shown = f"{value:g}"
+    else:
+        shown = str(value)
+    return f"{FIELD_WORDS.get(name, name.replace('_', ' '))} {shown}"
+
+
+def in_wizard_words(text: str) -> str:
+    """A planner message or fix with its command-line flags said as the wizard's fields and steps."""
+    import re
+
+    for pattern, words in _FLAG_WORDS:
+        text = re.sub(pattern, words, text)  # type: ignore[arg-type]
+    return text
+
+
+@dataclass
+class Refusal:
+    """Why the planner refused the edited goals, in the plan step's words.
+
+    `refused`: the what-if fields whose values are not applied (each alone blocks the plan; all of
+    them when only clearing them all helps; none when the hardware, model or data is the cause).
+    `verdict`: one line that says so; `fix`: the smallest change that makes a plan, naming fields.
+    `requested`: the memory of the setup asked for, when it does not fit (the figure the verdict gives).
+    """
+
+    verdict: str
+    fix: str | None
+    refused: list[str]
+    requested: MemoryEstimate | None = None
+
+
+_PIN_ORDER = ("strategy", "checkpointing", "micro_batch", "lora_r", "max_steps", "epochs", "learning_rate")
+
+
+def explain_refusal(hardware: HardwareProfile, model: ModelSpec, report: DatasetReport,
+                    goals_with: Any, overrides: dict[str, Any], error: Any, last: Plan | None) -> Refusal:
+    """Which what-if values the refusal `error` comes from and the smallest change that makes a plan.
+
+    `goals_with(overrides)` builds the goals for a set of edits. Each edit is tried without the
+    others' help: clearing it alone, and for the strategy and micro-batch, other values."""
+    from llmwizard.autotune.errors import UserError
+
+    def works(changed: dict[str, Any]) -> Plan | None:
+        try:
+            return make_plan(hardware, model, report, goals_with(changed))
+        except UserError:
+            return None
+
+    pins = [name for name in _PIN_ORDER if overrides.get(name) is not None]
+    fixes: list[tuple[str, str]] = []   # (field, change)
+    for name in pins:
+        rest = {k: v for k, v in overrides.items() if k != name}
+        cleared = works(rest)
+        if cleared is None:
+            continue
+        label = FIELD_WORDS[name]
+        auto = f"set {label} to auto" if name in ("strategy", "checkpointing") else f"clear {label}"
+        picks = _picked(name, cleared)
+        change = f"{auto} (the planner picks {picks})"
+        if name == "strategy":
+            others = [STRATEGY_WORDS.get(s, s) for s in strategy_choices()
+                      if s not in (overrides[name], cleared.strategy) and works({**rest, name: s}) is not None]
+            if others:
+                change += f"; {', '.join(others)} also {'work' if len(others) > 1 else 'works'}"
+        elif name == "micro_batch":
+            value = int(overrides[name]) // 2
+            while value >= 1 and works({**rest, name: value}) is None:
+                value //= 2
+            if value > cleared.micro_batch:
+                change = f"set micro-batch to {value} or less, or clear it (the planner picks {cleared.micro_batch})"
+        fixes.append((name, change))
+    requested = None
+    if error.title == "Does not fit" and last is not None and pins:
+        try:
+            requested = estimate_request(last, model, overrides)
+        except UserError:
+            requested = None
+    detail = _detail(error, overrides)
+    if requested is not None:  # the verdict gives the bar's own figure
+        from llmwizard.wizard.report import size_text
+
+        detail = (f"it needs {size_text(requested.total)} per {'GPU' if hardware.device == 'cuda' else 'process'}, "
+                  f"and {size_text(requested.budget)} is free.")
+    if fixes:
+        refused = [name for name, _ in fixes]
+        asked = ", ".join(value_words(name, overrides[name]) for name in refused)
+        return Refusal(f"{asked} not applied: {detail}",
+                       "; or ".join(change[:1].upper() + change[1:] if i == 0 else change
+                                    for i, (_, change) in enumerate(fixes)) + ".",
+                       refused, requested)
+    if pins and works({}) is not None:
+        asked = ", ".join(value_words(name, overrides[name]) for name in pins)
+        cleared_words = " and ".join(
+            f"set {FIELD_WORDS[n]} to auto" if n in ("strategy", "checkpointing") else f"clear {FIELD_WORDS[n]}"
+            for n in pins)
+        return Refusal(f"{asked} not applied together: {detail}",
+                       f"{cleared_words[:1].upper()}{cleared_words[1:]}: no one of them alone makes a plan.",
+                       list(pins), requested)
+    return Refusal(f"No plan: {in_wizard_words(error.message)}",
+                   in_wizard_words(error.fix) if error.fix else None, [], requested)
+
+
+def _picked(name: str, plan: Plan) -> str:
+    if name == "strategy":
+        text = f"{STRATEGY_WORDS.get(plan.strategy, plan.strategy)} at micro-batch {plan.micro_batch}"
+        if plan.offload != "none":
+            text += f" with {plan.offload} offload"
+        return text
+    if name == "checkpointing":
+        return "on" if plan.activation_checkpointing else "off"
+    if name == "micro_batch":
+        return str(plan.micro_batch)
+    if name == "lora_r":
+        return str(plan.lora.r) if plan.lora else "none: full fine-tuning"
+    if name == "max_steps":
+        return f"{plan.epochs:g} epochs"
+    if name == "epochs":
+        return f"{plan.epochs:g}"
+    return f"{getattr(plan, name):g}"
+
+
+def _detail(error: Any, overrides: dict[str, Any]) -> str:
+    """The planner's reason without its own restatement of what was asked (already in the verdict)."""
+    import re
+
+    message = str(error.message)
+    if " does not fit: " in message:
+        return message.split(" does not fit: ", 1)[1]
+    message = re.sub(r"^Strategy '\w+' ", "it ", message)
+    return in_wizard_words(message)
+
+
 def estimate_request(last: Plan, model: ModelSpec, overrides: dict[str, Any]) -> MemoryEstimate:
-    """Memory of the setup the user asked for, when the planner refused it: the last plan's
-    setup with the edited knobs applied, so the bar can show how far over budget it is."""
+    """Memory of the setup the user asked for, when the planner refused it: the last plan's setup
+    with the pinned knobs applied, priced as the planner prices a refused pin (no offload,
+    micro-batch 1 unless pinned), so the bar and the verdict give the same figure."""
     from llmwizard.autotune.memory import estimate
     from llmwizard.autotune.planner import setup_of
 
-    changes: dict[str, Any] = {}
-    if overrides.get("strategy"):
-        changes["strategy"] = overrides["strategy"]
-    if overrides.get("micro_batch"):
-        changes["micro_batch"] = overrides["micro_batch"]
-    if overrides.get("checkpointing") is not None:
-        changes["checkpointing"] = bool(overrides["checkpointing"])
-    if overrides.get("lora_r"):
+    world = last.num_processes
+    changes: dict[str, Any] = {"strategy": overrides.get("strategy") or ("single" if world == 1 else "ddp"),
+                               "micro_batch": overrides.get("micro_batch") or 1, "offload": "none",
+                               "checkpointing": bool(overrides.get("checkpointing") or False)}
+    if overrides.get("lora_r") and last.lora:
         changes["lora_r"] = overrides["lora_r"]
     setup = setup_of(last, **changes)
     return estimate(model, setup, last.estimate.budget)

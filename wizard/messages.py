@@ -15,12 +15,11 @@ from textual.message import Message
 if TYPE_CHECKING:
     from llmwizard.autotune.errors import UserError
     from llmwizard.autotune.hardware import HardwareProfile
-    from llmwizard.autotune.memory import MemoryEstimate
     from llmwizard.autotune.model_spec import ModelSpec
     from llmwizard.autotune.plan import Plan
     from llmwizard.runner.engine import RunSession
     from llmwizard.runner.events import Event
-    from llmwizard.wizard.core import Choice, DatasetReport, ExportResult
+    from llmwizard.wizard.core import Choice, DatasetReport, ExportResult, Refusal
 
 
 @dataclass
@@ -72,11 +71,12 @@ class PlanReady(Message):
 
 @dataclass
 class PlanRejected(Message):
-    """The planner refused the edited goals: shown inline beside the last plan that worked."""
+    """The planner refused the edited goals: its error, and what the plan step makes of it (which
+    edits are not applied, the smallest change that makes a plan), shown inline."""
 
     serial: int
     error: UserError
-    requested: MemoryEstimate | None = None
+    refusal: Refusal
 
 
 @dataclass

@@ -90,3 +90,24 @@ class LossView(App[None]):
 @pytest.mark.parametrize("size", [(80, 24), (120, 36)], ids=["80x24", "120x36"])
 def test_loss_plot(snap_compare, size: tuple[int, int]):
     assert snap_compare(LossView(), terminal_size=size)
+
+
+async def _plan_with(pilot, **values: str) -> None:
+    await go_to(pilot, 4)
+    for field, value in values.items():
+        pilot.app.screen.query_one(f"#{field}").value = value
+        await settle(pilot)
+
+
+@pytest.mark.parametrize("state", ["fit", "not-fit", "pinned-refused"])
+def test_plan_states_at_80x24(snap_compare, state: str, tmp_path: Path):
+    """The plan step's one verdict at 80x24: a plan that fits; a model that fits nowhere here (no plan,
+    the smallest change named); a pinned strategy the planner refuses (marked, the fix named). The
+    hardware is the fixed fake machine above, so a GPU machine gives the same screens."""
+    argv = {"fit": [], "not-fit": ["--model", "llama-3.1-70b", "--method", "full"], "pinned-refused": []}[state]
+    values = {"pinned-refused": {"strategy": "single"}}.get(state, {})
+
+    async def run_before(pilot) -> None:
+        await _plan_with(pilot, **values)
+
+    assert snap_compare(make_app(*argv, output=tmp_path), terminal_size=(80, 24), run_before=run_before)

@@ -48,7 +48,9 @@ class QuitModal(ModalScreen[str]):
         with Vertical(id="dialog"):
             yield Static("A run is still training", id="dialog-title")
             yield Static("Stop it (it saves a checkpoint first), or quit and leave it running: it keeps "
-                         "writing train.log and metrics.jsonl in its run directory.", id="dialog-text")
+                         "writing train.log and metrics.jsonl in its run directory, and `llmwizard watch RUN` "
+                         "follows it again (the wizard prints the command as it quits). Closing the terminal "
+                         "stops it like Stop.", id="dialog-text")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Stop and quit", id="stop", variant="error", compact=True)
                 yield Button("Leave running", id="leave", compact=True)

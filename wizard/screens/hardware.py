@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
 from textual.suggester import SuggestFromList
 from textual.validation import Integer
 from textual.widgets import Input, Label, RadioButton, RadioSet, Static
@@ -54,6 +55,51 @@ def hardware_view(hardware: HardwareProfile) -> Group:
     return Group(*parts)
 
 
+class Choice(RadioButton):
+    """A radio button that reads without colour: a filled dot when chosen, a ring when not."""
+
+    @property
+    def BUTTON_INNER(self) -> str:  # type: ignore[override]  # noqa: N802
+        return "●" if self.value else "○"
+
+
+class SpecInput(Input):
+    """The GPUs field. While it is off (planning for this machine) a click on it is still heard, so
+    the screen can say how to turn it on."""
+
+    def check_message_enabled(self, message: Message) -> bool:
+        if isinstance(message, events.MouseDown) and self.disabled:
+            return True
+        return super().check_message_enabled(message)
+
+    def on_mouse_down(self, event: events.MouseDown) -> None:
+        if self.disabled:  # only the hint: no selection drag, which would capture the mouse
+            event.prevent_default()
+            event.stop()
+            self.screen.spec_off_clicked()  # type: ignore[attr-defined]
+
+
+class NodesInput(Input):
+    """The nodes field. Letters typed here were meant for the GPUs field (off while planning for this
+    machine): the typing is undone and the screen says how to describe other hardware."""
+
+    typed_from = "1"
+
+    def _on_focus(self, event: events.Focus) -> None:
+        self.typed_from = self.value
+        super()._on_focus(event)
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.is_printable and event.character and not event.character.isdigit():
+            event.prevent_default()
+            event.stop()
+            self.value = self.typed_from
+            self.screen.nodes_typed_letters()  # type: ignore[attr-defined]
+            self.screen.query_one("#target").focus()  # the rest of what is typed does not land here
+            return
+        await super()._on_key(event)
+
+
 class HardwareScreen(StepScreen):
     STEP = 1
     HELP = ("Plan for this machine, or describe other hardware (the run is then exported to start "
@@ -63,14 +109,14 @@ class HardwareScreen(StepScreen):
         with VerticalScroll(id="detected-box"):
             yield Static("Detecting GPUs ...", id="detected")
         with RadioSet(id="target"):
-            yield RadioButton("This machine", id="this", value=not self.state.other_hardware)
-            yield RadioButton("Other hardware", id="other", value=self.state.other_hardware)
+            yield Choice("This machine", id="this", value=not self.state.other_hardware)
+            yield Choice("Other hardware", id="other", value=self.state.other_hardware)
         with Horizontal(id="spec-row", classes="form-row"):
-            yield Label("GPUs", classes="field-label")
-            yield Input(self.state.gpu_spec, placeholder="4xRTX4090, 8xH100-80GB, 2x24GB, cpu", id="spec",
+            yield Label("GPUs", id="spec-label", classes="field-label")
+            yield SpecInput(self.state.gpu_spec, placeholder="4xRTX4090, 8xH100-80GB, 2x24GB, cpu", id="spec",
                         compact=True)
             yield Label("nodes", classes="field-label")
-            yield Input(str(self.state.nodes), id="nodes", classes="num", compact=True, type="integer",
+            yield NodesInput(str(self.state.nodes), id="nodes", classes="num", compact=True, type="integer",
                         validators=[Integer(minimum=1, maximum=4096)])
         yield Static(id="spec-result", classes="detail")
 
@@ -125,9 +171,21 @@ class HardwareScreen(StepScreen):
         if self.state.other_hardware:
             self.query_one("#spec", Input).focus()
 
+    OFF_HINT = "The GPUs field is for other hardware: pick Other hardware above first (arrows, then Enter)."
+
+    def spec_off_clicked(self) -> None:
+        """A click on the GPUs field while it is off says how to turn it on."""
+        self.query_one("#target", RadioSet).focus()
+        self.set_status(self.OFF_HINT, "warning")
+
+    def nodes_typed_letters(self) -> None:
+        self.set_status("nodes takes a whole number. " + (self.OFF_HINT if not self.state.other_hardware
+                                                          else "Describe the GPUs in the GPUs field."), "warning")
+
     def _show_target(self) -> None:
         other = self.state.other_hardware
         self.query_one("#spec", Input).disabled = not other
+        self.query_one("#spec-label").set_class(not other, "-off")
         if other:
             self._changed()
         else:

@@ -1,4 +1,10 @@
-"""Step 6: write the run directory, show its files and the exact command, and launch it."""
+"""Step 6: write the run directory, show its files and the exact command, and launch it.
+
+One run directory per launch: the plan is exported when it first comes here, and again only when
+it changed (the screen says so, naming the old directory). A directory a run was launched from
+belongs to that run: launching the same plan again writes a fresh one at Launch. While a run
+trains nothing is launched; the button takes the user to the live run instead.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ if TYPE_CHECKING:
     from llmwizard.wizard.core import ExportResult
 
 
-def export_text(result: ExportResult, launchable: bool, hardware: str) -> Text:
+def export_text(result: ExportResult, launchable: bool, hardware: str, running: bool = False) -> Text:
     text = Text()
     text.append("Run directory  ", style="bold")
     text.append(f"{result.run_dir}\n")
@@ -32,7 +38,9 @@ def export_text(result: ExportResult, launchable: bool, hardware: str) -> Text:
     text.append("; continue a stopped run with ", style="dim")
     text.append(f"llmwizard resume {result.run_dir}", style="bold")
     text.append(".\n", style="dim")
-    if launchable:
+    if running:
+        pass  # the screen says what to do while a run trains
+    elif launchable:
         text.append("\nLaunch starts it here and shows the loss as it trains.", style="green")
     else:
         text.append(f"\nThis plan is for {hardware}, not this machine: copy the run directory there and "
@@ -43,9 +51,11 @@ def export_text(result: ExportResult, launchable: bool, hardware: str) -> Text:
 class LaunchScreen(StepScreen):
     STEP = 5
     NEXT_LABEL = "Launch"
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+n", "next", "Launch", priority=True)]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+n", "next", "Launch", priority=True),
+                                             Binding("ctrl+n", "watch", "Watch run", priority=True)]
 
     _failed: Plan | None = None      # the plan whose export is under way or failed
+    _launch_after_export = False     # Launch was pressed for a plan whose directory a run used
 
     def body(self) -> ComposeResult:
         with VerticalScroll(id="export-box"):
@@ -55,13 +65,11 @@ class LaunchScreen(StepScreen):
         super().on_screen_resume()
         state = self.state
         button = self.query_one("#next", Button)
+        button.label = "Launch"
         if state.plan is None:
             return
-        if self.wizard.running():
-            button.disabled = True
-            self.query_one("#export", Static).update(
-                Text("A run is training: watch it on step 7. Launch again once it has ended.", style="yellow"))
-        elif state.export is not None and state.exported_plan is state.plan:
+        same = state.export is not None and state.exported_plan == state.plan
+        if same and state.export is not None:
             self._show(state.export)
         elif self._failed is state.plan:  # its error was just shown
             button.disabled = True
@@ -69,10 +77,14 @@ class LaunchScreen(StepScreen):
                 Text("The run directory could not be written: fix the cause, then Back and Export again.",
                      style="yellow"))
         else:
-            button.disabled = True
-            self._failed = state.plan  # until the export succeeds
-            self.query_one("#export", Static).update(Text("Writing the run directory ...", style="dim"))
-            self.write_run(state.plan)
+            self._export(state.plan)
+
+    def _export(self, plan: Plan) -> None:
+        button = self.query_one("#next", Button)
+        button.disabled = True
+        self._failed = plan  # until the export succeeds
+        self.query_one("#export", Static).update(Text("Writing the run directory ...", style="dim"))
+        self.write_run(plan)
 
     def entering(self) -> None:
         self._failed = None  # coming here again (Export) retries a failed export
@@ -87,9 +99,19 @@ class LaunchScreen(StepScreen):
     def exported(self, message: Exported) -> None:
         if message.plan is not self.state.plan:
             return  # the plan changed while this one was written
+        before = self.state.export
         self.state.export, self.state.exported_plan = message.result, message.plan
         self._failed = None
+        if self._launch_after_export:
+            self._launch_after_export = False
+            self._show(message.result)
+            self.set_status(f"Wrote {message.result.run_dir.name} for this launch; starting ...")
+            self.start(message.result)
+            return
         self._show(message.result)
+        if before is not None and before.run_dir != message.result.run_dir:
+            self.set_status(f"The plan changed: wrote a new run directory ({before.run_dir.name} is kept).",
+                            "warning")
 
     def _launchable(self) -> bool:
         from llmwizard.wizard import core
@@ -98,23 +120,55 @@ class LaunchScreen(StepScreen):
         return (state.plan is not None and state.hardware is not None
                 and core.can_launch_here(state.plan, state.hardware))
 
+    def _used(self, result: ExportResult) -> bool:
+        """A run was launched from this directory: it belongs to that run."""
+        return self.state.launched_dir == result.run_dir
+
     def _show(self, result: ExportResult) -> None:
         launchable = self._launchable()
         hardware = self.state.plan.hardware if self.state.plan else ""
-        self.query_one("#export", Static).update(export_text(result, launchable, hardware))
         button = self.query_one("#next", Button)
-        button.disabled = not launchable or self.wizard.running()
-        if self.wizard.running():
-            self.set_status("A run is training: see step 7.", "warning")
+        running = self.wizard.running()
+        text = export_text(result, launchable, hardware, running)
+        if running:
+            text.append("\nA run is training" + (" from this directory" if self._used(result) else "")
+                        + ": Watch run (Ctrl+N or Ctrl+R, from any step) shows it. Launch again once it has "
+                        "ended.", style="yellow")
+            button.label, button.disabled = "Watch run", False
+            self.set_status("A run is training: Ctrl+R shows it.", "warning")
+        else:
+            if self._used(result):
+                text.append("\n\nThis directory belongs to the run launched from it. Launch writes a new run "
+                            "directory for the same plan and starts that.", style="yellow")
+            button.label, button.disabled = "Launch", not launchable
+        self.query_one("#export", Static).update(text)
+        self.refresh_bindings()
         button.focus()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Ctrl+N launches, or, while a run trains, shows it (the footer names which)."""
+        if action in ("next", "watch"):
+            return (action == "watch") == self.wizard.running()
+        return super().check_action(action, parameters)
+
+    def action_watch(self) -> None:
+        self.wizard.goto(self.STEP + 1)
 
     def action_next(self) -> None:
         button = self.query_one("#next", Button)
-        if button.disabled or self.state.export is None or self.state.exported_plan is not self.state.plan:
+        if self.wizard.running():
+            self.wizard.goto(self.STEP + 1)
+            return
+        state = self.state
+        if button.disabled or state.export is None or state.plan is None or state.exported_plan != state.plan:
             return
         button.disabled = True
+        if self._used(state.export):
+            self._launch_after_export = True
+            self._export(state.plan)
+            return
         self.set_status("Starting ...")
-        self.start(self.state.export)
+        self.start(state.export)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="launch")
     def start(self, result: ExportResult) -> None:
@@ -127,8 +181,9 @@ class LaunchScreen(StepScreen):
     @on(RunStarted)
     def started(self, message: RunStarted) -> None:
         self.state.launch = message.session.launch
+        self.state.launched_dir = message.session.run_dir
         self.state.stopped = False
+        self.state.leave_running = False
         self.wizard.step_screen(self.STEP + 1).watch_session(message.session, message.said)
-        self.state.export = None  # this directory now belongs to the run; a new launch re-exports
         self.set_status("")
         self.wizard.goto(self.STEP + 1)

@@ -17,6 +17,7 @@ from textual.widgets.option_list import Option
 
 from llmwizard.wizard.messages import Completions, ModelLoaded
 from llmwizard.wizard.screens.base import StepScreen
+from llmwizard.wizard.screens.hardware import Choice
 
 if TYPE_CHECKING:
     from llmwizard.autotune.model_spec import ModelSpec
@@ -37,6 +38,13 @@ def params_text(count: int) -> str:
     return str(count)
 
 
+def lora_share(model: ModelSpec, r: int) -> float:
+    """The adapters' share of the parameters the trained model has: the frozen base plus the adapters
+    (PEFT's "trainable%"), so below 100% even where rank-64 adapters outgrow a tiny model."""
+    adapters = model.lora_params(r)
+    return adapters / (model.total_params + adapters)
+
+
 def model_facts(model: ModelSpec) -> Table:
     table = Table.grid(padding=(0, 2))
     table.add_row(Text(model.name, style="bold"),
@@ -45,9 +53,8 @@ def model_facts(model: ModelSpec) -> Table:
     table.add_row("shape", f"{model.num_layers} layers x hidden {model.hidden_size}, MLP {model.intermediate_size}, "
                   f"{model.num_heads} heads ({model.num_kv_heads} KV), vocab {model.vocab_size:,}, "
                   f"{model.max_positions:,} positions")
-    shares = "   ".join(f"r={r}: {params_text(model.lora_params(r))} ({model.lora_params(r) / model.total_params:.2%})"
-                        for r in RANKS)
-    table.add_row("LoRA trains", shares)
+    shares = "   ".join(f"r={r}: {params_text(model.lora_params(r))} ({lora_share(model, r):.1%})" for r in RANKS)
+    table.add_row("LoRA trains", shares + "  (share of all parameters, adapters included, as PEFT counts)")
     return table
 
 
@@ -69,7 +76,7 @@ class ModelScreen(StepScreen):
             with RadioSet(id="method"):
                 chosen = self.state.method or self._default_method()
                 for key, label in METHODS.items():
-                    yield RadioButton(label, id=key, value=key == chosen)
+                    yield Choice(label, id=key, value=key == chosen)
         yield Static(id="method-help", classes="detail")
 
     def on_mount(self) -> None:

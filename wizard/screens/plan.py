@@ -1,8 +1,12 @@
 """Step 5: the plan: every choice with its reason, memory per device, and what-if edits.
 
-Each edit re-plans at once in a thread worker through the planner with Goals overrides. When the
-planner refuses (a UserError: it no longer fits, a strategy needs more processes, ...) the reason
-and fix show inline and the bar shows what the edited setup would need; Next stays closed.
+Each edit re-plans at once in a thread worker through the planner with Goals overrides. The
+screen shows one plan: the one Export writes (`state.plan`), or none. The first line of the
+memory bar is the one verdict: "fits" for that plan, or, when the planner refuses the edits,
+which values are not applied and why; the smallest change that makes a plan follows below it,
+in the screen's own words, and the fields not applied are marked. A change of hardware, model or
+dataset drops what was shown for the old inputs before re-planning. Export stays closed while no
+plan stands, and says why where the user is looking (no dialog).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from llmwizard.wizard.screens.base import StepScreen
 from llmwizard.wizard.widgets.memory_bar import MemoryBar
 
 if TYPE_CHECKING:
-    from llmwizard.autotune.errors import UserError
     from llmwizard.autotune.plan import Plan
+    from llmwizard.wizard.core import Refusal
 
 AUTO = "auto"
 STRATEGY_LABELS = {"single": "single", "ddp": "DDP", "fsdp": "FSDP2", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}
@@ -57,6 +61,9 @@ NUMBER_FIELDS: list[tuple[str, str]] = [
     ("micro-batch", "micro_batch"), ("lora-r", "lora_r"), ("learning-rate", "learning_rate"),
     ("epochs", "epochs"), ("max-steps", "max_steps"),
 ]
+# Goals field -> the id of its field on this screen (the two selects besides the inputs).
+FIELD_IDS = {name: field_id for field_id, name in NUMBER_FIELDS} | {"checkpointing": "checkpointing",
+                                                                     "strategy": "strategy"}
 
 
 def summary_line(plan: Plan) -> Text:
@@ -74,14 +81,22 @@ def summary_line(plan: Plan) -> Text:
 
 
 def reasons_table(plan: Plan) -> Table:
+    """Every choice with its reason, in the screen's words (no command-line flags)."""
+    from llmwizard.wizard import core
+
     table = Table(box=None, padding=(0, 1), show_header=False, expand=True)
     table.add_column("choice", style="bold", no_wrap=True)
     table.add_column("reason", ratio=1)
     for key, reason in plan.reasons.items():
-        table.add_row(key.replace("_", " "), reason)
-    for warning in plan.warnings:
-        table.add_row(Text("warning", style="bold yellow"), Text(warning, style="yellow"))
+        table.add_row(key.replace("_", " "), core.in_wizard_words(reason))
     return table
+
+
+def warnings_text(plan: Plan) -> Text:
+    """The plan's warnings, above the reasons where they are seen without scrolling."""
+    from llmwizard.wizard import core
+
+    return Text("\n").join(Text(f"! {core.in_wizard_words(warning)}", style="yellow") for warning in plan.warnings)
 
 
 class PlanScreen(StepScreen):
@@ -95,26 +110,32 @@ class PlanScreen(StepScreen):
         yield Static("Planning ...", id="plan-summary")
         yield MemoryBar(id="memory")
         yield Static(id="plan-problem", classes="problem")
+        yield Static(id="plan-warnings")
         with Horizontal(classes="form-row"):
-            yield Label("micro-batch", classes="field-label")
-            yield Input(id="micro-batch", classes="num", compact=True, validators=[GoalValue("micro_batch")])
-            yield Label("checkpointing", classes="field-label")
+            yield Label("micro-batch", id="label-micro-batch", classes="field-label")
+            yield Input(id="micro-batch", classes="num", compact=True, validators=[GoalValue("micro_batch")],
+                        validate_on=["changed", "submitted"])
+            yield Label("checkpointing", id="label-checkpointing", classes="field-label")
             yield Select(CHECKPOINTING, value=AUTO, allow_blank=False, id="checkpointing", compact=True)
-            yield Label("strategy", classes="field-label")
+            yield Label("strategy", id="label-strategy", classes="field-label")
             yield Select([("auto", AUTO)] + [(STRATEGY_LABELS.get(name, name), name) for name in core.strategy_choices()],
                          value=AUTO, allow_blank=False, id="strategy", compact=True)
         with Horizontal(classes="form-row"):
             for field_id, name in NUMBER_FIELDS[1:]:
-                yield Label(field_id.replace("-", " ").replace("lora r", "LoRA rank"), classes="field-label")
-                yield Input(id=field_id, classes="num", compact=True, validators=[GoalValue(name)])
+                yield Label(FIELD_LABELS[field_id].replace("Learning rate", "learning rate")
+                            .replace("Epochs", "epochs").replace("Max steps", "max steps"),
+                            id=f"label-{field_id}", classes="field-label")
+                yield Input(id=field_id, classes="num", compact=True, validators=[GoalValue(name)],
+                            validate_on=["changed", "submitted"])
         with VerticalScroll(id="reasons-box"):
             yield Static(id="reasons")
 
     def on_mount(self) -> None:
         self.serial = 0
         self.planned_for: tuple[Any, ...] | None = None
-        self.last_plan: Plan | None = None
-        self.problem: UserError | None = None
+        self.last_plan: Plan | None = None       # the last plan that worked, for these inputs
+        self.refusal: Refusal | None = None      # why no plan stands, when the planner refused
+        self.field_error: str | None = None      # why no plan stands, when a field is not a value
         super().on_mount()
         self._fill_overrides()
 
@@ -135,8 +156,20 @@ class PlanScreen(StepScreen):
             self.replan()
 
     def replan(self) -> None:
+        """Plan again for the current edits. Until the answer lands no plan stands (Export waits),
+        and when the hardware, model or dataset changed nothing of the old plan stays in view."""
         self.serial += 1
-        self.planned_for = self.state.plan_inputs()
+        inputs = self.state.plan_inputs()
+        if inputs != self.planned_for:
+            self.last_plan, self.refusal = None, None
+            self.query_one("#plan-summary", Static).update(Text("Planning ...", style="dim"))
+            self.query_one(MemoryBar).show(None, headline=Text("Planning ...", style="dim"))
+            self.query_one("#reasons", Static).update("")
+            self.query_one("#plan-problem").display = False
+            self._hide_warnings()
+            self._mark_refused([])
+        self.planned_for = inputs
+        self.state.plan = None
         self.plan_worker(self.serial, dict(self.state.overrides))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="plan")
@@ -146,13 +179,16 @@ class PlanScreen(StepScreen):
 
         state = self.state
         assert state.hardware is not None and state.model is not None and state.dataset is not None
+
+        def goals_with(edits: dict[str, Any]) -> Any:
+            return core.goals_for(state.preset, state.args, {"method": state.method, **edits})
+
         try:
-            plan = core.make_plan(state.hardware, state.model, state.dataset, state.goals())
+            plan = core.make_plan(state.hardware, state.model, state.dataset, goals_with(overrides))
         except UserError as error:
-            requested = None
-            if self.last_plan is not None and error.title == "Does not fit":
-                requested = core.estimate_request(self.last_plan, state.model, overrides)
-            self.post_message(PlanRejected(serial, error, requested))
+            refusal = core.explain_refusal(state.hardware, state.model, state.dataset, goals_with, overrides,
+                                           error, self.last_plan)
+            self.post_message(PlanRejected(serial, error, refusal))
             return
         self.post_message(PlanReady(serial, plan))
 
@@ -161,13 +197,17 @@ class PlanScreen(StepScreen):
         if message.serial != self.serial:
             return
         plan = self.state.plan = self.last_plan = message.plan
-        self.problem = None
+        self.refusal = self.field_error = None
         self.query_one("#plan-problem", Static).update("")
         self.query_one("#plan-problem").display = False
+        self._mark_refused([])
         self.query_one("#plan-summary", Static).update(summary_line(plan))
-        device = "process" if plan.device == "cpu" else "GPU"
-        self.query_one(MemoryBar).show(plan.estimate, device)
+        self.query_one(MemoryBar).show(plan.estimate, device_word(plan))
         self.query_one("#reasons", Static).update(reasons_table(plan))
+        self.query_one("#reasons-box").remove_class("-stale")
+        warnings = self.query_one("#plan-warnings", Static)
+        warnings.update(warnings_text(plan))
+        warnings.display = bool(plan.warnings)
         placeholders = {"micro-batch": plan.micro_batch, "lora-r": plan.lora.r if plan.lora else None,
                         "learning-rate": plan.learning_rate, "epochs": plan.epochs,
                         "max-steps": plan.max_steps if plan.max_steps > 0 else None}
@@ -180,42 +220,64 @@ class PlanScreen(StepScreen):
         if message.serial != self.serial:
             return
         self.state.plan = None
-        self.problem = message.error
-        problem = self.query_one("#plan-problem", Static)
-        text = Text(f"{message.error.title}: {message.error.message}", style="bold red")
-        if message.error.fix:
-            text.append(f"\nFix: {message.error.fix}", style="red")
-        problem.update(text)
-        problem.display = True
+        refusal = self.refusal = message.refusal
+        self.field_error = None
+        headline = Text(refusal.verdict, style="bold red")
+        device = device_word(self.last_plan) if self.last_plan else "GPU"
+        self.query_one(MemoryBar).show(refusal.requested, device, headline=headline, caption="asked for: ")
+        self._show_fix(refusal.fix)
+        self._mark_refused([FIELD_IDS[name] for name in refusal.refused])
+        self._hide_warnings()
         self.show_last_plan()
-        if message.requested is not None:
-            device = "process" if self.last_plan and self.last_plan.device == "cpu" else "GPU"
-            self.query_one(MemoryBar).show(message.requested, device, caption="asked for: ")
+        self.set_status("Export is off until a plan stands.", "warning")
+
+    def _hide_warnings(self) -> None:
+        self.query_one("#plan-warnings").display = False
+
+    def _show_fix(self, fix: str | None) -> None:
+        problem = self.query_one("#plan-problem", Static)
+        problem.update(Text(f"Fix: {fix}", style="red") if fix else "")
+        problem.display = bool(fix)
+
+    def _mark_refused(self, field_ids: list[str]) -> None:
+        """The fields whose values are not applied: marked in colour and, for a screen without colour,
+        with a cross before the label."""
+        for field_id in ["micro-batch", "checkpointing", "strategy", *[f for f, _ in NUMBER_FIELDS[1:]]]:
+            refused = field_id in field_ids
+            self.query_one(f"#{field_id}").set_class(refused, "-refused")
+            label = self.query_one(f"#label-{field_id}", Label)
+            words = str(label.content).removeprefix("✗ ")
+            label.update(f"✗ {words}" if refused else words)
+            label.set_class(refused, "-refused")
 
     def field_problem(self, field_id: str, error: ValueError) -> None:
         """An edit that is not a value: no plan stands (a plan in flight is dropped) until it is fixed
-        or cleared, and the message says so where the planner's refusals appear."""
+        or cleared, and the verdict line says so."""
         self.serial += 1
         self.state.plan = None
+        self.refusal = None
         label = FIELD_LABELS.get(field_id, field_id.replace("-", " "))
-        problem = self.query_one("#plan-problem", Static)
-        problem.update(Text(f"{label}: {error}.", style="bold red")
-                       + Text("\nFix: type an allowed value, or clear the field to let the planner decide.",
-                              style="red"))
-        problem.display = True
+        self.field_error = f"{label}: {error}"
+        self.query_one(MemoryBar).show(None, headline=Text(f"{label}: {error}.", style="bold red"))
+        self._show_fix("type an allowed value, or clear the field to let the planner decide.")
+        self._mark_refused([field_id])
+        self._hide_warnings()
         self.show_last_plan()
         self.set_status(f"{label}: not an allowed value", "warning")
 
     def show_last_plan(self) -> None:
-        """While no plan stands, the summary line shows the last one that worked (dimmed)."""
+        """While no plan stands, the summary line shows the last one that worked for these inputs
+        (dimmed, and said to be the last), and its reasons are dimmed."""
         summary = self.query_one("#plan-summary", Static)
         if self.last_plan is not None:
-            stale = Text("last plan that worked: ", style="bold yellow")
+            stale = Text("last plan that worked (not exported): ", style="bold yellow")
             stale.append(summary_line(self.last_plan).plain, style="dim")
             summary.update(stale)
+            self.query_one("#reasons-box").add_class("-stale")
         else:
             summary.update(Text("No plan yet: change what the message below names (Back for hardware, "
                                 "model or dataset).", style="bold yellow"))
+            self.query_one("#reasons", Static).update("")
 
     @on(Input.Changed, ".num")
     @on(Select.Changed)
@@ -259,9 +321,13 @@ class PlanScreen(StepScreen):
         if self.state.plan is not None:
             self.wizard.goto(self.STEP + 1)
             return
-        if self.problem is not None:
-            from llmwizard.wizard.screens.dialogs import ErrorModal
-
-            self.app.push_screen(ErrorModal(self.problem.title, self.problem.message, self.problem.fix))
+        if self.refusal is not None:
+            self.set_status("No plan to export: see the fix above.", "error")
+            if self.refusal.refused:
+                self.query_one(f"#{FIELD_IDS[self.refusal.refused[0]]}").focus()
         else:
             self.set_status("Still planning ...", "warning")
+
+
+def device_word(plan: Plan) -> str:
+    return "process" if plan.device == "cpu" else "GPU"

@@ -39,6 +39,18 @@ def metrics_text(state: RunState) -> Text:
     return Text("\n").join(core.metrics_lines(state))
 
 
+def own_line(lines: list[str]) -> str | None:
+    """The newest line of train.log that llmwizard's rank wrote itself ("llmwizard: ..."), or None.
+    Library output (DeepSpeed's accelerator notice, tqdm's "Tokenizing train dataset" bars, warnings)
+    stays in train.log and never reaches the status line."""
+    for line in reversed(lines):
+        for part in reversed(line.split("\r")):  # a progress bar rewrites its line with carriage returns
+            part = part.strip()
+            if part.startswith("llmwizard"):
+                return part
+    return None
+
+
 def findings_view(findings: list[Any]) -> Any:
     """The diagnostics so far, worded as the console words them (each with its fix)."""
     from llmwizard.wizard import core
@@ -183,10 +195,10 @@ class RunScreen(StepScreen):
         if self.ended:
             pass
         elif state is None or not state.began:
-            lines = launch.log_tail(3) if launch.process is not None else []
+            line = own_line(launch.log_tail(40)) if launch.process is not None else None
             since = core.format_seconds(time.monotonic() - launch.started)
             title.append(f"   starting ({since}): loading the model and data"
-                         + (f" | {lines[-1][:80]}" if lines else ""), style="dim")
+                         + (f" | {line[:80]}" if line else ""), style="dim")
         else:
             title.append(f"   step {state.step}/{state.max_steps or '?'}   epoch {state.epoch:.2f}   "
                          f"elapsed {core.format_seconds(state.elapsed)}   eta {core.format_seconds(state.eta())}")

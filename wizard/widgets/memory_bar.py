@@ -33,22 +33,30 @@ class MemoryBar(Widget):
         self.estimate: MemoryEstimate | None = None
         self.device = "GPU"
         self.caption = ""
+        self.headline: Text | None = None
 
-    def show(self, estimate: MemoryEstimate | None, device: str = "GPU", caption: str = "") -> None:
-        self.estimate, self.device, self.caption = estimate, device, caption
+    def show(self, estimate: MemoryEstimate | None, device: str = "GPU", caption: str = "",
+             headline: Text | None = None) -> None:
+        """`headline`, when given, is the verdict line in place of the bar's own "fits" line: the
+        screen's one verdict (a refused request, a field that is not a value), over the bar of
+        `estimate` if there is one."""
+        self.estimate, self.device, self.caption, self.headline = estimate, device, caption, headline
         self.refresh(layout=True)
 
     def render(self) -> RenderResult:
         est = self.estimate
         if est is None:
-            return Text("no memory estimate without a plan", style="dim")
+            return self.headline or Text("no memory estimate without a plan", style="dim")
         width = max(10, self.content_size.width)
         scale = max(est.budget, est.total) or 1
-        verdict = "fits" if est.total <= est.budget else "does NOT fit"
         text = Text()
-        text.append(f"{self.caption}{size_text(est.total)} of {size_text(est.budget)} per {self.device}: ",
-                    style="bold")
-        text.append(verdict, style="bold green" if est.total <= est.budget else "bold red")
+        if self.headline is not None:
+            text.append_text(self.headline)
+        else:
+            verdict = "fits" if est.total <= est.budget else "does NOT fit"
+            text.append(f"{self.caption}{size_text(est.total)} of {size_text(est.budget)} per {self.device}: ",
+                        style="bold")
+            text.append(verdict, style="bold green" if est.total <= est.budget else "bold red")
         text.append("\n")
         budget_cell = min(width - 1, round(est.budget / scale * width))
         used = 0
@@ -63,9 +71,19 @@ class MemoryBar(Widget):
             text.append("░" * (width - used), style="dim")
         if est.total > est.budget:
             text.append("\n" + " " * budget_cell + "▲ budget", style="bold red")
+        # The legend, laid out here entry by entry: a line never breaks inside one ("1.67 GiB" stays
+        # whole; the terminal's word wrap would break at any space, no-break ones included).
         text.append("\n")
+        column = 0
         for name in COMPONENTS:
-            # No-break spaces keep each legend entry whole when the line wraps.
-            text.append("■\u00a0", style=COLORS[name])
-            text.append(f"{name} {size_text(getattr(est, name))}".replace(" ", "\u00a0") + "  ", style="default")
+            entry = f"{name} {size_text(getattr(est, name))}"
+            if column and column + 4 + len(entry) > width:  # "  " then "■ " then the entry
+                text.append("\n")
+                column = 0
+            elif column:
+                text.append("  ")
+                column += 2
+            text.append("■ ", style=COLORS[name])
+            text.append(entry, style="default")
+            column += 2 + len(entry)
         return text
