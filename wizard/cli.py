@@ -43,6 +43,7 @@ def _plan_inputs(parser: argparse.ArgumentParser) -> None:
         PositiveInt,
         Precision,
         Strategy,
+        Tracker,
         choices,
         flag_type,
     )
@@ -75,6 +76,8 @@ def _plan_inputs(parser: argparse.ArgumentParser) -> None:
     tune.add_argument("--precision", choices=choices(Precision))
     tune.add_argument("--optimizer", choices=choices(Optimizer))
     tune.add_argument("--eval-fraction", type=flag_type(Fraction), help="share of rows held out for evaluation (0 = none)")
+    tune.add_argument("--report-to", nargs="+", choices=choices(Tracker), metavar="TRACKER",
+                      help=f"experiment trackers ({', '.join(choices(Tracker))}; several allowed; default: none)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,7 +233,7 @@ def _goals(args: argparse.Namespace) -> Goals:
         micro_batch=args.micro_batch, effective_batch=args.effective_batch,
         checkpointing=args.checkpointing, precision=args.precision, processes=args.processes,
         optimizer=args.optimizer,
-        eval_fraction=args.eval_fraction,
+        eval_fraction=args.eval_fraction, report_to=args.report_to,
     )
 
 
