@@ -53,6 +53,7 @@ class Chart:
     title: str
     unit: str
     lines: tuple[Line, ...]
+    y_range: tuple[float, float] | None = None   # a fixed scale (accuracy: 0 to 1)
 
     @property
     def empty(self) -> bool:
@@ -134,7 +135,7 @@ def charts(records: list[dict[str, Any]], memory_kind: str = "rss") -> list[Char
         Chart("accuracy", "Next-token accuracy", "", (
             Line("train", series(records, ACCURACY, training=True), COLORS[0]),
             Line("eval", series(records, EVAL_ACCURACY, training=False), COLORS[1], markers=True),
-        )),
+        ), y_range=(0.0, 1.0)),
         Chart("learning_rate", "Learning rate", "", (
             Line("learning rate", series(records, "learning_rate", training=True), COLORS[2]),)),
         Chart("grad_norm", "Gradient norm", "", (
@@ -168,7 +169,7 @@ def svg_chart(chart: Chart) -> str:
                 f'<text x="{WIDTH / 2}" y="34" text-anchor="middle" class="none">nothing logged yet</text></svg>')
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
+    y0, y1 = chart.y_range or (min(ys), max(ys))
     if x1 - x0 < 1e-12:
         x0, x1 = x0 - 1, x1 + 1
     if y1 - y0 < 1e-12:
@@ -189,9 +190,9 @@ def svg_chart(chart: Chart) -> str:
         y = py(value)
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y}" y2="{y}"/>')
         parts.append(f'<text class="tick" x="{LEFT - 6}" y="{y + 4}" text-anchor="end">{_tick(value)}</text>')
-    for i in range(5):
-        step = x0 + (x1 - x0) * i / 4
-        parts.append(f'<text class="tick" x="{px(step)}" y="{HEIGHT - 12}" text-anchor="middle">{step:.0f}</text>')
+    for step in sorted({round(x0 + (x1 - x0) * i / 4) for i in range(5)}):  # whole steps, where they are
+        if x0 <= step <= x1:
+            parts.append(f'<text class="tick" x="{px(step)}" y="{HEIGHT - 12}" text-anchor="middle">{step}</text>')
     parts.append(f'<text class="tick" x="{WIDTH - RIGHT}" y="{HEIGHT - 1}" text-anchor="end">step</text>')
     for line in chart.lines:
         coords = " ".join(f"{px(x)},{py(y)}" for x, y in line.points)

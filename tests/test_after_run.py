@@ -344,3 +344,48 @@ def test_try_generates_from_the_tuned_model_and_the_base_side_by_side(runs, caps
     assert cli_main(["try", str(run_dir), "12+7=", "--max-new-tokens", "4"]) == 0
     text = capsys.readouterr().out
     assert "tuned: output/checkpoint-" in text and "base" in text
+
+
+# ----------------------------------------------------------------------------- trackers in the plan
+
+def _plan_with(**goals: Any):
+    from llmwizard.autotune.dataset import profile_dataset
+    from llmwizard.autotune.embedded import EMBEDDED_DATASET, ensure_embedded_model
+    from llmwizard.autotune.goals import Goals
+    from llmwizard.autotune.hardware import from_spec
+    from llmwizard.autotune.model_spec import load_model_spec
+    from llmwizard.autotune.planner import plan
+    from llmwizard.autotune.tokens import counter_for
+
+    profile = profile_dataset(EMBEDDED_DATASET, counter_for(ensure_embedded_model()))
+    return plan(from_spec("cpu"), load_model_spec(None), profile, Goals(**goals))
+
+
+def test_report_to_reaches_trl_and_the_plan_suggests_only_a_configured_tracker(monkeypatch, capsys):
+    from llmwizard.autotune.plan_steps import configured_trackers
+    from llmwizard.runner.configs import sft_config
+
+    for name in ("WANDB_API_KEY", "MLFLOW_TRACKING_URI", "TRACKIO_SPACE_ID", "TRACKIO_DIR", "TENSORBOARD_LOGGING_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    quiet = _plan_with()
+    assert quiet.report_to == [] and "report_to" not in quiet.reasons
+    assert sft_config(quiet)["report_to"] == "none"
+
+    asked = _plan_with(report_to=["tensorboard", "trackio"])
+    config = sft_config(asked)
+    assert config["report_to"] == ["tensorboard", "trackio"] and config["project"] == "llmwizard"
+    assert config["env"]["TENSORBOARD_LOGGING_DIR"] == "tensorboard" and config["run_name"] == asked.name
+    assert asked.reasons["report_to"].startswith("tensorboard, trackio (asked for)")
+
+    # Installed and configured: suggested, not switched on. A key for a tracker that is not installed: silent.
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", "/tmp/tb")
+    assert configured_trackers() == ["tensorboard"]
+    suggested = _plan_with()
+    assert suggested.report_to == [] and "--report-to tensorboard" in suggested.reasons["report_to"]
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        assert configured_trackers({"WANDB_API_KEY": "k"}) == []
+
+    assert cli_main(["plan", "--report-to", "none", "tensorboard"]) == 2
+    assert "mixes none with trackers" in capsys.readouterr().err
