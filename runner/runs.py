@@ -34,7 +34,7 @@ class RunRow:
     mean_token_accuracy: float | None
     duration_s: float | None         # seconds of training, over every attempt
     size_bytes: int                  # everything in the directory, checkpoints included
-    started: str | None              # when metrics.jsonl was begun (local time, ISO)
+    updated: str | None              # metrics.jsonl's last write (local time, ISO): the last sign of life
     detail: str
 
     def to_json(self) -> dict[str, Any]:
@@ -69,18 +69,18 @@ def run_row(run_dir: Path) -> RunRow:
     metrics = run_dir / METRICS_FILE
     state = RunState.from_records(read_metrics(metrics))
     best = state.best_eval()
-    started = None
+    updated = None
     if state.began:
         try:
-            started = datetime.fromtimestamp(metrics.stat().st_ctime).isoformat(timespec="seconds")
+            updated = datetime.fromtimestamp(metrics.stat().st_mtime).isoformat(timespec="seconds")
         except OSError:
-            started = None
+            updated = None
     return RunRow(
         run_dir=str(run_dir), name=run_dir.name, state=status.state, step=status.step, max_steps=status.max_steps,
         train_loss=state.last_loss, eval_loss=state.eval_losses[-1][1] if state.eval_losses else None,
         best_eval_loss=best[1] if best else None, mean_token_accuracy=state.last_accuracy,
         duration_s=state.elapsed if state.began else None, size_bytes=directory_size(run_dir),
-        started=started, detail=status.detail,
+        updated=updated, detail=status.detail,
     )
 
 

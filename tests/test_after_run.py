@@ -74,9 +74,21 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     seen: list[Any] = []
     previous = os.environ.get("TRACKIO_DIR")
     os.environ["TRACKIO_DIR"] = str(trackio_dir)  # Trackio's local store, inherited by the ranks
+    from llmwizard.runner import report
+
+    writes: list[tuple[str, int]] = []   # (state shown, evaluations in metrics.jsonl) at each write
+    write_report = report.write_report
+
+    def counted(run_dir: Path, status: Any = None) -> Path:
+        path = write_report(run_dir, status)
+        writes.append((status.state if status else "-", len(logs(run_dir, "eval_loss", eval_only=True))))
+        return path
+
+    report.write_report = counted
     try:
         outcome = RunSession(Plan.load(finished / "plan.yaml"), finished, seen.append, interval=0.2).run()
     finally:
+        report.write_report = write_report
         if previous is None:
             os.environ.pop("TRACKIO_DIR", None)
         else:
@@ -87,7 +99,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert codes[0] == 0, (stopped / "train.log").read_text()[-3000:]
     assert codes[1] != 0, (failed / "train.log").read_text()[-3000:]
     return {"root": root, "finished": finished, "stopped": stopped, "failed": failed, "events": seen,
-            "trackio": trackio_dir}
+            "trackio": trackio_dir, "report_writes": writes}
 
 
 def logs(run_dir: Path, key: str, *, eval_only: bool = False) -> list[tuple[int, float]]:
@@ -219,6 +231,13 @@ def test_report_renders_in_headless_chromium_with_every_point(runs):
         assert heading in body
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert samples[0]["reference"] in body
+
+
+@pytest.mark.slow
+def test_the_session_writes_the_report_at_launch_at_each_evaluation_and_at_the_end(runs):
+    writes = runs["report_writes"]
+    assert writes[0] == ("running", 0) and writes[-1] == ("finished", 2)
+    assert [evals for state, evals in writes[1:-1]] == [1, 2] and {s for s, _ in writes[1:-1]} == {"running"}
 
 
 @pytest.mark.slow
