@@ -28,7 +28,7 @@ from typing import Any
 from llmwizard.runner import diagnostics, recovery, rundir
 from llmwizard.runner.configs import METRICS_FILE
 from llmwizard.runner.metrics import current_records, read_metrics
-from llmwizard.runner.samples import read_samples
+from llmwizard.runner.samples import printable, read_samples
 from llmwizard.runner.state import ACCURACY, EVAL_ACCURACY, SMOOTHING_STEPS, RunState
 from llmwizard.runner.summary import format_bytes, format_seconds
 
@@ -242,6 +242,10 @@ th{background:#f0f2f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
 """
 
 
+def _text(text: str) -> str:
+    return html.escape(printable(text))
+
+
 def _table(rows: Sequence[tuple[str, str]], numeric: bool = False) -> str:
     body = "".join(f'<tr><th>{html.escape(k)}</th><td class="{"num" if numeric else ""}">{html.escape(v)}</td></tr>'
                    for k, v in rows)
@@ -330,8 +334,8 @@ def render(run_dir: Path, status: rundir.RunStatus | None = None) -> str:
         '<p class="muted">Nothing to recover from.</p>'
     samples = read_samples(run_dir)
     samples_html = ("<table><tr><th>prompt</th><th>reference</th><th>output</th></tr>" + "".join(
-        f"<tr><td><pre>{html.escape(s['prompt'])}</pre></td><td><pre>{html.escape(s['reference'])}</pre></td>"
-        f"<td><pre>{html.escape(s['output'])}</pre></td></tr>" for s in samples) + "</table>") if samples else \
+        f"<tr><td><pre>{_text(s['prompt'])}</pre></td><td><pre>{_text(s['reference'])}</pre></td>"
+        f"<td><pre>{_text(s['output'])}</pre></td></tr>" for s in samples) + "</table>") if samples else \
         '<p class="muted">None yet: written at the end of a run that has held-out rows.</p>'
     figures = "".join(f'<figure><figcaption>{html.escape(c.title)}{" (" + c.unit + ")" if c.unit else ""}'
                       f"</figcaption>{svg_chart(c)}{legend(c)}</figure>"

@@ -21,6 +21,12 @@ SAMPLE_COUNT = 3
 SAMPLE_NEW_TOKENS = 32
 
 
+def printable(text: str) -> str:
+    """`text` safe to show in a terminal or a page: control characters (an untrained model emits
+    them) become U+FFFD; newlines and tabs stay."""
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else "\ufffd" for ch in text)
+
+
 def split_example(row: dict[str, Any]) -> tuple[list[dict[str, str]] | str, str] | None:
     """(prompt, reference) of a row in a TRL format: the conversation up to the last assistant turn
     and that turn; a prompt/completion pair; the first half of a text's words and the rest.

@@ -152,7 +152,9 @@ def _after_rows(run_dir: Path, outcome: Outcome) -> list[tuple[str, str]]:
 
 
 def _short(text: str, width: int = 60) -> str:
-    flat = " ".join(text.split())
+    from llmwizard.runner.samples import printable
+
+    flat = " ".join(printable(text).split())
     return repr(flat if len(flat) <= width else flat[: width - 1] + "…")
 
 

@@ -68,7 +68,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_try(args: argparse.Namespace) -> int:
     from llmwizard.runner.merge import load_plan, load_tuned
-    from llmwizard.runner.samples import generate
+    from llmwizard.runner.samples import generate, printable
 
     run_dir = _run_dir(args.target)
     load_plan(run_dir)
@@ -95,7 +95,7 @@ def cmd_try(args: argparse.Namespace) -> int:
     out = Console()
     out.print(Text(f"prompt: {args.prompt}", style="bold"))
     width = max(30, (out.width - 4) // 2)
-    out.print(Columns([Panel(Text(tuned or "(nothing)"), title=f"tuned: {weights.label}", width=width,
+    out.print(Columns([Panel(Text(printable(tuned) or "(nothing)"), title=f"tuned: {weights.label}", width=width,
                              border_style="green"),
-                       Panel(Text(base or "(nothing)"), title="base", width=width, border_style="dim")]))
+                       Panel(Text(printable(base) or "(nothing)"), title="base", width=width, border_style="dim")]))
     return 0
