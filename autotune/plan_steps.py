@@ -299,9 +299,15 @@ def trackers(goals: Goals, environ: Mapping[str, str] | None = None) -> Decision
         raise UserError(f"--report-to {' '.join(asked)} mixes none with trackers.", title="Trackers",
                         fix="Pass trackers (e.g. --report-to tensorboard trackio) or none alone.")
     if asked:
+        import importlib.util
+
         chosen: list[Tracker] = [t for t in asked if t != "none"]
+        missing = [t for t in chosen if importlib.util.find_spec(TRACKER_SETUP[t][0]) is None]
+        warnings = tuple(f"--report-to {t}: {TRACKER_SETUP[t][0]} is not installed here; install it where the "
+                         f"run trains (pip install {TRACKER_SETUP[t][0]}), or the ranks stop at the start"
+                         for t in missing)
         return Decision(chosen, (", ".join(chosen) if chosen else "none") + " (asked for); metrics.jsonl is "
-                        "written in every case")
+                        "written in every case", warnings)
     ready = configured_trackers(environ)
     if not ready:
         return Decision([])

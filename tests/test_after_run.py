@@ -405,6 +405,8 @@ def test_report_to_reaches_trl_and_the_plan_suggests_only_a_configured_tracker(m
 
     if importlib.util.find_spec("wandb") is None:
         assert configured_trackers({"WANDB_API_KEY": "k"}) == []
+        warned = _plan_with(report_to=["wandb"])
+        assert warned.report_to == ["wandb"] and any("pip install wandb" in w for w in warned.warnings)
 
     assert cli_main(["plan", "--report-to", "none", "tensorboard"]) == 2
     assert "mixes none with trackers" in capsys.readouterr().err
