@@ -28,6 +28,7 @@ from llmwizard.autotune.schema import (
     PositiveInt,
     Precision,
     Seed,
+    Tracker,
     Strategy,
     user_error,
 )
@@ -63,6 +64,7 @@ class Goals:
     optimizer: Optimizer | None = None
     launcher: Launcher | None = None
     processes: PositiveInt | None = None       # processes per node; on the CPU, how many ranks
+    report_to: list[Tracker] | None = None     # experiment trackers; None: none (the plan may suggest one)
     seed: Seed = 42
     extra: dict[str, Any] = field(default_factory=dict)
     # The fields the user set (flags, wizard edits), as opposed to a preset's values: the plan's

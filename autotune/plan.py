@@ -38,6 +38,7 @@ from llmwizard.autotune.schema import (
     Precision,
     Seed,
     Strategy,
+    Tracker,
     user_error,
 )
 
@@ -102,6 +103,8 @@ class Plan:
     # FSDP2 across machines: shard inside each machine, replicate across them (HSDP), so the
     # per-layer weight gathers stay on the fast intra-node links.
     hybrid_shard: bool = False
+    # Experiment trackers the run reports to (TRL's report_to); empty: metrics.jsonl only.
+    report_to: list[Tracker] = field(default_factory=list)
     version: Literal[1] = PLAN_VERSION
 
     @model_validator(mode="after")
@@ -139,7 +142,7 @@ class Plan:
             "reasons": [f"{key}: {text}" for key, text in self.reasons.items()],
             "model": self.model, "dataset": self.dataset, "device": self.device,
             "optimizer": self.optimizer, "max_steps": self.max_steps, "warnings": self.warnings,
-            "hybrid_shard": self.hybrid_shard,
+            "hybrid_shard": self.hybrid_shard, "report_to": list(self.report_to),
         }
 
     def save(self, path: Path) -> None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from llmwizard.autotune.schema import Launcher, Method, Precision
+from llmwizard.autotune.schema import Launcher, Method, Precision, Tracker
 from llmwizard.autotune.dataset import DatasetProfile
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.goals import Goals
@@ -265,6 +266,54 @@ def launcher(goals: Goals, strategy: str) -> Decision[Launcher]:
         "torchrun": "torchrun with accelerate's environment variables",
         "deepspeed": "the deepspeed launcher",
     }[launcher] + (" (asked for)" if goals.launcher else ""))
+
+
+# Trackers that need an account or a server, and what in the environment says one is set up.
+# Trackio and TensorBoard write local files; they are suggested when installed and pointed somewhere
+# (TRACKIO_SPACE_ID / TRACKIO_DIR, TENSORBOARD_LOGGING_DIR), so a plain machine's plan stays quiet.
+TRACKER_SETUP: dict[str, tuple[str, tuple[str, ...]]] = {
+    "wandb": ("wandb", ("WANDB_API_KEY",)),
+    "mlflow": ("mlflow", ("MLFLOW_TRACKING_URI",)),
+    "trackio": ("trackio", ("TRACKIO_SPACE_ID", "TRACKIO_DIR")),
+    "tensorboard": ("tensorboard", ("TENSORBOARD_LOGGING_DIR",)),
+}
+
+
+def configured_trackers(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Trackers installed here whose setup is in the environment (an API key, a URI, a directory)."""
+    import importlib.util
+    import os
+
+    environ = os.environ if environ is None else environ
+    found = []
+    for name, (module, variables) in TRACKER_SETUP.items():
+        if any(environ.get(v) for v in variables) and importlib.util.find_spec(module) is not None:
+            found.append(name)
+    return found
+
+
+def trackers(goals: Goals, environ: Mapping[str, str] | None = None) -> Decision[list[Tracker]]:
+    """report_to: what was asked for ("none" alone clears it); else none, suggesting a tracker that is
+    installed and configured."""
+    asked = list(dict.fromkeys(goals.report_to or []))
+    if "none" in asked and len(asked) > 1:
+        raise UserError(f"--report-to {' '.join(asked)} mixes none with trackers.", title="Trackers",
+                        fix="Pass trackers (e.g. --report-to tensorboard trackio) or none alone.")
+    if asked:
+        import importlib.util
+
+        chosen: list[Tracker] = [t for t in asked if t != "none"]
+        missing = [t for t in chosen if importlib.util.find_spec(TRACKER_SETUP[t][0]) is None]
+        warnings = tuple(f"--report-to {t}: {TRACKER_SETUP[t][0]} is not installed here; install it where the "
+                         f"run trains (pip install {TRACKER_SETUP[t][0]}), or the ranks stop at the start"
+                         for t in missing)
+        return Decision(chosen, (", ".join(chosen) if chosen else "none") + " (asked for); metrics.jsonl is "
+                        "written in every case", warnings)
+    ready = configured_trackers(environ)
+    if not ready:
+        return Decision([])
+    return Decision([], f"none; {', '.join(ready)} {'is' if len(ready) == 1 else 'are'} installed and configured "
+                        f"here: --report-to {' '.join(ready)} reports to {'it' if len(ready) == 1 else 'them'}")
 
 
 # ----------------------------------------------------------------------------- 6. schedule

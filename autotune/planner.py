@@ -72,6 +72,7 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     # 5. Gradient accumulation.
     grad_accum = record.take("batch", step.grad_accum(goals, chosen.micro_batch, world.size, effective))
     launcher = record.take("launcher", step.launcher(goals, chosen.strategy))
+    report_to = record.take("report_to", step.trackers(goals))
     # 6. Schedule.
     schedule = record.take("schedule", step.schedule(dataset, goals, effective, epochs))
     return Plan(
@@ -92,4 +93,5 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
         save_steps=schedule.eval_steps, logging_steps=schedule.logging_steps, seed=goals.seed,
         trainable_params=chosen.estimate.trainable_params, total_params=model.total_params,
         estimate=chosen.estimate, reasons=record.reasons, warnings=record.warnings, hybrid_shard=chosen.hybrid,
+        report_to=report_to,
     )

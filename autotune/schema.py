@@ -37,12 +37,15 @@ DatasetSize = Literal["small", "large"]       # the size classes of autotune/rul
 Device = Literal["cuda", "cpu"]
 ModelSource = Literal["embedded", "local", "catalog", "hub"]
 DatasetFormat = Literal["messages", "prompt_completion", "text"]   # what TRL's SFTTrainer reads
+# Experiment trackers, as TRL/Trainer `report_to` names them ("none": metrics.jsonl only).
+Tracker = Literal["trackio", "tensorboard", "wandb", "mlflow", "none"]
 
 # Every choice type by the name docs/schema.md and tests use.
 CHOICES: dict[str, Any] = {
     "Strategy": Strategy, "Method": Method, "Offload": Offload, "Optimizer": Optimizer,
     "Precision": Precision, "Launcher": Launcher, "LrScheduler": LrScheduler, "Attention": Attention,
     "DatasetSize": DatasetSize, "Device": Device, "ModelSource": ModelSource, "DatasetFormat": DatasetFormat,
+    "Tracker": Tracker,
 }
 
 

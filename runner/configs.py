@@ -14,6 +14,8 @@ from llmwizard.autotune.plan import Plan
 OUTPUT_DIR = "output"
 METRICS_FILE = "metrics.jsonl"
 DS_CONFIG = "ds_config.json"
+# TensorBoard event files, when the plan reports to it (relative to the run directory).
+TENSORBOARD_DIR = "tensorboard"
 HOSTFILE = "hostfile"
 _OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "adafactor": "adafactor", "sgd": "sgd"}
 _DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -231,7 +233,7 @@ def sft_config(plan: Plan) -> dict[str, Any]:
         "load_best_model_at_end": evaluate,
         "metric_for_best_model": "eval_loss" if evaluate else None,
         "greater_is_better": False if evaluate else None,
-        "report_to": "none",
+        "report_to": list(plan.report_to) or "none",
         "disable_tqdm": True,
         "ddp_find_unused_parameters": False,
     }
@@ -257,8 +259,17 @@ def sft_config(plan: Plan) -> dict[str, Any]:
             config["bnb_4bit_quant_storage"] = "bfloat16"
     if plan.launcher != "accelerate" and plan.strategy.startswith("zero"):
         config["deepspeed"] = DS_CONFIG  # the HF Trainer's own DeepSpeed integration
+    env: dict[str, str] = {}
+    if plan.report_to:
+        config["run_name"] = plan.name     # the run's name in every tracker
+    if "trackio" in plan.report_to:
+        config["project"] = "llmwizard"    # Trackio's project: local files unless TRACKIO_SPACE_ID is set
+    if "tensorboard" in plan.report_to:
+        env["TENSORBOARD_LOGGING_DIR"] = TENSORBOARD_DIR   # event files beside metrics.jsonl
     if plan.device == "cuda":
-        config["env"] = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+        env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+    if env:
+        config["env"] = env
     return {k: v for k, v in config.items() if v is not None}
 
 

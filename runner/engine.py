@@ -113,6 +113,7 @@ class RunSession:
         self._oom_kills = recovery.oom_kill_count()
         launch.start()
         self.launch = launch
+        self._write_report("running")
         self.on_event(events.Started(
             f"{plan.launcher} ({plan.strategy}, {plan.num_processes} process(es), micro-batch "
             f"{plan.micro_batch} x {plan.grad_accum} accumulation)", plan.launcher, str(launch.log_path),
@@ -163,6 +164,7 @@ class RunSession:
         # A stopped or failed run is judged as it stood (see build_summary): "still falling" is no news.
         self._report_findings(final=outcome.status == "done")
         self.outcome = outcome
+        self._write_report({"done": "finished"}.get(outcome.status, outcome.status))
         self.on_event(self._end_event(outcome))
         return outcome
 
@@ -227,6 +229,23 @@ class RunSession:
             self.on_event(events.Metrics(record, is_loss, self.state.snapshot()))
             if record.get("type") == "log":
                 self._report_findings(final=False, now="eval_loss" in record)
+                if "eval_loss" in record:
+                    self._write_report("running")
+
+    def _write_report(self, state: str) -> None:
+        """report.html as the run stands (llmwizard.runner.report); a failure to write it is noted
+        once and never stops the run."""
+        from llmwizard.runner.report import write_report
+        from llmwizard.runner.rundir import RunStatus
+
+        status = RunStatus(state, self.state.step, self.state.max_steps,
+                           "training" if state == "running" else f"ended at step {self.state.step}")
+        try:
+            write_report(self.run_dir, status)
+        except Exception as exc:  # noqa: BLE001 (the report is a view: the run goes on without it)
+            note = f"report.html could not be written: {type(exc).__name__}: {exc}"
+            if note not in self._outcome.notes:
+                self._outcome.notes.append(note)
 
     def _report_findings(self, final: bool, now: bool = False) -> None:
         for finding in self.state.findings(final=final, now=now):

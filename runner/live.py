@@ -42,6 +42,16 @@ def memory_line(state: RunState) -> Text | None:
     return None if memory is None else _pairs(("peak memory", memory))
 
 
+def accuracy_line(state: RunState) -> Text | None:
+    """Next-token accuracy (TRL's mean_token_accuracy), train and eval; None before any."""
+    if state.last_accuracy is None and state.last_eval_accuracy is None:
+        return None
+    return _pairs(
+        ("acc", f"{state.last_accuracy:.1%}" if state.last_accuracy is not None else None),
+        ("eval acc", f"{state.last_eval_accuracy:.1%}" if state.last_eval_accuracy is not None else None),
+    )
+
+
 def numbers(state: RunState) -> list[Text]:
     smoothed = state.smoothed_loss()
     best = state.best_eval()
@@ -51,6 +61,9 @@ def numbers(state: RunState) -> list[Text]:
         ("eval", f"{state.eval_losses[-1][1]:.4f}" if state.eval_losses else None),
         ("best eval", f"{best[1]:.4f} @ step {best[0]}" if best and len(state.eval_losses) > 1 else None),
     )
+    accuracy = accuracy_line(state)
+    if accuracy is not None:
+        loss = Text.assemble(loss, "   ", accuracy) if loss.plain else accuracy
     rates = _pairs(
         ("lr", f"{state.learning_rate:.2e}" if state.learning_rate is not None else None),
         ("grad norm", f"{state.grad_norm:.3f}" if state.grad_norm is not None else None),
@@ -128,6 +141,8 @@ def plain_line(state: RunState) -> str:
     smoothed = state.smoothed_loss()
     if smoothed is not None:
         fields.append(f"smoothed {smoothed:.4f}")
+    if state.last_accuracy is not None:
+        fields.append(f"acc {state.last_accuracy:.1%}")
     if state.learning_rate is not None:
         fields.append(f"lr {state.learning_rate:.2e}")
     if state.grad_norm is not None:
@@ -145,6 +160,8 @@ def plain_eval_line(state: RunState) -> str:
     step, value = state.eval_losses[-1]
     best = state.best_eval()
     line = f"step {step}/{state.max_steps}  eval_loss {value:.4f}"
+    if state.eval_accuracies and state.eval_accuracies[-1][0] == step:
+        line += f"  eval_acc {state.eval_accuracies[-1][1]:.1%}"
     return line + (f"  best {best[1]:.4f} (step {best[0]})" if best else "")
 
 

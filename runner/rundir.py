@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmwizard.runner import recovery, runlock
-from llmwizard.runner.configs import METRICS_FILE, OUTPUT_DIR
+from llmwizard.runner.configs import METRICS_FILE, OUTPUT_DIR, TENSORBOARD_DIR
 from llmwizard.runner.metrics import read_metrics
 from llmwizard.runner.state import RunState
 
@@ -27,7 +27,7 @@ MANIFEST_FILE = f"{runlock.STATE_DIR}/manifest.json"
 MANIFEST_VERSION = 1
 LOG_FILE = "train.log"
 # What a training run adds to its directory; `--fresh` moves these aside together.
-RUN_RESULTS = (OUTPUT_DIR, METRICS_FILE, LOG_FILE, "recovery.log")
+RUN_RESULTS = (OUTPUT_DIR, METRICS_FILE, LOG_FILE, "recovery.log", "samples.jsonl", "report.html", TENSORBOARD_DIR)
 # What a finished save leaves in output/ (PEFT adapter, or a full model in one or several shards).
 FINAL_MODEL_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 
@@ -165,7 +165,8 @@ def run_status(run_dir: Path) -> RunStatus:
 
 
 def set_aside(run_dir: Path) -> Path | None:
-    """Move the earlier run's results (output/, metrics.jsonl, train.log, recovery.log) into a new
+    """Move the earlier run's results (output/, metrics.jsonl, train.log, recovery.log, samples.jsonl,
+    report.html, tensorboard/) into a new
     `previous-<time>/` inside the run directory; nothing is deleted. None when there was nothing."""
     present = [run_dir / name for name in RUN_RESULTS if (run_dir / name).exists()]
     if not present:

@@ -69,7 +69,7 @@ def summary_table(summary: Summary) -> Table:
     table.add_column(style="dim", no_wrap=True)
     table.add_column(overflow="fold")
     for label, value in summary.rows:
-        table.add_row(label, value)
+        table.add_row(label, Text(value))  # plain text: a path or a sample may hold [brackets]
     return table
 
 

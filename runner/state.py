@@ -21,6 +21,9 @@ RATE_WINDOW = 5
 # The smoothed loss averages the logs of this many recent steps (TensorBoard-like smoothing
 # without its lag at the start of a run).
 SMOOTHING_STEPS = 20
+# TRL's next-token accuracy, as SFTTrainer logs it for training and evaluation.
+ACCURACY = "mean_token_accuracy"
+EVAL_ACCURACY = "eval_mean_token_accuracy"
 # Diagnostics read the whole run; recompute them at most this often (seconds) while it runs.
 FINDINGS_INTERVAL = 2.0
 
@@ -34,6 +37,9 @@ class RunState:
     world_size: int = 1
     losses: list[tuple[int, float]] = field(default_factory=list)
     eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    # Next-token accuracy (TRL's mean_token_accuracy): on the training batches, and at each evaluation.
+    accuracies: list[tuple[int, float]] = field(default_factory=list)
+    eval_accuracies: list[tuple[int, float]] = field(default_factory=list)
     learning_rate: float | None = None
     grad_norm: float | None = None
     tokens_seen: int = 0
@@ -67,7 +73,7 @@ class RunState:
         """A copy another thread may keep while this one folds on: the lists are copied (records
         themselves are never changed once read), so this costs pointers, not a deep copy."""
         copy = _copy.copy(self)
-        for name in ("losses", "eval_losses", "rank_peaks", "checkpoints", "records", "_rate_points"):
+        for name in ("losses", "eval_losses", "accuracies", "eval_accuracies", "rank_peaks", "checkpoints", "records", "_rate_points"):
             setattr(copy, name, list(getattr(self, name)))
         return copy
 
@@ -96,6 +102,8 @@ class RunState:
             # A resume from an earlier checkpoint throws away what came after it.
             self.losses = [(s, v) for s, v in self.losses if s <= self.start_step]
             self.eval_losses = [(s, v) for s, v in self.eval_losses if s <= self.start_step]
+            self.accuracies = [(s, v) for s, v in self.accuracies if s <= self.start_step]
+            self.eval_accuracies = [(s, v) for s, v in self.eval_accuracies if s <= self.start_step]
         elif kind == "log":
             self.step = int(record.get("step", self.step))
             self.max_steps = int(record.get("max_steps") or self.max_steps)
@@ -120,6 +128,10 @@ class RunState:
                 self.grad_norm = float(record["grad_norm"])
             if "eval_loss" in record:
                 self.eval_losses.append((self.step, float(record["eval_loss"])))
+            if isinstance(record.get(ACCURACY), (int, float)):
+                self.accuracies.append((self.step, float(record[ACCURACY])))
+            if isinstance(record.get(EVAL_ACCURACY), (int, float)):
+                self.eval_accuracies.append((self.step, float(record[EVAL_ACCURACY])))
             if "loss" in record:
                 self.losses.append((self.step, float(record["loss"])))
                 return True
@@ -142,6 +154,14 @@ class RunState:
     @property
     def last_loss(self) -> float | None:
         return self.losses[-1][1] if self.losses else None
+
+    @property
+    def last_accuracy(self) -> float | None:
+        return self.accuracies[-1][1] if self.accuracies else None
+
+    @property
+    def last_eval_accuracy(self) -> float | None:
+        return self.eval_accuracies[-1][1] if self.eval_accuracies else None
 
     def smoothed_loss(self, steps: int = SMOOTHING_STEPS) -> float | None:
         """Mean of the losses logged over the last `steps` steps (at least the last log): one

@@ -89,6 +89,9 @@ def build_summary(run_dir: Path, state: RunState, outcome: Outcome) -> Summary:
     best_eval = state.best_eval()
     if state.eval_losses and best_eval:
         rows.append(("eval loss", f"{state.eval_losses[-1][1]:.4f} (best {best_eval[1]:.4f} at step {best_eval[0]})"))
+    accuracy = accuracy_text(state)
+    if accuracy is not None:
+        rows.append(("next-token accuracy", accuracy))
     best = recovery.best_checkpoint(run_dir, output) if output.is_dir() else None
     if best is not None:
         metric = f", eval loss {best.metric:.4f}" if best.metric is not None else ""
@@ -105,6 +108,7 @@ def build_summary(run_dir: Path, state: RunState, outcome: Outcome) -> Summary:
     rows += [("note", note) for note in outcome.notes]
     rows.append(("run directory", str(run_dir)))
     title, style = _status_rows(rows, run_dir, state, outcome, output)
+    rows += _after_rows(run_dir, outcome)
     # A stopped or failed run is judged as it stood: "still falling" would be no news.
     findings = state.findings(final=outcome.status == "done")
     if outcome.status == "diverged":
@@ -112,6 +116,46 @@ def build_summary(run_dir: Path, state: RunState, outcome: Outcome) -> Summary:
     free = recovery.free_disk_bytes(run_dir) if outcome.failure and outcome.failure.kind == "disk_full" else None
     return Summary(outcome.status, title, style, tuple(rows), tuple(findings), outcome.failure,
                    tuple(outcome.log_tail), str(run_dir / "train.log"), free, _resume_advice(run_dir, outcome, output))
+
+
+def accuracy_text(state: RunState) -> str | None:
+    """Next-token accuracy as the runs log it (TRL's mean_token_accuracy): "41.2% -> 63.0% (eval 61.5%)"."""
+    parts = []
+    if state.accuracies:
+        first, last = state.accuracies[0][1], state.accuracies[-1][1]
+        parts.append(f"{first:.1%} -> {last:.1%}")
+    if state.eval_accuracies:
+        parts.append(f"eval {state.eval_accuracies[-1][1]:.1%}")
+    if not parts:
+        return None
+    return parts[0] + (f" ({parts[1]})" if len(parts) > 1 else "") if state.accuracies else parts[0]
+
+
+def _after_rows(run_dir: Path, outcome: Outcome) -> list[tuple[str, str]]:
+    """What to look at and do next: the report, one held-out sample, merge and try."""
+    from llmwizard.runner.report import REPORT_FILE
+    from llmwizard.runner.samples import read_samples
+
+    rows: list[tuple[str, str]] = []
+    if (run_dir / REPORT_FILE).is_file():
+        rows.append(("report", str(run_dir / REPORT_FILE)))
+    samples = read_samples(run_dir)
+    if samples:
+        first = samples[0]
+        rows.append(("sample", f"{_short(first['prompt'])} -> {_short(first['output'])} "
+                               f"(reference: {_short(first['reference'])}; all in samples.jsonl)"))
+    if outcome.status == "done":
+        rows.append(("try it", f'llmwizard try {run_dir} "your prompt"'))
+        if (run_dir / OUTPUT_DIR / "adapter_config.json").is_file():
+            rows.append(("merge", f"llmwizard merge {run_dir}"))
+    return rows
+
+
+def _short(text: str, width: int = 60) -> str:
+    from llmwizard.runner.samples import printable
+
+    flat = " ".join(printable(text).split())
+    return repr(flat if len(flat) <= width else flat[: width - 1] + "…")
 
 
 def _resume_advice(run_dir: Path, outcome: Outcome, output: Path) -> str:

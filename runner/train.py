@@ -115,6 +115,8 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
         trainer.save_model(training_args.output_dir)
         if trainer.accelerator.is_main_process:
             print(f"llmwizard: saved to {Path(training_args.output_dir).resolve()}", flush=True)
+    if reason is None and trainer.accelerator.is_main_process:
+        write_eval_samples(trainer, eval_dataset, tokenizer, Path(own.metrics_file).parent)
     # Rank 0 may still be writing while the others reach the teardown; a rank that closes its
     # gloo connections under a peer still using them can abort it ("terminate called without an
     # active exception"), so all ranks leave together.
@@ -124,6 +126,32 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
     # A full disk was said by rank 0 as a UserError (llmwizard.runner.callbacks); it ends the run
     # like any other input to fix.
     return USER_ERROR_EXIT if reason == "disk_full" else 0
+
+
+def write_eval_samples(trainer: Any, eval_dataset: Any, tokenizer: Any, run_dir: Path) -> None:
+    """A few held-out examples generated greedily with the final weights, into samples.jsonl
+    (llmwizard.runner.samples). Rank 0 only, and only when it holds the whole model: FSDP and
+    ZeRO-3 shard it (`llmwizard try` generates from the saved result instead). A failure here
+    costs the samples, never the run."""
+    from llmwizard.runner.samples import SAMPLES_FILE, eval_samples, write_samples
+
+    if eval_dataset is None or len(eval_dataset) == 0:
+        print("llmwizard: no held-out rows, so no samples; `llmwizard try RUN_DIR \"prompt\"` tries the model",
+              flush=True)
+        return
+    engine = getattr(trainer, "deepspeed", None)
+    if trainer.is_fsdp_enabled or (engine is not None and engine.zero_optimization_stage() == 3):
+        print("llmwizard: the model is sharded over the ranks, so no samples here; "
+              "`llmwizard try RUN_DIR \"prompt\"` generates from the saved result", flush=True)
+        return
+    try:
+        rows = eval_dataset.select(range(min(len(eval_dataset), 16)))
+        samples = eval_samples(trainer.model, tokenizer, rows)
+        write_samples(run_dir / SAMPLES_FILE, samples, int(trainer.state.global_step))
+    except Exception as exc:  # noqa: BLE001 (a sample is a nicety; the trained weights are saved already)
+        print(f"llmwizard: could not generate samples ({type(exc).__name__}: {exc})", flush=True)
+        return
+    print(f"llmwizard: {len(samples)} held-out example(s) generated into {SAMPLES_FILE}", flush=True)
 
 
 def test_callbacks() -> list[Any]:

@@ -18,7 +18,7 @@ from llmwizard.runner.state import RunState
 from llmwizard.runner.plot import loss_plot
 from tests.conftest import run_cli
 
-PLAIN_LINE = re.compile(r"^step (\d+)/(\d+)  epoch [\d.]+  loss [\d.]+  smoothed [\d.]+  lr [\d.e+-]+  "
+PLAIN_LINE = re.compile(r"^step (\d+)/(\d+)  epoch [\d.]+  loss [\d.]+  smoothed [\d.]+  (acc [\d.]+%  )?lr [\d.e+-]+  "
                         r"grad_norm [\d.]+  (tok/s \d+  )?peak_mem [\d,.]+(MiB|GiB)  elapsed [\d:]+  eta [\d:-]+$")
 
 
@@ -205,3 +205,34 @@ def test_a_stop_for_a_full_disk_says_which_checkpoint_was_skipped_and_which_is_k
     assert out.getvalue().splitlines() == [
         "stopping at step 4 (disk full: checkpoint-4 skipped, output/checkpoint-2 kept)",
         "stopping at step 4 (disk full: checkpoint-4 skipped, no checkpoint saved before)"]
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_next_token_accuracy_shows_beside_the_loss_train_and_eval(width):
+    """TRL logs mean_token_accuracy (train) and eval_mean_token_accuracy; the panel, the plain lines
+    and the wizard's numbers (the same lines) show both, and the panel still fits."""
+    flat = records()
+    for record in flat:
+        if "loss" in record:
+            record["mean_token_accuracy"] = 0.2 + record["step"] / 100
+        if "eval_loss" in record:
+            record["eval_mean_token_accuracy"] = 0.1 + record["step"] / 100
+    state = RunState.from_records(flat)
+    console = Console(width=width, height=30, record=True, force_terminal=True, color_system="truecolor")
+    console.print(render(state, "tiny-llama-arithmetic", width, 30))
+    text = console.export_text()
+    assert all(len(line) <= width for line in text.splitlines())
+    assert "acc 50.0%" in text and "eval acc 40.0%" in text
+
+    out = io.StringIO()
+    printer = PlainPrinter(Console(file=out, width=80, force_terminal=False))
+    plain = RunState()
+    for record in flat:
+        printer.record(plain, record, plain.update(record))
+    lines = out.getvalue().splitlines()
+    assert any(line.startswith("step 30/60") and "acc 50.0%" in line for line in lines)
+    assert any("eval_loss" in line and "eval_acc 40.0%" in line for line in lines)
+
+    from llmwizard.wizard.core import metrics_lines
+
+    assert "acc 50.0%" in " ".join(line.plain for line in metrics_lines(state))

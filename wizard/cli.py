@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from llmwizard.autotune.plan import Plan
     from llmwizard.autotune.schema import Precision, Strategy
 
-SUBCOMMANDS = ("plan", "estimate", "export", "run", "resume", "watch", "stop", "status", "detect", "presets")
+SUBCOMMANDS = ("plan", "estimate", "export", "run", "resume", "watch", "stop", "status", "runs", "report", "merge",
+               "try", "detect", "presets")
 
 DESCRIPTION = """\
 Fine-tune an LLM on the hardware you have: detect it, plan a run that fits, export configs
@@ -27,7 +28,8 @@ that run without llmwizard, launch, and watch the loss.
 
   llmwizard                                 the interactive wizard
   llmwizard --preset small-dataset --yes    headless: plan, export, launch, live loss
-  llmwizard plan|estimate|export|run|resume|watch|stop|status|detect|presets ...   (see `llmwizard COMMAND --help`)
+  llmwizard plan|estimate|export|run|resume|watch|stop|status|runs|report|merge|try|detect|presets ...
+                                            (see `llmwizard COMMAND --help`)
 """
 
 
@@ -43,6 +45,7 @@ def _plan_inputs(parser: argparse.ArgumentParser) -> None:
         PositiveInt,
         Precision,
         Strategy,
+        Tracker,
         choices,
         flag_type,
     )
@@ -75,6 +78,8 @@ def _plan_inputs(parser: argparse.ArgumentParser) -> None:
     tune.add_argument("--precision", choices=choices(Precision))
     tune.add_argument("--optimizer", choices=choices(Optimizer))
     tune.add_argument("--eval-fraction", type=flag_type(Fraction), help="share of rows held out for evaluation (0 = none)")
+    tune.add_argument("--report-to", nargs="+", choices=choices(Tracker), metavar="TRACKER",
+                      help=f"experiment trackers ({', '.join(choices(Tracker))}; several allowed; default: none)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +142,31 @@ def build_subparser(command: str) -> argparse.ArgumentParser:
     elif command == "status":
         parser.description = "The runs under a directory (default: . if it is a run, else ./runs) and their state."
         parser.add_argument("target", nargs="?", help="a run directory or a directory of runs")
+        parser.add_argument("--json", action="store_true")
+    elif command == "runs":
+        parser.description = ("The runs under a directory (default: . if it is a run, else ./runs): state, steps, "
+                              "final train and eval loss, next-token accuracy, duration and size.")
+        parser.add_argument("target", nargs="?", help="a run directory or a directory of runs")
+        parser.add_argument("--json", action="store_true")
+    elif command == "report":
+        parser.description = ("The run's report.html (charts, plan, diagnostics): written again from the run's "
+                              "files, its path printed, and opened in a browser when this is a terminal.")
+        parser.add_argument("target", help="run directory")
+        parser.add_argument("--no-open", action="store_true", help="print the path only")
+    elif command == "merge":
+        parser.description = ("Merge the LoRA adapter into the base model: safetensors, tokenizer and chat template "
+                              "that plain transformers loads. From the best checkpoint by eval loss by default.")
+        parser.add_argument("target", help="run directory")
+        parser.add_argument("--out", help="a new directory for the merged model (default: RUN/merged)")
+        parser.add_argument("--checkpoint", help="merge this checkpoint (e.g. checkpoint-40, or output) instead")
+        parser.add_argument("--dequantize", action="store_true",
+                            help="QLoRA: merge into the base loaded in 16-bit (the adapter was trained on 4-bit weights)")
+    elif command == "try":
+        parser.description = "Generate from the tuned model and from the base, side by side, with the chat template."
+        parser.add_argument("target", help="run directory")
+        parser.add_argument("prompt", help="the user message")
+        parser.add_argument("--max-new-tokens", type=_positive_int(), default=64)
+        parser.add_argument("--checkpoint", help="try this checkpoint (e.g. checkpoint-40) instead of the best")
         parser.add_argument("--json", action="store_true")
     elif command == "detect":
         parser.description = "What this machine has: GPUs, memory, interconnect, host RAM."
@@ -230,7 +260,7 @@ def _goals(args: argparse.Namespace) -> Goals:
         micro_batch=args.micro_batch, effective_batch=args.effective_batch,
         checkpointing=args.checkpointing, precision=args.precision, processes=args.processes,
         optimizer=args.optimizer,
-        eval_fraction=args.eval_fraction,
+        eval_fraction=args.eval_fraction, report_to=args.report_to,
     )
 
 
@@ -384,6 +414,36 @@ def cmd_status(args: argparse.Namespace) -> int:
     from llmwizard.wizard.run_commands import cmd_status as status
 
     return status(args)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from llmwizard.wizard.run_commands import cmd_runs as runs
+
+    return runs(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from llmwizard.wizard.after_commands import cmd_report as report
+
+    return report(args)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from llmwizard.wizard.after_commands import cmd_merge as merge
+
+    return merge(args)
+
+
+def cmd_try(args: argparse.Namespace) -> int:
+    from llmwizard.wizard.after_commands import cmd_try as try_
+
+    return try_(args)
+
+
+def _positive_int() -> Any:
+    from llmwizard.autotune.schema import PositiveInt, flag_type
+
+    return flag_type(PositiveInt)
 
 
 def cmd_wizard(args: argparse.Namespace) -> int:

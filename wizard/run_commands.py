@@ -1,4 +1,4 @@
-"""The commands that act on a run directory: run, resume, watch, stop, status, and export's guard.
+"""The commands that act on a run directory: run, resume, watch, stop, status, runs, and export's guard.
 
 plan.yaml is the source of truth: `run` and `resume` load and check it, then export the other
 run files from it again before launching, so what trains is what plan.yaml says. A file edited
@@ -153,15 +153,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from llmwizard.runner import rundir
 
-    if args.target:
-        root = Path(args.target)
-        if not root.is_dir():
-            raise UserError(f"Directory not found: {root}", title="Run directory",
-                            fix="Pass a run directory or a directory of runs (default: ./ or ./runs).")
-    else:
-        root = Path.cwd() if rundir.is_run_dir(Path.cwd()) or not Path("runs").is_dir() else Path("runs")
-    runs = [root] if rundir.is_run_dir(root) else sorted(p for p in root.iterdir() if p.is_dir()
-                                                          and rundir.is_run_dir(p))
+    from llmwizard.runner.runs import run_dirs
+
+    root = runs_root(args.target)
+    runs = run_dirs(root)
     rows = [(path, rundir.run_status(path)) for path in runs]
     if args.json:
         print(json.dumps([{"run_dir": str(path), "state": s.state, "step": s.step, "max_steps": s.max_steps,
@@ -178,6 +173,53 @@ def cmd_status(args: argparse.Namespace) -> int:
     for path, s in rows:
         table.add_row(str(path), s.state, f"{s.step}/{s.max_steps or '?'}", s.checkpoint or "-", s.detail)
     console.print(table)
+    return 0
+
+
+def runs_root(target: str | None) -> Path:
+    """The directory `status` and `runs` look in: TARGET, else . when it is a run, else ./runs."""
+    from llmwizard.runner import rundir
+
+    if target:
+        root = Path(target)
+        if not root.is_dir():
+            raise UserError(f"Directory not found: {root}", title="Run directory",
+                            fix="Pass a run directory or a directory of runs (default: ./ or ./runs).")
+        return root
+    return Path.cwd() if rundir.is_run_dir(Path.cwd()) or not Path("runs").is_dir() else Path("runs")
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """The runs under a directory: state, steps, final train and eval loss, duration and size."""
+    from llmwizard.runner.runs import list_runs
+    from llmwizard.runner.summary import format_bytes, format_seconds
+
+    root = runs_root(args.target)
+    rows = list_runs(root)
+    if args.json:
+        print(json.dumps([row.to_json() for row in rows], indent=2))
+        return 0
+    console = Console()
+    if not rows:
+        console.print(f"No run directories under {root}.", highlight=False)
+        return 0
+    styles = {"finished": "green", "running": "cyan", "stopped": "yellow", "diverged": "red", "failed": "red"}
+    table = Table(box=None, padding=(0, 2), caption="loss: the last training loss · eval: the last eval loss · "
+                  "acc: next-token accuracy · time: training time", caption_justify="left")
+    table.add_column("run", overflow="fold", ratio=1)
+    for column in ("state", "steps", "loss", "eval", "acc", "time", "size"):
+        table.add_column(column, no_wrap=True, justify="left" if column == "state" else "right")
+
+    def number(value: float | None, digits: int = 4) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    for row in rows:
+        table.add_row(row.name, f"[{styles.get(row.state, 'dim')}]{row.state}[/]", f"{row.step}/{row.max_steps or '?'}",
+                      number(row.train_loss), number(row.eval_loss),
+                      "-" if row.mean_token_accuracy is None else f"{row.mean_token_accuracy:.1%}",
+                      format_seconds(row.duration_s), format_bytes(row.size_bytes))
+    console.print(table)
+    console.print(f"[dim]{len(rows)} run(s) under {root}[/]", highlight=False)
     return 0
 
 

@@ -60,6 +60,19 @@ def findings_view(findings: list[Any]) -> Any:
     return Group(*(core.finding_view(finding) for finding in findings))
 
 
+def report_link(run_dir: Any) -> Text:
+    """The run's report.html (written at each evaluation and at the end), as a terminal link."""
+    from pathlib import Path
+
+    from llmwizard.runner.report import REPORT_FILE
+
+    path = (Path(run_dir) / REPORT_FILE).resolve()
+    text = Text("report: ", style="dim")
+    text.append(str(path), style=f"link {path.as_uri()}")
+    text.append("  (updated at each evaluation; `llmwizard report` opens it)", style="dim")
+    return text
+
+
 class RunScreen(StepScreen):
     STEP = 6
     NEXT_LABEL = "Stop"
@@ -76,6 +89,7 @@ class RunScreen(StepScreen):
         yield Static(id="run-title")
         yield ProgressBar(id="progress", show_eta=False)
         yield Static(id="run-metrics")
+        yield Static(id="report-link")
         yield LossPlot(id="loss")
         yield Static(id="recovery")
         yield Static(id="diagnostics")
@@ -149,6 +163,7 @@ class RunScreen(StepScreen):
     def _on_started(self, event: events.Started) -> None:
         if self.session is not None:
             self.state.launch = self.session.launch  # the attempt now running
+            self.query_one("#report-link", Static).update(report_link(self.session.run_dir))
         if event.attempt > 1:
             self._recovery(Text(f"Attempt {event.attempt}: {event.plan}", style="dim"))
 

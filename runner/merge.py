@@ -1,0 +1,189 @@
+"""After a run: which weights to use, the merged model, and the tuned model next to its base.
+
+- `pick_weights` chooses what `merge` and `try` load: the checkpoint asked for, else the best
+  checkpoint by eval loss (llmwizard.runner.recovery.best_checkpoint), else output/ (the final
+  result), else the newest complete checkpoint.
+- `merge` folds a LoRA adapter into its base model and writes safetensors with the tokenizer and
+  chat template, which plain `AutoModelForCausalLM.from_pretrained` loads. It never writes over
+  an existing directory: the model is written into a temporary folder beside the target and
+  renamed into place whole. QLoRA adapters were trained against 4-bit weights; merging them into
+  the 16-bit base changes the numbers slightly, so it needs `dequantize=True` said out loud.
+- `load_tuned` gives the base with the adapter (or the fully tuned model and the base) for
+  `llmwizard try`.
+
+A missing base model, a missing adapter or a directory in the way is a UserError (exit code 2).
+Torch is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.plan import Plan
+from llmwizard.runner import recovery
+from llmwizard.runner.configs import OUTPUT_DIR
+
+MERGED_DIR = "merged"
+WEIGHT_MARKERS = ("adapter_config.json", "config.json")
+
+
+@dataclass(frozen=True)
+class Weights:
+    path: Path          # a directory holding an adapter (adapter_config.json) or a full model
+    label: str          # "checkpoint-40 (best eval loss 1.2345)", "output/ (final)", ...
+    adapter: bool
+
+
+def load_plan(run_dir: Path) -> Plan:
+    if not run_dir.is_dir():
+        raise UserError(f"Run directory not found: {run_dir}", title="Run directory",
+                        fix="Pass a run directory (see `llmwizard runs`).")
+    return Plan.load(run_dir / "plan.yaml")
+
+
+def _holds_weights(path: Path) -> bool:
+    return path.is_dir() and any((path / name).is_file() for name in WEIGHT_MARKERS)
+
+
+def pick_weights(run_dir: Path, checkpoint: str | None = None) -> Weights:
+    output = run_dir / OUTPUT_DIR
+    if checkpoint:
+        candidates = [run_dir / checkpoint, output / checkpoint]
+        path = next((c for c in candidates if _holds_weights(c)), None)
+        if path is None:
+            found = ", ".join(c.name for c in recovery.checkpoints(output)) if output.is_dir() else ""
+            raise UserError(f"--checkpoint {checkpoint}: no adapter or model there.", title="Checkpoint",
+                            fix=f"Pass one of: output{', ' + found if found else ''}.")
+        return Weights(path, str(path.relative_to(run_dir)), (path / "adapter_config.json").is_file())
+    best = recovery.best_checkpoint(run_dir, output) if output.is_dir() else None
+    if best is not None and _holds_weights(best.path):
+        metric = f", best eval loss {best.metric:.4f}" if best.metric is not None else ""
+        return Weights(best.path, f"{best.path.relative_to(run_dir)} (step {best.step}{metric})",
+                       (best.path / "adapter_config.json").is_file())
+    if _holds_weights(output):
+        return Weights(output, f"{OUTPUT_DIR}/ (the final result)", (output / "adapter_config.json").is_file())
+    last = recovery.last_checkpoint(output) if output.is_dir() else None
+    if last is not None and _holds_weights(last):
+        return Weights(last, f"{last.relative_to(run_dir)} (the newest checkpoint)",
+                       (last / "adapter_config.json").is_file())
+    raise UserError(f"{run_dir} holds no trained weights yet (no checkpoint and nothing in {OUTPUT_DIR}/).",
+                    title="Run directory", fix=f"Train it first: llmwizard run {run_dir}")
+
+
+def base_model_path(plan: Plan) -> str:
+    """Where the base weights are; a UserError when they are not on this machine nor fetchable."""
+    if plan.model_source == "embedded":
+        from llmwizard.autotune.embedded import ensure_embedded_model
+
+        return str(ensure_embedded_model())
+    if plan.model_source == "local":
+        if not _holds_weights(Path(plan.model)):
+            raise UserError(f"The base model {plan.model} is not there any more (no config.json).",
+                            title="Model weights",
+                            fix="Put the base model back at that path, or edit model: in plan.yaml to where it is now.")
+        return plan.model
+    from llmwizard.runner.preflight import check_model_weights
+
+    check_model_weights(plan.model, plan.model_source)  # raises with the fix when they cannot be had
+    return plan.model
+
+
+def torch_dtype(plan: Plan) -> Any:
+    import torch
+
+    if plan.device == "cpu" or plan.precision == "fp32":
+        return torch.float32
+    return torch.bfloat16 if plan.precision == "bf16" else torch.float16
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(weights: Weights, base: str) -> Any:
+    from transformers import AutoTokenizer
+
+    source = weights.path if (weights.path / "tokenizer_config.json").is_file() else base
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_tuned(run_dir: Path, checkpoint: str | None = None) -> tuple[Any, Any, Any, Weights]:
+    """(tuned model, base model or None when the tuned one is a PeftModel whose adapter can be
+    switched off, tokenizer, the weights chosen), in eval mode on the GPU when there is one."""
+    from transformers import AutoModelForCausalLM
+
+    plan = load_plan(run_dir)
+    weights = pick_weights(run_dir, checkpoint)
+    base_path = base_model_path(plan)
+    dtype, device = torch_dtype(plan), _device()
+    tokenizer = load_tokenizer(weights, base_path)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).to(device).eval()
+    if weights.adapter:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, str(weights.path)).eval(), None, tokenizer, weights
+    tuned = AutoModelForCausalLM.from_pretrained(str(weights.path), dtype=dtype).to(device).eval()
+    return tuned, base, tokenizer, weights
+
+
+def check_merge_target(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} already exists and is not empty: a merge never writes over it.", title="Merge output",
+                        fix=f"Pass a new directory with --out, or move {out} away first.")
+
+
+def merge(run_dir: Path, out: Path | None = None, checkpoint: str | None = None,
+          dequantize: bool = False) -> tuple[Path, Weights]:
+    """Merge the run's adapter into its base; (the new directory, the weights merged)."""
+    plan = load_plan(run_dir)
+    if plan.method == "full":
+        raise UserError(f"{run_dir} trained the whole model (method full): there is no adapter to merge.",
+                        title="Merge", fix=f"{run_dir / OUTPUT_DIR} already loads with "
+                                           "AutoModelForCausalLM.from_pretrained.")
+    if plan.method == "qlora" and not dequantize:
+        raise UserError("This run trained a QLoRA adapter against 4-bit base weights; merging it into the 16-bit "
+                        "base gives slightly different numbers from the model you evaluated.", title="Merge",
+                        fix="Pass --dequantize to merge into the base loaded in 16-bit anyway, or serve the "
+                            "adapter on the 4-bit base as it is.")
+    out = out or run_dir / MERGED_DIR
+    check_merge_target(out)
+    weights = pick_weights(run_dir, checkpoint)
+    if not weights.adapter:
+        raise UserError(f"{weights.label} holds a full model, not an adapter: nothing to merge.", title="Merge",
+                        fix="Pass --checkpoint with a checkpoint that holds adapter_config.json.")
+    base_path = base_model_path(plan)
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(weights, base_path)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype(plan))
+    merged = PeftModel.from_pretrained(base, str(weights.path)).merge_and_unload()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)  # our own leftover from an interrupted merge, never the user's
+    try:
+        merged.save_pretrained(staging)  # safetensors (the only format transformers 5 writes)
+        tokenizer.save_pretrained(staging)
+        (staging / "llmwizard_merge.json").write_text(json.dumps({
+            "run_dir": str(run_dir.resolve()), "weights": weights.label, "base": plan.model,
+            "method": plan.method, "dequantized": plan.method == "qlora",
+        }, indent=1) + "\n", encoding="utf-8")
+        check_merge_target(out)  # nothing appeared there meanwhile
+        if out.is_dir():
+            out.rmdir()  # empty, checked above
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return out, weights

@@ -1,0 +1,136 @@
+"""A first look at what a run learned: greedy generations from held-out examples, and from a prompt.
+
+At the end of a run rank 0 generates a few evaluation examples (greedy, short) and writes
+`samples.jsonl` in the run directory, one JSON object per line: prompt, reference, output (and the
+step). The summary shows the first. `llmwizard try RUN "prompt"` uses the same generation for the
+tuned model and the base side by side (llmwizard.wizard.after_commands).
+
+Prompts go through the tokenizer's chat template when it has one (what serving will do), else as
+plain text. Reading samples.jsonl (`read_samples`) needs no torch; generating does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+SAMPLES_FILE = "samples.jsonl"
+SAMPLE_COUNT = 3
+SAMPLE_NEW_TOKENS = 32
+
+
+def printable(text: str) -> str:
+    """`text` safe to show in a terminal or a page: control characters (an untrained model emits
+    them) become U+FFFD; newlines and tabs stay."""
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else "\ufffd" for ch in text)
+
+
+def split_example(row: dict[str, Any]) -> tuple[list[dict[str, str]] | str, str] | None:
+    """(prompt, reference) of a row in a TRL format: the conversation up to the last assistant turn
+    and that turn; a prompt/completion pair; the first half of a text's words and the rest.
+    None when the row has nothing to complete."""
+    if isinstance(row.get("messages"), list):
+        messages = [m for m in row["messages"] if isinstance(m, dict)]
+        last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+        if not last:
+            return None
+        prompt = [{"role": str(m.get("role")), "content": str(m.get("content", ""))} for m in messages[:last]]
+        return prompt, str(messages[last].get("content", ""))
+    if "prompt" in row and "completion" in row:
+        prompt, completion = row["prompt"], row["completion"]
+        if isinstance(completion, list):
+            completion = " ".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
+        if isinstance(prompt, list):
+            return [{"role": str(m.get("role")), "content": str(m.get("content", ""))} for m in prompt], str(completion)
+        return str(prompt), str(completion)
+    if isinstance(row.get("text"), str):
+        words = row["text"].split()
+        if len(words) < 2:
+            return None
+        half = len(words) // 2
+        return " ".join(words[:half]), " ".join(words[half:])
+    return None
+
+
+def prompt_text(prompt: list[dict[str, str]] | str) -> str:
+    """The prompt as a person reads it: the last user turn of a conversation."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else " ".join(m["content"] for m in prompt)
+
+
+def encode(tokenizer: Any, prompt: list[dict[str, str]] | str) -> list[int]:
+    """Token ids of a prompt: through the chat template (with the generation prompt) when the
+    tokenizer has one, else the plain text."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
+    text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+    return [int(i) for i in tokenizer(text)["input_ids"]]
+
+
+def generate(model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]] | str],
+             max_new_tokens: int = SAMPLE_NEW_TOKENS) -> list[str]:
+    """Greedy completions, one prompt at a time (no padding to get wrong), without the prompt."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = []
+    try:
+        with torch.no_grad():
+            for prompt in prompts:
+                ids = torch.tensor([encode(tokenizer, prompt)], device=device)
+                generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                           max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id
+                                           if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+                outputs.append(tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    finally:
+        model.train(was_training)
+    return outputs
+
+
+def eval_samples(model: Any, tokenizer: Any, rows: Iterable[dict[str, Any]], count: int = SAMPLE_COUNT,
+                 max_new_tokens: int = SAMPLE_NEW_TOKENS) -> list[dict[str, Any]]:
+    """The first `count` usable rows, generated: prompt, reference, output."""
+    picked = []
+    for row in rows:
+        split = split_example(row)
+        if split is not None:
+            picked.append(split)
+        if len(picked) >= count:
+            break
+    outputs = generate(model, tokenizer, [prompt for prompt, _ in picked], max_new_tokens)
+    return [{"prompt": prompt_text(prompt), "reference": reference, "output": output}
+            for (prompt, reference), output in zip(picked, outputs, strict=True)]
+
+
+def write_samples(path: Path, samples: list[dict[str, Any]], step: int) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(json.dumps({**sample, "step": step}) + "\n" for sample in samples),
+                         encoding="utf-8")
+    temporary.replace(path)
+
+
+def read_samples(run_dir: Path) -> list[dict[str, Any]]:
+    """samples.jsonl's rows with prompt, reference and output as text; [] when there is none."""
+    try:
+        lines = (run_dir / SAMPLES_FILE).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("prompt", "reference", "output")):
+            out.append(row)
+    return out

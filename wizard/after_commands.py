@@ -1,0 +1,101 @@
+"""The commands for after a run: report, merge and try.
+
+- `llmwizard report RUN` writes report.html again from the run's files (llmwizard.runner.report),
+  prints its path, and opens it in a browser when stdout is a terminal and a browser is there.
+- `llmwizard merge RUN [--out DIR] [--checkpoint NAME] [--dequantize]` merges the LoRA adapter
+  into the base (llmwizard.runner.merge); it never writes over an existing directory.
+- `llmwizard try RUN "prompt"` generates from the tuned model and from the base, side by side,
+  through the model's chat template (llmwizard.runner.samples.generate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from llmwizard.autotune.errors import UserError
+
+
+def _run_dir(target: str) -> Path:
+    run_dir = Path(target)
+    if not run_dir.is_dir():
+        raise UserError(f"Run directory not found: {run_dir}", title="Run directory",
+                        fix="Pass a run directory (see `llmwizard runs`).")
+    return run_dir
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from llmwizard.runner import rundir
+    from llmwizard.runner.report import write_report
+
+    run_dir = _run_dir(args.target)
+    if not rundir.is_run_dir(run_dir):
+        raise UserError(f"{run_dir} is not a run directory (no plan.yaml).", title="Run directory",
+                        fix="Pass a run directory (see `llmwizard runs`).")
+    path = write_report(run_dir).resolve()
+    print(path)
+    if not args.no_open and sys.stdout.isatty():
+        import webbrowser
+
+        try:
+            webbrowser.get()
+        except webbrowser.Error:
+            return 0  # no browser here (a server over SSH): the path is the answer
+        webbrowser.open(path.as_uri())
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from llmwizard.runner.merge import check_merge_target, load_plan, merge
+
+    run_dir = _run_dir(args.target)
+    load_plan(run_dir)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        check_merge_target(out)  # before minutes of loading
+    console = Console(stderr=True)
+    with console.status("Merging the adapter into the base model..."):
+        written, weights = merge(run_dir, out, args.checkpoint, args.dequantize)
+    Console().print(f"Merged {weights.label} into the base: {written}\n"
+                    f"Load it with AutoModelForCausalLM.from_pretrained({str(written)!r}) "
+                    f"and AutoTokenizer.from_pretrained({str(written)!r}).", highlight=False)
+    return 0
+
+
+def cmd_try(args: argparse.Namespace) -> int:
+    from llmwizard.runner.merge import load_plan, load_tuned
+    from llmwizard.runner.samples import generate, printable
+
+    run_dir = _run_dir(args.target)
+    load_plan(run_dir)
+    if not args.prompt.strip():
+        raise UserError("The prompt is empty.", title="Prompt", fix='Pass a message: llmwizard try RUN "2+3="')
+    console = Console(stderr=True)
+    with console.status("Loading the tuned model and its base..."):
+        tuned_model, base_model, tokenizer, weights = load_tuned(run_dir, args.checkpoint)
+    with console.status("Generating..."):
+        tuned = generate(tuned_model, tokenizer, [args.prompt], args.max_new_tokens)[0]
+        if base_model is None:
+            with tuned_model.disable_adapter():  # the same weights without the adapter: the base
+                base = generate(tuned_model, tokenizer, [args.prompt], args.max_new_tokens)[0]
+        else:
+            base = generate(base_model, tokenizer, [args.prompt], args.max_new_tokens)[0]
+    if args.json:
+        print(json.dumps({"prompt": args.prompt, "tuned": tuned, "base": base, "weights": weights.label,
+                          "chat_template": bool(getattr(tokenizer, "chat_template", None))}, indent=2))
+        return 0
+    from rich.columns import Columns
+    from rich.panel import Panel
+    from rich.text import Text
+
+    out = Console()
+    out.print(Text(f"prompt: {args.prompt}", style="bold"))
+    width = max(30, (out.width - 4) // 2)
+    out.print(Columns([Panel(Text(printable(tuned) or "(nothing)"), title=f"tuned: {weights.label}", width=width,
+                             border_style="green"),
+                       Panel(Text(printable(base) or "(nothing)"), title="base", width=width, border_style="dim")]))
+    return 0
