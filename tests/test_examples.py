@@ -34,7 +34,8 @@ def _generator():
 
 
 def _tree(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != "generate.py"}
+    return {str(p.relative_to(root)) for p in root.rglob("*")
+            if p.is_file() and p.name != "generate.py" and "__pycache__" not in p.parts}
 
 
 def test_examples_are_what_the_generator_gives(tmp_path: Path):
