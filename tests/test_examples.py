@@ -67,9 +67,9 @@ def _exports(launch_sh: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_setup_4_torchrun_fsdp_route_trains_and_resumes_on_the_cpu(tmp_path: Path):
+def test_setup_4_torchrun_fsdp_route_trains_on_the_cpu(tmp_path: Path):
     """Setup 4's export (`--launcher torchrun --strategy fsdp`, full fine-tuning) with the
-    embedded tiny model: two gloo ranks, two steps, then a resume from the checkpoint."""
+    embedded tiny model: two gloo ranks, two steps, a sharded checkpoint and the full model."""
     run_dir = tmp_path / "run"
     exported = run_cli("export", "--preset", "full-finetune", "--launcher", "torchrun", "--strategy", "fsdp",
                        "--processes", "2", "--max-steps", "2", "--eval-fraction", "0", "--learning-rate", "0.003",
@@ -88,13 +88,8 @@ def test_setup_4_torchrun_fsdp_route_trains_and_resumes_on_the_cpu(tmp_path: Pat
     assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
     assert strategy_ran(first.stdout) == ("fsdp2", 2)
     assert len(losses(run_dir)) == 2
-    assert (run_dir / "output" / "checkpoint-2").is_dir()
-    second = run_launch_sh(run_dir, tmp_path, "--resume", "--max_steps", "3")
-    assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
-    from llmwizard.runner.metrics import read_metrics
-
-    begins = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if r["type"] == "begin"]
-    assert begins == [0, 2]
+    # A sharded checkpoint to resume from (resuming one under torchrun + FSDP: tests/test_strategies.py).
+    assert (run_dir / "output" / "checkpoint-2" / "pytorch_model_fsdp_0").is_dir()
     assert (run_dir / "output" / "model.safetensors").is_file()
 
 

@@ -157,7 +157,8 @@ def notes_full_torchrun(plans: dict) -> list[str]:
             "The TrlParser YAML is sft_config.yaml. Resume from the last complete checkpoint with "
             "`bash launch.sh --resume` (or `llmwizard resume DIR`).",
             f"The test suite runs this route for real on the CPU: the same export with the embedded tiny model "
-            f"({plan.processes_per_machine} ranks in the plan here, 2 gloo ranks in the test), then a resume."]
+            f"({plan.processes_per_machine} ranks in the plan here, 2 gloo ranks in the test), and resuming a "
+            "sharded checkpoint under torchrun is tested too."]
 
 
 def notes_llama_multinode(plans: dict) -> list[str]:
