@@ -118,6 +118,9 @@ def notes_gemma3_long(plans: dict) -> list[str]:
                  "gradients and AdamW states (16 bytes a parameter); offloading them to the CPU is what fits "
                  "it. The original's rule of thumb (ZeRO-3 offload wants 64 GB or more of host RAM) is computed "
                  "here from the model instead, and a machine with too little is refused with the figure.")
+    notes.append(f"The dataset-size presets: without `--preset` the planner applies the same rules from the data "
+                 f"itself (for the bundled sample: {short.reasons.get('dataset', 'see plan.txt')}); "
+                 "`--preset small-dataset` / `large-dataset` fix the class.")
     notes.append("`PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` is set for every GPU run (sft_config.yaml's "
                  "`env`), against fragmentation at long lengths, as in the original.")
     notes.append("wandb: off by default (`report_to: none`); `bash launch.sh --report_to wandb` turns it on "
@@ -190,8 +193,7 @@ SETUPS = (
     Setup("2-gemma-3-4b-long-context", "Gemma 3 4B with TRL SFT, up to 120K tokens on 80 GB GPUs",
           "TRL SFT with DeepSpeed ZeRO-2 by default, ZeRO-3 with CPU offload for 120K-token contexts on 80 GB "
           "GPUs, the dataset-size presets, `PYTORCH_CUDA_ALLOC_CONF` against fragmentation, wandb optional.",
-          (Variant("8xh100", "8x H100 80GB, the data's own length", ("--model", "gemma-3-4b", "--gpus", "8xH100-80GB",
-                                                                      "--preset", "large-dataset")),
+          (Variant("8xh100", "8x H100 80GB, the data's own length", ("--model", "gemma-3-4b", "--gpus", "8xH100-80GB")),
            Variant("120k-lora", "one H100 80GB, 120K tokens, LoRA",
                    ("--model", "gemma-3-4b", "--gpus", "1xH100-80GB", "--preset", "long-context",
                     "--max-length", "122880")),
