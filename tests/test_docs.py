@@ -17,6 +17,7 @@ import io
 import json
 import re
 import shlex
+import signal
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,12 @@ def _run(line: str) -> tuple[int, str]:
         at = words.index(">")
         words, target = words[:at], words[at + 1]
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(words)
+    handler = signal.getsignal(signal.SIGTERM)  # main() installs its own; the test process keeps its
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(words)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
     if target:
         Path(target).write_text(out.getvalue(), encoding="utf-8")
     return code, out.getvalue() + err.getvalue()

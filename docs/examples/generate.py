@@ -20,6 +20,7 @@ import io
 import os
 import shlex
 import shutil
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -242,8 +243,12 @@ def _llmwizard(argv: list[str]) -> str:
     from llmwizard.wizard.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
+    handler = signal.getsignal(signal.SIGTERM)  # main() installs its own; keep the caller's
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
     if code != 0:
         raise SystemExit(f"llmwizard {shlex.join(argv)} exited {code}:\n{err.getvalue()}{out.getvalue()}")
     return out.getvalue()
