@@ -274,7 +274,11 @@ def generate(out: Path) -> list[Path]:
     """Write every setup under `out` (docs/examples by default); return the setup folders."""
     from llmwizard.autotune.plan import Plan
 
-    saved = {key: os.environ.get(key) for key in ("COLUMNS", "FORCE_COLOR", "NO_COLOR")}
+    import tempfile
+
+    saved = {key: os.environ.get(key) for key in ("COLUMNS", "FORCE_COLOR", "NO_COLOR", "LLMWIZARD_CONFIG_DIR")}
+    # Only the bundled presets: a user preset of the same name must not change the examples.
+    os.environ["LLMWIZARD_CONFIG_DIR"] = tempfile.mkdtemp(prefix="llmwizard-examples-")
     os.environ["COLUMNS"] = WIDTH
     os.environ.pop("FORCE_COLOR", None)
     os.environ["NO_COLOR"] = "1"
