@@ -278,7 +278,8 @@ def generate(out: Path) -> list[Path]:
 
     saved = {key: os.environ.get(key) for key in ("COLUMNS", "FORCE_COLOR", "NO_COLOR", "LLMWIZARD_CONFIG_DIR")}
     # Only the bundled presets: a user preset of the same name must not change the examples.
-    os.environ["LLMWIZARD_CONFIG_DIR"] = tempfile.mkdtemp(prefix="llmwizard-examples-")
+    config_dir = tempfile.mkdtemp(prefix="llmwizard-examples-")
+    os.environ["LLMWIZARD_CONFIG_DIR"] = config_dir
     os.environ["COLUMNS"] = WIDTH
     os.environ.pop("FORCE_COLOR", None)
     os.environ["NO_COLOR"] = "1"
@@ -312,6 +313,7 @@ def generate(out: Path) -> list[Path]:
         (out / "README.md").write_text(_index(index), encoding="utf-8")
     finally:
         os.chdir(cwd)
+        shutil.rmtree(config_dir, ignore_errors=True)
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
     return folders
