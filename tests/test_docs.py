@@ -102,3 +102,31 @@ def test_every_documented_command_runs(page: Path, tmp_path: Path, monkeypatch: 
         code, output = _run(line)
         assert code == expected, f"{page.name}: `{line}` exited {code}, expected {expected}:\n{output[-3000:]}"
         assert "Traceback" not in output, output[-3000:]
+
+
+def test_the_figures_in_how_decisions_are_made_are_the_codes():
+    """The page quotes the planner's constants; a change to one must change the page too."""
+    from llmwizard.autotune.dataset import PROFILE_SAMPLE
+    from llmwizard.autotune.memory import OVERHEAD
+    from llmwizard.autotune.rules import RULES, SMALL_MAX_AVG_TOKENS, SMALL_MAX_EXAMPLES
+    from llmwizard.autotune.search import HEADROOM
+    from llmwizard.autotune.throughput import BANDWIDTH, ENGINE, MFU, SATURATION_TOKENS
+    from llmwizard.runner.recovery import MAX_OOM_RETRIES
+
+    page = " ".join((ROOT / "docs" / "how-decisions-are-made.md").read_text().split())
+    gib = 2**30
+    expected = [
+        f"fewer than {SMALL_MAX_EXAMPLES} **and** average under {SMALL_MAX_AVG_TOKENS} tokens",
+        *(f"| {r.epochs} | {r.learning_rate:.0e} | {r.lora_r} | {r.max_length} |".replace("e-0", "e-") for r in RULES.values()),
+        f"budget less {HEADROOM:.0%} headroom",
+        f"x {MFU:.0%} utilisation", f"up to {SATURATION_TOKENS})",
+        f"NVLink {BANDWIDTH['nvlink']:g} GB/s", f"PCIe {BANDWIDTH['pcie']:g} GB/s",
+        f"InfiniBand {BANDWIDTH['infiniband']:g} GB/s", f"Ethernet {BANDWIDTH['ethernet']:g} GB/s",
+        f"ZeRO-3 {ENGINE['zero3'] - 1:.0%}, FSDP {ENGINE['fsdp'] - 1:.0%}, ZeRO-2 {ENGINE['zero2'] - 1:.0%}",
+        f"CUDA context {OVERHEAD['cuda_context'] / gib:.1f} GiB, NCCL {OVERHEAD['nccl'] / gib:.1f} GiB",
+        f"{OVERHEAD['fragmentation']:.0%} allocator fragmentation",
+        f"At most {PROFILE_SAMPLE} evenly spaced rows",
+        f"up to {['no', 'one', 'two', 'three', 'four', 'five'][MAX_OOM_RETRIES]} times",
+    ]
+    missing = [text for text in expected if text not in page]
+    assert not missing, f"docs/how-decisions-are-made.md no longer matches the code: {missing}"
