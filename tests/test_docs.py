@@ -79,6 +79,12 @@ def test_the_docs_show_commands_and_every_page_is_linked():
     for page in PAGES[1:]:
         assert f"docs/{page.name}" in readme, f"README.md does not link {page.name}"
     assert sum(len(documented(page)) for page in PAGES) >= 30
+    from llmwizard.presets import all_presets
+
+    presets_page = (ROOT / "docs" / "presets.md").read_text()
+    for info in all_presets():
+        assert f"`{info.name}`" in readme and f"`{info.name}`" in presets_page, info.name
+        assert info.command in presets_page, f"docs/presets.md lacks the command of {info.name}: {info.command}"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
