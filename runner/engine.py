@@ -26,7 +26,7 @@ from llmwizard.runner import events, recovery
 from llmwizard.runner.export import METRICS_FILE, OUTPUT_DIR
 from llmwizard.runner.launch import Launch
 from llmwizard.runner.metrics import MetricsTail
-from llmwizard.runner.preflight import check_model_weights
+from llmwizard.runner.preflight import check_model_weights, check_packages
 from llmwizard.runner.state import RunState, final_status
 from llmwizard.runner.summary import Outcome, build_summary, resume_command
 
@@ -92,6 +92,7 @@ class RunSession:
         if self._started:
             return
         self._started = True
+        check_packages(self.plan.method, self.plan.optimizer)
         if self.plan.model_source == "embedded":
             from llmwizard.autotune.embedded import ensure_embedded_model
 

@@ -1,6 +1,7 @@
 """Checks made before a launch, so a run that cannot start fails in seconds with our words rather
 than minutes later inside a rank with a library's traceback.
 
+- Packages a plan needs beyond the base install: bitsandbytes for QLoRA and 8-bit AdamW.
 - The model's weights: a catalog or hub model must be in the local Hugging Face cache, or the hub
   must be reachable to fetch it. Without either, the ranks would each fail in `from_pretrained`
   after the whole stack started.
@@ -17,6 +18,18 @@ from llmwizard.autotune.errors import UserError
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 HUB_TIMEOUT_S = 10.0
+
+
+def check_packages(method: str, optimizer: str) -> None:
+    """Raise UserError (exit code 2) when the plan needs a package that is not installed."""
+    import importlib.util
+
+    needs = [what for what, used in (("QLoRA (--method qlora)", method == "qlora"),
+                                     ("8-bit AdamW (--optimizer adamw_8bit)", optimizer == "adamw_8bit")) if used]
+    if needs and importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError(f"{' and '.join(needs)} needs bitsandbytes, which is not installed.", title="Missing package",
+                        fix="Install it on every machine of the run (pip install bitsandbytes, which llmwizard's gpu extra "
+                            "also installs; NVIDIA GPUs only), or plan without it: --method lora / --optimizer adamw.")
 
 
 def check_model_weights(model: str, source: str) -> str | None:

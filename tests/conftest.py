@@ -12,6 +12,8 @@ import pytest
 
 # Set before any test imports autotune, and inherited by every subprocess the tests start.
 os.environ.setdefault("LLMWIZARD_CACHE", tempfile.mkdtemp(prefix="llmwizard-test-cache-"))
+# The user's own presets (~/.config/llmwizard/presets) must not change what tests list.
+os.environ["LLMWIZARD_CONFIG_DIR"] = tempfile.mkdtemp(prefix="llmwizard-test-config-")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"

@@ -81,3 +81,90 @@ def test_shrinking_the_micro_batch_keeps_the_effective_batch(cpu_plan):
     while one.micro_batch > 1:
         one = shrink_micro_batch(one, "test")
     assert shrink_micro_batch(one, "test") is None
+
+
+# ----------------------------------------------------------------------------- the presets
+
+BUNDLED = ["cpu-debug", "full-finetune", "large-dataset", "long-context", "multi-node", "qlora", "small-dataset"]
+
+
+def test_every_bundled_preset_passes_the_schema_and_names_its_command():
+    from llmwizard.presets import PRESET_DIR, all_presets
+
+    infos = {info.name: info for info in all_presets() if not info.user}
+    assert sorted(infos) == BUNDLED
+    for name, info in infos.items():
+        assert info.path.parent == PRESET_DIR and info.description
+        assert info.command.startswith("llmwizard ") and f"--preset {name}" in info.command, info.command
+        assert load_preset(name).preset == name
+    assert load_preset("qlora").method == "qlora" and load_preset("full-finetune").method == "full"
+    assert load_preset("long-context").max_length_cap == 131072
+    assert load_preset("multi-node").launcher == "torchrun"
+
+
+@pytest.mark.parametrize("name", ["long-context", "full-finetune", "qlora", "multi-node"])
+def test_a_presets_heading_command_runs(tmp_path, name):
+    """The command each GPU preset is headed by plans (or exports) for its hardware spec."""
+    import shlex
+
+    from llmwizard.presets import preset_info
+    from tests.conftest import run_cli
+
+    words = shlex.split(preset_info(name).command)
+    assert words[0] == "llmwizard" and words[1] in ("plan", "export")
+    result = run_cli(*words[1:], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    if name == "multi-node":
+        run = tmp_path / "runs" / "two-nodes"
+        assert (run / "slurm.sbatch").is_file()
+        assert "--rdzv_backend c10d" in (run / "launch.sh").read_text()
+    if name == "long-context":
+        assert "131072 tokens" in result.stdout and "checkpointing" in result.stdout
+
+
+def test_long_context_that_cannot_fit_says_so_with_figures():
+    from tests.conftest import run_cli
+
+    result = run_cli("plan", "--preset", "long-context", "--model", "llama-3.1-8b", "--gpus", "1xRTX4090",
+                     "--max-length", "131072")
+    out = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2, out
+    assert "does not fit" in out and "GiB" in out and "--max-length" in out
+
+
+def test_user_presets_are_listed_shown_and_checked(tmp_path):
+    from tests.conftest import run_cli
+
+    user_dir = tmp_path / "config" / "presets"
+    user_dir.mkdir(parents=True)
+    (user_dir / "my-team.yaml").write_text("# Our defaults.\n#   llmwizard --preset my-team --yes\n"
+                                           "description: our team's settings\nepochs: 2\nlora_r: 16\n")
+    env = {"LLMWIZARD_CONFIG_DIR": str(tmp_path / "config")}
+    listed = run_cli("presets", env=env)
+    assert listed.returncode == 0, listed.stderr
+    for name in [*BUNDLED, "my-team (yours)"]:
+        assert name in listed.stdout
+    assert "llmwizard --preset my-team --yes" in listed.stdout and "llmwizard --preset cpu-debug --yes" in listed.stdout
+    shown = run_cli("presets", "show", "my-team", env=env)
+    assert shown.returncode == 0 and "lora_r: 16" in shown.stdout
+    planned = run_cli("plan", "--preset", "my-team", "--json", env=env)
+    assert planned.returncode == 0, planned.stderr
+
+    (user_dir / "broken.yaml").write_text("epochs: 2\nlora_rank: 16\n")
+    for args in (("presets", "show", "broken"), ("plan", "--preset", "broken")):
+        failed = run_cli(*args, env=env)
+        assert failed.returncode == 2 and "lora_rank" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_qlora_without_bitsandbytes_stops_before_launch():
+    import importlib.util
+
+    from llmwizard.runner.preflight import check_packages
+
+    check_packages("lora", "adamw")
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        check_packages("qlora", "adamw_8bit")
+        return
+    with pytest.raises(UserError, match="QLoRA .* needs bitsandbytes") as err:
+        check_packages("qlora", "adamw")
+    assert "pip install bitsandbytes" in err.value.fix

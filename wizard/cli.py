@@ -172,7 +172,10 @@ def build_subparser(command: str) -> argparse.ArgumentParser:
         parser.description = "What this machine has: GPUs, memory, interconnect, host RAM."
         parser.add_argument("--json", action="store_true")
     elif command == "presets":
-        parser.description = "List the bundled presets."
+        parser.description = ("List the presets (bundled, and yours in the directory named at the end) with the "
+                              "command each is for; `llmwizard presets show NAME` prints one.")
+        parser.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+        parser.add_argument("name", nargs="?", help="with show: a preset name or the path of a preset YAML file")
     return parser
 
 
@@ -293,10 +296,34 @@ def _make_plan(args: argparse.Namespace) -> tuple[Plan, HardwareProfile, ModelSp
 # ----------------------------------------------------------------------------- commands
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from llmwizard.presets import list_presets
+    from llmwizard.autotune.errors import UserError
+    from llmwizard.presets import all_presets, load_preset, preset_path, user_preset_dir
 
-    for name, description in list_presets():
-        print(f"{name:<20} {description}")
+    if args.action == "show":
+        if not args.name:
+            raise UserError("`llmwizard presets show` needs the preset to print.", title="Preset",
+                            fix="Name one: llmwizard presets show small-dataset (see `llmwizard presets`).")
+        load_preset(args.name)  # an unknown key or bad value exits 2 here, not at plan time
+        sys.stdout.write(preset_path(args.name).read_text(encoding="utf-8"))
+        return 0
+    if args.name:
+        raise UserError(f"Unexpected argument '{args.name}'.", title="Preset",
+                        fix=f"Use `llmwizard presets show {args.name}` to print one preset.")
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
+    table.add_column("preset", no_wrap=True)
+    table.add_column("for, and the command")
+    for info in all_presets():
+        load_preset(str(info.path))  # each listed preset passes the schema, or the listing says which fails
+        name = info.name + (" (yours)" if info.user else "")
+        table.add_row(escape(name), escape(info.description) + (f"\n[dim]{escape(info.command)}[/]" if info.command else ""))
+    console = Console()
+    console.print(table)
+    console.print(f"\nYour own presets: {user_preset_dir()}/NAME.yaml (same keys; see `llmwizard presets show "
+                  "small-dataset`), or --preset path/to/file.yaml.", highlight=False)
     return 0
 
 

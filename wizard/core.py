@@ -68,9 +68,12 @@ def gpu_spec_examples() -> list[str]:
 # ----------------------------------------------------------------------------- presets and goals
 
 def list_presets() -> list[tuple[str, str]]:
-    from llmwizard.presets import list_presets as bundled
+    """(name, description and the command it is for) of every preset, bundled and the user's."""
+    from llmwizard.presets import all_presets
 
-    return bundled()
+    return [(info.name, info.description + (f" (yours: {info.path})" if info.user else "")
+             + (f"\nCommand line: {info.command}" if info.command else ""))
+            for info in all_presets()]
 
 
 def goals_for(preset: str | None, args: argparse.Namespace | None,

@@ -29,7 +29,7 @@ class PresetScreen(StepScreen):
         self.descriptions = {NO_PRESET: "Epochs, learning rate, LoRA rank and length come from Google's "
                                         "dataset-size rules once the dataset is read."}
         for name, description in core.list_presets():
-            options.append(Option(f"{name}  —  {description}", id=name))
+            options.append(Option(f"{name}  —  {description.splitlines()[0]}", id=name))
             self.descriptions[name] = description
         if self.state.preset and self.state.preset not in self.descriptions:  # --preset FILE.yaml
             options.append(Option(f"{self.state.preset}  —  from --preset", id=self.state.preset))

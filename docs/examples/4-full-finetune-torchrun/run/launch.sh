@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# llmwizard run 'Llama-3.1-8B-Instruct-arithmetic': fsdp with torchrun on 8x NVIDIA H100 80GB HBM3 (79.6 of 79.6 GiB free), NVLink, host RAM 1843 of 2048 GiB usable.
+# Rerun from anywhere with `bash launch.sh`; extra arguments reach the training entry
+# (`bash launch.sh --resume` continues from the last checkpoint).
+# LLMWIZARD_PYTHON picks the interpreter (default: the one that exported this run, else python3).
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON="${LLMWIZARD_PYTHON:-}"
+[ -n "$PYTHON" ] || PYTHON=python3
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export ACCELERATE_USE_FSDP=true
+export FSDP_VERSION=2
+export FSDP_AUTO_WRAP_POLICY=TRANSFORMER_BASED_WRAP
+export FSDP_TRANSFORMER_CLS_TO_WRAP=LlamaDecoderLayer
+export FSDP_RESHARD_AFTER_FORWARD=true
+export FSDP_STATE_DICT_TYPE=SHARDED_STATE_DICT
+export FSDP_CPU_RAM_EFFICIENT_LOADING=true
+export FSDP_OFFLOAD_PARAMS=false
+export FSDP_ACTIVATION_CHECKPOINTING=false
+exec "$PYTHON" -m torch.distributed.run --nnodes 1 --nproc_per_node 8 --master_addr 127.0.0.1 --master_port "${MAIN_PROCESS_PORT:-29500}" -m llmwizard.runner.train --config sft_config.yaml --metrics-file metrics.jsonl --eval-fraction 0.05 "$@"
