@@ -63,6 +63,7 @@ class Goals:
     optimizer: Optimizer | None = None
     launcher: Launcher | None = None
     processes: PositiveInt | None = None       # processes per node; on the CPU, how many ranks
+    probe: bool | None = None                  # a few measured steps before the run; None: on GPUs only
     seed: Seed = 42
     extra: dict[str, Any] = field(default_factory=dict)
     # The fields the user set (flags, wizard edits), as opposed to a preset's values: the plan's

@@ -102,6 +102,11 @@ class Plan:
     # FSDP2 across machines: shard inside each machine, replicate across them (HSDP), so the
     # per-layer weight gathers stay on the fast intra-node links.
     hybrid_shard: bool = False
+    # The cost model's tokens per second for full-length sequences (llmwizard.autotune.throughput);
+    # a probe compares it with what it measures. 0: not predicted (a plan from an older version).
+    predicted_tokens_per_s: NonNegativeFloat = 0.0
+    # Probe the plan with a few real steps before the run (llmwizard.runner.probe).
+    probe: bool = False
     version: Literal[1] = PLAN_VERSION
 
     @model_validator(mode="after")

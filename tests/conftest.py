@@ -12,6 +12,9 @@ import pytest
 
 # Set before any test imports autotune, and inherited by every subprocess the tests start.
 os.environ.setdefault("LLMWIZARD_CACHE", tempfile.mkdtemp(prefix="llmwizard-test-cache-"))
+# The calibration store (llmwizard.autotune.calibration): never the user's; tests that write it
+# point it at their own directory.
+os.environ["LLMWIZARD_CALIBRATION_DIR"] = tempfile.mkdtemp(prefix="llmwizard-test-calibration-")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
