@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.probe import PROBE_STEPS
 from llmwizard.autotune.plan import Plan
 from llmwizard.runner import events, recovery
 from llmwizard.runner.export import METRICS_FILE, OUTPUT_DIR
@@ -51,6 +52,7 @@ class RunSession:
         # continues a run whose plan already ran.
         self.probe = (plan.probe if probe is None else probe) and not resume
         self.may_grow = may_grow
+        self.probe_steps = PROBE_STEPS
         self._probe_pending = False
         self.run_dir = run_dir
         self.on_event = on_event
@@ -119,7 +121,7 @@ class RunSession:
 
         self._probe_pending = False
         result = run_probe(self.plan, self.run_dir, self.on_event, model=_model_spec(self.plan),
-                           may_grow=self.may_grow, stopping=self._stop.is_set)
+                           may_grow=self.may_grow, stopping=self._stop.is_set, steps=self.probe_steps)
         if result.plan is not self.plan:
             self._outcome.changes.append(f"probe: {result.rounds[-1].message}")
         self.plan = result.plan
