@@ -26,6 +26,7 @@ from llmwizard.autotune.memory import estimate
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.plan import Plan
 from llmwizard.autotune.replan import setup_of, shrink_micro_batch
+from llmwizard.autotune.schema import Offload, Strategy
 from llmwizard.autotune.search import HEADROOM
 
 PROBE_STEPS = 3        # the first step warms up (kernels, workspaces); the others are timed
@@ -137,6 +138,8 @@ def next_tier(plan: Plan, why: str) -> Plan | None:
     where there is no device memory to relieve, and after parameter offload."""
     if plan.device != "cuda" or plan.offload == "params":
         return None
+    strategy: Strategy
+    offload: Offload
     if plan.offload == "none":
         strategy = plan.strategy if plan.strategy in ("zero2", "zero3", "fsdp") else "zero2"
         offload = "optimizer"
@@ -146,8 +149,7 @@ def next_tier(plan: Plan, why: str) -> Plan | None:
     launcher = plan.launcher if plan.launcher != "deepspeed" or strategy.startswith("zero") else "accelerate"
     reasons = dict(plan.reasons)
     reasons["offload"] = f"{offload} offload to host RAM: {why}"
-    return replace(plan, strategy=strategy, offload=offload, launcher=launcher, reasons=reasons,  # type: ignore[arg-type]
-                   hybrid_shard=False)
+    return replace(plan, strategy=strategy, offload=offload, launcher=launcher, reasons=reasons, hybrid_shard=False)
 
 
 def _grown(plan: Plan, worst: RankMeasurement, model: ModelSpec | None, usable: int) -> tuple[Plan, str] | None:

@@ -283,7 +283,7 @@ def calibration_for(hardware: HardwareProfile, model: ModelSpec, method: str) ->
 
         console = Console(stderr=True)
         for warning in store.warnings:
-            console.print(f"warning: {warning}", style="yellow", highlight=False)
+            console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
     gpu = hardware.smallest_gpu
     return store.factors(gpu_key(hardware.device, gpu.name if gpu else None), model.model_type, method)
 
@@ -344,7 +344,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
         raise UserError(f"--seq {args.seq} is longer than {model.name} allows ({model.max_positions} positions).",
                         title="Sequence length", fix=f"Use --seq {model.max_positions} or less.")
-    world = hardware.gpus_per_node * hardware.nodes
+    world = max(1, hardware.gpus_per_node) * hardware.nodes  # the CPU (--gpus cpu): one process per machine
     # Offload needs a sharded strategy: ZeRO-3 offloads the most (DeepSpeed runs it on one GPU too).
     strategy: Strategy = args.strategy or ("zero3" if args.offload else "single" if world == 1 else "ddp")
     gpu = hardware.smallest_gpu
@@ -401,7 +401,7 @@ def cmd_calibration(args: argparse.Namespace) -> int:
     for name in ("GPU", "model family", "method", "strategy", "memory x", "probes", "tokens/s x"):
         table.add_column(name, justify="right" if name.endswith("x") or name == "probes" else "left")
     for row in rows:
-        table.add_row(row["gpu"], row["family"], row["method"], row["strategy"],
+        table.add_row(str(row["gpu"]), str(row["family"]), str(row["method"]), str(row["strategy"]),
                       f"{row['memory_factor']:.2f}" if row["memory_factor"] else "-", str(row["probes"]),
                       f"{row['speed_factor']:.2f}" if row["speed_factor"] else "-")
     console.print(table)
