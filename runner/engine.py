@@ -49,8 +49,9 @@ class RunSession:
                  may_grow: bool = True) -> None:
         self.plan = plan
         # Probe the plan before the first launch (llmwizard.runner.probe); never on a resume, which
-        # continues a run whose plan already ran.
-        self.probe = (plan.probe if probe is None else probe) and not resume
+        # continues a run whose plan already ran, nor across machines, whose other ranks are
+        # started on their own machines (slurm.sbatch, launch.sh there).
+        self.probe = (plan.probe if probe is None else probe) and not resume and plan.num_machines == 1
         self.may_grow = may_grow
         self.probe_steps = PROBE_STEPS
         self._probe_pending = False

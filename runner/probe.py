@@ -54,21 +54,24 @@ def run_probe(plan: Plan, run_dir: Path, on_event: events.EventSink, *, model: A
               stopping: Callable[[], bool] = lambda: False, calibrate: bool = True,
               gpu_name: str | None = None) -> ProbeResult:
     """Probe `plan` in `run_dir` (already exported from it); the plan to run, exported."""
-    from llmwizard.runner.export import export
 
     result = ProbeResult(plan)
     earlier: list[verdicts.Action] = []
-    current = plan
+    current = previous = plan
     for number in range(1, rounds + 1):
         if stopping():
             result.stopped = True
             break
-        if number > 1:
-            export(current, run_dir)
+        if number > 1 and not _exported(current, run_dir, on_event, number, previous):
+            current = previous
+            break
         probe_dir = run_dir / PROBE_DIR / f"round-{number}"
         shutil.rmtree(probe_dir, ignore_errors=True)
         probe_dir.mkdir(parents=True)
+        kills = recovery.oom_kill_count()
         code, log_text = _launch(run_dir, steps, probe_dir, current, stopping)
+        now = recovery.oom_kill_count()
+        oom_kills = None if kills is None or now is None else now - kills
         if code is None:
             result.stopped = True
             event = _event(number, "stopped", "stopped during the probe", current, current, [], final=True)
@@ -78,18 +81,21 @@ def run_probe(plan: Plan, run_dir: Path, on_event: events.EventSink, *, model: A
             break
         measurements = read_measurements(probe_dir)
         shutil.rmtree(probe_dir / "output", ignore_errors=True)
-        failure = recovery.diagnose_failure(log_text, code) if code else None
-        if failure is not None and failure.kind == "cuda_oom":
+        failure = recovery.diagnose_failure(log_text, code, oom_kills) if code else None
+        if failure is not None and failure.kind in ("cuda_oom", "host_oom"):
             rank = failure.rank if failure.rank is not None else 0
             measurements = [m for m in measurements if m.rank != rank] + [
-                verdicts.RankMeasurement(rank, 0, oom=True, kind="cuda")]
+                verdicts.RankMeasurement(rank, 0, oom=True, kind="cuda" if failure.kind == "cuda_oom" else "rss")]
         elif code:
             why = failure.message if failure else f"the probe exited with code {code}"
-            event = _event(number, "failed", f"{why}; the plan runs as planned and the run will say more", current,
-                           current, measurements, final=True)
+            fallback = previous if earlier and earlier[-1] == "grow" else current
+            event = _event(number, "failed", f"{why}; the run starts with the last plan that was not refused "
+                           "and will say more if it fails too", current, fallback, measurements, final=True)
             _record(run_dir, event, measurements)
             on_event(event)
             result.rounds.append(event)
+            if fallback is not current and _exported(fallback, run_dir, on_event, number + 1, current):
+                current = fallback
             break
         last_allowed = number == rounds
         verdict = verdicts.correct(current, measurements, model, may_grow=may_grow and not last_allowed,
@@ -110,14 +116,32 @@ def run_probe(plan: Plan, run_dir: Path, on_event: events.EventSink, *, model: A
             result.step_s = timing[0]
         if not verdict.changed:
             break
-        current = verdict.plan
+        previous, current = current, verdict.plan
         if final:
             # The last round changed the plan without measuring it again: a shrink (or more) is
             # safer than what was measured, so it is kept.
-            export(current, run_dir)
+            if not _exported(current, run_dir, on_event, number + 1, previous):
+                current = previous
             break
     result.plan = current
     return result
+
+
+def _exported(plan: Plan, run_dir: Path, on_event: events.EventSink, number: int, previous: Plan) -> bool:
+    """Export the corrected plan; False (and an event saying why) when a hand-edited run file
+    refuses it, so the plan on disk runs."""
+    from llmwizard.autotune.errors import UserError
+    from llmwizard.runner.export import export
+
+    try:
+        export(plan, run_dir)
+        return True
+    except UserError as exc:
+        event = _event(number, "failed", f"the corrected plan was not applied: {exc.message}", previous, previous,
+                       [], final=True)
+        _record(run_dir, event, [])
+        on_event(event)
+        return False
 
 
 def _gpu_name(probe_dir: Path) -> str | None:
