@@ -1,13 +1,15 @@
 """What the probe costs on this machine: the default run with and without `--probe`, side by side.
 
-    python bench/probe_overhead.py [--repeats 2] [--max-steps N]
+    python bench/probe_overhead.py [--repeats 2] [--short-steps 2]
 
-Runs `llmwizard --preset small-dataset --yes` (the default run of the embedded model on the
-bundled data) with `--no-probe` and with `--probe`, alternating, each in a fresh directory, and
-prints per variant the median wall time, the probe's own time (from the command's start to the
-run's launch line, minus the same span without a probe) and that time as a share of the run
-without a probe; then what the probe measured (probe.jsonl: expected and measured peak, seconds
-per step, measured / predicted tokens per second).
+The probe's cost does not depend on the run's length (one launch and 3 steps on the longest
+rows), so it is measured on short runs and set against the whole default run: first
+`llmwizard --preset small-dataset --yes --no-probe` (the default run of the embedded model on the
+bundled data) once, whole; then pairs of short runs (`--max-steps N`) without and with `--probe`,
+each in a fresh directory. Printed: the default run's time, the short runs' median time to the
+run's launch line and to exit, the probe's time (the differences) as a share of the default run,
+and what the probe measured (probe.jsonl: expected and measured peak, seconds per step, measured /
+predicted tokens per second).
 """
 
 from __future__ import annotations
@@ -46,38 +48,39 @@ def one_run(cwd: Path, env: dict[str, str], extra: list[str]) -> tuple[float, fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--max-steps", type=int, help="shorten the training run")
+    parser.add_argument("--repeats", type=int, default=2, help="pairs of short runs (with and without the probe)")
+    parser.add_argument("--short-steps", type=int, default=2, help="optimizer steps of the short runs")
     args = parser.parse_args()
-    extra = ["--max-steps", str(args.max_steps)] if args.max_steps else []
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", COLUMNS="120")
+    short = ["--max-steps", str(args.short_steps)]
     results: dict[str, list[tuple[float, float]]] = {"--no-probe": [], "--probe": []}
     probe_lines: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="probe-bench-") as tmp:
         env["LLMWIZARD_CALIBRATION_DIR"] = str(Path(tmp) / "calibration")  # the user's store stays untouched
+        cwd = Path(tmp) / "default"
+        cwd.mkdir()
+        _, default_s, _ = one_run(cwd, env, ["--no-probe"])
         for repeat in range(args.repeats):
             for flag in ("--no-probe", "--probe"):
                 cwd = Path(tmp) / f"{flag.strip('-')}-{repeat}"
                 cwd.mkdir()
-                launched, total, run_dir = one_run(cwd, env, [flag, *extra])
+                launched, total, run_dir = one_run(cwd, env, [flag, *short])
                 results[flag].append((launched, total))
                 if flag == "--probe" and run_dir is not None and (run_dir / "probe.jsonl").is_file():
                     probe_lines += [json.loads(x) for x in (run_dir / "probe.jsonl").read_text().splitlines()]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# python bench/probe_overhead.py --repeats {args.repeats}"
-          + (f" --max-steps {args.max_steps}" if args.max_steps else "")
-          + f"  ({time.strftime('%Y-%m-%d')}, load {load:.2f})")
-    print(f"the probe's overhead on {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
-          "the default run (llmwizard --preset small-dataset --yes), CPU")
-    base_launch = statistics.median(r[0] for r in results["--no-probe"])
-    base_total = statistics.median(r[1] for r in results["--no-probe"])
-    print(f"{'variant':<14}{'to launch s':>13}{'whole run s':>13}{'probe s':>10}{'share of run':>14}   runs")
+    print(f"# python bench/probe_overhead.py --repeats {args.repeats} --short-steps {args.short_steps}"
+          f"  ({time.strftime('%Y-%m-%d')}, load {load:.2f} at the end: a shared machine)")
+    print(f"the probe's overhead on {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, CPU")
+    print(f"default run (llmwizard --preset small-dataset --yes --no-probe), whole: {default_s:.1f} s")
+    print(f"short runs (--max-steps {args.short_steps}), median of {args.repeats}:")
+    print(f"{'variant':<14}{'to launch s':>13}{'whole run s':>13}")
     for flag, rows in results.items():
-        launch = statistics.median(r[0] for r in rows)
-        total = statistics.median(r[1] for r in rows)
-        probe = launch - base_launch if flag == "--probe" else 0.0
-        print(f"{flag:<14}{launch:>13.1f}{total:>13.1f}{probe:>10.1f}{probe / base_total:>14.0%}   {len(rows)}")
-    print(f"whole-run difference: {statistics.median(r[1] for r in results['--probe']) - base_total:+.1f} s")
+        print(f"{flag:<14}{statistics.median(r[0] for r in rows):>13.1f}{statistics.median(r[1] for r in rows):>13.1f}")
+    by_launch = statistics.median(r[0] for r in results["--probe"]) - statistics.median(r[0] for r in results["--no-probe"])
+    by_total = statistics.median(r[1] for r in results["--probe"]) - statistics.median(r[1] for r in results["--no-probe"])
+    print(f"probe time (difference to launch): {by_launch:.1f} s = {by_launch / default_s:.0%} of the default run")
+    print(f"probe time (difference, whole short run): {by_total:.1f} s = {by_total / default_s:.0%} of the default run")
     for line in probe_lines:
         print(f"probe round {line['round']}: {line['verdict']}; expected peak {line['expected_peak'] / 2**20:.0f} MiB, "
               f"measured {line['measured_peak'] / 2**20:.0f} MiB ({line['memory_kind']}, "
