@@ -210,3 +210,48 @@ def test_the_probe_calibrates_later_estimates(probed):
     assert len(entry.memory) == 2 and all(ratio > 0 for ratio in entry.memory)
     factor = store.factors("cpu", "llama", "lora")["single"]
     assert factor.probes == 2 and factor.label.startswith("calibrated from 2 probes on this machine: x")
+
+
+# ----------------------------------------------------------------------------- what the faces show
+
+def test_the_probe_arguments_turn_a_run_into_a_probe():
+    from llmwizard.runner.train import parse_args
+
+    own, rest = parse_args(["--config", "sft_config.yaml", "--probe", "3", "--probe-dir", "/r/.llmwizard/probe/round-1"])
+    assert own.probe == 3 and rest[:2] == ["--config", "sft_config.yaml"]
+    pairs = dict(zip(rest[2::2], rest[3::2]))
+    assert pairs["--max_steps"] == "3" and pairs["--save_strategy"] == "no" and pairs["--eval_strategy"] == "no"
+    assert pairs["--output_dir"] == "/r/.llmwizard/probe/round-1/output"
+    own, rest = parse_args(["--config", "sft_config.yaml"])
+    assert not own.probe and rest == ["--config", "sft_config.yaml"]
+
+
+def test_the_console_shows_each_round_and_the_story():
+    from rich.console import Console
+
+    from llmwizard.runner.live import ConsoleView
+
+    before = {"strategy": "single", "offload": "none", "micro_batch": 4, "grad_accum": 4, "checkpointing": False}
+    after = dict(before, micro_batch=2, grad_accum=8)
+    console = Console(record=True, width=120, force_terminal=False)
+    view = ConsoleView(console, "run")
+    view(events.Probe(1, "shrink", "rank 1 ran out of GPU memory in the probe", before, after, expected=20 * GiB,
+                      worst_rank=1, ranks=2, memory_kind="cuda"))
+    view(events.Probe(2, "keep", "rank 0 peaked at 18.00 GiB", after, after, expected=18 * GiB, measured=18 * GiB,
+                      worst_rank=0, ranks=2, memory_kind="cuda", step_s=2.5, eta_s=250.0, final=True))
+    text = console.export_text()
+    assert "probe 1: shrink" in text and "probe 2: keep" in text and "2.50 s/step" in text
+    assert "out of memory" in text and "single 2x8" in text and "as probed" in text
+    assert view.state.probe_step_s == 2.5
+
+
+def test_the_probe_step_time_is_the_eta_until_the_run_has_its_own():
+    from llmwizard.runner.state import RunState
+
+    state = RunState()
+    state.update({"type": "begin", "max_steps": 10, "world_size": 1, "time": 0})
+    assert state.eta() is None
+    state.probe_step_s = 2.0
+    assert state.eta() == pytest.approx(20.0)
+    state.update({"type": "log", "step": 5, "max_steps": 10, "loss": 1.0, "time": 5.0})
+    assert state.eta() == pytest.approx(5.0)  # its own rate: 5 steps in 5 s
