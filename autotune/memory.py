@@ -11,8 +11,10 @@ Sources: model states (llmwizard.autotune.model_states) from the ZeRO paper (Raj
 by tensor from the autograd graph of HF's Llama/Qwen2/Gemma2 blocks (RMSNorm, GQA, SwiGLU/GeGLU)
 and checked against FakeTensorMode + MemTracker peaks (bench/memory_validation.py, figures in
 bench/results/); the LM head from trl.kernels.chunked_logprob. Gradients and activations peak at
-opposite ends of backward, so `total` is the largest of the step's phases (`peak_at` names it),
-not the sum of the components.
+opposite ends of backward, so the tensor peak is the largest of the step's phases (`peak_at`
+names it), not the sum of the components. `total`, what fit decisions use, is that peak as the
+system sees the process (nvidia-smi, RSS on the CPU): llmwizard.autotune.reserved adds the
+allocator's reserve, the CUDA context, library workspaces and NCCL buffers (docs/memory.md).
 """
 
 from __future__ import annotations
