@@ -82,6 +82,9 @@ def main() -> None:
     print(f"probe time (difference to launch): {by_launch:.1f} s = {by_launch / default_s:.0%} of the default run")
     print(f"probe time (difference, whole short run): {by_total:.1f} s = {by_total / default_s:.0%} of the default run")
     for line in probe_lines:
+        if not line.get("step_s"):
+            print(f"probe round {line['round']}: {line['verdict']}: {line['reason']}")
+            continue
         print(f"probe round {line['round']}: {line['verdict']}; expected peak {line['expected_peak'] / 2**20:.0f} MiB, "
               f"measured {line['measured_peak'] / 2**20:.0f} MiB ({line['memory_kind']}, "
               f"x{line['ratio_measured_to_expected']}); {line['step_s']:.2f} s/step on the longest rows padded to "

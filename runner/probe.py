@@ -65,7 +65,8 @@ def run_probe(plan: Plan, run_dir: Path, on_event: events.EventSink, *, model: A
         if number > 1 and not _exported(current, run_dir, on_event, number, previous):
             current = previous
             break
-        probe_dir = run_dir / PROBE_DIR / f"round-{number}"
+        # Absolute: launch.sh changes into the run directory, the ranks write there, we read here.
+        probe_dir = (run_dir / PROBE_DIR / f"round-{number}").resolve()
         shutil.rmtree(probe_dir, ignore_errors=True)
         probe_dir.mkdir(parents=True)
         kills = recovery.oom_kill_count()
