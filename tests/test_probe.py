@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -146,7 +147,10 @@ def probed(tmp_path_factory: pytest.TempPathFactory):
         profile = profile_dataset(EMBEDDED_DATASET, counter_for(ensure_embedded_model()))
         p = plan(from_spec("cpu"), load_model_spec(None), profile,
                  Goals(max_steps=2, eval_fraction=0, micro_batch=8, effective_batch=16, probe=True))
-        run_dir = root / "run"
+        # A relative run directory, as the CLI's runs/NAME: launch.sh changes into it, the probe must
+        # still find what the ranks wrote.
+        patch.chdir(root)
+        run_dir = Path("run")
         run_dir.mkdir()
         export(p, run_dir)
         seen: list[events.Event] = []
@@ -162,7 +166,7 @@ def probed(tmp_path_factory: pytest.TempPathFactory):
         from llmwizard.autotune.calibration import Store
 
         store = Store.load()
-    return p, run_dir, seen, session, outcome, store
+    return p, root / "run", seen, session, outcome, store
 
 
 @pytest.mark.slow
