@@ -32,8 +32,10 @@ LARGE_SEGMENT = 20 * MiB
 # on average; without expandable segments long runs with varying sequence lengths reach the top
 # of that range.
 ALLOCATOR_RESERVE = {"expandable_segments": 0.10, "default": 0.25}
-# Host memory on the CPU: glibc malloc's arenas and freed-but-kept chunks, the same order as the
-# GPU allocator's reserve (measured RSS vs tensor peak, bench/results/probe_overhead-cpu.txt).
+# Host memory on the CPU: glibc malloc's arenas and freed-but-kept chunks, taken to be of the
+# same order as the GPU allocator's reserve (an assumption; for the embedded model the probe
+# measured RSS at 0.71x the whole expected peak, bench/results/probe_overhead-cpu.txt, which the
+# calibration store then corrects on that machine).
 CPU_ALLOCATOR_RESERVE = 0.10
 
 # --- outside the allocator
