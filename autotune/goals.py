@@ -65,6 +65,7 @@ class Goals:
     launcher: Launcher | None = None
     processes: PositiveInt | None = None       # processes per node; on the CPU, how many ranks
     report_to: list[Tracker] | None = None     # experiment trackers; None: none (the plan may suggest one)
+    probe: bool | None = None                  # a few measured steps before the run; None: on GPUs only
     seed: Seed = 42
     extra: dict[str, Any] = field(default_factory=dict)
     # The fields the user set (flags, wizard edits), as opposed to a preset's values: the plan's

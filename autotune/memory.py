@@ -11,8 +11,10 @@ Sources: model states (llmwizard.autotune.model_states) from the ZeRO paper (Raj
 by tensor from the autograd graph of HF's Llama/Qwen2/Gemma2 blocks (RMSNorm, GQA, SwiGLU/GeGLU)
 and checked against FakeTensorMode + MemTracker peaks (bench/memory_validation.py, figures in
 bench/results/); the LM head from trl.kernels.chunked_logprob. Gradients and activations peak at
-opposite ends of backward, so `total` is the largest of the step's phases (`peak_at` names it),
-not the sum of the components.
+opposite ends of backward, so the tensor peak is the largest of the step's phases (`peak_at`
+names it), not the sum of the components. `total`, what fit decisions use, is that peak as the
+system sees the process (nvidia-smi, RSS on the CPU): llmwizard.autotune.reserved adds the
+allocator's reserve, the CUDA context, library workspaces and NCCL buffers (docs/memory.md).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.hardware_types import GiB
 from llmwizard.autotune.model_states import ModelStates, model_states
 from llmwizard.autotune.model_types import ModelSpec
+from llmwizard.autotune.reserved import ALLOCATOR_RESERVE, CPU_PROCESS, CUDA_CONTEXT, NCCL_COMMUNICATOR, expected_peak
 from llmwizard.autotune.train_setup import (
     ATTENTIONS,
     METHODS,
@@ -52,17 +55,13 @@ __all__ = ["ATTENTIONS", "GiB", "LM_HEAD_TILE", "METHODS", "MemoryEstimate", "NF
            "PRECISIONS", "STRATEGIES", "TrainSetup", "activation_bytes", "attention_kernel", "estimate",
            "layer_token_bytes", "logits_bytes", "trainable_params"]
 
-# Framework costs outside the tensors the model owns.
+# Framework costs outside the tensors the model owns (kept for callers; the figures and their
+# sources are llmwizard.autotune.reserved's).
 OVERHEAD = {
-    # CUDA context and kernels loaded by torch: 0.3-0.6 GB, invisible to torch.cuda.max_memory_*.
-    "cuda_context": int(0.5 * GiB),
-    # One NCCL communicator's buffers: 0.5-1.6 GB per communicator (NCCL docs, measured).
-    "nccl": int(0.6 * GiB),
-    # The caching allocator reserves 1.1-1.25x what tensors hold; the exporter sets
-    # expandable_segments, which keeps it near the low end.
-    "fragmentation": 0.10,
-    # Resident size of one process with torch, transformers and the trainer loaded.
-    "cpu_process": int(0.6 * GiB),
+    "cuda_context": CUDA_CONTEXT,
+    "nccl": NCCL_COMMUNICATOR,
+    "fragmentation": ALLOCATOR_RESERVE["expandable_segments"],
+    "cpu_process": CPU_PROCESS,
 }
 # DeepSpeed, with the values runner/export.py writes into ds_config.json.
 DEEPSPEED = {
@@ -90,6 +89,13 @@ class MemoryEstimate:
     notes: list[str] = field(default_factory=list)
     peak_at: str = ""                 # the phase of the step that sets `total`
     phases: dict[str, int] = field(default_factory=dict)  # tensor bytes at each phase of the step
+    # `total` is the expected peak as the system sees it (nvidia-smi, RSS on the CPU): the tensor
+    # peak (torch.cuda.max_memory_allocated) plus `reserved_parts` (llmwizard.autotune.reserved),
+    # times the calibration factor when earlier probes on this machine measured one.
+    tensor_peak: int = 0
+    reserved_parts: dict[str, int] = field(default_factory=dict)
+    calibration: str = ""             # "calibrated from 3 probes on this machine: x1.07", or empty
+    calibration_factor: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -137,8 +143,13 @@ def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate
     phases = _phases(states, buffers, step)
     peak_at = max(phases, key=lambda k: phases[k])
     tensors = phases[peak_at]
-    overhead = _overhead(setup, tensors, buffers.deepspeed)
-    total = tensors + overhead
+    reserve = expected_peak(tensors + buffers.deepspeed, setup.device, setup.data_parallel)
+    calibrated = (setup.calibration or {}).get(setup.strategy)
+    factor = calibrated.factor if calibrated else 1.0
+    total = reserve.total * factor
+    if calibrated:
+        notes.append(f"peak {calibrated.label}")
+    overhead = total - tensors
     return MemoryEstimate(
         params=int(states.weights + max(buffers.gathered_fwd, buffers.gathered_bwd)),
         grads=int(states.grads + buffers.ddp_buckets), optimizer=int(states.optimizer + states.optimizer_temp),
@@ -146,6 +157,8 @@ def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate
         overhead=int(overhead), total=int(total), host_ram=int(_host_ram(model, setup, states.host)),
         budget=int(budget), fits=total <= budget, trainable_params=int(trainable), total_params=int(model.total_params),
         notes=notes, peak_at=peak_at, phases={key: int(value) for key, value in phases.items()},
+        tensor_peak=reserve.tensor_peak, reserved_parts=dict(reserve.parts),
+        calibration=calibrated.label if calibrated else "", calibration_factor=factor,
     )
 
 
@@ -240,14 +253,6 @@ def _phases(states: ModelStates, buffers: _Buffers, step: _StepTensors) -> dict[
         "backward (embedding)": resident + bwd + states.grads + step.tied_extra,
         "optimizer step": resident + states.grads + states.optimizer_temp,
     }
-
-
-def _overhead(setup: TrainSetup, tensors: float, deepspeed_buffers: float) -> float:
-    """Not the model's tensors: framework memory, communication buffers and allocator slack."""
-    overhead = deepspeed_buffers + (tensors + deepspeed_buffers) * OVERHEAD["fragmentation"]
-    if setup.device == "cuda":
-        return overhead + (OVERHEAD["cuda_context"] + (OVERHEAD["nccl"] if setup.data_parallel > 1 else 0))
-    return overhead + OVERHEAD["cpu_process"]
 
 
 def _host_ram(model: ModelSpec, setup: TrainSetup, host_states: float) -> float:

@@ -105,6 +105,11 @@ class Plan:
     hybrid_shard: bool = False
     # Experiment trackers the run reports to (TRL's report_to); empty: metrics.jsonl only.
     report_to: list[Tracker] = field(default_factory=list)
+    # The cost model's tokens per second for full-length sequences (llmwizard.autotune.throughput);
+    # a probe compares it with what it measures. 0: not predicted (a plan from an older version).
+    predicted_tokens_per_s: NonNegativeFloat = 0.0
+    # Probe the plan with a few real steps before the run (llmwizard.runner.probe).
+    probe: bool = False
     version: Literal[1] = PLAN_VERSION
 
     @model_validator(mode="after")

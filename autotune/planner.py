@@ -14,6 +14,7 @@ steps in this order, and the Plan. Raising a micro-batch that ran out of memory:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TypeVar
 
 from llmwizard.autotune.dataset import DatasetProfile
@@ -26,6 +27,7 @@ from llmwizard.autotune.plan import Plan
 from llmwizard.autotune.plan_steps import DEFAULT_EFFECTIVE_BATCH, RANDOM_INIT_LR_SCALE, Decision
 from llmwizard.autotune.replan import setup_of, shrink_micro_batch
 from llmwizard.autotune.search import HEADROOM, choose
+from llmwizard.autotune.train_setup import Calibrated
 
 # Names callers import from here besides plan().
 __all__ = ["DEFAULT_EFFECTIVE_BATCH", "HEADROOM", "RANDOM_INIT_LR_SCALE", "format_params", "plan", "setup_of",
@@ -49,8 +51,10 @@ class _Record:
 
 
 def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, goals: Goals,
-         *, name: str | None = None) -> Plan:
-    """Every decision for one run, with its reason: the steps of the module docstring, in order."""
+         *, name: str | None = None, calibration: dict[str, Calibrated] | None = None) -> Plan:
+    """Every decision for one run, with its reason: the steps of the module docstring, in order.
+    `calibration`: earlier probes' measured/expected ratios by strategy, for this machine's GPU,
+    this model family and method (llmwizard.autotune.calibration); the memory estimates use them."""
     record = _Record()
     # 1. Dataset rules, and the method they are for.
     rule = record.take("dataset", step.size_rule(dataset, goals))
@@ -66,6 +70,8 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     world = record.take("device", step.world(hardware, goals))
     effective = record.take("effective_batch", step.effective_batch(goals, world.size))
     base = step.base_setup(hardware, world, method, max_length, precision, goals, lora)
+    if calibration:
+        base = dataclasses.replace(base, calibration=calibration)
     choice = choose(hardware, model, base, goals, step.budget(hardware, world.per_node), effective, world.size)
     record.reasons.update(choice.reasons)
     chosen = choice.best
@@ -94,4 +100,6 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
         trainable_params=chosen.estimate.trainable_params, total_params=model.total_params,
         estimate=chosen.estimate, reasons=record.reasons, warnings=record.warnings, hybrid_shard=chosen.hybrid,
         report_to=report_to,
+        probe=goals.probe if goals.probe is not None else hardware.device == "cuda",
+        predicted_tokens_per_s=round(effective * max_length / chosen.step_s, 3) if chosen.step_s > 0 else 0.0,
     )

@@ -20,6 +20,19 @@ PRECISIONS = tuple(choices(Precision))
 ATTENTIONS = tuple(choices(Attention))
 
 
+@dataclass(frozen=True)
+class Calibrated:
+    """What earlier probes on this machine measured for one strategy: the mean of measured /
+    estimated peaks (llmwizard.autotune.calibration keeps them)."""
+
+    factor: float
+    probes: int
+
+    @property
+    def label(self) -> str:
+        return f"calibrated from {self.probes} probe{'s' if self.probes != 1 else ''} on this machine: x{self.factor:.2f}"
+
+
 @dataclass
 class TrainSetup:
     """The knobs the memory model depends on."""
@@ -43,6 +56,9 @@ class TrainSetup:
     # two gradients in place for a tensor subclass, so a tied embedding's two gradients and their
     # sum coexist. Never set for planning.
     fake_tensors: bool = False
+    # Measured/estimated peak ratios of earlier probes on this machine, by strategy (for this GPU
+    # model, model family and method); the estimate is scaled by the one for its strategy.
+    calibration: dict[str, Calibrated] | None = None
 
     @property
     def data_parallel(self) -> int:

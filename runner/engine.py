@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.probe import PROBE_STEPS
 from llmwizard.autotune.plan import Plan
 from llmwizard.runner import events, recovery
 from llmwizard.runner.export import METRICS_FILE, OUTPUT_DIR
@@ -44,8 +45,16 @@ class RunSession:
     """Launch `run_dir` (exported from `plan`), follow, recover, stop; events to `on_event`."""
 
     def __init__(self, plan: Plan, run_dir: Path, on_event: events.EventSink, *, resume: bool = False,
-                 interval: float = 0.5, grace: float = STOP_GRACE_S) -> None:
+                 interval: float = 0.5, grace: float = STOP_GRACE_S, probe: bool | None = None,
+                 may_grow: bool = True) -> None:
         self.plan = plan
+        # Probe the plan before the first launch (llmwizard.runner.probe); never on a resume, which
+        # continues a run whose plan already ran, nor across machines, whose other ranks are
+        # started on their own machines (slurm.sbatch, launch.sh there).
+        self.probe = (plan.probe if probe is None else probe) and not resume and plan.num_machines == 1
+        self.may_grow = may_grow
+        self.probe_steps = PROBE_STEPS
+        self._probe_pending = False
         self.run_dir = run_dir
         self.on_event = on_event
         self.resume = resume
@@ -103,6 +112,22 @@ class RunSession:
             self.state.update(record)
         if self.resume:
             self._outcome.notes += self._prepare_resume()
+        if self.probe:
+            self._probe_pending = True  # run() probes first, in its own thread, then launches
+        elif not self._stop.is_set():
+            self._launch_attempt()
+
+    def _run_probe(self) -> None:
+        """Probe the plan, take the plan it ends with, then launch the run (unless stopped)."""
+        from llmwizard.runner.probe import run_probe
+
+        self._probe_pending = False
+        result = run_probe(self.plan, self.run_dir, self.on_event, model=_model_spec(self.plan),
+                           may_grow=self.may_grow, stopping=self._stop.is_set, steps=self.probe_steps)
+        if result.plan is not self.plan:
+            self._outcome.changes.append(f"probe: {result.rounds[-1].message}")
+        self.plan = result.plan
+        self.state.probe_step_s = result.step_s
         if not self._stop.is_set():
             self._launch_attempt()
 
@@ -127,6 +152,11 @@ class RunSession:
         the run keeps going and keeps writing its log and metrics."""
         self._detached = detached or (lambda: False)
         self.start()
+        if self._probe_pending:
+            try:
+                self._run_probe()
+            except KeyboardInterrupt:
+                self._stop.set()
         outcome = self._outcome
         retries = 0
         while True:

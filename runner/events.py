@@ -62,6 +62,28 @@ class Recovery:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """One round of the probe (llmwizard.runner.probe): the plan probed, what the worst rank
+    measured, the verdict and the plan after it. `final` is the last round's event."""
+
+    round: int
+    verdict: str         # keep | grow | shrink | checkpointing | next_tier | give_up | failed | stopped
+    message: str
+    before: dict[str, Any]                 # the plan probed: micro_batch, grad_accum, checkpointing, ...
+    after: dict[str, Any]                  # the plan after the verdict (the same for keep)
+    expected: int = 0                      # the estimate's expected peak of the plan probed (bytes)
+    measured: int = 0                      # the worst rank's peak (0: none, or out of memory)
+    worst_rank: int | None = None
+    ranks: int = 0                         # ranks that reported
+    memory_kind: str = "rss"               # cuda | rss
+    step_s: float | None = None            # measured seconds per optimizer step (worst batch)
+    tokens_per_s: float | None = None
+    speed_ratio: float | None = None       # measured / predicted tokens per second
+    eta_s: float | None = None             # step_s x the run's optimizer steps
+    final: bool = False
+
+
+@dataclass(frozen=True)
 class Stopping:
     """A stop was asked for: the ranks save a checkpoint at the end of their step. `force`:
     asked twice, the run is killed at once."""
@@ -103,6 +125,6 @@ class Failed:
     resume_command: str = ""
 
 
-Event = Union[Started, Metrics, Finding, Recovery, Stopping, Stopped, Finished, Failed]
+Event = Union[Started, Metrics, Finding, Recovery, Probe, Stopping, Stopped, Finished, Failed]
 END_EVENTS = (Stopped, Finished, Failed)
 EventSink = Callable[[Event], None]

@@ -209,6 +209,52 @@ class PlainPrinter:
         self.console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
+# ----------------------------------------------------------------------------- the probe
+
+def probe_line(event: events.Probe) -> str:
+    """One round of the probe in a line: verdict, worst rank's peak against the estimate, speed."""
+    parts = [f"probe {event.round}: {event.verdict}"]
+    if event.measured:
+        parts.append(f"peak {format_bytes(event.measured)} (rank {event.worst_rank}, {event.memory_kind}) vs "
+                     f"expected {format_bytes(event.expected)}")
+    if event.step_s:
+        parts.append(f"{event.step_s:.2f} s/step")
+    if event.speed_ratio:
+        parts.append(f"x{event.speed_ratio:.2f} the predicted tokens/s")
+    if event.eta_s:
+        parts.append(f"eta {format_seconds(event.eta_s)}")
+    return " | ".join(parts) + f": {event.message}"
+
+
+def _setup_text(facts: dict[str, Any]) -> str:
+    """"single 16x1": strategy, micro-batch x accumulation, then "+ckpt", "+optimizer offload"."""
+    text = f"{facts.get('strategy')} {facts.get('micro_batch')}x{facts.get('grad_accum')}"
+    if facts.get("checkpointing"):
+        text += " +ckpt"
+    if facts.get("offload", "none") != "none":
+        text += f" +{facts.get('offload')} offload"
+    return text
+
+
+def probe_table(rounds: list[events.Probe]) -> Table:
+    """The probe's story: per round the estimate before, what was measured, and the plan after."""
+    table = Table(title="probe: a few real steps on the longest rows before the run", title_justify="left",
+                  header_style="bold", box=None, padding=(0, 2))
+    for name in ("round", "probed", "expected", "measured", "s/step", "verdict", "after"):
+        table.add_column(name, overflow="fold", no_wrap=name != "measured")
+    for event in rounds:
+        measured = ("out of memory" if event.verdict in ("shrink", "checkpointing", "next_tier", "give_up")
+                    and not event.measured else format_bytes(event.measured) if event.measured else "-")
+        if event.measured and event.expected:
+            measured += f" (x{event.measured / event.expected:.2f})"
+        changed = event.after != event.before
+        table.add_row(str(event.round), _setup_text(event.before), format_bytes(event.expected), measured,
+                      f"{event.step_s:.2f}" if event.step_s else "-",
+                      Text(event.verdict, style="green" if event.verdict == "keep" else "yellow"),
+                      _setup_text(event.after) if changed else "as probed")
+    return table
+
+
 # ----------------------------------------------------------------------------- the view
 
 STOP_HINT = "\nStopping: every rank saves a checkpoint at the end of its step ... (Ctrl-C again to kill at once)"
@@ -227,6 +273,7 @@ class ConsoleView:
         self.end: events.Stopped | events.Finished | events.Failed | None = None
         self.printer = None if console.is_terminal else PlainPrinter(console)
         self._live: Any = None
+        self.probes: list[events.Probe] = []
 
     def __call__(self, event: events.Event) -> None:
         if isinstance(event, events.Metrics):
@@ -245,6 +292,13 @@ class ConsoleView:
                 self.console.print(Text(f"Out of GPU memory. {event.message}.", style="yellow"))
             else:
                 self.say(event.message)
+        elif isinstance(event, events.Probe):
+            self.probes.append(event)
+            self.say(probe_line(event))
+            if event.final:
+                self.console.print(probe_table(self.probes))
+                if event.step_s:
+                    self.state.probe_step_s = event.step_s
         elif isinstance(event, events.Stopping):
             self.status = "stopping"
             self.say("Killing the run (SIGKILL)." if event.force else STOP_HINT)

@@ -27,7 +27,8 @@ MANIFEST_FILE = f"{runlock.STATE_DIR}/manifest.json"
 MANIFEST_VERSION = 1
 LOG_FILE = "train.log"
 # What a training run adds to its directory; `--fresh` moves these aside together.
-RUN_RESULTS = (OUTPUT_DIR, METRICS_FILE, LOG_FILE, "recovery.log", "samples.jsonl", "report.html", TENSORBOARD_DIR)
+RUN_RESULTS = (OUTPUT_DIR, METRICS_FILE, LOG_FILE, "recovery.log", "probe.jsonl", "samples.jsonl", "report.html",
+               TENSORBOARD_DIR)
 # What a finished save leaves in output/ (PEFT adapter, or a full model in one or several shards).
 FINAL_MODEL_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 

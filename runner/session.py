@@ -28,10 +28,13 @@ from llmwizard.runner.live import ConsoleView
 from llmwizard.runner.summary import Summary, format_bytes
 
 
-def run_session(console: Console, plan: Plan, run_dir: Path, *, resume: bool = False) -> int:
-    """Launch `run_dir` (exported from `plan`), follow it live, print the summary; the exit code."""
+def run_session(console: Console, plan: Plan, run_dir: Path, *, resume: bool = False, probe: bool | None = None,
+                may_grow: bool = True) -> int:
+    """Launch `run_dir` (exported from `plan`), follow it live, print the summary; the exit code.
+    `probe` overrides the plan's (llmwizard.runner.probe runs first); `may_grow` lets it raise the
+    micro-batch (false when the user fixed it)."""
     view = ConsoleView(console, plan.name)
-    session = RunSession(plan, run_dir, view, resume=resume)
+    session = RunSession(plan, run_dir, view, resume=resume, probe=probe, may_grow=may_grow)
     try:
         with _sigterm_as_interrupt():
             outcome = session.run()

@@ -56,6 +56,7 @@ class RunState:
     end_reason: str | None = None
     began: bool = False
     ended: bool = False
+    probe_step_s: float | None = None   # seconds per step a probe measured: the ETA until the run has its own
     _time_base: float = 0.0
     _attempt_start_time: float = 0.0
     _rate_points: list[tuple[float, int]] = field(default_factory=list)
@@ -191,6 +192,8 @@ class RunState:
 
     def eta(self) -> float | None:
         rate = self.steps_per_second()
+        if rate is None and self.probe_step_s:
+            rate = 1 / self.probe_step_s
         if not self.max_steps or rate is None:
             return None
         return max(0, self.max_steps - self.step) / rate

@@ -39,7 +39,23 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="hold out this share of the rows for evaluation when the dataset has no test split")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the last checkpoint in output_dir")
-    return parser.parse_known_args(argv)
+    parser.add_argument("--probe", type=int, default=0, metavar="STEPS",
+                        help="probe mode: this many optimizer steps on the longest rows, every row padded to "
+                             "max_length; each rank writes its measurements into --probe-dir; nothing is saved")
+    parser.add_argument("--probe-dir", default="", help="where probe mode writes rank-N.jsonl")
+    own, rest = parser.parse_known_args(argv)
+    if own.probe:
+        rest = rest + probe_overrides(own.probe, own.probe_dir)
+    return own, rest
+
+
+def probe_overrides(steps: int, probe_dir: str) -> list[str]:
+    """TRL arguments that turn the run into a probe: the same configuration (launcher, strategy,
+    world, micro-batch, accumulation), `steps` optimizer steps, no saving, no evaluation, every
+    batch padded to max_length (set in `train`, which knows it)."""
+    return ["--max_steps", str(steps), "--save_strategy", "no", "--eval_strategy", "no",
+            "--load_best_model_at_end", "false", "--logging_steps", "1",
+            "--output_dir", str(Path(probe_dir) / "output")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +79,9 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
 
     parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig))
     script_args, training_args, model_args = parser.parse_args_and_config(trl_argv)
+    if own.probe and training_args.max_length:
+        # Every sequence padded to max_length: the probe measures the worst batch the run can see.
+        training_args.pad_to_multiple_of = training_args.max_length
     import torch
 
     if not torch.cuda.is_available():
@@ -80,9 +99,14 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
     model, tokenizer = load_model(str(model_path), model_args, training_args)
     train_dataset, eval_dataset = load_splits(script_args, training_args, own.eval_fraction)
 
-    from llmwizard.runner.callbacks import default_callbacks, stop_reason
+    from llmwizard.runner.callbacks import ProbeCallback, default_callbacks, stop_reason
 
     callbacks = default_callbacks(own.metrics_file) + test_callbacks()
+    if own.probe:
+        train_dataset = longest_rows(train_dataset, training_args.per_device_train_batch_size
+                                     * training_args.gradient_accumulation_steps * training_args.world_size
+                                     * own.probe)
+        callbacks.append(ProbeCallback(own.probe_dir))
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -95,7 +119,12 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
     resume: str | bool | None = training_args.resume_from_checkpoint
     if own.resume:
         resume = last_checkpoint(training_args.output_dir) or None
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=None if own.probe else resume)
+    if own.probe:  # measured; nothing to save
+        trainer.accelerator.wait_for_everyone()
+        if hasattr(trainer, "end"):
+            trainer.end()
+        return 0
     if trainer.accelerator.is_main_process:
         print(strategy_line(trainer), flush=True)
     if trainer.is_fsdp_enabled:
@@ -286,6 +315,17 @@ def load_splits(script_args: Any, training_args: Any, eval_fraction: float) -> t
                         fix="Pass --eval-fraction 0.1 to hold out rows, or set eval_strategy: 'no'.")
     split = train.train_test_split(test_size=eval_fraction, seed=training_args.seed)
     return split["train"], split["test"]
+
+
+def longest_rows(dataset: Any, count: int) -> Any:
+    """The `count` longest rows (by their text's length), repeated when the dataset has fewer."""
+    import json
+
+    lengths = [len(json.dumps(row, ensure_ascii=False)) for row in dataset]
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if not order:
+        return dataset
+    return dataset.select([order[i % len(order)] for i in range(max(1, count))])
 
 
 def _normalized(dataset: Any, source: str) -> Any:

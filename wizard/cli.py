@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from llmwizard.autotune.schema import Precision, Strategy
 
 SUBCOMMANDS = ("plan", "estimate", "export", "run", "resume", "watch", "stop", "status", "runs", "report", "merge",
-               "try", "detect", "presets")
+               "try", "detect", "presets", "calibration")
 
 DESCRIPTION = """\
 Fine-tune an LLM on the hardware you have: detect it, plan a run that fits, export configs
@@ -28,7 +28,7 @@ that run without llmwizard, launch, and watch the loss.
 
   llmwizard                                 the interactive wizard
   llmwizard --preset small-dataset --yes    headless: plan, export, launch, live loss
-  llmwizard plan|estimate|export|run|resume|watch|stop|status|runs|report|merge|try|detect|presets ...
+  llmwizard plan|estimate|export|run|resume|watch|stop|status|runs|report|merge|try|detect|presets|calibration ...
                                             (see `llmwizard COMMAND --help`)
 """
 
@@ -80,6 +80,8 @@ def _plan_inputs(parser: argparse.ArgumentParser) -> None:
     tune.add_argument("--eval-fraction", type=flag_type(Fraction), help="share of rows held out for evaluation (0 = none)")
     tune.add_argument("--report-to", nargs="+", choices=choices(Tracker), metavar="TRACKER",
                       help=f"experiment trackers ({', '.join(choices(Tracker))}; several allowed; default: none)")
+    tune.add_argument("--probe", action=argparse.BooleanOptionalAction, default=None,
+                      help="run a few measured steps of the plan first and correct it (default: on with GPUs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,6 +178,11 @@ def build_subparser(command: str) -> argparse.ArgumentParser:
                               "command each is for; `llmwizard presets show NAME` prints one.")
         parser.add_argument("action", nargs="?", choices=["list", "show"], default="list")
         parser.add_argument("name", nargs="?", help="with show: a preset name or the path of a preset YAML file")
+    elif command == "calibration":
+        parser.description = ("What probes measured on this machine (measured / expected peak, measured / "
+                              "predicted tokens per second), which later estimates use.")
+        parser.add_argument("--reset", action="store_true", help="forget every measurement (delete the store)")
+        parser.add_argument("--json", action="store_true")
     return parser
 
 
@@ -186,6 +193,8 @@ def _run_dir_flags(parser: argparse.ArgumentParser, fresh: bool) -> None:
     edits.add_argument("--discard-edits", action="store_true",
                        help="export hand-edited run files again from plan.yaml (the edits kept as NAME.edited-<time>)")
     if fresh:
+        parser.add_argument("--probe", action=argparse.BooleanOptionalAction, default=None,
+                            help="probe the plan with a few measured steps first (default: plan.yaml's `probe`)")
         parser.add_argument("--fresh", action="store_true",
                             help="train a finished or earlier run again from the start (its results move to previous-<time>/)")
 
@@ -263,7 +272,7 @@ def _goals(args: argparse.Namespace) -> Goals:
         micro_batch=args.micro_batch, effective_batch=args.effective_batch,
         checkpointing=args.checkpointing, precision=args.precision, processes=args.processes,
         optimizer=args.optimizer,
-        eval_fraction=args.eval_fraction, report_to=args.report_to,
+        eval_fraction=args.eval_fraction, report_to=args.report_to, probe=args.probe,
     )
 
 
@@ -290,7 +299,24 @@ def _make_plan(args: argparse.Namespace) -> tuple[Plan, HardwareProfile, ModelSp
     from llmwizard.autotune.planner import plan
 
     hardware, model, profile, goals = _inputs(args)
-    return plan(hardware, model, profile, goals), hardware, model, profile
+    calibration = calibration_for(hardware, model, goals.method or "lora")
+    return plan(hardware, model, profile, goals, calibration=calibration), hardware, model, profile
+
+
+def calibration_for(hardware: HardwareProfile, model: ModelSpec, method: str) -> dict[str, Any]:
+    """Earlier probes' factors for this machine's GPU model, this model family and method, by
+    strategy; a store that is damaged or not ours is said on stderr and ignored."""
+    from llmwizard.autotune.calibration import Store, gpu_key
+
+    store = Store.load()
+    if store.warnings:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        for warning in store.warnings:
+            console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
+    gpu = hardware.smallest_gpu
+    return store.factors(gpu_key(hardware.device, gpu.name if gpu else None), model.model_type, method)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -373,7 +399,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
         raise UserError(f"--seq {args.seq} is longer than {model.name} allows ({model.max_positions} positions).",
                         title="Sequence length", fix=f"Use --seq {model.max_positions} or less.")
-    world = hardware.gpus_per_node * hardware.nodes
+    world = max(1, hardware.gpus_per_node) * hardware.nodes  # the CPU (--gpus cpu): one process per machine
     # Offload needs a sharded strategy: ZeRO-3 offloads the most (DeepSpeed runs it on one GPU too).
     strategy: Strategy = args.strategy or ("zero3" if args.offload else "single" if world == 1 else "ddp")
     gpu = hardware.smallest_gpu
@@ -383,6 +409,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
                        precision=precision, optimizer=args.optimizer, attention=args.attention,
                        lora_r=args.lora_r, device=hardware.device, gpus_per_node=hardware.gpus_per_node)
     budget = gpu.free_memory if gpu else hardware.host_ram_available
+    setup.calibration = calibration_for(hardware, model, args.method) or None
     result = estimate(model, setup, budget)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -392,6 +419,49 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from llmwizard.wizard.report import print_estimate
 
     print_estimate(Console(), result, f"{model.name}, {args.method}, {strategy}, {world} device(s)")
+    return 0
+
+
+def cmd_calibration(args: argparse.Namespace) -> int:
+    import json
+
+    from llmwizard.autotune.calibration import Store
+
+    store = Store.load()
+    if args.reset:
+        removed = store.reset()
+        print(f"Removed the calibration store {store.path}." if removed else
+              f"No calibration store at {store.path}; nothing to reset.")
+        return 0
+    for warning in store.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    rows = []
+    for key, entry in sorted(store.entries.items(), key=lambda item: item[0].text()):
+        memory = entry.memory_factor()
+        speed = entry.speed_factor()
+        rows.append({"gpu": key.gpu, "family": key.family, "method": key.method, "strategy": key.strategy,
+                     "memory_factor": memory.factor if memory else None, "probes": len(entry.memory),
+                     "speed_factor": round(speed, 4) if speed else None, "speed_probes": len(entry.speed)})
+    if args.json:
+        print(json.dumps({"path": str(store.path), "entries": rows}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not rows:
+        console.print(f"No calibration yet ({store.path}): a run with --probe measures one.")
+        return 0
+    table = Table(title=f"calibration: {store.path}", title_justify="left", header_style="bold")
+    for name in ("GPU", "model family", "method", "strategy", "memory x", "probes", "tokens/s x"):
+        table.add_column(name, justify="right" if name.endswith("x") or name == "probes" else "left")
+    for row in rows:
+        table.add_row(str(row["gpu"]), str(row["family"]), str(row["method"]), str(row["strategy"]),
+                      f"{row['memory_factor']:.2f}" if row["memory_factor"] else "-", str(row["probes"]),
+                      f"{row['speed_factor']:.2f}" if row["speed_factor"] else "-")
+    console.print(table)
+    console.print("memory x: measured / expected peak, applied to later estimates of the same key; "
+                  "tokens/s x: measured / predicted speed (shown, not applied).", style="dim")
     return 0
 
 
@@ -499,7 +569,7 @@ def cmd_headless(args: argparse.Namespace) -> int:
     from llmwizard.wizard.run_commands import exit_code, signals_seen
 
     with signals_seen() as seen:
-        code = run_session(console, plan, run_dir)
+        code = run_session(console, plan, run_dir, may_grow=args.micro_batch is None)
     return exit_code(code, seen)
 
 

@@ -223,9 +223,19 @@ def parse_goal_value(name: str, text: str) -> Any:
 
 
 def make_plan(hardware: HardwareProfile, model: ModelSpec, report: DatasetReport, goals: Goals) -> Plan:
+    import dataclasses
+
+    from llmwizard.autotune.calibration import Store, gpu_key
     from llmwizard.autotune.planner import plan
 
-    return plan(hardware, model, report.profile, goals)
+    # Earlier probes on this machine correct the estimates, as in the CLI; a damaged store is a
+    # warning of the plan (the terminal belongs to the app).
+    store = Store.load()
+    gpu = hardware.smallest_gpu
+    factors = store.factors(gpu_key(hardware.device, gpu.name if gpu else None), model.model_type,
+                            goals.method or "lora")
+    result = plan(hardware, model, report.profile, goals, calibration=factors or None)
+    return dataclasses.replace(result, warnings=result.warnings + store.warnings) if store.warnings else result
 
 
 # The what-if fields of the plan step, in the words the screen uses (Goals field -> label).

@@ -43,15 +43,34 @@ def estimate_table(estimate: MemoryEstimate) -> RenderableType:
     table = Table(show_header=True, header_style="bold", box=None, padding=(0, 2))
     table.add_column("component")
     table.add_column("per device", justify="right")
+    table.add_column("", overflow="fold")
     for name in COMPONENTS:
         table.add_row(Text(name, style=COLORS[name]), size_text(getattr(estimate, name)))
-    table.add_row(Text("total", style="bold"), Text(size_text(estimate.total), style="bold"))
+    gpu = "CUDA context" in estimate.reserved_parts
+    if estimate.tensor_peak:
+        table.add_row(Text("tensor peak", style="dim"), Text(size_text(estimate.tensor_peak), style="dim"),
+                      Text("torch.cuda.max_memory_allocated" if gpu else "bytes held by tensors", style="dim"))
+        listed = ", ".join(f"{name} {size_text(value)}" for name, value in estimate.reserved_parts.items())
+        table.add_row(Text("+ reserved", style="dim"), Text(size_text(sum(estimate.reserved_parts.values())),
+                                                            style="dim"), Text(listed, style="dim"))
+        if estimate.calibration:
+            table.add_row(Text("x calibration", style="dim"), Text(f"x{estimate.calibration_factor:.2f}", style="dim"),
+                          Text(estimate.calibration, style="dim"))
+    table.add_row(Text("total", style="bold"), Text(size_text(estimate.total), style="bold"),
+                  Text("expected in nvidia-smi" if gpu else "expected resident size (RSS)", style="dim")
+                  if estimate.tensor_peak else "")
     verdict = Text(f"fits in {size_text(estimate.budget)}" if estimate.fits else f"does NOT fit in {size_text(estimate.budget)}",
                    style="green" if estimate.fits else "bold red")
     if estimate.peak_at:
         # Gradients and activations peak at different moments: the total is the worst moment.
         verdict.append(f"   (total = the peak of the step, during the {estimate.peak_at})", style="dim")
-    return Group(table, memory_bar(estimate), verdict)
+    parts: list[RenderableType] = [table, memory_bar(estimate), verdict]
+    if estimate.fits and estimate.budget:
+        from llmwizard.autotune.reserved import headroom_words
+        from llmwizard.autotune.search import HEADROOM
+
+        parts.append(Text("headroom: " + headroom_words(estimate.total, estimate.budget, HEADROOM), style="dim"))
+    return Group(*parts)
 
 
 def print_estimate(console: Console, estimate: MemoryEstimate, title: str) -> None:

@@ -104,7 +104,7 @@ def cmd_run(args: argparse.Namespace, resume: bool = False) -> int:
         from llmwizard.runner.session import run_session
 
         with signals_seen() as seen:
-            code = run_session(console, plan, run_dir, resume=resume)
+            code = run_session(console, plan, run_dir, resume=resume, probe=getattr(args, "probe", None))
     return exit_code(code, seen)
 
 

@@ -173,6 +173,14 @@ class RunScreen(StepScreen):
         else:
             self._recovery(Text(event.message))
 
+    def _on_probe(self, event: events.Probe) -> None:
+        """A round of the probe, before the live view: its verdict in the console's words."""
+        from llmwizard.runner.live import probe_line
+
+        self._recovery(Text(probe_line(event), style="green" if event.verdict == "keep" else "yellow"))
+        if event.final and event.step_s:
+            self.set_status(f"Probe done: {event.verdict}; launching the run ...")
+
     def _on_stopping(self, event: events.Stopping) -> None:
         self.set_status("Killing the run ..." if event.force else
                         "Stopping: every rank saves a checkpoint at the end of its step ...", "warning")
