@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmwizard.autotune.model_types import Linear, ModelSpec
+from llmwizard.autotune.savers import pure_bf16
 from llmwizard.autotune.train_setup import TrainSetup
 
 # TRL's fused LM head (trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE and
@@ -41,9 +42,11 @@ class Layout:
 
 
 def layout(model: ModelSpec, setup: TrainSetup) -> Layout:
-    half = setup.precision in ("bf16", "fp16")
+    half = setup.precision in ("bf16", "fp16", "pure_bf16")
     compute = 2 if half else 4
     deepspeed = setup.strategy in ("zero2", "zero3")
+    if pure_bf16(setup):  # bf16 weights, gradients and states; no master copy (llmwizard.autotune.savers)
+        return Layout(2, 2, 2, 2, 0, False, 0)
     if setup.method == "full":  # (no adapters, no dropout masks)
         if not half:
             return Layout(4, 4, 4, 4, 0, False, 0)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from llmwizard.autotune.activations import adapted_linears, layout
 from llmwizard.autotune.model_types import ModelSpec
+from llmwizard.autotune.savers import TORCHAO_OPTIMIZERS, torchao_optimizer_bytes
 from llmwizard.autotune.train_setup import TrainSetup
 
 
@@ -25,6 +26,8 @@ def optimizer_bytes(model: ModelSpec, setup: TrainSetup, trainable: int, state_b
     if setup.optimizer == "adamw_8bit":
         # bitsandbytes AdamW8bit: two uint8 states + an fp32 absmax per 256-element block; fused update.
         return (2 + 2 * 4 / 256) * trainable, 0.0
+    if setup.optimizer in TORCHAO_OPTIMIZERS:
+        return torchao_optimizer_bytes(model, setup, trainable)
     if setup.optimizer == "adafactor":
         # Factored second moment (row + column vectors), no first moment (HF Adafactor, beta1=None);
         # step() builds grad^2 and the reconstructed update, full size, one tensor at a time.

@@ -183,8 +183,8 @@ def precision(hardware: HardwareProfile, goals: Goals) -> Decision[Precision]:
     assert gpu is not None
     cc = f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}"
     if goals.precision:
-        if goals.precision == "bf16" and gpu.compute_capability < (8, 0):
-            raise UserError(f"bf16 needs compute capability 8.0 or newer; {gpu.name} has {cc}.",
+        if goals.precision in ("bf16", "pure_bf16") and gpu.compute_capability < (8, 0):
+            raise UserError(f"{goals.precision} needs compute capability 8.0 or newer; {gpu.name} has {cc}.",
                             title="Precision", fix="Use --precision fp16 on this GPU.")
         return Decision(goals.precision, f"{goals.precision} (asked for)")
     if gpu.compute_capability >= (8, 0):

@@ -14,13 +14,14 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, replace
 
-from llmwizard.autotune.schema import Offload, Optimizer, Strategy
+from llmwizard.autotune.schema import Offload, Optimizer, Precision, Strategy
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.goals import Goals
 from llmwizard.autotune.hardware_types import GiB, HardwareProfile
 from llmwizard.autotune.memory import MemoryEstimate, estimate
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.no_fit import forced_estimate, nothing_fits
+from llmwizard.autotune.savers import compensation, leanest, saver_tiers
 from llmwizard.autotune.throughput import step_cost
 from llmwizard.autotune.train_setup import OFFLOADS, OPTIMIZERS, STRATEGIES, TrainSetup
 
@@ -39,6 +40,7 @@ class Candidate:
     step_s: float
     hybrid: bool = False
     optimizer: Optimizer = "adamw"
+    precision: Precision | None = None   # None: the base setup's
 
     @property
     def label(self) -> str:
@@ -114,6 +116,7 @@ class Tier:
     offloads: list[Offload]
     optimizer: Optimizer
     why: str
+    precision: Precision | None = None   # None: the base setup's
 
 
 def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
@@ -122,6 +125,9 @@ def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
     if not goals.optimizer and space.hardware.device == "cuda" and base.method == "full":
         tiers.append(Tier(strategies, ["none"], "adamw_8bit",
                           "8-bit AdamW (bitsandbytes): fp32 AdamW states do not fit; 8-bit states take a quarter"))
+    # Pure bf16 and the low-memory optimizers (llmwizard.autotune.saver_tiers), before offload.
+    tiers += [Tier(strategies, ["none"], optimizer, why, precision)
+              for optimizer, precision, why in saver_tiers(space.hardware.device, base, goals)]
     if not goals.offload:
         offload_strategies: list[Strategy] = strategies if space.world > 1 or goals.strategy else ["zero2", "zero3"]
         tiers.append(Tier(offload_strategies, ["optimizer", "params"], base.optimizer,
@@ -137,7 +143,8 @@ def generate(space: SearchSpace, goals: Goals) -> tuple[list[Candidate], str]:
             if not _compatible(strategy, offload, hybrid):
                 continue
             for checkpointing in space.checkpointing:
-                candidate = _largest_fitting(space, strategy, offload, hybrid, checkpointing, tier.optimizer)
+                candidate = _largest_fitting(space, strategy, offload, hybrid, checkpointing, tier.optimizer,
+                                             tier.precision)
                 if candidate is not None:
                     fitting.append(candidate)
         if fitting:
@@ -155,14 +162,14 @@ def _compatible(strategy: Strategy, offload: Offload, hybrid: bool) -> bool:
 
 
 def _largest_fitting(space: SearchSpace, strategy: Strategy, offload: Offload, hybrid: bool, checkpointing: bool,
-                     optimizer: Optimizer) -> Candidate | None:
+                     optimizer: Optimizer, precision: Precision | None = None) -> Candidate | None:
     """The candidate at the largest micro-batch that fits the budget (and the host RAM, when it
     offloads), or None."""
     hardware, base = space.hardware, space.base
     shards = hardware.gpus_per_node if hybrid else space.world
     for micro in space.micro_batches:
         setup = _replace(base, strategy=strategy, offload=offload, micro_batch=micro, checkpointing=checkpointing,
-                         num_gpus=shards, optimizer=optimizer)
+                         num_gpus=shards, optimizer=optimizer, precision=precision or base.precision)
         est = estimate(space.model, setup, space.budget)
         if est.total > space.usable:
             continue
@@ -175,7 +182,7 @@ def _largest_fitting(space: SearchSpace, strategy: Strategy, offload: Offload, h
             tflops=space.tflops, interconnect=hardware.interconnect, micro_tokens=micro * base.seq_len,
             num_layers=space.model.num_layers, grad_accum=space.effective // (micro * space.world), hybrid=hybrid,
             gpus_per_node=hardware.gpus_per_node)
-        return Candidate(strategy, offload, micro, checkpointing, est, cost.total_s, hybrid, optimizer)
+        return Candidate(strategy, offload, micro, checkpointing, est, cost.total_s, hybrid, optimizer, precision)
     return None
 
 
@@ -200,6 +207,12 @@ def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Can
            else "asked for"))}
     if best.optimizer != space.base.optimizer:
         reasons["optimizer"] = why
+    precision = best.precision or space.base.precision
+    if best.precision is not None and best.precision != space.base.precision:
+        reasons["precision"] = why
+    if precision == "pure_bf16" and space.base.method == "full":
+        reasons["precision"] = (reasons.get("precision") or "pure_bf16 (asked for)") + (
+            f"; the trade-off: {compensation(best.optimizer)}")
     if best.offload != "none":
         reasons["offload"] = (f"{best.offload} offload to host RAM: {why or 'asked for'}; needs "
                               f"{est.host_ram / GiB:.0f} GiB of {hardware.host_ram_available / GiB:.0f} GiB host RAM")
@@ -227,11 +240,13 @@ def _does_not_fit(space: SearchSpace, goals: Goals) -> UserError:
                 f"{asked} does not fit: {forced_estimate(model, base, forced, world, budget)}",
                 title="Does not fit",
                 fix=f"Leave it to the planner, which fits {_label(alternative)} "
-                    f"({alternative.estimate.total / GiB:.1f} GiB per {_device_word(hardware)}).")
-    return nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM))
+                    f"({alternative.estimate.total / GiB:.1f} GiB per {_device_word(hardware)}); or, keeping "
+                    f"{asked}: {nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM)).fix}.")
+    return nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM),
+                        leanest(hardware.device, base, goals))
 
 
-_FORCEABLE = ("strategy", "offload", "micro_batch", "checkpointing", "optimizer")
+_FORCEABLE = ("strategy", "offload", "micro_batch", "checkpointing", "optimizer", "precision")
 
 
 def _forced_choices(goals: Goals) -> dict[str, object]:
@@ -246,6 +261,8 @@ def _label(c: Candidate) -> str:
         text += f", {c.offload} offload"
     if c.optimizer != "adamw":
         text += f", {c.optimizer}"
+    if c.precision is not None:
+        text += f", {c.precision}"
     return text
 
 

@@ -10,13 +10,30 @@ from __future__ import annotations
 from typing import Any
 
 from llmwizard.autotune.plan import Plan
+from llmwizard.autotune.savers import TORCHAO_OPTIMIZERS
 
 OUTPUT_DIR = "output"
 METRICS_FILE = "metrics.jsonl"
 DS_CONFIG = "ds_config.json"
 HOSTFILE = "hostfile"
-_OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "adafactor": "adafactor", "sgd": "sgd"}
-_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+_OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "adafactor": "adafactor", "sgd": "sgd",
+          **{name: hf for name, (hf, _) in TORCHAO_OPTIMIZERS.items()}}
+_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "pure_bf16": "bfloat16"}
+
+
+def pure_bf16(plan: Plan) -> bool:
+    """Full fine-tuning with bf16 storage and no autocast. (LoRA under pure_bf16 trains as under
+    bf16: the base is bf16 either way and PEFT keeps the adapters fp32.)"""
+    return plan.precision == "pure_bf16" and plan.method == "full"
+
+
+def _autocast(plan: Plan) -> str:
+    """The mixed precision accelerate and the Trainer apply: none for fp32 and for pure bf16 (the
+    weights are bf16 already; accelerate's FSDP2 would upcast them to fp32 for a mixed-precision
+    policy), bf16 for LoRA under pure_bf16."""
+    if plan.precision == "fp32" or pure_bf16(plan):
+        return "no"
+    return "bf16" if plan.precision == "pure_bf16" else plan.precision
 
 
 def accelerate_config(plan: Plan) -> dict[str, Any]:
@@ -45,7 +62,7 @@ def accelerate_config(plan: Plan) -> dict[str, Any]:
     }
     if multi_node:
         config["main_process_ip"] = plan.main_process_ip
-    mixed = "no" if plan.precision == "fp32" else plan.precision
+    mixed = _autocast(plan)
     if plan.strategy == "single":
         config["distributed_type"] = "NO"
         config["mixed_precision"] = mixed
@@ -171,7 +188,9 @@ def deepspeed_config(plan: Plan) -> dict[str, Any] | None:
         "train_micro_batch_size_per_gpu": "auto",
         "gradient_accumulation_steps": "auto",
         "gradient_clipping": "auto",
-        "bf16": {"enabled": "auto"},
+        "bf16": {"enabled": "auto", **({
+            # DeepSpeed's pure bf16: no fp32 master partition, bf16 optimizer states.
+            "bf16_master_weights_and_grads": True, "bf16_optimizer_states": True} if pure_bf16(plan) else {})},
         "fp16": {"enabled": "auto", "loss_scale": 0, "initial_scale_power": 16},
         "zero_optimization": zero,
         "steps_per_print": 1_000_000,
@@ -200,7 +219,9 @@ def sft_config(plan: Plan) -> dict[str, Any]:
         "output_dir": OUTPUT_DIR,
         "seed": plan.seed,
         "use_cpu": cpu,
-        "bf16": plan.precision == "bf16",
+        # Pure bf16 runs without autocast, except under DeepSpeed, whose bf16 mode ("auto": the
+        # Trainer's bf16) is what keeps its partitions and states in bf16.
+        "bf16": _autocast(plan) == "bf16" or (pure_bf16(plan) and plan.strategy.startswith("zero")),
         "fp16": plan.precision == "fp16",
         "per_device_train_batch_size": plan.micro_batch,
         "per_device_eval_batch_size": plan.micro_batch,
@@ -212,6 +233,9 @@ def sft_config(plan: Plan) -> dict[str, Any]:
         "warmup_steps": plan.warmup_ratio,  # below 1: a share of the total steps
         "weight_decay": plan.weight_decay,
         "optim": _OPTIM[plan.optimizer],
+        # torchao's low-bit AdamW rounds bf16 updates stochastically under pure bf16.
+        "optim_args": "bf16_stochastic_round=True" if pure_bf16(plan) and plan.optimizer in TORCHAO_OPTIMIZERS
+        else None,
         "max_grad_norm": 1.0,
         "max_length": plan.max_length,
         "packing": False,
@@ -263,6 +287,8 @@ def sft_config(plan: Plan) -> dict[str, Any]:
 
 
 def _model_dtype(plan: Plan) -> str:
+    if pure_bf16(plan):
+        return "bfloat16"  # weights, gradients and optimizer states in bf16, no fp32 master
     if plan.device == "cpu" or plan.precision == "fp32":
         return "float32"
     if plan.method == "full":

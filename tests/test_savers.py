@@ -1,0 +1,132 @@
+"""Memory savers (llmwizard.autotune.savers): pure bf16 and torchao's low-bit AdamW.
+
+The planner picks them only when nothing fits without them, says the trade-off, and exports
+files the real loaders accept; one real CPU run trains in pure bf16 with torchao's 8-bit AdamW.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.goals import Goals
+from llmwizard.autotune.hardware import from_spec
+from llmwizard.autotune.memory import TrainSetup, estimate
+from llmwizard.autotune.planner import plan
+from llmwizard.runner.export import export
+from tests.test_planner import LARGE, LLAMA_8B, model
+from tests.tiny_models import assert_loss_falls, losses, make_plan, run_launch_sh
+
+GiB = 1024**3
+
+
+def _states(setup: TrainSetup) -> float:
+    est = estimate(model(LLAMA_8B, "llama-8b"), setup, 80 * GiB)
+    return (est.params + est.grads + est.optimizer) / est.total_params
+
+
+def test_pure_bf16_halves_the_model_states_and_low_bit_states_shrink_them_further():
+    mixed = _states(TrainSetup(method="full", optimizer="adamw"))
+    pure = _states(TrainSetup(method="full", optimizer="adamw", precision="pure_bf16"))
+    pure8 = _states(TrainSetup(method="full", optimizer="torchao_adamw_8bit", precision="pure_bf16"))
+    pure4 = _states(TrainSetup(method="full", optimizer="torchao_adamw_4bit", precision="pure_bf16"))
+    # fp32 weights, grads and two moments (+ the foreach temporary); the same in bf16; 8/4-bit moments
+    assert pure == pytest.approx(mixed / 2), (mixed, pure)
+    assert pure - pure8 > 2.5 and pure8 - pure4 == pytest.approx(1, abs=0.01), (pure, pure8, pure4)
+    # LoRA under pure_bf16 is LoRA under bf16: the base is bf16 either way, PEFT's adapters fp32
+    lora = estimate(model(LLAMA_8B, "llama-8b"), TrainSetup(method="lora"), 80 * GiB)
+    lora_pure = estimate(model(LLAMA_8B, "llama-8b"), TrainSetup(method="lora", precision="pure_bf16"), 80 * GiB)
+    assert lora.total == lora_pure.total
+
+
+def test_full_8b_on_one_80gb_gpu_fits_with_a_saver_and_says_the_trade_off():
+    m = model(LLAMA_8B, "llama-8b")
+    # With a small host (no room for ZeRO-Offload) the planner used to answer "does not fit".
+    p = plan(from_spec("1xA100-80GB,ram=64GB"), m, LARGE, Goals(method="full"))
+    assert p.offload == "none" and (p.optimizer != "adamw" or p.precision == "pure_bf16")
+    assert p.optimizer in p.reasons["optimizer"].lower() or "Adafactor" in p.reasons["optimizer"]
+    # Adafactor forbidden: pure bf16 with torchao's 8-bit AdamW, and the reason says it compensates.
+    p = plan(from_spec("1xA100-80GB,ram=64GB"), m, LARGE, Goals(method="full", optimizer="torchao_adamw_8bit"))
+    assert p.precision == "pure_bf16"
+    assert "stochastic" in p.reasons["precision"]
+    # Asked for pure bf16 with plain AdamW: it fits, and the reason says small updates are lost.
+    p = plan(from_spec("1xH100-80GB"), m, LARGE, Goals(method="full", precision="pure_bf16", optimizer="adamw"))
+    assert p.precision == "pure_bf16" and "no compensation" in p.reasons["precision"]
+
+
+def test_a_saver_is_not_used_when_the_plan_fits_without_one():
+    p = plan(from_spec("8xH100-80GB"), model(LLAMA_8B, "llama-8b"), LARGE, Goals(method="full"))
+    assert p.precision == "bf16" and p.optimizer == "adamw"
+    p = plan(from_spec("1xRTX4090"), model(LLAMA_8B, "llama-8b"), LARGE, Goals(method="lora"))
+    assert p.precision == "bf16" and p.optimizer == "adamw"
+
+
+def test_does_not_fit_advice_is_figured_with_the_leanest_saver():
+    with pytest.raises(UserError) as err:
+        plan(from_spec("1xRTX4090,ram=32GB"), model(LLAMA_8B, "llama-8b"), LARGE, Goals(method="full"))
+    assert "pure_bf16 with adafactor" in err.value.message
+    assert "CPU offload on a host with" in err.value.fix
+
+
+def test_pure_bf16_exports_files_the_loaders_accept(tmp_path: Path):
+    from accelerate.commands.config.config_args import load_config_from_file
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+    from trl import SFTConfig
+
+    from llmwizard.autotune.embedded import ensure_embedded_model
+    from tests.test_export import _gpu_plan
+
+    fsdp = _gpu_plan(strategy="fsdp", method="full", precision="pure_bf16", optimizer="torchao_adamw_4bit")
+    export(fsdp, tmp_path / "fsdp")
+    # accelerate's FSDP2 upcasts bf16 weights to fp32 under any mixed precision: pure bf16 runs without
+    assert load_config_from_file(str(tmp_path / "fsdp" / "accelerate_config.yaml")).mixed_precision == "no"
+    sft = yaml.safe_load((tmp_path / "fsdp" / "sft_config.yaml").read_text())
+    assert (sft["dtype"], sft["bf16"], sft["optim"]) == ("bfloat16", False, "adamw_torch_4bit")
+    assert sft["optim_args"] == "bf16_stochastic_round=True"
+
+    zero = _gpu_plan(strategy="zero3", method="full", precision="pure_bf16")
+    export(zero, tmp_path / "zero")
+    ds = json.loads((tmp_path / "zero" / "ds_config.json").read_text())
+    assert ds["bf16"]["bf16_master_weights_and_grads"] and ds["bf16"]["bf16_optimizer_states"]
+    sft = yaml.safe_load((tmp_path / "zero" / "sft_config.yaml").read_text())
+    assert sft["bf16"] is True and "optim_args" not in sft
+    args = SFTConfig(output_dir=str(tmp_path / "o"), use_cpu=True, bf16=True, per_device_train_batch_size=1)
+    tiny = AutoModelForCausalLM.from_pretrained(ensure_embedded_model())  # before ZeRO-3's config exists
+    config = HfTrainerDeepSpeedConfig(ds)
+    config.trainer_config_process(args)
+    config.trainer_config_finalize(args, model=tiny, num_training_steps=10)
+    DeepSpeedConfig(config.config)  # DeepSpeed's own validation, pure bf16 flags included
+
+
+@pytest.fixture(scope="module")
+def pure_bf16_run(tmp_path_factory):
+    pytest.importorskip("torchao")
+    plan_ = make_plan(family="llama", strategy="single", method="full", processes=1, precision="pure_bf16",
+                      optimizer="torchao_adamw_8bit", max_steps=8)
+    root = tmp_path_factory.mktemp("pure_bf16")
+    export(plan_, root / "run")
+    result = run_launch_sh(root / "run", root, timeout=400)
+    return plan_, root / "run", result
+
+
+@pytest.mark.slow
+def test_pure_bf16_with_torchao_8bit_adamw_trains_on_the_cpu(pure_bf16_run):
+    import torch
+    from safetensors import safe_open
+
+    plan_, run, result = pure_bf16_run
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "stochastic" in plan_.reasons["precision"]
+    assert_loss_falls(losses(run))
+    with safe_open(str(run / "output" / "model.safetensors"), "pt") as saved:
+        assert {saved.get_tensor(key).dtype for key in saved.keys()} == {torch.bfloat16}
+    checkpoint = max((run / "output").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    state = torch.load(checkpoint / "optimizer.pt", weights_only=False)["state"]
+    kinds = {type(value).__name__ for states in state.values() for value in states.values()}
+    assert "OptimState8bit" in kinds, kinds
