@@ -141,7 +141,7 @@ def activation_bytes(model: ModelSpec, setup: TrainSetup) -> float:
             readers = sum(lin.d_in for lin in adapted_linears(model, setup)
                           if lin.name in ("q_proj", "k_proj", "v_proj"))
             layers -= tokens * (4 * model.hidden_size + 8 + (lay.mask * readers if setup.lora_dropout > 0 else 0))
-    return layers + tokens * _fixed_token_bytes(model, setup)
+    return layers + tokens * fixed_token_bytes(model, setup)
 
 
 def weight_copy_bytes(model: ModelSpec, setup: TrainSetup) -> float:
@@ -150,7 +150,7 @@ def weight_copy_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     return lay.compute * _linear_params(model) / model.num_layers if lay.autocast_copies else 0.0
 
 
-def _fixed_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
+def fixed_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     """Per-token tensors outside the layers: final norm, the head's saved hidden states, RoPE tables, ids."""
     lay = layout(model, setup)
     h = model.hidden_size

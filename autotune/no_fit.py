@@ -24,7 +24,7 @@ def forced_estimate(model: ModelSpec, base: TrainSetup, forced: dict[str, object
 
 
 def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, budget: int, world: int,
-                 limit: float, lean: dict[str, str] | None = None) -> UserError:
+                 limit: float, lean: dict[str, object] | None = None) -> UserError:
     """Name the smallest change that would make a plan fit: what fits within `limit` bytes (the
     budget less the search's headroom) with another method, CPU offload, a shorter length or more GPUs.
     `lean` is the leanest memory saver the search may use (pure bf16, a low-memory optimizer:
@@ -35,12 +35,13 @@ def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, 
     est = estimate(model, smallest, budget)
     suggestions = []
     if base.method != "qlora" and hardware.device == "cuda":
-        q = estimate(model, replace(smallest, method="qlora", optimizer=base.optimizer, precision=base.precision), budget)
+        q = estimate(model, replace(smallest, method="qlora", optimizer=base.optimizer, precision=base.precision,
+                                   offload_activations=False), budget)
         if q.total <= limit:
             suggestions.append(f"fits with QLoRA (--method qlora): {q.total / GiB:.1f} GiB per GPU")
     if base.method == "full":
-        lo = estimate(model, replace(smallest, method="lora", optimizer=base.optimizer, precision=base.precision),
-                      budget)
+        lo = estimate(model, replace(smallest, method="lora", optimizer=base.optimizer, precision=base.precision,
+                                    offload_activations=False), budget)
         if lo.total <= limit:
             suggestions.append(f"fits with LoRA (--method lora): {lo.total / GiB:.1f} GiB per GPU")
     if hardware.device == "cuda":
@@ -77,10 +78,11 @@ def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, 
         title="Does not fit", fix=tail)
 
 
-def _lean_words(lean: dict[str, str]) -> str:
-    if not lean:
-        return ""
-    return " and " + " with ".join(lean[key] for key in ("precision", "optimizer") if key in lean)
+def _lean_words(lean: dict[str, object]) -> str:
+    words = [str(lean[key]) for key in ("precision", "optimizer") if key in lean]
+    if lean.get("offload_activations"):
+        words.append("activation offloading")
+    return (", " + ", ".join(words)) if words else ""
 
 
 def format_params(count: int) -> str:

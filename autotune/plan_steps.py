@@ -268,12 +268,14 @@ def launcher(goals: Goals, strategy: str) -> Decision[Launcher]:
 
 # ----------------------------------------------------------------------------- 6. schedule
 
-def schedule(dataset: DatasetProfile, goals: Goals, effective: int, epochs: float) -> Decision[Schedule]:
+def schedule(dataset: DatasetProfile, goals: Goals, effective: int, epochs: float,
+             rows: int | None = None) -> Decision[Schedule]:
+    """`rows`: the training rows after packing, when packing is on."""
     eval_fraction = goals.eval_fraction if goals.eval_fraction is not None else 0.1
     if not 0 <= eval_fraction < 0.5:
         raise UserError(f"Eval fraction {eval_fraction} is out of range.", title="Evaluation",
                         fix="Hold out between 0 (no evaluation) and 0.5 of the rows, e.g. --eval-fraction 0.1.")
-    train_examples = max(1, round(dataset.num_examples * (1 - eval_fraction)))
+    train_examples = rows or max(1, round(dataset.num_examples * (1 - eval_fraction)))
     steps_per_epoch = max(1, math.ceil(train_examples / effective))
     total_steps = goals.max_steps if goals.max_steps else math.ceil(steps_per_epoch * epochs)
     eval_steps = max(1, steps_per_epoch // (goals.evals_per_epoch or 1))
@@ -283,6 +285,17 @@ def schedule(dataset: DatasetProfile, goals: Goals, effective: int, epochs: floa
     return Decision(Schedule(eval_fraction, eval_steps, logging_steps),
                     f"{steps_per_epoch} steps per epoch, {total_steps} steps in all; "
                     f"evaluate and checkpoint every {eval_steps} steps, log every {logging_steps}")
+
+
+def liger(hardware: HardwareProfile, goals: Goals) -> Decision[bool]:
+    """Liger's fused kernels (TRL use_liger_kernel): asked for only; Triton kernels, GPU only."""
+    if not goals.liger_kernel:
+        return Decision(False)
+    if hardware.device != "cuda":
+        raise UserError("Liger's kernels are Triton kernels and need an NVIDIA GPU.", title="Liger kernel",
+                        fix="Plan with --gpus, or leave liger_kernel off on the CPU.")
+    return Decision(True, "on (asked for): Liger's fused RMSNorm, SwiGLU, RoPE and cross-entropy Triton kernels "
+                          "(needs a GPU and the liger-kernel package); the estimate does not count their savings")
 
 
 def run_name(model: str, dataset: str) -> str:

@@ -19,6 +19,7 @@ from typing import TypeVar
 from llmwizard.autotune.dataset import DatasetProfile
 from llmwizard.autotune.goals import Goals
 from llmwizard.autotune.hardware_types import HardwareProfile
+from llmwizard.autotune.long_context import packed_rows, packing_words
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.no_fit import format_params
 from llmwizard.autotune import plan_steps as step
@@ -70,10 +71,18 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     record.reasons.update(choice.reasons)
     chosen = choice.best
     # 5. Gradient accumulation.
-    grad_accum = record.take("batch", step.grad_accum(goals, chosen.micro_batch, world.size, effective))
+    # (context parallelism: cp ranks share each sequence, so world / cp ranks hold different ones)
+    grad_accum = record.take("batch", step.grad_accum(goals, chosen.micro_batch, world.size // chosen.cp, effective))
+    liger = record.take("liger_kernel", step.liger(hardware, goals))
+    packing = bool(goals.packing)
     launcher = record.take("launcher", step.launcher(goals, chosen.strategy))
     # 6. Schedule.
-    schedule = record.take("schedule", step.schedule(dataset, goals, effective, epochs))
+    eval_fraction = goals.eval_fraction if goals.eval_fraction is not None else 0.1
+    words = packing_words(dataset, max_length, eval_fraction, effective, packing)
+    if packing or (hardware.device == "cuda" and words.startswith("off (")):  # said where it matters
+        record.reasons["packing"] = words
+    rows = packed_rows(dataset, max_length, eval_fraction) if packing else None
+    schedule = record.take("schedule", step.schedule(dataset, goals, effective, epochs, rows))
     return Plan(
         name=name or step.run_name(model.name, dataset.source),
         model=model.path if model.source == "local" and model.path else model.name,
@@ -93,4 +102,6 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
         save_steps=schedule.eval_steps, logging_steps=schedule.logging_steps, seed=goals.seed,
         trainable_params=chosen.estimate.trainable_params, total_params=model.total_params,
         estimate=chosen.estimate, reasons=record.reasons, warnings=record.warnings, hybrid_shard=chosen.hybrid,
+        context_parallel=chosen.cp, activation_offloading=chosen.offload_activations, packing=packing,
+        liger_kernel=liger,
     )

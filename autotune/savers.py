@@ -94,10 +94,14 @@ def saver_tiers(device: str, base: TrainSetup, goals: Goals) -> list[tuple[Optim
     ]
 
 
-def leanest(device: str, base: TrainSetup, goals: Goals) -> dict[str, str]:
-    """The leanest saver tier's changes to the setup ({} when none applies), for "does not fit"."""
+def leanest(device: str, base: TrainSetup, goals: Goals) -> dict[str, object]:
+    """The leanest saver tier's changes to the setup ({} when none applies), for "does not fit":
+    the leanest optimizer and precision, and on GPUs activation offloading."""
+    lean: dict[str, object] = {}
+    if device == "cuda" and goals.activation_offloading is None:
+        lean["offload_activations"] = True
     tiers = saver_tiers(device, base, goals)
-    if not tiers:
-        return {}
-    optimizer, precision, _ = tiers[-1]
-    return {"optimizer": optimizer, **({"precision": precision} if precision else {})}
+    if tiers:
+        optimizer, precision, _ = tiers[-1]
+        lean.update({"optimizer": optimizer, **({"precision": precision} if precision else {})})
+    return lean

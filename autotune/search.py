@@ -12,7 +12,7 @@ would (llmwizard.autotune.no_fit).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from llmwizard.autotune.schema import Offload, Optimizer, Precision, Strategy
 from llmwizard.autotune.errors import UserError
@@ -21,6 +21,7 @@ from llmwizard.autotune.hardware_types import GiB, HardwareProfile
 from llmwizard.autotune.memory import MemoryEstimate, estimate
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.no_fit import forced_estimate, nothing_fits
+from llmwizard.autotune.long_context import context_parallel_sizes, offloaded_activations
 from llmwizard.autotune.savers import compensation, leanest, saver_tiers
 from llmwizard.autotune.throughput import step_cost
 from llmwizard.autotune.train_setup import OFFLOADS, OPTIMIZERS, STRATEGIES, TrainSetup
@@ -41,10 +42,14 @@ class Candidate:
     hybrid: bool = False
     optimizer: Optimizer = "adamw"
     precision: Precision | None = None   # None: the base setup's
+    cp: int = 1                          # GPUs one sequence is split over
+    offload_activations: bool = False
 
     @property
     def label(self) -> str:
-        return ("hsdp" if self.hybrid else self.strategy) + ("+offload" if self.offload != "none" else "")
+        return (("hsdp" if self.hybrid else self.strategy) + (f"+cp{self.cp}" if self.cp > 1 else "")
+                + ("+offload" if self.offload != "none" else "")
+                + ("+act-offload" if self.offload_activations else ""))
 
 
 @dataclass
@@ -84,6 +89,17 @@ class SearchSpace:
     micro_batches: list[int]          # largest first: the first that fits is kept
     checkpointing: list[bool]
     hybrid: list[bool]
+    cps: list[int] = field(default_factory=lambda: [1])   # context-parallel sizes to try
+    forced_micro: int | None = None
+
+    def micro_batches_for(self, cp: int) -> list[int]:
+        """Micro-batches that divide the batch of one data-parallel rank (world / cp of them)."""
+        if cp == 1:
+            return self.micro_batches
+        if self.forced_micro:
+            return [self.forced_micro]
+        per_rank = self.effective // (self.world // cp)
+        return [m for m in (64, 32, 16, 8, 4, 2, 1) if per_rank % m == 0]
 
     @property
     def usable(self) -> int:
@@ -105,7 +121,7 @@ def _space(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals:
     checkpointing = [goals.checkpointing] if goals.checkpointing is not None else [False, True]
     hybrid = [False, True] if hardware.nodes > 1 and hardware.gpus_per_node > 1 else [False]
     return SearchSpace(hardware, model, base, budget, effective, world, strategies, micro_batches, checkpointing,
-                       hybrid)
+                       hybrid, context_parallel_sizes(hardware, model, base, goals, world, effective), goals.micro_batch)
 
 
 @dataclass(frozen=True)
@@ -117,17 +133,24 @@ class Tier:
     optimizer: Optimizer
     why: str
     precision: Precision | None = None   # None: the base setup's
+    offload_activations: bool = False
 
 
 def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
     base, strategies = space.base, space.strategies
-    tiers = [Tier(strategies, [goals.offload] if goals.offload else ["none"], base.optimizer, "")]
+    tiers = [Tier(strategies, [goals.offload] if goals.offload else ["none"], base.optimizer, "",
+                  offload_activations=bool(goals.activation_offloading))]
     if not goals.optimizer and space.hardware.device == "cuda" and base.method == "full":
         tiers.append(Tier(strategies, ["none"], "adamw_8bit",
                           "8-bit AdamW (bitsandbytes): fp32 AdamW states do not fit; 8-bit states take a quarter"))
     # Pure bf16 and the low-memory optimizers (llmwizard.autotune.saver_tiers), before offload.
     tiers += [Tier(strategies, ["none"], optimizer, why, precision)
               for optimizer, precision, why in saver_tiers(space.hardware.device, base, goals)]
+    if goals.activation_offloading is None and space.hardware.device == "cuda":
+        last = tiers[-1]
+        tiers.append(Tier(strategies, ["none"], last.optimizer, "activations do not fit on the GPU: TRL's activation "
+                          "offloading keeps them in pinned host RAM and brings each layer's back in backward",
+                          last.precision, offload_activations=True))
     if not goals.offload:
         offload_strategies: list[Strategy] = strategies if space.world > 1 or goals.strategy else ["zero2", "zero3"]
         tiers.append(Tier(offload_strategies, ["optimizer", "params"], base.optimizer,
@@ -139,12 +162,13 @@ def generate(space: SearchSpace, goals: Goals) -> tuple[list[Candidate], str]:
     """Every candidate that fits, from the first tier where any does, and that tier's reason."""
     for tier in _tiers(space, goals):
         fitting = []
-        for strategy, offload, hybrid in itertools.product(tier.strategies, tier.offloads, space.hybrid):
-            if not _compatible(strategy, offload, hybrid):
+        for strategy, offload, hybrid, cp in itertools.product(tier.strategies, tier.offloads, space.hybrid,
+                                                                space.cps):
+            if not _compatible(strategy, offload, hybrid) or (cp > 1 and (strategy != "fsdp" or hybrid)):
                 continue
             for checkpointing in space.checkpointing:
                 candidate = _largest_fitting(space, strategy, offload, hybrid, checkpointing, tier.optimizer,
-                                             tier.precision)
+                                             tier.precision, cp, tier.offload_activations)
                 if candidate is not None:
                     fitting.append(candidate)
         if fitting:
@@ -162,14 +186,16 @@ def _compatible(strategy: Strategy, offload: Offload, hybrid: bool) -> bool:
 
 
 def _largest_fitting(space: SearchSpace, strategy: Strategy, offload: Offload, hybrid: bool, checkpointing: bool,
-                     optimizer: Optimizer, precision: Precision | None = None) -> Candidate | None:
+                     optimizer: Optimizer, precision: Precision | None = None, cp: int = 1,
+                     offload_activations: bool = False) -> Candidate | None:
     """The candidate at the largest micro-batch that fits the budget (and the host RAM, when it
     offloads), or None."""
     hardware, base = space.hardware, space.base
     shards = hardware.gpus_per_node if hybrid else space.world
-    for micro in space.micro_batches:
+    for micro in space.micro_batches_for(cp):
         setup = _replace(base, strategy=strategy, offload=offload, micro_batch=micro, checkpointing=checkpointing,
-                         num_gpus=shards, optimizer=optimizer, precision=precision or base.precision)
+                         num_gpus=shards, optimizer=optimizer, precision=precision or base.precision, cp=cp,
+                         offload_activations=offload_activations)
         est = estimate(space.model, setup, space.budget)
         if est.total > space.usable:
             continue
@@ -179,10 +205,14 @@ def _largest_fitting(space: SearchSpace, strategy: Strategy, offload: Offload, h
             total_params=space.model.total_params, trainable_params=est.trainable_params,
             tokens_per_step=space.effective * base.seq_len, method=base.method, strategy=strategy,
             offload=offload, checkpointing=checkpointing, world=space.world, nodes=hardware.nodes,
-            tflops=space.tflops, interconnect=hardware.interconnect, micro_tokens=micro * base.seq_len,
-            num_layers=space.model.num_layers, grad_accum=space.effective // (micro * space.world), hybrid=hybrid,
-            gpus_per_node=hardware.gpus_per_node)
-        return Candidate(strategy, offload, micro, checkpointing, est, cost.total_s, hybrid, optimizer, precision)
+            tflops=space.tflops, interconnect=hardware.interconnect, micro_tokens=micro * base.seq_len // cp,
+            num_layers=space.model.num_layers, grad_accum=space.effective * cp // (micro * space.world),
+            hybrid=hybrid, gpus_per_node=hardware.gpus_per_node, seq_len=base.seq_len,
+            attention_width=space.model.num_layers * space.model.num_heads * space.model.head_dim,
+            kv_width=space.model.num_layers * space.model.num_kv_heads * space.model.head_dim, cp=cp,
+            offloaded_activation_bytes=offloaded_activations(space.model, setup))
+        return Candidate(strategy, offload, micro, checkpointing, est, cost.total_s, hybrid, optimizer, precision,
+                         cp, offload_activations)
     return None
 
 
@@ -216,6 +246,23 @@ def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Can
     if best.offload != "none":
         reasons["offload"] = (f"{best.offload} offload to host RAM: {why or 'asked for'}; needs "
                               f"{est.host_ram / GiB:.0f} GiB of {hardware.host_ram_available / GiB:.0f} GiB host RAM")
+    if best.cp > 1:
+        one = [c for c in fitting if c.cp == 1]
+        versus = (f"one GPU per sequence {'is ~' + format(min(c.step_s for c in one) / best.step_s - 1, '.0%') + ' slower' if one else 'does not fit'}")
+        reasons["context_parallel"] = (
+            f"{best.cp} GPUs per sequence (FSDP2 context parallelism, ring attention): each holds "
+            f"{space.base.seq_len // best.cp} of the {space.base.seq_len} tokens; {versus}"
+            if not goals.context_parallel else f"{best.cp} GPUs per sequence (asked for)")
+    elif not goals.context_parallel and any(c.cp > 1 for c in fitting):
+        split = min((c for c in fitting if c.cp > 1), key=lambda c: c.step_s)
+        reasons["context_parallel"] = (
+            f"1 GPU per sequence: it fits, and splitting each sequence over {split.cp} GPUs (FSDP2 context "
+            f"parallelism) would be ~{split.step_s / best.step_s - 1:.0%} slower (ring attention traffic, FSDP's "
+            "gathers) without freeing memory the plan needs")
+    if best.offload_activations:
+        reasons["activation_offloading"] = (
+            f"on: {why or 'asked for'}; about {offloaded_activations(space.model, _setup_of(space, best)) / GiB:.1f} GiB "
+            "per process in host RAM, crossing PCIe twice per micro-step on a side stream")
     reasons["activation_checkpointing"] = (
         ("on: recomputing activations in backward is what makes it fit" if best.checkpointing else
          "off: activations fit without recomputation")
@@ -263,6 +310,10 @@ def _label(c: Candidate) -> str:
         text += f", {c.optimizer}"
     if c.precision is not None:
         text += f", {c.precision}"
+    if c.cp > 1:
+        text += f", {c.cp} GPUs per sequence"
+    if c.offload_activations:
+        text += ", activation offloading"
     return text
 
 
@@ -302,6 +353,13 @@ def _alternatives(best: Candidate, fitting: list[Candidate]) -> str:
     parts = [f"{key} {slower(c.step_s / best.step_s)}"
              for key, c in sorted(fastest.items(), key=lambda item: item[1].step_s)]
     return f" (also fit: {', '.join(parts)})"
+
+
+def _setup_of(space: SearchSpace, c: Candidate) -> TrainSetup:
+    return _replace(space.base, strategy=c.strategy, offload=c.offload, micro_batch=c.micro_batch,
+                    checkpointing=c.checkpointing, num_gpus=space.hardware.gpus_per_node if c.hybrid else space.world,
+                    optimizer=c.optimizer, precision=c.precision or space.base.precision, cp=c.cp,
+                    offload_activations=c.offload_activations)
 
 
 def _replace(setup: TrainSetup, **changes: object) -> TrainSetup:

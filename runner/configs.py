@@ -83,6 +83,13 @@ def accelerate_config(plan: Plan) -> dict[str, Any]:
                 "parallelism_config_dp_replicate_size": plan.num_machines,
                 "parallelism_config_dp_shard_size": plan.processes_per_machine,
             }
+        elif plan.context_parallel > 1:
+            # Context parallelism: cp ranks share each sequence; FSDP2 shards over dp_shard x cp.
+            config["parallelism_config"] = {
+                "parallelism_config_dp_shard_size": plan.num_processes // plan.context_parallel,
+                "parallelism_config_cp_size": plan.context_parallel,
+                "parallelism_config_cp_backend": "torch",
+            }
     else:
         # With a DeepSpeed JSON, accelerate refuses mixed_precision, zero_stage, offload,
         # accumulation and clipping beside it (DeepSpeedPlugin._deepspeed_config_checks): the
@@ -142,7 +149,16 @@ def fsdp_environment(plan: Plan) -> dict[str, str]:
 
 
 def parallelism_environment(plan: Plan) -> dict[str, str]:
-    """HSDP's mesh as accelerate exports it (utils.launch.prepare_extend_env_parallelism_config)."""
+    """HSDP's or context parallelism's mesh as accelerate exports it
+    (utils.launch.prepare_extend_env_parallelism_config)."""
+    if plan.context_parallel > 1 and not plan.hybrid_shard:
+        return {
+            "ACCELERATE_USE_PARALLELISM_CONFIG": "true",
+            "PARALLELISM_CONFIG_DP_REPLICATE_SIZE": "1",
+            "PARALLELISM_CONFIG_DP_SHARD_SIZE": str(plan.num_processes // plan.context_parallel),
+            "PARALLELISM_CONFIG_CP_SIZE": str(plan.context_parallel),
+            "PARALLELISM_CONFIG_CP_BACKEND": "torch",
+        }
     if not plan.hybrid_shard:
         return {}
     return {
@@ -238,7 +254,13 @@ def sft_config(plan: Plan) -> dict[str, Any]:
         else None,
         "max_grad_norm": 1.0,
         "max_length": plan.max_length,
-        "packing": False,
+        # Padding-free packing: best-fit rows of max_length (TRL turns padding_free on for "bfd").
+        "packing": plan.packing,
+        "packing_strategy": "bfd" if plan.packing else None,
+        "activation_offloading": plan.activation_offloading or None,
+        "use_liger_kernel": plan.liger_kernel or None,
+        # Context parallelism shards each sequence in 2 x cp load-balanced chunks.
+        "pad_to_multiple_of": 2 * plan.context_parallel if plan.context_parallel > 1 else None,
         # Under FSDP the wrapper checkpoints each layer itself (fsdp_activation_checkpointing).
         "activation_checkpointing": plan.activation_checkpointing and plan.strategy != "fsdp",
         "logging_steps": plan.logging_steps,

@@ -68,7 +68,7 @@ def test_a_saver_is_not_used_when_the_plan_fits_without_one():
 def test_does_not_fit_advice_is_figured_with_the_leanest_saver():
     with pytest.raises(UserError) as err:
         plan(from_spec("1xRTX4090,ram=32GB"), model(LLAMA_8B, "llama-8b"), LARGE, Goals(method="full"))
-    assert "pure_bf16 with adafactor" in err.value.message
+    assert "pure_bf16, adafactor, activation offloading" in err.value.message
     assert "CPU offload on a host with" in err.value.fix
 
 
