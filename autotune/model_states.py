@@ -40,7 +40,9 @@ def optimizer_bytes(model: ModelSpec, setup: TrainSetup, trainable: int, state_b
             widest = max(setup.lora_r * max(lin.d_in, lin.d_out) for lin in adapted_linears(model, setup))
             states = 4 * model.num_layers * sum(2 * setup.lora_r + lin.d_in + lin.d_out
                                                 for lin in adapted_linears(model, setup))
-        return states, 2 * 4 * widest
+        # Half-precision parameters (pure bf16): step() also upcasts the gradient and the
+        # parameter to fp32 (`grad.float()`, `p.float()`): two more fp32 tensors (measured).
+        return states, (2 if state_bytes == 4 else 4) * 4 * widest
     return 0.0, 0.0  # SGD without momentum (HF's default): foreach add_ in place
 
 

@@ -45,8 +45,10 @@ def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, 
         if lo.total <= limit:
             suggestions.append(f"fits with LoRA (--method lora): {lo.total / GiB:.1f} GiB per GPU")
     if hardware.device == "cuda":
+        # (the search offloads with the planned optimizer and fp32 masters: DeepSpeed's CPU Adam)
         offload = estimate(model, replace(smallest, strategy="zero3", offload="params", num_gpus=world,
-                                           gpus_per_node=hardware.gpus_per_node), budget)
+                                           gpus_per_node=hardware.gpus_per_node, optimizer=base.optimizer,
+                                           precision=base.precision), budget)
         if offload.total <= limit and offload.host_ram > hardware.host_ram_available:
             need = math.ceil(offload.host_ram / GiB / 16) * 16
             suggestions.append(f"fits with ZeRO-3 and CPU offload on a host with {need} GiB of RAM per machine "

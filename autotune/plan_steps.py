@@ -287,6 +287,16 @@ def schedule(dataset: DatasetProfile, goals: Goals, effective: int, epochs: floa
                     f"evaluate and checkpoint every {eval_steps} steps, log every {logging_steps}")
 
 
+def activation_offloading(hardware: HardwareProfile, goals: Goals) -> None:
+    """TRL's activation offloading moves saved tensors from the accelerator to host RAM; on the
+    CPU there is no accelerator and TRL fails building it (torch.accelerator.current_accelerator()
+    is None)."""
+    if goals.activation_offloading and hardware.device != "cuda":
+        raise UserError("Activation offloading moves activations from a GPU to host RAM; this plan has no GPU "
+                        "(TRL's offloading fails on the CPU).", title="Activation offloading",
+                        fix="Plan with --gpus, or leave activation_offloading off on the CPU.")
+
+
 def liger(hardware: HardwareProfile, goals: Goals) -> Decision[bool]:
     """Liger's fused kernels (TRL use_liger_kernel): asked for only; Triton kernels, GPU only."""
     if not goals.liger_kernel:

@@ -66,6 +66,7 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     # 4. World layout, then strategy, offload, micro-batch and checkpointing.
     world = record.take("device", step.world(hardware, goals))
     effective = record.take("effective_batch", step.effective_batch(goals, world.size))
+    step.activation_offloading(hardware, goals)
     base = step.base_setup(hardware, world, method, max_length, precision, goals, lora)
     choice = choose(hardware, model, base, goals, step.budget(hardware, world.per_node), effective, world.size)
     record.reasons.update(choice.reasons)

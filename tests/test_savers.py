@@ -1,7 +1,11 @@
-"""Memory savers (llmwizard.autotune.savers): pure bf16 and torchao's low-bit AdamW.
+"""Memory savers: pure bf16 and torchao's low-bit AdamW (llmwizard.autotune.savers), context
+parallelism, activation offloading and padding-free packing (llmwizard.autotune.long_context).
 
-The planner picks them only when nothing fits without them, says the trade-off, and exports
-files the real loaders accept; one real CPU run trains in pure bf16 with torchao's 8-bit AdamW.
+The planner picks them only when they buy fit or speed, says the trade-off, and exports files
+the real loaders accept; one real CPU run trains in pure bf16 with torchao's 8-bit AdamW and
+padding-free packing. Context parallelism and activation offloading do not run on the CPU
+(torch's CP shards only CUDA attention kernels; TRL's offloading needs an accelerator), so their
+exports are checked by accelerate's and TRL's own loaders.
 """
 
 from __future__ import annotations
@@ -108,7 +112,7 @@ def test_pure_bf16_exports_files_the_loaders_accept(tmp_path: Path):
 def pure_bf16_run(tmp_path_factory):
     pytest.importorskip("torchao")
     plan_ = make_plan(family="llama", strategy="single", method="full", processes=1, precision="pure_bf16",
-                      optimizer="torchao_adamw_8bit", max_steps=8)
+                      optimizer="torchao_adamw_8bit", max_steps=8, packing=True)
     root = tmp_path_factory.mktemp("pure_bf16")
     export(plan_, root / "run")
     result = run_launch_sh(root / "run", root, timeout=400)
@@ -116,7 +120,7 @@ def pure_bf16_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_pure_bf16_with_torchao_8bit_adamw_trains_on_the_cpu(pure_bf16_run):
+def test_pure_bf16_with_torchao_8bit_adamw_and_packing_trains_on_the_cpu(pure_bf16_run):
     import torch
     from safetensors import safe_open
 
@@ -130,3 +134,80 @@ def test_pure_bf16_with_torchao_8bit_adamw_trains_on_the_cpu(pure_bf16_run):
     state = torch.load(checkpoint / "optimizer.pt", weights_only=False)["state"]
     kinds = {type(value).__name__ for states in state.values() for value in states.values()}
     assert "OptimState8bit" in kinds, kinds
+    # Packing: the trainer's epoch after one step is 1 / (packed steps per epoch), the plan's figure.
+    from llmwizard.runner.metrics import read_metrics
+
+    first = next(r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "log")
+    planned = int(plan_.reasons["schedule"].split(" steps per epoch")[0])
+    assert round(1 / first["epoch"]) == planned, (first["epoch"], plan_.reasons["schedule"])
+    assert f"{planned} steps per epoch instead of" in plan_.reasons["packing"]
+    assert yaml.safe_load((run / "sft_config.yaml").read_text())["packing_strategy"] == "bfd"
+
+
+LONG = None
+
+
+def _long(examples: int, mean: float, p99: int):
+    from llmwizard.autotune.dataset import DatasetProfile
+
+    return DatasetProfile(source="long", format="messages", num_examples=examples, measured=examples,
+                          tokenizer="synthetic", exact_tokens=True, mean_tokens=mean, p50_tokens=int(mean),
+                          p90_tokens=p99, p95_tokens=p99, p99_tokens=p99, max_tokens=p99,
+                          total_tokens=int(mean * examples), histogram=[(1, p99, examples)])
+
+
+def test_long_sequences_split_over_gpus_only_when_one_gpu_per_sequence_does_not_fit_or_is_slower():
+    from llmwizard.autotune.model_spec import load_model_spec
+
+    mid = _long(5000, 12000.0, 32000)
+    p = plan(from_spec("8xH100-80GB"), load_model_spec("llama-3.1-70b"), mid,
+             Goals(method="lora", max_length=32768, dataset_size="large"))
+    assert p.context_parallel > 1 and p.strategy == "fsdp"
+    assert "one GPU per sequence does not fit" in p.reasons["context_parallel"]
+    assert p.micro_batch * p.grad_accum * p.num_processes // p.context_parallel == p.effective_batch
+    short = plan(from_spec("8xH100-80GB"), load_model_spec("llama-3.1-70b"), mid,
+                 Goals(method="lora", max_length=4096, dataset_size="large"))
+    assert short.context_parallel == 1
+
+
+def test_activation_offloading_buys_fit_on_a_gpu_and_is_refused_on_the_cpu():
+    from llmwizard.autotune.hardware import detect
+    from llmwizard.autotune.model_spec import load_model_spec
+
+    long = _long(2000, 60000.0, 120000)
+    p = plan(from_spec("1xA100-40GB"), load_model_spec("gemma-3-4b"), long,
+             Goals(method="lora", max_length=65536, dataset_size="large"))
+    assert p.activation_offloading and "host RAM" in p.reasons["activation_offloading"]
+    assert plan(from_spec("1xH100-80GB"), load_model_spec("gemma-3-4b"), long,
+                Goals(method="lora", max_length=65536, dataset_size="large")).activation_offloading is False
+    with pytest.raises(UserError):
+        plan(detect(), load_model_spec(None), long, Goals(activation_offloading=True))
+
+
+def test_context_parallel_activation_offloading_and_liger_export_files_the_loaders_accept(tmp_path, monkeypatch):
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.parallelism_config import ParallelismConfig
+    from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
+
+    from llmwizard.runner.configs import parallelism_environment
+    from tests.test_export import _accelerate_args, _gpu_plan
+
+    p = _gpu_plan(spec="8xH100-80GB", strategy="fsdp", context_parallel=4, activation_offloading=True,
+                  liger_kernel=True)
+    assert (p.context_parallel, p.activation_offloading, p.liger_kernel) == (4, True, True)
+    assert "needs a GPU" in p.reasons["liger_kernel"]
+    export(p, tmp_path)
+    config = load_config_from_file(str(tmp_path / "accelerate_config.yaml"))
+    assert config.parallelism_config["parallelism_config_cp_size"] == 4
+    args, _ = _accelerate_args(p, tmp_path / "accelerate_config.yaml")
+    assert args.parallelism_config_cp_size == 4 and args.parallelism_config_dp_shard_size == 2
+    # what the ranks build from the environment accelerate (or torchrun's launch.sh) exports
+    for key, value in parallelism_environment(p).items():
+        monkeypatch.setenv(key, value)
+    mesh = ParallelismConfig()
+    assert (mesh.cp_size, mesh.dp_shard_size, mesh.cp_enabled) == (4, 2, True)
+    monkeypatch.chdir(tmp_path)
+    _, training, _ = TrlParser((ScriptArguments, SFTConfig, ModelConfig)).parse_args_and_config(
+        ["--config", "sft_config.yaml", "--bf16", "false", "--use_cpu", "true"])
+    assert training.activation_offloading and training.use_liger_kernel and training.pad_to_multiple_of == 8
+    assert not training.packing  # TRL refuses packing with context parallelism
