@@ -134,6 +134,7 @@ class Tier:
     why: str
     precision: Precision | None = None   # None: the base setup's
     offload_activations: bool = False
+    activations_why: str = ""             # why activation offloading, when this tier adds it
 
 
 def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
@@ -148,9 +149,9 @@ def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
               for optimizer, precision, why in saver_tiers(space.hardware.device, base, goals)]
     if goals.activation_offloading is None and space.hardware.device == "cuda":
         last = tiers[-1]
-        tiers.append(Tier(strategies, ["none"], last.optimizer, "activations do not fit on the GPU: TRL's activation "
-                          "offloading keeps them in pinned host RAM and brings each layer's back in backward",
-                          last.precision, offload_activations=True))
+        tiers.append(Tier(strategies, ["none"], last.optimizer, last.why, last.precision, offload_activations=True,
+                          activations_why="activations do not fit on the GPU: TRL's activation offloading keeps "
+                          "them in pinned host RAM and brings each layer's back in backward"))
     if not goals.offload:
         offload_strategies: list[Strategy] = strategies if space.world > 1 or goals.strategy else ["zero2", "zero3"]
         tiers.append(Tier(offload_strategies, ["optimizer", "params"], base.optimizer,
@@ -159,7 +160,8 @@ def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
 
 
 def generate(space: SearchSpace, goals: Goals) -> tuple[list[Candidate], str]:
-    """Every candidate that fits, from the first tier where any does, and that tier's reason."""
+    """Every candidate that fits, from the first tier where any does, and that tier's reason
+    (for activation offloading, after a newline: llmwizard.autotune.search.explain splits it)."""
     for tier in _tiers(space, goals):
         fitting = []
         for strategy, offload, hybrid, cp in itertools.product(tier.strategies, tier.offloads, space.hybrid,
@@ -172,7 +174,7 @@ def generate(space: SearchSpace, goals: Goals) -> tuple[list[Candidate], str]:
                 if candidate is not None:
                     fitting.append(candidate)
         if fitting:
-            return fitting, tier.why
+            return fitting, tier.why + (f"\n{tier.activations_why}" if tier.activations_why else "")
     return [], ""
 
 
@@ -199,7 +201,7 @@ def _largest_fitting(space: SearchSpace, strategy: Strategy, offload: Offload, h
         est = estimate(space.model, setup, space.budget)
         if est.total > space.usable:
             continue
-        if offload != "none" and est.host_ram > hardware.host_ram_available:
+        if (offload != "none" or offload_activations) and est.host_ram > hardware.host_ram_available:
             continue
         cost = step_cost(
             total_params=space.model.total_params, trainable_params=est.trainable_params,
@@ -223,6 +225,7 @@ def rank(fitting: list[Candidate]) -> Candidate:
 
 def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Candidate], why: str) -> dict[str, str]:
     """The reasons for the strategy, and for the optimizer and offload when a later tier chose them."""
+    why, _, activations_why = why.partition("\n")
     hardware, est = space.hardware, best.estimate
     words = _strategy_words(best.strategy)
     if best.hybrid:
@@ -261,7 +264,7 @@ def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Can
             "gathers) without freeing memory the plan needs")
     if best.offload_activations:
         reasons["activation_offloading"] = (
-            f"on: {why or 'asked for'}; about {offloaded_activations(space.model, _setup_of(space, best)) / GiB:.1f} GiB "
+            f"on: {activations_why or 'asked for'}; about {offloaded_activations(space.model, _setup_of(space, best)) / GiB:.1f} GiB "
             "per process in host RAM, crossing PCIe twice per micro-step on a side stream")
     reasons["activation_checkpointing"] = (
         ("on: recomputing activations in backward is what makes it fit" if best.checkpointing else
