@@ -11,6 +11,11 @@ Kept apart from the base memory model so each term sits in one place with its so
   context parallel has sharding rules only for the CUDA SDPA kernels (flash, efficient, cuDNN);
   on the CPU it fails ("aten._scaled_dot_product_flash_attention_for_cpu.default does not have a
   sharding strategy registered"), so the planner offers it on GPUs only.
+- Ulysses sequence parallelism (accelerate's `sp_size` with the DeepSpeed backend, DeepSpeed's
+  ALST `UlyssesSPAttentionHF`): the same 1/sp share of every per-token tensor outside attention;
+  around attention, all-to-alls trade the sequence split for a head split, so each rank holds
+  the whole sequence for heads/sp heads (the same bytes). The in-flight all-to-all buffers are
+  counted like the ring's. Needs the head count divisible by sp.
 - Activation offloading (TRL's SFTConfig `activation_offloading`, trl.models.activation_offloading):
   every saved tensor of 1 KiB or more except the LM head's goes to pinned host RAM during forward
   and comes back during backward, a layer ahead on a second CUDA stream (up to 5 tensors stashed
@@ -49,10 +54,12 @@ def context_parallel_sizes(hardware: HardwareProfile, model: ModelSpec, base: Tr
     that size, checked."""
     if goals.context_parallel:
         cp = goals.context_parallel
-        problem = ("needs GPUs: torch's context parallelism shards only the CUDA attention kernels"
-                   if cp > 1 and hardware.device != "cuda" else
+        problem = ("needs GPUs with FSDP2: torch's context parallelism shards only the CUDA attention kernels "
+                   "(on the CPU, use zero2/zero3 for Ulysses)"
+                   if cp > 1 and hardware.device != "cuda" and goals.strategy in (None, "fsdp") else
                    f"must divide the {world} processes" if world % cp else
-                   "needs strategy fsdp (FSDP2)" if cp > 1 and goals.strategy not in (None, "fsdp") else
+                   "needs strategy fsdp (FSDP2) or zero2/zero3 (Ulysses)" if cp > 1 and goals.strategy not in (
+                       None, "fsdp", "zero2", "zero3") else
                    "cannot be combined with packing (TRL refuses it)" if cp > 1 and goals.packing else
                    f"needs SDPA attention; {model.model_type} runs eager" if cp > 1 and attention_kernel(
                        model, base) == "eager" else "")
@@ -61,7 +68,7 @@ def context_parallel_sizes(hardware: HardwareProfile, model: ModelSpec, base: Tr
                             fix="Leave --context-parallel to the planner, or change the value.")
         return [cp]
     if (hardware.device != "cuda" or world < 2 or base.seq_len < CP_MIN_TOKENS or goals.packing
-            or goals.strategy not in (None, "fsdp") or attention_kernel(model, base) == "eager"):
+            or goals.strategy not in (None, "fsdp", "zero2", "zero3") or attention_kernel(model, base) == "eager"):
         return [1]
     local = hardware.gpus_per_node
     return [1] + [cp for cp in (2, 4, 8) if local % cp == 0 and world % cp == 0 and effective % (world // cp) == 0]

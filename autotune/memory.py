@@ -119,9 +119,10 @@ def _validate(setup: TrainSetup) -> None:
     if setup.cp < 1 or setup.num_gpus % setup.cp:
         raise UserError(f"Context parallelism over {setup.cp} GPUs must divide the {setup.num_gpus} GPU(s).",
                         title="Context parallelism", fix="Use a context-parallel size that divides the GPU count.")
-    if setup.cp > 1 and setup.strategy != "fsdp":
-        raise UserError("Context parallelism runs with FSDP2 only (accelerate's ParallelismConfig cp_size).",
-                        title="Context parallelism", fix="Use --strategy fsdp with context parallelism.")
+    if setup.cp > 1 and setup.strategy not in ("fsdp", "zero2", "zero3"):
+        raise UserError("Splitting a sequence over GPUs runs with FSDP2 (context parallelism) or DeepSpeed ZeRO "
+                        "(Ulysses sequence parallelism).", title="Context parallelism",
+                        fix="Use --strategy fsdp, zero2 or zero3 with context parallelism.")
     if setup.offload != "none" and setup.strategy not in ("fsdp", "zero2", "zero3"):
         raise UserError(f"Offload to host RAM needs a sharded strategy, not '{setup.strategy}'.",
                         title="Offload", fix="Use --strategy zero2, zero3 or fsdp with offload.")
@@ -146,7 +147,8 @@ def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate
         step = replace(step, activations=step.activations - offloaded,
                        layer_backward=step.layer_backward + ring_buffers(model, setup))
         if setup.cp > 1:
-            notes.append(f"context parallelism: each of {setup.cp} GPUs holds 1/{setup.cp} of every sequence")
+            notes.append(f"{'context' if setup.strategy == 'fsdp' else 'Ulysses sequence'} parallelism: each of "
+                         f"{setup.cp} GPUs holds 1/{setup.cp} of every sequence")
         if offloaded:
             notes.append(f"activation offloading: {offloaded / GiB:.1f} GiB of saved activations in host RAM")
     phases = _phases(states, buffers, step)

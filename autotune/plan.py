@@ -120,8 +120,9 @@ class Plan:
         if self.num_processes % self.context_parallel:
             raise ValueError(f"context_parallel ({self.context_parallel}) must divide num_processes "
                              f"({self.num_processes})")
-        if self.context_parallel > 1 and (self.strategy != "fsdp" or self.packing):
-            raise ValueError("context_parallel above 1 needs strategy fsdp (FSDP2) and packing off")
+        if self.context_parallel > 1 and (self.strategy not in ("fsdp", "zero2", "zero3") or self.packing):
+            raise ValueError("context_parallel above 1 needs strategy fsdp (FSDP2 context parallelism) or zero2/zero3 "
+                             "(DeepSpeed Ulysses sequence parallelism), and packing off")
         if (self.method == "full") != (self.lora is None):
             raise ValueError(f"method {self.method} " + ("takes no lora settings (set lora: null)"
                              if self.method == "full" else "needs lora settings (r, alpha, dropout, ...)"))

@@ -166,7 +166,8 @@ def generate(space: SearchSpace, goals: Goals) -> tuple[list[Candidate], str]:
         fitting = []
         for strategy, offload, hybrid, cp in itertools.product(tier.strategies, tier.offloads, space.hybrid,
                                                                 space.cps):
-            if not _compatible(strategy, offload, hybrid) or (cp > 1 and (strategy != "fsdp" or hybrid)):
+            if not _compatible(strategy, offload, hybrid) or (cp > 1 and not _splits_sequences(space, strategy, cp,
+                                                                                                hybrid)):
                 continue
             for checkpointing in space.checkpointing:
                 candidate = _largest_fitting(space, strategy, offload, hybrid, checkpointing, tier.optimizer,
@@ -176,6 +177,16 @@ def generate(space: SearchSpace, goals: Goals) -> tuple[list[Candidate], str]:
         if fitting:
             return fitting, tier.why + (f"\n{tier.activations_why}" if tier.activations_why else "")
     return [], ""
+
+
+def _splits_sequences(space: SearchSpace, strategy: Strategy, cp: int, hybrid: bool) -> bool:
+    """FSDP2 splits a sequence with context parallelism (ring attention); ZeRO with DeepSpeed's
+    Ulysses, which splits attention by heads (the head count must divide)."""
+    if hybrid:
+        return False
+    if strategy == "fsdp":
+        return space.hardware.device == "cuda"  # torch's ring attention has CUDA kernels only
+    return strategy in ("zero2", "zero3") and space.model.num_heads % cp == 0
 
 
 def _compatible(strategy: Strategy, offload: Offload, hybrid: bool) -> bool:
@@ -212,6 +223,7 @@ def _largest_fitting(space: SearchSpace, strategy: Strategy, offload: Offload, h
             hybrid=hybrid, gpus_per_node=hardware.gpus_per_node, seq_len=base.seq_len,
             attention_width=space.model.num_layers * space.model.num_heads * space.model.head_dim,
             kv_width=space.model.num_layers * space.model.num_kv_heads * space.model.head_dim, cp=cp,
+            cp_kind="ring" if strategy == "fsdp" else "ulysses",
             offloaded_activation_bytes=offloaded_activations(space.model, setup))
         return Candidate(strategy, offload, micro, checkpointing, est, cost.total_s, hybrid, optimizer, precision,
                          cp, offload_activations)
@@ -252,8 +264,10 @@ def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Can
     if best.cp > 1:
         one = [c for c in fitting if c.cp == 1]
         versus = (f"one GPU per sequence {'is ~' + format(min(c.step_s for c in one) / best.step_s - 1, '.0%') + ' slower' if one else 'does not fit'}")
+        how = ("FSDP2 context parallelism, ring attention" if best.strategy == "fsdp" else
+               "DeepSpeed Ulysses sequence parallelism, attention split by heads")
         reasons["context_parallel"] = (
-            f"{best.cp} GPUs per sequence (FSDP2 context parallelism, ring attention): each holds "
+            f"{best.cp} GPUs per sequence ({how}): each holds "
             f"{space.base.seq_len // best.cp} of the {space.base.seq_len} tokens; {versus}"
             if not goals.context_parallel else f"{best.cp} GPUs per sequence (asked for)")
     elif not goals.context_parallel and any(c.cp > 1 for c in fitting):

@@ -25,9 +25,11 @@ Step time (one optimizer step, the whole world) = compute x engine factor + expo
 - attention: 4 * seq * (heads x head_dim) FLOPs per token per layer forward (QK^T and PV, causal
   halves it; x3 with backward), which long sequences make dominant. Context parallelism splits
   it evenly over the cp ranks (ring attention with load-balanced causal sharding).
-- context parallelism: ring attention passes each rank's K and V around the ring, (cp-1)/cp of
-  them per layer in forward and twice that in backward (K, V and their gradients), hidden behind
-  the attention compute where it can be (OVERLAP).
+- context parallelism: ring attention passes each rank's K and V around the ring, cp-1 hops per
+  layer in forward and twice that in backward (K, V and their gradients), hidden behind the
+  attention compute where it can be (OVERLAP).
+- Ulysses (DeepSpeed): four all-to-alls per layer (q, k, v, output), (cp-1)/cp of each rank's
+  share crossing, twice more in backward.
 - activation offloading (TRL): the offloaded activations cross PCIe twice per micro-step, on a
   side stream that overlaps compute (OVERLAP).
 Only the ranking is relied on; figures are shown as estimates.
@@ -66,7 +68,7 @@ def step_cost(*, total_params: int, trainable_params: int, tokens_per_step: int,
               tflops: float, interconnect: str, micro_tokens: int, num_layers: int,
               grad_accum: int, hybrid: bool = False, gpus_per_node: int = 1, seq_len: int = 0,
               attention_width: int = 0, kv_width: int = 0, cp: int = 1,
-              offloaded_activation_bytes: float = 0.0) -> StepCost:
+              offloaded_activation_bytes: float = 0.0, cp_kind: str = "ring") -> StepCost:
     """Estimated seconds per optimizer step (tokens_per_step is global, micro_tokens per process).
     `attention_width` is layers x heads x head_dim, `kv_width` layers x kv heads x head_dim."""
     flops_per_token = (6 if method == "full" else 4) * total_params
@@ -106,9 +108,12 @@ def step_cost(*, total_params: int, trainable_params: int, tokens_per_step: int,
         comm = volume / bandwidth + latency
 
     if cp > 1:  # ring attention: K and V (bf16) around the ring, forward and backward (with gradients)
-        kv = micro_tokens * 2 * kv_width * 2   # this rank's K and V for every layer (micro_tokens: its shard)
+        # ring: this rank's K and V for every layer (micro_tokens: its shard) travel cp-1 hops
+        volume = (cp - 1) * micro_tokens * 2 * kv_width * 2
+        if cp_kind == "ulysses":  # all-to-all of q, k, v and the output: (cp-1)/cp of them leaves the rank
+            volume = (cp - 1) / cp * micro_tokens * (2 * attention_width + 2 * kv_width) * 2
         link = "nvlink" if interconnect == "nvlink" else "pcie"
-        comm += grad_accum * 3 * (cp - 1) / cp * kv * (1 - OVERLAP) / (BANDWIDTH[link] * GB)
+        comm += grad_accum * 3 * volume * (1 - OVERLAP) / (BANDWIDTH[link] * GB)
         comm += grad_accum * 3 * (cp - 1) * num_layers * ALPHA[link]  # one exchange per ring step and layer
     off = grad_accum * 2 * offloaded_activation_bytes * (1 - OVERLAP) / (PCIE_OFFLOAD * GB)
     if offload != "none":

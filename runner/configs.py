@@ -103,6 +103,15 @@ def accelerate_config(plan: Plan) -> dict[str, Any]:
             # "standard" starts torchrun on each machine (as launch.sh and Slurm do); the default,
             # pdsh, would ssh from machine 0 into the others.
             config["deepspeed_config"]["deepspeed_multinode_launcher"] = "standard"
+        if plan.context_parallel > 1:
+            # DeepSpeed Ulysses (ALST): sp ranks share each sequence, attention split by heads.
+            config["parallelism_config"] = {
+                "parallelism_config_dp_shard_size": plan.num_processes // plan.context_parallel,
+                "parallelism_config_sp_size": plan.context_parallel,
+                "parallelism_config_sp_backend": "deepspeed",
+                "parallelism_config_sp_seq_length_is_variable": True,
+                "parallelism_config_sp_attn_implementation": "sdpa",
+            }
     return config
 
 
@@ -151,6 +160,16 @@ def fsdp_environment(plan: Plan) -> dict[str, str]:
 def parallelism_environment(plan: Plan) -> dict[str, str]:
     """HSDP's or context parallelism's mesh as accelerate exports it
     (utils.launch.prepare_extend_env_parallelism_config)."""
+    if plan.context_parallel > 1 and plan.strategy != "fsdp":
+        return {
+            "ACCELERATE_USE_PARALLELISM_CONFIG": "true",
+            "PARALLELISM_CONFIG_DP_REPLICATE_SIZE": "1",
+            "PARALLELISM_CONFIG_DP_SHARD_SIZE": str(plan.num_processes // plan.context_parallel),
+            "PARALLELISM_CONFIG_SP_SIZE": str(plan.context_parallel),
+            "PARALLELISM_CONFIG_SP_BACKEND": "deepspeed",
+            "PARALLELISM_CONFIG_SP_SEQ_LENGTH_IS_VARIABLE": "true",
+            "PARALLELISM_CONFIG_SP_ATTN_IMPLEMENTATION": "sdpa",
+        }
     if plan.context_parallel > 1 and not plan.hybrid_shard:
         return {
             "ACCELERATE_USE_PARALLELISM_CONFIG": "true",

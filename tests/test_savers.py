@@ -211,3 +211,26 @@ def test_context_parallel_activation_offloading_and_liger_export_files_the_loade
         ["--config", "sft_config.yaml", "--bf16", "false", "--use_cpu", "true"])
     assert training.activation_offloading and training.use_liger_kernel and training.pad_to_multiple_of == 8
     assert not training.packing  # TRL refuses packing with context parallelism
+
+
+def test_ulysses_sequence_parallelism_exports_for_deepspeed(tmp_path, monkeypatch):
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.parallelism_config import ParallelismConfig
+
+    from llmwizard.runner.configs import parallelism_environment
+    from llmwizard.runner.export import launch_command
+    from tests.test_export import _gpu_plan
+
+    p = _gpu_plan(spec="8xH100-80GB", strategy="zero3", context_parallel=2)
+    assert p.context_parallel == 2
+    export(p, tmp_path)
+    config = load_config_from_file(str(tmp_path / "accelerate_config.yaml"))
+    assert config.parallelism_config["parallelism_config_sp_size"] == 2
+    assert config.parallelism_config["parallelism_config_sp_backend"] == "deepspeed"
+    for key, value in parallelism_environment(p).items():
+        monkeypatch.setenv(key, value)
+    mesh = ParallelismConfig()
+    assert (mesh.sp_size, mesh.sp_enabled, mesh.cp_enabled, mesh.dp_shard_size) == (2, True, False, 4)
+    # torchrun and the deepspeed launcher get the same mesh through launch.sh's environment
+    torchrun = _gpu_plan(spec="8xH100-80GB", strategy="zero3", context_parallel=2, launcher="torchrun")
+    assert launch_command(torchrun)[1]["PARALLELISM_CONFIG_SP_SIZE"] == "2"
