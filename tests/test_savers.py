@@ -234,3 +234,26 @@ def test_ulysses_sequence_parallelism_exports_for_deepspeed(tmp_path, monkeypatc
     # torchrun and the deepspeed launcher get the same mesh through launch.sh's environment
     torchrun = _gpu_plan(spec="8xH100-80GB", strategy="zero3", context_parallel=2, launcher="torchrun")
     assert launch_command(torchrun)[1]["PARALLELISM_CONFIG_SP_SIZE"] == "2"
+
+
+@pytest.mark.slow
+def test_ulysses_sequence_parallelism_trains_on_two_cpu_ranks(tmp_path):
+    """Two gloo ranks share every sequence (DeepSpeed Ulysses, ZeRO-2): one data-parallel rank, so
+    an epoch takes as many steps as one rank's batches, and the rank says sequence_parallel=2."""
+    from llmwizard.runner.metrics import read_metrics
+    from tests.tiny_models import strategy_ran
+
+    p = make_plan(family="llama", strategy="zero2", method="lora", processes=2, context_parallel=2, max_steps=3)
+    assert p.context_parallel == 2 and "asked for" in p.reasons["context_parallel"]
+    export(p, tmp_path / "run")
+    result = run_launch_sh(tmp_path / "run", tmp_path, timeout=400)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert strategy_ran(log) == ("zero2", 2) and "sequence_parallel=2" in log
+    logs = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["type"] == "log" and "loss" in r]
+    planned = int(p.reasons["schedule"].split(" steps per epoch")[0])
+    # One batch per step across both ranks (without Ulysses: half as many steps). The sampler still
+    # splits the rows over the two ranks and Ulysses' loader takes each rank's batches in turn, so
+    # each rank's share is rounded up separately: 2 x ceil(200 / 16) = 26 against the plan's 25.
+    assert abs(round(1 / logs[0]["epoch"]) - planned) <= 1, (logs[0]["epoch"], planned)
+    assert logs[-1]["loss"] < logs[0]["loss"]
