@@ -273,9 +273,10 @@ def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Can
     elif not goals.context_parallel and any(c.cp > 1 for c in fitting):
         split = min((c for c in fitting if c.cp > 1), key=lambda c: c.step_s)
         reasons["context_parallel"] = (
-            f"1 GPU per sequence: it fits, and splitting each sequence over {split.cp} GPUs (FSDP2 context "
-            f"parallelism) would be ~{split.step_s / best.step_s - 1:.0%} slower (ring attention traffic, FSDP's "
-            "gathers) without freeing memory the plan needs")
+            f"1 GPU per sequence: it fits, and splitting each sequence over {split.cp} GPUs ("
+            + ("FSDP2 context parallelism" if split.strategy == "fsdp" else f"{split.strategy} with Ulysses")
+            + f", the fastest split) would be ~{split.step_s / best.step_s - 1:.0%} slower (attention traffic "
+            "between the GPUs) without freeing memory the plan needs")
     if best.offload_activations:
         reasons["activation_offloading"] = (
             f"on: {activations_why or 'asked for'}; about {offloaded_activations(space.model, _setup_of(space, best)) / GiB:.1f} GiB "
