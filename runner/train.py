@@ -189,11 +189,11 @@ def strategy_line(trainer: Any) -> str:
         details.append(f"backend={torch.distributed.get_backend()}")
     else:
         strategy = "single"
-    mesh = getattr(accelerator, "parallelism_config", None)
-    if mesh is not None and getattr(mesh, "sp_size", 1) > 1:
-        details.append(f"sequence_parallel={mesh.sp_size}")  # DeepSpeed Ulysses
-    if mesh is not None and getattr(mesh, "cp_size", 1) > 1:
-        details.append(f"context_parallel={mesh.cp_size}")   # FSDP2 ring attention
+    parallelism = getattr(accelerator, "parallelism_config", None)
+    if parallelism is not None and getattr(parallelism, "sp_size", 1) > 1:
+        details.append(f"sequence_parallel={parallelism.sp_size}")  # DeepSpeed Ulysses
+    if parallelism is not None and getattr(parallelism, "cp_size", 1) > 1:
+        details.append(f"context_parallel={parallelism.cp_size}")   # FSDP2 ring attention
     return f"llmwizard: strategy={strategy} world_size={accelerator.num_processes} " + " ".join(details)
 
 

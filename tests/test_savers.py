@@ -165,6 +165,12 @@ def test_long_sequences_split_over_gpus_only_when_one_gpu_per_sequence_does_not_
     assert p.context_parallel > 1 and p.strategy == "fsdp"
     assert "one GPU per sequence does not fit" in p.reasons["context_parallel"]
     assert p.micro_batch * p.grad_accum * p.num_processes // p.context_parallel == p.effective_batch
+    from llmwizard.autotune.planner import setup_of, shrink_micro_batch
+
+    assert estimate(load_model_spec("llama-3.1-70b"), setup_of(p), p.estimate.budget) == p.estimate
+    if p.micro_batch > 1:  # after an out-of-memory, the effective batch stays
+        smaller = shrink_micro_batch(p, "out of memory")
+        assert smaller.micro_batch * smaller.grad_accum * 8 // p.context_parallel == p.effective_batch
     short = plan(from_spec("8xH100-80GB"), load_model_spec("llama-3.1-70b"), mid,
                  Goals(method="lora", max_length=4096, dataset_size="large"))
     assert short.context_parallel == 1
@@ -178,6 +184,10 @@ def test_activation_offloading_buys_fit_on_a_gpu_and_is_refused_on_the_cpu():
     p = plan(from_spec("1xA100-40GB"), load_model_spec("gemma-3-4b"), long,
              Goals(method="lora", max_length=65536, dataset_size="large"))
     assert p.activation_offloading and "host RAM" in p.reasons["activation_offloading"]
+    from llmwizard.autotune.planner import setup_of
+
+    assert estimate(load_model_spec("gemma-3-4b"), setup_of(p), p.estimate.budget) == p.estimate
+    assert p.estimate.host_ram > 10 * GiB  # the offloaded activations are counted in host RAM
     assert plan(from_spec("1xH100-80GB"), load_model_spec("gemma-3-4b"), long,
                 Goals(method="lora", max_length=65536, dataset_size="large")).activation_offloading is False
     with pytest.raises(UserError):
