@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmwizard.autotune.model_types import Linear, ModelSpec
+from llmwizard.autotune.savers import pure_bf16
 from llmwizard.autotune.train_setup import TrainSetup
 
 # TRL's fused LM head (trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE and
@@ -41,9 +42,11 @@ class Layout:
 
 
 def layout(model: ModelSpec, setup: TrainSetup) -> Layout:
-    half = setup.precision in ("bf16", "fp16")
+    half = setup.precision in ("bf16", "fp16", "pure_bf16")
     compute = 2 if half else 4
     deepspeed = setup.strategy in ("zero2", "zero3")
+    if pure_bf16(setup):  # bf16 weights, gradients and states; no master copy (llmwizard.autotune.savers)
+        return Layout(2, 2, 2, 2, 0, False, 0)
     if setup.method == "full":  # (no adapters, no dropout masks)
         if not half:
             return Layout(4, 4, 4, 4, 0, False, 0)
@@ -138,7 +141,7 @@ def activation_bytes(model: ModelSpec, setup: TrainSetup) -> float:
             readers = sum(lin.d_in for lin in adapted_linears(model, setup)
                           if lin.name in ("q_proj", "k_proj", "v_proj"))
             layers -= tokens * (4 * model.hidden_size + 8 + (lay.mask * readers if setup.lora_dropout > 0 else 0))
-    return layers + tokens * _fixed_token_bytes(model, setup)
+    return layers + tokens * fixed_token_bytes(model, setup)
 
 
 def weight_copy_bytes(model: ModelSpec, setup: TrainSetup) -> float:
@@ -147,7 +150,7 @@ def weight_copy_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     return lay.compute * _linear_params(model) / model.num_layers if lay.autocast_copies else 0.0
 
 
-def _fixed_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
+def fixed_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     """Per-token tensors outside the layers: final norm, the head's saved hidden states, RoPE tables, ids."""
     lay = layout(model, setup)
     h = model.hidden_size

@@ -66,6 +66,11 @@ class Goals:
     processes: PositiveInt | None = None       # processes per node; on the CPU, how many ranks
     report_to: list[Tracker] | None = None     # experiment trackers; None: none (the plan may suggest one)
     probe: bool | None = None                  # a few measured steps before the run; None: on GPUs only
+    # Long-context and activation savers (llmwizard.autotune.long_context); None: the planner decides.
+    context_parallel: PositiveInt | None = None    # GPUs one sequence is split over (FSDP2 cp_size)
+    activation_offloading: bool | None = None      # TRL's activation offloading to host RAM
+    packing: bool | None = None                    # padding-free packing (TRL packing, bfd strategy)
+    liger_kernel: bool | None = None               # Liger's fused Triton kernels (GPU only)
     seed: Seed = 42
     extra: dict[str, Any] = field(default_factory=dict)
     # The fields the user set (flags, wizard edits), as opposed to a preset's values: the plan's

@@ -19,7 +19,7 @@ allocator's reserve, the CUDA context, library workspaces and NCCL buffers (docs
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from llmwizard.autotune.activations import (
@@ -36,6 +36,7 @@ from llmwizard.autotune.activations import (
 )
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.hardware_types import GiB
+from llmwizard.autotune.long_context import offloaded_activations, per_rank, ring_buffers
 from llmwizard.autotune.model_states import ModelStates, model_states
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.reserved import ALLOCATOR_RESERVE, CPU_PROCESS, CUDA_CONTEXT, NCCL_COMMUNICATOR, expected_peak
@@ -121,6 +122,13 @@ def _validate(setup: TrainSetup) -> None:
     if setup.micro_batch < 1 or setup.seq_len < 1 or setup.num_gpus < 1:
         raise UserError(f"Micro-batch {setup.micro_batch}, sequence {setup.seq_len} and {setup.num_gpus} GPU(s) "
                         "must all be positive.", title="Memory estimate", fix="Pass values of 1 or more.")
+    if setup.cp < 1 or setup.num_gpus % setup.cp:
+        raise UserError(f"Context parallelism over {setup.cp} GPUs must divide the {setup.num_gpus} GPU(s).",
+                        title="Context parallelism", fix="Use a context-parallel size that divides the GPU count.")
+    if setup.cp > 1 and setup.strategy not in ("fsdp", "zero2", "zero3"):
+        raise UserError("Splitting a sequence over GPUs runs with FSDP2 (context parallelism) or DeepSpeed ZeRO "
+                        "(Ulysses sequence parallelism).", title="Context parallelism",
+                        fix="Use --strategy fsdp, zero2 or zero3 with context parallelism.")
     if setup.offload != "none" and setup.strategy not in ("fsdp", "zero2", "zero3"):
         raise UserError(f"Offload to host RAM needs a sharded strategy, not '{setup.strategy}'.",
                         title="Offload", fix="Use --strategy zero2, zero3 or fsdp with offload.")
@@ -139,7 +147,16 @@ def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate
     states = model_states(model, setup, trainable)
     notes += states.notes
     buffers = _strategy_buffers(model, setup, trainable)
-    step = _step_tensors(model, setup)
+    step = _step_tensors(model, per_rank(setup))  # a context-parallel rank: 1/cp of each sequence
+    offloaded = offloaded_activations(model, setup)
+    if setup.cp > 1 or offloaded:
+        step = replace(step, activations=step.activations - offloaded,
+                       layer_backward=step.layer_backward + ring_buffers(model, setup))
+        if setup.cp > 1:
+            notes.append(f"{'context' if setup.strategy == 'fsdp' else 'Ulysses sequence'} parallelism: each of "
+                         f"{setup.cp} GPUs holds 1/{setup.cp} of every sequence")
+        if offloaded:
+            notes.append(f"activation offloading: {offloaded / GiB:.1f} GiB of saved activations in host RAM")
     phases = _phases(states, buffers, step)
     peak_at = max(phases, key=lambda k: phases[k])
     tensors = phases[peak_at]
@@ -154,7 +171,7 @@ def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate
         params=int(states.weights + max(buffers.gathered_fwd, buffers.gathered_bwd)),
         grads=int(states.grads + buffers.ddp_buckets), optimizer=int(states.optimizer + states.optimizer_temp),
         activations=int(step.activations + step.layer_backward), logits=int(max(step.head_fwd, step.head_bwd)),
-        overhead=int(overhead), total=int(total), host_ram=int(_host_ram(model, setup, states.host)),
+        overhead=int(overhead), total=int(total), host_ram=int(_host_ram(model, setup, states.host + offloaded)),
         budget=int(budget), fits=total <= budget, trainable_params=int(trainable), total_params=int(model.total_params),
         notes=notes, peak_at=peak_at, phases={key: int(value) for key, value in phases.items()},
         tensor_peak=reserve.tensor_peak, reserved_parts=dict(reserve.parts),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from llmwizard.autotune.activations import adapted_linears, layout
 from llmwizard.autotune.model_types import ModelSpec
+from llmwizard.autotune.savers import TORCHAO_OPTIMIZERS, torchao_optimizer_bytes
 from llmwizard.autotune.train_setup import TrainSetup
 
 
@@ -25,6 +26,8 @@ def optimizer_bytes(model: ModelSpec, setup: TrainSetup, trainable: int, state_b
     if setup.optimizer == "adamw_8bit":
         # bitsandbytes AdamW8bit: two uint8 states + an fp32 absmax per 256-element block; fused update.
         return (2 + 2 * 4 / 256) * trainable, 0.0
+    if setup.optimizer in TORCHAO_OPTIMIZERS:
+        return torchao_optimizer_bytes(model, setup, trainable)
     if setup.optimizer == "adafactor":
         # Factored second moment (row + column vectors), no first moment (HF Adafactor, beta1=None);
         # step() builds grad^2 and the reconstructed update, full size, one tensor at a time.
@@ -37,7 +40,9 @@ def optimizer_bytes(model: ModelSpec, setup: TrainSetup, trainable: int, state_b
             widest = max(setup.lora_r * max(lin.d_in, lin.d_out) for lin in adapted_linears(model, setup))
             states = 4 * model.num_layers * sum(2 * setup.lora_r + lin.d_in + lin.d_out
                                                 for lin in adapted_linears(model, setup))
-        return states, 2 * 4 * widest
+        # Half-precision parameters (pure bf16): step() also upcasts the gradient and the
+        # parameter to fp32 (`grad.float()`, `p.float()`): two more fp32 tensors (measured).
+        return states, (2 if state_bytes == 4 else 4) * 4 * widest
     return 0.0, 0.0  # SGD without momentum (HF's default): foreach add_ in place
 
 

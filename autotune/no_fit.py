@@ -16,7 +16,7 @@ from llmwizard.autotune.train_setup import TrainSetup
 
 def forced_estimate(model: ModelSpec, base: TrainSetup, forced: dict[str, object], world: int, budget: int) -> str:
     changes = {key: value for key, value in forced.items() if key in ("strategy", "offload", "micro_batch",
-                                                                       "checkpointing", "optimizer")}
+                                                                       "checkpointing", "optimizer", "precision")}
     setup = replace(base, **{"strategy": "single" if world == 1 else "ddp", "micro_batch": 1,  # type: ignore[arg-type]
                              **changes})
     est = estimate(model, setup, budget)
@@ -24,23 +24,31 @@ def forced_estimate(model: ModelSpec, base: TrainSetup, forced: dict[str, object
 
 
 def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, budget: int, world: int,
-                 limit: float) -> UserError:
+                 limit: float, lean: dict[str, object] | None = None) -> UserError:
     """Name the smallest change that would make a plan fit: what fits within `limit` bytes (the
-    budget less the search's headroom) with another method, CPU offload, a shorter length or more GPUs."""
-    smallest = replace(base, strategy="zero3" if world > 1 else "single", micro_batch=1, checkpointing=True)
+    budget less the search's headroom) with another method, CPU offload, a shorter length or more GPUs.
+    `lean` is the leanest memory saver the search may use (pure bf16, a low-memory optimizer:
+    llmwizard.autotune.savers); the figures are for the setup with it."""
+    lean = lean or {}
+    smallest = replace(base, strategy="zero3" if world > 1 else "single", micro_batch=1, checkpointing=True,
+                       **lean)  # type: ignore[arg-type]
     est = estimate(model, smallest, budget)
     suggestions = []
     if base.method != "qlora" and hardware.device == "cuda":
-        q = estimate(model, replace(smallest, method="qlora"), budget)
+        q = estimate(model, replace(smallest, method="qlora", optimizer=base.optimizer, precision=base.precision,
+                                   offload_activations=False), budget)
         if q.total <= limit:
             suggestions.append(f"fits with QLoRA (--method qlora): {q.total / GiB:.1f} GiB per GPU")
     if base.method == "full":
-        lo = estimate(model, replace(smallest, method="lora"), budget)
+        lo = estimate(model, replace(smallest, method="lora", optimizer=base.optimizer, precision=base.precision,
+                                    offload_activations=False), budget)
         if lo.total <= limit:
             suggestions.append(f"fits with LoRA (--method lora): {lo.total / GiB:.1f} GiB per GPU")
     if hardware.device == "cuda":
+        # (the search offloads with the planned optimizer and fp32 masters: DeepSpeed's CPU Adam)
         offload = estimate(model, replace(smallest, strategy="zero3", offload="params", num_gpus=world,
-                                           gpus_per_node=hardware.gpus_per_node), budget)
+                                           gpus_per_node=hardware.gpus_per_node, optimizer=base.optimizer,
+                                           precision=base.precision), budget)
         if offload.total <= limit and offload.host_ram > hardware.host_ram_available:
             need = math.ceil(offload.host_ram / GiB / 16) * 16
             suggestions.append(f"fits with ZeRO-3 and CPU offload on a host with {need} GiB of RAM per machine "
@@ -67,9 +75,16 @@ def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, 
     tail = "; ".join(suggestions) if suggestions else "try a smaller model"
     return UserError(
         f"{model.name} ({format_params(model.total_params)} parameters, {base.method}) does not fit: even "
-        f"fully sharded at micro-batch 1 with checkpointing it needs {est.total / GiB:.1f} GiB per "
+        f"fully sharded at micro-batch 1 with checkpointing{_lean_words(lean)} it needs {est.total / GiB:.1f} GiB per "
         f"{'GPU' if hardware.device == 'cuda' else 'process'}, and {budget / GiB:.1f} GiB is free.",
         title="Does not fit", fix=tail)
+
+
+def _lean_words(lean: dict[str, object]) -> str:
+    words = [str(lean[key]) for key in ("precision", "optimizer") if key in lean]
+    if lean.get("offload_activations"):
+        words.append("activation offloading")
+    return (", " + ", ".join(words)) if words else ""
 
 
 def format_params(count: int) -> str:

@@ -110,6 +110,13 @@ class Plan:
     predicted_tokens_per_s: NonNegativeFloat = 0.0
     # Probe the plan with a few real steps before the run (llmwizard.runner.probe).
     probe: bool = False
+    # Long-context and activation savers (llmwizard.autotune.long_context): the GPUs one sequence
+    # is split over (FSDP2 context parallelism), TRL's activation offloading, padding-free packing
+    # and Liger's kernels.
+    context_parallel: PositiveInt = 1
+    activation_offloading: bool = False
+    packing: bool = False
+    liger_kernel: bool = False
     version: Literal[1] = PLAN_VERSION
 
     @model_validator(mode="after")
@@ -118,6 +125,12 @@ class Plan:
         if self.num_processes % self.num_machines:
             raise ValueError(f"num_processes ({self.num_processes}) must be a multiple of num_machines "
                              f"({self.num_machines}): every machine runs the same number of processes")
+        if self.num_processes % self.context_parallel:
+            raise ValueError(f"context_parallel ({self.context_parallel}) must divide num_processes "
+                             f"({self.num_processes})")
+        if self.context_parallel > 1 and (self.strategy not in ("fsdp", "zero2", "zero3") or self.packing):
+            raise ValueError("context_parallel above 1 needs strategy fsdp (FSDP2 context parallelism) or zero2/zero3 "
+                             "(DeepSpeed Ulysses sequence parallelism), and packing off")
         if (self.method == "full") != (self.lora is None):
             raise ValueError(f"method {self.method} " + ("takes no lora settings (set lora: null)"
                              if self.method == "full" else "needs lora settings (r, alpha, dropout, ...)"))
@@ -148,6 +161,9 @@ class Plan:
             "model": self.model, "dataset": self.dataset, "device": self.device,
             "optimizer": self.optimizer, "max_steps": self.max_steps, "warnings": self.warnings,
             "hybrid_shard": self.hybrid_shard, "report_to": list(self.report_to),
+            "context_parallel": self.context_parallel,
+            "activation_offloading": self.activation_offloading, "packing": self.packing,
+            "liger_kernel": self.liger_kernel,
         }
 
     def save(self, path: Path) -> None:

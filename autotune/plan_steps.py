@@ -185,8 +185,8 @@ def precision(hardware: HardwareProfile, goals: Goals) -> Decision[Precision]:
     assert gpu is not None
     cc = f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}"
     if goals.precision:
-        if goals.precision == "bf16" and gpu.compute_capability < (8, 0):
-            raise UserError(f"bf16 needs compute capability 8.0 or newer; {gpu.name} has {cc}.",
+        if goals.precision in ("bf16", "pure_bf16") and gpu.compute_capability < (8, 0):
+            raise UserError(f"{goals.precision} needs compute capability 8.0 or newer; {gpu.name} has {cc}.",
                             title="Precision", fix="Use --precision fp16 on this GPU.")
         return Decision(goals.precision, f"{goals.precision} (asked for)")
     if gpu.compute_capability >= (8, 0):
@@ -318,12 +318,14 @@ def trackers(goals: Goals, environ: Mapping[str, str] | None = None) -> Decision
 
 # ----------------------------------------------------------------------------- 6. schedule
 
-def schedule(dataset: DatasetProfile, goals: Goals, effective: int, epochs: float) -> Decision[Schedule]:
+def schedule(dataset: DatasetProfile, goals: Goals, effective: int, epochs: float,
+             rows: int | None = None) -> Decision[Schedule]:
+    """`rows`: the training rows after packing, when packing is on."""
     eval_fraction = goals.eval_fraction if goals.eval_fraction is not None else 0.1
     if not 0 <= eval_fraction < 0.5:
         raise UserError(f"Eval fraction {eval_fraction} is out of range.", title="Evaluation",
                         fix="Hold out between 0 (no evaluation) and 0.5 of the rows, e.g. --eval-fraction 0.1.")
-    train_examples = max(1, round(dataset.num_examples * (1 - eval_fraction)))
+    train_examples = rows or max(1, round(dataset.num_examples * (1 - eval_fraction)))
     steps_per_epoch = max(1, math.ceil(train_examples / effective))
     total_steps = goals.max_steps if goals.max_steps else math.ceil(steps_per_epoch * epochs)
     eval_steps = max(1, steps_per_epoch // (goals.evals_per_epoch or 1))
@@ -333,6 +335,27 @@ def schedule(dataset: DatasetProfile, goals: Goals, effective: int, epochs: floa
     return Decision(Schedule(eval_fraction, eval_steps, logging_steps),
                     f"{steps_per_epoch} steps per epoch, {total_steps} steps in all; "
                     f"evaluate and checkpoint every {eval_steps} steps, log every {logging_steps}")
+
+
+def activation_offloading(hardware: HardwareProfile, goals: Goals) -> None:
+    """TRL's activation offloading moves saved tensors from the accelerator to host RAM; on the
+    CPU there is no accelerator and TRL fails building it (torch.accelerator.current_accelerator()
+    is None)."""
+    if goals.activation_offloading and hardware.device != "cuda":
+        raise UserError("Activation offloading moves activations from a GPU to host RAM; this plan has no GPU "
+                        "(TRL's offloading fails on the CPU).", title="Activation offloading",
+                        fix="Plan with --gpus, or leave activation_offloading off on the CPU.")
+
+
+def liger(hardware: HardwareProfile, goals: Goals) -> Decision[bool]:
+    """Liger's fused kernels (TRL use_liger_kernel): asked for only; Triton kernels, GPU only."""
+    if not goals.liger_kernel:
+        return Decision(False)
+    if hardware.device != "cuda":
+        raise UserError("Liger's kernels are Triton kernels and need an NVIDIA GPU.", title="Liger kernel",
+                        fix="Plan with --gpus, or leave liger_kernel off on the CPU.")
+    return Decision(True, "on (asked for): Liger's fused RMSNorm, SwiGLU, RoPE and cross-entropy Triton kernels "
+                          "(needs a GPU and the liger-kernel package); the estimate does not count their savings")
 
 
 def run_name(model: str, dataset: str) -> str:

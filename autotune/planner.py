@@ -20,6 +20,7 @@ from typing import TypeVar
 from llmwizard.autotune.dataset import DatasetProfile
 from llmwizard.autotune.goals import Goals
 from llmwizard.autotune.hardware_types import HardwareProfile
+from llmwizard.autotune.long_context import packed_rows, packing_words
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.no_fit import format_params
 from llmwizard.autotune import plan_steps as step
@@ -69,6 +70,7 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     # 4. World layout, then strategy, offload, micro-batch and checkpointing.
     world = record.take("device", step.world(hardware, goals))
     effective = record.take("effective_batch", step.effective_batch(goals, world.size))
+    step.activation_offloading(hardware, goals)
     base = step.base_setup(hardware, world, method, max_length, precision, goals, lora)
     if calibration:
         base = dataclasses.replace(base, calibration=calibration)
@@ -76,11 +78,19 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     record.reasons.update(choice.reasons)
     chosen = choice.best
     # 5. Gradient accumulation.
-    grad_accum = record.take("batch", step.grad_accum(goals, chosen.micro_batch, world.size, effective))
+    # (context parallelism: cp ranks share each sequence, so world / cp ranks hold different ones)
+    grad_accum = record.take("batch", step.grad_accum(goals, chosen.micro_batch, world.size // chosen.cp, effective))
+    liger = record.take("liger_kernel", step.liger(hardware, goals))
+    packing = bool(goals.packing)
     launcher = record.take("launcher", step.launcher(goals, chosen.strategy))
     report_to = record.take("report_to", step.trackers(goals))
     # 6. Schedule.
-    schedule = record.take("schedule", step.schedule(dataset, goals, effective, epochs))
+    eval_fraction = goals.eval_fraction if goals.eval_fraction is not None else 0.1
+    words = packing_words(dataset, max_length, eval_fraction, effective, packing)
+    if packing or (hardware.device == "cuda" and words.startswith("off (")):  # said where it matters
+        record.reasons["packing"] = words
+    rows = packed_rows(dataset, max_length, eval_fraction) if packing else None
+    schedule = record.take("schedule", step.schedule(dataset, goals, effective, epochs, rows))
     return Plan(
         name=name or step.run_name(model.name, dataset.source),
         model=model.path if model.source == "local" and model.path else model.name,
@@ -88,7 +98,8 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
         dataset=dataset.source, dataset_format=dataset.format,
         device=hardware.device, hardware=hardware.describe(),
         strategy=chosen.strategy, offload=chosen.offload, launcher=launcher,
-        num_machines=world.nodes, num_processes=world.size, method=method, precision=precision,
+        num_machines=world.nodes, num_processes=world.size, method=method,
+        precision=chosen.precision or precision,
         optimizer=chosen.optimizer, micro_batch=chosen.micro_batch, grad_accum=grad_accum, effective_batch=effective,
         activation_checkpointing=chosen.checkpointing, max_length=max_length, epochs=float(epochs),
         max_steps=goals.max_steps or -1, learning_rate=float(lr),
@@ -102,4 +113,6 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
         report_to=report_to,
         probe=goals.probe if goals.probe is not None else hardware.device == "cuda",
         predicted_tokens_per_s=round(effective * max_length / chosen.step_s, 3) if chosen.step_s > 0 else 0.0,
+        context_parallel=chosen.cp, activation_offloading=chosen.offload_activations, packing=packing,
+        liger_kernel=liger,
     )

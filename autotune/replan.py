@@ -22,7 +22,8 @@ def setup_of(plan_: Plan, **changes: object) -> TrainSetup:
                        lora_r=plan_.lora.r if plan_.lora else 8,
                        lora_targets=plan_.lora.target_modules if plan_.lora else None,
                        lora_dropout=plan_.lora.dropout if plan_.lora else 0.0, device=plan_.device,
-                       gpus_per_node=plan_.processes_per_machine)
+                       gpus_per_node=plan_.processes_per_machine, cp=plan_.context_parallel,
+                       offload_activations=plan_.activation_offloading)
     return replace(setup, **changes)  # type: ignore[arg-type]
 
 
@@ -32,9 +33,10 @@ def shrink_micro_batch(plan_: Plan, why: str, model: ModelSpec | None = None) ->
     if plan_.micro_batch <= 1:
         return None
     micro = plan_.micro_batch // 2
-    grad_accum = plan_.effective_batch // (micro * plan_.num_processes)
+    data_parallel = plan_.num_processes // plan_.context_parallel  # ranks sharing a sequence count once
+    grad_accum = plan_.effective_batch // (micro * data_parallel)
     reasons = dict(plan_.reasons)
-    reasons["batch"] = (f"micro-batch {micro} x {plan_.num_processes} process(es) x {grad_accum} accumulation = "
+    reasons["batch"] = (f"micro-batch {micro} x {data_parallel} process(es) x {grad_accum} accumulation = "
                         f"effective batch {plan_.effective_batch}; halved from {plan_.micro_batch} because {why}")
     new = replace(plan_, micro_batch=micro, grad_accum=grad_accum, reasons=reasons)
     if model is not None:

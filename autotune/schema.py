@@ -25,8 +25,11 @@ from llmwizard.autotune.errors import UserError
 Strategy = Literal["single", "ddp", "fsdp", "zero2", "zero3"]
 Method = Literal["full", "lora", "qlora"]
 Offload = Literal["none", "optimizer", "params"]
-Optimizer = Literal["adamw", "adamw_8bit", "adafactor", "sgd"]
-Precision = Literal["bf16", "fp16", "fp32"]
+# torchao_adamw_8bit / _4bit: torchao's low-bit AdamW (the `lowmem` extra), which runs on the CPU
+# too and rounds bf16 updates stochastically under pure_bf16; adamw_8bit is bitsandbytes' (CUDA).
+Optimizer = Literal["adamw", "adamw_8bit", "torchao_adamw_8bit", "torchao_adamw_4bit", "adafactor", "sgd"]
+# pure_bf16: weights, gradients and optimizer states all in bf16, no fp32 master copy.
+Precision = Literal["bf16", "fp16", "fp32", "pure_bf16"]
 Launcher = Literal["accelerate", "torchrun", "deepspeed"]
 # transformers.SchedulerType values whose schedule needs no extra arguments
 # (get_scheduler in transformers/optimization.py); the plateau and min-lr schedules need more.

@@ -12,15 +12,17 @@ would (llmwizard.autotune.no_fit).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-from llmwizard.autotune.schema import Offload, Optimizer, Strategy
+from llmwizard.autotune.schema import Offload, Optimizer, Precision, Strategy
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.goals import Goals
 from llmwizard.autotune.hardware_types import GiB, HardwareProfile
 from llmwizard.autotune.memory import MemoryEstimate, estimate
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.no_fit import forced_estimate, nothing_fits
+from llmwizard.autotune.long_context import context_parallel_sizes, offloaded_activations
+from llmwizard.autotune.savers import compensation, leanest, saver_tiers
 from llmwizard.autotune.throughput import step_cost
 from llmwizard.autotune.train_setup import OFFLOADS, OPTIMIZERS, STRATEGIES, TrainSetup
 
@@ -39,10 +41,15 @@ class Candidate:
     step_s: float
     hybrid: bool = False
     optimizer: Optimizer = "adamw"
+    precision: Precision | None = None   # None: the base setup's
+    cp: int = 1                          # GPUs one sequence is split over
+    offload_activations: bool = False
 
     @property
     def label(self) -> str:
-        return ("hsdp" if self.hybrid else self.strategy) + ("+offload" if self.offload != "none" else "")
+        return (("hsdp" if self.hybrid else self.strategy) + (f"+cp{self.cp}" if self.cp > 1 else "")
+                + ("+offload" if self.offload != "none" else "")
+                + ("+act-offload" if self.offload_activations else ""))
 
 
 @dataclass
@@ -82,6 +89,17 @@ class SearchSpace:
     micro_batches: list[int]          # largest first: the first that fits is kept
     checkpointing: list[bool]
     hybrid: list[bool]
+    cps: list[int] = field(default_factory=lambda: [1])   # context-parallel sizes to try
+    forced_micro: int | None = None
+
+    def micro_batches_for(self, cp: int) -> list[int]:
+        """Micro-batches that divide the batch of one data-parallel rank (world / cp of them)."""
+        if cp == 1:
+            return self.micro_batches
+        if self.forced_micro:
+            return [self.forced_micro]
+        per_rank = self.effective // (self.world // cp)
+        return [m for m in (64, 32, 16, 8, 4, 2, 1) if per_rank % m == 0]
 
     @property
     def usable(self) -> int:
@@ -103,7 +121,7 @@ def _space(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals:
     checkpointing = [goals.checkpointing] if goals.checkpointing is not None else [False, True]
     hybrid = [False, True] if hardware.nodes > 1 and hardware.gpus_per_node > 1 else [False]
     return SearchSpace(hardware, model, base, budget, effective, world, strategies, micro_batches, checkpointing,
-                       hybrid)
+                       hybrid, context_parallel_sizes(hardware, model, base, goals, world, effective), goals.micro_batch)
 
 
 @dataclass(frozen=True)
@@ -114,14 +132,26 @@ class Tier:
     offloads: list[Offload]
     optimizer: Optimizer
     why: str
+    precision: Precision | None = None   # None: the base setup's
+    offload_activations: bool = False
+    activations_why: str = ""             # why activation offloading, when this tier adds it
 
 
 def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
     base, strategies = space.base, space.strategies
-    tiers = [Tier(strategies, [goals.offload] if goals.offload else ["none"], base.optimizer, "")]
+    tiers = [Tier(strategies, [goals.offload] if goals.offload else ["none"], base.optimizer, "",
+                  offload_activations=bool(goals.activation_offloading))]
     if not goals.optimizer and space.hardware.device == "cuda" and base.method == "full":
         tiers.append(Tier(strategies, ["none"], "adamw_8bit",
                           "8-bit AdamW (bitsandbytes): fp32 AdamW states do not fit; 8-bit states take a quarter"))
+    # Pure bf16 and the low-memory optimizers (llmwizard.autotune.saver_tiers), before offload.
+    tiers += [Tier(strategies, ["none"], optimizer, why, precision)
+              for optimizer, precision, why in saver_tiers(space.hardware.device, base, goals)]
+    if goals.activation_offloading is None and space.hardware.device == "cuda":
+        last = tiers[-1]
+        tiers.append(Tier(strategies, ["none"], last.optimizer, last.why, last.precision, offload_activations=True,
+                          activations_why="activations do not fit on the GPU: TRL's activation offloading keeps "
+                          "them in pinned host RAM and brings each layer's back in backward"))
     if not goals.offload:
         offload_strategies: list[Strategy] = strategies if space.world > 1 or goals.strategy else ["zero2", "zero3"]
         tiers.append(Tier(offload_strategies, ["optimizer", "params"], base.optimizer,
@@ -130,19 +160,33 @@ def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
 
 
 def generate(space: SearchSpace, goals: Goals) -> tuple[list[Candidate], str]:
-    """Every candidate that fits, from the first tier where any does, and that tier's reason."""
+    """Every candidate that fits, from the first tier where any does, and that tier's reason
+    (for activation offloading, after a newline: llmwizard.autotune.search.explain splits it)."""
     for tier in _tiers(space, goals):
         fitting = []
-        for strategy, offload, hybrid in itertools.product(tier.strategies, tier.offloads, space.hybrid):
-            if not _compatible(strategy, offload, hybrid):
+        for strategy, offload, hybrid, cp in itertools.product(tier.strategies, tier.offloads, space.hybrid,
+                                                                space.cps):
+            if not _compatible(strategy, offload, hybrid) or (cp > 1 and not _splits_sequences(space, strategy, cp,
+                                                                                                hybrid)):
                 continue
             for checkpointing in space.checkpointing:
-                candidate = _largest_fitting(space, strategy, offload, hybrid, checkpointing, tier.optimizer)
+                candidate = _largest_fitting(space, strategy, offload, hybrid, checkpointing, tier.optimizer,
+                                             tier.precision, cp, tier.offload_activations)
                 if candidate is not None:
                     fitting.append(candidate)
         if fitting:
-            return fitting, tier.why
+            return fitting, tier.why + (f"\n{tier.activations_why}" if tier.activations_why else "")
     return [], ""
+
+
+def _splits_sequences(space: SearchSpace, strategy: Strategy, cp: int, hybrid: bool) -> bool:
+    """FSDP2 splits a sequence with context parallelism (ring attention); ZeRO with DeepSpeed's
+    Ulysses, which splits attention by heads (the head count must divide)."""
+    if hybrid:
+        return False
+    if strategy == "fsdp":
+        return space.hardware.device == "cuda"  # torch's ring attention has CUDA kernels only
+    return strategy in ("zero2", "zero3") and space.model.num_heads % cp == 0
 
 
 def _compatible(strategy: Strategy, offload: Offload, hybrid: bool) -> bool:
@@ -155,27 +199,34 @@ def _compatible(strategy: Strategy, offload: Offload, hybrid: bool) -> bool:
 
 
 def _largest_fitting(space: SearchSpace, strategy: Strategy, offload: Offload, hybrid: bool, checkpointing: bool,
-                     optimizer: Optimizer) -> Candidate | None:
+                     optimizer: Optimizer, precision: Precision | None = None, cp: int = 1,
+                     offload_activations: bool = False) -> Candidate | None:
     """The candidate at the largest micro-batch that fits the budget (and the host RAM, when it
     offloads), or None."""
     hardware, base = space.hardware, space.base
     shards = hardware.gpus_per_node if hybrid else space.world
-    for micro in space.micro_batches:
+    for micro in space.micro_batches_for(cp):
         setup = _replace(base, strategy=strategy, offload=offload, micro_batch=micro, checkpointing=checkpointing,
-                         num_gpus=shards, optimizer=optimizer)
+                         num_gpus=shards, optimizer=optimizer, precision=precision or base.precision, cp=cp,
+                         offload_activations=offload_activations)
         est = estimate(space.model, setup, space.budget)
         if est.total > space.usable:
             continue
-        if offload != "none" and est.host_ram > hardware.host_ram_available:
+        if (offload != "none" or offload_activations) and est.host_ram > hardware.host_ram_available:
             continue
         cost = step_cost(
             total_params=space.model.total_params, trainable_params=est.trainable_params,
             tokens_per_step=space.effective * base.seq_len, method=base.method, strategy=strategy,
             offload=offload, checkpointing=checkpointing, world=space.world, nodes=hardware.nodes,
-            tflops=space.tflops, interconnect=hardware.interconnect, micro_tokens=micro * base.seq_len,
-            num_layers=space.model.num_layers, grad_accum=space.effective // (micro * space.world), hybrid=hybrid,
-            gpus_per_node=hardware.gpus_per_node)
-        return Candidate(strategy, offload, micro, checkpointing, est, cost.total_s, hybrid, optimizer)
+            tflops=space.tflops, interconnect=hardware.interconnect, micro_tokens=micro * base.seq_len // cp,
+            num_layers=space.model.num_layers, grad_accum=space.effective * cp // (micro * space.world),
+            hybrid=hybrid, gpus_per_node=hardware.gpus_per_node, seq_len=base.seq_len,
+            attention_width=space.model.num_layers * space.model.num_heads * space.model.head_dim,
+            kv_width=space.model.num_layers * space.model.num_kv_heads * space.model.head_dim, cp=cp,
+            cp_kind="ring" if strategy == "fsdp" else "ulysses",
+            offloaded_activation_bytes=offloaded_activations(space.model, setup))
+        return Candidate(strategy, offload, micro, checkpointing, est, cost.total_s, hybrid, optimizer, precision,
+                         cp, offload_activations)
     return None
 
 
@@ -186,6 +237,7 @@ def rank(fitting: list[Candidate]) -> Candidate:
 
 def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Candidate], why: str) -> dict[str, str]:
     """The reasons for the strategy, and for the optimizer and offload when a later tier chose them."""
+    why, _, activations_why = why.partition("\n")
     hardware, est = space.hardware, best.estimate
     words = _strategy_words(best.strategy)
     if best.hybrid:
@@ -200,9 +252,35 @@ def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Can
            else "asked for"))}
     if best.optimizer != space.base.optimizer:
         reasons["optimizer"] = why
+    precision = best.precision or space.base.precision
+    if best.precision is not None and best.precision != space.base.precision:
+        reasons["precision"] = why
+    if precision == "pure_bf16" and space.base.method == "full":
+        reasons["precision"] = (reasons.get("precision") or "pure_bf16 (asked for)") + (
+            f"; the trade-off: {compensation(best.optimizer)}")
     if best.offload != "none":
         reasons["offload"] = (f"{best.offload} offload to host RAM: {why or 'asked for'}; needs "
                               f"{est.host_ram / GiB:.0f} GiB of {hardware.host_ram_available / GiB:.0f} GiB host RAM")
+    if best.cp > 1:
+        one = [c for c in fitting if c.cp == 1]
+        versus = (f"one GPU per sequence {'is ~' + format(min(c.step_s for c in one) / best.step_s - 1, '.0%') + ' slower' if one else 'does not fit'}")
+        how = ("FSDP2 context parallelism, ring attention" if best.strategy == "fsdp" else
+               "DeepSpeed Ulysses sequence parallelism, attention split by heads")
+        reasons["context_parallel"] = (
+            f"{best.cp} GPUs per sequence ({how}): each holds "
+            f"{space.base.seq_len // best.cp} of the {space.base.seq_len} tokens; {versus}"
+            if not goals.context_parallel else f"{best.cp} GPUs per sequence (asked for)")
+    elif not goals.context_parallel and any(c.cp > 1 for c in fitting):
+        split = min((c for c in fitting if c.cp > 1), key=lambda c: c.step_s)
+        reasons["context_parallel"] = (
+            f"1 GPU per sequence: it fits, and splitting each sequence over {split.cp} GPUs ("
+            + ("FSDP2 context parallelism" if split.strategy == "fsdp" else f"{split.strategy} with Ulysses")
+            + f", the fastest split) would be ~{split.step_s / best.step_s - 1:.0%} slower (attention traffic "
+            "between the GPUs) without freeing memory the plan needs")
+    if best.offload_activations:
+        reasons["activation_offloading"] = (
+            f"on: {activations_why or 'asked for'}; about {offloaded_activations(space.model, _setup_of(space, best)) / GiB:.1f} GiB "
+            "per process in host RAM, crossing PCIe twice per micro-step on a side stream")
     reasons["activation_checkpointing"] = (
         ("on: recomputing activations in backward is what makes it fit" if best.checkpointing else
          "off: activations fit without recomputation")
@@ -227,11 +305,13 @@ def _does_not_fit(space: SearchSpace, goals: Goals) -> UserError:
                 f"{asked} does not fit: {forced_estimate(model, base, forced, world, budget)}",
                 title="Does not fit",
                 fix=f"Leave it to the planner, which fits {_label(alternative)} "
-                    f"({alternative.estimate.total / GiB:.1f} GiB per {_device_word(hardware)}).")
-    return nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM))
+                    f"({alternative.estimate.total / GiB:.1f} GiB per {_device_word(hardware)}); or, keeping "
+                    f"{asked}: {nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM)).fix}.")
+    return nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM),
+                        leanest(hardware.device, base, goals))
 
 
-_FORCEABLE = ("strategy", "offload", "micro_batch", "checkpointing", "optimizer")
+_FORCEABLE = ("strategy", "offload", "micro_batch", "checkpointing", "optimizer", "precision")
 
 
 def _forced_choices(goals: Goals) -> dict[str, object]:
@@ -246,6 +326,12 @@ def _label(c: Candidate) -> str:
         text += f", {c.offload} offload"
     if c.optimizer != "adamw":
         text += f", {c.optimizer}"
+    if c.precision is not None:
+        text += f", {c.precision}"
+    if c.cp > 1:
+        text += f", {c.cp} GPUs per sequence"
+    if c.offload_activations:
+        text += ", activation offloading"
     return text
 
 
@@ -285,6 +371,13 @@ def _alternatives(best: Candidate, fitting: list[Candidate]) -> str:
     parts = [f"{key} {slower(c.step_s / best.step_s)}"
              for key, c in sorted(fastest.items(), key=lambda item: item[1].step_s)]
     return f" (also fit: {', '.join(parts)})"
+
+
+def _setup_of(space: SearchSpace, c: Candidate) -> TrainSetup:
+    return _replace(space.base, strategy=c.strategy, offload=c.offload, micro_batch=c.micro_batch,
+                    checkpointing=c.checkpointing, num_gpus=space.hardware.gpus_per_node if c.hybrid else space.world,
+                    optimizer=c.optimizer, precision=c.precision or space.base.precision, cp=c.cp,
+                    offload_activations=c.offload_activations)
 
 
 def _replace(setup: TrainSetup, **changes: object) -> TrainSetup:

@@ -22,6 +22,16 @@ Step time (one optimizer step, the whole world) = compute x engine factor + expo
 - engine factor: measured-order overheads of the wrappers beyond their collectives (hooks,
   flattening, Python bookkeeping): DeepSpeed ZeRO-3 is the slowest, plain DDP the leanest.
 - offload: the optimizer's shard crosses PCIe twice per step and the CPU runs its update.
+- attention: 4 * seq * (heads x head_dim) FLOPs per token per layer forward (QK^T and PV, causal
+  halves it; x3 with backward), which long sequences make dominant. Context parallelism splits
+  it evenly over the cp ranks (ring attention with load-balanced causal sharding).
+- context parallelism: ring attention passes each rank's K and V around the ring, cp-1 hops per
+  layer in forward and twice that in backward (K, V and their gradients), hidden behind the
+  attention compute where it can be (OVERLAP).
+- Ulysses (DeepSpeed): four all-to-alls per layer (q, k, v, output), (cp-1)/cp of each rank's
+  share crossing, twice more in backward.
+- activation offloading (TRL): the offloaded activations cross PCIe twice per micro-step, on a
+  side stream that overlaps compute (OVERLAP).
 Only the ranking is relied on; figures are shown as estimates.
 """
 
@@ -56,11 +66,16 @@ class StepCost:
 def step_cost(*, total_params: int, trainable_params: int, tokens_per_step: int, method: str,
               strategy: str, offload: str, checkpointing: bool, world: int, nodes: int,
               tflops: float, interconnect: str, micro_tokens: int, num_layers: int,
-              grad_accum: int, hybrid: bool = False, gpus_per_node: int = 1) -> StepCost:
-    """Estimated seconds per optimizer step (tokens_per_step is global, micro_tokens per process)."""
+              grad_accum: int, hybrid: bool = False, gpus_per_node: int = 1, seq_len: int = 0,
+              attention_width: int = 0, kv_width: int = 0, cp: int = 1,
+              offloaded_activation_bytes: float = 0.0, cp_kind: str = "ring") -> StepCost:
+    """Estimated seconds per optimizer step (tokens_per_step is global, micro_tokens per process).
+    `attention_width` is layers x heads x head_dim, `kv_width` layers x kv heads x head_dim."""
     flops_per_token = (6 if method == "full" else 4) * total_params
     if checkpointing:
         flops_per_token += 2 * total_params
+    # causal attention: half of 4 * seq * width per token forward; backward twice that (+1x recompute)
+    flops_per_token += 2 * seq_len * attention_width * (3 + (1 if checkpointing else 0))
     utilisation = min(1.0, (micro_tokens / SATURATION_TOKENS) ** 0.3)
     compute = flops_per_token * tokens_per_step / (world * tflops * 1e12 * MFU * utilisation)
     compute *= ENGINE.get(strategy, 1.0)
@@ -92,7 +107,15 @@ def step_cost(*, total_params: int, trainable_params: int, tokens_per_step: int,
             latency = grad_accum * 3 * num_layers * alpha
         comm = volume / bandwidth + latency
 
-    off = 0.0
+    if cp > 1:  # ring attention: K and V (bf16) around the ring, forward and backward (with gradients)
+        # ring: this rank's K and V for every layer (micro_tokens: its shard) travel cp-1 hops
+        volume = (cp - 1) * micro_tokens * 2 * kv_width * 2
+        if cp_kind == "ulysses":  # all-to-all of q, k, v and the output: (cp-1)/cp of them leaves the rank
+            volume = (cp - 1) / cp * micro_tokens * (2 * attention_width + 2 * kv_width) * 2
+        link = "nvlink" if interconnect == "nvlink" else "pcie"
+        comm += grad_accum * 3 * volume * (1 - OVERLAP) / (BANDWIDTH[link] * GB)
+        comm += grad_accum * 3 * (cp - 1) * num_layers * ALPHA[link]  # one exchange per ring step and layer
+    off = grad_accum * 2 * offloaded_activation_bytes * (1 - OVERLAP) / (PCIE_OFFLOAD * GB)
     if offload != "none":
         shard = trainable_params / world
         off = shard * 4 * 2 / (PCIE_OFFLOAD * GB) + shard / CPU_ADAM

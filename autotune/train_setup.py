@@ -52,6 +52,8 @@ class TrainSetup:
     lora_dropout: float = 0.05
     device: Device = "cuda"
     gpus_per_node: int = 0            # processes sharing one host's RAM; 0: all of num_gpus
+    cp: int = 1                       # context parallelism: ranks one sequence is split over
+    offload_activations: bool = False  # TRL's activation offloading: saved tensors to host RAM
     # The step runs on FakeTensorMode tensors (bench/memory_validation.py): autograd cannot sum
     # two gradients in place for a tensor subclass, so a tied embedding's two gradients and their
     # sum coexist. Never set for planning.

@@ -80,6 +80,7 @@ class Case:
     lora_dropout: float = 0.05
     strategy: str = "single"  # or "fsdp": FSDP2 full shard over `world` ranks of a fake process group
     world: int = 1
+    precision: str = "bf16"   # or "pure_bf16": bf16 weights, no autocast (runner/configs.py)
 
     @property
     def name(self) -> str:
@@ -90,6 +91,7 @@ class Case:
         parts += [self.optimizer] if self.optimizer != "adamw" else []
         parts += [f"drop{self.lora_dropout:g}"] if self.method == "lora" and self.lora_dropout != 0.05 else []
         parts += [f"r{self.lora_r}"] if self.method == "lora" and self.lora_r != 16 else []
+        parts += [self.precision] if self.precision != "bf16" else []
         return " ".join(parts)
 
 
@@ -101,7 +103,8 @@ def estimate_case(case: Case) -> MemoryEstimate:
     """llmwizard.autotune.memory's figure for the same reduced model and setup."""
     spec = spec_from_config(case.model, "catalog", None, reduced_config(case))
     setup = TrainSetup(method=case.method, strategy=case.strategy, num_gpus=case.world, micro_batch=case.batch,
-                       seq_len=case.seq, checkpointing=case.checkpointing, precision="bf16", optimizer=case.optimizer,
+                       seq_len=case.seq, checkpointing=case.checkpointing, precision=case.precision,  # type: ignore[arg-type]
+                       optimizer=case.optimizer,
                        attention=case.attention, lora_r=case.lora_r, lora_targets=LORA_TARGETS,
                        lora_dropout=case.lora_dropout, device="cpu", fake_tensors=True)
     return estimate(spec, setup, budget=1 << 50)
@@ -183,7 +186,9 @@ def measure(case: Case) -> dict[str, int]:
     _register_gpu_flash()
     config_dict = reduced_config(case)
     config = AutoConfig.for_model(**config_dict)
-    weights = torch.float32 if case.method == "full" else torch.bfloat16  # runner/export.py's `dtype`
+    pure = case.precision == "pure_bf16" and case.method == "full"
+    # runner/export.py's `dtype`: fp32 masters for mixed-precision full fine-tuning
+    weights = torch.float32 if case.method == "full" and not pure else torch.bfloat16
     default = torch.get_default_dtype()
     torch.set_default_dtype(weights)
     try:
@@ -227,7 +232,8 @@ def measure(case: Case) -> dict[str, int]:
         phases: dict[str, int] = {}
         with tracker:
             for step in range(2):
-                with torch.autocast("cpu", dtype=torch.bfloat16):  # accelerate wraps forward in autocast
+                # accelerate wraps forward in autocast (not under pure bf16: mixed_precision "no")
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not pure):
                     out = model(input_ids=ids, labels=ids, fused_lm_head=True)
                 phases["after_forward"] = _total(tracker)
                 # SFTTrainer.compute_loss, outside autocast (accelerate converts outputs to fp32)
@@ -360,11 +366,29 @@ def matrix(quick: bool) -> list[Case]:
     return cases
 
 
+def saver_cases() -> list[Case]:
+    """The savers' terms that run under FakeTensorMode: pure bf16 (bf16 weights, gradients and
+    AdamW states, no autocast). Not here: torchao's low-bit AdamW (its step is torch.compile'd
+    over tensor subclasses, which FakeTensorMode does not trace), context parallelism (torch's
+    ring attention has no CPU kernel; a rank's tensors are the measured ones at seq/cp), and TRL's
+    activation offloading (host copies are indistinguishable from device tensors on the CPU)."""
+    return [
+        Case("llama-3.2-1b", "full", 512, 1, False, layers=4, precision="pure_bf16"),
+        Case("llama-3.2-1b", "full", 2048, 2, False, layers=4, precision="pure_bf16"),
+        Case("llama-3.2-1b", "full", 4096, 4, True, layers=4, precision="pure_bf16"),
+        Case("llama-3.1-8b", "full", 4096, 4, False, layers=2, precision="pure_bf16"),
+        Case("qwen2.5-7b", "full", 2048, 2, True, layers=2, precision="pure_bf16"),
+        Case("gemma-2-2b", "full", 1024, 2, False, layers=4, attention="eager", precision="pure_bf16"),
+        Case("llama-3.2-1b", "full", 1024, 1, False, layers=4, optimizer="adafactor", precision="pure_bf16"),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a seven-case subset (about a minute)")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     parser.add_argument("--match", default="", help="only cases whose name contains this text")
+    parser.add_argument("--savers", action="store_true", help="only the memory savers' cases (pure bf16)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     import peft
@@ -376,13 +400,17 @@ def main(argv: list[str] | None = None) -> int:
              f"# torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
              f"trl {trl.__version__}; bf16 autocast, TRL fused LM head, two steps",
              "# tensor bytes at the peak (no CUDA context, NCCL or allocator slack); reduced layer counts (L);",
-             "# fsdpN: FSDP2 over N fake ranks, forward+backward only; the last 7 cases were first run after the",
-             "# model was written. Differences from a GPU run: see bench/memory_validation.py's docstring.",
+             *(["# memory savers (--savers): pure bf16 runs without autocast on bf16 weights; the adafactor",
+                "# case first measured -33.7% (HF Adafactor upcasts bf16 parameters and gradients) and was fixed.",
+                "# Differences from a GPU run and the savers not measurable here: bench/memory_validation.py."]
+               if args.savers else
+               ["# fsdpN: FSDP2 over N fake ranks, forward+backward only; the last 7 cases were first run after the",
+                "# model was written. Differences from a GPU run: see bench/memory_validation.py's docstring."]),
              f"{'case':<52} {'measured MiB':>12} {'estimate MiB':>12} {'error':>8}  {'estimated peak at':<22} "
              f"{'secs':>5}"]
     print("\n".join(lines), flush=True)
     errors = []
-    for case in [c for c in matrix(args.quick) if args.match in c.name]:
+    for case in [c for c in (saver_cases() if args.savers else matrix(args.quick)) if args.match in c.name]:
         start = time.time()
         measured, predicted, phase = compare(case)
         error = (predicted - measured) / measured

@@ -2,8 +2,11 @@
 
     python bench/plan_matrix.py [--reasons]
 
-One row per case: strategy, micro-batch x accumulation, checkpointing, precision, the per-GPU
-estimate against the budget, and the planning time; with --reasons, the strategy's reason too.
+One row per case: strategy, micro-batch x accumulation, checkpointing, precision, optimizer, the
+savers (cp<N>: a sequence split over N GPUs; act-off: activation offloading; packed: padding-free
+packing), the per-GPU estimate against the budget, and the planning time; with --reasons, the
+strategy's reason and the reasons of every saver in the plan. The second table is issue 15's
+cases (memory savers and long context), always with their reasons.
 Cases that cannot fit print the planner's message (what it would take). Pure planning: nothing
 is launched, no torch is imported.
 """
@@ -32,7 +35,22 @@ def dataset(examples: int, mean: float, p99: int) -> DatasetProfile:
                           max_tokens=p99, total_tokens=int(mean * examples), histogram=[(1, p99, examples)])
 
 
-DATASETS = {"small": dataset(600, 350.0, 1000), "large": dataset(50_000, 900.0, 2000)}
+DATASETS = {"small": dataset(600, 350.0, 1000), "large": dataset(50_000, 900.0, 2000),
+            "long": dataset(2000, 60000.0, 120000), "32k": dataset(5000, 12000.0, 32000)}
+# (model, hardware, method, data, extra goals): the savers' cases
+SAVER_CASES = [
+    ("llama-3.1-8b", "1xH100-80GB", "full", "large", {}),
+    ("llama-3.1-8b", "1xA100-80GB,ram=64GB", "full", "large", {"optimizer": "torchao_adamw_8bit"}),
+    ("llama-3.1-8b", "1xRTX4090", "full", "large", {}),
+    ("llama-3.1-8b", "1xRTX4090,ram=128GB", "full", "large", {}),
+    ("gemma-3-4b", "1xH100-80GB", "lora", "long", {"max_length": 122880}),
+    ("gemma-3-4b", "8xH100-80GB", "lora", "long", {"max_length": 122880}),
+    ("gemma-3-4b", "1xA100-40GB", "lora", "long", {"max_length": 65536}),
+    ("llama-3.1-70b", "8xH100-80GB", "lora", "32k", {"max_length": 32768}),
+    ("qwen2.5-7b", "8xH100-80GB", "full", "large", {"max_length": 8192}),
+    ("qwen2.5-7b", "8xH100-80GB", "full", "large", {"max_length": 8192, "packing": True}),
+]
+SAVER_REASONS = ("optimizer", "precision", "context_parallel", "activation_offloading", "packing", "schedule")
 CASES = [
     ("llama-3.2-1b", "1xT4", "lora", "small"),
     ("llama-3.2-1b", "1xRTX4090", "full", "small"),
@@ -61,28 +79,43 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reasons", action="store_true", help="print each plan's strategy reason")
     args = parser.parse_args()
-    header = (f"{'model':<15}{'hardware':<15}{'method':<7}{'data':<6}{'strategy':<10}{'micro x ga':<11}"
-              f"{'ckpt':<5}{'prec':<5}{'len':>5}{'GiB/GPU':>9}{'budget':>8}{'ms':>6}")
+    table([(name, spec, method, size, {}) for name, spec, method, size in CASES], args.reasons)
+    print()
+    print("Memory savers and long context (issue 15)")
+    table(SAVER_CASES, True, SAVER_REASONS)
+
+
+def table(cases: list, reasons: bool, extra: tuple[str, ...] = ()) -> None:
+    header = (f"{'model':<15}{'hardware':<22}{'method':<7}{'data':<6}{'strategy':<10}{'savers':<14}{'micro x ga':<11}"
+              f"{'ckpt':<5}{'prec':<10}{'optimizer':<19}{'len':>7}{'GiB/GPU':>9}{'budget':>8}{'ms':>6}")
     print(header)
     print("-" * len(header))
-    for name, spec, method, size in CASES:
+    for name, spec, method, size, goals in cases:
         start = time.perf_counter()
         model = load_model_spec(name)
         try:
-            p = plan(from_spec(spec), model, DATASETS[size], Goals(method=method, dataset_size=size))
+            p = plan(from_spec(spec), model, DATASETS[size], Goals(method=method, dataset_size="large" if size in (
+                "long", "32k") else size, **goals))
         except UserError as err:
             ms = (time.perf_counter() - start) * 1000
-            print(f"{name:<15}{spec:<15}{method:<7}{size:<6}does not fit ({ms:.0f} ms): {err.fix}")
+            print(f"{name:<15}{spec:<22}{method:<7}{size:<6}does not fit ({ms:.0f} ms): {err.message} {err.fix}"
+                  if extra else f"{name:<15}{spec:<22}{method:<7}{size:<6}does not fit ({ms:.0f} ms): {err.fix}")
             continue
         ms = (time.perf_counter() - start) * 1000
         strategy = "hsdp" if p.hybrid_shard else p.strategy
         if p.offload != "none":
             strategy += "+off"
-        print(f"{name:<15}{spec:<15}{method:<7}{size:<6}{strategy:<10}{f'{p.micro_batch} x {p.grad_accum}':<11}"
-              f"{'on' if p.activation_checkpointing else 'off':<5}{p.precision:<5}{p.max_length:>5}"
+        savers = ",".join(word for word, on in ((f"cp{p.context_parallel}", p.context_parallel > 1),
+                                                ("act-off", p.activation_offloading), ("packed", p.packing)) if on)
+        print(f"{name:<15}{spec:<22}{method:<7}{size:<6}{strategy:<10}{savers or '-':<14}"
+              f"{f'{p.micro_batch} x {p.grad_accum}':<11}{'on' if p.activation_checkpointing else 'off':<5}"
+              f"{p.precision:<10}{p.optimizer:<19}{p.max_length:>7}"
               f"{p.estimate.total / GiB:>9.1f}{p.estimate.budget / GiB:>8.1f}{ms:>6.0f}")
-        if args.reasons:
-            print(f"    {p.reasons['strategy']}")
+        if reasons:
+            print(f"    strategy: {p.reasons['strategy']}")
+            for key in extra:
+                if key in p.reasons:
+                    print(f"    {key}: {p.reasons[key]}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmwizard.autotune.plan import Plan
+from llmwizard.autotune.savers import TORCHAO_OPTIMIZERS
 
 OUTPUT_DIR = "output"
 METRICS_FILE = "metrics.jsonl"
@@ -17,8 +18,24 @@ DS_CONFIG = "ds_config.json"
 # TensorBoard event files, when the plan reports to it (relative to the run directory).
 TENSORBOARD_DIR = "tensorboard"
 HOSTFILE = "hostfile"
-_OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "adafactor": "adafactor", "sgd": "sgd"}
-_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+_OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "adafactor": "adafactor", "sgd": "sgd",
+          **{name: hf for name, (hf, _) in TORCHAO_OPTIMIZERS.items()}}
+_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "pure_bf16": "bfloat16"}
+
+
+def pure_bf16(plan: Plan) -> bool:
+    """Full fine-tuning with bf16 storage and no autocast. (LoRA under pure_bf16 trains as under
+    bf16: the base is bf16 either way and PEFT keeps the adapters fp32.)"""
+    return plan.precision == "pure_bf16" and plan.method == "full"
+
+
+def _autocast(plan: Plan) -> str:
+    """The mixed precision accelerate and the Trainer apply: none for fp32 and for pure bf16 (the
+    weights are bf16 already; accelerate's FSDP2 would upcast them to fp32 for a mixed-precision
+    policy), bf16 for LoRA under pure_bf16."""
+    if plan.precision == "fp32" or pure_bf16(plan):
+        return "no"
+    return "bf16" if plan.precision == "pure_bf16" else plan.precision
 
 
 def accelerate_config(plan: Plan) -> dict[str, Any]:
@@ -47,7 +64,7 @@ def accelerate_config(plan: Plan) -> dict[str, Any]:
     }
     if multi_node:
         config["main_process_ip"] = plan.main_process_ip
-    mixed = "no" if plan.precision == "fp32" else plan.precision
+    mixed = _autocast(plan)
     if plan.strategy == "single":
         config["distributed_type"] = "NO"
         config["mixed_precision"] = mixed
@@ -68,6 +85,13 @@ def accelerate_config(plan: Plan) -> dict[str, Any]:
                 "parallelism_config_dp_replicate_size": plan.num_machines,
                 "parallelism_config_dp_shard_size": plan.processes_per_machine,
             }
+        elif plan.context_parallel > 1:
+            # Context parallelism: cp ranks share each sequence; FSDP2 shards over dp_shard x cp.
+            config["parallelism_config"] = {
+                "parallelism_config_dp_shard_size": plan.num_processes // plan.context_parallel,
+                "parallelism_config_cp_size": plan.context_parallel,
+                "parallelism_config_cp_backend": "torch",
+            }
     else:
         # With a DeepSpeed JSON, accelerate refuses mixed_precision, zero_stage, offload,
         # accumulation and clipping beside it (DeepSpeedPlugin._deepspeed_config_checks): the
@@ -81,6 +105,15 @@ def accelerate_config(plan: Plan) -> dict[str, Any]:
             # "standard" starts torchrun on each machine (as launch.sh and Slurm do); the default,
             # pdsh, would ssh from machine 0 into the others.
             config["deepspeed_config"]["deepspeed_multinode_launcher"] = "standard"
+        if plan.context_parallel > 1:
+            # DeepSpeed Ulysses (ALST): sp ranks share each sequence, attention split by heads.
+            config["parallelism_config"] = {
+                "parallelism_config_dp_shard_size": plan.num_processes // plan.context_parallel,
+                "parallelism_config_sp_size": plan.context_parallel,
+                "parallelism_config_sp_backend": "deepspeed",
+                "parallelism_config_sp_seq_length_is_variable": True,
+                "parallelism_config_sp_attn_implementation": "sdpa",
+            }
     return config
 
 
@@ -127,7 +160,26 @@ def fsdp_environment(plan: Plan) -> dict[str, str]:
 
 
 def parallelism_environment(plan: Plan) -> dict[str, str]:
-    """HSDP's mesh as accelerate exports it (utils.launch.prepare_extend_env_parallelism_config)."""
+    """HSDP's or context parallelism's mesh as accelerate exports it
+    (utils.launch.prepare_extend_env_parallelism_config)."""
+    if plan.context_parallel > 1 and plan.strategy != "fsdp":
+        return {
+            "ACCELERATE_USE_PARALLELISM_CONFIG": "true",
+            "PARALLELISM_CONFIG_DP_REPLICATE_SIZE": "1",
+            "PARALLELISM_CONFIG_DP_SHARD_SIZE": str(plan.num_processes // plan.context_parallel),
+            "PARALLELISM_CONFIG_SP_SIZE": str(plan.context_parallel),
+            "PARALLELISM_CONFIG_SP_BACKEND": "deepspeed",
+            "PARALLELISM_CONFIG_SP_SEQ_LENGTH_IS_VARIABLE": "true",
+            "PARALLELISM_CONFIG_SP_ATTN_IMPLEMENTATION": "sdpa",
+        }
+    if plan.context_parallel > 1 and not plan.hybrid_shard:
+        return {
+            "ACCELERATE_USE_PARALLELISM_CONFIG": "true",
+            "PARALLELISM_CONFIG_DP_REPLICATE_SIZE": "1",
+            "PARALLELISM_CONFIG_DP_SHARD_SIZE": str(plan.num_processes // plan.context_parallel),
+            "PARALLELISM_CONFIG_CP_SIZE": str(plan.context_parallel),
+            "PARALLELISM_CONFIG_CP_BACKEND": "torch",
+        }
     if not plan.hybrid_shard:
         return {}
     return {
@@ -173,7 +225,9 @@ def deepspeed_config(plan: Plan) -> dict[str, Any] | None:
         "train_micro_batch_size_per_gpu": "auto",
         "gradient_accumulation_steps": "auto",
         "gradient_clipping": "auto",
-        "bf16": {"enabled": "auto"},
+        "bf16": {"enabled": "auto", **({
+            # DeepSpeed's pure bf16: no fp32 master partition, bf16 optimizer states.
+            "bf16_master_weights_and_grads": True, "bf16_optimizer_states": True} if pure_bf16(plan) else {})},
         "fp16": {"enabled": "auto", "loss_scale": 0, "initial_scale_power": 16},
         "zero_optimization": zero,
         "steps_per_print": 1_000_000,
@@ -202,7 +256,9 @@ def sft_config(plan: Plan) -> dict[str, Any]:
         "output_dir": OUTPUT_DIR,
         "seed": plan.seed,
         "use_cpu": cpu,
-        "bf16": plan.precision == "bf16",
+        # Pure bf16 runs without autocast, except under DeepSpeed, whose bf16 mode ("auto": the
+        # Trainer's bf16) is what keeps its partitions and states in bf16.
+        "bf16": _autocast(plan) == "bf16" or (pure_bf16(plan) and plan.strategy.startswith("zero")),
         "fp16": plan.precision == "fp16",
         "per_device_train_batch_size": plan.micro_batch,
         "per_device_eval_batch_size": plan.micro_batch,
@@ -214,9 +270,18 @@ def sft_config(plan: Plan) -> dict[str, Any]:
         "warmup_steps": plan.warmup_ratio,  # below 1: a share of the total steps
         "weight_decay": plan.weight_decay,
         "optim": _OPTIM[plan.optimizer],
+        # torchao's low-bit AdamW rounds bf16 updates stochastically under pure bf16.
+        "optim_args": "bf16_stochastic_round=True" if pure_bf16(plan) and plan.optimizer in TORCHAO_OPTIMIZERS
+        else None,
         "max_grad_norm": 1.0,
         "max_length": plan.max_length,
-        "packing": False,
+        # Padding-free packing: best-fit rows of max_length (TRL turns padding_free on for "bfd").
+        "packing": plan.packing,
+        "packing_strategy": "bfd" if plan.packing else None,
+        "activation_offloading": plan.activation_offloading or None,
+        "use_liger_kernel": plan.liger_kernel or None,
+        # Context parallelism shards each sequence in 2 x cp load-balanced chunks.
+        "pad_to_multiple_of": 2 * plan.context_parallel if plan.context_parallel > 1 else None,
         # Under FSDP the wrapper checkpoints each layer itself (fsdp_activation_checkpointing).
         "activation_checkpointing": plan.activation_checkpointing and plan.strategy != "fsdp",
         "logging_steps": plan.logging_steps,
@@ -274,6 +339,8 @@ def sft_config(plan: Plan) -> dict[str, Any]:
 
 
 def _model_dtype(plan: Plan) -> str:
+    if pure_bf16(plan):
+        return "bfloat16"  # weights, gradients and optimizer states in bf16, no fp32 master
     if plan.device == "cpu" or plan.precision == "fp32":
         return "float32"
     if plan.method == "full":

@@ -11,7 +11,7 @@ import shlex
 import sys
 
 from llmwizard.autotune.plan import Plan
-from llmwizard.runner.configs import HOSTFILE, METRICS_FILE, OUTPUT_DIR, fsdp_environment
+from llmwizard.runner.configs import HOSTFILE, METRICS_FILE, OUTPUT_DIR, fsdp_environment, parallelism_environment
 
 # c10d decides which machine hosts the rendezvous store by matching the endpoint against its own
 # addresses; machine 0 says so explicitly instead, so every other machine only connects (on one
@@ -55,6 +55,8 @@ def launch_command(plan: Plan, python: str = "$PYTHON") -> tuple[list[str], dict
             argv += ["--master_addr", "127.0.0.1", "--master_port", port]
         if plan.strategy == "fsdp":
             env.update(fsdp_environment(plan))
+        else:  # Ulysses' mesh, as accelerate launch would export it (empty without it)
+            env.update(parallelism_environment(plan))
         # ZeRO: sft_config.yaml names ds_config.json in the Trainer's `deepspeed` field.
         return argv + train_arguments(plan), env
     # The deepspeed launcher counts devices only to fill a missing --num_gpus (on the CPU
@@ -65,6 +67,7 @@ def launch_command(plan: Plan, python: str = "$PYTHON") -> tuple[list[str], dict
     if multi_node:
         # One launcher per machine (as torchrun): no ssh from machine 0, the rank given here.
         argv += ["--hostfile", HOSTFILE, "--no_ssh", "--node_rank", rank, "--master_addr", ip]
+    env.update(parallelism_environment(plan))
     return argv + ["--module"] + train_arguments(plan)[1:], env
 
 

@@ -90,8 +90,9 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
         peft_sees_through_checkpoint_wrappers()
     if training_args.deepspeed_plugin is not None:
         deepspeed_skips_its_shm_kernel()
-        if training_args.deepspeed_plugin.zero_stage == 3:
-            join_deepspeed_comm()  # only zero.Init (ZeRO-3 loading) needs it before the Trainer
+        if training_args.deepspeed_plugin.zero_stage == 3 or os.environ.get("PARALLELISM_CONFIG_SP_SIZE", "1") != "1":
+            # zero.Init (ZeRO-3 loading) and Ulysses' sequence-parallel groups need it before the Trainer
+            join_deepspeed_comm()
 
     # After the training arguments: they set up the process group, FSDP's rank-0-only loading
     # and DeepSpeed's zero.Init, which from_pretrained must see.
@@ -245,6 +246,11 @@ def strategy_line(trainer: Any) -> str:
         details.append(f"backend={torch.distributed.get_backend()}")
     else:
         strategy = "single"
+    parallelism = getattr(accelerator, "parallelism_config", None)
+    if parallelism is not None and getattr(parallelism, "sp_size", 1) > 1:
+        details.append(f"sequence_parallel={parallelism.sp_size}")  # DeepSpeed Ulysses
+    if parallelism is not None and getattr(parallelism, "cp_size", 1) > 1:
+        details.append(f"context_parallel={parallelism.cp_size}")   # FSDP2 ring attention
     return f"llmwizard: strategy={strategy} world_size={accelerator.num_processes} " + " ".join(details)
 
 

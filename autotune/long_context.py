@@ -1,0 +1,129 @@
+"""Savers for activations and long sequences: context parallelism, activation offloading, packing.
+
+Kept apart from the base memory model so each term sits in one place with its source:
+
+- Context parallelism (accelerate's ParallelismConfig `cp_size`, FSDP2 only; torch's
+  `context_parallel` with ring attention): each of `cp` ranks holds 1/cp of every sequence, so
+  every per-token tensor (saved activations, backward transients, the LM head's tiles) is that
+  of a sequence `cp` times shorter. The weights stay sharded over all ranks (accelerate's FSDP
+  mesh is dp_shard x cp). Ring attention keeps the next K/V block in flight beside its own (and
+  their gradients in backward): 2 x (K + V) of the local shard per attention call. torch's
+  context parallel has sharding rules only for the CUDA SDPA kernels (flash, efficient, cuDNN);
+  on the CPU it fails ("aten._scaled_dot_product_flash_attention_for_cpu.default does not have a
+  sharding strategy registered"), so the planner offers it on GPUs only.
+- Ulysses sequence parallelism (accelerate's `sp_size` with the DeepSpeed backend, DeepSpeed's
+  ALST `UlyssesSPAttentionHF`): the same 1/sp share of every per-token tensor outside attention;
+  around attention, all-to-alls trade the sequence split for a head split, so each rank holds
+  the whole sequence for heads/sp heads (the same bytes). The in-flight all-to-all buffers are
+  counted like the ring's. Needs the head count divisible by sp.
+- Activation offloading (TRL's SFTConfig `activation_offloading`, trl.models.activation_offloading):
+  every saved tensor of 1 KiB or more except the LM head's goes to pinned host RAM during forward
+  and comes back during backward, a layer ahead on a second CUDA stream (up to 5 tensors stashed
+  in flight). On the device stay about two layers' saved tensors and the per-token tensors outside
+  the layers; host RAM holds the rest, per process.
+- Padding-free packing (TRL's `packing` with the default "bfd" strategy, which turns on
+  `padding_free`): examples are packed best-fit into rows of `max_length` tokens and each row is
+  one flattened sequence with position_ids, so no padding is computed. A row is then always full:
+  the peak is the same as an unpacked batch whose longest example reaches max_length (what the
+  estimate assumes), but there are fewer, fuller steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from llmwizard.autotune.activations import activation_bytes, attention_kernel, fixed_token_bytes, layout
+from llmwizard.autotune.dataset import DatasetProfile
+from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.goals import Goals
+from llmwizard.autotune.hardware_types import HardwareProfile
+from llmwizard.autotune.model_types import ModelSpec
+from llmwizard.autotune.train_setup import TrainSetup
+
+# How full best-fit decreasing packs rows (TRL's bfd on chat data: a few percent is left over).
+PACKING_FILL = 0.97
+# Where the planner considers splitting a sequence over GPUs: shorter ones fit one GPU anyway.
+CP_MIN_TOKENS = 16384
+
+
+def context_parallel_sizes(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals: Goals,
+                           world: int, effective: int) -> list[int]:
+    """The context-parallel sizes the search tries: 1, and for long sequences on several GPUs of
+    one machine, 2, 4 and 8 where they divide the GPUs and leave whole micro-batches. Asked for:
+    that size, checked."""
+    if goals.context_parallel:
+        cp = goals.context_parallel
+        problem = ("needs GPUs with FSDP2: torch's context parallelism shards only the CUDA attention kernels "
+                   "(on the CPU, use zero2/zero3 for Ulysses)"
+                   if cp > 1 and hardware.device != "cuda" and goals.strategy in (None, "fsdp") else
+                   f"must divide the {world} processes" if world % cp else
+                   "needs strategy fsdp (FSDP2) or zero2/zero3 (Ulysses)" if cp > 1 and goals.strategy not in (
+                       None, "fsdp", "zero2", "zero3") else
+                   "cannot be combined with packing (TRL refuses it)" if cp > 1 and goals.packing else
+                   f"needs SDPA attention; {model.model_type} runs eager" if cp > 1 and attention_kernel(
+                       model, base) == "eager" else "")
+        if problem:
+            raise UserError(f"Context parallelism over {cp} GPUs {problem}.", title="Context parallelism",
+                            fix="Leave --context-parallel to the planner, or change the value.")
+        return [cp]
+    if (hardware.device != "cuda" or world < 2 or base.seq_len < CP_MIN_TOKENS or goals.packing
+            or goals.strategy not in (None, "fsdp", "zero2", "zero3") or attention_kernel(model, base) == "eager"):
+        return [1]
+    local = hardware.gpus_per_node
+    return [1] + [cp for cp in (2, 4, 8) if local % cp == 0 and world % cp == 0 and effective % (world // cp) == 0]
+
+
+def per_rank(setup: TrainSetup) -> TrainSetup:
+    """The setup one context-parallel rank runs its step tensors for: 1/cp of each sequence."""
+    if setup.cp <= 1:
+        return setup
+    return replace(setup, seq_len=math.ceil(setup.seq_len / setup.cp), cp=1)
+
+
+def ring_buffers(model: ModelSpec, setup: TrainSetup) -> float:
+    """Ring attention's K/V blocks in flight, with their gradients in backward (bytes, one rank)."""
+    if setup.cp <= 1:
+        return 0.0
+    local_tokens = setup.micro_batch * math.ceil(setup.seq_len / setup.cp)
+    kv = 2 * local_tokens * model.num_kv_heads * model.head_dim * layout(model, setup).compute
+    return 2 * 2 * kv
+
+
+def offloaded_activations(model: ModelSpec, setup: TrainSetup) -> float:
+    """Bytes of saved activations that activation offloading moves to host RAM (one process); the
+    rest (about two layers' saved tensors, and the per-token tensors outside the layers, which
+    include the LM head's input that TRL keeps) stays on the device."""
+    if not setup.offload_activations:
+        return 0.0
+    rank = per_rank(setup)
+    total = activation_bytes(model, rank)
+    outside = rank.micro_batch * rank.seq_len * fixed_token_bytes(model, rank)
+    layers = total - outside
+    return max(0.0, layers - 2 * layers / model.num_layers)
+
+
+def packed_rows(dataset: DatasetProfile, max_length: int, eval_fraction: float) -> int:
+    """Training rows after best-fit packing into rows of `max_length` tokens."""
+    tokens = dataset.total_tokens * (1 - eval_fraction)
+    per_example = dataset.total_tokens / max(1, dataset.num_examples)
+    kept = min(max_length, per_example)  # examples longer than a row are truncated ("bfd")
+    return max(1, math.ceil(tokens * kept / per_example / (max_length * PACKING_FILL)))
+
+
+def packing_words(dataset: DatasetProfile, max_length: int, eval_fraction: float, effective: int,
+                  on: bool) -> str:
+    """The packing reason: how the step count and the tokens per step change, and the memory."""
+    examples = max(1, round(dataset.num_examples * (1 - eval_fraction)))
+    rows = packed_rows(dataset, max_length, eval_fraction)
+    before, after = math.ceil(examples / effective), math.ceil(rows / effective)
+    per_row = examples / rows
+    memory = ("the peak memory is unchanged (every row is a full max_length row, the case the estimate "
+              "already sizes), but every micro-batch now carries that peak")
+    if on:
+        return (f"on: padding-free packing (best-fit) puts {per_row:.1f} examples in each {max_length}-token row: "
+                f"{after} steps per epoch instead of {before}, each with {per_row:.1f}x the tokens; {memory}")
+    if per_row < 1.5:
+        return f"off: examples nearly fill {max_length}-token rows ({per_row:.1f} per row); packing gains little"
+    return (f"off (packing: true to turn on): padding-free packing would put {per_row:.1f} examples in each "
+            f"{max_length}-token row: {after} steps per epoch instead of {before}; {memory}")
