@@ -244,12 +244,14 @@ def _inputs(args: argparse.Namespace) -> tuple[HardwareProfile, ModelSpec, Datas
     model = load_model_spec(args.model)
     dataset_source = resolve_dataset(args.dataset)
     if model.source == "embedded":
-        from llmwizard.autotune.embedded import ensure_embedded_model
+        from llmwizard.autotune.embedded_vision import ensure_embedded
 
-        model_dir: Path | None = ensure_embedded_model()
+        model_dir: Path | None = ensure_embedded(model.name)
     else:
         model_dir = Path(model.path) if model.path else None
-    profile = profile_dataset(dataset_source, counter_for(model_dir))
+    from llmwizard.autotune.images import token_rule
+
+    profile = profile_dataset(dataset_source, counter_for(model_dir), token_rule(model.vision, model_dir), model.name)
     return hardware, model, profile, goals
 
 
