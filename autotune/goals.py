@@ -53,6 +53,7 @@ class Goals:
     grad_accum: PositiveInt | None = None
     eval_fraction: Fraction | None = None
     evals_per_epoch: PositiveInt | None = None
+    eval_steps: PositiveInt | None = None       # evaluate and checkpoint every N steps (beats evals_per_epoch)
     lr_scheduler: LrScheduler | None = None
     warmup_ratio: Fraction | None = None
     weight_decay: NonNegativeFloat | None = None
@@ -63,6 +64,7 @@ class Goals:
     optimizer: Optimizer | None = None
     launcher: Launcher | None = None
     processes: PositiveInt | None = None       # processes per node; on the CPU, how many ranks
+    train_vision_tower: bool = False           # LoRA: adapt the vision tower too (frozen by default)
     seed: Seed = 42
     extra: dict[str, Any] = field(default_factory=dict)
     # The fields the user set (flags, wizard edits), as opposed to a preset's values: the plan's

@@ -17,7 +17,7 @@ not the sum of the components.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from llmwizard.autotune.activations import (
@@ -32,6 +32,7 @@ from llmwizard.autotune.activations import (
     trainable_params,
     weight_copy_bytes,
 )
+from llmwizard.autotune import vision
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.hardware_types import GiB
 from llmwizard.autotune.model_states import ModelStates, model_states
@@ -134,7 +135,12 @@ def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate
     notes += states.notes
     buffers = _strategy_buffers(model, setup, trainable)
     step = _step_tensors(model, setup)
+    # The vision tower's pixels and saved tensors live through the step like the decoder's.
+    step = replace(step, activations=step.activations + vision.saved_bytes(model, setup, vision.tower_trains(model, setup)))
     phases = _phases(states, buffers, step)
+    if vision.forward_bytes(model, setup):
+        phases["forward (vision tower)"] = (states.weights + states.optimizer + buffers.ddp_buckets + buffers.gathered_fwd
+                                            + vision.saved_bytes(model, setup, False) + vision.forward_bytes(model, setup))
     peak_at = max(phases, key=lambda k: phases[k])
     tensors = phases[peak_at]
     overhead = _overhead(setup, tensors, buffers.deepspeed)

@@ -45,6 +45,15 @@ class VisionSpec:
     window_size: int = 0           # Qwen2.5-VL: windowed attention span in pixels (0: full)
     full_attention_blocks: int = 0  # Qwen2.5-VL: blocks with full attention (fullatt_block_indexes)
 
+    def lora_params(self, r: int) -> int:
+        """LoRA parameters on every linear of the tower's blocks: r * (d_in + d_out) each."""
+        h, i = self.hidden_size, self.intermediate_size
+        if self.kind == "siglip":  # q, k, v, out; fc1, fc2
+            block = 4 * r * (h + h) + r * (h + i) + r * (i + h)
+        else:  # fused qkv, proj; gate, up, down
+            block = r * (h + 3 * h) + r * (h + h) + 2 * r * (h + i) + r * (i + h)
+        return self.num_layers * block
+
 
 @dataclass
 class ModelSpec:

@@ -102,6 +102,9 @@ class Plan:
     # FSDP2 across machines: shard inside each machine, replicate across them (HSDP), so the
     # per-layer weight gathers stay on the fast intra-node links.
     hybrid_shard: bool = False
+    # Vision-language models: the vision tower trains (LoRA adapters on its blocks too, or every
+    # weight under full fine-tuning); with LoRA and false it stays frozen.
+    train_vision_tower: bool = False
     version: Literal[1] = PLAN_VERSION
 
     @model_validator(mode="after")

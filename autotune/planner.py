@@ -65,7 +65,7 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     # 4. World layout, then strategy, offload, micro-batch and checkpointing.
     world = record.take("device", step.world(hardware, goals))
     effective = record.take("effective_batch", step.effective_batch(goals, world.size))
-    base = step.base_setup(hardware, world, method, max_length, precision, goals, lora)
+    base = step.base_setup(hardware, world, method, max_length, precision, goals, lora, model, dataset)
     choice = choose(hardware, model, base, goals, step.budget(hardware, world.per_node), effective, world.size)
     record.reasons.update(choice.reasons)
     chosen = choice.best
@@ -92,4 +92,5 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
         save_steps=schedule.eval_steps, logging_steps=schedule.logging_steps, seed=goals.seed,
         trainable_params=chosen.estimate.trainable_params, total_params=model.total_params,
         estimate=chosen.estimate, reasons=record.reasons, warnings=record.warnings, hybrid_shard=chosen.hybrid,
+        train_vision_tower=bool(model.vision) and (method == "full" or goals.train_vision_tower),
     )

@@ -43,6 +43,10 @@ class TrainSetup:
     # two gradients in place for a tensor subclass, so a tied embedding's two gradients and their
     # sum coexist. Never set for planning.
     fake_tensors: bool = False
+    # Vision-language models (llmwizard.autotune.vision): patches the vision tower encodes per
+    # sequence (0: no images), and whether LoRA adapts the tower too.
+    image_patches: int = 0
+    train_vision_tower: bool = False
 
     @property
     def data_parallel(self) -> int:

@@ -38,6 +38,7 @@ def _plan_inputs(parser: argparse.ArgumentParser) -> None:
         Launcher,
         Method,
         Offload,
+        LrScheduler,
         Optimizer,
         PositiveFloat,
         PositiveInt,
@@ -75,6 +76,11 @@ def _plan_inputs(parser: argparse.ArgumentParser) -> None:
     tune.add_argument("--precision", choices=choices(Precision))
     tune.add_argument("--optimizer", choices=choices(Optimizer))
     tune.add_argument("--eval-fraction", type=flag_type(Fraction), help="share of rows held out for evaluation (0 = none)")
+    tune.add_argument("--eval-steps", type=flag_type(PositiveInt),
+                      help="evaluate and checkpoint every N steps (default: once per epoch)")
+    tune.add_argument("--lr-scheduler", choices=choices(LrScheduler), help="learning-rate schedule (default: cosine)")
+    tune.add_argument("--train-vision-tower", action="store_true", default=None,
+                      help="vision-language models with LoRA: adapt the vision tower too (default: frozen)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,7 +236,8 @@ def _goals(args: argparse.Namespace) -> Goals:
         micro_batch=args.micro_batch, effective_batch=args.effective_batch,
         checkpointing=args.checkpointing, precision=args.precision, processes=args.processes,
         optimizer=args.optimizer,
-        eval_fraction=args.eval_fraction,
+        eval_fraction=args.eval_fraction, eval_steps=args.eval_steps, lr_scheduler=args.lr_scheduler,
+        train_vision_tower=args.train_vision_tower,
     )
 
 
