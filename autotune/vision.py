@@ -72,10 +72,17 @@ def block_patch_bytes(model: ModelSpec, setup: TrainSetup) -> float:
         return 2 * (s * h + 8) + c * h * 2 + c * 4 * h + 4 * v.num_heads + c * h + c * i * 2
     norms = 2 * (4 * h + s * h + 8)             # RMSNorm: fp32 input, normalised tensor, rstd
     linears_in = c * h * 2 + c * h              # qkv and gate/up inputs, proj input
-    rotary = 2 * 4 * h * 2                      # q and k cast to fp32, and their rotate_half, kept by the muls
+    # The 2-D rotary runs in fp32 but saves nothing: its multipliers (cos, sin) need no gradient.
     attention = c * 3 * h + c * h + 4 * v.num_heads  # q, k, v as the kernel reads them, its output, logsumexp
     mlp = 4 * c * i                             # gate out, activation out, up out, down_proj's input
-    return norms + linears_in + rotary + attention + mlp
+    return norms + linears_in + attention + mlp
+
+
+def block_params(vision: VisionSpec) -> int:
+    h, i = vision.hidden_size, vision.intermediate_size
+    if vision.kind == "siglip":
+        return 4 * (h * h + h) + 2 * h * i + i + h + 4 * h
+    return 4 * h * h + 3 * h + h + 3 * (h * i + i) + 2 * h
 
 
 def saved_bytes(model: ModelSpec, setup: TrainSetup, tower_trains: bool) -> float:
@@ -91,7 +98,14 @@ def saved_bytes(model: ModelSpec, setup: TrainSetup, tower_trains: bool) -> floa
             kept += v.num_layers * patches * lay.stream * v.hidden_size
         else:
             kept += v.num_layers * patches * block_patch_bytes(model, setup)
-        kept += patches * lay.compute * v.hidden_size  # the merger's LayerNorm/MLP inputs (merged 4:1)
+            if lay.autocast_copies:  # half copies autocast makes of the fp32 weights, kept for backward
+                kept += v.num_layers * block_params(v) * lay.compute
+        if v.kind == "qwen2_5_vl":
+            # the merger: its RMSNorm's fp32 input and the MLP's inputs and GELU on merged tokens
+            merged = v.hidden_size * v.merge_size**2
+            kept += patches * (4 * v.hidden_size + 4 * lay.compute * v.hidden_size)
+            if lay.autocast_copies:
+                kept += (merged * merged + merged * v.out_hidden_size) * lay.compute
     return kept
 
 
@@ -103,8 +117,11 @@ def forward_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     patches = setup.micro_batch * setup.image_patches
     c = layout(model, setup).compute
     h, i = v.hidden_size, v.intermediate_size
-    # hidden states in and out, the fp32 norm, qkv and its fp32 rotary copies, or the MLP's three I-wide tensors
-    return patches * (2 * c * h + 4 * h + max(3 * c * h + 2 * 4 * h, 3 * c * i))
+    if v.kind == "siglip":
+        return patches * (2 * c * h + max(3 * c * h + 4 * v.num_heads, 2 * c * i))
+    # Attention: the residual, the norm's output, qkv, q and k in fp32 for the rotary and four
+    # fp32 temporaries of it; or the MLP: the residual, the norm's output and four I-wide tensors.
+    return patches * max((5 * c + 24) * h, 2 * c * h + 4 * c * i)
 
 
 def tower_trains(model: ModelSpec, setup: TrainSetup) -> bool:

@@ -181,3 +181,20 @@ def test_vision_run_saves_an_adapter_that_loads_with_peft_and_the_processor(visi
     with torch.no_grad():
         logits = model(**inputs).logits
     assert logits.shape[1] == inputs["input_ids"].shape[1] and torch.isfinite(logits).all()
+
+
+def test_vision_tower_memory_enters_the_estimate():
+    """Pixels and the tower's forward working set count for a frozen tower; a trained tower adds its
+    saved tensors (figures checked at real widths by bench/memory_validation.py --vision)."""
+    from llmwizard.autotune.memory import TrainSetup, estimate
+
+    model = load_model_spec("qwen2.5-vl-7b")
+    text = TrainSetup(method="lora", seq_len=2048, micro_batch=1)
+    frozen = TrainSetup(method="lora", seq_len=2048, micro_batch=1, image_patches=4096)
+    trained = TrainSetup(method="lora", seq_len=2048, micro_batch=1, image_patches=4096, train_vision_tower=True)
+    budget = 80 * 2**30
+    base, with_pixels, with_tower = (estimate(model, s, budget) for s in (text, frozen, trained))
+    assert with_pixels.activations == base.activations + 4096 * 1176 * 4
+    assert "forward (vision tower)" in with_pixels.phases
+    assert with_tower.activations > with_pixels.activations + 32 * 4096 * 1280 * 10
+    assert with_tower.trainable_params == base.trainable_params + model.vision.lora_params(text.lora_r)
