@@ -138,6 +138,23 @@ def lora(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -> Decisio
                           f"rank from {goals.source('lora_r', _rule_text(rule))}")
 
 
+def vision_tower(model: ModelSpec, dataset: DatasetProfile, goals: Goals, method: str) -> Decision[bool]:
+    """Whether the vision tower trains, and what the images add (vision-language models only)."""
+    assert model.vision is not None
+    trains = method == "full" or goals.train_vision_tower
+    images = (f"{dataset.images:,} images in {dataset.examples_with_images:,} examples "
+              f"({dataset.image_min_size} to {dataset.image_max_size}), up to {dataset.image_tokens_max} image tokens "
+              f"and {vision.sequence_patches(model, dataset.image_tokens_max):,} tower patches per example"
+              if dataset.images else "no images in the data: the tower is not used")
+    if method == "full":
+        how = "trains with every other weight (full fine-tuning); FSDP wraps each vision block and decoder layer"
+    elif trains:
+        how = "trains through LoRA adapters on its blocks (asked for)"
+    else:
+        how = "frozen (LoRA on the language model only; --train-vision-tower adapts it too)"
+    return Decision(trains, f"{model.vision_params:,}-parameter vision tower {how}; {images}")
+
+
 # ----------------------------------------------------------------------------- 2. max length
 
 def max_length(model: ModelSpec, dataset: DatasetProfile, goals: Goals, rule_cap: int) -> Decision[int]:

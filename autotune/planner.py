@@ -58,6 +58,8 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     epochs = record.take("epochs", step.epochs(goals, rule))
     lr = record.take("learning_rate", step.learning_rate(model, goals, rule, method))
     lora = record.take("lora", step.lora(model, goals, rule, method))
+    if model.vision is not None:
+        record.take("vision", step.vision_tower(model, dataset, goals, method))
     # 2. Max length from the real distribution.
     max_length = record.take("max_length", step.max_length(model, dataset, goals, rule.max_length))
     # 3. Precision.

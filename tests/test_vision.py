@@ -198,3 +198,56 @@ def test_vision_tower_memory_enters_the_estimate():
     assert "forward (vision tower)" in with_pixels.phases
     assert with_tower.activations > with_pixels.activations + 32 * 4096 * 1280 * 10
     assert with_tower.trainable_params == base.trainable_params + model.vision.lora_params(text.lora_r)
+
+
+def test_reference_setup_qwen_vl_full_fsdp_exports_files_accelerate_and_trl_load(tmp_path, write_jsonl, monkeypatch):
+    """Qwen2.5-VL-7B full fine-tuning with FSDP over both block kinds, adafactor, a constant LR,
+    evaluation and checkpoints every N steps, the best model by eval loss (safetensors: the
+    transformers default), planned for 8 H100s and exported."""
+    import dataclasses
+
+    import yaml
+    from accelerate.commands.config.config_args import load_config_from_file
+    from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
+
+    _png(tmp_path / "img" / "a.png", (1024, 768))
+    _png(tmp_path / "img" / "b.png", (640, 480))
+    rows = [_row([f"img/{'ab'[i % 2]}.png"]) for i in range(40)]
+    path = write_jsonl(rows)
+    out = tmp_path / "run"
+    result = run_cli("export", "--model", "qwen2.5-vl-7b", "--dataset", str(path), "--gpus", "8xH100-80GB",
+                     "--method", "full", "--strategy", "fsdp", "--optimizer", "adafactor", "--lr-scheduler", "constant",
+                     "--eval-steps", "25", "--max-steps", "200", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    accelerate = load_config_from_file(str(out / "accelerate_config.yaml"))
+    assert str(accelerate.distributed_type).endswith("FSDP") and accelerate.num_processes == 8
+    wrapped = set(accelerate.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(","))
+    assert wrapped == {"Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"}
+    data = yaml.safe_load((out / "sft_config.yaml").read_text())
+    known = {f.name for cls in (ScriptArguments, SFTConfig, ModelConfig) for f in dataclasses.fields(cls)}
+    assert set(data) - {"env"} <= known
+    monkeypatch.chdir(out)
+    _, training, model = TrlParser((ScriptArguments, SFTConfig, ModelConfig)).parse_args_and_config(
+        ["--config", "sft_config.yaml", "--bf16", "false", "--use_cpu", "true"])
+    assert model.model_name_or_path == "Qwen/Qwen2.5-VL-7B-Instruct" and not model.use_peft
+    assert training.optim == "adafactor" and training.lr_scheduler_type == "constant"
+    assert training.eval_steps == training.save_steps == 25 and training.eval_strategy == "steps"
+    assert training.load_best_model_at_end and training.metric_for_best_model == "eval_loss"
+    assert not training.greater_is_better
+    plan = yaml.safe_load((out / "plan.yaml").read_text())
+    assert plan["train_vision_tower"] is True and "FSDP wraps each vision block" in plan["reasons"]["vision"]
+    assert plan["max_length"] >= ImageTokenRule("qwen2_5_vl").tokens(1024, 768)  # the length covers the image
+
+
+def test_wizard_dataset_step_shows_image_counts_and_tokens():
+    from rich.console import Console
+
+    from llmwizard.wizard import core
+    from llmwizard.wizard.screens.dataset import dataset_facts
+
+    report = core.profile_dataset(ev.EMBEDDED_VISION_DATASET, load_model_spec(ev.EMBEDDED_VISION_MODEL))
+    console = Console(width=200, record=True)
+    console.print(dataset_facts(report))
+    text = console.export_text()
+    assert f"{len(ev.shapes_rows())} in {len(ev.shapes_rows())} examples" in text
+    assert "image tokens" in text and "max 9 per example" in text
