@@ -172,10 +172,10 @@ def token_rule(vision: VisionSpec | None, model_dir: Path | None = None) -> Imag
     if vision is None:
         return None
     if vision.kind == "siglip":
-        # Gemma 3's processor writes "\n\n<start_of_image>" + 256 soft tokens + "<end_of_image>\n\n"
-        # for the template's one <start_of_image>: 256 + 3 tokens more than the template renders.
+        # Gemma 3's processor replaces the template's one <start_of_image> with "\n\n<start_of_image>"
+        # + 256 soft tokens + "<end_of_image>\n\n": 260 tokens with Gemma's tokenizer ("\n\n" is one).
         return ImageTokenRule("siglip", patch_size=vision.patch_size, merge_size=1,
-                              tokens_per_image=vision.tokens_per_image, extra_tokens=3)
+                              tokens_per_image=vision.tokens_per_image, extra_tokens=4)
     settings = _processor_settings(model_dir) if model_dir is not None else {}
     size = settings.get("size") or {}
     return ImageTokenRule(

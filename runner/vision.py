@@ -36,8 +36,8 @@ def load_processor(path: str | Path, revision: str | None = None, trust_remote_c
     needs_video = model_type in _VIDEO_PROCESSOR_MODELS or processor_class in _VIDEO_PROCESSOR_CLASSES
     if needs_video and importlib.util.find_spec("torchvision") is None:
         return _image_text_processor(path, revision, trust_remote_code)
-    return AutoProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code,
-                                         backend="pil")
+    # transformers picks the PIL image processor by itself where torchvision is missing.
+    return AutoProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
 
 
 def _image_text_processor(path: str | Path, revision: str | None, trust_remote_code: bool) -> Any:
