@@ -251,3 +251,24 @@ def test_wizard_dataset_step_shows_image_counts_and_tokens():
     text = console.export_text()
     assert f"{len(ev.shapes_rows())} in {len(ev.shapes_rows())} examples" in text
     assert "image tokens" in text and "max 9 per example" in text
+
+
+@pytest.mark.parametrize("train_tower", [False, True])
+def test_lora_targets_adapt_what_the_plan_counts(train_tower):
+    """The plan's PEFT regex (TRL passes a one-item list on as a string) puts adapters on the
+    language model only, or on the tower's blocks too, and PEFT's count is the plan's."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from llmwizard.autotune import vision
+
+    spec = load_model_spec(ev.EMBEDDED_VISION_MODEL)
+    targets = vision.lora_targets(spec, spec.linear_names, train_tower)
+    assert len(targets) == 1
+    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(ev.ensure_vision_model()),
+                           LoraConfig(r=4, target_modules=targets[0]))
+    adapted = [n for n, _ in model.named_parameters() if "lora_A" in n]
+    assert any(".language_model." in n for n in adapted)
+    assert any(".visual." in n for n in adapted) == train_tower
+    expected = spec.lora_params(4) + (spec.vision.lora_params(4) if train_tower else 0)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
