@@ -428,7 +428,7 @@ class TokenCounter:
         return max(1, round(len(render_text(row)) / 4))
 
 
-def _content_text(content: Any) -> str:
+def content_text(content: Any) -> str:
     if isinstance(content, list):  # parts: an image part counts as its one placeholder token
         return "".join(part["text"] if part["type"] == "text" else "<img>" for part in content)
     return str(content)
@@ -436,7 +436,7 @@ def _content_text(content: Any) -> str:
 
 def render_text(row: dict[str, Any]) -> str:
     if "messages" in row:
-        return "\n".join(f"{m['role']}: {_content_text(m['content'])}" for m in row["messages"])
+        return "\n".join(f"{m['role']}: {content_text(m['content'])}" for m in row["messages"])
     if "prompt" in row:
         return row["prompt"] + row["completion"]
     return str(row["text"])

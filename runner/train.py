@@ -229,7 +229,13 @@ def load_model(path: str, model_args: Any, training_args: Any, vision: bool = Fa
         else:
             tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision,
                                                       trust_remote_code=training_args.trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            try:
+                model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            except ValueError as exc:
+                if "Unrecognized configuration" not in str(exc):
+                    raise
+                # A vision-language model on text-only data: its image-text class runs without pixels.
+                model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"Model '{path}' could not be loaded: {str(exc).splitlines()[0]}", title="Model",
                         fix="Point model_name_or_path in sft_config.yaml at a directory saved with "
