@@ -80,7 +80,8 @@ def adapted_linears(model: ModelSpec, setup: TrainSetup) -> list[Linear]:
 def trainable_params(model: ModelSpec, setup: TrainSetup) -> int:
     if setup.method == "full":
         return model.total_params
-    return model.lora_params(setup.lora_r, setup.lora_targets)
+    tower = model.vision.lora_params(setup.lora_r) if model.vision and setup.train_vision_tower else 0
+    return model.lora_params(setup.lora_r, setup.lora_targets) + tower
 
 
 def attention_kernel(model: ModelSpec, setup: TrainSetup) -> str:

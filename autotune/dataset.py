@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmwizard.autotune import images as img
 from llmwizard.autotune.embedded import DATASET_PATH, EMBEDDED_DATASET
+from llmwizard.autotune.embedded_vision import EMBEDDED_VISION_DATASET, ensure_shapes_dataset
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.schema import DatasetFormat
 
@@ -37,6 +39,8 @@ def resolve_dataset(source: str | None) -> str:
     """The dataset as the plan records it: `embedded:arithmetic`, an absolute path, or a hub name."""
     if source is None or source == EMBEDDED_DATASET:
         return EMBEDDED_DATASET
+    if source == EMBEDDED_VISION_DATASET:
+        return EMBEDDED_VISION_DATASET
     path = Path(source).expanduser()
     if path.suffix.lower() in SUFFIXES or path.exists() or source.startswith((".", "/", "~")):
         if not path.is_file():
@@ -60,6 +64,8 @@ def local_path(source: str) -> Path | None:
     """The file behind a resolved dataset source, or None for a hub dataset."""
     if source == EMBEDDED_DATASET:
         return DATASET_PATH
+    if source == EMBEDDED_VISION_DATASET:
+        return ensure_shapes_dataset()  # generated into the user cache on first use
     path = Path(source)
     return path if path.is_absolute() else None
 
@@ -137,6 +143,8 @@ def _load_hub_rows(name: str) -> list[dict[str, Any]]:
 def detect_format(columns: Iterable[str]) -> tuple[DatasetFormat, Callable[[dict[str, Any]], dict[str, Any]]]:
     """The TRL format a dataset maps to, and the row function that maps it."""
     cols = set(columns)
+    if "messages" in cols and img.has_images(cols):
+        return "messages", _vision_messages
     if "messages" in cols:
         return "messages", _messages
     if "conversations" in cols:
@@ -156,20 +164,54 @@ def detect_format(columns: Iterable[str]) -> tuple[DatasetFormat, Callable[[dict
     )
 
 
-def normalize_rows(rows: list[dict[str, Any]], source: str = "dataset") -> tuple[DatasetFormat, list[dict[str, Any]]]:
-    """Detect the format from the first row and map every row, naming the first bad one."""
+def normalize_rows(rows: list[dict[str, Any]], source: str = "dataset",
+                   on_image_size: Callable[[int, int], None] | None = None,
+                   measure: Callable[[int], bool] | None = None) -> tuple[DatasetFormat, list[dict[str, Any]]]:
+    """Detect the format from the first row and map every row, naming the first bad one.
+
+    Rows with images also have them checked: every file must exist, and the rows `measure`
+    picks (all by default) have their image headers read, which finds unreadable files and
+    gives the sizes to `on_image_size`."""
     fmt, convert = detect_format(rows[0].keys())
+    vision = convert is _vision_messages
+    path = local_path(source) if source != "dataset" else None
+    base = path.parent if path is not None else None
     out = []
     for number, row in enumerate(rows, 1):
         try:
-            out.append(convert(row))
+            converted = convert(row)
+            if vision:
+                check = measure(number - 1) if measure is not None else True
+                converted["images"] = img.check_row(converted, base, check, on_image_size if check else None)
+            out.append(converted)
+        except img.ImageRowError as exc:
+            where = _where(path, number)
+            raise UserError(f"{source}: {where}: {exc}.", title="Dataset images",
+                            fix="Fix the row's images (paths are relative to the dataset file), or remove the row; "
+                                "each image part {\"type\": \"image\"} needs one entry in `images`.") from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UserError(
-                f"{source}: row {number} does not match the {fmt} format of row 1 ({exc}).",
+                f"{source}: {_where(path, number)} does not match the {fmt} format of row 1 ({exc}).",
                 title="Dataset",
                 fix=f"Make every row use the same fields: {_ACCEPTED}.",
             ) from None
     return fmt, out
+
+
+def _where(path: Path | None, number: int) -> str:
+    """"line N" of a JSON-lines file (blank lines counted as the editor does), else "row N"."""
+    if path is None or path.suffix.lower() != ".jsonl":
+        return f"row {number}"
+    try:
+        with open(path, encoding="utf-8") as f:
+            seen = 0
+            for line_number, line in enumerate(f, 1):
+                seen += bool(line.strip())
+                if seen == number:
+                    return f"line {line_number}"
+    except OSError:
+        pass
+    return f"row {number}"
 
 
 def _str(value: Any, name: str) -> str:
@@ -191,6 +233,19 @@ def _messages(row: dict[str, Any]) -> dict[str, Any]:
     if not any(m["role"] == "assistant" for m in clean):
         raise ValueError("no assistant message to learn from")
     return {"messages": clean}
+
+
+def _vision_messages(row: dict[str, Any]) -> dict[str, Any]:
+    """Chat messages with image parts; the `images` are checked by normalize_rows."""
+    messages = row["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("`messages` must be a non-empty list")
+    for message in messages:
+        if message["role"] not in ("system", "user", "assistant", "tool"):
+            raise ValueError(f"unknown role {message['role']!r}")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ValueError("no assistant message to learn from")
+    return {"messages": img.normalize_parts(messages), "images": img.row_images(row)}
 
 
 def _sharegpt(row: dict[str, Any]) -> dict[str, Any]:
@@ -239,6 +294,24 @@ class DatasetProfile:
     max_tokens: int
     total_tokens: int                  # estimated over all rows
     histogram: list[tuple[int, int, int]] = field(default_factory=list)  # (low, high, count)
+    # Images (vision-language data). The token figures above then count each image as the
+    # processor expands it, so the planner's max length covers the image tokens.
+    images: int = 0                    # over all rows
+    examples_with_images: int = 0
+    max_images_per_example: int = 0
+    image_min_size: str = ""           # "WxH" of the smallest and largest image (by pixels)
+    image_max_size: str = ""
+    image_tokens_rule: str = ""        # how the model's processor counts them
+    image_tokens_mean: float = 0.0     # per example, over the measured rows
+    image_tokens_p99: int = 0
+    image_tokens_max: int = 0
+    text_tokens_mean: float = 0.0      # per example without the images
+    text_tokens_p99: int = 0
+
+    @property
+    def image_token_share(self) -> float:
+        """The image tokens' share of the mean sequence length."""
+        return self.image_tokens_mean / self.mean_tokens if self.mean_tokens else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -252,13 +325,27 @@ class DatasetProfile:
         return cls(**data)
 
 
-def profile_dataset(source: str, counter: TokenCounter) -> DatasetProfile:
-    """Count examples and measure token lengths with the model's own tokenizer and chat template."""
+def profile_dataset(source: str, counter: TokenCounter, image_rule: img.ImageTokenRule | None = None,
+                    model_name: str | None = None) -> DatasetProfile:
+    """Count examples and measure token lengths with the model's own tokenizer and chat template.
+
+    For rows with images, `image_rule` (the model's processor, llmwizard.autotune.images.token_rule)
+    turns each image into its tokens; a model without one cannot take images."""
     rows = load_rows(source)
-    fmt, rows = normalize_rows(rows, source)
+    sizes: list[tuple[int, int]] = []
+    fmt, rows = normalize_rows(rows, source, on_image_size=lambda w, h: sizes.append((w, h)))
     step = max(1, len(rows) // PROFILE_SAMPLE)
     sample = rows[::step]
-    lengths = sorted(counter.count(row) for row in sample)
+    vision: dict[str, Any] = {}
+    if sizes or any("images" in row for row in rows[:1]):
+        if image_rule is None:
+            raise UserError(f"{source} has images, but {model_name or 'the model'} is a text-only model.",
+                            title="Dataset images",
+                            fix="Pick a vision-language model (embedded:tiny-vision, qwen2.5-vl-7b, gemma-3-4b) "
+                                "or a dataset without an images column.")
+        lengths, vision = _vision_lengths(rows, step, sizes, counter, image_rule)
+    else:
+        lengths = sorted(counter.count(row) for row in sample)
     mean = sum(lengths) / len(lengths)
     return DatasetProfile(
         source=source,
@@ -275,7 +362,44 @@ def profile_dataset(source: str, counter: TokenCounter) -> DatasetProfile:
         max_tokens=lengths[-1],
         total_tokens=round(mean * len(rows)),
         histogram=histogram(lengths),
+        **vision,
     )
+
+
+def _vision_lengths(rows: list[dict[str, Any]], step: int, sizes: list[tuple[int, int]], counter: TokenCounter,
+                    rule: img.ImageTokenRule) -> tuple[list[int], dict[str, Any]]:
+    """Sequence lengths with each image's tokens, and the image figures of the profile."""
+    per_row: list[list[tuple[int, int]]] = []
+    at = 0
+    for row in rows:
+        per_row.append(sizes[at:at + len(row["images"])])
+        at += len(row["images"])
+    lengths, image_tokens, text_tokens = [], [], []
+    for index in range(0, len(rows), step):
+        row, row_sizes = rows[index], per_row[index]
+        text = counter.count(row)
+        tokens = sum(rule.tokens(w, h) for w, h in row_sizes)
+        # The template renders one placeholder token per image, which the processor expands.
+        lengths.append(text - len(row_sizes) + tokens)
+        image_tokens.append(tokens)
+        text_tokens.append(text - len(row_sizes))
+    lengths.sort()
+    image_tokens.sort()
+    text_tokens.sort()
+    by_pixels = sorted(sizes, key=lambda s: s[0] * s[1])
+    return lengths, {
+        "images": len(sizes),
+        "examples_with_images": sum(1 for found in per_row if found),
+        "max_images_per_example": max(len(found) for found in per_row),
+        "image_min_size": f"{by_pixels[0][0]}x{by_pixels[0][1]}" if sizes else "",
+        "image_max_size": f"{by_pixels[-1][0]}x{by_pixels[-1][1]}" if sizes else "",
+        "image_tokens_rule": rule.description,
+        "image_tokens_mean": round(sum(image_tokens) / len(image_tokens), 1),
+        "image_tokens_p99": percentile(image_tokens, 99),
+        "image_tokens_max": image_tokens[-1],
+        "text_tokens_mean": round(sum(text_tokens) / len(text_tokens), 1),
+        "text_tokens_p99": percentile(text_tokens, 99),
+    }
 
 
 def percentile(sorted_values: list[int], q: float) -> int:
@@ -304,9 +428,15 @@ class TokenCounter:
         return max(1, round(len(render_text(row)) / 4))
 
 
+def content_text(content: Any) -> str:
+    if isinstance(content, list):  # parts: an image part counts as its one placeholder token
+        return "".join(part["text"] if part["type"] == "text" else "<img>" for part in content)
+    return str(content)
+
+
 def render_text(row: dict[str, Any]) -> str:
     if "messages" in row:
-        return "\n".join(f"{m['role']}: {m['content']}" for m in row["messages"])
+        return "\n".join(f"{m['role']}: {content_text(m['content'])}" for m in row["messages"])
     if "prompt" in row:
         return row["prompt"] + row["completion"]
     return str(row["text"])

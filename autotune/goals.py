@@ -54,6 +54,7 @@ class Goals:
     grad_accum: PositiveInt | None = None
     eval_fraction: Fraction | None = None
     evals_per_epoch: PositiveInt | None = None
+    eval_steps: PositiveInt | None = None       # evaluate and checkpoint every N steps (beats evals_per_epoch)
     lr_scheduler: LrScheduler | None = None
     warmup_ratio: Fraction | None = None
     weight_decay: NonNegativeFloat | None = None
@@ -71,6 +72,7 @@ class Goals:
     activation_offloading: bool | None = None      # TRL's activation offloading to host RAM
     packing: bool | None = None                    # padding-free packing (TRL packing, bfd strategy)
     liger_kernel: bool | None = None               # Liger's fused Triton kernels (GPU only)
+    train_vision_tower: bool = False           # LoRA: adapt the vision tower too (frozen by default)
     seed: Seed = 42
     extra: dict[str, Any] = field(default_factory=dict)
     # The fields the user set (flags, wizard edits), as opposed to a preset's values: the plan's

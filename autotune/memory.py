@@ -34,6 +34,7 @@ from llmwizard.autotune.activations import (
     trainable_params,
     weight_copy_bytes,
 )
+from llmwizard.autotune import vision
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.hardware_types import GiB
 from llmwizard.autotune.long_context import offloaded_activations, per_rank, ring_buffers
@@ -157,7 +158,12 @@ def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate
                          f"{setup.cp} GPUs holds 1/{setup.cp} of every sequence")
         if offloaded:
             notes.append(f"activation offloading: {offloaded / GiB:.1f} GiB of saved activations in host RAM")
+    # The vision tower's pixels and saved tensors live through the step like the decoder's.
+    step = replace(step, activations=step.activations + vision.saved_bytes(model, setup, vision.tower_trains(model, setup)))
     phases = _phases(states, buffers, step)
+    if vision.forward_bytes(model, setup):
+        phases["forward (vision tower)"] = (states.weights + states.optimizer + buffers.ddp_buckets + buffers.gathered_fwd
+                                            + vision.saved_bytes(model, setup, False) + vision.forward_bytes(model, setup))
     peak_at = max(phases, key=lambda k: phases[k])
     tensors = phases[peak_at]
     reserve = expected_peak(tensors + buffers.deepspeed, setup.device, setup.data_parallel)

@@ -23,6 +23,38 @@ class Linear:
     d_out: int
 
 
+@dataclass(frozen=True)
+class VisionSpec:
+    """A vision tower's dimensions: what its activations and the image-token count depend on.
+
+    `kind` is "qwen2_5_vl" (dynamic resolution: patches of `patch_size` pixels, merged
+    `merge_size` x `merge_size` into one token) or "siglip" (Gemma 3: a fixed image size and a
+    fixed `tokens_per_image` after pooling)."""
+
+    kind: str
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    patch_size: int
+    merge_size: int = 1            # Qwen2.5-VL: 2 x 2 patches make one token
+    temporal_patch_size: int = 1   # Qwen2.5-VL: 2 (an image is repeated in time)
+    out_hidden_size: int = 0       # the language model's width the merger/projector maps to
+    image_size: int = 0            # SigLIP: every image is resized to this square
+    tokens_per_image: int = 0      # SigLIP/Gemma 3: fixed image tokens (mm_tokens_per_image)
+    window_size: int = 0           # Qwen2.5-VL: windowed attention span in pixels (0: full)
+    full_attention_blocks: int = 0  # Qwen2.5-VL: blocks with full attention (fullatt_block_indexes)
+
+    def lora_params(self, r: int) -> int:
+        """LoRA parameters on every linear of the tower's blocks: r * (d_in + d_out) each."""
+        h, i = self.hidden_size, self.intermediate_size
+        if self.kind == "siglip":  # q, k, v, out; fc1, fc2
+            block = 4 * r * (h + h) + r * (h + i) + r * (i + h)
+        else:  # fused qkv, proj; gate, up, down
+            block = r * (h + 3 * h) + r * (h + h) + 2 * r * (h + i) + r * (i + h)
+        return self.num_layers * block
+
+
 @dataclass
 class ModelSpec:
     name: str                      # what from_pretrained loads when path is None (a hub id)
@@ -53,6 +85,7 @@ class ModelSpec:
     # "gate_proj" also matches the vision tower's layers of the same name.
     lora_exclude_modules: str | None = None
     count_method: str = "formula"  # "meta": counted on transformers' model built on the meta device
+    vision: VisionSpec | None = None  # the vision tower of a vision-language model
 
     @property
     def largest_unit_params(self) -> int:

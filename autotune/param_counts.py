@@ -18,7 +18,7 @@ from typing import Any
 from llmwizard.autotune.schema import ModelSource
 from llmwizard.autotune.embedded import cache_root
 from llmwizard.autotune.errors import UserError
-from llmwizard.autotune.model_types import Linear, ModelSpec
+from llmwizard.autotune.model_types import Linear, ModelSpec, VisionSpec
 
 
 def cached_meta_counts(raw: bytes, config: dict[str, Any]) -> dict[str, Any] | None:
@@ -208,7 +208,26 @@ def spec_from_config(name: str, source: ModelSource, path: str | None, config: d
         architecture=str((config.get("architectures") or [""])[0]),
         wrap_classes=[layer_cls] + _VISION_BLOCKS.get(outer_type, []), vision_params=vision,
         lora_exclude_modules=rf"{re.escape(multimodal[2])}\..*" if multimodal else None,
+        vision=_vision_spec(outer_type, config, hidden) if multimodal else None,
     )
+
+
+def _vision_spec(outer_type: str, config: dict[str, Any], text_hidden: int) -> VisionSpec:
+    """The vision tower's dimensions, with the transformers defaults for keys a config leaves out."""
+    if outer_type == "gemma3":
+        v = {**_VISION_DEFAULTS["siglip_vision_model"], **(config.get("vision_config") or {})}
+        return VisionSpec(kind="siglip", hidden_size=int(v["hidden_size"]),
+                          intermediate_size=int(v["intermediate_size"]), num_layers=int(v["num_hidden_layers"]),
+                          num_heads=int(v["num_attention_heads"]), patch_size=int(v["patch_size"]),
+                          out_hidden_size=text_hidden, image_size=int(v["image_size"]),
+                          tokens_per_image=int(config.get("mm_tokens_per_image") or 256))
+    v = {**_VISION_DEFAULTS["qwen2_5_vl"], **(config.get("vision_config") or {})}
+    return VisionSpec(kind="qwen2_5_vl", hidden_size=int(v["hidden_size"]),
+                      intermediate_size=int(v["intermediate_size"]), num_layers=int(v["depth"]),
+                      num_heads=int(v.get("num_heads") or 16), patch_size=int(v["patch_size"]),
+                      merge_size=int(v["spatial_merge_size"]), temporal_patch_size=int(v["temporal_patch_size"]),
+                      out_hidden_size=int(v["out_hidden_size"]), window_size=int(v.get("window_size") or 112),
+                      full_attention_blocks=len(v.get("fullatt_block_indexes") or [7, 15, 23, 31]))
 
 
 def _decoder_layer(text_type: str, text: dict[str, Any], hidden: int, inter: int, heads: int,

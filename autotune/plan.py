@@ -117,6 +117,9 @@ class Plan:
     activation_offloading: bool = False
     packing: bool = False
     liger_kernel: bool = False
+    # Vision-language models: the vision tower trains (LoRA adapters on its blocks too, or every
+    # weight under full fine-tuning); with LoRA and false it stays frozen.
+    train_vision_tower: bool = False
     version: Literal[1] = PLAN_VERSION
 
     @model_validator(mode="after")

@@ -21,6 +21,7 @@ from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.plan import LoraSettings
 from llmwizard.autotune.rules import RULES, SizeRule, classify, round_up
 from llmwizard.autotune.train_setup import TrainSetup
+from llmwizard.autotune import vision
 
 DEFAULT_EFFECTIVE_BATCH = 16
 # The embedded default is a random-init toy model: it learns visibly at ten times the rule's rate.
@@ -123,14 +124,37 @@ def lora(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -> Decisio
     if unknown:
         raise UserError(f"LoRA targets {', '.join(unknown)} are not linear layers of {model.name}.",
                         title="LoRA", fix=f"Choose from: {', '.join(model.linear_names)}.")
+    tower = model.vision is not None and goals.train_vision_tower
     lora = LoraSettings(r=r, alpha=goals.lora_alpha or 2 * r,
                         dropout=goals.lora_dropout if goals.lora_dropout is not None else 0.05,
-                        target_modules=list(targets), peft_targets=model.lora_target_modules(targets))
+                        target_modules=list(targets), peft_targets=vision.lora_targets(model, list(targets), tower))
+    count = model.lora_params(r, targets) + (model.vision.lora_params(r) if tower and model.vision else 0)
     # PEFT's "trainable%": of the base plus the adapters (below 100% even for a tiny model at a high rank).
-    share = model.lora_params(r, targets) / (model.total_params + model.lora_params(r, targets))
-    return Decision(lora, f"rank {r}, alpha {lora.alpha} on {', '.join(targets)}: "
-                          f"{model.lora_params(r, targets):,} trainable parameters ({share:.2%}); "
+    share = count / (model.total_params + count)
+    where = ""
+    if model.vision is not None:
+        where = (" of the language model and the vision tower's blocks (asked for)" if tower
+                 else f" of the language model; {vision.frozen_note(model)}")
+    return Decision(lora, f"rank {r}, alpha {lora.alpha} on {', '.join(targets)}{where}: "
+                          f"{count:,} trainable parameters ({share:.2%}); "
                           f"rank from {goals.source('lora_r', _rule_text(rule))}")
+
+
+def vision_tower(model: ModelSpec, dataset: DatasetProfile, goals: Goals, method: str) -> Decision[bool]:
+    """Whether the vision tower trains, and what the images add (vision-language models only)."""
+    assert model.vision is not None
+    trains = method == "full" or goals.train_vision_tower
+    images = (f"{dataset.images:,} images in {dataset.examples_with_images:,} examples "
+              f"({dataset.image_min_size} to {dataset.image_max_size}), up to {dataset.image_tokens_max} image tokens "
+              f"and {vision.sequence_patches(model, dataset.image_tokens_max):,} tower patches per example"
+              if dataset.images else "no images in the data: the tower is not used")
+    if method == "full":
+        how = "trains with every other weight (full fine-tuning); FSDP wraps each vision block and decoder layer"
+    elif trains:
+        how = "trains through LoRA adapters on its blocks (asked for)"
+    else:
+        how = "frozen (LoRA on the language model only; --train-vision-tower adapts it too)"
+    return Decision(trains, f"{model.vision_params:,}-parameter vision tower {how}; {images}")
 
 
 # ----------------------------------------------------------------------------- 2. max length
@@ -153,12 +177,19 @@ def max_length(model: ModelSpec, dataset: DatasetProfile, goals: Goals, rule_cap
         return Decision(length, f"{length} tokens (asked for); p99 of the data is {dataset.p99_tokens} tokens",
                         warnings)
     cap = goals.max_length_cap or rule_cap
-    wanted = round_up(dataset.p99_tokens)
+    # With images the longest example sets the length: TRL cannot cut a sequence inside an image's
+    # tokens (the processor then finds fewer image tokens than the image has).
+    wanted = round_up(dataset.max_tokens if dataset.images else dataset.p99_tokens)
     length = min(wanted, cap, model.max_positions)
     counted = (f"counted with the {dataset.tokenizer}" if dataset.exact_tokens else
                "estimated at 4 characters per token: the model's tokenizer is not on this machine")
     why = (f"{length} tokens: p99 of the data is {dataset.p99_tokens} tokens ({counted}), "
            "rounded up to a multiple of 64")
+    if dataset.images:
+        why = (f"{length} tokens: the longest example has {dataset.max_tokens} tokens with its images' "
+               f"(p99 {dataset.p99_tokens}; {counted}), rounded up to a multiple of 64; image tokens are "
+               f"{dataset.image_token_share:.0%} of the mean length ({dataset.image_tokens_mean:g} per example, "
+               f"p99 {dataset.image_tokens_p99}: {dataset.image_tokens_rule})")
     if length < wanted:
         limit = "the model's" if length == model.max_positions else (
             f"preset {goals.preset}'s" if goals.max_length_cap else "the dataset rule's")
@@ -229,13 +260,17 @@ def effective_batch(goals: Goals, world: int) -> Decision[int]:
 
 
 def base_setup(hardware: HardwareProfile, world: World, method: Method, max_length: int, precision: Precision,
-                goals: Goals, lora: LoraSettings | None) -> TrainSetup:
+                goals: Goals, lora: LoraSettings | None, model: ModelSpec | None = None,
+                dataset: DatasetProfile | None = None) -> TrainSetup:
     """What the search starts from: everything decided so far."""
+    # The vision tower encodes the longest example's images (the memory peak's sequence).
+    patches = vision.sequence_patches(model, dataset.image_tokens_max) if model and dataset else 0
     return TrainSetup(method=method, num_gpus=world.size, seq_len=max_length, precision=precision,
                       optimizer=goals.optimizer or "adamw", lora_r=lora.r if lora else 8,
                       lora_targets=lora.target_modules if lora else None,
                       lora_dropout=lora.dropout if lora else 0.0, device=hardware.device,
-                      gpus_per_node=world.per_node)
+                      gpus_per_node=world.per_node, image_patches=patches,
+                      train_vision_tower=bool(goals.train_vision_tower and model and model.vision))
 
 
 def budget(hardware: HardwareProfile, per_node: int) -> int:
@@ -331,6 +366,8 @@ def schedule(dataset: DatasetProfile, goals: Goals, effective: int, epochs: floa
     eval_steps = max(1, steps_per_epoch // (goals.evals_per_epoch or 1))
     if goals.max_steps:
         eval_steps = max(1, min(eval_steps, total_steps // 4 or 1))
+    if goals.eval_steps:
+        eval_steps = goals.eval_steps
     logging_steps = max(1, min(10, total_steps // 50 or 1))
     return Decision(Schedule(eval_fraction, eval_steps, logging_steps),
                     f"{steps_per_epoch} steps per epoch, {total_steps} steps in all; "

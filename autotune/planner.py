@@ -63,6 +63,8 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     epochs = record.take("epochs", step.epochs(goals, rule))
     lr = record.take("learning_rate", step.learning_rate(model, goals, rule, method))
     lora = record.take("lora", step.lora(model, goals, rule, method))
+    if model.vision is not None:
+        record.take("vision", step.vision_tower(model, dataset, goals, method))
     # 2. Max length from the real distribution.
     max_length = record.take("max_length", step.max_length(model, dataset, goals, rule.max_length))
     # 3. Precision.
@@ -71,7 +73,7 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     world = record.take("device", step.world(hardware, goals))
     effective = record.take("effective_batch", step.effective_batch(goals, world.size))
     step.activation_offloading(hardware, goals)
-    base = step.base_setup(hardware, world, method, max_length, precision, goals, lora)
+    base = step.base_setup(hardware, world, method, max_length, precision, goals, lora, model, dataset)
     if calibration:
         base = dataclasses.replace(base, calibration=calibration)
     choice = choose(hardware, model, base, goals, step.budget(hardware, world.per_node), effective, world.size)
@@ -115,4 +117,5 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
         predicted_tokens_per_s=round(effective * max_length / chosen.step_s, 3) if chosen.step_s > 0 else 0.0,
         context_parallel=chosen.cp, activation_offloading=chosen.offload_activations, packing=packing,
         liger_kernel=liger,
+        train_vision_tower=bool(model.vision) and (method == "full" or goals.train_vision_tower),
     )

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llmwizard.autotune.dataset import TokenCounter
+from llmwizard.autotune.dataset import TokenCounter, content_text
 
 
 class ModelTokenCounter(TokenCounter):
@@ -31,7 +31,7 @@ class ModelTokenCounter(TokenCounter):
     def count(self, row: dict[str, Any]) -> int:
         if "messages" in row:
             if self._template is None:
-                text = "\n".join(m["content"] for m in row["messages"])
+                text = "\n".join(content_text(m["content"]) for m in row["messages"])
                 return len(self._tokenizer.encode(text).ids) + 1
             rendered = self._template.render(messages=row["messages"], add_generation_prompt=False,
                                              **self._special)

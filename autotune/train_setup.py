@@ -61,6 +61,10 @@ class TrainSetup:
     # Measured/estimated peak ratios of earlier probes on this machine, by strategy (for this GPU
     # model, model family and method); the estimate is scaled by the one for its strategy.
     calibration: dict[str, Calibrated] | None = None
+    # Vision-language models (llmwizard.autotune.vision): patches the vision tower encodes per
+    # sequence (0: no images), and whether LoRA adapts the tower too.
+    image_patches: int = 0
+    train_vision_tower: bool = False
 
     @property
     def data_parallel(self) -> int:

@@ -383,14 +383,153 @@ def saver_cases() -> list[Case]:
     ]
 
 
+# ----------------------------------------------------------------------------- vision tower
+
+# Qwen2.5-VL-7B's vision tower at its real widths (config.json vision_config); depth reduced.
+QWEN_VL_7B = dict(model_type="qwen2_5_vl", architectures=["Qwen2_5_VLForConditionalGeneration"],
+                  text_config=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                                   num_attention_heads=28, num_key_value_heads=4, vocab_size=152064),
+                  vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                                     out_hidden_size=3584, patch_size=14, spatial_merge_size=2,
+                                     temporal_patch_size=2, window_size=112,
+                                     fullatt_block_indexes=[7, 15, 23, 31]))
+
+
+@dataclass(frozen=True)
+class VisionCase:
+    trains: bool               # full fine-tuning (fp32 weights, bf16 autocast) or a frozen bf16 tower (LoRA)
+    grids: tuple[tuple[int, int, int], ...]  # (t, h, w) patches per image
+    blocks: int = 2
+
+    @property
+    def patches(self) -> int:
+        return sum(t * h * w for t, h, w in self.grids)
+
+    @property
+    def name(self) -> str:
+        images = "+".join(f"{h * 14}x{w * 14}" for _, h, w in self.grids)
+        return f"qwen2.5-vl-7b tower {'trained' if self.trains else 'frozen'} {images} L{self.blocks}"
+
+
+def vision_matrix() -> list[VisionCase]:
+    return [VisionCase(False, ((1, 32, 32), (1, 32, 32))), VisionCase(True, ((1, 32, 32), (1, 32, 32))),
+            VisionCase(False, ((1, 48, 64),)), VisionCase(True, ((1, 48, 64),)),
+            VisionCase(True, ((1, 16, 16),) * 4, blocks=4)]
+
+
+def measure_vision(case: VisionCase) -> dict[str, int]:
+    """Tensor bytes of the tower beyond its weights: after its forward and at its peak.
+
+    The window and attention indices are computed from the real grid first (transformers accepts
+    them precomputed): under FakeTensorMode their data-dependent sizes cannot be read. Attention
+    runs the CUDA flash kernel's meta op over packed sequences, as flash-attention does on a GPU.
+    """
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from transformers import AttentionInterface
+    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+    from transformers.vision_utils import (get_vision_attention_seqlens, get_vision_position_ids,
+                                           get_vision_window_index)
+
+    def flash(module: Any, q: Any, k: Any, v: Any, attention_mask: Any = None, scaling: float | None = None,
+              dropout: float = 0.0, **kwargs: Any) -> tuple[Any, None]:
+        if torch.is_autocast_enabled("cpu"):
+            dtype = torch.get_autocast_dtype("cpu")
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        out = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scaling)[0]
+        return out.transpose(1, 2).contiguous(), None
+
+    AttentionInterface.register("flash_attention_2", flash)
+    vision = dict(QWEN_VL_7B["vision_config"], depth=case.blocks, fullatt_block_indexes=[case.blocks - 1])
+    config = Qwen2_5_VLVisionConfig(**vision)
+    grid = torch.tensor(case.grids)
+    cu, _ = get_vision_attention_seqlens(grid, config)
+    window_index, cu_window = get_vision_window_index(grid, spatial_merge_size=2, window_size=112, patch_size=14)
+    given = {"position_ids": get_vision_position_ids(grid, 2), "cu_seqlens": cu,
+             "max_seqlen": int((cu[1:] - cu[:-1]).max()), "window_index": window_index,
+             "cu_window_seqlens": cu_window, "max_window_seqlen": int((cu_window[1:] - cu_window[:-1]).max())}
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32 if case.trains else torch.bfloat16)
+    try:
+        with torch.device("meta"):
+            model = Qwen2_5_VisionTransformerPretrainedModel._from_config(config)
+    finally:
+        torch.set_default_dtype(default)
+    model.config._attn_implementation = "flash_attention_2"
+    model.requires_grad_(case.trains)
+    model.train()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model.to_empty(device="cpu")
+        pixels = torch.randn(case.patches, 3 * 2 * 14 * 14)  # the processor's fp32 pixel_values
+        tracker = _frozen_safe_tracker()
+        tracker.track_external(model)
+        with tracker:
+            weights = _total(tracker)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                merged = model(pixels, grid_thw=grid, **given).pooler_output
+            after = _total(tracker) - merged.numel() * merged.element_size()
+            if case.trains:
+                merged.float().sum().backward()
+        (snapshot,) = tracker.get_tracker_snapshot("peak").values()
+    return {"after_forward": after - weights, "peak": int(snapshot["Total"]) - weights}
+
+
+def compare_vision(case: VisionCase) -> list[tuple[str, int, int]]:
+    from llmwizard.autotune import vision
+
+    config = dict(QWEN_VL_7B, vision_config=dict(QWEN_VL_7B["vision_config"], depth=case.blocks))
+    model = spec_from_config("qwen2.5-vl-7b", "catalog", None, config)
+    setup = TrainSetup(method="full" if case.trains else "lora", precision="bf16", device="cuda",
+                       image_patches=case.patches, micro_batch=1)
+    measured = measure_vision(case)
+    rows = [("kept after forward", measured["after_forward"], int(vision.saved_bytes(model, setup, case.trains)))]
+    if not case.trains:
+        rows.append(("forward peak", measured["peak"],
+                     int(vision.saved_bytes(model, setup, False) + vision.forward_bytes(model, setup))))
+    return rows
+
+
+def vision_main(out: Path | None) -> int:
+    import torch
+    import transformers
+
+    lines = [f"# llmwizard.autotune.vision vs FakeTensorMode + MemTracker ({time.strftime('%Y-%m-%d')})",
+             f"# torch {torch.__version__}, transformers {transformers.__version__}; Qwen2.5-VL-7B vision tower at its "
+             "real widths (hidden 1280, MLP 3420, 16 heads), L blocks (the last one full attention), bf16 autocast,",
+             "# flash attention over packed windows; tensor bytes beyond the tower's weights (pixels included)",
+             f"{'case':<58} {'what':<20} {'patches':>7} {'measured MiB':>12} {'estimate MiB':>12} {'error':>8}"]
+    print("\n".join(lines), flush=True)
+    errors = []
+    for case in vision_matrix():
+        for what, measured, predicted in compare_vision(case):
+            error = (predicted - measured) / measured
+            errors.append(abs(error))
+            line = (f"{case.name:<58} {what:<20} {case.patches:>7} {measured / 2**20:>12.1f} "
+                    f"{predicted / 2**20:>12.1f} {error:>+8.1%}")
+            lines.append(line)
+            print(line, flush=True)
+    summary = f"# {len(errors)} figures: median |error| {statistics.median(errors):.1%}, worst {max(errors):.1%}"
+    lines.append(summary)
+    print(summary)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a seven-case subset (about a minute)")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     parser.add_argument("--match", default="", help="only cases whose name contains this text")
     parser.add_argument("--savers", action="store_true", help="only the memory savers' cases (pure bf16)")
+    parser.add_argument("--vision", action="store_true",
+                        help="the vision-tower section instead (Qwen2.5-VL-7B's tower, llmwizard.autotune.vision)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.vision:
+        return vision_main(args.out)
     import peft
     import torch
     import transformers

@@ -300,7 +300,9 @@ def sft_config(plan: Plan) -> dict[str, Any]:
         "greater_is_better": False if evaluate else None,
         "report_to": list(plan.report_to) or "none",
         "disable_tqdm": True,
-        "ddp_find_unused_parameters": False,
+        # A trained vision tower gets no gradient from a batch without images; DDP must then look
+        # for unused parameters (TRL's own choice for vision-language models).
+        "ddp_find_unused_parameters": plan.train_vision_tower and plan.strategy == "ddp",
     }
     if plan.activation_checkpointing and plan.strategy != "fsdp":
         config["activation_checkpointing_kwargs"] = {"use_reentrant": False}

@@ -103,9 +103,9 @@ class RunSession:
         self._started = True
         check_packages(self.plan.method, self.plan.optimizer)
         if self.plan.model_source == "embedded":
-            from llmwizard.autotune.embedded import ensure_embedded_model
+            from llmwizard.autotune.embedded_vision import ensure_embedded
 
-            ensure_embedded_model()  # build once here, not concurrently in every rank
+            ensure_embedded(self.plan.model)  # build once here, not concurrently in every rank
         else:
             check_model_weights(self.plan.model, self.plan.model_source)  # fail now, not inside every rank
         for record in self._tail.poll():  # earlier attempts stay in view without being shown again
@@ -357,6 +357,6 @@ def _model_spec(plan: Plan) -> Any:
     try:
         from llmwizard.autotune.model_spec import load_model_spec
 
-        return load_model_spec(None if plan.model_source == "embedded" else plan.model)
+        return load_model_spec(plan.model)
     except Exception:  # noqa: BLE001 (the estimate is a nicety; the re-plan works without it)
         return None

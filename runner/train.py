@@ -97,8 +97,11 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
     # After the training arguments: they set up the process group, FSDP's rank-0-only loading
     # and DeepSpeed's zero.Init, which from_pretrained must see.
     model_path = resolve_model(model_args.model_name_or_path)
-    model, tokenizer = load_model(str(model_path), model_args, training_args)
     train_dataset, eval_dataset = load_splits(script_args, training_args, own.eval_fraction)
+    # Rows with images train through TRL's vision path: the image-text model class and its
+    # processor (image processor + tokenizer + chat template) instead of the tokenizer alone.
+    vision = "images" in train_dataset.column_names
+    model, tokenizer = load_model(str(model_path), model_args, training_args, vision=vision)
 
     from llmwizard.runner.callbacks import ProbeCallback, default_callbacks, stop_reason
 
@@ -255,18 +258,21 @@ def strategy_line(trainer: Any) -> str:
 
 
 def resolve_model(name: str | None) -> Path | str:
-    from llmwizard.autotune.embedded import EMBEDDED_MODEL, ensure_embedded_model
+    from llmwizard.autotune.embedded_vision import ensure_embedded
 
-    if name is None or name == EMBEDDED_MODEL:
-        return ensure_embedded_model()
+    if name is None or name.startswith("embedded:"):
+        return ensure_embedded(name)
     return name
 
 
-def load_model(path: str, model_args: Any, training_args: Any) -> tuple[Any, Any]:
-    """Model and tokenizer as TRL's own sft script loads them, with a readable error."""
+def load_model(path: str, model_args: Any, training_args: Any, vision: bool = False) -> tuple[Any, Any]:
+    """Model and tokenizer (or, for images, processor) as TRL's own sft script loads them, with a
+    readable error."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
     from trl import get_quantization_config
+
+    from llmwizard.runner.vision import load_processor
 
     kwargs: dict[str, Any] = {"revision": model_args.model_revision,
                               "trust_remote_code": training_args.trust_remote_code}
@@ -279,15 +285,27 @@ def load_model(path: str, model_args: Any, training_args: Any) -> tuple[Any, Any
         kwargs["quantization_config"] = quantization  # bitsandbytes places it on this rank's GPU
     kwargs.update(training_args.model_init_kwargs or {})
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision,
-                                                  trust_remote_code=training_args.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if vision:
+            tokenizer = load_processor(path, revision=model_args.model_revision,
+                                       trust_remote_code=training_args.trust_remote_code)
+            model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision,
+                                                      trust_remote_code=training_args.trust_remote_code)
+            try:
+                model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            except ValueError as exc:
+                if "Unrecognized configuration" not in str(exc):
+                    raise
+                # A vision-language model on text-only data: its image-text class runs without pixels.
+                model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"Model '{path}' could not be loaded: {str(exc).splitlines()[0]}", title="Model",
                         fix="Point model_name_or_path in sft_config.yaml at a directory saved with "
                             "save_pretrained() (config.json, weights, tokenizer), or a hub name you can reach.") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # padding positions are masked out of the loss
+    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor holds one
+    if text_tokenizer.pad_token is None:
+        text_tokenizer.pad_token = text_tokenizer.eos_token  # padding positions are masked out of the loss
     return model, tokenizer
 
 
@@ -303,6 +321,9 @@ def load_splits(script_args: Any, training_args: Any, eval_fraction: float) -> t
         # The same reader and row mapping the planner profiled, so what was measured is what trains.
         _, rows = normalize_rows(load_rows(source), source)
         train = datasets.Dataset.from_list(rows)
+        if "images" in train.column_names:
+            # Paths and bytes become images the collator reads when a batch is built.
+            train = train.cast_column("images", datasets.List(datasets.Image()))
     else:
         try:
             loaded = datasets.load_dataset(source, name=script_args.dataset_config)

@@ -146,7 +146,7 @@ def _parsers():
 
 FLAG_CHOICES = {"method": schema.Method, "strategy": schema.Strategy, "offload": schema.Offload,
                 "launcher": schema.Launcher, "precision": schema.Precision, "optimizer": schema.Optimizer,
-                "attention": schema.Attention, "report_to": schema.Tracker}
+                "attention": schema.Attention, "report_to": schema.Tracker, "lr_scheduler": schema.LrScheduler}
 
 
 def test_argparse_choices_are_the_schema_literals():

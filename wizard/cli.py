@@ -40,6 +40,7 @@ def _plan_inputs(parser: argparse.ArgumentParser) -> None:
         Launcher,
         Method,
         Offload,
+        LrScheduler,
         Optimizer,
         PositiveFloat,
         PositiveInt,
@@ -82,6 +83,11 @@ def _plan_inputs(parser: argparse.ArgumentParser) -> None:
                       help=f"experiment trackers ({', '.join(choices(Tracker))}; several allowed; default: none)")
     tune.add_argument("--probe", action=argparse.BooleanOptionalAction, default=None,
                       help="run a few measured steps of the plan first and correct it (default: on with GPUs)")
+    tune.add_argument("--eval-steps", type=flag_type(PositiveInt),
+                      help="evaluate and checkpoint every N steps (default: once per epoch)")
+    tune.add_argument("--lr-scheduler", choices=choices(LrScheduler), help="learning-rate schedule (default: cosine)")
+    tune.add_argument("--train-vision-tower", action="store_true", default=None,
+                      help="vision-language models with LoRA: adapt the vision tower too (default: frozen)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,6 +279,7 @@ def _goals(args: argparse.Namespace) -> Goals:
         checkpointing=args.checkpointing, precision=args.precision, processes=args.processes,
         optimizer=args.optimizer,
         eval_fraction=args.eval_fraction, report_to=args.report_to, probe=args.probe,
+        eval_steps=args.eval_steps, lr_scheduler=args.lr_scheduler, train_vision_tower=args.train_vision_tower,
     )
 
 
@@ -286,12 +293,14 @@ def _inputs(args: argparse.Namespace) -> tuple[HardwareProfile, ModelSpec, Datas
     model = load_model_spec(args.model)
     dataset_source = resolve_dataset(args.dataset)
     if model.source == "embedded":
-        from llmwizard.autotune.embedded import ensure_embedded_model
+        from llmwizard.autotune.embedded_vision import ensure_embedded
 
-        model_dir: Path | None = ensure_embedded_model()
+        model_dir: Path | None = ensure_embedded(model.name)
     else:
         model_dir = Path(model.path) if model.path else None
-    profile = profile_dataset(dataset_source, counter_for(model_dir))
+    from llmwizard.autotune.images import token_rule
+
+    profile = profile_dataset(dataset_source, counter_for(model_dir), token_rule(model.vision, model_dir), model.name)
     return hardware, model, profile, goals
 
 

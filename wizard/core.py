@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 EMBEDDED_MODEL = "embedded:tiny-llama"
 EMBEDDED_DATASET = "embedded:arithmetic"
+EMBEDDED_VISION_MODEL = "embedded:tiny-vision"
+EMBEDDED_VISION_DATASET = "embedded:shapes"
 DATASET_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
@@ -105,6 +107,8 @@ def model_choices(text: str, limit: int = 50) -> list[Choice]:
     found: list[Choice] = []
     if text.lower() in EMBEDDED_MODEL:
         found.append(Choice(EMBEDDED_MODEL, f"{EMBEDDED_MODEL}  (built here, trains anywhere)"))
+    if text.lower() in EMBEDDED_VISION_MODEL:
+        found.append(Choice(EMBEDDED_VISION_MODEL, f"{EMBEDDED_VISION_MODEL}  (images + text, built here)"))
     search = getattr(model_spec, "search_catalog", None)
     if search is not None:
         for item in search(text, limit=limit if text else 10):
@@ -138,9 +142,9 @@ def load_model(name: str | None) -> ModelSpec:
 def model_directory(model: ModelSpec) -> Path | None:
     """Where the model's tokenizer lives on disk (building the embedded model once), or None."""
     if model.source == "embedded":
-        from llmwizard.autotune.embedded import ensure_embedded_model
+        from llmwizard.autotune.embedded_vision import ensure_embedded
 
-        return ensure_embedded_model()
+        return ensure_embedded(model.name)
     return Path(model.path) if model.path and Path(model.path).is_dir() else None
 
 
@@ -161,13 +165,16 @@ def profile_dataset(source: str | None, model: ModelSpec) -> DatasetReport:
     from llmwizard.autotune.tokens import counter_for
 
     resolved = resolve_dataset((source or "").strip() or None)
-    result = profile(resolved, counter_for(model_directory(model)))
+    from llmwizard.autotune.images import token_rule
+
+    directory = model_directory(model)
+    result = profile(resolved, counter_for(directory), token_rule(model.vision, directory), model.name)
     size, why = classify(result)
     return DatasetReport(result, size, why, RULES[size])
 
 
 def dataset_choices(text: str, limit: int = 30) -> list[str]:
-    found = [EMBEDDED_DATASET] if text.strip().lower() in EMBEDDED_DATASET else []
+    found = [name for name in (EMBEDDED_DATASET, EMBEDDED_VISION_DATASET) if text.strip().lower() in name]
     return (found + _local_paths(text, want_dirs=False))[:limit]
 
 

@@ -34,6 +34,16 @@ def dataset_facts(report: DatasetReport) -> Table:
     table.add_row(Text("tokens", style="bold"),
                   f"mean {profile.mean_tokens:.0f}, p50 {profile.p50_tokens}, p90 {profile.p90_tokens}, "
                   f"p99 {profile.p99_tokens}, max {profile.max_tokens} ({counted})")
+    if profile.images:
+        table.add_row(Text("images", style="bold"),
+                      f"{profile.images:,} in {profile.examples_with_images:,} examples (up to "
+                      f"{profile.max_images_per_example} per example), {profile.image_min_size} to "
+                      f"{profile.image_max_size}")
+        table.add_row(Text("image tokens", style="bold"),
+                      f"mean {profile.image_tokens_mean:.0f}, p99 {profile.image_tokens_p99}, max "
+                      f"{profile.image_tokens_max} per example: {profile.image_token_share:.0%} of the mean length, "
+                      f"counted in the token figures above (text alone: mean {profile.text_tokens_mean:.0f}, "
+                      f"p99 {profile.text_tokens_p99}; {profile.image_tokens_rule})")
     verdict = Text(f"{report.size} dataset", style="bold green" if report.size == "small" else "bold cyan")
     verdict.append(f": {report.why}", style="default")
     table.add_row(Text("verdict", style="bold"), verdict)

@@ -1,0 +1,350 @@
+"""The embedded vision-language default: a tiny Qwen2.5-VL and a generated image set, offline.
+
+`embedded:tiny-vision` is a randomly initialised Qwen2.5-VL-style model (a 2-block vision tower,
+the merger, a 4-layer language model) with its processor files: the tiny byte-level BPE
+tokenizer of `embedded:tiny-llama` trained again with Qwen2.5-VL's vision tokens added, the
+Qwen2-VL image processor settings (patch 14, merge 2) and a chat template that renders image
+parts. `embedded:shapes` is a set of small PNGs of coloured shapes drawn with PIL, each with a
+question and answer in chat messages whose user turn has an image part, plus an `images` column
+with the files' paths (relative to the JSONL, as a user's own data would have them).
+
+Both are built on first use into the user cache, like the text model: weights with
+`safetensors.numpy`, tokenizer with `tokenizers`, images with PIL; a SHA-256 manifest detects a
+corrupt cache. No torch is imported, so `llmwizard plan` stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llmwizard.autotune.embedded import SPECIAL_TOKENS, VOCAB_SIZE, cache_root, generate_examples
+
+EMBEDDED_VISION_MODEL = "embedded:tiny-vision"
+EMBEDDED_VISION_DATASET = "embedded:shapes"
+
+_BUILD_VERSION = "1"
+_SEED = 4321
+_NUM_SHAPES = 96
+IMAGE_SIDE = 84  # 6 x 6 patches of 14 pixels: 36 patches, 9 image tokens after the 2 x 2 merge
+
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+_IDS = {token: len(SPECIAL_TOKENS) + i for i, token in enumerate(VISION_TOKENS)}
+
+VISION_MODEL_CONFIG: dict[str, Any] = {
+    "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+    "model_type": "qwen2_5_vl",
+    "text_config": {
+        "model_type": "qwen2_5_vl_text",
+        "vocab_size": VOCAB_SIZE,
+        "hidden_size": 64,
+        "intermediate_size": 176,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-5,
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        # Multimodal RoPE: 16-wide heads split their 8 frequencies over time, height and width.
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        "tie_word_embeddings": False,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    },
+    "vision_config": {
+        "model_type": "qwen2_5_vl_vision",
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "in_channels": 3,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 56,
+        "fullatt_block_indexes": [1],
+        "out_hidden_size": 64,
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+    },
+    "image_token_id": _IDS["<|image_pad|>"],
+    "video_token_id": _IDS["<|video_pad|>"],
+    "vision_start_token_id": _IDS["<|vision_start|>"],
+    "vision_end_token_id": _IDS["<|vision_end|>"],
+    "tie_word_embeddings": False,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "dtype": "float32",
+}
+
+# Qwen2-VL's image processor with a small pixel budget: every image becomes 4 to 16 merged tokens.
+IMAGE_PROCESSOR: dict[str, Any] = {
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "do_convert_rgb": True,
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "merge_size": 2,
+    "patch_size": 14,
+    "temporal_patch_size": 2,
+    "resample": 3,
+    "rescale_factor": 1 / 255,
+    "size": {"shortest_edge": 56 * 56, "longest_edge": 112 * 112},
+}
+
+# The text template of the tiny model, with image parts rendered as Qwen2.5-VL's placeholder
+# (the processor expands `<|image_pad|>` to one token per merged patch).
+VISION_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|assistant|>' }}{% generation %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}{{ eos_token }}{% endgeneration %}"
+    "{% else %}"
+    "{{ '<|' + message['role'] + '|>' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+_COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
+_SHAPES = ("circle", "square", "triangle")
+_QUESTIONS = ("What is in the picture?", "Describe the shape.", "Which shape and colour do you see?")
+
+
+# ----------------------------------------------------------------------------- dataset
+
+def shapes_rows(n: int = _NUM_SHAPES, seed: int = _SEED) -> list[dict[str, Any]]:
+    """The rows of embedded:shapes (chat messages with an image part, an `images` path each)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        colour, shape = rng.choice(sorted(_COLOURS)), rng.choice(_SHAPES)
+        rows.append({
+            "messages": [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": rng.choice(_QUESTIONS)}]},
+                {"role": "assistant", "content": [{"type": "text", "text": f"A {colour} {shape}."}]},
+            ],
+            "images": [f"images/{i:03d}-{colour}-{shape}.png"],
+        })
+    return rows
+
+
+def _draw(path: Path, colour: str, shape: str, rng: random.Random) -> None:
+    from PIL import Image, ImageDraw
+
+    side = IMAGE_SIDE
+    image = Image.new("RGB", (side, side), (250, 250, 250))
+    draw = ImageDraw.Draw(image)
+    size = rng.randint(side // 3, side - 16)
+    x, y = rng.randint(4, side - size - 4), rng.randint(4, side - size - 4)
+    box = [x, y, x + size, y + size]
+    if shape == "circle":
+        draw.ellipse(box, fill=_COLOURS[colour])
+    elif shape == "square":
+        draw.rectangle(box, fill=_COLOURS[colour])
+    else:
+        draw.polygon([(x + size // 2, y), (x, y + size), (x + size, y + size)], fill=_COLOURS[colour])
+    image.save(path, format="PNG", optimize=False)
+
+
+def shapes_dir() -> Path:
+    return cache_root() / "embedded" / f"shapes-v{_BUILD_VERSION}"
+
+
+def ensure_shapes_dataset() -> Path:
+    """The JSONL file of embedded:shapes (images beside it), built when missing or corrupt."""
+    return _ensure(shapes_dir(), _build_shapes) / "shapes.jsonl"
+
+
+def _build_shapes(directory: Path) -> list[str]:
+    rows = shapes_rows()
+    (directory / "images").mkdir()
+    rng = random.Random(_SEED + 1)
+    for row in rows:
+        _, colour, shape = Path(row["images"][0]).stem.split("-")
+        _draw(directory / row["images"][0], colour, shape, rng)
+    (directory / "shapes.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return ["shapes.jsonl", *(row["images"][0] for row in rows)]
+
+
+# ----------------------------------------------------------------------------- model
+
+def vision_model_dir() -> Path:
+    return cache_root() / "embedded" / f"tiny-vision-v{_BUILD_VERSION}"
+
+
+def ensure_vision_model() -> Path:
+    """The tiny vision-language model's directory, built when missing or corrupt."""
+    return _ensure(vision_model_dir(), _build_model)
+
+
+def _build_model(directory: Path) -> list[str]:
+    _build_tokenizer(directory)
+    _build_weights(directory)
+    (directory / "chat_template.jinja").write_text(VISION_CHAT_TEMPLATE)
+    processor = {"image_processor": IMAGE_PROCESSOR, "processor_class": "Qwen2_5_VLProcessor"}
+    (directory / "processor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+    return ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+            "tokenizer_config.json", "chat_template.jinja", "processor_config.json"]
+
+
+def _build_tokenizer(directory: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS + VISION_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    texts = [m["content"] for row in generate_examples() for m in row["messages"]]
+    texts += [part["text"] for row in shapes_rows() for m in row["messages"] for part in m["content"]
+              if part["type"] == "text"]
+    tokenizer.train_from_iterator(texts, trainer)
+    if tokenizer.get_vocab_size() > VOCAB_SIZE:
+        raise RuntimeError(f"embedded tokenizer has {tokenizer.get_vocab_size()} tokens, over {VOCAB_SIZE}")
+    tokenizer.save(str(directory / "tokenizer.json"))
+    config = {
+        "backend": "tokenizers",
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "pad_token": "<pad>",
+        "extra_special_tokens": VISION_TOKENS,
+        "model_max_length": VISION_MODEL_CONFIG["text_config"]["max_position_embeddings"],
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "processor_class": "Qwen2_5_VLProcessor",
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _build_weights(directory: Path) -> None:
+    """Random init as transformers does: N(0, initializer_range) linears, zero biases, unit norms."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    text, vision = VISION_MODEL_CONFIG["text_config"], VISION_MODEL_CONFIG["vision_config"]
+    rng = np.random.default_rng(_SEED)
+    std = text["initializer_range"]
+
+    def normal(*shape: int, scale: float = std) -> Any:
+        return rng.normal(0.0, scale, size=shape).astype(np.float32)
+
+    def zeros(n: int) -> Any:
+        return np.zeros(n, dtype=np.float32)
+
+    def ones(n: int) -> Any:
+        return np.ones(n, dtype=np.float32)
+
+    vh, vi = vision["hidden_size"], vision["intermediate_size"]
+    patch, temporal, merge = vision["patch_size"], vision["temporal_patch_size"], vision["spatial_merge_size"]
+    merged = vh * merge * merge
+    tensors: dict[str, Any] = {
+        "model.visual.patch_embed.proj.weight": normal(vh, vision["in_channels"], temporal, patch, patch),
+        "model.visual.merger.ln_q.weight": ones(vh),
+        "model.visual.merger.mlp.0.weight": normal(merged, merged),
+        "model.visual.merger.mlp.0.bias": zeros(merged),
+        "model.visual.merger.mlp.2.weight": normal(vision["out_hidden_size"], merged),
+        "model.visual.merger.mlp.2.bias": zeros(vision["out_hidden_size"]),
+    }
+    for i in range(vision["depth"]):
+        p = f"model.visual.blocks.{i}."
+        tensors.update({
+            p + "norm1.weight": ones(vh), p + "norm2.weight": ones(vh),
+            p + "attn.qkv.weight": normal(3 * vh, vh), p + "attn.qkv.bias": zeros(3 * vh),
+            p + "attn.proj.weight": normal(vh, vh), p + "attn.proj.bias": zeros(vh),
+            p + "mlp.gate_proj.weight": normal(vi, vh), p + "mlp.gate_proj.bias": zeros(vi),
+            p + "mlp.up_proj.weight": normal(vi, vh), p + "mlp.up_proj.bias": zeros(vi),
+            p + "mlp.down_proj.weight": normal(vh, vi), p + "mlp.down_proj.bias": zeros(vh),
+        })
+    hidden, inter, vocab = text["hidden_size"], text["intermediate_size"], text["vocab_size"]
+    head_dim = hidden // text["num_attention_heads"]
+    q_out, kv_out = text["num_attention_heads"] * head_dim, text["num_key_value_heads"] * head_dim
+    # As for tiny-llama: larger untied embeddings and LM head give LoRA room to learn.
+    tensors["model.language_model.embed_tokens.weight"] = normal(vocab, hidden, scale=0.5)
+    tensors["lm_head.weight"] = normal(vocab, hidden, scale=0.15)
+    for i in range(text["num_hidden_layers"]):
+        p = f"model.language_model.layers.{i}."
+        tensors.update({
+            p + "self_attn.q_proj.weight": normal(q_out, hidden), p + "self_attn.q_proj.bias": zeros(q_out),
+            p + "self_attn.k_proj.weight": normal(kv_out, hidden), p + "self_attn.k_proj.bias": zeros(kv_out),
+            p + "self_attn.v_proj.weight": normal(kv_out, hidden), p + "self_attn.v_proj.bias": zeros(kv_out),
+            p + "self_attn.o_proj.weight": normal(hidden, q_out),
+            p + "mlp.gate_proj.weight": normal(inter, hidden),
+            p + "mlp.up_proj.weight": normal(inter, hidden),
+            p + "mlp.down_proj.weight": normal(hidden, inter),
+            p + "input_layernorm.weight": ones(hidden),
+            p + "post_attention_layernorm.weight": ones(hidden),
+        })
+    tensors["model.language_model.norm.weight"] = ones(hidden)
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(VISION_MODEL_CONFIG, indent=2) + "\n")
+    generation = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- cache
+
+def _ensure(target: Path, build: Callable[[Path], list[str]]) -> Path:
+    if _verify(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
+    try:
+        names = build(staging)
+        manifest = {name: _sha256(staging / name) for name in names}
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        os.replace(staging, target)  # atomic: readers see the old folder or the whole new one
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if _verify(target):  # another process finished the same build first
+            return target
+        raise
+    return target
+
+
+def _verify(directory: Path) -> bool:
+    try:
+        digests = json.loads((directory / "manifest.json").read_text())
+        return bool(digests) and all(_sha256(directory / name) == digest for name, digest in digests.items())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def ensure_embedded(name: str | None) -> Path:
+    """The folder of an embedded model by name (the text default when None), built once."""
+    if name == EMBEDDED_VISION_MODEL:
+        return ensure_vision_model()
+    from llmwizard.autotune.embedded import ensure_embedded_model
+
+    return ensure_embedded_model()
