@@ -65,7 +65,9 @@ def context_parallel_sizes(hardware: HardwareProfile, model: ModelSpec, base: Tr
                        model, base) == "eager" else "")
         if problem:
             raise UserError(f"Context parallelism over {cp} GPUs {problem}.", title="Context parallelism",
-                            fix="Leave --context-parallel to the planner, or change the value.")
+                            fix=("Turn packing off (--no-packing), or leave --context-parallel to the planner."
+                                 if "packing" in problem else
+                                 "Leave --context-parallel to the planner, or change the value."))
         return [cp]
     if (hardware.device != "cuda" or world < 2 or base.seq_len < CP_MIN_TOKENS or goals.packing
             or goals.strategy not in (None, "fsdp", "zero2", "zero3") or attention_kernel(model, base) == "eager"):

@@ -381,7 +381,7 @@ def activation_offloading(hardware: HardwareProfile, goals: Goals) -> None:
     if goals.activation_offloading and hardware.device != "cuda":
         raise UserError("Activation offloading moves activations from a GPU to host RAM; this plan has no GPU "
                         "(TRL's offloading fails on the CPU).", title="Activation offloading",
-                        fix="Plan with --gpus, or leave activation_offloading off on the CPU.")
+                        fix="Plan with --gpus, or leave activation offloading off on the CPU (--no-activation-offloading).")
 
 
 def liger(hardware: HardwareProfile, goals: Goals) -> Decision[bool]:
@@ -390,7 +390,7 @@ def liger(hardware: HardwareProfile, goals: Goals) -> Decision[bool]:
         return Decision(False)
     if hardware.device != "cuda":
         raise UserError("Liger's kernels are Triton kernels and need an NVIDIA GPU.", title="Liger kernel",
-                        fix="Plan with --gpus, or leave liger_kernel off on the CPU.")
+                        fix="Plan with --gpus, or leave Liger off on the CPU (--no-liger-kernel).")
     return Decision(True, "on (asked for): Liger's fused RMSNorm, SwiGLU, RoPE and cross-entropy Triton kernels "
                           "(needs a GPU and the liger-kernel package); the estimate does not count their savings")
 
