@@ -127,5 +127,5 @@ def packing_words(dataset: DatasetProfile, max_length: int, eval_fraction: float
                 f"{after} steps per epoch instead of {before}, each with {per_row:.1f}x the tokens; {memory}")
     if per_row < 1.5:
         return f"off: examples nearly fill {max_length}-token rows ({per_row:.1f} per row); packing gains little"
-    return (f"off (packing: true to turn on): padding-free packing would put {per_row:.1f} examples in each "
+    return (f"off (--packing turns it on): padding-free packing would put {per_row:.1f} examples in each "
             f"{max_length}-token row: {after} steps per epoch instead of {before}; {memory}")

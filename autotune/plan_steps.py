@@ -149,7 +149,8 @@ def vision_tower(model: ModelSpec, dataset: DatasetProfile, goals: Goals, method
               f"and {vision.sequence_patches(model, dataset.image_tokens_max):,} tower patches per example"
               if dataset.images else "no images in the data: the tower is not used")
     if method == "full":
-        how = "trains with every other weight (full fine-tuning); FSDP wraps each vision block and decoder layer"
+        how = ("trains with every other weight (full fine-tuning); under FSDP each vision block and decoder layer "
+               "is wrapped")
     elif trains:
         how = "trains through LoRA adapters on its blocks (asked for)"
     else:

@@ -281,6 +281,7 @@ _FLAG_WORDS = [
     (r"--max-steps (\d+)", lambda m: f"max steps {m.group(1)}"),
     (r"--precision (\w+)", lambda m: f"precision {m.group(1)}"),
     (r"--optimizer (\w+)", lambda m: f"optimizer {m.group(1)}"),
+    (r"--packing turns it on", lambda m: "the packing field turns it on"),
     (r"--no-packing", lambda m: "packing off"),
     (r"--packing", lambda m: "packing on"),
     (r"--no-checkpointing", lambda m: "checkpointing off"),
