@@ -903,20 +903,23 @@ def test_zero_gpu_memory_exits_2_on_the_command_line(tmp_path: Path):
 
 @pytest.mark.asyncio
 async def test_a_pinned_strategy_on_a_70b_plan_is_refused_once_inline_and_other_edits_still_apply(gpus, tmp_path):
-    """DDP pinned where only ZeRO-3 with optimizer offload fits: no dialog (not now, not on later
+    """DDP pinned where only a sharded strategy fits: no dialog (not now, not on later
     keystrokes), the pin is shown as not applied, the fix names the strategy field, and an edit to
     another field is still answered."""
     app = make_app("--gpus", "8xH100-80GB", "--model", "llama-3.1-70b", "--method", "full", output=tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         await go_to(pilot, 4)
-        assert app.state.plan is not None and app.state.plan.strategy == "zero3"
+        from llmwizard.wizard.core import STRATEGY_WORDS
+
+        assert app.state.plan is not None and app.state.plan.strategy in ("fsdp", "zero3")
+        sharded = app.state.plan.strategy
         screen = app.screen
         screen.query_one("#strategy").value = "ddp"
         await settle(pilot)
         assert app.screen is screen and app.state.plan is None
         verdict, fix = text_of(app, "#memory"), text_of(app, "#plan-problem")
         assert verdict.startswith("strategy DDP not applied: it needs") and "fits" not in verdict
-        assert fix.startswith("Fix: Set strategy to auto (the planner picks ZeRO-3") and "--" not in fix
+        assert fix.startswith(f"Fix: Set strategy to auto (the planner picks {STRATEGY_WORDS[sharded]}") and "--" not in fix
         assert "strategy False" not in fix and "checkpointing False" not in verdict + fix
         assert screen.query_one("#strategy").has_class("-refused")
         screen.query_one("#learning-rate").focus()
@@ -925,13 +928,13 @@ async def test_a_pinned_strategy_on_a_70b_plan_is_refused_once_inline_and_other_
         assert app.screen is screen and screen.query_one("#learning-rate").value == "3e-5"
         assert app.state.overrides == {"strategy": "ddp", "learning_rate": 3e-5}
         assert text_of(app, "#memory").startswith("strategy DDP not applied")
-        screen.query_one("#strategy").value = "zero3"
+        screen.query_one("#strategy").value = sharded
         await settle(pilot)
-        assert app.state.plan is not None and app.state.plan.strategy == "zero3"
+        assert app.state.plan is not None and app.state.plan.strategy == sharded
         assert app.state.plan.learning_rate == 3e-5 and not screen.query_one("#strategy").has_class("-refused")
         await pilot.press("ctrl+n")
         await settle(pilot)
-        assert exported_plan(app.state.export.run_dir)["strategy"] == "zero3"
+        assert exported_plan(app.state.export.run_dir)["strategy"] == sharded
 
 
 @pytest.mark.asyncio
