@@ -65,7 +65,9 @@ def context_parallel_sizes(hardware: HardwareProfile, model: ModelSpec, base: Tr
                        model, base) == "eager" else "")
         if problem:
             raise UserError(f"Context parallelism over {cp} GPUs {problem}.", title="Context parallelism",
-                            fix="Leave --context-parallel to the planner, or change the value.")
+                            fix=("Turn packing off (--no-packing), or leave --context-parallel to the planner."
+                                 if "packing" in problem else
+                                 "Leave --context-parallel to the planner, or change the value."))
         return [cp]
     if (hardware.device != "cuda" or world < 2 or base.seq_len < CP_MIN_TOKENS or goals.packing
             or goals.strategy not in (None, "fsdp", "zero2", "zero3") or attention_kernel(model, base) == "eager"):
@@ -125,5 +127,5 @@ def packing_words(dataset: DatasetProfile, max_length: int, eval_fraction: float
                 f"{after} steps per epoch instead of {before}, each with {per_row:.1f}x the tokens; {memory}")
     if per_row < 1.5:
         return f"off: examples nearly fill {max_length}-token rows ({per_row:.1f} per row); packing gains little"
-    return (f"off (packing: true to turn on): padding-free packing would put {per_row:.1f} examples in each "
+    return (f"off (--packing turns it on): padding-free packing would put {per_row:.1f} examples in each "
             f"{max_length}-token row: {after} steps per epoch instead of {before}; {memory}")

@@ -149,7 +149,8 @@ def vision_tower(model: ModelSpec, dataset: DatasetProfile, goals: Goals, method
               f"and {vision.sequence_patches(model, dataset.image_tokens_max):,} tower patches per example"
               if dataset.images else "no images in the data: the tower is not used")
     if method == "full":
-        how = "trains with every other weight (full fine-tuning); FSDP wraps each vision block and decoder layer"
+        how = ("trains with every other weight (full fine-tuning); under FSDP each vision block and decoder layer "
+               "is wrapped")
     elif trains:
         how = "trains through LoRA adapters on its blocks (asked for)"
     else:
@@ -381,7 +382,7 @@ def activation_offloading(hardware: HardwareProfile, goals: Goals) -> None:
     if goals.activation_offloading and hardware.device != "cuda":
         raise UserError("Activation offloading moves activations from a GPU to host RAM; this plan has no GPU "
                         "(TRL's offloading fails on the CPU).", title="Activation offloading",
-                        fix="Plan with --gpus, or leave activation_offloading off on the CPU.")
+                        fix="Plan with --gpus, or leave activation offloading off on the CPU (--no-activation-offloading).")
 
 
 def liger(hardware: HardwareProfile, goals: Goals) -> Decision[bool]:
@@ -390,7 +391,7 @@ def liger(hardware: HardwareProfile, goals: Goals) -> Decision[bool]:
         return Decision(False)
     if hardware.device != "cuda":
         raise UserError("Liger's kernels are Triton kernels and need an NVIDIA GPU.", title="Liger kernel",
-                        fix="Plan with --gpus, or leave liger_kernel off on the CPU.")
+                        fix="Plan with --gpus, or leave Liger off on the CPU (--no-liger-kernel).")
     return Decision(True, "on (asked for): Liger's fused RMSNorm, SwiGLU, RoPE and cross-entropy Triton kernels "
                           "(needs a GPU and the liger-kernel package); the estimate does not count their savings")
 

@@ -37,6 +37,11 @@ NO_COMPENSATION = ("no compensation: updates smaller than about 1/256 of a weigh
                    "(torchao_adamw_8bit or torchao_adamw_4bit round stochastically instead)")
 
 
+# Why a pure bf16 tier is taken: it comes before offload in the search (llmwizard.autotune.search).
+NO_FP32_FIT = ("nothing fits on the GPUs with fp32 master weights short of offloading to host RAM, which "
+               "crosses PCIe every step (--precision bf16 --optimizer adamw asks for that instead)")
+
+
 def pure_bf16(setup: TrainSetup) -> bool:
     """Full fine-tuning in bf16 storage: no fp32 master, no autocast. (With LoRA the frozen base
     is bf16 under mixed bf16 already; PEFT keeps its adapters fp32, so the layout is bf16's.)"""
@@ -83,10 +88,10 @@ def saver_tiers(device: str, base: TrainSetup, goals: Goals) -> list[tuple[Optim
         # name that does not is not swapped for lossy training behind the user's back.
         if goals.optimizer not in COMPENSATION:
             return tiers
-        return tiers + [(goals.optimizer, "pure_bf16", f"{pure}: nothing fits with fp32 master weights")]
+        return tiers + [(goals.optimizer, "pure_bf16", f"{pure}: {NO_FP32_FIT}")]
     return tiers + [
-        ("torchao_adamw_8bit", "pure_bf16", f"{pure} with torchao's 8-bit AdamW: 6 bytes per parameter; nothing "
-                                            "fits with fp32 master weights"),
+        ("torchao_adamw_8bit", "pure_bf16", f"{pure} with torchao's 8-bit AdamW: 6 bytes per parameter; "
+                                            f"{NO_FP32_FIT}"),
         ("torchao_adamw_4bit", "pure_bf16", f"{pure} with torchao's 4-bit AdamW: 5 bytes per parameter; 8-bit "
                                             "states do not fit"),
         ("adafactor", "pure_bf16", f"{pure} with Adafactor: about 4 bytes per parameter; AdamW's states do not "

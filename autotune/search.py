@@ -252,12 +252,17 @@ def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Can
            else "asked for"))}
     if best.optimizer != space.base.optimizer:
         reasons["optimizer"] = why
+    elif goals.optimizer:
+        reasons["optimizer"] = f"{goals.optimizer} (asked for)"
     precision = best.precision or space.base.precision
     if best.precision is not None and best.precision != space.base.precision:
         reasons["precision"] = why
     if precision == "pure_bf16" and space.base.method == "full":
         reasons["precision"] = (reasons.get("precision") or "pure_bf16 (asked for)") + (
             f"; the trade-off: {compensation(best.optimizer)}")
+    elif precision == "pure_bf16":
+        reasons["precision"] = ("pure_bf16 (asked for): with LoRA the layout of bf16, the frozen base in bf16 and "
+                                "the adapters and their optimizer states in fp32")
     if best.offload != "none":
         reasons["offload"] = (f"{best.offload} offload to host RAM: {why or 'asked for'}; needs "
                               f"{est.host_ram / GiB:.0f} GiB of {hardware.host_ram_available / GiB:.0f} GiB host RAM")

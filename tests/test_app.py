@@ -500,7 +500,8 @@ def test_diagnostics_are_worded_for_the_run_screen():
     console = Console(width=200, record=True, file=io.StringIO())
     console.print(findings_view(findings))
     shown = " ".join(console.export_text().split())
-    assert findings[0].message in shown and f"Fix: {findings[0].fix}" in shown
+    assert findings[0].message in shown and "Fix: Check the dataset format" in shown and "step 4 shows" in shown
+    assert "--" not in shown  # the run screen's advice names the wizard's steps, not flags
 
 
 def shown_plan(app: WizardApp) -> dict[str, object]:
@@ -508,13 +509,17 @@ def shown_plan(app: WizardApp) -> dict[str, object]:
     import re
 
     summary = " ".join(text_of(app, "#plan-summary").split())
-    found = re.search(r"^(\w+) on (\d+) \w+ · (\w+)(?: r=(\d+))? · \w+ · micro-batch (\d+) x accum (\d+) = (\d+) · "
+    found = re.search(r"^(\w+) on (\d+) \w+ · (\w+)(?: r=(\d+))? · (\w+) · micro-batch (\d+) x accum (\d+) = (\d+) · "
                       r"(\d+) tokens · .* · lr (\S+)$", summary)
     assert found, summary
-    strategy, world, method, rank, micro, accum, effective, length, lr = found.groups()
+    strategy, world, method, rank, precision, micro, accum, effective, length, lr = found.groups()
+    reasons = " ".join(text_of(app, "#reasons").split())
+    optimizer = re.search(r"optimizer (\w+) \(asked for\)", reasons)
     return {"summary": summary, "strategy": strategy, "num_processes": int(world), "method": method,
             "lora_r": int(rank) if rank else None, "micro_batch": int(micro), "grad_accum": int(accum),
-            "effective_batch": int(effective), "max_length": int(length), "learning_rate": float(lr)}
+            "effective_batch": int(effective), "max_length": int(length), "learning_rate": float(lr),
+            "precision": precision, "optimizer": optimizer.group(1) if optimizer else None,
+            "packing": "packing on:" in reasons}
 
 
 def exported_plan(run_dir: Path) -> dict[str, object]:
@@ -533,7 +538,8 @@ def exported_plan(run_dir: Path) -> dict[str, object]:
             "num_processes": plan.num_processes, "method": plan.method, "lora_r": sft.get("lora_r"),
             "micro_batch": sft["per_device_train_batch_size"], "grad_accum": sft["gradient_accumulation_steps"],
             "effective_batch": plan.effective_batch, "max_length": sft["max_length"],
-            "learning_rate": sft["learning_rate"]}
+            "learning_rate": sft["learning_rate"], "precision": plan.precision,
+            "optimizer": sft["optim"] if "optimizer" in plan.reasons else None, "packing": bool(sft.get("packing"))}
 
 
 @pytest.mark.asyncio
@@ -545,10 +551,14 @@ async def test_the_plan_on_screen_is_the_plan_exported_after_every_kind_of_edit(
     async with app.run_test(size=(80, 24)) as pilot:
         await go_to(pilot, 4)
         edits = [("#learning-rate", "1e-4"), ("#lora-r", "16"), ("#micro-batch", "2"), ("#strategy", "zero2"),
-                 ("#strategy", "single"), ("hardware", "1xT4")]
+                 ("#strategy", "single"), ("#precision", "pure_bf16"), ("#optimizer", "adafactor"), ("#packing", "on"),
+                 ("hardware", "1xT4")]
         exports: list[Path] = []
         for field, value in edits:
-            if field == "hardware":  # Back to the hardware step: plan for one T4 instead
+            if field == "hardware":  # Back to the hardware step: plan for one T4 instead (no bf16 there)
+                for select in ("#precision", "#optimizer", "#packing"):
+                    app.screen.query_one(select).value = "auto"
+                await settle(pilot)
                 app.goto(1)
                 await settle(pilot)
                 await pilot.click("#other")
@@ -579,6 +589,12 @@ async def test_the_plan_on_screen_is_the_plan_exported_after_every_kind_of_edit(
                 assert shown["micro_batch"] == 2
             elif field == "#strategy":
                 assert shown["strategy"] == "zero2"
+            elif field == "#precision":
+                assert shown["precision"] == "pure_bf16"
+            elif field == "#optimizer":
+                assert shown["optimizer"] == "adafactor"
+            elif field == "#packing":
+                assert shown["packing"]
             else:
                 assert shown["num_processes"] == 1 and shown["strategy"] == "single"
                 assert "per GPU: fits" in text_of(app, "#memory")
@@ -887,20 +903,23 @@ def test_zero_gpu_memory_exits_2_on_the_command_line(tmp_path: Path):
 
 @pytest.mark.asyncio
 async def test_a_pinned_strategy_on_a_70b_plan_is_refused_once_inline_and_other_edits_still_apply(gpus, tmp_path):
-    """DDP pinned where only ZeRO-3 with optimizer offload fits: no dialog (not now, not on later
+    """DDP pinned where only a sharded strategy fits: no dialog (not now, not on later
     keystrokes), the pin is shown as not applied, the fix names the strategy field, and an edit to
     another field is still answered."""
     app = make_app("--gpus", "8xH100-80GB", "--model", "llama-3.1-70b", "--method", "full", output=tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         await go_to(pilot, 4)
-        assert app.state.plan is not None and app.state.plan.strategy == "zero3"
+        from llmwizard.wizard.core import STRATEGY_WORDS
+
+        assert app.state.plan is not None and app.state.plan.strategy in ("fsdp", "zero3")
+        sharded = app.state.plan.strategy
         screen = app.screen
         screen.query_one("#strategy").value = "ddp"
         await settle(pilot)
         assert app.screen is screen and app.state.plan is None
         verdict, fix = text_of(app, "#memory"), text_of(app, "#plan-problem")
         assert verdict.startswith("strategy DDP not applied: it needs") and "fits" not in verdict
-        assert fix.startswith("Fix: Set strategy to auto (the planner picks ZeRO-3") and "--" not in fix
+        assert fix.startswith(f"Fix: Set strategy to auto (the planner picks {STRATEGY_WORDS[sharded]}") and "--" not in fix
         assert "strategy False" not in fix and "checkpointing False" not in verdict + fix
         assert screen.query_one("#strategy").has_class("-refused")
         screen.query_one("#learning-rate").focus()
@@ -909,13 +928,13 @@ async def test_a_pinned_strategy_on_a_70b_plan_is_refused_once_inline_and_other_
         assert app.screen is screen and screen.query_one("#learning-rate").value == "3e-5"
         assert app.state.overrides == {"strategy": "ddp", "learning_rate": 3e-5}
         assert text_of(app, "#memory").startswith("strategy DDP not applied")
-        screen.query_one("#strategy").value = "zero3"
+        screen.query_one("#strategy").value = sharded
         await settle(pilot)
-        assert app.state.plan is not None and app.state.plan.strategy == "zero3"
+        assert app.state.plan is not None and app.state.plan.strategy == sharded
         assert app.state.plan.learning_rate == 3e-5 and not screen.query_one("#strategy").has_class("-refused")
         await pilot.press("ctrl+n")
         await settle(pilot)
-        assert exported_plan(app.state.export.run_dir)["strategy"] == "zero3"
+        assert exported_plan(app.state.export.run_dir)["strategy"] == sharded
 
 
 @pytest.mark.asyncio
@@ -937,3 +956,26 @@ async def test_the_memory_legend_never_splits_a_figure_from_its_unit(tmp_path: P
         assert len(legend) >= 2 and all(line.strip().startswith("■") for line in legend), lines
         for name in ("params", "grads", "optimizer", "activations", "logits", "overhead"):
             assert any(re.search(rf"{name} [\d.]+ (GiB|MiB)", line) for line in legend), (name, lines)
+
+
+@pytest.mark.asyncio
+async def test_a_precision_the_gpu_lacks_is_refused_inline_and_auto_applies(gpus, tmp_path):
+    """bf16 pinned on a T4 (compute capability 7.5): the pin is marked, the fix names the field in
+    the step's words, Export stays off; back to auto, the plan stands with fp16."""
+    app = make_app("--gpus", "1xT4", output=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await go_to(pilot, 4)
+        screen = app.screen
+        screen.query_one("#precision").value = "bf16"
+        await settle(pilot)
+        assert app.state.plan is None and screen.query_one("#precision").has_class("-refused")
+        assert text_of(app, "#memory").startswith("precision bf16 not applied")
+        fix = text_of(app, "#plan-problem")
+        assert "Set precision to auto (the planner picks fp16)" in fix and "--" not in fix
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.screen is screen and not list(tmp_path.iterdir())
+        screen.query_one("#precision").value = "auto"
+        await settle(pilot)
+        assert app.state.plan is not None and app.state.plan.precision == "fp16"
+        assert not screen.query_one("#precision").has_class("-refused")

@@ -25,7 +25,7 @@ import pytest
 from tests.conftest import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-QUICK = {"plan", "estimate", "export", "presets", "detect", "status"}
+QUICK = {"plan", "estimate", "export", "presets", "detect", "status", "calibration", "runs"}
 _FENCE = re.compile(r"^```(bash[^\n]*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 

@@ -58,7 +58,7 @@ def test_each_setup_readme_shows_commands_and_notes():
         assert "llmwizard plan --model" in text and "llmwizard export --model" in text, readme
         assert "## Where it differs from the original, and why" in text
     vl = (EXAMPLES / "3-qwen2.5-vl" / "README.md").read_text()
-    assert "Image training is not yet supported" in vl
+    assert "embedded:shapes" in vl and "not yet supported" not in vl
     assert (SETUP_5 / "slurm.sbatch").is_file()
 
 

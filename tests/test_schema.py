@@ -4,6 +4,7 @@ allowed values the parser, the presets and the docs show are the schema's."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import typing
@@ -44,6 +45,11 @@ BAD_FLAGS = [
     (["plan", "--nodes", "2"], ["--nodes 2", "--gpus"]),
     ([*ESTIMATE, "--seq", "10000000", "--batch", "1"], ["--seq 10000000", "positions", "--seq 512 or less"]),
     (["plan", "--gpus", "4x0GB"], ["4x0GB"]),
+    (["plan", "--context-parallel", "0"], ["--context-parallel", "'0'", "1 or more"]),
+    (["plan", "--activation-offloading"], ["Activation offloading", "no GPU", "--no-activation-offloading"]),
+    (["plan", "--liger-kernel"], ["Liger", "GPU", "--no-liger-kernel"]),
+    (["plan", "--gpus", "8xH100", "--context-parallel", "4", "--packing"], ["packing", "--no-packing"]),
+    (["plan", "--gpus", "8xH100", "--context-parallel", "3"], ["Context parallelism over 3", "divide the 8"]),
 ]
 
 # (preset text, words the message must hold: the key, the value, what is allowed)
@@ -209,3 +215,18 @@ def test_a_malformed_metrics_line_is_skipped_with_a_note(tmp_path):
     with open(path, "a") as f:
         f.write("\n")
     assert [r["step"] for r in tail.poll()] == [5]
+
+
+@pytest.mark.parametrize("flags, field, value", [
+    (["--gpus", "8xH100", "--model", "qwen2.5-7b", "--max-length", "32768", "--context-parallel", "4"],
+     "context_parallel", 4),
+    (["--packing"], "packing", True),
+    (["--gpus", "1xH100", "--activation-offloading"], "activation_offloading", True),
+    (["--gpus", "1xH100", "--liger-kernel"], "liger_kernel", True),
+    (["--gpus", "1xH100", "--no-liger-kernel"], "liger_kernel", False),
+])
+def test_saver_flags_reach_the_plan(capsys, flags, field, value):
+    from llmwizard.wizard.cli import main
+
+    assert main(["plan", "--dataset", "embedded:arithmetic", *flags, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[field] == value

@@ -88,6 +88,14 @@ def _plan_inputs(parser: argparse.ArgumentParser) -> None:
     tune.add_argument("--lr-scheduler", choices=choices(LrScheduler), help="learning-rate schedule (default: cosine)")
     tune.add_argument("--train-vision-tower", action="store_true", default=None,
                       help="vision-language models with LoRA: adapt the vision tower too (default: frozen)")
+    tune.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
+                      help="padding-free packing of examples into rows of max length (default: off)")
+    tune.add_argument("--context-parallel", type=flag_type(PositiveInt), metavar="N",
+                      help="split each sequence over N GPUs (FSDP2 context parallelism; GPUs only)")
+    tune.add_argument("--activation-offloading", action=argparse.BooleanOptionalAction, default=None,
+                      help="keep saved activations in host RAM (TRL; GPUs only; default: the planner decides)")
+    tune.add_argument("--liger-kernel", action=argparse.BooleanOptionalAction, default=None,
+                      help="Liger's fused Triton kernels (GPUs only; default: off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,6 +288,8 @@ def _goals(args: argparse.Namespace) -> Goals:
         optimizer=args.optimizer,
         eval_fraction=args.eval_fraction, report_to=args.report_to, probe=args.probe,
         eval_steps=args.eval_steps, lr_scheduler=args.lr_scheduler, train_vision_tower=args.train_vision_tower,
+        packing=args.packing, context_parallel=args.context_parallel,
+        activation_offloading=args.activation_offloading, liger_kernel=args.liger_kernel,
     )
 
 

@@ -214,6 +214,18 @@ def strategy_choices() -> list[str]:
     return choices(Strategy)
 
 
+def precision_choices() -> list[str]:
+    from llmwizard.autotune.schema import Precision, choices
+
+    return choices(Precision)
+
+
+def optimizer_choices() -> list[str]:
+    from llmwizard.autotune.schema import Optimizer, choices
+
+    return choices(Optimizer)
+
+
 def parse_goal_value(name: str, text: str) -> Any:
     """`text` as the Goals field `name` takes it ("1e-4" is a float); ValueError naming the value and
     what is allowed. The rules are the schema's, the same that flags, presets and plan.yaml obey."""
@@ -248,7 +260,9 @@ def make_plan(hardware: HardwareProfile, model: ModelSpec, report: DatasetReport
 # The what-if fields of the plan step, in the words the screen uses (Goals field -> label).
 FIELD_WORDS = {"strategy": "strategy", "checkpointing": "checkpointing", "micro_batch": "micro-batch",
                "lora_r": "LoRA rank", "learning_rate": "learning rate", "epochs": "epochs",
-               "max_steps": "max steps"}
+               "max_steps": "max steps", "precision": "precision", "optimizer": "optimizer", "packing": "packing"}
+# The what-if fields that are selects with an "auto" value (the others are typed numbers).
+SELECT_FIELDS = ("strategy", "checkpointing", "precision", "optimizer", "packing")
 STRATEGY_WORDS = {"single": "single", "ddp": "DDP", "fsdp": "FSDP2", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}
 # Flags the planner's fixes name, as the wizard says them: a field of a step, or how to start it.
 _FLAG_WORDS = [
@@ -265,6 +279,16 @@ _FLAG_WORDS = [
     (r"--learning-rate (\S+)", lambda m: f"learning rate {m.group(1)}"),
     (r"--epochs (\S+)", lambda m: f"epochs {m.group(1)}"),
     (r"--max-steps (\d+)", lambda m: f"max steps {m.group(1)}"),
+    (r"--precision (\w+)", lambda m: f"precision {m.group(1)}"),
+    (r"--optimizer (\w+)", lambda m: f"optimizer {m.group(1)}"),
+    (r"--packing turns it on", lambda m: "the packing field turns it on"),
+    (r"--no-packing", lambda m: "packing off"),
+    (r"--packing", lambda m: "packing on"),
+    (r"--no-checkpointing", lambda m: "checkpointing off"),
+    (r"--checkpointing", lambda m: "checkpointing on"),
+    (r"--model\b", lambda m: "the model on step 3"),
+    (r"raise --max-length\b", lambda m: "raise max length (max_length in a preset of your own, chosen on step 1)"),
+    (r"llmwizard plan shows the token lengths", lambda m: "step 4 shows the token lengths"),
     (r"--max-length (\d+)", lambda m: f"max length {m.group(1)}, from a preset or when the wizard is started "
                                        "with it"),
 ]
@@ -308,7 +332,7 @@ class Refusal:
     requested: MemoryEstimate | None = None
 
 
-_PIN_ORDER = ("strategy", "checkpointing", "micro_batch", "lora_r", "max_steps", "epochs", "learning_rate")
+_PIN_ORDER = ("strategy", "checkpointing", "precision", "optimizer", "packing", "micro_batch", "lora_r", "max_steps", "epochs", "learning_rate")
 
 
 def explain_refusal(hardware: HardwareProfile, model: ModelSpec, report: DatasetReport,
@@ -333,7 +357,7 @@ def explain_refusal(hardware: HardwareProfile, model: ModelSpec, report: Dataset
         if cleared is None:
             continue
         label = FIELD_WORDS[name]
-        auto = f"set {label} to auto" if name in ("strategy", "checkpointing") else f"clear {label}"
+        auto = f"set {label} to auto" if name in SELECT_FIELDS else f"clear {label}"
         picks = _picked(name, cleared)
         change = f"{auto} (the planner picks {picks})"
         if name == "strategy":
@@ -370,7 +394,7 @@ def explain_refusal(hardware: HardwareProfile, model: ModelSpec, report: Dataset
     if pins and works({}) is not None:
         asked = ", ".join(value_words(name, overrides[name]) for name in pins)
         cleared_words = " and ".join(
-            f"set {FIELD_WORDS[n]} to auto" if n in ("strategy", "checkpointing") else f"clear {FIELD_WORDS[n]}"
+            f"set {FIELD_WORDS[n]} to auto" if n in SELECT_FIELDS else f"clear {FIELD_WORDS[n]}"
             for n in pins)
         return Refusal(f"{asked} not applied together: {detail}",
                        f"{cleared_words[:1].upper()}{cleared_words[1:]}: no one of them alone makes a plan.",
@@ -387,6 +411,10 @@ def _picked(name: str, plan: Plan) -> str:
         return text
     if name == "checkpointing":
         return "on" if plan.activation_checkpointing else "off"
+    if name in ("precision", "optimizer"):
+        return str(getattr(plan, name))
+    if name == "packing":
+        return "on" if plan.packing else "off"
     if name == "micro_batch":
         return str(plan.micro_batch)
     if name == "lora_r":
@@ -420,6 +448,9 @@ def estimate_request(last: Plan, model: ModelSpec, overrides: dict[str, Any]) ->
     changes: dict[str, Any] = {"strategy": overrides.get("strategy") or ("single" if world == 1 else "ddp"),
                                "micro_batch": overrides.get("micro_batch") or 1, "offload": "none",
                                "checkpointing": bool(overrides.get("checkpointing") or False)}
+    for name in ("precision", "optimizer"):
+        if overrides.get(name):
+            changes[name] = overrides[name]
     if overrides.get("lora_r") and last.lora:
         changes["lora_r"] = overrides["lora_r"]
     setup = setup_of(last, **changes)
@@ -483,9 +514,12 @@ def metrics_lines(state: RunState) -> list[Text]:
 
 
 def finding_view(finding: DiagnosticFinding) -> RenderableType:
+    """A diagnostic as the console shows it, its fix in the wizard's words (fields, not flags)."""
+    from dataclasses import replace
+
     from llmwizard.runner.session import finding_text
 
-    return finding_text(finding)
+    return finding_text(replace(finding, message=in_wizard_words(finding.message), fix=in_wizard_words(finding.fix)))
 
 
 def summary_view(summary: Summary, log_lines: int = 8) -> RenderableType:
@@ -493,10 +527,10 @@ def summary_view(summary: Summary, log_lines: int = 8) -> RenderableType:
     from rich.console import Group
     from rich.text import Text
 
-    from llmwizard.runner.session import failure_text, finding_text, summary_table, summary_title
+    from llmwizard.runner.session import failure_text, summary_table, summary_title
 
     parts: list[RenderableType] = [summary_title(summary), summary_table(summary)]
-    parts += [finding_text(finding) for finding in summary.findings]
+    parts += [finding_view(finding) for finding in summary.findings]
     if summary.log_excerpt:
         parts.append(Text("the last lines of train.log (tracebacks left out; the whole log keeps them):", style="dim"))
         parts += [Text(line, style="red", no_wrap=True, overflow="ellipsis") for line in summary.log_excerpt[-log_lines:]]

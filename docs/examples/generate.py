@@ -114,11 +114,22 @@ def notes_gemma3_long(plans: dict) -> list[str]:
                     "states; what 120K tokens really need is activation memory, and checkpointing each layer cuts "
                     "that to one layer's worth plus a hidden-state per layer." if lora.offload == "none" else
                     "Offload is what makes it fit; plan.txt lists the host RAM it needs."))
-    notes.append(f"**120K tokens, full fine-tuning on one H100: {_strategy(full)}, needing "
-                 f"{_gib(full.estimate.host_ram)} of host RAM.** Every weight then has fp32 master weights, "
-                 "gradients and AdamW states (16 bytes a parameter); offloading them to the CPU is what fits "
-                 "it. The original's rule of thumb (ZeRO-3 offload wants 64 GB or more of host RAM) is computed "
-                 "here from the model instead, and a machine with too little is refused with the figure.")
+    if full.precision == "pure_bf16":
+        notes.append(f"**120K tokens, full fine-tuning on one H100: {_strategy(full)}, pure bf16 with "
+                     f"{full.optimizer}, {_gib(full.estimate.total)} of {_gib(full.estimate.budget)}, no offload.** "
+                     "Not the original's ZeRO-3 with CPU offload: with fp32 master weights, gradients and AdamW "
+                     "states (16 bytes a parameter, 64 GiB for 4.3B weights before any activation) it needs offload, and "
+                     "every step then crosses PCIe. Keeping weights, gradients and states in bf16, with torchao's low-bit AdamW "
+                     "(which rounds updates stochastically, so small ones are not lost) fits on the GPU and the "
+                     "cost model prices it faster (plan.txt's `precision` reason states the trade-off). "
+                     "`--precision bf16 --optimizer adamw` gives the classic layout, which the planner then fits "
+                     "with offload, sized from the host RAM.")
+    else:
+        notes.append(f"**120K tokens, full fine-tuning on one H100: {_strategy(full)}, needing "
+                     f"{_gib(full.estimate.host_ram)} of host RAM.** Every weight then has fp32 master weights, "
+                     "gradients and AdamW states (16 bytes a parameter); offloading them to the CPU is what fits "
+                     "it. The original's rule of thumb (ZeRO-3 offload wants 64 GB or more of host RAM) is computed "
+                     "here from the model instead, and a machine with too little is refused with the figure.")
     notes.append(f"The dataset-size presets: without `--preset` the planner applies the same rules from the data "
                  f"itself (for the bundled sample: {short.reasons.get('dataset', 'see plan.txt')}); "
                  "`--preset small-dataset` / `large-dataset` fix the class.")
@@ -130,10 +141,12 @@ def notes_gemma3_long(plans: dict) -> list[str]:
 
 
 def notes_qwen_vl(plans: dict) -> list[str]:
-    plan = plans["text-only"]
-    notes = ["**Image training is not yet supported.** This is the text-only plan for Qwen2.5-VL-7B: the "
-             "language model trains on text rows and the vision tower is counted in memory but not fed "
-             "images. Multimodal rows (images in the messages) need the vision support that is still to come.",
+    plan = plans["images"]
+    notes = ["**Images.** Planned on the bundled `embedded:shapes` set (one image per example) so the plan "
+             "has image figures: the `vision` and `max length` reasons give the images, image tokens per "
+             "example and tower patches, and the memory holds the vision tower's activations. Give your own "
+             "data with `--dataset` (messages with image parts and an `images` column; docs/vision.md); "
+             "larger images mean more image tokens, which the plan counts in the length.",
              f"Strategy: **{_strategy(plan)}**"
              + (" as the original." if plan.strategy == "fsdp" else
                 f" rather than FSDP: {_gib(plan.estimate.total)} of {_gib(plan.estimate.budget)} per GPU, and the "
@@ -205,14 +218,17 @@ SETUPS = (
           headline=lambda plans: (f"120K tokens: {_strategy(plans['120k-lora'])} with checkpointing "
                                   f"{'on' if plans['120k-lora'].activation_checkpointing else 'off'} for LoRA; "
                                   f"{_strategy(plans['120k-full'])} for full fine-tuning")),
-    Setup("3-qwen2.5-vl", "Qwen2.5-VL 7B with the HF Trainer (text-only for now)",
+    Setup("3-qwen2.5-vl", "Qwen2.5-VL 7B with the HF Trainer, images and text",
           "HF Trainer with FSDP, Adafactor, constant learning rate, bf16, evaluation and saving every N steps, "
           "the best model by eval_loss loaded at the end, safetensors, `ddp_find_unused_parameters=False`, "
           "non-reentrant gradient checkpointing.",
-          (Variant("text-only", "8x A100 80GB, full fine-tuning, text rows",
-                   ("--model", "qwen2.5-vl-7b", "--gpus", "8xA100-80GB",
+          (Variant("images", "8x A100 80GB, full fine-tuning, image rows",
+                   ("--model", "qwen2.5-vl-7b", "--gpus", "8xA100-80GB", "--dataset", "embedded:shapes",
                     "--preset", f"{REL}/3-qwen2.5-vl/hf-trainer.yaml")),),
-          notes_qwen_vl, inputs=("hf-trainer.yaml",)),
+          notes_qwen_vl, inputs=("hf-trainer.yaml",),
+          headline=lambda plans: (f"{_strategy(plans['images'])} rather than FSDP (priced faster; `--strategy fsdp` "
+                                  "gives the original's)" if plans["images"].strategy != "fsdp" else
+                                  "as the original: FSDP over the vision blocks and decoder layers")),
     Setup("4-full-finetune-torchrun", "Full fine-tuning from a TrlParser YAML under torchrun",
           "Full fine-tuning with TRL's TrlParser YAML under `torchrun --nproc_per_node=N`, FSDP switched on "
           "through accelerate's environment (`ACCELERATE_USE_FSDP`, `FSDP_CPU_RAM_EFFICIENT_LOADING`), resumed "

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 AUTO = "auto"
 STRATEGY_LABELS = {"single": "single", "ddp": "DDP", "fsdp": "FSDP2", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}
 CHECKPOINTING = [("auto", AUTO), ("on", "on"), ("off", "off")]
+ON_OFF = CHECKPOINTING
 FIELD_LABELS = {"micro-batch": "Micro-batch", "lora-r": "LoRA rank", "learning-rate": "Learning rate",
                 "epochs": "Epochs", "max-steps": "Max steps"}
 
@@ -61,9 +62,13 @@ NUMBER_FIELDS: list[tuple[str, str]] = [
     ("micro-batch", "micro_batch"), ("lora-r", "lora_r"), ("learning-rate", "learning_rate"),
     ("epochs", "epochs"), ("max-steps", "max_steps"),
 ]
-# Goals field -> the id of its field on this screen (the two selects besides the inputs).
-FIELD_IDS = {name: field_id for field_id, name in NUMBER_FIELDS} | {"checkpointing": "checkpointing",
-                                                                     "strategy": "strategy"}
+# (select id, Goals field) for the selects of the third row: the precision, the optimizer and
+# padding-free packing (the schema's choices, and "auto": the planner decides).
+SAVER_SELECTS: list[tuple[str, str]] = [("precision", "precision"), ("optimizer", "optimizer"), ("packing", "packing")]
+# Goals field -> the id of its field on this screen.
+FIELD_IDS = ({name: field_id for field_id, name in NUMBER_FIELDS}
+             | {"checkpointing": "checkpointing", "strategy": "strategy"}
+             | {name: field_id for field_id, name in SAVER_SELECTS})
 
 
 def summary_line(plan: Plan) -> Text:
@@ -127,6 +132,15 @@ class PlanScreen(StepScreen):
                             id=f"label-{field_id}", classes="field-label")
                 yield Input(id=field_id, classes="num", compact=True, validators=[GoalValue(name)],
                             validate_on=["changed", "submitted"])
+        with Horizontal(classes="form-row"):
+            yield Label("precision", id="label-precision", classes="field-label")
+            yield Select([("auto", AUTO)] + [(name, name) for name in core.precision_choices()],
+                         value=AUTO, allow_blank=False, id="precision", compact=True)
+            yield Label("optimizer", id="label-optimizer", classes="field-label")
+            yield Select([("auto", AUTO)] + [(name, name) for name in core.optimizer_choices()],
+                         value=AUTO, allow_blank=False, id="optimizer", compact=True)
+            yield Label("packing", id="label-packing", classes="field-label")
+            yield Select(ON_OFF, value=AUTO, allow_blank=False, id="packing", compact=True)
         with VerticalScroll(id="reasons-box"):
             yield Static(id="reasons")
 
@@ -149,6 +163,10 @@ class PlanScreen(StepScreen):
         self.query_one("#checkpointing", Select).value = AUTO if checkpointing is None else (
             "on" if checkpointing else "off")
         self.query_one("#strategy", Select).value = overrides.get("strategy") or AUTO
+        self.query_one("#precision", Select).value = overrides.get("precision") or AUTO
+        self.query_one("#optimizer", Select).value = overrides.get("optimizer") or AUTO
+        packing = overrides.get("packing")
+        self.query_one("#packing", Select).value = AUTO if packing is None else ("on" if packing else "off")
 
     def on_screen_resume(self) -> None:
         super().on_screen_resume()
@@ -242,7 +260,8 @@ class PlanScreen(StepScreen):
     def _mark_refused(self, field_ids: list[str]) -> None:
         """The fields whose values are not applied: marked in colour and, for a screen without colour,
         with a cross before the label."""
-        for field_id in ["micro-batch", "checkpointing", "strategy", *[f for f, _ in NUMBER_FIELDS[1:]]]:
+        for field_id in ["micro-batch", "checkpointing", "strategy", *[f for f, _ in NUMBER_FIELDS[1:]],
+                         *[f for f, _ in SAVER_SELECTS]]:
             refused = field_id in field_ids
             self.query_one(f"#{field_id}").set_class(refused, "-refused")
             label = self.query_one(f"#label-{field_id}", Label)
@@ -300,6 +319,13 @@ class PlanScreen(StepScreen):
         strategy = self.query_one("#strategy", Select).value
         if strategy != AUTO:
             overrides["strategy"] = strategy
+        for field_id in ("precision", "optimizer"):
+            value = self.query_one(f"#{field_id}", Select).value
+            if value != AUTO:
+                overrides[field_id] = value
+        packing = self.query_one("#packing", Select).value
+        if packing != AUTO:
+            overrides["packing"] = packing == "on"
         self.set_status("")
         if overrides != self.state.overrides or self.state.plan is None:
             self.state.overrides = overrides

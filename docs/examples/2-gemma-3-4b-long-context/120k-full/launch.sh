@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# llmwizard run 'gemma-3-4b-it-arithmetic': zero2 with accelerate on 1x NVIDIA H100 80GB HBM3 (79.6 of 79.6 GiB free), host RAM 230 of 256 GiB usable.
+# llmwizard run 'gemma-3-4b-it-arithmetic': single with accelerate on 1x NVIDIA H100 80GB HBM3 (79.6 of 79.6 GiB free), host RAM 230 of 256 GiB usable.
 # Rerun from anywhere with `bash launch.sh`; extra arguments reach the training entry
 # (`bash launch.sh --resume` continues from the last checkpoint).
 # LLMWIZARD_PYTHON picks the interpreter (default: the one that exported this run, else python3).

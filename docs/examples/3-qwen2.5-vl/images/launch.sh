@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# llmwizard run 'Qwen2.5-VL-7B-Instruct-arithmetic': zero2 with accelerate on 8x NVIDIA A100-SXM4-80GB (80.0 of 80.0 GiB free), NVLink, host RAM 1037 of 1152 GiB usable.
+# llmwizard run 'Qwen2.5-VL-7B-Instruct-shapes': zero2 with accelerate on 8x NVIDIA A100-SXM4-80GB (80.0 of 80.0 GiB free), NVLink, host RAM 1037 of 1152 GiB usable.
 # Rerun from anywhere with `bash launch.sh`; extra arguments reach the training entry
 # (`bash launch.sh --resume` continues from the last checkpoint).
 # LLMWIZARD_PYTHON picks the interpreter (default: the one that exported this run, else python3).
