@@ -196,9 +196,11 @@ def stop_run(run_dir: Path, grace: float) -> tuple[bool, list[str]]:
         with contextlib.suppress(psutil.Error):
             psutil.Process(info.pid).terminate()
         owner = _process(info.pid, info.pid_started)
-        if owner is not None:
-            with contextlib.suppress(psutil.Error):
-                owner.wait(grace + 15)
+        # Polled rather than psutil's wait: an exited llmwizard whose parent has not reaped it yet
+        # (a zombie) has stopped, and wait() would sit out the whole period for it.
+        deadline = time.monotonic() + grace + 15
+        while owner is not None and alive(owner) and time.monotonic() < deadline:
+            time.sleep(0.2)
     tree = _tree(info, run_dir)
     if not tree:
         return bool(done and live is not None), done
