@@ -4,6 +4,7 @@ step count from it to the end. A near-zero learning rate also makes the plateau 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,14 +76,19 @@ def test_ctrl_c_saves_and_resume_continues_the_step_count(tmp_path):
     assert processes_in(run_dir) == [], "processes of the run outlived the stop"
     assert f"stopped at step {stopped}" in out and f"llmwizard resume {run_dir}" in out
 
+    # An edit of plan.yaml applies from the resumed step (and keeps this test short): fewer steps.
+    plan_file = run_dir / "plan.yaml"
+    every = int(re.search(r"^logging_steps: (\d+)$", plan_file.read_text(), flags=re.M).group(1))
+    end = (stopped // every + 10) * every  # a logged step
+    plan_file.write_text(re.sub(rf"^max_steps: {STEPS}$", f"max_steps: {end}", plan_file.read_text(), flags=re.M))
     result = run_cli("resume", str(run_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = read_metrics(metrics)
     begins = [r for r in records if r["type"] == "begin"]
-    assert [b["step"] for b in begins] == [0, stopped]
+    assert [b["step"] for b in begins] == [0, stopped] and begins[-1]["max_steps"] == end
     steps = logged_steps(metrics)
-    assert steps == sorted(set(steps)) and steps[-1] == STEPS, "each logged step once, continuing after the checkpoint"
+    assert steps == sorted(set(steps)) and steps[-1] == end, "each logged step once, continuing after the checkpoint"
     assert [s for s in steps if s > stopped], "nothing logged after the resume"
-    assert records[-1]["type"] == "end" and records[-1]["reason"] == "completed" and records[-1]["step"] == STEPS
+    assert records[-1]["type"] == "end" and records[-1]["reason"] == "completed" and records[-1]["step"] == end
     assert f"resumed from output/checkpoint-{stopped}" in result.stdout
     assert "Loss is flat" in result.stdout and "Raise the learning rate" in result.stdout
