@@ -235,7 +235,7 @@ def test_reference_setup_qwen_vl_full_fsdp_exports_files_accelerate_and_trl_load
     assert training.load_best_model_at_end and training.metric_for_best_model == "eval_loss"
     assert not training.greater_is_better
     plan = yaml.safe_load((out / "plan.yaml").read_text())
-    assert plan["train_vision_tower"] is True and "FSDP wraps each vision block" in plan["reasons"]["vision"]
+    assert plan["train_vision_tower"] is True and "under FSDP each vision block and decoder layer is wrapped" in plan["reasons"]["vision"]
     assert plan["max_length"] >= ImageTokenRule("qwen2_5_vl").tokens(1024, 768)  # the length covers the image
 
 
