@@ -330,7 +330,8 @@ def _copy_with_plan(run_dir: Path, target: Path, **changes: str) -> Path:
 
 
 @pytest.mark.slow
-def test_merge_refuses_qlora_without_dequantize_and_a_missing_base(runs, tmp_path, capsys):
+def test_merge_refuses_qlora_without_dequantize_and_a_missing_base(runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # the long temporary path on one line of the message
     qlora = _copy_with_plan(runs["finished"], tmp_path / "qlora", method="qlora")
     assert cli_main(["merge", str(qlora)]) == 2
     err = " ".join(capsys.readouterr().err.replace("│", " ").split())
