@@ -131,7 +131,7 @@ class ImageTokenRule:
     @property
     def description(self) -> str:
         if self.kind == "siglip":
-            return f"{self.tokens_per_image} tokens per image (fixed)"
+            return f"{self.tokens_per_image} tokens per image (fixed) and {self.extra_tokens} around it"
         return (f"one token per {self.merge_size}x{self.merge_size} patches of {self.patch_size} px "
                 f"({self.min_pixels:,}-{self.max_pixels:,} pixels per image)")
 
@@ -173,9 +173,11 @@ def token_rule(vision: VisionSpec | None, model_dir: Path | None = None) -> Imag
         return None
     if vision.kind == "siglip":
         # Gemma 3's processor replaces the template's one <start_of_image> with "\n\n<start_of_image>"
-        # + 256 soft tokens + "<end_of_image>\n\n": 260 tokens with Gemma's tokenizer ("\n\n" is one).
+        # + mm_tokens_per_image soft tokens + "<end_of_image>\n\n": 4 tokens around them with Gemma's
+        # tokenizer ("\n\n" is one), or what the model's own tokenizer makes of them.
+        markers = _gemma3_markers(model_dir) if model_dir is not None else None
         return ImageTokenRule("siglip", patch_size=vision.patch_size, merge_size=1,
-                              tokens_per_image=vision.tokens_per_image, extra_tokens=4)
+                              tokens_per_image=vision.tokens_per_image, extra_tokens=4 if markers is None else markers)
     settings = _processor_settings(model_dir) if model_dir is not None else {}
     size = settings.get("size") or {}
     return ImageTokenRule(
@@ -185,6 +187,28 @@ def token_rule(vision: VisionSpec | None, model_dir: Path | None = None) -> Imag
         min_pixels=int(settings.get("min_pixels") or size.get("shortest_edge") or QWEN_MIN_PIXELS),
         max_pixels=int(settings.get("max_pixels") or size.get("longest_edge") or QWEN_MAX_PIXELS),
     )
+
+
+def _gemma3_markers(model_dir: Path) -> int | None:
+    """Tokens of "\n\n<start_of_image>" + "<end_of_image>\n\n" under the model's tokenizer
+    (tokenizers alone, no torch); None without tokenizer files that name the two tokens."""
+    try:
+        config = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    markers = []
+    for key in ("boi_token", "eoi_token"):
+        token = config.get(key) if isinstance(config, dict) else None
+        token = token.get("content") if isinstance(token, dict) else token  # a serialised AddedToken
+        if not isinstance(token, str) or not token:
+            return None
+        markers.append(token)
+    if not (model_dir / "tokenizer.json").is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    return len(tokenizer.encode(f"\n\n{markers[0]}{markers[1]}\n\n", add_special_tokens=False).ids)
 
 
 def _processor_settings(model_dir: Path) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from typing import Any
 
 from llmwizard.autotune.schema import ModelSource
 from llmwizard.autotune.embedded import EMBEDDED_MODEL, MODEL_CONFIG, embedded_model_dir
-from llmwizard.autotune.embedded_vision import EMBEDDED_VISION_MODEL, VISION_MODEL_CONFIG, vision_model_dir
+from llmwizard.autotune.embedded_vision import (EMBEDDED_GEMMA3_MODEL, EMBEDDED_VISION_MODEL, GEMMA3_MODEL_CONFIG,
+                                                 VISION_MODEL_CONFIG, gemma3_model_dir, vision_model_dir)
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.model_types import Linear, ModelSpec
 from llmwizard.autotune.param_counts import cached_meta_counts, spec_from_config, with_counts
@@ -49,6 +50,8 @@ def load_model_spec(name: str | None) -> ModelSpec:
         return spec_from_config(EMBEDDED_MODEL, "embedded", str(embedded_model_dir()), MODEL_CONFIG)
     if name == EMBEDDED_VISION_MODEL:
         return spec_from_config(EMBEDDED_VISION_MODEL, "embedded", str(vision_model_dir()), VISION_MODEL_CONFIG)
+    if name == EMBEDDED_GEMMA3_MODEL:
+        return spec_from_config(EMBEDDED_GEMMA3_MODEL, "embedded", str(gemma3_model_dir()), GEMMA3_MODEL_CONFIG)
     path = Path(name).expanduser()
     if path.is_dir():
         config_file = path / "config.json"

@@ -146,7 +146,7 @@ def vision_tower(model: ModelSpec, dataset: DatasetProfile, goals: Goals, method
     trains = method == "full" or goals.train_vision_tower
     images = (f"{dataset.images:,} images in {dataset.examples_with_images:,} examples "
               f"({dataset.image_min_size} to {dataset.image_max_size}), up to {dataset.image_tokens_max} image tokens "
-              f"and {vision.sequence_patches(model, dataset.image_tokens_max):,} tower patches per example"
+              f"and {_patches(model, dataset):,} tower patches per example"
               if dataset.images else "no images in the data: the tower is not used")
     if method == "full":
         how = ("trains with every other weight (full fine-tuning); under FSDP each vision block and decoder layer "
@@ -156,6 +156,11 @@ def vision_tower(model: ModelSpec, dataset: DatasetProfile, goals: Goals, method
     else:
         how = "frozen (LoRA on the language model only; --train-vision-tower adapts it too)"
     return Decision(trains, f"{model.vision_params:,}-parameter vision tower {how}; {images}")
+
+
+def _patches(model: ModelSpec, dataset: DatasetProfile) -> int:
+    """Patches of the longest example's images (SigLIP: its images, each one fixed square)."""
+    return vision.sequence_patches(model, dataset.image_tokens_max, dataset.max_images_per_example)
 
 
 # ----------------------------------------------------------------------------- 2. max length
@@ -265,7 +270,7 @@ def base_setup(hardware: HardwareProfile, world: World, method: Method, max_leng
                 dataset: DatasetProfile | None = None) -> TrainSetup:
     """What the search starts from: everything decided so far."""
     # The vision tower encodes the longest example's images (the memory peak's sequence).
-    patches = vision.sequence_patches(model, dataset.image_tokens_max) if model and dataset else 0
+    patches = _patches(model, dataset) if model and dataset else 0
     return TrainSetup(method=method, num_gpus=world.size, seq_len=max_length, precision=precision,
                       optimizer=goals.optimizer or "adamw", lora_r=lora.r if lora else 8,
                       lora_targets=lora.target_modules if lora else None,

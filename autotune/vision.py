@@ -12,8 +12,8 @@ into every length), so the decoder's activations already cover them. What the to
   fp32, attention per window, SwiGLU with biases) or SigLIP's encoder layer keeps for backward.
 
 Checked against FakeTensorMode + MemTracker at real widths (bench/memory_validation.py,
-`--vision`). Patches per sequence come from the dataset's p99 image tokens: merge^2 patches per
-token for Qwen2.5-VL, (image_size / patch)^2 per image for SigLIP.
+`--vision`). Patches per sequence come from the dataset's longest example: its image tokens x
+merge^2 for Qwen2.5-VL, its images x (image_size / patch)^2 for SigLIP.
 """
 
 from __future__ import annotations
@@ -37,11 +37,16 @@ def patches_per_image_token(vision: VisionSpec) -> float:
     return float(vision.merge_size**2)
 
 
-def sequence_patches(model: ModelSpec, image_tokens: int) -> int:
-    """Patches the tower encodes for a sequence holding `image_tokens` image tokens."""
-    if model.vision is None or image_tokens <= 0:
+def sequence_patches(model: ModelSpec, image_tokens: int, images: int = 0) -> int:
+    """Patches the tower encodes for a sequence holding `image_tokens` image tokens in `images`
+    images. SigLIP (Gemma 3) sees every image as one square of (image_size / patch)^2 patches,
+    whatever its token count holds besides the pooled tokens (the markers around them)."""
+    v = model.vision
+    if v is None or image_tokens <= 0:
         return 0
-    return round(image_tokens * patches_per_image_token(model.vision))
+    if v.kind == "siglip" and images > 0:
+        return images * (v.image_size // v.patch_size) ** 2
+    return round(image_tokens * patches_per_image_token(v))
 
 
 def lora_targets(model: ModelSpec, targets: list[str], train_tower: bool) -> list[str]:

@@ -1,5 +1,5 @@
-"""Vision-language fine-tuning: the embedded tiny Qwen2.5-VL and shapes set, images in datasets
-(checks by line, profile with image tokens), and one real CPU run through TRL's vision path."""
+"""Vision-language fine-tuning: the embedded tiny Qwen2.5-VL and Gemma 3 and the shapes set, images
+in datasets (checks by line, profile with image tokens), and real CPU runs through TRL's vision path."""
 
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ def _row(images: list[str], parts: int = 1) -> dict:
             "images": images}
 
 
-def _vision_profile(source: str):
-    model = load_model_spec(ev.EMBEDDED_VISION_MODEL)
-    directory = ev.ensure_vision_model()
+def _vision_profile(source: str, name: str = ev.EMBEDDED_VISION_MODEL):
+    model = load_model_spec(name)
+    directory = ev.ensure_embedded(name)
     return profile_dataset(resolve_dataset(source), counter_for(directory), token_rule(model.vision, directory),
                            model.name)
 
@@ -253,8 +253,9 @@ def test_wizard_dataset_step_shows_image_counts_and_tokens():
     assert "image tokens" in text and "max 9 per example" in text
 
 
+@pytest.mark.parametrize("name", [ev.EMBEDDED_VISION_MODEL, ev.EMBEDDED_GEMMA3_MODEL])
 @pytest.mark.parametrize("train_tower", [False, True])
-def test_lora_targets_adapt_what_the_plan_counts(train_tower):
+def test_lora_targets_adapt_what_the_plan_counts(name, train_tower):
     """The plan's PEFT regex (TRL passes a one-item list on as a string) puts adapters on the
     language model only, or on the tower's blocks too, and PEFT's count is the plan's."""
     from peft import LoraConfig, get_peft_model
@@ -262,13 +263,135 @@ def test_lora_targets_adapt_what_the_plan_counts(train_tower):
 
     from llmwizard.autotune import vision
 
-    spec = load_model_spec(ev.EMBEDDED_VISION_MODEL)
+    spec = load_model_spec(name)
     targets = vision.lora_targets(spec, spec.linear_names, train_tower)
     assert len(targets) == 1
-    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(ev.ensure_vision_model()),
+    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(ev.ensure_embedded(name)),
                            LoraConfig(r=4, target_modules=targets[0]))
     adapted = [n for n, _ in model.named_parameters() if "lora_A" in n]
     assert any(".language_model." in n for n in adapted)
-    assert any(".visual." in n for n in adapted) == train_tower
+    assert any(".visual." in n or ".vision_tower." in n for n in adapted) == train_tower
     expected = spec.lora_params(4) + (spec.vision.lora_params(4) if train_tower else 0)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
+
+
+# ----------------------------------------------------------------------------- Gemma 3
+
+def test_tiny_gemma3_model_loads_with_autoprocessor_and_counts_match_the_plan():
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = ev.ensure_gemma3_model()
+    model, info = AutoModelForImageTextToText.from_pretrained(path, output_loading_info=True)
+    assert type(model).__name__ == "Gemma3ForConditionalGeneration"
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    spec = load_model_spec(ev.EMBEDDED_GEMMA3_MODEL)
+    assert spec.total_params == sum(p.numel() for p in model.parameters())
+    assert spec.vision_params == sum(p.numel() for n, p in model.named_parameters()
+                                     if ".vision_tower." in n or ".multi_modal_projector." in n)
+    present = {type(m).__name__ for m in model.modules()}
+    assert set(spec.wrap_classes) == set(model._no_split_modules) & present  # SigLIP lists its text tower's too
+    processor = AutoProcessor.from_pretrained(path)  # Gemma 3 needs no video processor, so no torchvision
+    assert type(processor).__name__ == "Gemma3Processor"
+    assert processor.image_seq_length == model.config.mm_tokens_per_image == spec.vision.tokens_per_image
+    tokenizer = processor.tokenizer
+    assert (tokenizer.boi_token_id, tokenizer.eoi_token_id, tokenizer.image_token_id) == (
+        model.config.boi_token_id, model.config.eoi_token_id, model.config.image_token_id)
+
+
+def test_gemma3_token_rule_matches_the_real_processor():
+    """The torch-free count of a shapes row (chat template, the fixed tokens per image and the
+    markers Gemma3Processor puts around them) equals the processor's input_ids, and the image
+    gets exactly mm_tokens_per_image soft tokens."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    path = ev.ensure_gemma3_model()
+    processor = AutoProcessor.from_pretrained(path)
+    rule = token_rule(load_model_spec(ev.EMBEDDED_GEMMA3_MODEL).vision, path)
+    counter = counter_for(path)
+    shapes = ev.ensure_shapes_dataset()
+    for row in load_rows(str(shapes))[:3]:
+        image = Image.open(shapes.parent / row["images"][0])
+        messages = json.loads(json.dumps(row["messages"]))
+        messages[0]["content"][0] = {"type": "image", "image": image}
+        ids = processor.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+        ids = ids[0] if isinstance(ids[0], list) else ids
+        assert ids.count(processor.tokenizer.image_token_id) == ev.GEMMA3_TOKENS_PER_IMAGE
+        assert counter.count(row) - 1 + rule.tokens(*image.size) == len(ids)
+    profile = _vision_profile(ev.EMBEDDED_VISION_DATASET, ev.EMBEDDED_GEMMA3_MODEL)
+    assert profile.image_tokens_max == rule.tokens(ev.IMAGE_SIDE, ev.IMAGE_SIDE) > ev.GEMMA3_TOKENS_PER_IMAGE
+
+
+def test_gemma3_plan_counts_fixed_image_tokens_and_one_square_of_patches_per_image():
+    """gemma-3-4b (catalog, no tokenizer here): 256 tokens + 4 markers per image, whatever its size,
+    and the tower encodes 64 x 64 patches per image; the planner's max length and memory use them."""
+    from llmwizard.autotune import vision
+
+    model = load_model_spec("gemma-3-4b")
+    assert model.vision is not None and model.vision.tokens_per_image == 256
+    profile = profile_dataset(resolve_dataset(ev.EMBEDDED_VISION_DATASET), counter_for(None),
+                              token_rule(model.vision), model.name)
+    assert profile.image_tokens_max == profile.image_tokens_p99 == 256 + 4
+    per_image = (model.vision.image_size // model.vision.patch_size) ** 2
+    assert per_image == 4096
+    assert vision.sequence_patches(model, profile.image_tokens_max, profile.max_images_per_example) == per_image
+    assert vision.sequence_patches(model, 3 * 260, 3) == 3 * per_image
+    result = run_cli("plan", "--model", "gemma-3-4b", "--gpus", "1xH100-80GB", "--dataset",
+                     ev.EMBEDDED_VISION_DATASET, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    plan = json.loads(result.stdout)
+    reasons = dict(reason.split(": ", 1) for reason in plan["reasons"])
+    assert plan["max_length"] >= profile.max_tokens >= 260
+    assert "up to 260 image tokens and 4,096 tower patches" in reasons["vision"]
+    assert "256 tokens per image (fixed) and 4 around it" in reasons["max_length"]
+
+
+@pytest.fixture(scope="module")
+def gemma3_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("gemma3-run")
+    result = run_cli("--preset", "small-dataset", "--yes", "--model", ev.EMBEDDED_GEMMA3_MODEL,
+                     "--dataset", ev.EMBEDDED_VISION_DATASET, "--max-steps", "10", "--eval-fraction", "0", cwd=cwd)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run_dir,) = (cwd / "runs").iterdir()
+    return run_dir, result
+
+
+@pytest.mark.slow
+def test_gemma3_run_loss_falls_with_the_tower_frozen(gemma3_run):
+    from llmwizard.runner.metrics import iter_logs, read_metrics
+
+    run_dir, _ = gemma3_run
+    losses = list(iter_logs(read_metrics(run_dir / "metrics.jsonl")))
+    assert losses[-1][0] == 10
+    assert losses[-1][1] < losses[0][1] - 0.5, losses
+    plan = (run_dir / "plan.yaml").read_text()
+    assert "vision tower frozen (model.vision_tower" in plan
+    assert f"{ev.GEMMA3_TOKENS_PER_IMAGE} tokens per image (fixed)" in plan
+
+
+@pytest.mark.slow
+def test_gemma3_run_saves_an_adapter_peft_loads_and_a_processor_autoprocessor_loads(gemma3_run):
+    import torch
+    from PIL import Image
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    run_dir, _ = gemma3_run
+    output = run_dir / "output"
+    processor = AutoProcessor.from_pretrained(output)
+    assert type(processor).__name__ == "Gemma3Processor"
+    assert processor.image_seq_length == ev.GEMMA3_TOKENS_PER_IMAGE
+    base = AutoModelForImageTextToText.from_pretrained(ev.ensure_gemma3_model())
+    model = PeftModel.from_pretrained(base, output)
+    adapted = [n for n, p in model.named_parameters() if "lora_B" in n]
+    assert adapted and all(".language_model." in n for n in adapted)  # nothing on the tower or projector
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+    shapes = ev.ensure_shapes_dataset()
+    image = Image.open(shapes.parent / load_rows(str(shapes))[0]["images"][0])
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Shape?"}]}]
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt")
+    assert "pixel_values" in inputs and "token_type_ids" in inputs
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert logits.shape[1] == inputs["input_ids"].shape[1] and torch.isfinite(logits).all()
