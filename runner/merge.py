@@ -75,12 +75,30 @@ def pick_weights(run_dir: Path, checkpoint: str | None = None) -> Weights:
                     title="Run directory", fix=f"Train it first: llmwizard run {run_dir}")
 
 
+def vision_language(plan: Plan) -> bool:
+    """Whether the run's model is a vision-language model (its spec has a vision tower)."""
+    from llmwizard.autotune.model_spec import load_model_spec
+
+    try:
+        return load_model_spec(plan.model).vision is not None
+    except UserError:
+        return False
+
+
+def refuse_vision_language(plan: Plan, command: str) -> None:
+    if vision_language(plan):
+        raise UserError(f"`llmwizard {command}` loads text-only models (AutoModelForCausalLM); {plan.model} is a "
+                        "vision-language model.", title="Vision-language model",
+                        fix="Load output/ with PEFT on top of AutoModelForImageTextToText, with the processor "
+                            "saved beside it (docs/vision.md, 'After training').")
+
+
 def base_model_path(plan: Plan) -> str:
     """Where the base weights are; a UserError when they are not on this machine nor fetchable."""
     if plan.model_source == "embedded":
-        from llmwizard.autotune.embedded import ensure_embedded_model
+        from llmwizard.autotune.embedded_vision import ensure_embedded
 
-        return str(ensure_embedded_model())
+        return str(ensure_embedded(plan.model))
     if plan.model_source == "local":
         if not _holds_weights(Path(plan.model)):
             raise UserError(f"The base model {plan.model} is not there any more (no config.json).",
@@ -123,6 +141,7 @@ def load_tuned(run_dir: Path, checkpoint: str | None = None) -> tuple[Any, Any, 
     from transformers import AutoModelForCausalLM
 
     plan = load_plan(run_dir)
+    refuse_vision_language(plan, "try")
     weights = pick_weights(run_dir, checkpoint)
     base_path = base_model_path(plan)
     dtype, device = torch_dtype(plan), _device()
@@ -146,6 +165,7 @@ def merge(run_dir: Path, out: Path | None = None, checkpoint: str | None = None,
           dequantize: bool = False) -> tuple[Path, Weights]:
     """Merge the run's adapter into its base; (the new directory, the weights merged)."""
     plan = load_plan(run_dir)
+    refuse_vision_language(plan, "merge")
     if plan.method == "full":
         raise UserError(f"{run_dir} trained the whole model (method full): there is no adapter to merge.",
                         title="Merge", fix=f"{run_dir / OUTPUT_DIR} already loads with "

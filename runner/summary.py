@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmwizard.autotune.errors import UserError
 from llmwizard.runner import diagnostics, recovery
 from llmwizard.runner.export import OUTPUT_DIR
 from llmwizard.runner.state import RunState
@@ -131,6 +132,16 @@ def accuracy_text(state: RunState) -> str | None:
     return parts[0] + (f" ({parts[1]})" if len(parts) > 1 else "") if state.accuracies else parts[0]
 
 
+def _vision_language(run_dir: Path) -> bool:
+    """`try` and `merge` are for text-only models (llmwizard.runner.merge)."""
+    from llmwizard.runner.merge import load_plan, vision_language
+
+    try:
+        return vision_language(load_plan(run_dir))
+    except (UserError, OSError):  # no readable plan.yaml: offer the commands, which say what is wrong
+        return False
+
+
 def _after_rows(run_dir: Path, outcome: Outcome) -> list[tuple[str, str]]:
     """What to look at and do next: the report, one held-out sample, merge and try."""
     from llmwizard.runner.report import REPORT_FILE
@@ -144,7 +155,7 @@ def _after_rows(run_dir: Path, outcome: Outcome) -> list[tuple[str, str]]:
         first = samples[0]
         rows.append(("sample", f"{_short(first['prompt'])} -> {_short(first['output'])} "
                                f"(reference: {_short(first['reference'])}; all in samples.jsonl)"))
-    if outcome.status == "done":
+    if outcome.status == "done" and not _vision_language(run_dir):
         rows.append(("try it", f'llmwizard try {run_dir} "your prompt"'))
         if (run_dir / OUTPUT_DIR / "adapter_config.json").is_file():
             rows.append(("merge", f"llmwizard merge {run_dir}"))

@@ -157,6 +157,19 @@ def test_vision_run_loss_falls_and_the_plan_says_the_tower_is_frozen(vision_run)
 
 
 @pytest.mark.slow
+def test_merge_and_try_refuse_a_vision_run_and_the_summary_does_not_offer_them(vision_run, capsys):
+    from llmwizard.wizard.cli import main
+
+    run_dir, result = vision_run
+    assert "llmwizard try" not in result.stdout and "llmwizard merge" not in result.stdout
+    for argv in (["merge", str(run_dir)], ["try", str(run_dir), "a red circle?"]):
+        assert main(argv) == 2
+        err = " ".join(capsys.readouterr().err.replace("│", " ").split())
+        assert "vision-language model" in err and "AutoModelForImageTextToText" in err, err
+    assert not (run_dir / "merged").exists()
+
+
+@pytest.mark.slow
 def test_vision_run_saves_an_adapter_that_loads_with_peft_and_the_processor(vision_run):
     import torch
     from PIL import Image
