@@ -408,3 +408,30 @@ def test_gemma3_run_saves_an_adapter_peft_loads_and_a_processor_autoprocessor_lo
     with torch.no_grad():
         logits = model(**inputs).logits
     assert logits.shape[1] == inputs["input_ids"].shape[1] and torch.isfinite(logits).all()
+
+
+@pytest.mark.slow
+def test_full_fine_tuning_under_fsdp_wraps_vision_and_decoder_blocks_and_trains_on_two_ranks(tmp_path):
+    """Full fine-tuning of the tiny vision-language model with FSDP2 on two gloo ranks: both the
+    vision blocks and the decoder layers are wrap classes, the run completes, and output/ holds a
+    whole model with its vision tower that transformers loads."""
+    import yaml
+
+    run_dir = tmp_path / "run"
+    result = run_cli("export", "--model", ev.EMBEDDED_VISION_MODEL, "--dataset", ev.EMBEDDED_VISION_DATASET,
+                     "--method", "full", "--strategy", "fsdp", "--processes", "2", "--max-steps", "2",
+                     "--eval-fraction", "0", "--out", str(run_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    fsdp = yaml.safe_load((run_dir / "accelerate_config.yaml").read_text())["fsdp_config"]
+    assert set(fsdp["fsdp_transformer_layer_cls_to_wrap"].split(",")) == {"Qwen2_5_VLDecoderLayer",
+                                                                         "Qwen2_5_VLVisionBlock"}
+    result = run_cli("run", str(run_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    from llmwizard.runner.metrics import read_metrics
+
+    records = read_metrics(run_dir / "metrics.jsonl")
+    assert records[0]["world_size"] == 2 and records[-1]["type"] == "end" and records[-1]["reason"] == "completed"
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(run_dir / "output")
+    assert any(name.startswith("model.visual.blocks.") for name, _ in model.named_parameters())
