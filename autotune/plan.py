@@ -120,6 +120,9 @@ class Plan:
     # Vision-language models: the vision tower trains (LoRA adapters on its blocks too, or every
     # weight under full fine-tuning); with LoRA and false it stays frozen.
     train_vision_tower: bool = False
+    # Vision-language models: the vision tower's patches for the longest example's images (what the
+    # estimate sized; a re-plan after an out-of-memory failure sizes the same). 0: no images.
+    image_patches: NonNegativeInt = 0
     version: Literal[1] = PLAN_VERSION
 
     @model_validator(mode="after")

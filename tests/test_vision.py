@@ -435,3 +435,20 @@ def test_full_fine_tuning_under_fsdp_wraps_vision_and_decoder_blocks_and_trains_
 
     model = AutoModelForImageTextToText.from_pretrained(run_dir / "output")
     assert any(name.startswith("model.visual.blocks.") for name, _ in model.named_parameters())
+
+
+def test_a_re_plan_sizes_the_vision_tower_as_the_plan_did():
+    """After an out-of-memory failure the re-plan prices the plan's own setup, images included."""
+    from llmwizard.autotune.goals import Goals
+    from llmwizard.autotune.hardware import from_spec
+    from llmwizard.autotune.memory import estimate
+    from llmwizard.autotune.planner import plan as make_plan
+    from llmwizard.autotune.replan import setup_of
+
+    model = load_model_spec("qwen2.5-vl-7b")
+    dataset = profile_dataset(resolve_dataset(ev.EMBEDDED_VISION_DATASET), counter_for(None),
+                              token_rule(model.vision), model.name)
+    planned = make_plan(from_spec("1xA100-80GB"), model, dataset, Goals(method="lora"))
+    setup = setup_of(planned)
+    assert planned.image_patches > 0 and setup.image_patches == planned.image_patches
+    assert estimate(model, setup, planned.estimate.budget).total == planned.estimate.total
