@@ -380,5 +380,21 @@ def last_checkpoint(output_dir: str) -> str | None:
     return str(found) if found else None
 
 
+def leave(code: int) -> None:
+    """End the rank without the interpreter's C-level teardown. The work is done and saved and
+    the process group destroyed, but gloo's and DeepSpeed's background threads can still abort a
+    rank while static objects are destroyed ("terminate called without an active exception",
+    exit 250 under load), which would turn a finished run into a failed one. Exit handlers
+    (trackers' final sync) and logging still run first."""
+    import atexit
+    import logging
+
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    leave(main())

@@ -65,13 +65,20 @@ def build_tiny_model(family: str, directory: Path, seed: int = 0) -> Path:
         model.get_output_embeddings().weight.normal_(0.0, 0.15)
         if family == "llama":
             model.get_input_embeddings().weight.normal_(0.0, 0.5)
-    staging = directory.with_name(directory.name + ".partial")
+    # A staging folder of this process's own: test workers running side by side (pytest-xdist)
+    # may build the same model at once; the first rename wins and the others drop their copy.
+    staging = directory.with_name(f"{directory.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, safe_serialization=True)
     source = ensure_embedded_model()
     for name in _TOKENIZER_FILES:
         shutil.copy(source / name, staging / name)
-    staging.rename(directory)
+    try:
+        staging.rename(directory)
+    except OSError:  # another worker's copy is in place
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (directory / "config.json").is_file():
+            raise
     return directory
 
 
