@@ -13,6 +13,8 @@ llmwizard.runner.train installs `default_callbacks(metrics_file)` on every rank:
 - A checkpoint that would not fit on the disk is not started: every rank skips it and stops, the
   last complete checkpoint stays intact, and the run ends with a "Disk full" UserError
   (llmwizard.runner.checkpoint_space).
+- `SameBestCheckpointCallback` makes every rank name the same best checkpoint after each save, so
+  `load_best_model_at_end` loads it on all ranks or on none.
 
 Tests add their own callbacks (an out-of-memory error on demand) through
 llmwizard.runner.train.TEST_CALLBACKS_ENV; nothing here knows about them.
@@ -20,6 +22,7 @@ llmwizard.runner.train.TEST_CALLBACKS_ENV; nothing here knows about them.
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import sys
@@ -310,6 +313,33 @@ class DivergenceCallback(TrainerCallback):
                        "finding": finding.to_dict(), "good_checkpoint": good})
 
 
+class SameBestCheckpointCallback(TrainerCallback):
+    """After each save, every rank takes rank 0's `best_model_checkpoint`.
+
+    The Trainer sets it in `_save_checkpoint` on each rank from `os.path.exists(checkpoint-N)`,
+    checked after `save_model`. Under FSDP with sharded checkpoints `save_model` writes nothing:
+    the folder appears just after, when each rank saves its shards. A rank that is quicker past
+    the barrier creates it while a slower one is still checking, so the ranks can disagree; at the
+    end one rank loads the best checkpoint (collectives) while the others save the model (other
+    collectives), and the run hangs. `on_save` comes after the whole save on every rank, where
+    the folder of a finished save exists for rank 0; one small broadcast per save makes the
+    others agree. It runs before the next save's rotation, which protects that checkpoint."""
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        import torch.distributed as dist
+
+        best = state.best_model_checkpoint
+        step = getattr(state, "best_global_step", None)
+        if step:
+            path = os.path.join(args.output_dir, f"checkpoint-{step}")  # the Trainer's spelling
+            best = path if os.path.isdir(path) else best
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            shared = [best]
+            dist.broadcast_object_list(shared, src=0)
+            best = shared[0]
+        state.best_model_checkpoint = best
+
+
 def stop_reason(callbacks: list[TrainerCallback]) -> str | None:
     """Why training ended early ("signal", "diverged" or "disk_full"), None when it ran to the
     end: the training entry skips saving diverged weights, and the final weights and exits
@@ -323,7 +353,8 @@ def stop_reason(callbacks: list[TrainerCallback]) -> str | None:
 def default_callbacks(metrics_file: str) -> list[TrainerCallback]:
     """Every callback the training entry installs on each rank (order matters: sync before stop)."""
     run = RankRun(metrics_file)
-    return [MetricsCallback(run), RankSyncCallback(run), StopOnSignalCallback(run), DivergenceCallback(run)]
+    return [MetricsCallback(run), RankSyncCallback(run), StopOnSignalCallback(run), DivergenceCallback(run),
+            SameBestCheckpointCallback()]
 
 
 

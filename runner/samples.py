@@ -1,9 +1,11 @@
 """A first look at what a run learned: greedy generations from held-out examples, and from a prompt.
 
-At the end of a run rank 0 generates a few evaluation examples (greedy, short) and writes
+At the end of a run a few evaluation examples are generated (greedy, short) and rank 0 writes
 `samples.jsonl` in the run directory, one JSON object per line: prompt, reference, output (and the
-step). The summary shows the first. `llmwizard try RUN "prompt"` uses the same generation for the
-tuned model and the base side by side (llmwizard.wizard.after_commands).
+step). Rank 0 generates alone when it holds the whole model; when the weights are sharded (FSDP,
+ZeRO-3) every rank generates the same prompts in step (`synced_gpus`), since each forward gathers
+its layers from all ranks. The summary shows the first. `llmwizard try RUN "prompt"` uses the
+same generation for the tuned model and the base side by side (llmwizard.wizard.after_commands).
 
 Prompts go through the tokenizer's chat template when it has one (what serving will do), else as
 plain text. Reading samples.jsonl (`read_samples`) needs no torch; generating does.
@@ -76,20 +78,29 @@ def encode(tokenizer: Any, prompt: list[dict[str, str]] | str) -> list[int]:
 
 
 def generate(model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]] | str],
-             max_new_tokens: int = SAMPLE_NEW_TOKENS) -> list[str]:
-    """Greedy completions, one prompt at a time (no padding to get wrong), without the prompt."""
+             max_new_tokens: int = SAMPLE_NEW_TOKENS, *, synced_gpus: bool | None = None,
+             device: Any = None) -> list[str]:
+    """Greedy completions, one prompt at a time (no padding to get wrong), without the prompt.
+
+    `synced_gpus`: the model is sharded over the ranks (FSDP, ZeRO-3) and every rank calls this
+    with the same prompts; each rank runs a forward until all have finished, because every forward
+    gathers weights from all of them. None lets transformers decide (it turns this on for ZeRO-3
+    and FSDP-managed modules in a multi-process world). `device`: where the inputs go, by default
+    the first parameter's device (a sharded or offloaded model says it instead)."""
     import torch
 
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    if device is None:
+        device = next(model.parameters()).device
     outputs = []
     try:
         with torch.no_grad():
             for prompt in prompts:
                 ids = torch.tensor([encode(tokenizer, prompt)], device=device)
                 generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                           max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id
+                                           max_new_tokens=max_new_tokens, synced_gpus=synced_gpus,
+                                           pad_token_id=tokenizer.pad_token_id
                                            if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
                 outputs.append(tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True).strip())
     finally:
@@ -98,8 +109,10 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]] 
 
 
 def eval_samples(model: Any, tokenizer: Any, rows: Iterable[dict[str, Any]], count: int = SAMPLE_COUNT,
-                 max_new_tokens: int = SAMPLE_NEW_TOKENS) -> list[dict[str, Any]]:
-    """The first `count` usable rows, generated: prompt, reference, output."""
+                 max_new_tokens: int = SAMPLE_NEW_TOKENS, *, synced_gpus: bool | None = None,
+                 device: Any = None) -> list[dict[str, Any]]:
+    """The first `count` usable rows, generated: prompt, reference, output (`synced_gpus` and
+    `device` as for `generate`)."""
     picked = []
     for row in rows:
         split = split_example(row)
@@ -107,7 +120,8 @@ def eval_samples(model: Any, tokenizer: Any, rows: Iterable[dict[str, Any]], cou
             picked.append(split)
         if len(picked) >= count:
             break
-    outputs = generate(model, tokenizer, [prompt for prompt, _ in picked], max_new_tokens)
+    outputs = generate(model, tokenizer, [prompt for prompt, _ in picked], max_new_tokens,
+                       synced_gpus=synced_gpus, device=device)
     return [{"prompt": prompt_text(prompt), "reference": reference, "output": output}
             for (prompt, reference), output in zip(picked, outputs, strict=True)]
 

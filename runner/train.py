@@ -148,7 +148,7 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
         trainer.save_model(training_args.output_dir)
         if trainer.accelerator.is_main_process:
             print(f"llmwizard: saved to {Path(training_args.output_dir).resolve()}", flush=True)
-    if reason is None and trainer.accelerator.is_main_process:
+    if reason is None:
         write_eval_samples(trainer, eval_dataset, tokenizer, Path(own.metrics_file).parent)
     # Rank 0 may still be writing while the others reach the teardown; a rank that closes its
     # gloo connections under a peer still using them can abort it ("terminate called without an
@@ -163,28 +163,43 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
 
 def write_eval_samples(trainer: Any, eval_dataset: Any, tokenizer: Any, run_dir: Path) -> None:
     """A few held-out examples generated greedily with the final weights, into samples.jsonl
-    (llmwizard.runner.samples). Rank 0 only, and only when it holds the whole model: FSDP and
-    ZeRO-3 shard it (`llmwizard try` generates from the saved result instead). A failure here
-    costs the samples, never the run."""
+    (llmwizard.runner.samples). Called on every rank; rank 0 writes. When rank 0 holds the whole
+    model (single process, DDP, ZeRO-2) it generates alone. When the weights are sharded (FSDP,
+    ZeRO-3) every rank generates the same prompts with `synced_gpus`: each forward gathers each
+    layer's shards from all ranks, so none may stop before the others. The eval split is the same
+    on every rank (a seeded split, or the dataset's own), so each rank picks the same rows and
+    makes the same number of forwards. A failure here costs the samples, never the run (sharded,
+    a failure on one rank alone, such as running out of memory, leaves the others waiting in a
+    collective until the process group's timeout, then they fail the same way)."""
     from llmwizard.runner.samples import SAMPLES_FILE, eval_samples, write_samples
 
-    if eval_dataset is None or len(eval_dataset) == 0:
-        print("llmwizard: no held-out rows, so no samples; `llmwizard try RUN_DIR \"prompt\"` tries the model",
-              flush=True)
+    main = trainer.accelerator.is_main_process
+    sharded = is_sharded(trainer)
+    if not (main or sharded):
         return
-    engine = getattr(trainer, "deepspeed", None)
-    if trainer.is_fsdp_enabled or (engine is not None and engine.zero_optimization_stage() == 3):
-        print("llmwizard: the model is sharded over the ranks, so no samples here; "
-              "`llmwizard try RUN_DIR \"prompt\"` generates from the saved result", flush=True)
+    if eval_dataset is None or len(eval_dataset) == 0:
+        if main:
+            print("llmwizard: no held-out rows, so no samples; `llmwizard try RUN_DIR \"prompt\"` tries the model",
+                  flush=True)
         return
     try:
         rows = eval_dataset.select(range(min(len(eval_dataset), 16)))
-        samples = eval_samples(trainer.model, tokenizer, rows)
-        write_samples(run_dir / SAMPLES_FILE, samples, int(trainer.state.global_step))
+        samples = eval_samples(trainer.model, tokenizer, rows, device=trainer.accelerator.device,
+                               synced_gpus=sharded and trainer.accelerator.num_processes > 1)
+        if main:
+            write_samples(run_dir / SAMPLES_FILE, samples, int(trainer.state.global_step))
     except Exception as exc:  # noqa: BLE001 (a sample is a nicety; the trained weights are saved already)
-        print(f"llmwizard: could not generate samples ({type(exc).__name__}: {exc})", flush=True)
+        if main:
+            print(f"llmwizard: could not generate samples ({type(exc).__name__}: {exc})", flush=True)
         return
-    print(f"llmwizard: {len(samples)} held-out example(s) generated into {SAMPLES_FILE}", flush=True)
+    if main:
+        print(f"llmwizard: {len(samples)} held-out example(s) generated into {SAMPLES_FILE}", flush=True)
+
+
+def is_sharded(trainer: Any) -> bool:
+    """Whether the weights are split over the ranks: FSDP, or a DeepSpeed engine at ZeRO stage 3."""
+    engine = getattr(trainer, "deepspeed", None)
+    return bool(trainer.is_fsdp_enabled or (engine is not None and engine.zero_optimization_stage() == 3))
 
 
 def test_callbacks() -> list[Any]:
