@@ -236,6 +236,10 @@ _NOISE = re.compile(
     r"^The above exception was the direct cause of the following exception:")
 
 
+# A traceback frame, also in the middle of a line another rank was writing at the same time.
+_FRAME = re.compile(r'File "[^"]*", line \d+')
+
+
 def without_tracebacks(lines: list[str]) -> list[str]:
     """The lines of a log without Python tracebacks (the `Traceback (most recent call last):`
     header, `File "...", line N` frames and their source and ^^^ lines; the exception line that
@@ -258,10 +262,10 @@ def without_tracebacks(lines: list[str]) -> list[str]:
         if "ChildFailedError" in line:
             banner_rules = 0
             continue
-        if stripped.startswith("Traceback (most recent call last):"):
+        if "Traceback (most recent call last):" in stripped:  # also where two ranks' lines merged into one
             in_traceback = True
             continue
-        if (in_traceback and line[:1].isspace()) or stripped.startswith('File "') or _NOISE.search(line):
+        if (in_traceback and line[:1].isspace()) or _FRAME.search(line) or _NOISE.search(line):
             continue
         out.append(raw)
     return out

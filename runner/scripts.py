@@ -133,7 +133,7 @@ def slurm_script(plan: Plan) -> str:
         '  RUN_DIR="$(dirname "$(scontrol show job "$SLURM_JOB_ID" | sed -n \'s/^ *Command=//p\')")"',
         "fi",
         'cd "$RUN_DIR"',
-        'MAIN_PROCESS_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        'MAIN_PROCESS_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)',
         f"MAIN_PROCESS_PORT=${{MAIN_PROCESS_PORT:-{plan.main_process_port}}}",
         "export MAIN_PROCESS_IP MAIN_PROCESS_PORT",
         "# \\$SLURM_NODEID is escaped so each machine reads its own rank inside srun; unescaped,",
