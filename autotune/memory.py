@@ -40,6 +40,7 @@ from llmwizard.autotune.hardware_types import GiB
 from llmwizard.autotune.long_context import offloaded_activations, per_rank, ring_buffers
 from llmwizard.autotune.model_states import ModelStates, model_states
 from llmwizard.autotune.model_types import ModelSpec
+from llmwizard.autotune.savers import fused_in_backward, fused_update_temp, widest_update
 from llmwizard.autotune.reserved import ALLOCATOR_RESERVE, CPU_PROCESS, CUDA_CONTEXT, NCCL_COMMUNICATOR, expected_peak
 from llmwizard.autotune.train_setup import (
     ATTENTIONS,
@@ -160,7 +161,10 @@ def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate
             notes.append(f"activation offloading: {offloaded / GiB:.1f} GiB of saved activations in host RAM")
     # The vision tower's pixels and saved tensors live through the step like the decoder's.
     step = replace(step, activations=step.activations + vision.saved_bytes(model, setup, vision.tower_trains(model, setup)))
-    phases = _phases(states, buffers, step)
+    if fused_in_backward(setup.optimizer):
+        phases = _fused_phases(model, setup, states, step)
+    else:
+        phases = _phases(states, buffers, step)
     if vision.forward_bytes(model, setup):
         phases["forward (vision tower)"] = (states.weights + states.optimizer + buffers.ddp_buckets + buffers.gathered_fwd
                                             + vision.saved_bytes(model, setup, False) + vision.forward_bytes(model, setup))
@@ -276,6 +280,39 @@ def _phases(states: ModelStates, buffers: _Buffers, step: _StepTensors) -> dict[
         "backward (embedding)": resident + bwd + states.grads + step.tied_extra,
         "optimizer step": resident + states.grads + states.optimizer_temp,
     }
+
+
+def _fused_phases(model: ModelSpec, setup: TrainSetup, states: ModelStates, step: _StepTensors) -> dict[str, float]:
+    """The phases when the optimizer updates inside backward (AdaLomo, one process): no gradients
+    pile up. Each parameter's hook applies the gradient finished before it, so a weight's update
+    (llmwizard.autotune.savers.fused_update_temp, with two gradients alive) comes right after its
+    own backward: the LM head's once the head's buffers are gone, a layer's beside the layer's
+    backward, the embedding's last (lomo_optim's closing `grad_func(0)`), after the activations."""
+    grad = layout(model, setup).trainable
+
+    def update(params: int, following: int) -> float:
+        # The weight's gradient is dropped once copied to fp32 (its 3 fp32 tensors cover the
+        # copy); the gradient that fired the hook, of the parameter before it in the model, stays.
+        return fused_update_temp(params) + grad * following
+
+    full = setup.method == "full"
+    head = max(model.lm_head_params, model.embedding_params) if full else widest_update(model, setup)
+    layer = widest_update(model, setup)
+    resident = states.weights + states.optimizer
+    # A tied head's gradient is only finished at the embedding: autograd holds the head's part
+    # until then, and the weight is updated once, last.
+    waiting = step.lm_grad if full and model.tie_embeddings else 0.0
+    phases = {
+        "forward (LM head)": resident + step.activations + step.head_fwd,
+        "backward (LM head)": resident + step.activations + step.head_bwd,
+        "backward (LM head update)": resident + step.activations + update(head, model.hidden_size),
+        "backward (last layer)": resident + step.activations + step.layer_backward + waiting + update(layer, layer),
+        "backward (first layer)": resident + step.last_layer + step.layer_backward + waiting + update(layer, layer),
+        "backward (embedding)": resident + update(head if full else layer, 0),
+    }
+    if waiting:
+        del phases["backward (LM head update)"]
+    return phases
 
 
 def _host_ram(model: ModelSpec, setup: TrainSetup, host_states: float) -> float:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from llmwizard.autotune.activations import adapted_linears, layout
 from llmwizard.autotune.model_types import ModelSpec
-from llmwizard.autotune.savers import TORCHAO_OPTIMIZERS, torchao_optimizer_bytes
+from llmwizard.autotune.savers import (TORCHAO_OPTIMIZERS, fused_in_backward, fused_optimizer_bytes,
+                                       torchao_optimizer_bytes)
 from llmwizard.autotune.train_setup import TrainSetup
 
 
@@ -65,6 +66,10 @@ def model_states(model: ModelSpec, setup: TrainSetup, trainable: int) -> ModelSt
     weights = model.total_params * lay.weight + adapters
     state_bytes = 4 if lay.master else lay.trainable
     opt_states, opt_temp = optimizer_bytes(model, setup, trainable, state_bytes)
+    if fused_in_backward(setup.optimizer):  # one process, no sharding, no offload (Plan checks)
+        opt_states, opt_temp, grads = fused_optimizer_bytes(model, setup, lay.trainable)
+        return ModelStates(weights, grads, opt_states, opt_temp, 0.0, [
+            "AdaLomo: each weight is updated inside backward, so gradients never pile up"])
     opt_states += trainable * lay.master
     if lay.master:  # DeepSpeed reduces half-precision grads, then steps on an fp32 copy of its partition
         opt_temp += trainable * 4

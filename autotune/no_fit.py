@@ -24,12 +24,15 @@ def forced_estimate(model: ModelSpec, base: TrainSetup, forced: dict[str, object
 
 
 def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, budget: int, world: int,
-                 limit: float, lean: dict[str, object] | None = None) -> UserError:
+                 limit: float, lean: dict[str, object] | None = None,
+                 lean_sharded: dict[str, object] | None = None) -> UserError:
     """Name the smallest change that would make a plan fit: what fits within `limit` bytes (the
     budget less the search's headroom) with another method, CPU offload, a shorter length or more GPUs.
     `lean` is the leanest memory saver the search may use (pure bf16, a low-memory optimizer:
-    llmwizard.autotune.savers); the figures are for the setup with it."""
+    llmwizard.autotune.savers); the figures are for the setup with it. `lean_sharded`: the same
+    for more GPUs than one (AdaLomo runs on one GPU only; default: `lean`)."""
     lean = lean or {}
+    sharded = replace(base, micro_batch=1, checkpointing=True, **(lean if lean_sharded is None else lean_sharded))  # type: ignore[arg-type]
     smallest = replace(base, strategy="zero3" if world > 1 else "single", micro_batch=1, checkpointing=True,
                        **lean)  # type: ignore[arg-type]
     est = estimate(model, smallest, budget)
@@ -46,7 +49,7 @@ def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, 
             suggestions.append(f"fits with LoRA (--method lora): {lo.total / GiB:.1f} GiB per GPU")
     if hardware.device == "cuda":
         # (the search offloads with the planned optimizer and fp32 masters: DeepSpeed's CPU Adam)
-        offload = estimate(model, replace(smallest, strategy="zero3", offload="params", num_gpus=world,
+        offload = estimate(model, replace(sharded, strategy="zero3", offload="params", num_gpus=world,
                                            gpus_per_node=hardware.gpus_per_node, optimizer=base.optimizer,
                                            precision=base.precision), budget)
         if offload.total <= limit and offload.host_ram > hardware.host_ram_available:
@@ -62,7 +65,7 @@ def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, 
             break
     if hardware.device == "cuda":
         for extra in range(1, 512):
-            more = estimate(model, replace(smallest, strategy="zero3", num_gpus=world + extra), budget)
+            more = estimate(model, replace(sharded, strategy="zero3", num_gpus=world + extra), budget)
             if more.total <= limit:
                 gpu = hardware.smallest_gpu
                 size = f"{gpu.total_memory / GiB:.0f} GB " if gpu else ""
@@ -76,7 +79,9 @@ def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, 
     return UserError(
         f"{model.name} ({format_params(model.total_params)} parameters, {base.method}) does not fit: even "
         f"fully sharded at micro-batch 1 with checkpointing{_lean_words(lean)} it needs {est.total / GiB:.1f} GiB per "
-        f"{'GPU' if hardware.device == 'cuda' else 'process'}, and {budget / GiB:.1f} GiB is free.",
+        f"{'GPU' if hardware.device == 'cuda' else 'process'}, and {budget / GiB:.1f} GiB is free"
+        + (f" ({limit / GiB:.1f} GiB usable: the planner keeps {1 - limit / budget:.0%} as headroom)."
+           if est.total <= budget else "."),
         title="Does not fit", fix=tail)
 
 

@@ -137,6 +137,11 @@ class Plan:
         if self.context_parallel > 1 and (self.strategy not in ("fsdp", "zero2", "zero3") or self.packing):
             raise ValueError("context_parallel above 1 needs strategy fsdp (FSDP2 context parallelism) or zero2/zero3 "
                              "(DeepSpeed Ulysses sequence parallelism), and packing off")
+        if self.optimizer == "adalomo" and (self.grad_accum != 1 or self.num_processes != 1 or self.device != "cuda"
+                                            or self.offload != "none"):
+            raise ValueError(f"optimizer adalomo updates the weights inside backward: it needs grad_accum 1 (got "
+                             f"{self.grad_accum}), one process (got {self.num_processes}), device cuda (got "
+                             f"{self.device}) and offload none (got {self.offload})")
         if (self.method == "full") != (self.lora is None):
             raise ValueError(f"method {self.method} " + ("takes no lora settings (set lora: null)"
                              if self.method == "full" else "needs lora settings (r, alpha, dropout, ...)"))

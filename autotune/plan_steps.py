@@ -19,6 +19,7 @@ from llmwizard.autotune.goals import Goals
 from llmwizard.autotune.hardware_types import HardwareProfile
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.plan import LoraSettings
+from llmwizard.autotune.savers import ADALOMO_LEARNING_RATE
 from llmwizard.autotune.rules import RULES, SizeRule, classify, round_up
 from llmwizard.autotune.train_setup import TrainSetup
 from llmwizard.autotune import vision
@@ -295,6 +296,29 @@ def grad_accum(goals: Goals, micro: int, world: int, effective: int) -> Decision
     return Decision(grad_accum, f"micro-batch {micro} x {world} process(es) x {grad_accum} accumulation = "
                                 f"effective batch {effective}"
                                 + (f" ({goals.source('effective_batch', '')})" if goals.effective_batch else ""))
+
+
+def fused_effective_batch(goals: Goals, micro: int, effective: int) -> Decision[int]:
+    """Under AdaLomo (one process, each backward updates the weights) the effective batch is the
+    micro-batch: gradients cannot be accumulated."""
+    reason = (f"{micro}: AdaLomo updates the weights inside each backward, so gradients cannot be accumulated "
+              f"over micro-batches and the effective batch is one micro-batch"
+              + (f" (the planner's batch was {effective}: more, smaller steps)" if micro != effective else ""))
+    warnings = (f"Effective batch {effective} not kept: AdaLomo cannot accumulate gradients, and micro-batch "
+                f"{micro} is the largest that fits; each step takes {micro} example(s).",) \
+        if goals.effective_batch and micro != effective else ()
+    return Decision(micro, reason, warnings)
+
+
+def fused_learning_rate(goals: Goals, lr: float) -> Decision[float]:
+    """AdaLomo's learning rate scales each weight's RMS (like Adafactor's relative step): the
+    rates for AdamW are far too small for it. Its paper's instruction-tuning rate, unless asked."""
+    if goals.learning_rate is not None:
+        return Decision(lr, f"{lr:g}: {goals.source('learning_rate', '')}; AdaLomo's rate is relative to each "
+                            f"weight's RMS (its paper uses {ADALOMO_LEARNING_RATE:g})")
+    return Decision(ADALOMO_LEARNING_RATE, f"{ADALOMO_LEARNING_RATE:g}: AdaLomo's rate is relative to each weight's "
+                                           "RMS, so the AdamW rule does not carry over; this is the rate its paper "
+                                           "tunes instructions with")
 
 
 def launcher(goals: Goals, strategy: str) -> Decision[Launcher]:

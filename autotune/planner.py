@@ -27,6 +27,7 @@ from llmwizard.autotune import plan_steps as step
 from llmwizard.autotune.plan import Plan
 from llmwizard.autotune.plan_steps import DEFAULT_EFFECTIVE_BATCH, RANDOM_INIT_LR_SCALE, Decision
 from llmwizard.autotune.replan import setup_of, shrink_micro_batch
+from llmwizard.autotune.savers import fused_in_backward
 from llmwizard.autotune.search import HEADROOM, choose
 from llmwizard.autotune.train_setup import Calibrated
 
@@ -81,6 +82,10 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     chosen = choice.best
     # 5. Gradient accumulation.
     # (context parallelism: cp ranks share each sequence, so world / cp ranks hold different ones)
+    if fused_in_backward(chosen.optimizer):
+        # AdaLomo updates inside backward: no accumulation, and its learning rate is relative.
+        effective = record.take("effective_batch", step.fused_effective_batch(goals, chosen.micro_batch, effective))
+        lr = record.take("learning_rate", step.fused_learning_rate(goals, lr))
     grad_accum = record.take("batch", step.grad_accum(goals, chosen.micro_batch, world.size // chosen.cp, effective))
     liger = record.take("liger_kernel", step.liger(hardware, goals))
     packing = bool(goals.packing)

@@ -25,6 +25,7 @@ from llmwizard.autotune.hardware_types import GiB
 from llmwizard.autotune.memory import estimate
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.plan import Plan
+from llmwizard.autotune.savers import fused_in_backward
 from llmwizard.autotune.replan import setup_of, shrink_micro_batch
 from llmwizard.autotune.schema import Offload, Strategy
 from llmwizard.autotune.search import HEADROOM
@@ -135,8 +136,9 @@ def _smaller(plan: Plan, why: str, model: ModelSpec | None, measured: int, rank:
 def next_tier(plan: Plan, why: str) -> Plan | None:
     """The planner's next tier for a GPU plan that does not fit: optimizer states to host RAM
     (DeepSpeed ZeRO-Offload, on one GPU too), then the weights (ZeRO-3 / FSDP). None on the CPU,
-    where there is no device memory to relieve, and after parameter offload."""
-    if plan.device != "cuda" or plan.offload == "params":
+    where there is no device memory to relieve, after parameter offload, and for AdaLomo (its
+    update runs on the GPU inside backward)."""
+    if plan.device != "cuda" or plan.offload == "params" or fused_in_backward(plan.optimizer):
         return None
     strategy: Strategy
     offload: Offload

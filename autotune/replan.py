@@ -9,6 +9,7 @@ from dataclasses import replace
 from llmwizard.autotune.memory import estimate
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.plan import Plan
+from llmwizard.autotune.savers import fused_in_backward
 from llmwizard.autotune.train_setup import TrainSetup
 
 
@@ -35,11 +36,16 @@ def shrink_micro_batch(plan_: Plan, why: str, model: ModelSpec | None = None) ->
         return None
     micro = plan_.micro_batch // 2
     data_parallel = plan_.num_processes // plan_.context_parallel  # ranks sharing a sequence count once
-    grad_accum = plan_.effective_batch // (micro * data_parallel)
     reasons = dict(plan_.reasons)
-    reasons["batch"] = (f"micro-batch {micro} x {data_parallel} process(es) x {grad_accum} accumulation = "
-                        f"effective batch {plan_.effective_batch}; halved from {plan_.micro_batch} because {why}")
-    new = replace(plan_, micro_batch=micro, grad_accum=grad_accum, reasons=reasons)
+    if fused_in_backward(plan_.optimizer):  # no accumulation: the effective batch halves with it
+        reasons["batch"] = (f"micro-batch {micro} x 1 process x 1 accumulation = effective batch {micro}; halved "
+                            f"from {plan_.micro_batch} because {why} (AdaLomo cannot accumulate gradients)")
+        new = replace(plan_, micro_batch=micro, effective_batch=micro, reasons=reasons)
+    else:
+        grad_accum = plan_.effective_batch // (micro * data_parallel)
+        reasons["batch"] = (f"micro-batch {micro} x {data_parallel} process(es) x {grad_accum} accumulation = "
+                            f"effective batch {plan_.effective_batch}; halved from {plan_.micro_batch} because {why}")
+        new = replace(plan_, micro_batch=micro, grad_accum=grad_accum, reasons=reasons)
     if model is not None:
         new = replace(new, estimate=estimate(model, setup_of(new), plan_.estimate.budget))
     return new

@@ -14,6 +14,20 @@ saver's terms sit in one place with their sources:
 - torchao's AdamW8bit / AdamW4bit (transformers' `adamw_torch_8bit` / `adamw_torch_4bit`,
   torchao.optim): both moments quantized blockwise, one fp32 scale per block of 256 elements
   (the Trainer's default `block_size`); the step dequantizes one parameter at a time, in fp32.
+- AdaLomo (transformers' `adalomo`, the lomo-optim package; Lv et al. 2023, arXiv:2310.10195):
+  the update is fused into backward. A hook on every parameter updates the weight whose gradient
+  has just been finished and drops that gradient (lomo_optim/adalomo.py `fuse_update`), so no
+  full set of gradients ever exists: the gradient being applied (dropped once copied to fp32)
+  and the one that fired the hook. Its states are Adafactor's factored second moment (fp32 row and
+  column vectors, for every parameter) and no momentum; the update builds three fp32 tensors of
+  the parameter's size (the gradient, the reconstructed second moment, the fp32 weight). What
+  it costs: gradients cannot be accumulated (each backward updates the weights), so the
+  effective batch is what one micro-batch holds; one process only (with DDP the hook would
+  apply a gradient before it is all-reduced); the lomo-optim package allocates its states with
+  `.cuda()`, so NVIDIA GPUs only. The learning rate is relative to each weight's RMS (like
+  Adafactor's relative step): the AdaLomo paper's instruction tuning uses 5e-4 with a linear
+  schedule and 3% warmup (OpenLMLab/LOMO adalomo/instruction-tuning/train.py). Its update is
+  rounded to nearest when copied into a bf16 weight, so under pure bf16 small updates are lost.
 """
 
 from __future__ import annotations
@@ -27,11 +41,15 @@ from llmwizard.autotune.train_setup import TrainSetup
 TORCHAO_OPTIMIZERS = {"torchao_adamw_8bit": ("adamw_torch_8bit", 8), "torchao_adamw_4bit": ("adamw_torch_4bit", 4)}
 TORCHAO_BLOCK = 256       # transformers passes block_size=256 unless optim_args say otherwise
 # What each optimizer does about bf16 updates smaller than a weight's last bit, under pure bf16.
-COMPENSATION = {
+COMPENSATION: dict[str, str] = {
     "torchao_adamw_8bit": "torchao's 8-bit AdamW rounds each bf16 update stochastically, so small updates "
                           "survive on average",
     "torchao_adamw_4bit": "torchao's 4-bit AdamW rounds each bf16 update stochastically, so small updates "
                           "survive on average",
+}
+ROUND_TO_NEAREST = {
+    "adalomo": "AdaLomo rounds each update to the nearest bf16 value: updates smaller than about 1/256 of a "
+               "weight are lost (torchao_adamw_8bit rounds stochastically, where its states fit)",
 }
 NO_COMPENSATION = ("no compensation: updates smaller than about 1/256 of a weight are rounded away "
                    "(torchao_adamw_8bit or torchao_adamw_4bit round stochastically instead)")
@@ -42,6 +60,43 @@ NO_FP32_FIT = ("nothing fits on the GPUs with fp32 master weights short of offlo
                "crosses PCIe every step (--precision bf16 --optimizer adamw asks for that instead)")
 
 
+# Optimizers whose update runs inside backward (no accumulation, one process, a GPU).
+FUSED_OPTIMIZERS = ("adalomo",)
+ADALOMO_LEARNING_RATE = 5e-4   # the AdaLomo paper's instruction-tuning rate (relative to weight RMS)
+ADALOMO_NEEDS = ("AdaLomo updates each weight inside backward: it needs an NVIDIA GPU (lomo-optim allocates "
+                 "its states on CUDA), one process (DDP would apply gradients before they are all-reduced) and "
+                 "no gradient accumulation")
+
+
+def fused_in_backward(optimizer: str) -> bool:
+    return optimizer in FUSED_OPTIMIZERS
+
+
+def fused_optimizer_bytes(model: ModelSpec, setup: TrainSetup, grad_bytes: float) -> tuple[float, float, float]:
+    """(states, update temporaries, gradients) of AdaLomo: the factored fp32 second moment of every
+    parameter, three fp32 tensors of the widest trainable parameter during its update, and one
+    gradient of that size (the hook applies a gradient and drops it once the next one arrives)."""
+    states = 4 * (model.num_layers * sum(lin.d_in + lin.d_out for lin in model.linears)
+                  + 2 * (model.vocab_size + model.hidden_size))
+    if setup.method != "full":
+        states += 4 * model.num_layers * sum(2 * setup.lora_r + lin.d_in + lin.d_out for lin in model.linears)
+    widest = widest_tensor(model) if setup.method == "full" else widest_update(model, setup)
+    return states, fused_update_temp(widest), grad_bytes * widest
+
+
+def widest_update(model: ModelSpec, setup: TrainSetup) -> int:
+    """The widest trainable tensor of a decoder layer (a linear, or a LoRA adapter's matrix)."""
+    if setup.method == "full":
+        return max(lin.d_in * lin.d_out for lin in model.linears)
+    return max(setup.lora_r * max(lin.d_in, lin.d_out) for lin in model.linears)
+
+
+def fused_update_temp(params: int) -> float:
+    """AdaLomo's update of one `params`-element weight: the gradient, the reconstructed second
+    moment and the weight, each in fp32."""
+    return 3 * 4 * params
+
+
 def pure_bf16(setup: TrainSetup) -> bool:
     """Full fine-tuning in bf16 storage: no fp32 master, no autocast. (With LoRA the frozen base
     is bf16 under mixed bf16 already; PEFT keeps its adapters fp32, so the layout is bf16's.)"""
@@ -50,7 +105,7 @@ def pure_bf16(setup: TrainSetup) -> bool:
 
 def compensation(optimizer: str) -> str:
     """What the optimizer does about lost small updates under pure bf16, in words."""
-    return COMPENSATION.get(optimizer, NO_COMPENSATION)
+    return COMPENSATION.get(optimizer) or ROUND_TO_NEAREST.get(optimizer, NO_COMPENSATION)
 
 
 def widest_tensor(model: ModelSpec) -> int:
@@ -99,14 +154,34 @@ def saver_tiers(device: str, base: TrainSetup, goals: Goals) -> list[tuple[Optim
     ]
 
 
+def fused_tier(device: str, base: TrainSetup, goals: Goals) -> tuple[Optimizer, Precision, str] | None:
+    """The last saver tier, after activation offloading and before offload to host RAM: AdaLomo,
+    its update fused into backward (in pure bf16 unless a precision was asked for). Full
+    fine-tuning on one GPU, with the optimizer and the effective batch left to the planner, since
+    it gives up gradient accumulation."""
+    if (device != "cuda" or base.method != "full" or base.num_gpus != 1 or goals.optimizer
+            or goals.effective_batch):
+        return None
+    precision: Precision = "pure_bf16" if not goals.precision and base.precision == "bf16" else base.precision
+    weights = "bf16 weights (pure bf16), " if precision == "pure_bf16" else ""
+    return ("adalomo", precision,
+            f"AdaLomo, its update fused into backward: {weights}no full set of gradients (each weight is updated "
+            "as soon as its gradient is finished) and a factored second moment; nothing else fits on this GPU "
+            "short of offloading to host RAM, which crosses PCIe every step (--offload params asks for that, "
+            "keeping AdamW and the effective batch); needs an NVIDIA GPU and the lomo-optim package")
+
+
 def leanest(device: str, base: TrainSetup, goals: Goals) -> dict[str, object]:
     """The leanest saver tier's changes to the setup ({} when none applies), for "does not fit":
     the leanest optimizer and precision, and on GPUs activation offloading."""
     lean: dict[str, object] = {}
     if device == "cuda" and goals.activation_offloading is None:
         lean["offload_activations"] = True
+    fused = fused_tier(device, base, goals)
     tiers = saver_tiers(device, base, goals)
-    if tiers:
+    if fused:
+        lean.update({"optimizer": fused[0], "precision": fused[1]})
+    elif tiers:
         optimizer, precision, _ = tiers[-1]
         lean.update({"optimizer": optimizer, **({"precision": precision} if precision else {})})
     return lean

@@ -22,7 +22,7 @@ from llmwizard.autotune.memory import MemoryEstimate, estimate
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.no_fit import forced_estimate, nothing_fits
 from llmwizard.autotune.long_context import context_parallel_sizes, offloaded_activations
-from llmwizard.autotune.savers import compensation, leanest, saver_tiers
+from llmwizard.autotune.savers import ADALOMO_NEEDS, compensation, fused_in_backward, fused_tier, leanest, saver_tiers
 from llmwizard.autotune.throughput import step_cost
 from llmwizard.autotune.train_setup import OFFLOADS, OPTIMIZERS, STRATEGIES, TrainSetup
 
@@ -65,7 +65,7 @@ def choose(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals:
            effective: int, world: int) -> Choice:
     """The fastest setup that fits, searched in tiers: as asked; then (on GPUs, when the optimizer
     is ours to choose) 8-bit AdamW; then offload to host RAM (ZeRO-Offload even on one GPU)."""
-    _check_choices(goals, world)
+    _check_choices(goals, world, hardware.device)
     space = _space(hardware, model, base, goals, budget, effective, world)
     fitting, why = generate(space, goals)
     if not fitting:
@@ -137,6 +137,10 @@ class Tier:
     activations_why: str = ""             # why activation offloading, when this tier adds it
 
 
+ACTIVATIONS_WHY = ("activations do not fit on the GPU: TRL's activation offloading keeps them in pinned host RAM "
+                   "and brings each layer's back in backward")
+
+
 def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
     base, strategies = space.base, space.strategies
     tiers = [Tier(strategies, [goals.offload] if goals.offload else ["none"], base.optimizer, "",
@@ -150,9 +154,16 @@ def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
     if goals.activation_offloading is None and space.hardware.device == "cuda":
         last = tiers[-1]
         tiers.append(Tier(strategies, ["none"], last.optimizer, last.why, last.precision, offload_activations=True,
-                          activations_why="activations do not fit on the GPU: TRL's activation offloading keeps "
-                          "them in pinned host RAM and brings each layer's back in backward"))
-    if not goals.offload:
+                          activations_why=ACTIVATIONS_WHY))
+    # AdaLomo, the update fused into backward (one GPU; it gives up gradient accumulation).
+    fused = fused_tier(space.hardware.device, base, goals)
+    if fused:
+        optimizer, precision, why = fused
+        tiers.append(Tier(strategies, ["none"], optimizer, why, precision))
+        if goals.activation_offloading is None:
+            tiers.append(Tier(strategies, ["none"], optimizer, why, precision, offload_activations=True,
+                              activations_why=ACTIVATIONS_WHY))
+    if not goals.offload and not fused_in_backward(base.optimizer):
         offload_strategies: list[Strategy] = strategies if space.world > 1 or goals.strategy else ["zero2", "zero3"]
         tiers.append(Tier(offload_strategies, ["optimizer", "params"], base.optimizer,
                           "nothing fits on the GPU otherwise"))
@@ -231,8 +242,9 @@ def _largest_fitting(space: SearchSpace, strategy: Strategy, offload: Offload, h
 
 
 def rank(fitting: list[Candidate]) -> Candidate:
-    """The fastest by the cost model; the first generated wins a tie."""
-    return min(fitting, key=lambda c: c.step_s)
+    """The fastest by the cost model; the first generated wins a tie. Under AdaLomo the micro-batch
+    is the whole effective batch, so the largest that fits comes first (checkpointing buys it)."""
+    return min(fitting, key=lambda c: (-c.micro_batch if fused_in_backward(c.optimizer) else 0, c.step_s))
 
 
 def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Candidate], why: str) -> dict[str, str]:
@@ -248,7 +260,9 @@ def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Can
     reasons = {"strategy": (
         f"{words}: {est.total / GiB:.2f} GiB of {space.budget / GiB:.2f} GiB per "
         f"{'process' if hardware.device == 'cpu' else 'GPU'} at micro-batch {best.micro_batch}; "
-        + ("the fastest of the setups that fit" + _alternatives(best, fitting) if not goals.strategy
+        + ("the largest micro-batch that fits, since under AdaLomo it is the whole batch"
+           if fused_in_backward(best.optimizer) and not goals.strategy else
+           "the fastest of the setups that fit" + _alternatives(best, fitting) if not goals.strategy
            else "asked for"))}
     if best.optimizer != space.base.optimizer:
         reasons["optimizer"] = why
@@ -256,7 +270,8 @@ def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Can
         reasons["optimizer"] = f"{goals.optimizer} (asked for)"
     precision = best.precision or space.base.precision
     if best.precision is not None and best.precision != space.base.precision:
-        reasons["precision"] = why
+        reasons["precision"] = why if not fused_in_backward(best.optimizer) else (
+            "pure bf16 (bf16 weights and gradients, no fp32 master copy): with AdaLomo, fp32 weights do not fit")
     if precision == "pure_bf16" and space.base.method == "full":
         reasons["precision"] = (reasons.get("precision") or "pure_bf16 (asked for)") + (
             f"; the trade-off: {compensation(best.optimizer)}")
@@ -313,7 +328,7 @@ def _does_not_fit(space: SearchSpace, goals: Goals) -> UserError:
                     f"({alternative.estimate.total / GiB:.1f} GiB per {_device_word(hardware)}); or, keeping "
                     f"{asked}: {nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM)).fix}.")
     return nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM),
-                        leanest(hardware.device, base, goals))
+                        leanest(hardware.device, base, goals), leanest(hardware.device, _replace(base, num_gpus=2), goals))
 
 
 _FORCEABLE = ("strategy", "offload", "micro_batch", "checkpointing", "optimizer", "precision")
@@ -340,7 +355,7 @@ def _label(c: Candidate) -> str:
     return text
 
 
-def _check_choices(goals: Goals, world: int) -> None:
+def _check_choices(goals: Goals, world: int, device: str) -> None:
     if goals.strategy is not None:
         if goals.strategy not in STRATEGIES:
             raise UserError(f"Unknown strategy '{goals.strategy}'.", title="Strategy",
@@ -359,6 +374,16 @@ def _check_choices(goals: Goals, world: int) -> None:
     if goals.optimizer is not None and goals.optimizer not in OPTIMIZERS:
         raise UserError(f"Unknown optimizer '{goals.optimizer}'.", title="Optimizer",
                         fix=f"Use one of: {', '.join(OPTIMIZERS)}.")
+    if goals.optimizer is not None and fused_in_backward(goals.optimizer):
+        if device != "cuda" or world > 1:
+            raise UserError(f"Optimizer {goals.optimizer}: {ADALOMO_NEEDS}; this plan has "
+                            + ("no GPU." if device != "cuda" else f"{world} processes."), title="Optimizer",
+                            fix="Plan for one GPU (--gpus 1xMODEL), or choose another optimizer "
+                                "(adafactor and torchao_adamw_8bit also save memory).")
+        if goals.offload not in (None, "none"):
+            raise UserError(f"Optimizer {goals.optimizer} updates the weights on the GPU inside backward; it "
+                            f"cannot step on the CPU, so offload {goals.offload} is refused.", title="Optimizer",
+                            fix="Drop --offload, or choose another optimizer (adamw with --offload optimizer).")
 
 
 def _alternatives(best: Candidate, fitting: list[Candidate]) -> str:

@@ -32,6 +32,7 @@ Run: python bench/memory_validation.py [--quick] [--out bench/results/memory_val
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -106,7 +107,7 @@ def estimate_case(case: Case) -> MemoryEstimate:
                        seq_len=case.seq, checkpointing=case.checkpointing, precision=case.precision,  # type: ignore[arg-type]
                        optimizer=case.optimizer,
                        attention=case.attention, lora_r=case.lora_r, lora_targets=LORA_TARGETS,
-                       lora_dropout=case.lora_dropout, device="cpu", fake_tensors=True)
+                       lora_dropout=case.lora_dropout, device="cpu", fake_tensors=case.optimizer != "adalomo")
     return estimate(spec, setup, budget=1 << 50)
 
 
@@ -161,9 +162,18 @@ def _frozen_safe_tracker() -> Any:
     return FrozenSafeMemTracker()
 
 
-def _optimizer(case: Case, params: list[Any]) -> Any:
+def _optimizer(case: Case, params: list[Any], model: Any = None) -> Any:
     """The optimizer the HF Trainer builds for the exporter's `optim` (foreach on a GPU)."""
     import torch
+
+    if case.optimizer == "adalomo":
+        # lomo-optim allocates its states with `.cuda()`; the CPU stands in for the GPU here.
+        from unittest import mock
+
+        from lomo_optim import AdaLomo
+
+        with mock.patch.object(torch.Tensor, "cuda", lambda self, *args, **kwargs: self):
+            return AdaLomo(model, lr=1e-4)
 
     if case.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=1e-4, foreach=True)  # adamw_torch: foreach is the CUDA default
@@ -213,13 +223,20 @@ def measure(case: Case) -> dict[str, int]:
     model.train()
 
     mesh = _fake_mesh(case.world) if case.strategy == "fsdp" else None
-    with FakeTensorMode(allow_non_fake_inputs=True):
+    # AdaLomo runs on real tensors (its update reads each weight's RMS as a Python number, which a
+    # fake tensor cannot give): real widths, few layers, real CPU memory.
+    real = case.optimizer == "adalomo"
+    with contextlib.nullcontext() if real else FakeTensorMode(allow_non_fake_inputs=True):
         model.to_empty(device="cpu")
         base.tie_weights()  # to_empty under FakeTensorMode swaps in new parameters, untying lm_head
+        if real:
+            with torch.no_grad():
+                for param in model.parameters():
+                    param.normal_(0.0, 0.02)
         if mesh is not None:
             _fully_shard(model, base, mesh)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = _optimizer(case, params)
+        optimizer = _optimizer(case, params, model)
         ids = torch.randint(0, config.vocab_size, (case.batch, case.seq))
         if mesh is not None:
             from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
@@ -239,6 +256,13 @@ def measure(case: Case) -> dict[str, int]:
                 # SFTTrainer.compute_loss, outside autocast (accelerate converts outputs to fp32)
                 loss = -out.log_probs.float().sum() / out.label_mask.sum().clamp(min=1)
                 out.entropy.detach().sum(), out.is_top1.sum()
+                if real:  # accelerate's lomo_backward: the update runs inside backward
+                    optimizer.fused_backward(loss, 1e-4)
+                    del out, loss
+                    phases["after_backward"] = _total(tracker)
+                    if step == 0:
+                        tracker.reset_mod_stats()
+                    continue
                 loss.backward()
                 del out, loss
                 phases["after_backward"] = _total(tracker)
@@ -368,7 +392,7 @@ def matrix(quick: bool) -> list[Case]:
 
 def saver_cases() -> list[Case]:
     """The savers' terms that run under FakeTensorMode: pure bf16 (bf16 weights, gradients and
-    AdamW states, no autocast). Not here: torchao's low-bit AdamW (its step is torch.compile'd
+    AdamW states, no autocast); and AdaLomo, on real tensors (see measure()). Not here: torchao's low-bit AdamW (its step is torch.compile'd
     over tensor subclasses, which FakeTensorMode does not trace), context parallelism (torch's
     ring attention has no CPU kernel; a rank's tensors are the measured ones at seq/cp), and TRL's
     activation offloading (host copies are indistinguishable from device tensors on the CPU)."""
@@ -380,6 +404,14 @@ def saver_cases() -> list[Case]:
         Case("qwen2.5-7b", "full", 2048, 2, True, layers=2, precision="pure_bf16"),
         Case("gemma-2-2b", "full", 1024, 2, False, layers=4, attention="eager", precision="pure_bf16"),
         Case("llama-3.2-1b", "full", 1024, 1, False, layers=4, optimizer="adafactor", precision="pure_bf16"),
+        # AdaLomo, on real tensors (see measure()): eager attention, which the CPU runs as a GPU would.
+        Case("llama-3.2-1b", "full", 512, 1, False, layers=2, attention="eager", optimizer="adalomo",
+             precision="pure_bf16"),
+        Case("llama-3.2-1b", "full", 1024, 2, True, layers=2, attention="eager", optimizer="adalomo",
+             precision="pure_bf16"),
+        Case("llama-3.2-1b", "full", 512, 1, False, layers=2, attention="eager", optimizer="adalomo"),
+        Case("llama-3.1-8b", "full", 256, 1, True, layers=1, attention="eager", optimizer="adalomo",
+             precision="pure_bf16"),
     ]
 
 
@@ -540,7 +572,9 @@ def main(argv: list[str] | None = None) -> int:
              f"trl {trl.__version__}; bf16 autocast, TRL fused LM head, two steps",
              "# tensor bytes at the peak (no CUDA context, NCCL or allocator slack); reduced layer counts (L);",
              *(["# memory savers (--savers): pure bf16 runs without autocast on bf16 weights; the adafactor",
-                "# case first measured -33.7% (HF Adafactor upcasts bf16 parameters and gradients) and was fixed.",
+                "# case first measured -33.7% (HF Adafactor upcasts bf16 parameters and gradients) and was fixed;",
+                "# adalomo cases run lomo-optim's AdaLomo on real tensors (real widths, few layers); the first",
+                "# measured +13.4% (a tied head's two gradient parts were counted beside the update) and was fixed.",
                 "# Differences from a GPU run and the savers not measurable here: bench/memory_validation.py."]
                if args.savers else
                ["# fsdpN: FSDP2 over N fake ranks, forward+backward only; the last 7 cases were first run after the",

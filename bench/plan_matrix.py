@@ -43,6 +43,8 @@ SAVER_CASES = [
     ("llama-3.1-8b", "1xA100-80GB,ram=64GB", "full", "large", {"optimizer": "torchao_adamw_8bit"}),
     ("llama-3.1-8b", "1xRTX4090", "full", "large", {}),
     ("llama-3.1-8b", "1xRTX4090,ram=128GB", "full", "large", {}),
+    ("llama-3.1-8b", "1xRTX5090,ram=64GB", "full", "large", {}),
+    ("llama-3.1-8b", "1xA100-40GB,ram=64GB", "full", "large", {}),
     ("gemma-3-4b", "1xH100-80GB", "lora", "long", {"max_length": 122880}),
     ("gemma-3-4b", "8xH100-80GB", "lora", "long", {"max_length": 122880}),
     ("gemma-3-4b", "1xA100-40GB", "lora", "long", {"max_length": 65536}),
@@ -50,7 +52,9 @@ SAVER_CASES = [
     ("qwen2.5-7b", "8xH100-80GB", "full", "large", {"max_length": 8192}),
     ("qwen2.5-7b", "8xH100-80GB", "full", "large", {"max_length": 8192, "packing": True}),
 ]
-SAVER_REASONS = ("optimizer", "precision", "context_parallel", "activation_offloading", "packing", "schedule")
+# (effective_batch has a reason only when AdaLomo sets it; learning_rate is shown for AdaLomo too)
+SAVER_REASONS = ("optimizer", "precision", "effective_batch", "context_parallel", "activation_offloading", "packing",
+                 "schedule")
 CASES = [
     ("llama-3.2-1b", "1xT4", "lora", "small"),
     ("llama-3.2-1b", "1xRTX4090", "full", "small"),
@@ -113,7 +117,7 @@ def table(cases: list, reasons: bool, extra: tuple[str, ...] = ()) -> None:
               f"{p.estimate.total / GiB:>9.1f}{p.estimate.budget / GiB:>8.1f}{ms:>6.0f}")
         if reasons:
             print(f"    strategy: {p.reasons['strategy']}")
-            for key in extra:
+            for key in extra + (("learning_rate",) if extra and p.optimizer == "adalomo" else ()):
                 if key in p.reasons:
                     print(f"    {key}: {p.reasons[key]}")
 

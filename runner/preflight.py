@@ -1,7 +1,8 @@
 """Checks made before a launch, so a run that cannot start fails in seconds with our words rather
 than minutes later inside a rank with a library's traceback.
 
-- Packages a plan needs beyond the base install: bitsandbytes for QLoRA and 8-bit AdamW.
+- Packages a plan needs beyond the base install: bitsandbytes for QLoRA and 8-bit AdamW,
+  lomo-optim for AdaLomo.
 - The model's weights: a catalog or hub model must be in the local Hugging Face cache, or the hub
   must be reachable to fetch it. Without either, the ranks would each fail in `from_pretrained`
   after the whole stack started.
@@ -23,6 +24,12 @@ HUB_TIMEOUT_S = 10.0
 def check_packages(method: str, optimizer: str) -> None:
     """Raise UserError (exit code 2) when the plan needs a package that is not installed."""
     import importlib.util
+
+    if optimizer == "adalomo" and importlib.util.find_spec("lomo_optim") is None:
+        raise UserError("AdaLomo (--optimizer adalomo) needs the lomo-optim package, which is not installed.",
+                        title="Missing package",
+                        fix="Install it (pip install lomo-optim, which llmwizard's lowmem extra also installs; NVIDIA "
+                            "GPUs only), or plan without it: --optimizer adafactor.")
 
     needs = [what for what, used in (("QLoRA (--method qlora)", method == "qlora"),
                                      ("8-bit AdamW (--optimizer adamw_8bit)", optimizer == "adamw_8bit")) if used]

@@ -72,8 +72,82 @@ def test_a_saver_is_not_used_when_the_plan_fits_without_one():
 def test_does_not_fit_advice_is_figured_with_the_leanest_saver():
     with pytest.raises(UserError) as err:
         plan(from_spec("1xRTX4090,ram=32GB"), model(LLAMA_8B, "llama-8b"), LARGE, Goals(method="full"))
-    assert "pure_bf16, adafactor, activation offloading" in err.value.message
+    # one GPU: AdaLomo (pure bf16, the update inside backward) is the leanest, a near miss here
+    assert "pure_bf16, adalomo, activation offloading" in err.value.message
+    assert "headroom" in err.value.message  # it needs less than the GPU has, not less than the planner keeps
     assert "CPU offload on a host with" in err.value.fix
+    # more GPUs are figured without AdaLomo, which runs on one
+    assert "more 24 GB GPU(s)" in err.value.fix
+
+
+def test_adalomo_fits_full_fine_tuning_on_one_gpu_where_nothing_else_does_and_says_what_it_costs():
+    m = model(LLAMA_8B, "llama-8b")
+    p = plan(from_spec("1xA100-40GB,ram=64GB"), m, LARGE, Goals(method="full"))
+    assert (p.optimizer, p.precision, p.strategy, p.offload) == ("adalomo", "pure_bf16", "single", "none")
+    # no accumulation: the largest micro-batch that fits is the whole batch, here the planner's
+    assert p.grad_accum == 1 and p.effective_batch == p.micro_batch == 16 and p.activation_checkpointing
+    assert "cannot be accumulated" in p.reasons["effective_batch"]
+    assert p.learning_rate == 5e-4 and "relative" in p.reasons["learning_rate"]
+    assert "rounds each update to the nearest" in p.reasons["precision"]
+    assert "--offload params" in p.reasons["optimizer"] and "needs an NVIDIA GPU" in p.reasons["optimizer"]
+    # gradients never pile up: the estimate has no optimizer step, and its gradients are one tensor
+    assert "optimizer step" not in p.estimate.phases and p.estimate.grads < 2 * GiB
+    # a step cheaper than AdaLomo is taken where it fits, and it is never used across GPUs
+    assert plan(from_spec("1xH100-80GB"), m, LARGE, Goals(method="full")).optimizer != "adalomo"
+    assert plan(from_spec("2xA100-40GB,ram=64GB"), m, LARGE, Goals(method="full")).optimizer != "adalomo"
+    # a fixed effective batch is not given up behind the user's back
+    with pytest.raises(UserError) as err:
+        plan(from_spec("1xA100-40GB,ram=64GB"), m, LARGE, Goals(method="full", effective_batch=32))
+    assert "adalomo" not in err.value.message
+
+
+def test_adalomo_asked_for_is_refused_where_it_cannot_run():
+    from llmwizard.autotune.hardware import detect
+
+    m = model(LLAMA_8B, "llama-8b")
+    for hardware, words in ((detect(), "no GPU"), (from_spec("2xH100-80GB"), "2 processes")):
+        with pytest.raises(UserError) as err:
+            plan(hardware, m, LARGE, Goals(method="full", optimizer="adalomo"))
+        assert words in err.value.message and "one process" in err.value.message
+    with pytest.raises(UserError) as err:
+        plan(from_spec("1xH100-80GB"), m, LARGE, Goals(method="full", optimizer="adalomo", offload="optimizer"))
+    assert "offload optimizer" in err.value.message
+
+
+def test_adalomo_exports_files_the_loaders_accept_and_a_hand_edit_cannot_accumulate(tmp_path: Path, monkeypatch):
+    from dataclasses import replace
+
+    from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
+
+    from llmwizard.autotune.planner import shrink_micro_batch
+    from tests.test_export import _gpu_plan
+
+    p = _gpu_plan(spec="1xA100-40GB", method="full", optimizer="adalomo", micro_batch=4)
+    assert (p.optimizer, p.grad_accum, p.effective_batch) == ("adalomo", 1, 4)
+    export(p, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    _, training, _ = TrlParser((ScriptArguments, SFTConfig, ModelConfig)).parse_args_and_config(
+        ["--config", "sft_config.yaml", "--bf16", "false", "--use_cpu", "true"])
+    # the Trainer's own name; no clipping (the gradients are gone by then), no accumulation
+    assert (training.optim, training.max_grad_norm, training.gradient_accumulation_steps) == ("adalomo", 0.0, 1)
+    with pytest.raises(ValueError, match="grad_accum 1"):
+        replace(p, grad_accum=2)
+    # after an out-of-memory failure the micro-batch halves, and the batch with it
+    smaller = shrink_micro_batch(p, "it ran out of memory")
+    assert smaller is not None and (smaller.micro_batch, smaller.grad_accum, smaller.effective_batch) == (2, 1, 2)
+
+
+def test_adalomo_needs_its_package_before_launch(monkeypatch):
+    import importlib.util
+
+    from llmwizard.runner.preflight import check_packages
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lomo_optim" else find_spec(name, *a))
+    with pytest.raises(UserError) as err:
+        check_packages("full", "adalomo")
+    assert "lomo-optim" in err.value.message and "pip install lomo-optim" in err.value.fix
+    check_packages("full", "adafactor")
 
 
 def test_pure_bf16_exports_files_the_loaders_accept(tmp_path: Path):
