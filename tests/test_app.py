@@ -515,11 +515,13 @@ def shown_plan(app: WizardApp) -> dict[str, object]:
     strategy, world, method, rank, precision, micro, accum, effective, length, lr = found.groups()
     reasons = " ".join(text_of(app, "#reasons").split())
     optimizer = re.search(r"optimizer (\w+) \(asked for\)", reasons)
+    split = re.search(r"context parallel (\d+) GPUs per sequence", reasons)
     return {"summary": summary, "strategy": strategy, "num_processes": int(world), "method": method,
             "lora_r": int(rank) if rank else None, "micro_batch": int(micro), "grad_accum": int(accum),
             "effective_batch": int(effective), "max_length": int(length), "learning_rate": float(lr),
             "precision": precision, "optimizer": optimizer.group(1) if optimizer else None,
-            "packing": "packing on:" in reasons}
+            "packing": "packing on:" in reasons, "context_parallel": int(split.group(1)) if split else 1,
+            "activation_offloading": "activation offloading on" in reasons, "liger_kernel": "liger kernel on" in reasons}
 
 
 def exported_plan(run_dir: Path) -> dict[str, object]:
@@ -539,7 +541,9 @@ def exported_plan(run_dir: Path) -> dict[str, object]:
             "micro_batch": sft["per_device_train_batch_size"], "grad_accum": sft["gradient_accumulation_steps"],
             "effective_batch": plan.effective_batch, "max_length": sft["max_length"],
             "learning_rate": sft["learning_rate"], "precision": plan.precision,
-            "optimizer": sft["optim"] if "optimizer" in plan.reasons else None, "packing": bool(sft.get("packing"))}
+            "optimizer": sft["optim"] if "optimizer" in plan.reasons else None, "packing": bool(sft.get("packing")),
+            "context_parallel": plan.context_parallel, "activation_offloading": bool(sft.get("activation_offloading")),
+            "liger_kernel": bool(sft.get("use_liger_kernel"))}
 
 
 @pytest.mark.asyncio
@@ -551,12 +555,13 @@ async def test_the_plan_on_screen_is_the_plan_exported_after_every_kind_of_edit(
     async with app.run_test(size=(80, 24)) as pilot:
         await go_to(pilot, 4)
         edits = [("#learning-rate", "1e-4"), ("#lora-r", "16"), ("#micro-batch", "2"), ("#strategy", "zero2"),
-                 ("#strategy", "single"), ("#precision", "pure_bf16"), ("#optimizer", "adafactor"), ("#packing", "on"),
-                 ("hardware", "1xT4")]
+                 ("#strategy", "single"), ("#precision", "pure_bf16"), ("#optimizer", "adafactor"),
+                 ("#context-parallel", "2"), ("#context-parallel", "auto"), ("#activation-offloading", "on"),
+                 ("#liger", "on"), ("#packing", "on"), ("hardware", "1xT4")]
         exports: list[Path] = []
         for field, value in edits:
             if field == "hardware":  # Back to the hardware step: plan for one T4 instead (no bf16 there)
-                for select in ("#precision", "#optimizer", "#packing"):
+                for select in ("#precision", "#optimizer", "#packing", "#activation-offloading", "#liger"):
                     app.screen.query_one(select).value = "auto"
                 await settle(pilot)
                 app.goto(1)
@@ -595,6 +600,12 @@ async def test_the_plan_on_screen_is_the_plan_exported_after_every_kind_of_edit(
                 assert shown["optimizer"] == "adafactor"
             elif field == "#packing":
                 assert shown["packing"]
+            elif field == "#context-parallel":
+                assert shown["context_parallel"] == (2 if value == "2" else 1)
+            elif field == "#activation-offloading":
+                assert shown["activation_offloading"]
+            elif field == "#liger":
+                assert shown["liger_kernel"]
             else:
                 assert shown["num_processes"] == 1 and shown["strategy"] == "single"
                 assert "per GPU: fits" in text_of(app, "#memory")

@@ -260,9 +260,12 @@ def make_plan(hardware: HardwareProfile, model: ModelSpec, report: DatasetReport
 # The what-if fields of the plan step, in the words the screen uses (Goals field -> label).
 FIELD_WORDS = {"strategy": "strategy", "checkpointing": "checkpointing", "micro_batch": "micro-batch",
                "lora_r": "LoRA rank", "learning_rate": "learning rate", "epochs": "epochs",
-               "max_steps": "max steps", "precision": "precision", "optimizer": "optimizer", "packing": "packing"}
+               "max_steps": "max steps", "precision": "precision", "optimizer": "optimizer", "packing": "packing",
+               "context_parallel": "GPUs per sequence", "activation_offloading": "activation offloading",
+               "liger_kernel": "Liger"}
 # The what-if fields that are selects with an "auto" value (the others are typed numbers).
-SELECT_FIELDS = ("strategy", "checkpointing", "precision", "optimizer", "packing")
+SELECT_FIELDS = ("strategy", "checkpointing", "precision", "optimizer", "packing", "context_parallel",
+                 "activation_offloading", "liger_kernel")
 STRATEGY_WORDS = {"single": "single", "ddp": "DDP", "fsdp": "FSDP2", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}
 # Flags the planner's fixes name, as the wizard says them: a field of a step, or how to start it.
 _FLAG_WORDS = [
@@ -281,6 +284,11 @@ _FLAG_WORDS = [
     (r"--max-steps (\d+)", lambda m: f"max steps {m.group(1)}"),
     (r"--precision (\w+)", lambda m: f"precision {m.group(1)}"),
     (r"--optimizer (\w+)", lambda m: f"optimizer {m.group(1)}"),
+    (r"--no-activation-offloading", lambda m: "activation offloading off"),
+    (r"--no-liger-kernel", lambda m: "Liger off"),
+    (r"leave --context-parallel to the planner", lambda m: "set GPUs per sequence to auto"),
+    (r"--context-parallel (\d+)", lambda m: f"GPUs per sequence {m.group(1)}"),
+    (r"--offload params", lambda m: "offload params (a preset of your own, chosen on step 1)"),
     (r"--packing turns it on", lambda m: "the packing field turns it on"),
     (r"--no-packing", lambda m: "packing off"),
     (r"--packing", lambda m: "packing on"),
@@ -332,7 +340,8 @@ class Refusal:
     requested: MemoryEstimate | None = None
 
 
-_PIN_ORDER = ("strategy", "checkpointing", "precision", "optimizer", "packing", "micro_batch", "lora_r", "max_steps", "epochs", "learning_rate")
+_PIN_ORDER = ("strategy", "checkpointing", "precision", "optimizer", "packing", "context_parallel",
+              "activation_offloading", "liger_kernel", "micro_batch", "lora_r", "max_steps", "epochs", "learning_rate")
 
 
 def explain_refusal(hardware: HardwareProfile, model: ModelSpec, report: DatasetReport,
@@ -415,6 +424,10 @@ def _picked(name: str, plan: Plan) -> str:
         return str(getattr(plan, name))
     if name == "packing":
         return "on" if plan.packing else "off"
+    if name == "context_parallel":
+        return str(plan.context_parallel)
+    if name in ("activation_offloading", "liger_kernel"):
+        return "on" if getattr(plan, name) else "off"
     if name == "micro_batch":
         return str(plan.micro_batch)
     if name == "lora_r":

@@ -65,10 +65,17 @@ NUMBER_FIELDS: list[tuple[str, str]] = [
 # (select id, Goals field) for the selects of the third row: the precision, the optimizer and
 # padding-free packing (the schema's choices, and "auto": the planner decides).
 SAVER_SELECTS: list[tuple[str, str]] = [("precision", "precision"), ("optimizer", "optimizer"), ("packing", "packing")]
+# (select id, Goals field, label) for the fourth row: the long-context and activation savers,
+# GPUs per sequence (context parallelism), TRL's activation offloading and Liger's kernels.
+LONG_SELECTS: list[tuple[str, str, str]] = [("context-parallel", "context_parallel", "GPUs/seq"),
+                                            ("activation-offloading", "activation_offloading", "act offload"),
+                                            ("liger", "liger_kernel", "Liger")]
+CONTEXT_PARALLEL = [("auto", AUTO)] + [(str(n), str(n)) for n in (1, 2, 4, 8)]
 # Goals field -> the id of its field on this screen.
 FIELD_IDS = ({name: field_id for field_id, name in NUMBER_FIELDS}
              | {"checkpointing": "checkpointing", "strategy": "strategy"}
-             | {name: field_id for field_id, name in SAVER_SELECTS})
+             | {name: field_id for field_id, name in SAVER_SELECTS}
+             | {name: field_id for field_id, name, _ in LONG_SELECTS})
 
 
 def summary_line(plan: Plan) -> Text:
@@ -141,6 +148,11 @@ class PlanScreen(StepScreen):
                          value=AUTO, allow_blank=False, id="optimizer", compact=True)
             yield Label("packing", id="label-packing", classes="field-label")
             yield Select(ON_OFF, value=AUTO, allow_blank=False, id="packing", compact=True)
+        with Horizontal(classes="form-row"):
+            for field_id, _, label in LONG_SELECTS:
+                yield Label(label, id=f"label-{field_id}", classes="field-label")
+                yield Select(CONTEXT_PARALLEL if field_id == "context-parallel" else ON_OFF, value=AUTO,
+                             allow_blank=False, id=field_id, compact=True)
         with VerticalScroll(id="reasons-box"):
             yield Static(id="reasons")
 
@@ -167,6 +179,10 @@ class PlanScreen(StepScreen):
         self.query_one("#optimizer", Select).value = overrides.get("optimizer") or AUTO
         packing = overrides.get("packing")
         self.query_one("#packing", Select).value = AUTO if packing is None else ("on" if packing else "off")
+        for field_id, name, _ in LONG_SELECTS:
+            value = overrides.get(name)
+            self.query_one(f"#{field_id}", Select).value = (
+                AUTO if value is None else str(value) if name == "context_parallel" else ("on" if value else "off"))
 
     def on_screen_resume(self) -> None:
         super().on_screen_resume()
@@ -261,7 +277,7 @@ class PlanScreen(StepScreen):
         """The fields whose values are not applied: marked in colour and, for a screen without colour,
         with a cross before the label."""
         for field_id in ["micro-batch", "checkpointing", "strategy", *[f for f, _ in NUMBER_FIELDS[1:]],
-                         *[f for f, _ in SAVER_SELECTS]]:
+                         *[f for f, _ in SAVER_SELECTS], *[f for f, _, _ in LONG_SELECTS]]:
             refused = field_id in field_ids
             self.query_one(f"#{field_id}").set_class(refused, "-refused")
             label = self.query_one(f"#label-{field_id}", Label)
@@ -326,6 +342,10 @@ class PlanScreen(StepScreen):
         packing = self.query_one("#packing", Select).value
         if packing != AUTO:
             overrides["packing"] = packing == "on"
+        for field_id, name, _ in LONG_SELECTS:
+            value = self.query_one(f"#{field_id}", Select).value
+            if value != AUTO:
+                overrides[name] = int(str(value)) if name == "context_parallel" else value == "on"
         self.set_status("")
         if overrides != self.state.overrides or self.state.plan is None:
             self.state.overrides = overrides
