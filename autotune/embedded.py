@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from llmwizard.autotune.errors import UserError
 
@@ -170,18 +170,25 @@ def embedded_model_dir() -> Path:
 
 def ensure_embedded_model() -> Path:
     """Return the embedded model's directory, building it when missing or corrupt."""
-    target = embedded_model_dir()
+    return ensure_built(embedded_model_dir(), _build)
+
+
+def ensure_built(target: Path, build: Callable[[Path], list[str]]) -> Path:
+    """`target`, built by `build` (which returns the names of the files it wrote) when missing or
+    corrupt: in a staging folder beside it, checked by a manifest of SHA-256 digests, and moved
+    into place with one rename, so a concurrent reader sees the old folder or the whole new one."""
     if _verify(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
     try:
-        _build(staging)
+        names = build(staging)
+        manifest = {name: _sha256(staging / name) for name in names}
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         elif target.exists() or target.is_symlink():  # a file or link where the model folder belongs
             target.unlink()
-        # A rename is atomic: a concurrent reader sees the old directory or the whole new one.
         os.replace(staging, target)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
@@ -206,17 +213,22 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _build(directory: Path) -> None:
+def _build(directory: Path) -> list[str]:
     rows = [json.loads(line) for line in DATASET_PATH.read_text().splitlines() if line.strip()]
-    _build_tokenizer(rows, directory)
+    train_tokenizer([message["content"] for row in rows for message in row["messages"]], directory,
+                    max_length=MODEL_CONFIG["max_position_embeddings"])
+    (directory / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     _build_weights(directory)
-    names = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-             "tokenizer_config.json", "chat_template.jinja"]
-    manifest = {name: _sha256(directory / name) for name in names}
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+            "tokenizer_config.json", "chat_template.jinja"]
 
 
-def _build_tokenizer(rows: list[dict[str, Any]], directory: Path) -> None:
+def train_tokenizer(texts: list[str], directory: Path, *, max_length: int, extra_tokens: list[str] | None = None,
+                    named: dict[str, Any] | None = None, processor_class: str | None = None) -> None:
+    """A byte-level BPE tokenizer of at most VOCAB_SIZE tokens trained on `texts`, written to
+    `directory` as tokenizer.json and tokenizer_config.json. `extra_tokens`: special tokens after
+    the usual ones (a vision model's image tokens); `named`: more named tokens for the config;
+    `processor_class`: the processor that loads it, for a vision-language model."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -228,11 +240,10 @@ def _build_tokenizer(rows: list[dict[str, Any]], directory: Path) -> None:
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=SPECIAL_TOKENS + (extra_tokens or []),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    texts = [message["content"] for row in rows for message in row["messages"]]
     tokenizer.train_from_iterator(texts, trainer)
     if tokenizer.get_vocab_size() > VOCAB_SIZE:
         raise RuntimeError(f"embedded tokenizer has {tokenizer.get_vocab_size()} tokens, over {VOCAB_SIZE}")
@@ -243,12 +254,13 @@ def _build_tokenizer(rows: list[dict[str, Any]], directory: Path) -> None:
         "bos_token": "<s>",
         "eos_token": "</s>",
         "pad_token": "<pad>",
-        "model_max_length": MODEL_CONFIG["max_position_embeddings"],
+        **(named or {}),
+        "model_max_length": max_length,
         "add_bos_token": False,
         "add_eos_token": False,
+        **({"processor_class": processor_class} if processor_class else {}),
     }
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (directory / "chat_template.jinja").write_text(CHAT_TEMPLATE)
 
 
 def _build_weights(directory: Path) -> None:

@@ -20,17 +20,13 @@ corrupt cache. No torch is imported, so `llmwizard plan` stays fast.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import random
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmwizard.autotune.embedded import SPECIAL_TOKENS, VOCAB_SIZE, cache_root, generate_examples
+from llmwizard.autotune.embedded import (SPECIAL_TOKENS, VOCAB_SIZE, cache_root, ensure_built, generate_examples,
+                                        train_tokenizer)
 
 EMBEDDED_VISION_MODEL = "embedded:tiny-vision"
 EMBEDDED_GEMMA3_MODEL = "embedded:tiny-gemma3-vision"
@@ -269,7 +265,7 @@ def shapes_dir() -> Path:
 
 def ensure_shapes_dataset() -> Path:
     """The JSONL file of embedded:shapes (images beside it), built when missing or corrupt."""
-    return _ensure(shapes_dir(), _build_shapes) / "shapes.jsonl"
+    return ensure_built(shapes_dir(), _build_shapes) / "shapes.jsonl"
 
 
 def _build_shapes(directory: Path) -> list[str]:
@@ -291,7 +287,7 @@ def vision_model_dir() -> Path:
 
 def ensure_vision_model() -> Path:
     """The tiny vision-language model's directory, built when missing or corrupt."""
-    return _ensure(vision_model_dir(), _build_model)
+    return ensure_built(vision_model_dir(), _build_model)
 
 
 def _build_model(directory: Path) -> list[str]:
@@ -311,7 +307,7 @@ def gemma3_model_dir() -> Path:
 
 def ensure_gemma3_model() -> Path:
     """The tiny Gemma 3 vision-language model's directory, built when missing or corrupt."""
-    return _ensure(gemma3_model_dir(), _build_gemma3_model)
+    return ensure_built(gemma3_model_dir(), _build_gemma3_model)
 
 
 def _build_gemma3_model(directory: Path) -> list[str]:
@@ -330,36 +326,12 @@ def _build_gemma3_model(directory: Path) -> list[str]:
 
 def _build_tokenizer(directory: Path, image_tokens: list[str], named: dict[str, Any], processor_class: str,
                      max_length: int) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False),
-    ])
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS + image_tokens,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    """The text model's tokenizer, trained on its data and the captions, with the image tokens."""
     texts = [m["content"] for row in generate_examples() for m in row["messages"]]
     texts += [part["text"] for row in shapes_rows() for m in row["messages"] for part in m["content"]
               if part["type"] == "text"]
-    tokenizer.train_from_iterator(texts, trainer)
-    if tokenizer.get_vocab_size() > VOCAB_SIZE:
-        raise RuntimeError(f"embedded tokenizer has {tokenizer.get_vocab_size()} tokens, over {VOCAB_SIZE}")
-    tokenizer.save(str(directory / "tokenizer.json"))
-    config = {
-        "backend": "tokenizers",
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "pad_token": "<pad>",
-        **named,
-        "model_max_length": max_length,
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "processor_class": processor_class,
-    }
-    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    train_tokenizer(texts, directory, max_length=max_length, extra_tokens=image_tokens, named=named,
+                    processor_class=processor_class)
 
 
 def _build_weights(directory: Path) -> None:
@@ -504,40 +476,6 @@ def _build_gemma3_weights(directory: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- cache
-
-def _ensure(target: Path, build: Callable[[Path], list[str]]) -> Path:
-    if _verify(target):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
-    try:
-        names = build(staging)
-        manifest = {name: _sha256(staging / name) for name in names}
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
-        os.replace(staging, target)  # atomic: readers see the old folder or the whole new one
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if _verify(target):  # another process finished the same build first
-            return target
-        raise
-    return target
-
-
-def _verify(directory: Path) -> bool:
-    try:
-        digests = json.loads((directory / "manifest.json").read_text())
-        return bool(digests) and all(_sha256(directory / name) == digest for name, digest in digests.items())
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
 
 def ensure_embedded(name: str | None) -> Path:
     """The folder of an embedded model by name (the text default when None), built once."""
