@@ -26,7 +26,7 @@ from llmwizard.autotune.plan import Plan
 from llmwizard.runner import events, recovery
 from llmwizard.runner.export import METRICS_FILE, OUTPUT_DIR
 from llmwizard.runner.launch import Launch
-from llmwizard.runner.metrics import MetricsTail
+from llmwizard.runner.metrics import MetricsTail, MetricsWriter, read_metrics
 from llmwizard.runner.preflight import check_model_weights, check_packages
 from llmwizard.runner.state import RunState, final_status
 from llmwizard.runner.summary import Outcome, build_summary, resume_command
@@ -192,6 +192,8 @@ class RunSession:
             if failure is not None:
                 outcome.log_tail = recovery.log_excerpt(log_text, failure, LOG_TAIL_LINES)
             break
+        if outcome.status == "stopped":
+            self._record_early_stop()
         # A stopped or failed run is judged as it stood (see build_summary): "still falling" is no news.
         self._report_findings(final=outcome.status == "done")
         self.outcome = outcome
@@ -283,6 +285,18 @@ class RunSession:
             if finding.code not in self._reported:
                 self._reported.add(finding.code)
                 self.on_event(events.Finding(finding, final))
+
+    def _record_early_stop(self) -> None:
+        """A run stopped before its ranks began training leaves no end record of its own: write one,
+        so `llmwizard runs` and `watch` say stopped rather than failed."""
+        path = self.run_dir / METRICS_FILE
+        if RunState.from_records(read_metrics(path)).began:
+            return
+        writer = MetricsWriter(path)
+        try:
+            writer.write({"type": "end", "step": 0, "reason": "stopped"})
+        finally:
+            writer.close()
 
     def _end_event(self, outcome: Outcome) -> events.Event:
         summary = build_summary(self.run_dir, self.state, outcome)

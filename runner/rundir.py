@@ -118,7 +118,7 @@ class RunStatus:
     @property
     def has_progress(self) -> bool:
         """Training happened here: starting over would overwrite checkpoints and repeat steps."""
-        return self.state in ("finished", "stopped", "diverged") or self.step > 0 or self.checkpoint is not None
+        return self.state == "finished" or self.step > 0 or self.checkpoint is not None
 
 
 def final_model(run_dir: Path) -> Path | None:
@@ -152,6 +152,8 @@ def run_status(run_dir: Path) -> RunStatus:
             return RunStatus("stopped", *steps, f"checkpoint {checkpoint or 'none'}", checkpoint=checkpoint)
         if state.end_reason == "diverged":
             return RunStatus("diverged", *steps, "the loss became NaN/Inf or spiked", checkpoint=checkpoint)
+    if state.ended and not state.began and state.end_reason == "stopped":
+        return RunStatus("stopped", *steps, "stopped before the first step", checkpoint=checkpoint)
     if model is not None and not state.began:
         return RunStatus("finished", *steps, f"{model.relative_to(run_dir)} (no metrics)", checkpoint=checkpoint)
     if state.began or (run_dir / LOG_FILE).exists():

@@ -105,6 +105,29 @@ def test_stop_from_another_thread_saves_a_checkpoint_and_says_how_to_resume(tmp_
     assert session.launch is not None and session.launch.poll() is not None and not session.running()
 
 
+def test_a_run_stopped_before_its_first_step_is_listed_as_stopped_and_can_start_again(tmp_path: Path):
+    from llmwizard.runner.metrics import read_metrics
+    from llmwizard.runner.rundir import run_status
+
+    run_dir = exported(tmp_path, max_steps=2000, eval_fraction=0)
+    seen: list[events.Event] = []
+    session = RunSession(load_plan(run_dir), run_dir, seen.append, interval=0.05)
+    worker = threading.Thread(target=session.run)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while "Started" not in kinds(list(seen)):
+        assert worker.is_alive() and time.monotonic() < deadline, kinds(seen)
+        time.sleep(0.01)
+    session.stop()  # the ranks are still importing their libraries
+    worker.join(120)
+    assert not worker.is_alive() and kinds(seen)[-1] == "Stopped", kinds(seen)
+    records = read_metrics(run_dir / "metrics.jsonl")
+    assert not any(r["type"] == "begin" for r in records), records
+    status = run_status(run_dir)
+    assert (status.state, status.detail, status.step) == ("stopped", "stopped before the first step", 0)
+    assert not status.has_progress  # nothing to lose: `llmwizard run` starts it again without --fresh
+
+
 def test_a_failed_attempt_is_diagnosed_with_its_log_and_the_resume_command(tmp_path: Path):
     """launch.sh stands in for ranks that hit a full disk: the launcher's exit and log are real."""
     run_dir = exported(tmp_path, max_steps=4, eval_fraction=0)
