@@ -143,13 +143,15 @@ ACTIVATIONS_WHY = ("activations do not fit on the GPU: TRL's activation offloadi
 
 def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
     base, strategies = space.base, space.strategies
+    asked = bool(goals.activation_offloading)  # activation offloading asked for holds in every tier
     tiers = [Tier(strategies, [goals.offload] if goals.offload else ["none"], base.optimizer, "",
-                  offload_activations=bool(goals.activation_offloading))]
+                  offload_activations=asked)]
     if not goals.optimizer and space.hardware.device == "cuda" and base.method == "full":
         tiers.append(Tier(strategies, ["none"], "adamw_8bit",
-                          "8-bit AdamW (bitsandbytes): fp32 AdamW states do not fit; 8-bit states take a quarter"))
+                          "8-bit AdamW (bitsandbytes): fp32 AdamW states do not fit; 8-bit states take a quarter",
+                          offload_activations=asked))
     # Pure bf16 and the low-memory optimizers (llmwizard.autotune.saver_tiers), before offload.
-    tiers += [Tier(strategies, ["none"], optimizer, why, precision)
+    tiers += [Tier(strategies, ["none"], optimizer, why, precision, offload_activations=asked)
               for optimizer, precision, why in saver_tiers(space.hardware.device, base, goals)]
     if goals.activation_offloading is None and space.hardware.device == "cuda":
         last = tiers[-1]
@@ -159,14 +161,14 @@ def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
     fused = fused_tier(space.hardware.device, base, goals)
     if fused:
         optimizer, precision, why = fused
-        tiers.append(Tier(strategies, ["none"], optimizer, why, precision))
+        tiers.append(Tier(strategies, ["none"], optimizer, why, precision, offload_activations=asked))
         if goals.activation_offloading is None:
             tiers.append(Tier(strategies, ["none"], optimizer, why, precision, offload_activations=True,
                               activations_why=ACTIVATIONS_WHY))
     if not goals.offload and not fused_in_backward(base.optimizer):
         offload_strategies: list[Strategy] = strategies if space.world > 1 or goals.strategy else ["zero2", "zero3"]
         tiers.append(Tier(offload_strategies, ["optimizer", "params"], base.optimizer,
-                          "nothing fits on the GPU otherwise"))
+                          "nothing fits on the GPU otherwise", offload_activations=asked))
     return tiers
 
 

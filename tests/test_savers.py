@@ -266,6 +266,12 @@ def test_activation_offloading_buys_fit_on_a_gpu_and_is_refused_on_the_cpu():
                 Goals(method="lora", max_length=65536, dataset_size="large")).activation_offloading is False
     with pytest.raises(UserError):
         plan(detect(), load_model_spec(None), long, Goals(activation_offloading=True))
+    # asked for, it holds in whichever tier fits: here a low-memory optimizer's
+    for spec in ("1xA100-40GB,ram=64GB", "2xA100-40GB,ram=64GB"):
+        asked = plan(from_spec(spec), model(LLAMA_8B, "llama-8b"), LARGE,
+                     Goals(method="full", activation_offloading=True))
+        assert asked.optimizer != "adamw" and asked.activation_offloading, spec
+        assert "asked for" in asked.reasons["activation_offloading"]
 
 
 def test_context_parallel_activation_offloading_and_liger_export_files_the_loaders_accept(tmp_path, monkeypatch):
