@@ -55,9 +55,10 @@ def context_parallel_sizes(hardware: HardwareProfile, model: ModelSpec, base: Tr
     if goals.context_parallel:
         cp = goals.context_parallel
         problem = ("needs GPUs with FSDP2: torch's context parallelism shards only the CUDA attention kernels "
-                   "(on the CPU, use zero2/zero3 for Ulysses)"
+                   "(on the CPU, DeepSpeed's Ulysses splits sequences: strategy zero2 or zero3 over two or more "
+                   "processes)"
                    if cp > 1 and hardware.device != "cuda" and goals.strategy in (None, "fsdp") else
-                   f"must divide the {world} processes" if world % cp else
+                   f"must divide the number of processes ({world})" if world % cp else
                    "needs strategy fsdp (FSDP2) or zero2/zero3 (Ulysses)" if cp > 1 and goals.strategy not in (
                        None, "fsdp", "zero2", "zero3") else
                    "cannot be combined with packing (TRL refuses it)" if cp > 1 and goals.packing else

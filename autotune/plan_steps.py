@@ -110,8 +110,8 @@ def learning_rate(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -
         # Google's rates are for tuning pretrained weights; the embedded model starts random and
         # learns visibly only at about ten times that rate (bench: 6.5 -> 2.0 in the default run).
         lr *= RANDOM_INIT_LR_SCALE
-        reason = (f"{lr:g}: {RANDOM_INIT_LR_SCALE}x {goals.source('learning_rate', rule_text)}'s "
-                  f"{lr / RANDOM_INIT_LR_SCALE:g}, because the embedded tiny model is randomly "
+        reason = (f"{lr:g}: {RANDOM_INIT_LR_SCALE}x the {lr / RANDOM_INIT_LR_SCALE:g} of "
+                  f"{goals.source('learning_rate', rule_text)}, because the embedded tiny model is randomly "
                   "initialised and the rule's rates assume pretrained weights")
     return Decision(lr, reason)
 

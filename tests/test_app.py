@@ -894,7 +894,7 @@ async def test_the_gpus_field_is_off_for_this_machine_and_zero_memory_is_refused
         assert app.focused is nodes
         await pilot.press(*"4xA100")  # meant for the GPUs field: nothing of it lands in nodes
         await pilot.pause()
-        assert nodes.value == "1" and "nodes takes a whole number" in text_of(app, "#nav-status")
+        assert nodes.value == "1" and "nodes is a whole number" in text_of(app, "#nav-status")
         await pilot.click("#other")
         await pilot.pause()
         assert not spec.disabled and not screen.query_one("#spec-label").has_class("-off")

@@ -191,6 +191,7 @@ def test_the_probe_runs_real_steps_grows_the_batch_and_launches_its_plan(probed)
 @pytest.mark.slow
 def test_the_probe_story_is_in_the_run_directory(probed):
     from llmwizard.autotune.plan import Plan
+    from llmwizard.runner.metrics import read_metrics
 
     _, run_dir, _, _, _, _ = probed
     lines = [json.loads(line) for line in (run_dir / "probe.jsonl").read_text().splitlines()]
@@ -200,7 +201,9 @@ def test_the_probe_story_is_in_the_run_directory(probed):
         assert line["ranks"][0]["process_bytes"] == line["measured_peak"] and line["ranks"][0]["step_s"] > 0
         assert line["before"]["effective_batch"] == line["after"]["effective_batch"] == 16
     assert Plan.load(run_dir / "plan.yaml").micro_batch == 16  # the run's plan is the probe's
-    assert not (run_dir / "metrics.jsonl").exists()  # the probe's steps stay out of the run's metrics
+    # the probe's steps stay out of the run's metrics: the run, killed before its first step, has
+    # only the end record the session writes for it
+    assert [r["type"] for r in read_metrics(run_dir / "metrics.jsonl")] == ["end"]
     assert (run_dir / ".llmwizard" / "probe" / "round-1" / "metrics.jsonl").is_file()
     assert not (run_dir / ".llmwizard" / "probe" / "round-1" / "output").exists()
 

@@ -171,7 +171,7 @@ class HardwareScreen(StepScreen):
         if self.state.other_hardware:
             self.query_one("#spec", Input).focus()
 
-    OFF_HINT = "The GPUs field is for other hardware: pick Other hardware above first (arrows, then Enter)."
+    OFF_HINT = "For other GPUs, pick Other hardware above first."
 
     def spec_off_clicked(self) -> None:
         """A click on the GPUs field while it is off says how to turn it on."""
@@ -179,8 +179,8 @@ class HardwareScreen(StepScreen):
         self.set_status(self.OFF_HINT, "warning")
 
     def nodes_typed_letters(self) -> None:
-        self.set_status("nodes takes a whole number. " + (self.OFF_HINT if not self.state.other_hardware
-                                                          else "Describe the GPUs in the GPUs field."), "warning")
+        self.set_status("nodes is a whole number. " + (self.OFF_HINT if not self.state.other_hardware
+                                                       else "Type GPUs in the GPUs field."), "warning")
 
     def _show_target(self) -> None:
         other = self.state.other_hardware
@@ -192,6 +192,10 @@ class HardwareScreen(StepScreen):
             self.query_one("#spec-result", Static).update(
                 Text("Plan for the devices above." + (f" {self.state.nodes} nodes like this one."
                                                       if self.state.nodes > 1 else "")))
+
+    @on(Input.Changed, "#spec")
+    def _spec_typed(self) -> None:
+        self.set_status("")  # a hint about letters typed in the nodes field is answered
 
     @on(Input.Changed, "#spec, #nodes")
     def _changed(self) -> None:

@@ -160,6 +160,9 @@ class LaunchScreen(StepScreen):
             self.wizard.goto(self.STEP + 1)
             return
         state = self.state
+        if state.export is not None and state.plan is not None and not self._launchable():
+            self.set_status("Planned for other hardware: run launch.sh there.", "warning")
+            return
         if button.disabled or state.export is None or state.plan is None or state.exported_plan != state.plan:
             return
         button.disabled = True

@@ -80,7 +80,9 @@ FIELD_IDS = ({name: field_id for field_id, name in NUMBER_FIELDS}
 
 def summary_line(plan: Plan) -> Text:
     unit = "process" if plan.device == "cpu" else "GPU"
-    world = f"{plan.num_processes} {unit}" + (("es" if unit == "process" else "s") if plan.num_processes > 1 else "")
+    # On several machines: per machine, then the machines ("2 GPUs x 2 nodes" is 4 GPUs).
+    count = plan.processes_per_machine if plan.num_machines > 1 else plan.num_processes
+    world = f"{count} {unit}" + (("es" if unit == "process" else "s") if count > 1 else "")
     steps = f"{plan.max_steps} steps" if plan.max_steps > 0 else f"{plan.epochs:g} epochs"
     lora = f" r={plan.lora.r}" if plan.lora else ""
     text = Text()

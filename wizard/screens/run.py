@@ -183,7 +183,7 @@ class RunScreen(StepScreen):
 
     def _on_stopping(self, event: events.Stopping) -> None:
         self.set_status("Killing the run ..." if event.force else
-                        "Stopping: every rank saves a checkpoint at the end of its step ...", "warning")
+                        "Stopping: each rank checkpoints after its step ...", "warning")
 
     def _on_stopped(self, event: events.Stopped) -> None:
         self._ended(event)
