@@ -483,6 +483,16 @@ async def test_the_run_screen_recovers_from_out_of_memory_as_the_cli_does(tmp_pa
             assert " ".join(value.split()) in " ".join(cli.getvalue().replace("│", " ").split())
         assert any(label == "recovered" and "micro-batch 16 -> 8" in value for label, value in end.summary.rows)
         assert str(screen.query_one("#next").label) == "Quit"
+        # On a small terminal the summary runs below the screen: the keys scroll down to it and back.
+        await pilot.resize_terminal(80, 24)
+        await settle(pilot)
+        assert screen.max_scroll_y > 0
+        await pilot.press("end")
+        await settle(pilot)
+        assert screen.scroll_y == screen.max_scroll_y
+        await pilot.press("pageup", "home")
+        await settle(pilot)
+        assert screen.scroll_y == 0
         await pilot.press("ctrl+q")
     assert app.return_code == 0
 

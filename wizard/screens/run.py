@@ -79,6 +79,10 @@ class RunScreen(StepScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+n", "next", "Stop / Quit", show=False, priority=True),
         Binding("s", "stop", "Stop run"),
+        # The summary below the plot is taller than a small terminal: the keys scroll the step.
+        Binding("down", "scroll_down", show=False), Binding("up", "scroll_up", show=False),
+        Binding("pagedown", "page_down", show=False), Binding("pageup", "page_up", show=False),
+        Binding("end", "scroll_end", show=False), Binding("home", "scroll_home", show=False),
     ]
 
     ended = False                   # the watched run has ended
