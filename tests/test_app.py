@@ -435,6 +435,13 @@ async def test_stop_ends_the_run_cleanly_and_quits_with_130(tmp_path: Path):
     assert isinstance(end, Stopped) and end.resume_command == f"llmwizard resume {run_dir}"
     assert ("resume", f"llmwizard resume {run_dir}") in end.summary.rows
     assert (run_dir / "output" / end.checkpoint / "trainer_state.json").is_file()
+    # Once the wizard is gone, the terminal keeps the stop and how to resume.
+    from llmwizard.wizard.app import print_ended
+
+    console = Console(file=io.StringIO(), width=200)
+    print_ended(app, console)
+    printed = console.file.getvalue()
+    assert f"stopped at step {end.step}" in printed and f"llmwizard resume {run_dir}" in printed
 
 
 @pytest.mark.slow

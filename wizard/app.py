@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     from llmwizard.autotune.hardware import HardwareProfile
     from llmwizard.autotune.model_spec import ModelSpec
     from llmwizard.autotune.plan import Plan
+    from rich.console import Console
+
     from llmwizard.runner.launch import Launch
+    from llmwizard.runner.summary import Summary
     from llmwizard.wizard.core import DatasetReport, ExportResult
 
 
@@ -53,6 +56,7 @@ class WizardState:
     launched_dir: Path | None = None             # the run directory of the last launch
     leave_running: bool = False                  # the user quit and chose to leave the run training
     stopped: bool = False                        # the user stopped the run
+    ended: Summary | None = None                 # the summary of the last run that ended on the run step
     reached: int = 0
 
     @property
@@ -222,4 +226,18 @@ def run_app(args: argparse.Namespace) -> int:
         return 129
     if app.state.leave_running and app.state.launched_dir is not None:
         print(follow_hint(app.state.launched_dir))
+    else:
+        print_ended(app)
     return app.return_code or 0
+
+
+def print_ended(app: WizardApp, console: Console | None = None) -> None:
+    """After the wizard closed on a run that ended (finished, stopped, failed): the CLI's summary, with
+    its resume command, stays in the terminal."""
+    if app.state.ended is None:
+        return
+    from rich.console import Console
+
+    from llmwizard.runner.session import print_summary
+
+    print_summary(console if console is not None else Console(), app.state.ended)

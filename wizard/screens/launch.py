@@ -187,6 +187,7 @@ class LaunchScreen(StepScreen):
         self.state.launched_dir = message.session.run_dir
         self.state.stopped = False
         self.state.leave_running = False
+        self.state.ended = None
         self.wizard.step_screen(self.STEP + 1).watch_session(message.session, message.said)
         self.set_status("")
         self.wizard.goto(self.STEP + 1)

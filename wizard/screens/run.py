@@ -237,6 +237,7 @@ class RunScreen(StepScreen):
         self.ended = True
         self.end_event = event
         self.state.stopped = self.state.stopped or event.summary.status == "stopped"
+        self.state.ended = event.summary  # printed in the terminal once the wizard closes
         if self.state_snapshot is not None:
             state = self.state_snapshot
             self.query_one("#progress", ProgressBar).update(total=max(1, state.max_steps), progress=state.step)
