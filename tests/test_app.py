@@ -526,7 +526,7 @@ def shown_plan(app: WizardApp) -> dict[str, object]:
     import re
 
     summary = " ".join(text_of(app, "#plan-summary").split())
-    found = re.search(r"^(\w+) on (\d+) \w+ · (\w+)(?: r=(\d+))? · (\w+) · micro-batch (\d+) x accum (\d+) = (\d+) · "
+    found = re.search(r"^(\w+)(?: \+ \w+ offload)? on (\d+) \w+ · (\w+)(?: r=(\d+))? · (\w+) · micro-batch (\d+) x accum (\d+) = (\d+) · "
                       r"(\d+) tokens · .* · lr (\S+)$", summary)
     assert found, summary
     strategy, world, method, rank, precision, micro, accum, effective, length, lr = found.groups()
@@ -1007,3 +1007,14 @@ async def test_a_precision_the_gpu_lacks_is_refused_inline_and_auto_applies(gpus
         await settle(pilot)
         assert app.state.plan is not None and app.state.plan.precision == "fp16"
         assert not screen.query_one("#precision").has_class("-refused")
+
+
+def test_the_summary_line_counts_gpus_per_machine_and_names_offload():
+    from llmwizard.wizard.screens.plan import summary_line
+    from tests.test_export import _gpu_plan
+
+    p = _gpu_plan("4xRTX4090", nodes=2, strategy="zero3", offload="params", method="full")
+    assert (p.num_processes, p.num_machines, p.offload) == (8, 2, "params")
+    assert summary_line(p).plain.startswith("zero3 + params offload on 4 GPUs x 2 nodes · full")
+    one = _gpu_plan("1xA100-80GB", nodes=2, strategy="fsdp")
+    assert summary_line(one).plain.startswith("fsdp on 1 GPU x 2 nodes · lora")

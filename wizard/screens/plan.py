@@ -87,6 +87,8 @@ def summary_line(plan: Plan) -> Text:
     lora = f" r={plan.lora.r}" if plan.lora else ""
     text = Text()
     text.append(f"{plan.strategy}", style="bold")
+    if plan.offload != "none":  # the bar's small optimizer/params figures are in host RAM instead
+        text.append(f" + {plan.offload} offload", style="bold")
     text.append(f" on {world}" + (f" x {plan.num_machines} nodes" if plan.num_machines > 1 else ""))
     text.append(f" · {plan.method}{lora} · {plan.precision} · micro-batch {plan.micro_batch} x accum "
                 f"{plan.grad_accum} = {plan.effective_batch} · {plan.max_length} tokens · {steps} · "
