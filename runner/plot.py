@@ -87,7 +87,8 @@ def loss_plot(train: list[tuple[int, float]], evals: list[tuple[int, float]], ma
     rows = canvas.rows()
     if ascii_only:
         rows = [Text("".join("*" if ch != " " else " " for ch in row.plain)) for row in rows]
-    label_rows = {0: labels[0], (height - 1) // 2: labels[1], height - 1: labels[2]}
+    # top and bottom win over the middle label where the plot is too short for three
+    label_rows = {(height - 1) // 2: labels[1], 0: labels[0], height - 1: labels[2]}
     out = []
     for index, row in enumerate(rows):
         label = label_rows.get(index, "")

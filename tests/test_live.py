@@ -75,6 +75,13 @@ def test_the_plot_draws_train_and_eval_in_their_colours_over_the_whole_run():
     assert rows[-1].plain.rstrip().endswith("step 60")
 
 
+def test_a_short_plot_labels_its_axis_with_the_highest_and_lowest_loss():
+    train = [(1, 6.4045), (30, 2.74), (60, 3.05)]
+    for height in (2, 3, 8):
+        rows = loss_plot(train, [], max_steps=60, width=60, height=height)
+        assert rows[0].plain.lstrip().startswith("6.40") and rows[height - 1].plain.lstrip().startswith("2.74"), height
+
+
 def test_plain_output_is_one_line_per_logged_step_and_each_warning_once():
     out = io.StringIO()
     console = Console(file=out, width=80, force_terminal=False)
