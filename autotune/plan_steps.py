@@ -99,6 +99,11 @@ def epochs(goals: Goals, rule: SizeRule) -> Decision[float]:
     return Decision(epochs, f"{epochs:g} epochs: {goals.source('epochs', _rule_text(rule))}")
 
 
+# Above this a learning rate is almost surely a typo (AdaLomo's relative 5e-4 and the embedded
+# model's 10x rates are far below it).
+MAX_SENSIBLE_LR = 0.1
+
+
 def learning_rate(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -> Decision[float]:
     rule_text = _rule_text(rule)
     lr = goals.learning_rate if goals.learning_rate is not None else rule.learning_rate
@@ -113,7 +118,9 @@ def learning_rate(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -
         reason = (f"{lr:g}: {RANDOM_INIT_LR_SCALE}x the {lr / RANDOM_INIT_LR_SCALE:g} of "
                   f"{goals.source('learning_rate', rule_text)}, because the embedded tiny model is randomly "
                   "initialised and the rule's rates assume pretrained weights")
-    return Decision(lr, reason)
+    warnings = ((f"Learning rate {lr:g} is far above what fine-tuning uses (1e-6 to 1e-2): the loss will "
+                 "likely diverge; check the value.",) if lr > MAX_SENSIBLE_LR else ())
+    return Decision(lr, reason, warnings)
 
 
 def lora(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -> Decision[LoraSettings | None]:
@@ -217,8 +224,10 @@ def _share_over(dataset: DatasetProfile, length: int) -> float:
 def precision(hardware: HardwareProfile, goals: Goals) -> Decision[Precision]:
     if hardware.device == "cpu":
         precision = goals.precision or "fp32"
+        warnings = (f"Precision {precision} on the CPU: it has no fast bf16/fp16 training path, so this runs "
+                    "slower than fp32 (leave precision to the planner for fp32).",) if precision != "fp32" else ()
         return Decision(precision, "fp32: the CPU has no fast bf16/fp16 training path" if not goals.precision
-                        else f"{precision} (asked for)")
+                        else f"{precision} (asked for)", warnings)
     gpu = hardware.smallest_gpu
     assert gpu is not None
     cc = f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}"

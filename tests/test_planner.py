@@ -202,3 +202,18 @@ def test_reasons_come_in_the_order_of_the_steps():
     assert list(lora.reasons)[:5] == ["dataset", "method", "epochs", "learning_rate", "lora"]
     assert "offload" not in lora.reasons and "optimizer" not in lora.reasons
     assert any("Effective batch raised from 16 to 18" in w for w in lora.warnings)
+
+
+def test_odd_but_allowed_values_are_planned_with_a_warning():
+    """A value the schema allows but that is almost surely a mistake is not accepted silently."""
+    from llmwizard.autotune.model_spec import load_model_spec
+
+    cpu = from_spec("cpu")
+    m = load_model_spec(None)  # the embedded tiny model: fits any CPU
+    small = data(400, 20.0, 40, 60)
+    quiet = plan(cpu, m, small, Goals(method="lora"))
+    assert not any("Learning rate" in w or "Precision" in w for w in quiet.warnings)
+    loud = plan(cpu, m, small, Goals(method="lora").merged(learning_rate=50.0, precision="bf16"))
+    assert loud.learning_rate == 50.0 and loud.precision == "bf16"  # planned as asked
+    assert any(w.startswith("Learning rate 50 is far above") for w in loud.warnings), loud.warnings
+    assert any(w.startswith("Precision bf16 on the CPU") for w in loud.warnings), loud.warnings
