@@ -28,6 +28,16 @@ saver's terms sit in one place with their sources:
   Adafactor's relative step): the AdaLomo paper's instruction tuning uses 5e-4 with a linear
   schedule and 3% warmup (OpenLMLab/LOMO adalomo/instruction-tuning/train.py). Its update is
   rounded to nearest when copied into a bf16 weight, so under pure bf16 small updates are lost.
+- GaLore's AdamW (transformers' `galore_adamw`, the galore-torch package; Zhao et al. 2024,
+  arXiv:2403.03507), asked for only: the gradient of each decoder linear layer (m x n) is
+  projected onto its top `rank` singular directions, so its two moments are max(m, n) x rank
+  instead of m x n, plus the projection (rank x min(m, n)); the embedding, the head and the
+  norms keep AdamW's states (galore_torch/adamw.py). Every `update_proj_gap` steps the projection
+  is refreshed by an SVD of the full gradient in fp32 (the gradient's copy, U and V), and each
+  step projects the update back to m x n. What it costs: the update is low-rank between
+  refreshes; one process or DDP only (the projection works on whole weights, which FSDP and
+  ZeRO shard); full fine-tuning only (LoRA's adapters are low-rank already). Weights and
+  gradients are as AdamW's, so it saves the states only.
 """
 
 from __future__ import annotations
@@ -66,6 +76,40 @@ ADALOMO_LEARNING_RATE = 5e-4   # the AdaLomo paper's instruction-tuning rate (re
 ADALOMO_NEEDS = ("AdaLomo updates each weight inside backward: it needs an NVIDIA GPU (lomo-optim allocates "
                  "its states on CUDA), one process (DDP would apply gradients before they are all-reduced) and "
                  "no gradient accumulation")
+
+
+# GaLore, as exported (transformers' defaults, written out so the files say what runs): the
+# decoder's attention and MLP linears (a module whose name holds one of these), their rank and
+# how often the projection is refreshed.
+GALORE_TARGETS = ["self_attn", "mlp"]
+GALORE_RANK = 128
+GALORE_ARGS = f"rank={GALORE_RANK},update_proj_gap=200,scale=0.25,proj_type=std"
+GALORE_WHY = (f"GaLore keeps rank-{GALORE_RANK} moments for the attention and MLP linears (an SVD of the gradient "
+              "refreshes the projection every 200 steps) and AdamW's for the rest; between refreshes each linear's "
+              "update is low-rank")
+GALORE_NEEDS = ("GaLore projects the gradients of whole weights: it needs full fine-tuning and one process or DDP "
+                "(FSDP and ZeRO shard the weights)")
+
+
+def galore_optimizer_bytes(model: ModelSpec, setup: TrainSetup, trainable: int, state_bytes: int
+                           ) -> tuple[float, float]:
+    """(states, step temporaries) of GaLore's AdamW: low-rank moments and a projection for each
+    decoder linear, AdamW's moments for the rest; the step's widest temporary is the SVD of the
+    widest linear's gradient (its fp32 copy, U and V) or AdamW's denominator and update of the
+    widest other tensor (the embedding; galore_torch/adamw.py builds both)."""
+    projected = 0.0
+    linear_params = 0
+    for lin in model.linears:
+        rank = min(GALORE_RANK, lin.d_in, lin.d_out)
+        projected += 2 * rank * max(lin.d_in, lin.d_out) + rank * min(lin.d_in, lin.d_out)
+        linear_params += lin.d_in * lin.d_out
+    states = state_bytes * (model.num_layers * projected + 2 * max(0, trainable - model.num_layers * linear_params))
+    svd = max(4 * (lin.d_in * lin.d_out + 2 * min(lin.d_in, lin.d_out) * (lin.d_in + lin.d_out) // 2)
+              for lin in model.linears)
+    back = max(state_bytes * lin.d_in * lin.d_out for lin in model.linears)  # the update, projected back
+    # AdamW's step on the others: the denominator and the normalised update, both full size
+    other = 2 * state_bytes * max(model.embedding_params, model.lm_head_params)
+    return states, max(svd, back, other)
 
 
 def fused_in_backward(optimizer: str) -> bool:

@@ -22,7 +22,7 @@ from llmwizard.autotune.memory import MemoryEstimate, estimate
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.no_fit import forced_estimate, nothing_fits
 from llmwizard.autotune.long_context import context_parallel_sizes, offloaded_activations
-from llmwizard.autotune.savers import ADALOMO_NEEDS, compensation, fused_in_backward, fused_tier, leanest, saver_tiers
+from llmwizard.autotune.savers import ADALOMO_NEEDS, GALORE_NEEDS, GALORE_WHY, compensation, fused_in_backward, fused_tier, leanest, saver_tiers
 from llmwizard.autotune.throughput import step_cost
 from llmwizard.autotune.train_setup import OFFLOADS, OPTIMIZERS, STRATEGIES, TrainSetup
 
@@ -65,7 +65,7 @@ def choose(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals:
            effective: int, world: int) -> Choice:
     """The fastest setup that fits, searched in tiers: as asked; then (on GPUs, when the optimizer
     is ours to choose) 8-bit AdamW; then offload to host RAM (ZeRO-Offload even on one GPU)."""
-    _check_choices(goals, world, hardware.device)
+    _check_choices(goals, world, hardware.device, base.method)
     space = _space(hardware, model, base, goals, budget, effective, world)
     fitting, why = generate(space, goals)
     if not fitting:
@@ -114,7 +114,7 @@ class SearchSpace:
 def _space(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals: Goals, budget: int,
            effective: int, world: int) -> SearchSpace:
     strategies: list[Strategy] = [goals.strategy] if goals.strategy else (
-        ["single"] if world == 1 else ["ddp", "zero2", "fsdp", "zero3"])
+        ["single"] if world == 1 else ["ddp"] if base.optimizer == "galore_adamw" else ["ddp", "zero2", "fsdp", "zero3"])
     micro_batches = [m for m in (64, 32, 16, 8, 4, 2, 1) if (effective // world) % m == 0]
     if goals.micro_batch:
         micro_batches = [goals.micro_batch]
@@ -165,7 +165,7 @@ def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
         if goals.activation_offloading is None:
             tiers.append(Tier(strategies, ["none"], optimizer, why, precision, offload_activations=True,
                               activations_why=ACTIVATIONS_WHY))
-    if not goals.offload and not fused_in_backward(base.optimizer):
+    if not goals.offload and not fused_in_backward(base.optimizer) and base.optimizer != "galore_adamw":
         offload_strategies: list[Strategy] = strategies if space.world > 1 or goals.strategy else ["zero2", "zero3"]
         tiers.append(Tier(offload_strategies, ["optimizer", "params"], base.optimizer,
                           "nothing fits on the GPU otherwise", offload_activations=asked))
@@ -268,6 +268,9 @@ def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Can
            else "asked for"))}
     if best.optimizer != space.base.optimizer:
         reasons["optimizer"] = why
+    elif goals.optimizer == "galore_adamw":
+        reasons["optimizer"] = (f"galore_adamw (asked for): {est.optimizer / GiB:.2f} GiB of optimizer states and "
+                                f"step temporaries; {GALORE_WHY}")
     elif goals.optimizer:
         reasons["optimizer"] = f"{goals.optimizer} (asked for)"
     precision = best.precision or space.base.precision
@@ -317,18 +320,21 @@ def _does_not_fit(space: SearchSpace, goals: Goals) -> UserError:
     forced = _forced_choices(goals)
     if forced:
         free = Goals(**{**goals.__dict__, **{key: None for key in forced}})
+        free_base = _replace(base, optimizer="adamw") if "optimizer" in forced else base  # the planner's own start
         try:
-            alternative = choose(hardware, model, base, free, budget, space.effective, world).best
+            alternative = choose(hardware, model, free_base, free, budget, space.effective, world).best
         except UserError:
             alternative = None
         if alternative is not None:
             asked = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in forced.items())
+            # (GaLore and AdaLomo rule out the other layouts nothing_fits would name)
+            keeping = "" if forced.get("optimizer") in ("galore_adamw", "adalomo") else (
+                f"; or, keeping {asked}: {nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM)).fix}")
             return UserError(
                 f"{asked} does not fit: {forced_estimate(model, base, forced, world, budget)}",
                 title="Does not fit",
                 fix=f"Leave it to the planner, which fits {_label(alternative)} "
-                    f"({alternative.estimate.total / GiB:.1f} GiB per {_device_word(hardware)}); or, keeping "
-                    f"{asked}: {nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM)).fix}.")
+                    f"({alternative.estimate.total / GiB:.1f} GiB per {_device_word(hardware)}){keeping}.")
     return nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM),
                         leanest(hardware.device, base, goals), leanest(hardware.device, _replace(base, num_gpus=2), goals))
 
@@ -357,7 +363,7 @@ def _label(c: Candidate) -> str:
     return text
 
 
-def _check_choices(goals: Goals, world: int, device: str) -> None:
+def _check_choices(goals: Goals, world: int, device: str, method: str) -> None:
     if goals.strategy is not None:
         if goals.strategy not in STRATEGIES:
             raise UserError(f"Unknown strategy '{goals.strategy}'.", title="Strategy",
@@ -376,6 +382,13 @@ def _check_choices(goals: Goals, world: int, device: str) -> None:
     if goals.optimizer is not None and goals.optimizer not in OPTIMIZERS:
         raise UserError(f"Unknown optimizer '{goals.optimizer}'.", title="Optimizer",
                         fix=f"Use one of: {', '.join(OPTIMIZERS)}.")
+    if goals.optimizer == "galore_adamw" and (method != "full" or goals.strategy not in (None, "single", "ddp")
+                                             or goals.offload not in (None, "none")):
+        asked = (f"method {method}" if method != "full" else f"strategy {goals.strategy}" if goals.strategy
+                 not in (None, "single", "ddp") else f"offload {goals.offload}")
+        raise UserError(f"Optimizer galore_adamw with {asked}: {GALORE_NEEDS}.", title="Optimizer",
+                        fix="Use --method full with --strategy ddp (or leave the strategy to the planner) and no "
+                            "--offload, or choose another optimizer (adafactor, torchao_adamw_8bit).")
     if goals.optimizer is not None and fused_in_backward(goals.optimizer):
         if device != "cuda" or world > 1:
             raise UserError(f"Optimizer {goals.optimizer}: {ADALOMO_NEEDS}; this plan has "

@@ -107,7 +107,8 @@ def estimate_case(case: Case) -> MemoryEstimate:
                        seq_len=case.seq, checkpointing=case.checkpointing, precision=case.precision,  # type: ignore[arg-type]
                        optimizer=case.optimizer,
                        attention=case.attention, lora_r=case.lora_r, lora_targets=LORA_TARGETS,
-                       lora_dropout=case.lora_dropout, device="cpu", fake_tensors=case.optimizer != "adalomo")
+                       lora_dropout=case.lora_dropout, device="cpu",
+                       fake_tensors=case.optimizer not in ("adalomo", "galore_adamw"))
     return estimate(spec, setup, budget=1 << 50)
 
 
@@ -179,6 +180,18 @@ def _optimizer(case: Case, params: list[Any], model: Any = None) -> Any:
         return torch.optim.AdamW(params, lr=1e-4, foreach=True)  # adamw_torch: foreach is the CUDA default
     if case.optimizer == "sgd":
         return torch.optim.SGD(params, lr=1e-4, foreach=True)
+    if case.optimizer == "galore_adamw":
+        # transformers' _setup_low_rank_optimizer: GaLore's groups for the attention and MLP linears
+        from galore_torch import GaLoreAdamW
+
+        from llmwizard.autotune.savers import GALORE_RANK, GALORE_TARGETS
+
+        targets = [m.weight for name, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and any(t in name for t in GALORE_TARGETS)]
+        chosen = {id(t) for t in targets}
+        return GaLoreAdamW([{"params": [p for p in params if id(p) not in chosen]},
+                            {"params": targets, "rank": GALORE_RANK, "update_proj_gap": 200, "scale": 0.25,
+                             "proj_type": "std"}], lr=1e-4)
     if case.optimizer == "adafactor":
         from transformers.optimization import Adafactor
 
@@ -225,7 +238,7 @@ def measure(case: Case) -> dict[str, int]:
     mesh = _fake_mesh(case.world) if case.strategy == "fsdp" else None
     # AdaLomo runs on real tensors (its update reads each weight's RMS as a Python number, which a
     # fake tensor cannot give): real widths, few layers, real CPU memory.
-    real = case.optimizer == "adalomo"
+    real = case.optimizer in ("adalomo", "galore_adamw")  # GaLore: its SVD's LAPACK call needs real data
     with contextlib.nullcontext() if real else FakeTensorMode(allow_non_fake_inputs=True):
         model.to_empty(device="cpu")
         base.tie_weights()  # to_empty under FakeTensorMode swaps in new parameters, untying lm_head
@@ -256,7 +269,7 @@ def measure(case: Case) -> dict[str, int]:
                 # SFTTrainer.compute_loss, outside autocast (accelerate converts outputs to fp32)
                 loss = -out.log_probs.float().sum() / out.label_mask.sum().clamp(min=1)
                 out.entropy.detach().sum(), out.is_top1.sum()
-                if real:  # accelerate's lomo_backward: the update runs inside backward
+                if case.optimizer == "adalomo":  # accelerate's lomo_backward: the update runs inside backward
                     optimizer.fused_backward(loss, 1e-4)
                     del out, loss
                     phases["after_backward"] = _total(tracker)
@@ -411,6 +424,10 @@ def saver_cases() -> list[Case]:
              precision="pure_bf16"),
         Case("llama-3.2-1b", "full", 512, 1, False, layers=2, attention="eager", optimizer="adalomo"),
         Case("llama-3.1-8b", "full", 256, 1, True, layers=1, attention="eager", optimizer="adalomo",
+             precision="pure_bf16"),
+        # GaLore's AdamW, on real tensors too (a 7B vocabulary's fp32 states do not fit this machine's RAM)
+        Case("llama-3.2-1b", "full", 512, 1, False, layers=2, attention="eager", optimizer="galore_adamw"),
+        Case("llama-3.2-1b", "full", 1024, 2, True, layers=2, attention="eager", optimizer="galore_adamw",
              precision="pure_bf16"),
     ]
 

@@ -23,7 +23,7 @@ from llmwizard.autotune.memory import TrainSetup, estimate
 from llmwizard.autotune.planner import plan
 from llmwizard.runner.export import export
 from tests.test_planner import LARGE, LLAMA_8B, model
-from tests.tiny_models import assert_loss_falls, losses, make_plan, run_launch_sh
+from tests.tiny_models import LEARNING_RATE, assert_loss_falls, losses, make_plan, run_launch_sh
 
 GiB = 1024**3
 
@@ -216,6 +216,49 @@ def test_pure_bf16_with_torchao_8bit_adamw_and_packing_trains_on_the_cpu(pure_bf
     assert round(1 / first["epoch"]) == planned, (first["epoch"], plan_.reasons["schedule"])
     assert f"{planned} steps per epoch instead of" in plan_.reasons["packing"]
     assert yaml.safe_load((run / "sft_config.yaml").read_text())["packing_strategy"] == "bfd"
+
+
+@pytest.fixture(scope="module")
+def galore_run(tmp_path_factory):
+    # GaLore scales its projected updates by 0.25 (its `scale`): four times the rate moves the weights as far
+    plan_ = make_plan(family="llama", strategy="ddp", method="full", processes=2, optimizer="galore_adamw",
+                      max_steps=8, learning_rate=4 * LEARNING_RATE["full"])
+    root = tmp_path_factory.mktemp("galore")
+    export(plan_, root / "run")
+    result = run_launch_sh(root / "run", root, timeout=400)
+    return plan_, root / "run", result
+
+
+@pytest.mark.slow
+def test_galore_adamw_trains_under_ddp_on_two_cpu_ranks(galore_run):
+    import torch
+
+    plan_, run, result = galore_run
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert plan_.strategy == "ddp" and "low-rank" in plan_.reasons["optimizer"]
+    sft = yaml.safe_load((run / "sft_config.yaml").read_text())
+    assert (sft["optim"], sft["optim_target_modules"]) == ("galore_adamw", ["self_attn", "mlp"])
+    assert_loss_falls(losses(run))
+    # GaLore's own states: a projector for each attention and MLP linear, AdamW's moments elsewhere
+    checkpoint = max((run / "output").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    state = torch.load(checkpoint / "optimizer.pt", weights_only=False)["state"]
+    projectors = [s for s in state.values() if type(s.get("projector")).__name__ == "GaLoreProjector"]
+    assert projectors and len(projectors) < len(state), (len(projectors), len(state))
+
+
+def test_galore_is_refused_where_it_cannot_apply_and_its_states_are_low_rank():
+    m = model(LLAMA_8B, "llama-8b")
+    full = estimate(m, TrainSetup(method="full", optimizer="adamw"), 80 * GiB)
+    galore = estimate(m, TrainSetup(method="full", optimizer="galore_adamw"), 80 * GiB)
+    # the linears' moments shrink to rank 128: what is left is mostly the embedding's and the head's
+    assert galore.optimizer < full.optimizer / 3 and galore.params == full.params and galore.grads == full.grads
+    for goals, words in ((dict(method="lora"), "method lora"), (dict(method="full", strategy="fsdp"), "strategy fsdp"),
+                         (dict(method="full", offload="optimizer"), "offload optimizer")):
+        with pytest.raises(UserError) as err:
+            plan(from_spec("2xH100-80GB"), m, LARGE, Goals(optimizer="galore_adamw", **goals))
+        assert words in err.value.message and "one process or DDP" in err.value.message
+    p = plan(from_spec("4xH100-80GB"), m, LARGE, Goals(method="full", optimizer="galore_adamw", precision="pure_bf16"))
+    assert p.strategy == "ddp" and p.offload == "none"  # the search keeps to what GaLore runs under
 
 
 LONG = None

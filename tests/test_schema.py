@@ -49,7 +49,7 @@ BAD_FLAGS = [
     (["plan", "--activation-offloading"], ["Activation offloading", "no GPU", "--no-activation-offloading"]),
     (["plan", "--liger-kernel"], ["Liger", "GPU", "--no-liger-kernel"]),
     (["plan", "--gpus", "8xH100", "--context-parallel", "4", "--packing"], ["packing", "--no-packing"]),
-    (["plan", "--gpus", "8xH100", "--context-parallel", "3"], ["Context parallelism over 3", "divide the 8"]),
+    (["plan", "--gpus", "8xH100", "--context-parallel", "3"], ["Context parallelism over 3", "divide the number of processes (8)"]),
 ]
 
 # (preset text, words the message must hold: the key, the value, what is allowed)
