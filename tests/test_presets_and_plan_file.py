@@ -156,15 +156,17 @@ def test_user_presets_are_listed_shown_and_checked(tmp_path):
         assert failed.returncode == 2 and "lora_rank" in failed.stderr and "Traceback" not in failed.stderr
 
 
-def test_qlora_without_bitsandbytes_stops_before_launch():
+def test_qlora_without_bitsandbytes_stops_before_launch(monkeypatch):
     import importlib.util
 
     from llmwizard.runner.preflight import check_packages
 
     check_packages("lora", "adamw")
-    if importlib.util.find_spec("bitsandbytes") is not None:
+    if importlib.util.find_spec("bitsandbytes") is not None:  # the test extra installs it (GaLore imports it)
         check_packages("qlora", "adamw_8bit")
-        return
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a: None if name == "bitsandbytes" else find_spec(name, *a))
     with pytest.raises(UserError, match="QLoRA .* needs bitsandbytes") as err:
         check_packages("qlora", "adamw")
     assert "pip install bitsandbytes" in err.value.fix
