@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from llmwizard.autotune.activations import adapted_linears, layout
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.savers import (TORCHAO_OPTIMIZERS, fused_in_backward, fused_optimizer_bytes,
-                                       galore_optimizer_bytes, torchao_optimizer_bytes)
+                                       low_rank_optimizer_bytes, torchao_optimizer_bytes)
 from llmwizard.autotune.train_setup import TrainSetup
 
 
@@ -29,8 +29,8 @@ def optimizer_bytes(model: ModelSpec, setup: TrainSetup, trainable: int, state_b
         return (2 + 2 * 4 / 256) * trainable, 0.0
     if setup.optimizer in TORCHAO_OPTIMIZERS:
         return torchao_optimizer_bytes(model, setup, trainable)
-    if setup.optimizer == "galore_adamw":
-        return galore_optimizer_bytes(model, setup, trainable, state_bytes)
+    if setup.optimizer in ("galore_adamw", "apollo_adamw"):  # (savers.LOW_RANK_OPTIMIZERS)
+        return low_rank_optimizer_bytes(model, setup, trainable, state_bytes)
     if setup.optimizer == "adafactor":
         # Factored second moment (row + column vectors), no first moment (HF Adafactor, beta1=None);
         # step() builds grad^2 and the reconstructed update, full size, one tensor at a time.

@@ -28,6 +28,10 @@ saver's terms sit in one place with their sources:
   Adafactor's relative step): the AdaLomo paper's instruction tuning uses 5e-4 with a linear
   schedule and 3% warmup (OpenLMLab/LOMO adalomo/instruction-tuning/train.py). Its update is
   rounded to nearest when copied into a bf16 weight, so under pure bf16 small updates are lost.
+- APOLLO's AdamW (transformers' `apollo_adamw`, the apollo-torch package; Zhu et al. 2024,
+  arXiv:2412.05270), asked for only: GaLore's layout with a random projection instead of an SVD;
+  the low-rank moments only set a per-channel scale for the full gradient, so the update is
+  full-rank. Same memory terms less the SVD, same limits.
 - GaLore's AdamW (transformers' `galore_adamw`, the galore-torch package; Zhao et al. 2024,
   arXiv:2403.03507), asked for only: the gradient of each decoder linear layer (m x n) is
   projected onto its top `rank` singular directions, so its two moments are max(m, n) x rank
@@ -78,25 +82,35 @@ ADALOMO_NEEDS = ("AdaLomo updates each weight inside backward: it needs an NVIDI
                  "no gradient accumulation")
 
 
-# GaLore, as exported (transformers' defaults, written out so the files say what runs): the
-# decoder's attention and MLP linears (a module whose name holds one of these), their rank and
+# GaLore and APOLLO, as exported (transformers' defaults, written out so the files say what runs):
+# the decoder's attention and MLP linears (a module whose name holds one of these), their rank and
 # how often the projection is refreshed.
 GALORE_TARGETS = ["self_attn", "mlp"]
 GALORE_RANK = 128
-GALORE_ARGS = f"rank={GALORE_RANK},update_proj_gap=200,scale=0.25,proj_type=std"
-GALORE_WHY = (f"GaLore keeps rank-{GALORE_RANK} moments for the attention and MLP linears (an SVD of the gradient "
-              "refreshes the projection every 200 steps) and AdamW's for the rest; between refreshes each linear's "
-              "update is low-rank")
-GALORE_NEEDS = ("GaLore projects the gradients of whole weights: it needs full fine-tuning and one process or DDP "
-                "(FSDP and ZeRO shard the weights)")
+LOW_RANK_ARGS = {
+    "galore_adamw": f"rank={GALORE_RANK},update_proj_gap=200,scale=0.25,proj_type=std",
+    "apollo_adamw": f"rank={GALORE_RANK},proj=random,scale_type=channel,update_proj_gap=200,scale=1.0,proj_type=std",
+}
+LOW_RANK_OPTIMIZERS = tuple(LOW_RANK_ARGS)
+LOW_RANK_WHY = {
+    "galore_adamw": (f"GaLore keeps rank-{GALORE_RANK} moments for the attention and MLP linears (an SVD of the "
+                     "gradient refreshes the projection every 200 steps) and AdamW's for the rest; between refreshes "
+                     "each linear's update is low-rank"),
+    "apollo_adamw": (f"APOLLO keeps rank-{GALORE_RANK} moments of a random projection for the attention and MLP "
+                     "linears and AdamW's for the rest; each linear's full gradient is scaled per channel by the "
+                     "ratio the low-rank moments give, so its update stays full-rank"),
+}
+LOW_RANK_NEEDS = ("it projects the gradients of whole weights: it needs full fine-tuning and one process or DDP "
+                  "(FSDP and ZeRO shard the weights)")
 
 
-def galore_optimizer_bytes(model: ModelSpec, setup: TrainSetup, trainable: int, state_bytes: int
-                           ) -> tuple[float, float]:
-    """(states, step temporaries) of GaLore's AdamW: low-rank moments and a projection for each
-    decoder linear, AdamW's moments for the rest; the step's widest temporary is the SVD of the
-    widest linear's gradient (its fp32 copy, U and V) or AdamW's denominator and update of the
-    widest other tensor (the embedding; galore_torch/adamw.py builds both)."""
+def low_rank_optimizer_bytes(model: ModelSpec, setup: TrainSetup, trainable: int, state_bytes: int
+                             ) -> tuple[float, float]:
+    """(states, step temporaries) of GaLore's or APOLLO's AdamW: low-rank moments and a projection
+    for each decoder linear, AdamW's moments for the rest. The step's widest temporary: GaLore's
+    SVD of the widest linear's gradient (its fp32 copy, U and V), the update in full size (GaLore
+    projects it back, APOLLO scales the raw gradient), or AdamW's denominator and update of the
+    widest other tensor (the embedding; both packages' adamw.py build both)."""
     projected = 0.0
     linear_params = 0
     for lin in model.linears:
@@ -104,10 +118,9 @@ def galore_optimizer_bytes(model: ModelSpec, setup: TrainSetup, trainable: int, 
         projected += 2 * rank * max(lin.d_in, lin.d_out) + rank * min(lin.d_in, lin.d_out)
         linear_params += lin.d_in * lin.d_out
     states = state_bytes * (model.num_layers * projected + 2 * max(0, trainable - model.num_layers * linear_params))
-    svd = max(4 * (lin.d_in * lin.d_out + 2 * min(lin.d_in, lin.d_out) * (lin.d_in + lin.d_out) // 2)
-              for lin in model.linears)
-    back = max(state_bytes * lin.d_in * lin.d_out for lin in model.linears)  # the update, projected back
-    # AdamW's step on the others: the denominator and the normalised update, both full size
+    svd = max(4 * (lin.d_in * lin.d_out + min(lin.d_in, lin.d_out) * (lin.d_in + lin.d_out))
+              for lin in model.linears) if setup.optimizer == "galore_adamw" else 0
+    back = max(state_bytes * lin.d_in * lin.d_out for lin in model.linears)
     other = 2 * state_bytes * max(model.embedding_params, model.lm_head_params)
     return states, max(svd, back, other)
 

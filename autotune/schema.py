@@ -29,9 +29,10 @@ Offload = Literal["none", "optimizer", "params"]
 # too and rounds bf16 updates stochastically under pure_bf16; adamw_8bit is bitsandbytes' (CUDA).
 # adalomo: AdaLomo (the lomo-optim package, CUDA), each weight updated inside backward: one
 # process, no gradient accumulation (llmwizard.autotune.savers). galore_adamw: GaLore's AdamW (the
-# galore-torch package) with low-rank states for the decoder's linear layers; one process or DDP.
+# galore-torch package) with low-rank states for the decoder's linear layers, apollo_adamw APOLLO's
+# (apollo-torch); one process or DDP.
 Optimizer = Literal["adamw", "adamw_8bit", "torchao_adamw_8bit", "torchao_adamw_4bit", "adafactor", "sgd", "adalomo",
-                    "galore_adamw"]
+                    "galore_adamw", "apollo_adamw"]
 # pure_bf16: weights, gradients and optimizer states all in bf16, no fp32 master copy.
 Precision = Literal["bf16", "fp16", "fp32", "pure_bf16"]
 Launcher = Literal["accelerate", "torchrun", "deepspeed"]

@@ -22,7 +22,7 @@ from llmwizard.autotune.memory import MemoryEstimate, estimate
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.no_fit import forced_estimate, nothing_fits
 from llmwizard.autotune.long_context import context_parallel_sizes, offloaded_activations
-from llmwizard.autotune.savers import ADALOMO_NEEDS, GALORE_NEEDS, GALORE_WHY, compensation, fused_in_backward, fused_tier, leanest, saver_tiers
+from llmwizard.autotune.savers import ADALOMO_NEEDS, LOW_RANK_NEEDS, LOW_RANK_OPTIMIZERS, LOW_RANK_WHY, compensation, fused_in_backward, fused_tier, leanest, saver_tiers
 from llmwizard.autotune.throughput import step_cost
 from llmwizard.autotune.train_setup import OFFLOADS, OPTIMIZERS, STRATEGIES, TrainSetup
 
@@ -114,7 +114,7 @@ class SearchSpace:
 def _space(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals: Goals, budget: int,
            effective: int, world: int) -> SearchSpace:
     strategies: list[Strategy] = [goals.strategy] if goals.strategy else (
-        ["single"] if world == 1 else ["ddp"] if base.optimizer == "galore_adamw" else ["ddp", "zero2", "fsdp", "zero3"])
+        ["single"] if world == 1 else ["ddp"] if base.optimizer in LOW_RANK_OPTIMIZERS else ["ddp", "zero2", "fsdp", "zero3"])
     micro_batches = [m for m in (64, 32, 16, 8, 4, 2, 1) if (effective // world) % m == 0]
     if goals.micro_batch:
         micro_batches = [goals.micro_batch]
@@ -165,7 +165,7 @@ def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
         if goals.activation_offloading is None:
             tiers.append(Tier(strategies, ["none"], optimizer, why, precision, offload_activations=True,
                               activations_why=ACTIVATIONS_WHY))
-    if not goals.offload and not fused_in_backward(base.optimizer) and base.optimizer != "galore_adamw":
+    if not goals.offload and not fused_in_backward(base.optimizer) and base.optimizer not in LOW_RANK_OPTIMIZERS:
         offload_strategies: list[Strategy] = strategies if space.world > 1 or goals.strategy else ["zero2", "zero3"]
         tiers.append(Tier(offload_strategies, ["optimizer", "params"], base.optimizer,
                           "nothing fits on the GPU otherwise", offload_activations=asked))
@@ -268,9 +268,9 @@ def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Can
            else "asked for"))}
     if best.optimizer != space.base.optimizer:
         reasons["optimizer"] = why
-    elif goals.optimizer == "galore_adamw":
-        reasons["optimizer"] = (f"galore_adamw (asked for): {est.optimizer / GiB:.2f} GiB of optimizer states and "
-                                f"step temporaries; {GALORE_WHY}")
+    elif goals.optimizer in LOW_RANK_OPTIMIZERS:
+        reasons["optimizer"] = (f"{goals.optimizer} (asked for): {est.optimizer / GiB:.2f} GiB of optimizer states and "
+                                f"step temporaries; {LOW_RANK_WHY[goals.optimizer]}")
     elif goals.optimizer:
         reasons["optimizer"] = f"{goals.optimizer} (asked for)"
     precision = best.precision or space.base.precision
@@ -327,8 +327,8 @@ def _does_not_fit(space: SearchSpace, goals: Goals) -> UserError:
             alternative = None
         if alternative is not None:
             asked = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in forced.items())
-            # (GaLore and AdaLomo rule out the other layouts nothing_fits would name)
-            keeping = "" if forced.get("optimizer") in ("galore_adamw", "adalomo") else (
+            # (GaLore, APOLLO and AdaLomo rule out the other layouts nothing_fits would name)
+            keeping = "" if forced.get("optimizer") in (*LOW_RANK_OPTIMIZERS, "adalomo") else (
                 f"; or, keeping {asked}: {nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM)).fix}")
             return UserError(
                 f"{asked} does not fit: {forced_estimate(model, base, forced, world, budget)}",
@@ -382,11 +382,11 @@ def _check_choices(goals: Goals, world: int, device: str, method: str) -> None:
     if goals.optimizer is not None and goals.optimizer not in OPTIMIZERS:
         raise UserError(f"Unknown optimizer '{goals.optimizer}'.", title="Optimizer",
                         fix=f"Use one of: {', '.join(OPTIMIZERS)}.")
-    if goals.optimizer == "galore_adamw" and (method != "full" or goals.strategy not in (None, "single", "ddp")
-                                             or goals.offload not in (None, "none")):
+    if goals.optimizer in LOW_RANK_OPTIMIZERS and (method != "full" or goals.strategy not in (None, "single", "ddp")
+                                                   or goals.offload not in (None, "none")):
         asked = (f"method {method}" if method != "full" else f"strategy {goals.strategy}" if goals.strategy
                  not in (None, "single", "ddp") else f"offload {goals.offload}")
-        raise UserError(f"Optimizer galore_adamw with {asked}: {GALORE_NEEDS}.", title="Optimizer",
+        raise UserError(f"Optimizer {goals.optimizer} with {asked}: {LOW_RANK_NEEDS}.", title="Optimizer",
                         fix="Use --method full with --strategy ddp (or leave the strategy to the planner) and no "
                             "--offload, or choose another optimizer (adafactor, torchao_adamw_8bit).")
     if goals.optimizer is not None and fused_in_backward(goals.optimizer):

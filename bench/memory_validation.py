@@ -108,7 +108,7 @@ def estimate_case(case: Case) -> MemoryEstimate:
                        optimizer=case.optimizer,
                        attention=case.attention, lora_r=case.lora_r, lora_targets=LORA_TARGETS,
                        lora_dropout=case.lora_dropout, device="cpu",
-                       fake_tensors=case.optimizer not in ("adalomo", "galore_adamw"))
+                       fake_tensors=case.optimizer not in ("adalomo", "galore_adamw", "apollo_adamw"))
     return estimate(spec, setup, budget=1 << 50)
 
 
@@ -180,18 +180,24 @@ def _optimizer(case: Case, params: list[Any], model: Any = None) -> Any:
         return torch.optim.AdamW(params, lr=1e-4, foreach=True)  # adamw_torch: foreach is the CUDA default
     if case.optimizer == "sgd":
         return torch.optim.SGD(params, lr=1e-4, foreach=True)
-    if case.optimizer == "galore_adamw":
-        # transformers' _setup_low_rank_optimizer: GaLore's groups for the attention and MLP linears
-        from galore_torch import GaLoreAdamW
-
+    if case.optimizer in ("galore_adamw", "apollo_adamw"):
+        # transformers' _setup_low_rank_optimizer: low-rank groups for the attention and MLP linears
         from llmwizard.autotune.savers import GALORE_RANK, GALORE_TARGETS
 
         targets = [m.weight for name, m in model.named_modules()
                    if isinstance(m, torch.nn.Linear) and any(t in name for t in GALORE_TARGETS)]
         chosen = {id(t) for t in targets}
-        return GaLoreAdamW([{"params": [p for p in params if id(p) not in chosen]},
-                            {"params": targets, "rank": GALORE_RANK, "update_proj_gap": 200, "scale": 0.25,
-                             "proj_type": "std"}], lr=1e-4)
+        others = {"params": [p for p in params if id(p) not in chosen]}
+        if case.optimizer == "apollo_adamw":
+            from apollo_torch import APOLLOAdamW
+
+            return APOLLOAdamW([others, {"params": targets, "rank": GALORE_RANK, "proj": "random",
+                                         "scale_type": "channel", "update_proj_gap": 200, "scale": 1.0,
+                                         "proj_type": "std"}], lr=1e-4)
+        from galore_torch import GaLoreAdamW
+
+        return GaLoreAdamW([others, {"params": targets, "rank": GALORE_RANK, "update_proj_gap": 200, "scale": 0.25,
+                                     "proj_type": "std"}], lr=1e-4)
     if case.optimizer == "adafactor":
         from transformers.optimization import Adafactor
 
@@ -238,7 +244,7 @@ def measure(case: Case) -> dict[str, int]:
     mesh = _fake_mesh(case.world) if case.strategy == "fsdp" else None
     # AdaLomo runs on real tensors (its update reads each weight's RMS as a Python number, which a
     # fake tensor cannot give): real widths, few layers, real CPU memory.
-    real = case.optimizer in ("adalomo", "galore_adamw")  # GaLore: its SVD's LAPACK call needs real data
+    real = case.optimizer in ("adalomo", "galore_adamw", "apollo_adamw")  # see saver_cases()
     with contextlib.nullcontext() if real else FakeTensorMode(allow_non_fake_inputs=True):
         model.to_empty(device="cpu")
         base.tie_weights()  # to_empty under FakeTensorMode swaps in new parameters, untying lm_head
@@ -405,7 +411,8 @@ def matrix(quick: bool) -> list[Case]:
 
 def saver_cases() -> list[Case]:
     """The savers' terms that run under FakeTensorMode: pure bf16 (bf16 weights, gradients and
-    AdamW states, no autocast); and AdaLomo, on real tensors (see measure()). Not here: torchao's low-bit AdamW (its step is torch.compile'd
+    AdamW states, no autocast); and on real tensors (see measure()), AdaLomo (its update reads
+    weights' RMS as numbers), GaLore (LAPACK's SVD needs data) and APOLLO. Not here: torchao's low-bit AdamW (its step is torch.compile'd
     over tensor subclasses, which FakeTensorMode does not trace), context parallelism (torch's
     ring attention has no CPU kernel; a rank's tensors are the measured ones at seq/cp), and TRL's
     activation offloading (host copies are indistinguishable from device tensors on the CPU)."""
@@ -429,6 +436,8 @@ def saver_cases() -> list[Case]:
         Case("llama-3.2-1b", "full", 512, 1, False, layers=2, attention="eager", optimizer="galore_adamw"),
         Case("llama-3.2-1b", "full", 1024, 2, True, layers=2, attention="eager", optimizer="galore_adamw",
              precision="pure_bf16"),
+        # APOLLO's AdamW, on real tensors as GaLore (its projection is drawn with a seeded generator)
+        Case("llama-3.2-1b", "full", 512, 1, False, layers=2, attention="eager", optimizer="apollo_adamw"),
     ]
 
 

@@ -46,6 +46,7 @@ SAVER_CASES = [
     ("llama-3.1-8b", "1xRTX5090,ram=64GB", "full", "large", {}),
     ("llama-3.1-8b", "1xA100-40GB,ram=64GB", "full", "large", {}),
     ("llama-3.1-8b", "8xH100-80GB", "full", "large", {"optimizer": "galore_adamw", "precision": "pure_bf16"}),
+    ("llama-3.1-8b", "8xH100-80GB", "full", "large", {"optimizer": "apollo_adamw", "precision": "pure_bf16"}),
     ("gemma-3-4b", "1xH100-80GB", "lora", "long", {"max_length": 122880}),
     ("gemma-3-4b", "8xH100-80GB", "lora", "long", {"max_length": 122880}),
     ("gemma-3-4b", "1xA100-40GB", "lora", "long", {"max_length": 65536}),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmwizard.autotune.plan import Plan
-from llmwizard.autotune.savers import GALORE_ARGS, GALORE_TARGETS, TORCHAO_OPTIMIZERS, fused_in_backward
+from llmwizard.autotune.savers import GALORE_TARGETS, LOW_RANK_ARGS, TORCHAO_OPTIMIZERS, fused_in_backward
 
 OUTPUT_DIR = "output"
 METRICS_FILE = "metrics.jsonl"
@@ -19,7 +19,7 @@ DS_CONFIG = "ds_config.json"
 TENSORBOARD_DIR = "tensorboard"
 HOSTFILE = "hostfile"
 _OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "adafactor": "adafactor", "sgd": "sgd",
-          "adalomo": "adalomo", "galore_adamw": "galore_adamw",
+          "adalomo": "adalomo", "galore_adamw": "galore_adamw", "apollo_adamw": "apollo_adamw",
           **{name: hf for name, (hf, _) in TORCHAO_OPTIMIZERS.items()}}
 _DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "pure_bf16": "bfloat16"}
 
@@ -273,9 +273,9 @@ def sft_config(plan: Plan) -> dict[str, Any]:
         "optim": _OPTIM[plan.optimizer],
         # torchao's low-bit AdamW rounds bf16 updates stochastically under pure bf16.
         "optim_args": "bf16_stochastic_round=True" if pure_bf16(plan) and plan.optimizer in TORCHAO_OPTIMIZERS
-        else GALORE_ARGS if plan.optimizer == "galore_adamw" else None,
-        # GaLore's low-rank states: the decoder's attention and MLP linears
-        "optim_target_modules": GALORE_TARGETS if plan.optimizer == "galore_adamw" else None,
+        else LOW_RANK_ARGS.get(plan.optimizer),
+        # GaLore's and APOLLO's low-rank states: the decoder's attention and MLP linears
+        "optim_target_modules": GALORE_TARGETS if plan.optimizer in LOW_RANK_ARGS else None,
         # AdaLomo's gradients are gone by the time the Trainer would clip them (it would log a norm
         # of 0); it normalises each update by its RMS instead.
         "max_grad_norm": 0.0 if fused_in_backward(plan.optimizer) else 1.0,

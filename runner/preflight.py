@@ -2,7 +2,7 @@
 than minutes later inside a rank with a library's traceback.
 
 - Packages a plan needs beyond the base install: bitsandbytes for QLoRA and 8-bit AdamW,
-  lomo-optim for AdaLomo, galore-torch for GaLore.
+  lomo-optim for AdaLomo, galore-torch for GaLore, apollo-torch for APOLLO.
 - The model's weights: a catalog or hub model must be in the local Hugging Face cache, or the hub
   must be reachable to fetch it. Without either, the ranks would each fail in `from_pretrained`
   after the whole stack started.
@@ -25,11 +25,13 @@ def check_packages(method: str, optimizer: str) -> None:
     """Raise UserError (exit code 2) when the plan needs a package that is not installed."""
     import importlib.util
 
-    if optimizer == "galore_adamw" and (importlib.util.find_spec("galore_torch") is None
-                                        or importlib.util.find_spec("bitsandbytes") is None):
-        raise UserError("GaLore (--optimizer galore_adamw) needs the galore-torch package, and bitsandbytes, which "
-                        "galore-torch imports; one of them is not installed.", title="Missing package",
-                        fix="Install them (pip install galore-torch bitsandbytes, which llmwizard's lowmem extra also "
+    low_rank = {"galore_adamw": ("GaLore", "galore-torch", "galore_torch"),
+                "apollo_adamw": ("APOLLO", "apollo-torch", "apollo_torch")}.get(optimizer)
+    if low_rank and (importlib.util.find_spec(low_rank[2]) is None or importlib.util.find_spec("bitsandbytes") is None):
+        name, package, _ = low_rank
+        raise UserError(f"{name} (--optimizer {optimizer}) needs the {package} package, and bitsandbytes, which "
+                        f"{package} imports; one of them is not installed.", title="Missing package",
+                        fix=f"Install them (pip install {package} bitsandbytes, which llmwizard's lowmem extra also "
                             "installs), or plan without it: --optimizer adafactor.")
     if optimizer == "adalomo" and importlib.util.find_spec("lomo_optim") is None:
         raise UserError("AdaLomo (--optimizer adalomo) needs the lomo-optim package, which is not installed.",

@@ -137,16 +137,19 @@ def test_adalomo_exports_files_the_loaders_accept_and_a_hand_edit_cannot_accumul
     assert smaller is not None and (smaller.micro_batch, smaller.grad_accum, smaller.effective_batch) == (2, 1, 2)
 
 
-def test_adalomo_needs_its_package_before_launch(monkeypatch):
+def test_adalomo_galore_and_apollo_need_their_packages_before_launch(monkeypatch):
     import importlib.util
 
     from llmwizard.runner.preflight import check_packages
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lomo_optim" else find_spec(name, *a))
-    with pytest.raises(UserError) as err:
-        check_packages("full", "adalomo")
-    assert "lomo-optim" in err.value.message and "pip install lomo-optim" in err.value.fix
+    missing = {"lomo_optim", "galore_torch", "apollo_torch"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else find_spec(name, *a))
+    for optimizer, package in (("adalomo", "lomo-optim"), ("galore_adamw", "galore-torch"),
+                               ("apollo_adamw", "apollo-torch")):
+        with pytest.raises(UserError) as err:
+            check_packages("full", optimizer)
+        assert package in err.value.message and f"pip install {package}" in err.value.fix
     check_packages("full", "adafactor")
 
 
@@ -218,47 +221,55 @@ def test_pure_bf16_with_torchao_8bit_adamw_and_packing_trains_on_the_cpu(pure_bf
     assert yaml.safe_load((run / "sft_config.yaml").read_text())["packing_strategy"] == "bfd"
 
 
-@pytest.fixture(scope="module")
-def galore_run(tmp_path_factory):
-    # GaLore scales its projected updates by 0.25 (its `scale`): four times the rate moves the weights as far
-    plan_ = make_plan(family="llama", strategy="ddp", method="full", processes=2, optimizer="galore_adamw",
-                      max_steps=8, learning_rate=4 * LEARNING_RATE["full"])
-    root = tmp_path_factory.mktemp("galore")
+# GaLore under DDP on two ranks; APOLLO on one process. GaLore scales its projected updates by 0.25
+# (its `scale`): four times the rate moves the weights as far.
+LOW_RANK_RUNS = {"galore_adamw": (2, 4.0, "GaLoreProjector"), "apollo_adamw": (1, 1.0, "GradientProjector")}
+
+
+@pytest.fixture(scope="module", params=sorted(LOW_RANK_RUNS))
+def low_rank_run(request, tmp_path_factory):
+    processes, scale, _ = LOW_RANK_RUNS[request.param]
+    plan_ = make_plan(family="llama", strategy="ddp" if processes > 1 else "single", method="full",
+                      processes=processes, optimizer=request.param, max_steps=8,
+                      learning_rate=scale * LEARNING_RATE["full"])
+    root = tmp_path_factory.mktemp(request.param)
     export(plan_, root / "run")
     result = run_launch_sh(root / "run", root, timeout=400)
-    return plan_, root / "run", result
+    return request.param, plan_, root / "run", result
 
 
 @pytest.mark.slow
-def test_galore_adamw_trains_under_ddp_on_two_cpu_ranks(galore_run):
+def test_galore_and_apollo_train_on_the_cpu_with_their_own_states(low_rank_run):
     import torch
 
-    plan_, run, result = galore_run
+    optimizer, plan_, run, result = low_rank_run
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    assert plan_.strategy == "ddp" and "low-rank" in plan_.reasons["optimizer"]
+    processes, _, projector = LOW_RANK_RUNS[optimizer]
+    assert plan_.strategy == ("ddp" if processes > 1 else "single") and "rank-128" in plan_.reasons["optimizer"]
     sft = yaml.safe_load((run / "sft_config.yaml").read_text())
-    assert (sft["optim"], sft["optim_target_modules"]) == ("galore_adamw", ["self_attn", "mlp"])
+    assert (sft["optim"], sft["optim_target_modules"]) == (optimizer, ["self_attn", "mlp"])
     assert_loss_falls(losses(run))
-    # GaLore's own states: a projector for each attention and MLP linear, AdamW's moments elsewhere
+    # the package's own states: a projector for each attention and MLP linear, AdamW's moments elsewhere
     checkpoint = max((run / "output").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     state = torch.load(checkpoint / "optimizer.pt", weights_only=False)["state"]
-    projectors = [s for s in state.values() if type(s.get("projector")).__name__ == "GaLoreProjector"]
+    projectors = [s for s in state.values() if type(s.get("projector")).__name__ == projector]
     assert projectors and len(projectors) < len(state), (len(projectors), len(state))
 
 
-def test_galore_is_refused_where_it_cannot_apply_and_its_states_are_low_rank():
+@pytest.mark.parametrize("optimizer", sorted(LOW_RANK_RUNS))
+def test_galore_and_apollo_are_refused_where_they_cannot_apply_and_their_states_are_low_rank(optimizer):
     m = model(LLAMA_8B, "llama-8b")
     full = estimate(m, TrainSetup(method="full", optimizer="adamw"), 80 * GiB)
-    galore = estimate(m, TrainSetup(method="full", optimizer="galore_adamw"), 80 * GiB)
+    low = estimate(m, TrainSetup(method="full", optimizer=optimizer), 80 * GiB)
     # the linears' moments shrink to rank 128: what is left is mostly the embedding's and the head's
-    assert galore.optimizer < full.optimizer / 3 and galore.params == full.params and galore.grads == full.grads
+    assert low.optimizer < full.optimizer / 3 and low.params == full.params and low.grads == full.grads
     for goals, words in ((dict(method="lora"), "method lora"), (dict(method="full", strategy="fsdp"), "strategy fsdp"),
                          (dict(method="full", offload="optimizer"), "offload optimizer")):
         with pytest.raises(UserError) as err:
-            plan(from_spec("2xH100-80GB"), m, LARGE, Goals(optimizer="galore_adamw", **goals))
+            plan(from_spec("2xH100-80GB"), m, LARGE, Goals(optimizer=optimizer, **goals))
         assert words in err.value.message and "one process or DDP" in err.value.message
-    p = plan(from_spec("4xH100-80GB"), m, LARGE, Goals(method="full", optimizer="galore_adamw", precision="pure_bf16"))
-    assert p.strategy == "ddp" and p.offload == "none"  # the search keeps to what GaLore runs under
+    p = plan(from_spec("4xH100-80GB"), m, LARGE, Goals(method="full", optimizer=optimizer, precision="pure_bf16"))
+    assert p.strategy == "ddp" and p.offload == "none"  # the search keeps to what they run under
 
 
 LONG = None
