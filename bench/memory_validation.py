@@ -218,10 +218,14 @@ def measure(case: Case) -> dict[str, int]:
     pure = case.precision == "pure_bf16" and case.method == "full"
     # runner/export.py's `dtype`: fp32 masters for mixed-precision full fine-tuning
     weights = torch.float32 if case.method == "full" and not pure else torch.bfloat16
+    # The optimizers run on real tensors (see below) get a real, initialised model: buffers such as
+    # RoPE's frequencies must hold numbers (an SVD refuses NaN gradients).
+    real = case.optimizer in ("adalomo", "galore_adamw", "apollo_adamw")
     default = torch.get_default_dtype()
     torch.set_default_dtype(weights)
     try:
-        with torch.device("meta"):
+        with torch.device("cpu" if real else "meta"):
+            torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(
                 config, attn_implementation=GPU_FLASH if case.attention == "sdpa" else "eager")
     finally:
@@ -243,15 +247,12 @@ def measure(case: Case) -> dict[str, int]:
 
     mesh = _fake_mesh(case.world) if case.strategy == "fsdp" else None
     # AdaLomo runs on real tensors (its update reads each weight's RMS as a Python number, which a
-    # fake tensor cannot give): real widths, few layers, real CPU memory.
-    real = case.optimizer in ("adalomo", "galore_adamw", "apollo_adamw")  # see saver_cases()
+    # fake tensor cannot give), GaLore and APOLLO too (LAPACK's SVD needs data): real widths, few
+    # layers, real CPU memory.
     with contextlib.nullcontext() if real else FakeTensorMode(allow_non_fake_inputs=True):
-        model.to_empty(device="cpu")
-        base.tie_weights()  # to_empty under FakeTensorMode swaps in new parameters, untying lm_head
-        if real:
-            with torch.no_grad():
-                for param in model.parameters():
-                    param.normal_(0.0, 0.02)
+        if not real:
+            model.to_empty(device="cpu")
+            base.tie_weights()  # to_empty under FakeTensorMode swaps in new parameters, untying lm_head
         if mesh is not None:
             _fully_shard(model, base, mesh)
         params = [p for p in model.parameters() if p.requires_grad]
