@@ -22,7 +22,8 @@ from llmwizard.autotune.memory import MemoryEstimate, estimate
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.no_fit import forced_estimate, nothing_fits
 from llmwizard.autotune.long_context import context_parallel_sizes, offloaded_activations
-from llmwizard.autotune.savers import ADALOMO_NEEDS, LOW_RANK_NEEDS, LOW_RANK_OPTIMIZERS, LOW_RANK_WHY, compensation, fused_in_backward, fused_tier, leanest, saver_tiers
+from llmwizard.autotune.savers import (ADALOMO_NEEDS, LOW_RANK_NEEDS, LOW_RANK_OPTIMIZERS, LOW_RANK_WHY, compensation,
+                                       fused_in_backward, fused_tier, leanest, saver_tiers)
 from llmwizard.autotune.throughput import step_cost
 from llmwizard.autotune.train_setup import OFFLOADS, OPTIMIZERS, STRATEGIES, TrainSetup
 
@@ -113,8 +114,10 @@ class SearchSpace:
 
 def _space(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals: Goals, budget: int,
            effective: int, world: int) -> SearchSpace:
+    # (GaLore and APOLLO project whole weights: one process or DDP)
     strategies: list[Strategy] = [goals.strategy] if goals.strategy else (
-        ["single"] if world == 1 else ["ddp"] if base.optimizer in LOW_RANK_OPTIMIZERS else ["ddp", "zero2", "fsdp", "zero3"])
+        ["single"] if world == 1 else ["ddp"] if base.optimizer in LOW_RANK_OPTIMIZERS
+        else ["ddp", "zero2", "fsdp", "zero3"])
     micro_batches = [m for m in (64, 32, 16, 8, 4, 2, 1) if (effective // world) % m == 0]
     if goals.micro_batch:
         micro_batches = [goals.micro_batch]
@@ -329,14 +332,16 @@ def _does_not_fit(space: SearchSpace, goals: Goals) -> UserError:
             asked = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in forced.items())
             # (GaLore, APOLLO and AdaLomo rule out the other layouts nothing_fits would name)
             keeping = "" if forced.get("optimizer") in (*LOW_RANK_OPTIMIZERS, "adalomo") else (
-                f"; or, keeping {asked}: {nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM)).fix}")
+                f"; or, keeping {asked}: "
+                f"{nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM)).fix}")
             return UserError(
                 f"{asked} does not fit: {forced_estimate(model, base, forced, world, budget)}",
                 title="Does not fit",
                 fix=f"Leave it to the planner, which fits {_label(alternative)} "
                     f"({alternative.estimate.total / GiB:.1f} GiB per {_device_word(hardware)}){keeping}.")
     return nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM),
-                        leanest(hardware.device, base, goals), leanest(hardware.device, _replace(base, num_gpus=2), goals))
+                        leanest(hardware.device, base, goals),
+                        leanest(hardware.device, _replace(base, num_gpus=2), goals))  # (more GPUs: no AdaLomo)
 
 
 _FORCEABLE = ("strategy", "offload", "micro_batch", "checkpointing", "optimizer", "precision")

@@ -413,10 +413,11 @@ def matrix(quick: bool) -> list[Case]:
 def saver_cases() -> list[Case]:
     """The savers' terms that run under FakeTensorMode: pure bf16 (bf16 weights, gradients and
     AdamW states, no autocast); and on real tensors (see measure()), AdaLomo (its update reads
-    weights' RMS as numbers), GaLore (LAPACK's SVD needs data) and APOLLO. Not here: torchao's low-bit AdamW (its step is torch.compile'd
-    over tensor subclasses, which FakeTensorMode does not trace), context parallelism (torch's
-    ring attention has no CPU kernel; a rank's tensors are the measured ones at seq/cp), and TRL's
-    activation offloading (host copies are indistinguishable from device tensors on the CPU)."""
+    weights' RMS as numbers), GaLore (LAPACK's SVD needs data) and APOLLO. Not here: torchao's
+    low-bit AdamW (its step is torch.compile'd over tensor subclasses, which FakeTensorMode does
+    not trace), context parallelism (torch's ring attention has no CPU kernel; a rank's tensors
+    are the measured ones at seq/cp), and TRL's activation offloading (host copies are
+    indistinguishable from device tensors on the CPU)."""
     return [
         Case("llama-3.2-1b", "full", 512, 1, False, layers=4, precision="pure_bf16"),
         Case("llama-3.2-1b", "full", 2048, 2, False, layers=4, precision="pure_bf16"),
