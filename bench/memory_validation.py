@@ -601,8 +601,10 @@ def main(argv: list[str] | None = None) -> int:
              "# tensor bytes at the peak (no CUDA context, NCCL or allocator slack); reduced layer counts (L);",
              *(["# memory savers (--savers): pure bf16 runs without autocast on bf16 weights; the adafactor",
                 "# case first measured -33.7% (HF Adafactor upcasts bf16 parameters and gradients) and was fixed;",
-                "# adalomo cases run lomo-optim's AdaLomo on real tensors (real widths, few layers); the first",
-                "# measured +13.4% (a tied head's two gradient parts were counted beside the update) and was fixed.",
+                "# adalomo, galore_adamw and apollo_adamw cases run the packages' optimizers on real tensors (real",
+                "# widths, few layers). The first adalomo case measured +13.4% (a tied head's two gradient parts",
+                "# were counted beside the update), the first galore one -16.1% (AdamW's second full-size",
+                "# temporary for the embedding was missed); both were fixed.",
                 "# Differences from a GPU run and the savers not measurable here: bench/memory_validation.py."]
                if args.savers else
                ["# fsdpN: FSDP2 over N fake ranks, forward+backward only; the last 7 cases were first run after the",
