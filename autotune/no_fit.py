@@ -32,8 +32,8 @@ def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, 
     llmwizard.autotune.savers); the figures are for the setup with it. `lean_sharded`: the same
     for more GPUs than one (AdaLomo runs on one GPU only; default: `lean`)."""
     lean = lean or {}
-    sharded = replace(base, micro_batch=1, checkpointing=True,  # type: ignore[arg-type]
-                      **(lean if lean_sharded is None else lean_sharded))
+    sharded_lean = lean if lean_sharded is None else lean_sharded
+    sharded = replace(base, micro_batch=1, checkpointing=True, **sharded_lean)  # type: ignore[arg-type]
     smallest = replace(base, strategy="zero3" if world > 1 else "single", micro_batch=1, checkpointing=True,
                        **lean)  # type: ignore[arg-type]
     est = estimate(model, smallest, budget)
