@@ -37,6 +37,25 @@ def load_plan(run_dir: Path):
     return Plan.load(run_dir / "plan.yaml")
 
 
+def stopped_once(run_dir: Path, ready, *, seconds: float, interval: float, poll: float
+                 ) -> tuple[RunSession, list[events.Event]]:
+    """A session run in a thread, stopped from this one once `ready(events so far)` holds; it must end."""
+    seen: list[events.Event] = []
+    session = RunSession(load_plan(run_dir), run_dir, seen.append, interval=interval)
+    worker = threading.Thread(target=session.run)
+    worker.start()
+    deadline = time.monotonic() + seconds
+    while not ready(list(seen)):
+        log = run_dir / "train.log"
+        assert worker.is_alive(), log.read_text()[-3000:] if log.exists() else kinds(seen)
+        assert time.monotonic() < deadline, f"not ready within {seconds:g} s: {kinds(seen)}"
+        time.sleep(poll)
+    session.stop()
+    worker.join(120)
+    assert not worker.is_alive(), "the session did not end after stop()"
+    return session, seen
+
+
 def kinds(seen: list[events.Event]) -> list[str]:
     """Event names with runs of Metrics folded into one, for comparing sequences."""
     out: list[str] = []
@@ -79,18 +98,8 @@ def test_a_short_run_starts_streams_metrics_and_finishes(tmp_path: Path):
 @pytest.mark.slow
 def test_stop_from_another_thread_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path):
     run_dir = exported(tmp_path, max_steps=2000, eval_fraction=0)
-    seen: list[events.Event] = []
-    session = RunSession(load_plan(run_dir), run_dir, seen.append, interval=0.1)
-    worker = threading.Thread(target=session.run)
-    worker.start()
-    deadline = time.monotonic() + 300
-    while not any(isinstance(e, events.Metrics) and e.is_loss for e in list(seen)):
-        assert worker.is_alive(), (run_dir / "train.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "no training step within 300 s"
-        time.sleep(0.05)
-    session.stop()
-    worker.join(120)
-    assert not worker.is_alive(), "the session did not end after stop()"
+    session, seen = stopped_once(run_dir, lambda said: any(isinstance(e, events.Metrics) and e.is_loss for e in said),
+                                 seconds=300, interval=0.1, poll=0.05)
 
     names = kinds(seen)
     assert names[0] == "Started" and "Stopping" in names and names[-1] == "Stopped", names
@@ -110,17 +119,9 @@ def test_a_run_stopped_before_its_first_step_is_listed_as_stopped_and_can_start_
     from llmwizard.runner.rundir import run_status
 
     run_dir = exported(tmp_path, max_steps=2000, eval_fraction=0)
-    seen: list[events.Event] = []
-    session = RunSession(load_plan(run_dir), run_dir, seen.append, interval=0.05)
-    worker = threading.Thread(target=session.run)
-    worker.start()
-    deadline = time.monotonic() + 60
-    while "Started" not in kinds(list(seen)):
-        assert worker.is_alive() and time.monotonic() < deadline, kinds(seen)
-        time.sleep(0.01)
-    session.stop()  # the ranks are still importing their libraries
-    worker.join(120)
-    assert not worker.is_alive() and kinds(seen)[-1] == "Stopped", kinds(seen)
+    # stopped as soon as it started: the ranks are still importing their libraries
+    _, seen = stopped_once(run_dir, lambda said: "Started" in kinds(said), seconds=60, interval=0.05, poll=0.01)
+    assert kinds(seen)[-1] == "Stopped", kinds(seen)
     records = read_metrics(run_dir / "metrics.jsonl")
     assert not any(r["type"] == "begin" for r in records), records
     status = run_status(run_dir)
