@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from llmwizard.autotune.activations import adapted_linears, layout
 from llmwizard.autotune.model_types import ModelSpec
-from llmwizard.autotune.savers import (TORCHAO_OPTIMIZERS, fused_in_backward, fused_optimizer_bytes,
-                                       low_rank_optimizer_bytes, torchao_optimizer_bytes)
+from llmwizard.autotune.savers import (TORCHAO_OPTIMIZERS, adapter_factored_bytes, factored_moment_bytes,
+                                       fused_in_backward, fused_optimizer_bytes, low_rank_optimizer_bytes,
+                                       torchao_optimizer_bytes, widest_tensor)
 from llmwizard.autotune.train_setup import TrainSetup
 
 
@@ -35,14 +36,11 @@ def optimizer_bytes(model: ModelSpec, setup: TrainSetup, trainable: int, state_b
         # Factored second moment (row + column vectors), no first moment (HF Adafactor, beta1=None);
         # step() builds grad^2 and the reconstructed update, full size, one tensor at a time.
         if setup.method == "full":
-            widest = max(model.embedding_params, model.lm_head_params,
-                         max(lin.d_in * lin.d_out for lin in model.linears))
-            states = 4 * (model.num_layers * sum(lin.d_in + lin.d_out for lin in model.linears)
-                          + 2 * (model.vocab_size + model.hidden_size))
+            widest = widest_tensor(model)
+            states = factored_moment_bytes(model)
         else:
             widest = max(setup.lora_r * max(lin.d_in, lin.d_out) for lin in adapted_linears(model, setup))
-            states = 4 * model.num_layers * sum(2 * setup.lora_r + lin.d_in + lin.d_out
-                                                for lin in adapted_linears(model, setup))
+            states = adapter_factored_bytes(model, setup.lora_r, adapted_linears(model, setup))
         # Half-precision parameters (pure bf16): step() also upcasts the gradient and the
         # parameter to fp32 (`grad.float()`, `p.float()`): two more fp32 tensors (measured).
         return states, (2 if state_bytes == 4 else 4) * 4 * widest

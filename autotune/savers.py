@@ -47,7 +47,7 @@ saver's terms sit in one place with their sources:
 from __future__ import annotations
 
 from llmwizard.autotune.goals import Goals
-from llmwizard.autotune.model_types import ModelSpec
+from llmwizard.autotune.model_types import Linear, ModelSpec
 from llmwizard.autotune.schema import Optimizer, Precision
 from llmwizard.autotune.train_setup import TrainSetup
 
@@ -129,14 +129,26 @@ def fused_in_backward(optimizer: str) -> bool:
     return optimizer in FUSED_OPTIMIZERS
 
 
+def factored_moment_bytes(model: ModelSpec) -> float:
+    """A factored second moment (Adafactor, AdaLomo) for every weight of the model: fp32 row and
+    column vectors of each decoder linear, the embedding and the head (norms left out: small)."""
+    return 4 * (model.num_layers * sum(lin.d_in + lin.d_out for lin in model.linears)
+                + 2 * (model.vocab_size + model.hidden_size))
+
+
+def adapter_factored_bytes(model: ModelSpec, r: int, linears: list[Linear]) -> float:
+    """The same for the rank-`r` LoRA adapters of `linears` (A: r x d_in, B: d_out x r) in every layer."""
+    return 4 * model.num_layers * sum(2 * r + lin.d_in + lin.d_out for lin in linears)
+
+
 def fused_optimizer_bytes(model: ModelSpec, setup: TrainSetup, grad_bytes: float) -> tuple[float, float, float]:
     """(states, update temporaries, gradients) of AdaLomo: the factored fp32 second moment of every
     parameter, three fp32 tensors of the widest trainable parameter during its update, and one
     gradient of that size (the hook applies a gradient and drops it once the next one arrives)."""
-    states = 4 * (model.num_layers * sum(lin.d_in + lin.d_out for lin in model.linears)
-                  + 2 * (model.vocab_size + model.hidden_size))
+    # (lomo-optim keeps the moment of every parameter, frozen ones too)
+    states = factored_moment_bytes(model)
     if setup.method != "full":
-        states += 4 * model.num_layers * sum(2 * setup.lora_r + lin.d_in + lin.d_out for lin in model.linears)
+        states += adapter_factored_bytes(model, setup.lora_r, model.linears)
     widest = widest_tensor(model) if setup.method == "full" else widest_update(model, setup)
     return states, fused_update_temp(widest), grad_bytes * widest
 
