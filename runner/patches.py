@@ -168,9 +168,63 @@ def peft_sees_through_checkpoint_wrappers() -> None:
     tuners_utils._get_tuner_state_dict_key_prefixes = prefixes
 
 
+# ----------------------------------------------------------------------------- lomo-optim
+
+ADALOMO_MOMENTS = ("save AdaLomo's second moments with each checkpoint and restore them on resume (they live "
+                   "outside torch's optimizer state)")
+# The attributes AdaLomo keeps its state in, keyed by parameter name, and its step count.
+_ADALOMO_STATE = ("exp_avg_sq", "exp_avg_sq_row", "exp_avg_sq_col", "step_num")
+
+
+def adalomo_class() -> Any:
+    from lomo_optim import AdaLomo
+
+    init = internal("lomo-optim", AdaLomo, "__init__", ADALOMO_MOMENTS)
+    source = inspect.getsource(init)
+    for name in _ADALOMO_STATE:
+        if f"self.{name} =" not in source:
+            raise LibraryChanged("lomo-optim", f"AdaLomo.{name}", ADALOMO_MOMENTS)
+    return AdaLomo
+
+
+def adalomo_keeps_its_moments() -> None:
+    """Make AdaLomo's state_dict carry its state, so the Trainer's optimizer.pt holds it.
+
+    lomo-optim keeps the factored second moments in dicts on the optimizer, not in torch's
+    `Optimizer.state`, so the state_dict the Trainer saves is empty and a resumed run started
+    them again from zero (and its step count, which sets their decay). Add them under one key
+    and copy them back on load.
+    """
+    cls = adalomo_class()
+    if getattr(cls, "_llmwizard_moments", False):
+        return
+    base_state, base_load = cls.state_dict, cls.load_state_dict
+
+    def state_dict(self: Any) -> dict[str, Any]:
+        state = base_state(self)
+        state["adalomo"] = {name: getattr(self, name) for name in _ADALOMO_STATE}
+        return state
+
+    def load_state_dict(self: Any, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        saved = state_dict.pop("adalomo", None)
+        base_load(self, state_dict)
+        if saved is None:
+            return
+        for name in _ADALOMO_STATE[:3]:
+            mine = getattr(self, name)
+            for key, tensor in saved[name].items():
+                mine[key].copy_(tensor)
+        self.step_num = int(saved["step_num"])
+
+    cls.state_dict, cls.load_state_dict = state_dict, load_state_dict
+    cls._llmwizard_moments = True
+
+
 # Each guarded internal, by name: a function that returns it or raises LibraryChanged.
 GUARDED = {
     "accelerate AcceleratorState.__init__(fsdp_plugin=...), PartialState._shared_state": accelerate_internals,
     "deepspeed deepspeed.ops.__compatible_ops__": deepspeed_op_table,
     "peft tuners_utils._get_tuner_state_dict_key_prefixes": peft_prefix_function,
+    "lomo-optim AdaLomo.exp_avg_sq, exp_avg_sq_row, exp_avg_sq_col, step_num": adalomo_class,
 }

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from llmwizard.autotune.errors import UserError
-from llmwizard.runner.patches import (LibraryChanged, allow_fsdp_on_cpu, deepspeed_skips_its_shm_kernel,
+from llmwizard.runner.patches import (LibraryChanged, adalomo_keeps_its_moments, allow_fsdp_on_cpu,
+                                      deepspeed_skips_its_shm_kernel,
                                       peft_sees_through_checkpoint_wrappers)
 
 USER_ERROR_EXIT = 2
@@ -88,6 +89,8 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
         allow_fsdp_on_cpu()
     if model_args.use_peft:
         peft_sees_through_checkpoint_wrappers()
+    if getattr(training_args.optim, "value", training_args.optim) == "adalomo":
+        adalomo_keeps_its_moments()
     if training_args.deepspeed_plugin is not None:
         deepspeed_skips_its_shm_kernel()
         if training_args.deepspeed_plugin.zero_stage == 3 or os.environ.get("PARALLELISM_CONFIG_SP_SIZE", "1") != "1":

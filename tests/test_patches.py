@@ -63,3 +63,36 @@ def test_the_patches_apply_and_are_idempotent(monkeypatch):
     first = tuners_utils._get_tuner_state_dict_key_prefixes
     patches.peft_sees_through_checkpoint_wrappers()
     assert tuners_utils._get_tuner_state_dict_key_prefixes is first and first._llmwizard
+
+
+def test_adalomo_moments_survive_a_checkpoint_round_trip(monkeypatch, tmp_path):
+    """lomo-optim keeps its second moments outside torch's optimizer state; after the patch the
+    state_dict the Trainer saves holds them, and loading it restores them and the step count.
+    (lomo-optim allocates with `.cuda()`: the CPU stands in for the GPU, the hardware boundary.)"""
+    import torch
+    from lomo_optim import AdaLomo
+
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *args, **kwargs: self)
+    monkeypatch.setattr(AdaLomo, "state_dict", AdaLomo.state_dict)  # undone after the test
+    monkeypatch.setattr(AdaLomo, "load_state_dict", AdaLomo.load_state_dict)
+    monkeypatch.setattr(AdaLomo, "_llmwizard_moments", False, raising=False)
+    patches.adalomo_keeps_its_moments()
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+    trained = model()
+    optimizer = AdaLomo(trained, lr=1e-2)
+    for _ in range(3):
+        optimizer.fused_backward(trained(torch.randn(4, 8)).pow(2).mean(), 1e-2)
+    assert optimizer.exp_avg_sq_row["0.weight"].abs().sum() > 0  # it learned moments
+    torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")  # what the Trainer does
+
+    resumed = AdaLomo(model(), lr=1e-2)
+    resumed.load_state_dict(torch.load(tmp_path / "optimizer.pt", weights_only=True))
+    assert resumed.step_num == 3
+    for name in ("exp_avg_sq", "exp_avg_sq_row", "exp_avg_sq_col"):
+        assert set(getattr(resumed, name)) == set(getattr(optimizer, name))
+        for key, tensor in getattr(optimizer, name).items():
+            assert torch.equal(getattr(resumed, name)[key], tensor), (name, key)
