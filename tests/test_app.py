@@ -20,6 +20,7 @@ from rich.console import Console
 from llmwizard.autotune.hardware import GPU, HardwareProfile
 from llmwizard.wizard.app import WizardApp
 from llmwizard.wizard.cli import build_parser
+from llmwizard.wizard.core import STRATEGY_WORDS
 
 GiB = 1024**3
 
@@ -526,13 +527,14 @@ def shown_plan(app: WizardApp) -> dict[str, object]:
     import re
 
     summary = " ".join(text_of(app, "#plan-summary").split())
-    found = re.search(r"^(\w+)(?: \+ \w+ offload)? on (\d+) \w+ · (\w+)(?: r=(\d+))? · (\w+) · micro-batch (\d+) x accum (\d+) = (\d+) · "
+    found = re.search(r"^([\w-]+)(?: \+ \w+ offload)? on (\d+) \w+ · (\w+)(?: r=(\d+))? · (\w+) · micro-batch (\d+) x accum (\d+) = (\d+) · "
                       r"(\d+) tokens · .* · lr (\S+)$", summary)
     assert found, summary
     strategy, world, method, rank, precision, micro, accum, effective, length, lr = found.groups()
     reasons = " ".join(text_of(app, "#reasons").split())
     optimizer = re.search(r"optimizer (\w+) \(asked for\)", reasons)
     split = re.search(r"context parallel (\d+) GPUs per sequence", reasons)
+    strategy = {words: name for name, words in STRATEGY_WORDS.items()}[strategy]
     return {"summary": summary, "strategy": strategy, "num_processes": int(world), "method": method,
             "lora_r": int(rank) if rank else None, "micro_batch": int(micro), "grad_accum": int(accum),
             "effective_batch": int(effective), "max_length": int(length), "learning_rate": float(lr),
@@ -1015,6 +1017,6 @@ def test_the_summary_line_counts_gpus_per_machine_and_names_offload():
 
     p = _gpu_plan("4xRTX4090", nodes=2, strategy="zero3", offload="params", method="full")
     assert (p.num_processes, p.num_machines, p.offload) == (8, 2, "params")
-    assert summary_line(p).plain.startswith("zero3 + params offload on 4 GPUs x 2 nodes · full")
+    assert summary_line(p).plain.startswith("ZeRO-3 + params offload on 4 GPUs x 2 nodes · full")
     one = _gpu_plan("1xA100-80GB", nodes=2, strategy="fsdp")
-    assert summary_line(one).plain.startswith("fsdp on 1 GPU x 2 nodes · lora")
+    assert summary_line(one).plain.startswith("FSDP2 on 1 GPU x 2 nodes · lora")

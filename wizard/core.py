@@ -288,7 +288,7 @@ _FLAG_WORDS = [
     (r"--no-liger-kernel", lambda m: "Liger off"),
     (r"leave --context-parallel to the planner", lambda m: "set GPUs per sequence to auto"),
     (r"--context-parallel (\d+)", lambda m: f"GPUs per sequence {m.group(1)}"),
-    (r"--offload params", lambda m: "offload params (a preset of your own, chosen on step 1)"),
+    (r"--offload params", lambda m: "params offload (`offload: params` in a preset of your own, chosen on step 1)"),
     (r"--packing turns it on", lambda m: "the packing field turns it on"),
     (r"--no-packing", lambda m: "packing off"),
     (r"--packing", lambda m: "packing on"),

@@ -22,6 +22,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.validation import ValidationResult, Validator
 from textual.widgets import Input, Label, Select, Static
 
+from llmwizard.wizard.core import STRATEGY_WORDS
 from llmwizard.wizard.messages import PlanReady, PlanRejected
 from llmwizard.wizard.screens.base import StepScreen
 from llmwizard.wizard.widgets.memory_bar import MemoryBar
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from llmwizard.wizard.core import Refusal
 
 AUTO = "auto"
-STRATEGY_LABELS = {"single": "single", "ddp": "DDP", "fsdp": "FSDP2", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}
 CHECKPOINTING = [("auto", AUTO), ("on", "on"), ("off", "off")]
 ON_OFF = CHECKPOINTING
 FIELD_LABELS = {"micro-batch": "Micro-batch", "lora-r": "LoRA rank", "learning-rate": "Learning rate",
@@ -86,7 +86,7 @@ def summary_line(plan: Plan) -> Text:
     steps = f"{plan.max_steps} steps" if plan.max_steps > 0 else f"{plan.epochs:g} epochs"
     lora = f" r={plan.lora.r}" if plan.lora else ""
     text = Text()
-    text.append(f"{plan.strategy}", style="bold")
+    text.append(STRATEGY_WORDS.get(plan.strategy, plan.strategy), style="bold")  # as the strategy select says it
     if plan.offload != "none":  # the bar's small optimizer/params figures are in host RAM instead
         text.append(f" + {plan.offload} offload", style="bold")
     text.append(f" on {world}" + (f" x {plan.num_machines} nodes" if plan.num_machines > 1 else ""))
@@ -134,7 +134,7 @@ class PlanScreen(StepScreen):
             yield Label("checkpointing", id="label-checkpointing", classes="field-label")
             yield Select(CHECKPOINTING, value=AUTO, allow_blank=False, id="checkpointing", compact=True)
             yield Label("strategy", id="label-strategy", classes="field-label")
-            yield Select([("auto", AUTO)] + [(STRATEGY_LABELS.get(name, name), name) for name in core.strategy_choices()],
+            yield Select([("auto", AUTO)] + [(STRATEGY_WORDS.get(name, name), name) for name in core.strategy_choices()],
                          value=AUTO, allow_blank=False, id="strategy", compact=True)
         with Horizontal(classes="form-row"):
             for field_id, name in NUMBER_FIELDS[1:]:
