@@ -26,6 +26,10 @@ _FOUR_NORM_MODELS = ("gemma2", "gemma3", "gemma3_text")
 _SOFTCAP_MODELS = ("gemma2",)
 # transformers falls back to eager attention for these (`_supports_sdpa = False`: softcapping).
 _NO_SDPA_MODELS = ("gemma2",)
+# Model types whose decoder RMSNorms and gated MLP Liger replaces (liger_kernel.transformers.monkey_patch,
+# MODEL_TYPE_TO_APPLY_LIGER_FN). TRL applies these layer kernels with Liger's fused cross-entropy off:
+# its own fused LM head stays. For other types transformers applies none.
+LIGER_MODELS = ("llama", "mistral", "qwen2", "qwen3", "qwen2_5_vl", "gemma", "gemma2", "gemma3", "gemma3_text")
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,23 @@ def trainable_params(model: ModelSpec, setup: TrainSetup) -> int:
     return model.lora_params(setup.lora_r, setup.lora_targets) + tower
 
 
+def liger_layers(model: ModelSpec, setup: TrainSetup) -> bool:
+    """Whether Liger's RMSNorm and gated-MLP kernels replace HF's in this model's decoder layers."""
+    return setup.liger and model.model_type in LIGER_MODELS
+
+
+def _norm_saved(model: ModelSpec, setup: TrainSetup, reads_stream: bool = True) -> float:
+    """Bytes one RMSNorm keeps per token. HF's saves its fp32 input, the inverse RMS and (when its
+    weight trains) the normalised tensor. Liger's saves its input as it came (the residual stream, or
+    a block's output in the compute dtype) and an fp32 inverse RMS per row, and recomputes the rest."""
+    lay = layout(model, setup)
+    h = model.hidden_size
+    if liger_layers(model, setup):
+        return (lay.stream if reads_stream else lay.compute) * h + 4
+    normalised = (4 if model.model_type.startswith("gemma") else lay.stream) if setup.method == "full" else 0
+    return 4 * h + normalised * h + 8
+
+
 def attention_kernel(model: ModelSpec, setup: TrainSetup) -> str:
     """The kernel that really runs: transformers uses eager where a model does not support SDPA."""
     if setup.attention == "sdpa" and model.model_type in _NO_SDPA_MODELS:
@@ -100,16 +121,18 @@ def layer_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     saves nothing; a LoRA adapter saves its dropout mask and the cast dropout output; flash/SDPA
     saves q, k, v, the output and an fp32 logsumexp per head; eager adds the fp32 softmax and the
     half-precision probabilities per key (the s^2 term); SwiGLU/GeGLU save gate, activation and up
-    (and the product when down_proj trains).
+    (and the product when down_proj trains). Liger's kernels (`liger_layers`) save less: see
+    `_norm_saved`, and its gated MLP keeps gate and up only, recomputing the activation.
     """
     lay = layout(model, setup)
     c, s = lay.compute, lay.stream
     h, inter, a = model.hidden_size, model.intermediate_size, model.num_heads
     hq, hkv = model.num_heads * model.head_dim, model.num_kv_heads * model.head_dim
     full = setup.method == "full"
-    norms = 4 if model.model_type in _FOUR_NORM_MODELS else 2
-    normalised = (4 if model.model_type.startswith("gemma") else s) if full else 0
-    total = norms * (4 * h + normalised * h + 8)
+    # (Gemma's extra two norms read the attention and MLP outputs; the others, the residual stream)
+    total = 2 * _norm_saved(model, setup)
+    if model.model_type in _FOUR_NORM_MODELS:
+        total += 2 * _norm_saved(model, setup, reads_stream=False)
     if full:
         total += c * h * 5 if s != c else s * h * 2      # q/k/v and gate/up inputs
         total += c * inter                                # down_proj's input
@@ -122,7 +145,7 @@ def layer_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
         total += c * hq * 3 + a * seq * probs + (c * hq if full else 0)
     else:
         total += c * (2 * hq + 2 * hkv) + 4 * a
-    total += 3 * c * inter                                # gate out, activation out, up out
+    total += (2 if liger_layers(model, setup) else 3) * c * inter  # gate out, (activation out,) up out
     return total
 
 
@@ -141,8 +164,20 @@ def activation_bytes(model: ModelSpec, setup: TrainSetup) -> float:
             # (TRL calls enable_input_require_grads() only with gradient checkpointing.)
             readers = sum(lin.d_in for lin in adapted_linears(model, setup)
                           if lin.name in ("q_proj", "k_proj", "v_proj"))
-            layers -= tokens * (4 * model.hidden_size + 8 + (lay.mask * readers if setup.lora_dropout > 0 else 0))
+            layers -= tokens * (_norm_saved(model, setup) + (lay.mask * readers if setup.lora_dropout > 0 else 0))
     return layers + tokens * fixed_token_bytes(model, setup)
+
+
+def adapter_forward_bytes(model: ModelSpec, setup: TrainSetup) -> float:
+    """Transient bytes while the LoRA adapter with the widest input runs forward: PEFT casts the
+    input to the adapter's dtype (fp32) and dropout writes another tensor that size; both go once
+    the adapter's matmul has its (saved) half-precision input. Nothing when adapters are half."""
+    lay = layout(model, setup)
+    if setup.method == "full" or lay.trainable == lay.compute:
+        return 0.0
+    widest = max((lin.d_in for lin in adapted_linears(model, setup)), default=0)
+    copies = 2 if setup.lora_dropout > 0 else 1
+    return setup.micro_batch * setup.seq_len * widest * lay.trainable * copies
 
 
 def weight_copy_bytes(model: ModelSpec, setup: TrainSetup) -> float:
@@ -155,8 +190,8 @@ def fixed_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     """Per-token tensors outside the layers: final norm, the head's saved hidden states, RoPE tables, ids."""
     lay = layout(model, setup)
     h = model.hidden_size
-    normalised = (4 if model.model_type.startswith("gemma") else lay.stream) if setup.method == "full" else 0
-    return (4 * h + normalised * h) + lay.stream * h + 2 * model.head_dim * lay.stream + 6 * 4 + 16
+    norm = _norm_saved(model, setup) - (0 if liger_layers(model, setup) else 8)
+    return norm + lay.stream * h + 2 * model.head_dim * lay.stream + 6 * 4 + 16
 
 
 def layer_backward_bytes(model: ModelSpec, setup: TrainSetup) -> float:
@@ -166,8 +201,10 @@ def layer_backward_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     inter = model.intermediate_size
     # Gradients of gate, up and the activation (measured: 6 x I bytes per token in bf16). Under
     # non-reentrant checkpointing the recomputed tensors stay until the whole layer is done, and
-    # with LoRA the adapters' fp32 input gradients join them (measured: 12 x I).
-    mlp_grads = 6 if setup.checkpointing and setup.method != "full" else 3
+    # with LoRA the adapters' fp32 input gradients join them (measured: 12 x I), a peak reached in
+    # down_proj's backward. Otherwise Liger's gated MLP writes the gate's and up's gradients into their
+    # saved outputs: only the product's is new.
+    mlp_grads = 6 if setup.checkpointing and setup.method != "full" else 1 if liger_layers(model, setup) else 3
     transient: float = tokens * mlp_grads * lay.compute * inter
     if attention_kernel(model, setup) == "eager":  # gradients of the probabilities and the fp32 softmax
         transient += setup.micro_batch * model.num_heads * setup.seq_len**2 * (lay.compute + 2)

@@ -26,6 +26,7 @@ from llmwizard.autotune.activations import (
     LM_HEAD_TILE,
     NF4_BYTES,
     activation_bytes,
+    adapter_forward_bytes,
     attention_kernel,
     layer_backward_bytes,
     layer_token_bytes,
@@ -239,6 +240,7 @@ class _StepTensors:
     tied_extra: float                 # a tied embedding's dense gradient, per shard
     embedding_grad: float             # the embedding's gradient, not yet there at the first layer
     last_layer: float                 # what the first layer's backward still holds of the forward
+    adapter_fwd: float                # the widest LoRA adapter's forward temporaries
 
 
 def _step_tensors(model: ModelSpec, setup: TrainSetup) -> _StepTensors:
@@ -264,7 +266,7 @@ def _step_tensors(model: ModelSpec, setup: TrainSetup) -> _StepTensors:
         last_layer = tokens * layer_token_bytes(model, setup) + weight_copy_bytes(model, setup)
     return _StepTensors(activation_bytes(model, setup), logits_bytes(model, setup, "forward"),
                         logits_bytes(model, setup, "backward"), layer_backward_bytes(model, setup), lm_grad,
-                        tied_extra / shards, embedding_grad, last_layer)
+                        tied_extra / shards, embedding_grad, last_layer, adapter_forward_bytes(model, setup))
 
 
 def _phases(states: ModelStates, buffers: _Buffers, step: _StepTensors) -> dict[str, float]:
@@ -272,6 +274,7 @@ def _phases(states: ModelStates, buffers: _Buffers, step: _StepTensors) -> dict[
     resident = states.weights + states.optimizer + buffers.ddp_buckets
     fwd, bwd = buffers.gathered_fwd, buffers.gathered_bwd
     return {
+        "forward (last layer)": resident + fwd + step.activations + step.adapter_fwd,
         "forward (LM head)": resident + fwd + step.activations + step.head_fwd,
         "backward (LM head)": resident + fwd + step.activations + step.head_bwd,
         "backward (last layer)": resident + bwd + step.activations + step.lm_grad + step.layer_backward,

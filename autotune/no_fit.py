@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from llmwizard.autotune.activations import LIGER_MODELS
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.hardware_types import GiB, HardwareProfile
 from llmwizard.autotune.memory import estimate
@@ -57,6 +58,11 @@ def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, 
             need = math.ceil(offload.host_ram / GiB / 16) * 16
             suggestions.append(f"fits with ZeRO-3 and CPU offload on a host with {need} GiB of RAM per machine "
                                f"({hardware.host_ram_available / GiB:.0f} GiB here; with --gpus add ',ram={need}GB')")
+    if hardware.device == "cuda" and not base.liger and model.model_type in LIGER_MODELS:
+        liger = estimate(model, replace(smallest, liger=True), budget)
+        if liger.total <= limit:
+            suggestions.append(f"fits with Liger's kernels (--liger-kernel, needs the liger-kernel package): "
+                               f"{liger.total / GiB:.1f} GiB per GPU")
     seq = base.seq_len
     while seq > 256:
         seq //= 2

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from llmwizard.autotune.schema import Launcher, Method, Precision, Tracker
+from llmwizard.autotune.activations import LIGER_MODELS
 from llmwizard.autotune.dataset import DatasetProfile
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.goals import Goals
@@ -277,7 +278,7 @@ def effective_batch(goals: Goals, world: int) -> Decision[int]:
 
 def base_setup(hardware: HardwareProfile, world: World, method: Method, max_length: int, precision: Precision,
                 goals: Goals, lora: LoraSettings | None, model: ModelSpec | None = None,
-                dataset: DatasetProfile | None = None) -> TrainSetup:
+                dataset: DatasetProfile | None = None, liger: bool = False) -> TrainSetup:
     """What the search starts from: everything decided so far."""
     # The vision tower encodes the longest example's images (the memory peak's sequence).
     patches = _patches(model, dataset) if model and dataset else 0
@@ -286,7 +287,7 @@ def base_setup(hardware: HardwareProfile, world: World, method: Method, max_leng
                       lora_targets=lora.target_modules if lora else None,
                       lora_dropout=lora.dropout if lora else 0.0, device=hardware.device,
                       gpus_per_node=world.per_node, image_patches=patches,
-                      train_vision_tower=bool(goals.train_vision_tower and model and model.vision))
+                      train_vision_tower=bool(goals.train_vision_tower and model and model.vision), liger=liger)
 
 
 def budget(hardware: HardwareProfile, per_node: int) -> int:
@@ -423,15 +424,21 @@ def activation_offloading(hardware: HardwareProfile, goals: Goals) -> None:
                         fix="Plan with --gpus, or leave activation offloading off on the CPU (--no-activation-offloading).")
 
 
-def liger(hardware: HardwareProfile, goals: Goals) -> Decision[bool]:
-    """Liger's fused kernels (TRL use_liger_kernel): asked for only; Triton kernels, GPU only."""
+def liger(hardware: HardwareProfile, goals: Goals, model: ModelSpec) -> Decision[bool]:
+    """Liger's layer kernels (TRL use_liger_kernel): asked for only; Triton kernels, GPU only. The
+    search counts their savings (llmwizard.autotune.activations.liger_layers) and states them."""
     if not goals.liger_kernel:
         return Decision(False)
     if hardware.device != "cuda":
         raise UserError("Liger's kernels are Triton kernels and need an NVIDIA GPU.", title="Liger kernel",
                         fix="Plan with --gpus, or leave Liger off on the CPU (--no-liger-kernel).")
-    return Decision(True, "on (asked for): Liger's fused RMSNorm, SwiGLU, RoPE and cross-entropy Triton kernels "
-                          "(needs a GPU and the liger-kernel package); the estimate does not count their savings")
+    if model.model_type not in LIGER_MODELS:
+        return Decision(True, f"on (asked for); the estimate counts Liger's savings for Llama, Mistral, Qwen and "
+                              f"Gemma decoders, so none for {model.model_type} (where Liger has no kernels for a "
+                              "model type, transformers applies none)",
+                        warnings=(f"The estimate counts no Liger saving for {model.model_type} models; the plan is "
+                                  "sized as without --liger-kernel.",))
+    return Decision(True)
 
 
 def run_name(model: str, dataset: str) -> str:

@@ -74,7 +74,8 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     world = record.take("device", step.world(hardware, goals))
     effective = record.take("effective_batch", step.effective_batch(goals, world.size))
     step.activation_offloading(hardware, goals)
-    base = step.base_setup(hardware, world, method, max_length, precision, goals, lora, model, dataset)
+    liger = record.take("liger_kernel", step.liger(hardware, goals, model))
+    base = step.base_setup(hardware, world, method, max_length, precision, goals, lora, model, dataset, liger)
     if calibration:
         base = dataclasses.replace(base, calibration=calibration)
     choice = choose(hardware, model, base, goals, step.budget(hardware, world.per_node), effective, world.size)
@@ -87,7 +88,6 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
         effective = record.take("effective_batch", step.fused_effective_batch(goals, chosen.micro_batch, effective))
         lr = record.take("learning_rate", step.fused_learning_rate(goals, lr))
     grad_accum = record.take("batch", step.grad_accum(goals, chosen.micro_batch, world.size // chosen.cp, effective))
-    liger = record.take("liger_kernel", step.liger(hardware, goals))
     packing = bool(goals.packing)
     launcher = record.take("launcher", step.launcher(goals, chosen.strategy))
     report_to = record.take("report_to", step.trackers(goals))

@@ -25,7 +25,7 @@ def setup_of(plan_: Plan, **changes: object) -> TrainSetup:
                        lora_dropout=plan_.lora.dropout if plan_.lora else 0.0, device=plan_.device,
                        gpus_per_node=plan_.processes_per_machine, cp=plan_.context_parallel,
                        offload_activations=plan_.activation_offloading, image_patches=plan_.image_patches,
-                       train_vision_tower=plan_.train_vision_tower)
+                       train_vision_tower=plan_.train_vision_tower, liger=plan_.liger_kernel)
     return replace(setup, **changes)  # type: ignore[arg-type]
 
 

@@ -18,6 +18,7 @@ from llmwizard.autotune.schema import Offload, Optimizer, Precision, Strategy
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.goals import Goals
 from llmwizard.autotune.hardware_types import GiB, HardwareProfile
+from llmwizard.autotune.activations import liger_layers
 from llmwizard.autotune.memory import MemoryEstimate, estimate
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.no_fit import forced_estimate, nothing_fits
@@ -309,6 +310,13 @@ def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Can
         reasons["activation_offloading"] = (
             f"on: {activations_why or 'asked for'}; about {offloaded_activations(space.model, _setup_of(space, best)) / GiB:.1f} GiB "
             "per process in host RAM, crossing PCIe twice per micro-step on a side stream")
+    if liger_layers(space.model, space.base):
+        without = estimate(space.model, _replace(_setup_of(space, best), liger=False), space.budget)
+        reasons["liger_kernel"] = (
+            f"on (asked for): Liger's RMSNorm, SwiGLU/GeGLU and RoPE Triton kernels save "
+            f"{(without.total - est.total) / GiB:.2f} GiB per GPU at this micro-batch (each norm keeps its input "
+            "as it came instead of an fp32 copy, the gated MLP recomputes its activation in backward); TRL keeps its "
+            "own fused LM head instead of Liger's cross-entropy; needs a GPU and the liger-kernel package")
     reasons["activation_checkpointing"] = (
         ("on: recomputing activations in backward is what makes it fit" if best.checkpointing else
          "off: activations fit without recomputation")

@@ -54,6 +54,7 @@ class TrainSetup:
     gpus_per_node: int = 0            # processes sharing one host's RAM; 0: all of num_gpus
     cp: int = 1                       # context parallelism: ranks one sequence is split over
     offload_activations: bool = False  # TRL's activation offloading: saved tensors to host RAM
+    liger: bool = False               # Liger's RMSNorm and gated-MLP kernels (llmwizard.autotune.activations)
     # The step runs on FakeTensorMode tensors (bench/memory_validation.py): autograd cannot sum
     # two gradients in place for a tensor subclass, so a tied embedding's two gradients and their
     # sum coexist. Never set for planning.

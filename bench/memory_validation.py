@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/liger_mirror.py
 
 from llmwizard.autotune.memory import MemoryEstimate, TrainSetup, estimate  # noqa: E402
 from llmwizard.autotune.model_spec import spec_from_config  # noqa: E402
@@ -82,6 +83,7 @@ class Case:
     strategy: str = "single"  # or "fsdp": FSDP2 full shard over `world` ranks of a fake process group
     world: int = 1
     precision: str = "bf16"   # or "pure_bf16": bf16 weights, no autocast (runner/configs.py)
+    liger: bool = False       # Liger's layer kernels, as allocation mirrors (bench/liger_mirror.py)
 
     @property
     def name(self) -> str:
@@ -93,6 +95,7 @@ class Case:
         parts += [f"drop{self.lora_dropout:g}"] if self.method == "lora" and self.lora_dropout != 0.05 else []
         parts += [f"r{self.lora_r}"] if self.method == "lora" and self.lora_r != 16 else []
         parts += [self.precision] if self.precision != "bf16" else []
+        parts += ["liger"] if self.liger else []
         return " ".join(parts)
 
 
@@ -107,7 +110,7 @@ def estimate_case(case: Case) -> MemoryEstimate:
                        seq_len=case.seq, checkpointing=case.checkpointing, precision=case.precision,  # type: ignore[arg-type]
                        optimizer=case.optimizer,
                        attention=case.attention, lora_r=case.lora_r, lora_targets=LORA_TARGETS,
-                       lora_dropout=case.lora_dropout, device="cpu",
+                       lora_dropout=case.lora_dropout, device="cpu", liger=case.liger,
                        fake_tensors=case.optimizer not in ("adalomo", "galore_adamw", "apollo_adamw"))
     return estimate(spec, setup, budget=1 << 50)
 
@@ -232,6 +235,10 @@ def measure(case: Case) -> dict[str, int]:
         torch.set_default_dtype(default)
     # TRL patches the base model's forward before PEFT wraps it (SFTTrainer.__init__).
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    if case.liger:
+        import liger_mirror
+
+        liger_mirror.apply(model)
     base = model
     if case.method == "lora":
         from peft import LoraConfig, get_peft_model
@@ -406,6 +413,8 @@ def matrix(quick: bool) -> list[Case]:
         Case("llama-3.2-1b", "lora", 700, 5, False, layers=6, lora_r=4, lora_dropout=0.1),
         Case("llama-3.2-1b", "full", 3000, 3, True, layers=5, optimizer="adafactor"),
         Case("gemma-2-2b", "lora", 3500, 1, True, layers=3, attention="eager", lora_r=32),
+        # long LoRA without checkpointing: the widest adapter's forward temporaries set the peak
+        Case("qwen2.5-7b", "lora", 16384, 2, False, layers=2),
     ]
     return cases
 
@@ -413,7 +422,8 @@ def matrix(quick: bool) -> list[Case]:
 def saver_cases() -> list[Case]:
     """The savers' terms that run under FakeTensorMode: pure bf16 (bf16 weights, gradients and
     AdamW states, no autocast); and on real tensors (see measure()), AdaLomo (its update reads
-    weights' RMS as numbers), GaLore (LAPACK's SVD needs data) and APOLLO. Not here: torchao's
+    weights' RMS as numbers), GaLore (LAPACK's SVD needs data) and APOLLO; Liger's layer kernels
+    through mirrors of their allocations (bench/liger_mirror.py: Triton runs on GPUs only). Not here: torchao's
     low-bit AdamW (its step is torch.compile'd over tensor subclasses, which FakeTensorMode does
     not trace), context parallelism (torch's ring attention has no CPU kernel; a rank's tensors
     are the measured ones at seq/cp), and TRL's activation offloading (host copies are
@@ -440,6 +450,15 @@ def saver_cases() -> list[Case]:
              precision="pure_bf16"),
         # APOLLO's AdamW, on real tensors as GaLore (its projection is drawn with a seeded generator)
         Case("llama-3.2-1b", "full", 512, 1, False, layers=2, attention="eager", optimizer="apollo_adamw"),
+        # Liger's layer kernels, as allocation mirrors (bench/liger_mirror.py)
+        Case("llama-3.2-1b", "lora", 2048, 2, False, layers=4, liger=True),
+        Case("llama-3.2-1b", "full", 2048, 2, False, layers=4, liger=True),
+        Case("llama-3.2-1b", "lora", 4096, 4, True, layers=4, liger=True),
+        Case("llama-3.1-8b", "lora", 4096, 2, True, layers=2, liger=True),
+        Case("qwen2.5-7b", "full", 2048, 2, True, layers=2, liger=True),
+        Case("gemma-2-2b", "lora", 1024, 2, False, layers=4, attention="eager", liger=True),
+        Case("gemma-2-2b", "full", 1024, 2, False, layers=4, attention="eager", liger=True),
+        Case("llama-3.2-1b", "full", 2048, 2, False, layers=4, precision="pure_bf16", liger=True),
     ]
 
 
@@ -604,11 +623,14 @@ def main(argv: list[str] | None = None) -> int:
                 "# adalomo, galore_adamw and apollo_adamw cases run the packages' optimizers on real tensors (real",
                 "# widths, few layers). The first adalomo case measured +13.4% (a tied head's two gradient parts",
                 "# were counted beside the update), the first galore one -16.1% (AdamW's second full-size",
-                "# temporary for the embedding was missed); both were fixed.",
+                "# temporary for the embedding was missed); both were fixed. liger cases run allocation mirrors of",
+                "# Liger's Triton kernels (bench/liger_mirror.py).",
                 "# Differences from a GPU run and the savers not measurable here: bench/memory_validation.py."]
                if args.savers else
-               ["# fsdpN: FSDP2 over N fake ranks, forward+backward only; the last 7 cases were first run after the",
-                "# model was written. Differences from a GPU run: see bench/memory_validation.py's docstring."]),
+               ["# fsdpN: FSDP2 over N fake ranks, forward+backward only; the 7 cases before the last were first run",
+                "# after the model was written. The last (32K tokens of LoRA without checkpointing) was added when the",
+                "# Liger mirrors showed a forward peak in the widest adapter; it first measured -5.2%.",
+                "# Differences from a GPU run: see bench/memory_validation.py's docstring."]),
              f"{'case':<52} {'measured MiB':>12} {'estimate MiB':>12} {'error':>8}  {'estimated peak at':<22} "
              f"{'secs':>5}"]
     print("\n".join(lines), flush=True)

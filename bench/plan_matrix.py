@@ -53,10 +53,12 @@ SAVER_CASES = [
     ("llama-3.1-70b", "8xH100-80GB", "lora", "32k", {"max_length": 32768}),
     ("qwen2.5-7b", "8xH100-80GB", "full", "large", {"max_length": 8192}),
     ("qwen2.5-7b", "8xH100-80GB", "full", "large", {"max_length": 8192, "packing": True}),
+    ("qwen2.5-7b", "1xH100-80GB", "lora", "large", {}),
+    ("qwen2.5-7b", "1xH100-80GB", "lora", "large", {"liger_kernel": True}),
 ]
 # (effective_batch has a reason only when AdaLomo sets it; learning_rate is shown for AdaLomo too)
 SAVER_REASONS = ("optimizer", "precision", "effective_batch", "context_parallel", "activation_offloading", "packing",
-                 "schedule")
+                 "liger_kernel", "schedule")
 CASES = [
     ("llama-3.2-1b", "1xT4", "lora", "small"),
     ("llama-3.2-1b", "1xRTX4090", "full", "small"),
@@ -112,7 +114,8 @@ def table(cases: list, reasons: bool, extra: tuple[str, ...] = ()) -> None:
         if p.offload != "none":
             strategy += "+off"
         savers = ",".join(word for word, on in ((f"cp{p.context_parallel}", p.context_parallel > 1),
-                                                ("act-off", p.activation_offloading), ("packed", p.packing)) if on)
+                                                ("act-off", p.activation_offloading), ("packed", p.packing),
+                                                ("liger", p.liger_kernel)) if on)
         print(f"{name:<15}{spec:<22}{method:<7}{size:<6}{strategy:<10}{savers or '-':<14}"
               f"{f'{p.micro_batch} x {p.grad_accum}':<11}{'on' if p.activation_checkpointing else 'off':<5}"
               f"{p.precision:<10}{p.optimizer:<19}{p.max_length:>7}"

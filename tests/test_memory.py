@@ -262,6 +262,34 @@ def test_estimate_matches_a_fake_tensor_measurement(method, monkeypatch):
     assert estimated == pytest.approx(measured, rel=0.10)
 
 
+def test_liger_savings_match_a_fake_tensor_measurement_of_its_kernels_allocations(monkeypatch):
+    """Liger's Triton kernels need a GPU; bench/liger_mirror.py mirrors what they allocate, save and
+    overwrite in place. The estimate's saving must match the measured one."""
+    pytest.importorskip("peft")
+    bench = _bench()
+    tiny = dict(model_type="llama", hidden_size=256, intermediate_size=1024, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=4096,
+                tie_word_embeddings=True, max_position_embeddings=4096)
+    monkeypatch.setitem(bench.MODELS, "tiny-llama", tiny)
+    case = bench.Case("tiny-llama", "lora", seq=1024, batch=4, checkpointing=False, layers=2)
+    measured, estimated, _ = bench.compare(case)
+    liger_measured, liger_estimated, _ = bench.compare(replace(case, liger=True))
+    assert measured - liger_measured > 5 * 2**20  # the mirror's kernels save memory
+    assert liger_estimated == pytest.approx(liger_measured, rel=0.05)
+    assert estimated - liger_estimated == pytest.approx(measured - liger_measured, rel=0.15)
+
+
+def test_liger_counts_only_for_model_types_it_patches():
+    model = spec()
+    setup = TrainSetup(method="lora", seq_len=2048, micro_batch=2, lora_targets=TARGETS)
+    saved = activation_bytes(model, setup) - activation_bytes(model, replace(setup, liger=True))
+    # per layer and token at least the gated MLP's activation (2 bytes x intermediate) and the
+    # norms' fp32 copies less their bf16 inputs
+    assert saved >= model.num_layers * 2048 * 2 * (2 * model.intermediate_size + 2 * model.hidden_size)
+    other = replace(model, model_type="olmo")
+    assert activation_bytes(other, replace(setup, liger=True)) == activation_bytes(other, setup)
+
+
 def test_estimate_reports_gib_scale_for_a_real_model():
     e = est(LLAMA_8B, method="lora", seq_len=2048, checkpointing=True)
     assert 14 * GiB < e.total < 24 * GiB  # 16 GB of bf16 weights plus checkpointed activations

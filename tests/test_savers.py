@@ -328,6 +328,21 @@ def test_activation_offloading_buys_fit_on_a_gpu_and_is_refused_on_the_cpu():
         assert "asked for" in asked.reasons["activation_offloading"]
 
 
+def test_liger_savings_are_counted_stated_and_only_for_models_it_patches():
+    from dataclasses import replace
+
+    llama = model(LLAMA_8B, "llama-8b")
+    without = plan(from_spec("1xRTX4090"), llama, LARGE, Goals())
+    with_liger = plan(from_spec("1xRTX4090"), llama, LARGE, Goals(liger_kernel=True))
+    assert with_liger.estimate.total < without.estimate.total
+    saved = float(with_liger.reasons["liger_kernel"].split(" save ")[1].split(" GiB")[0])
+    assert saved > 0.1 and "needs a GPU" in with_liger.reasons["liger_kernel"]
+    other = plan(from_spec("1xRTX4090"), replace(llama, model_type="olmo"), LARGE, Goals(liger_kernel=True))
+    assert other.liger_kernel and other.estimate.total == without.estimate.total
+    assert "none for olmo" in other.reasons["liger_kernel"]
+    assert any("no Liger saving for olmo" in w for w in other.warnings)
+
+
 def test_context_parallel_activation_offloading_and_liger_export_files_the_loaders_accept(tmp_path, monkeypatch):
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.parallelism_config import ParallelismConfig
