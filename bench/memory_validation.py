@@ -624,7 +624,9 @@ def main(argv: list[str] | None = None) -> int:
                 "# widths, few layers). The first adalomo case measured +13.4% (a tied head's two gradient parts",
                 "# were counted beside the update), the first galore one -16.1% (AdamW's second full-size",
                 "# temporary for the embedding was missed); both were fixed. liger cases run allocation mirrors of",
-                "# Liger's Triton kernels (bench/liger_mirror.py).",
+                "# Liger's Triton kernels (bench/liger_mirror.py); the first version of their terms measured -1.1% on",
+                "# the checkpointed LoRA case (its peak is in down_proj's backward, before Liger's in-place MLP",
+                "# backward runs), which was fixed.",
                 "# Differences from a GPU run and the savers not measurable here: bench/memory_validation.py."]
                if args.savers else
                ["# fsdpN: FSDP2 over N fake ranks, forward+backward only; the 7 cases before the last were first run",
