@@ -171,9 +171,10 @@ def activation_bytes(model: ModelSpec, setup: TrainSetup) -> float:
 def adapter_forward_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     """Transient bytes while the LoRA adapter with the widest input runs forward: PEFT casts the
     input to the adapter's dtype (fp32) and dropout writes another tensor that size; both go once
-    the adapter's matmul has its (saved) half-precision input. Nothing when adapters are half."""
+    the adapter's matmul has its (saved) half-precision input. Nothing when adapters are half, or
+    gathered half (FSDP2's bf16 gathers)."""
     lay = layout(model, setup)
-    if setup.method == "full" or lay.trainable == lay.compute:
+    if setup.method == "full" or lay.trainable == lay.compute or setup.strategy == "fsdp":
         return 0.0
     widest = max((lin.d_in for lin in adapted_linears(model, setup)), default=0)
     copies = 2 if setup.lora_dropout > 0 else 1
