@@ -248,14 +248,17 @@ def _bench():
     return module
 
 
+# A real architecture at tiny widths, for the bench's fake-tensor runs.
+TINY_LLAMA = dict(model_type="llama", hidden_size=256, intermediate_size=688, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=8192,
+                  tie_word_embeddings=True, max_position_embeddings=4096)
+
+
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_estimate_matches_a_fake_tensor_measurement(method, monkeypatch):
     pytest.importorskip("peft")
     bench = _bench()
-    tiny = dict(model_type="llama", hidden_size=256, intermediate_size=688, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=8192,
-                tie_word_embeddings=True, max_position_embeddings=4096)
-    monkeypatch.setitem(bench.MODELS, "tiny-llama", tiny)
+    monkeypatch.setitem(bench.MODELS, "tiny-llama", TINY_LLAMA)
     case = bench.Case("tiny-llama", method, seq=512, batch=2, checkpointing=False, layers=2)
     measured, estimated, _ = bench.compare(case)
     assert measured > 10 * 2**20  # a real measurement, not an empty tracker
@@ -267,10 +270,7 @@ def test_liger_savings_match_a_fake_tensor_measurement_of_its_kernels_allocation
     overwrite in place. The estimate's saving must match the measured one."""
     pytest.importorskip("peft")
     bench = _bench()
-    tiny = dict(model_type="llama", hidden_size=256, intermediate_size=1024, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=4096,
-                tie_word_embeddings=True, max_position_embeddings=4096)
-    monkeypatch.setitem(bench.MODELS, "tiny-llama", tiny)
+    monkeypatch.setitem(bench.MODELS, "tiny-llama", dict(TINY_LLAMA, intermediate_size=1024, vocab_size=4096))
     case = bench.Case("tiny-llama", "lora", seq=1024, batch=4, checkpointing=False, layers=2)
     measured, estimated, _ = bench.compare(case)
     liger_measured, liger_estimated, _ = bench.compare(replace(case, liger=True))
