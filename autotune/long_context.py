@@ -15,7 +15,8 @@ Kept apart from the base memory model so each term sits in one place with its so
   ALST `UlyssesSPAttentionHF`): the same 1/sp share of every per-token tensor outside attention;
   around attention, all-to-alls trade the sequence split for a head split, so each rank holds
   the whole sequence for heads/sp heads (the same bytes). The in-flight all-to-all buffers are
-  counted like the ring's. Needs the head count divisible by sp.
+  counted like the ring's. DeepSpeed refuses a model whose head count sp does not divide, or
+  whose key/value head count and sp do not divide one another (UlyssesSPAttentionHF).
 - Activation offloading (TRL's SFTConfig `activation_offloading`, trl.models.activation_offloading):
   every saved tensor of 1 KiB or more except the LM head's goes to pinned host RAM during forward
   and comes back during backward, a layer ahead on a second CUDA stream (up to 5 tensors stashed
@@ -47,6 +48,26 @@ PACKING_FILL = 0.97
 CP_MIN_TOKENS = 16384
 
 
+def ulysses_splits(model: ModelSpec, sp: int) -> bool:
+    """Whether DeepSpeed's Ulysses can split this model's attention over `sp` ranks: the query
+    heads divide by sp, and the key/value heads divide by sp or sp by them (each rank then holds
+    a copy of its key/value head)."""
+    kv = model.num_kv_heads or model.num_heads
+    return model.num_heads % sp == 0 and (kv % sp == 0 or sp % kv == 0)
+
+
+def ulysses_words(model: ModelSpec, sp: int, world: int) -> str:
+    """Why Ulysses cannot split this model over `sp` of `world` ranks ("" when it can)."""
+    if ulysses_splits(model, sp):
+        return ""
+    kv = model.num_kv_heads or model.num_heads
+    usable = [n for n in range(2, world + 1) if world % n == 0 and ulysses_splits(model, n)]
+    return (f"with DeepSpeed's Ulysses needs the attention heads split evenly: {model.name} has "
+            f"{model.num_heads} heads and {kv} key/value heads ("
+            + (f"sizes that split them and divide the {world} processes: {', '.join(map(str, usable))}"
+               if usable else f"no size that divides the {world} processes splits them") + ")")
+
+
 def context_parallel_sizes(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals: Goals,
                            world: int, effective: int) -> list[int]:
     """The context-parallel sizes the search tries: 1, and for long sequences on several GPUs of
@@ -62,6 +83,7 @@ def context_parallel_sizes(hardware: HardwareProfile, model: ModelSpec, base: Tr
                    "needs strategy fsdp (FSDP2) or zero2/zero3 (Ulysses)" if cp > 1 and goals.strategy not in (
                        None, "fsdp", "zero2", "zero3") else
                    "cannot be combined with packing (TRL refuses it)" if cp > 1 and goals.packing else
+                   ulysses_words(model, cp, world) if cp > 1 and goals.strategy in ("zero2", "zero3") else
                    f"needs SDPA attention; {model.model_type} runs eager" if cp > 1 and attention_kernel(
                        model, base) == "eager" else "")
         if problem:

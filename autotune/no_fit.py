@@ -15,13 +15,23 @@ from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.train_setup import TrainSetup
 
 
-def forced_estimate(model: ModelSpec, base: TrainSetup, forced: dict[str, object], world: int, budget: int) -> str:
+def forced_estimate(model: ModelSpec, base: TrainSetup, forced: dict[str, object], world: int, budget: int,
+                    limit: float, host_ram: int) -> str:
+    """The figures behind "<asked> does not fit": the smallest setup with the asked-for knobs
+    (micro-batch 1 and checkpointing unless asked otherwise) against the usable budget."""
     changes = {key: value for key, value in forced.items() if key in ("strategy", "offload", "micro_batch",
                                                                        "checkpointing", "optimizer", "precision")}
     setup = replace(base, **{"strategy": "single" if world == 1 else "ddp", "micro_batch": 1,  # type: ignore[arg-type]
-                             **changes})
+                             "checkpointing": True, **changes})
     est = estimate(model, setup, budget)
-    return f"it needs {est.total / GiB:.1f} GiB per device, and {budget / GiB:.1f} GiB is free."
+    at = f"at micro-batch {setup.micro_batch}" + (" with checkpointing" if setup.checkpointing else "")
+    if est.total > limit:
+        return (f"{at} it needs {est.total / GiB:.1f} GiB per device, and {limit / GiB:.1f} GiB is usable "
+                f"({budget / GiB:.1f} GiB free, less the headroom the planner keeps).")
+    if est.host_ram > host_ram:
+        return (f"{at} it needs {est.host_ram / GiB:.1f} GiB of host RAM per machine, and "
+                f"{host_ram / GiB:.1f} GiB is available.")
+    return f"{at} it needs {est.total / GiB:.1f} GiB per device, but no setup with it divides the batch evenly."
 
 
 def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, budget: int, world: int,

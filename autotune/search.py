@@ -22,7 +22,7 @@ from llmwizard.autotune.activations import liger_layers
 from llmwizard.autotune.memory import MemoryEstimate, estimate
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.no_fit import forced_estimate, nothing_fits
-from llmwizard.autotune.long_context import context_parallel_sizes, offloaded_activations
+from llmwizard.autotune.long_context import context_parallel_sizes, offloaded_activations, ulysses_splits
 from llmwizard.autotune.savers import (ADALOMO_NEEDS, LOW_RANK_NEEDS, LOW_RANK_OPTIMIZERS, LOW_RANK_WHY, compensation,
                                        fused_in_backward, fused_tier, leanest, saver_tiers)
 from llmwizard.autotune.throughput import step_cost
@@ -148,21 +148,24 @@ ACTIVATIONS_WHY = ("activations do not fit on the GPU: TRL's activation offloadi
 def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
     base, strategies = space.base, space.strategies
     asked = bool(goals.activation_offloading)  # activation offloading asked for holds in every tier
-    tiers = [Tier(strategies, [goals.offload] if goals.offload else ["none"], base.optimizer, "",
-                  offload_activations=asked)]
-    if not goals.optimizer and space.hardware.device == "cuda" and base.method == "full":
+    offloads: list[Offload] = [goals.offload] if goals.offload else ["none"]  # an asked offload holds in every tier
+    tiers = [Tier(strategies, offloads, base.optimizer, "", offload_activations=asked)]
+    # The GPU optimizer savers replace what offload to host RAM would do: not with an asked offload.
+    savers = goals.offload in (None, "none") and space.hardware.device == "cuda"
+    if savers and not goals.optimizer and base.method == "full":
         tiers.append(Tier(strategies, ["none"], "adamw_8bit",
                           "8-bit AdamW (bitsandbytes): fp32 AdamW states do not fit; 8-bit states take a quarter",
                           offload_activations=asked))
     # Pure bf16 and the low-memory optimizers (llmwizard.autotune.saver_tiers), before offload.
-    tiers += [Tier(strategies, ["none"], optimizer, why, precision, offload_activations=asked)
-              for optimizer, precision, why in saver_tiers(space.hardware.device, base, goals)]
+    if savers:
+        tiers += [Tier(strategies, ["none"], optimizer, why, precision, offload_activations=asked)
+                  for optimizer, precision, why in saver_tiers(space.hardware.device, base, goals)]
     if goals.activation_offloading is None and space.hardware.device == "cuda":
         last = tiers[-1]
-        tiers.append(Tier(strategies, ["none"], last.optimizer, last.why, last.precision, offload_activations=True,
-                          activations_why=ACTIVATIONS_WHY))
+        tiers.append(Tier(strategies, last.offloads, last.optimizer, last.why, last.precision,
+                          offload_activations=True, activations_why=ACTIVATIONS_WHY))
     # AdaLomo, the update fused into backward (one GPU; it gives up gradient accumulation).
-    fused = fused_tier(space.hardware.device, base, goals)
+    fused = fused_tier(space.hardware.device, base, goals) if savers else None
     if fused:
         optimizer, precision, why = fused
         tiers.append(Tier(strategies, ["none"], optimizer, why, precision, offload_activations=asked))
@@ -198,12 +201,12 @@ def generate(space: SearchSpace, goals: Goals) -> tuple[list[Candidate], str]:
 
 def _splits_sequences(space: SearchSpace, strategy: Strategy, cp: int, hybrid: bool) -> bool:
     """FSDP2 splits a sequence with context parallelism (ring attention); ZeRO with DeepSpeed's
-    Ulysses, which splits attention by heads (the head count must divide)."""
+    Ulysses, which splits attention by heads (the head counts must divide)."""
     if hybrid:
         return False
     if strategy == "fsdp":
         return space.hardware.device == "cuda"  # torch's ring attention has CUDA kernels only
-    return strategy in ("zero2", "zero3") and space.model.num_heads % cp == 0
+    return strategy in ("zero2", "zero3") and ulysses_splits(space.model, cp)
 
 
 def _compatible(strategy: Strategy, offload: Offload, hybrid: bool) -> bool:
@@ -343,7 +346,8 @@ def _does_not_fit(space: SearchSpace, goals: Goals) -> UserError:
                 f"; or, keeping {asked}: "
                 f"{nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM)).fix}")
             return UserError(
-                f"{asked} does not fit: {forced_estimate(model, base, forced, world, budget)}",
+                f"{asked} does not fit: "
+                f"{forced_estimate(model, base, forced, world, budget, budget * (1 - HEADROOM), hardware.host_ram_available)}",
                 title="Does not fit",
                 fix=f"Leave it to the planner, which fits {_label(alternative)} "
                     f"({alternative.estimate.total / GiB:.1f} GiB per {_device_word(hardware)}){keeping}.")
@@ -392,6 +396,17 @@ def _check_choices(goals: Goals, world: int, device: str, method: str) -> None:
     if goals.offload is not None and goals.offload not in OFFLOADS:
         raise UserError(f"Unknown offload '{goals.offload}'.", title="Offload",
                         fix=f"Use one of: {', '.join(OFFLOADS)}.")
+    if goals.offload not in (None, "none") and goals.strategy is not None and not _compatible(
+            goals.strategy, goals.offload, False):
+        raise UserError(
+            f"Offload {goals.offload} with strategy {goals.strategy}: "
+            + ("ZeRO-2 shards gradients and optimizer states but not the weights, so it cannot offload them."
+               if goals.strategy == "zero2" else
+               f"{goals.strategy} keeps a whole copy of the model on each GPU and offloads nothing."),
+            title="Offload",
+            fix="Use --strategy zero3 or fsdp (they offload optimizer states and weights)"
+                + (", or --offload optimizer with zero2." if goals.strategy == "zero2" else
+                   ", zero2 (optimizer states only), or drop --offload."))
     if goals.optimizer is not None and goals.optimizer not in OPTIMIZERS:
         raise UserError(f"Unknown optimizer '{goals.optimizer}'.", title="Optimizer",
                         fix=f"Use one of: {', '.join(OPTIMIZERS)}.")

@@ -80,6 +80,15 @@ def test_does_not_fit_advice_is_figured_with_the_leanest_saver():
     assert "more 24 GB GPU(s)" in err.value.fix
 
 
+def test_an_asked_offload_holds_in_every_tier():
+    """ZeRO-3 with optimizer offload on one 24 GB GPU at 4096 tokens fits only with activation
+    offloading too: that tier keeps the asked offload instead of dropping it."""
+    p = plan(from_spec("1xRTX4090,ram=256GB"), model(LLAMA_8B, "llama-8b"), LARGE,
+             Goals(method="full", strategy="zero3", offload="optimizer", max_length=4096, allow_truncation=True))
+    assert (p.strategy, p.offload, p.activation_offloading) == ("zero3", "optimizer", True)
+    assert p.optimizer == "adamw" and p.precision == "bf16"  # no GPU-side saver instead of the asked offload
+
+
 def test_adalomo_fits_full_fine_tuning_on_one_gpu_where_nothing_else_does_and_says_what_it_costs():
     m = model(LLAMA_8B, "llama-8b")
     p = plan(from_spec("1xA100-40GB,ram=64GB"), m, LARGE, Goals(method="full"))

@@ -50,6 +50,12 @@ BAD_FLAGS = [
     (["plan", "--liger-kernel"], ["Liger", "GPU", "--no-liger-kernel"]),
     (["plan", "--gpus", "8xH100", "--context-parallel", "4", "--packing"], ["packing", "--no-packing"]),
     (["plan", "--gpus", "8xH100", "--context-parallel", "3"], ["Context parallelism over 3", "divide the number of processes (8)"]),
+    (["plan", "--gpus", "6xH100", "--model", "llama-3.1-8b", "--context-parallel", "3", "--strategy", "zero3"],
+     ["Context parallelism over 3", "32 heads and 8 key/value heads", "divide the 6 processes: 2"]),
+    (["plan", "--gpus", "2xH100", "--strategy", "zero2", "--offload", "params"],
+     ["Offload params with strategy zero2", "--strategy zero3", "--offload optimizer"]),
+    (["plan", "--gpus", "2xH100", "--strategy", "ddp", "--offload", "optimizer"],
+     ["Offload optimizer with strategy ddp", "drop --offload"]),
 ]
 
 # (preset text, words the message must hold: the key, the value, what is allowed)
