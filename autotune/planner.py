@@ -20,7 +20,8 @@ from typing import TypeVar
 from llmwizard.autotune.dataset import DatasetProfile
 from llmwizard.autotune.goals import Goals
 from llmwizard.autotune.hardware_types import HardwareProfile
-from llmwizard.autotune.long_context import packed_rows, packing_words
+from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.long_context import context_parallel_sizes, packed_rows, packing_words
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.no_fit import format_params
 from llmwizard.autotune import plan_steps as step
@@ -28,12 +29,13 @@ from llmwizard.autotune.plan import Plan
 from llmwizard.autotune.plan_steps import DEFAULT_EFFECTIVE_BATCH, RANDOM_INIT_LR_SCALE, Decision
 from llmwizard.autotune.replan import setup_of, shrink_micro_batch
 from llmwizard.autotune.savers import fused_in_backward
-from llmwizard.autotune.search import HEADROOM, choose
-from llmwizard.autotune.train_setup import Calibrated
+from llmwizard.autotune.schema import Attention, Strategy
+from llmwizard.autotune.search import HEADROOM, check_choices, choose
+from llmwizard.autotune.train_setup import Calibrated, TrainSetup
 
 # Names callers import from here besides plan().
-__all__ = ["DEFAULT_EFFECTIVE_BATCH", "HEADROOM", "RANDOM_INIT_LR_SCALE", "format_params", "plan", "setup_of",
-           "shrink_micro_batch"]
+__all__ = ["DEFAULT_EFFECTIVE_BATCH", "HEADROOM", "RANDOM_INIT_LR_SCALE", "fixed_setup", "format_params", "plan",
+           "setup_of", "shrink_micro_batch"]
 
 T = TypeVar("T")
 
@@ -125,3 +127,36 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
         train_vision_tower=bool(model.vision) and (method == "full" or goals.train_vision_tower),
         image_patches=base.image_patches,
     )
+
+
+def fixed_setup(hardware: HardwareProfile, model: ModelSpec, goals: Goals, seq_len: int, micro_batch: int,
+                attention: Attention = "sdpa") -> tuple[TrainSetup, list[str]]:
+    """The one setup `llmwizard estimate` sizes: every knob as given, checked by the plan's own
+    steps (precision for the GPU, strategy, offload and optimizer together, context parallelism,
+    activation offloading and Liger where they can run). Unset knobs: LoRA, no offload, one process
+    or DDP (ZeRO-3 with an offload, FSDP2 on GPUs or ZeRO-3 elsewhere with a split sequence).
+    Returns the setup and the warnings a plan would give."""
+    if seq_len > model.max_positions:
+        raise UserError(f"--seq {seq_len} is longer than {model.name} allows ({model.max_positions} positions).",
+                        title="Sequence length", fix=f"Use --seq {model.max_positions} or less.")
+    record = _Record()
+    method = goals.method or "lora"
+    precision = record.take("precision", step.precision(hardware, goals))
+    world = record.take("device", step.world(hardware, goals))
+    step.activation_offloading(hardware, goals)
+    liger = record.take("liger_kernel", step.liger(hardware, goals, model))
+    offload = goals.offload or "none"
+    cp = goals.context_parallel or 1
+    strategy: Strategy = goals.strategy or (
+        "zero3" if offload != "none" else ("fsdp" if hardware.device == "cuda" else "zero3") if cp > 1
+        else "single" if world.size == 1 else "ddp")
+    checked = dataclasses.replace(goals, strategy=strategy)
+    check_choices(checked, world.size, hardware.device, method)
+    setup = TrainSetup(method=method, strategy=strategy, offload=offload, num_gpus=world.size,
+                       micro_batch=micro_batch, seq_len=seq_len, checkpointing=bool(goals.checkpointing),
+                       precision=precision, optimizer=goals.optimizer or "adamw", attention=attention,
+                       lora_r=goals.lora_r or 8, device=hardware.device, gpus_per_node=world.per_node,
+                       offload_activations=bool(goals.activation_offloading), liger=liger)
+    # (an asked size is checked and returned as it is)
+    context_parallel_sizes(hardware, model, setup, checked, world.size, micro_batch * world.size)
+    return dataclasses.replace(setup, cp=cp), record.warnings

@@ -67,7 +67,7 @@ def choose(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals:
            effective: int, world: int) -> Choice:
     """The fastest setup that fits, searched in tiers: as asked; then (on GPUs, when the optimizer
     is ours to choose) 8-bit AdamW; then offload to host RAM (ZeRO-Offload even on one GPU)."""
-    _check_choices(goals, world, hardware.device, base.method)
+    check_choices(goals, world, hardware.device, base.method)
     space = _space(hardware, model, base, goals, budget, effective, world)
     fitting, why = generate(space, goals)
     if not fitting:
@@ -380,7 +380,8 @@ def _label(c: Candidate) -> str:
     return text
 
 
-def _check_choices(goals: Goals, world: int, device: str, method: str) -> None:
+def check_choices(goals: Goals, world: int, device: str, method: str) -> None:
+    """Refuse knobs asked for that cannot go together (strategy, offload, optimizer, method)."""
     if goals.strategy is not None:
         if goals.strategy not in STRATEGIES:
             raise UserError(f"Unknown strategy '{goals.strategy}'.", title="Strategy",

@@ -22,6 +22,7 @@ from llmwizard.autotune.hardware import from_spec
 from llmwizard.autotune.memory import TrainSetup, estimate
 from llmwizard.autotune.planner import plan
 from llmwizard.runner.export import export
+from tests.conftest import run_cli
 from tests.test_planner import LARGE, LLAMA_8B, model
 from tests.tiny_models import LEARNING_RATE, assert_loss_falls, losses, make_plan, run_launch_sh
 
@@ -436,3 +437,31 @@ def test_ulysses_sequence_parallelism_trains_on_two_cpu_ranks(tmp_path):
     # each rank's share is rounded up separately: 2 x ceil(200 / 16) = 26 against the plan's 25.
     assert abs(round(1 / logs[0]["epoch"]) - planned) <= 1, (logs[0]["epoch"], planned)
     assert logs[-1]["loss"] < logs[0]["loss"]
+
+
+def test_estimate_takes_every_saver_flag_and_gives_the_plans_own_figure():
+    """`llmwizard estimate` sizes one setup with the plan's engine: given the knobs a plan chose
+    (Ulysses over 4 of 8 GPUs, Liger), it prints the plan's figure; each saver moves what it should."""
+    planned = run_cli("plan", "--model", "qwen2.5-7b", "--gpus", "8xH100", "--max-length", "32768", "--liger-kernel",
+                      "--json")
+    assert planned.returncode == 0, planned.stderr
+    p = json.loads(planned.stdout)
+    assert p["context_parallel"] > 1 and p["liger_kernel"]
+
+    def estimated(*flags: str) -> dict:
+        out = run_cli("estimate", "--model", "qwen2.5-7b", "--gpus", "8xH100", "--seq", "32768", "--json", *flags)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    same = estimated("--batch", str(p["micro_batch"]), "--strategy", p["strategy"], "--lora-r", str(p["lora"]["r"]),
+                     "--context-parallel", str(p["context_parallel"]), "--liger-kernel",
+                     *(["--checkpointing"] if p["activation_checkpointing"] else []))
+    assert same["per_gpu"]["total"] == p["estimate"]["per_gpu"]["total"]
+    plain = estimated("--batch", "1", "--checkpointing")
+    liger = estimated("--batch", "1", "--checkpointing", "--liger-kernel")
+    offloaded = estimated("--batch", "1", "--checkpointing", "--activation-offloading")
+    split = estimated("--batch", "1", "--checkpointing", "--context-parallel", "2")
+    assert liger["per_gpu"]["activations"] < plain["per_gpu"]["activations"]
+    assert offloaded["per_gpu"]["total"] < plain["per_gpu"]["total"] and offloaded["host_ram"] > plain["host_ram"]
+    assert split["per_gpu"]["activations"] < plain["per_gpu"]["activations"]
+    assert plain["host_ram_available"] > 0 and plain["warnings"] == []

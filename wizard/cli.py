@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from llmwizard.autotune.hardware import HardwareProfile
     from llmwizard.autotune.model_spec import ModelSpec
     from llmwizard.autotune.plan import Plan
-    from llmwizard.autotune.schema import Precision, Strategy
 
 SUBCOMMANDS = ("plan", "estimate", "export", "run", "resume", "watch", "stop", "status", "runs", "report", "merge",
                "try", "detect", "presets", "calibration")
@@ -133,12 +132,19 @@ def build_subparser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--seq", type=positive, required=True, help="sequence length in tokens")
         parser.add_argument("--batch", type=positive, required=True, help="micro-batch per GPU")
         parser.add_argument("--strategy", choices=schema.choices(schema.Strategy))
-        parser.add_argument("--offload", action="store_true", help="offload optimizer states to host RAM")
+        parser.add_argument("--offload", nargs="?", const="optimizer", choices=schema.choices(schema.Offload),
+                            help="offload to host RAM: optimizer states (the default), or params (weights too)")
         parser.add_argument("--checkpointing", action="store_true")
         parser.add_argument("--lora-r", type=positive, default=8)
         parser.add_argument("--precision", choices=schema.choices(schema.Precision))
         parser.add_argument("--optimizer", choices=schema.choices(schema.Optimizer), default="adamw")
         parser.add_argument("--attention", choices=schema.choices(schema.Attention), default="sdpa")
+        parser.add_argument("--context-parallel", type=positive, metavar="N",
+                            help="GPUs one sequence is split over (FSDP2 context parallelism, or Ulysses with zero2/zero3)")
+        parser.add_argument("--activation-offloading", action="store_true",
+                            help="TRL's activation offloading: saved activations to host RAM (GPUs only)")
+        parser.add_argument("--liger-kernel", action="store_true",
+                            help="Liger's RMSNorm and gated-MLP kernels (GPUs only)")
         parser.add_argument("--json", action="store_true")
     elif command in ("run", "resume"):
         parser.description = {
@@ -408,36 +414,38 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     import json
 
     from llmwizard.autotune import hardware as hw
-    from llmwizard.autotune.memory import TrainSetup, estimate
+    from llmwizard.autotune.goals import Goals
+    from llmwizard.autotune.memory import estimate
     from llmwizard.autotune.model_spec import load_model_spec
+    from llmwizard.autotune.planner import fixed_setup
+    from llmwizard.autotune.plan_steps import budget as process_budget
 
     hardware = hw.from_spec(args.gpus, nodes=args.nodes, host_ram_gib=args.host_ram)
     model = load_model_spec(args.model)
-    if args.seq > model.max_positions:
-        from llmwizard.autotune.errors import UserError
-
-        raise UserError(f"--seq {args.seq} is longer than {model.name} allows ({model.max_positions} positions).",
-                        title="Sequence length", fix=f"Use --seq {model.max_positions} or less.")
-    world = max(1, hardware.gpus_per_node) * hardware.nodes  # the CPU (--gpus cpu): one process per machine
-    # Offload needs a sharded strategy: ZeRO-3 offloads the most (DeepSpeed runs it on one GPU too).
-    strategy: Strategy = args.strategy or ("zero3" if args.offload else "single" if world == 1 else "ddp")
-    gpu = hardware.smallest_gpu
-    precision: Precision = args.precision or ("fp32" if gpu is None else "bf16" if gpu.compute_capability >= (8, 0) else "fp16")
-    setup = TrainSetup(method=args.method, strategy=strategy, offload="optimizer" if args.offload else "none",
-                       num_gpus=world, micro_batch=args.batch, seq_len=args.seq, checkpointing=args.checkpointing,
-                       precision=precision, optimizer=args.optimizer, attention=args.attention,
-                       lora_r=args.lora_r, device=hardware.device, gpus_per_node=hardware.gpus_per_node)
-    budget = gpu.free_memory if gpu else hardware.host_ram_available
+    goals = Goals(method=args.method, strategy=args.strategy, offload=args.offload, checkpointing=args.checkpointing,
+                  precision=args.precision, optimizer=args.optimizer, lora_r=args.lora_r,
+                  context_parallel=args.context_parallel, activation_offloading=args.activation_offloading or None,
+                  liger_kernel=args.liger_kernel or None)
+    setup, warnings = fixed_setup(hardware, model, goals, args.seq, args.batch, args.attention)
     setup.calibration = calibration_for(hardware, model, args.method) or None
-    result = estimate(model, setup, budget)
+    result = estimate(model, setup, process_budget(hardware, setup.gpus_per_node))
+    host_ram = hardware.host_ram_available
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps({**result.to_dict(), "host_ram_available": host_ram, "warnings": warnings}, indent=2))
         return 0
     from rich.console import Console
 
     from llmwizard.wizard.report import print_estimate
 
-    print_estimate(Console(), result, f"{model.name}, {args.method}, {strategy}, {world} device(s)")
+    console = Console()
+    parts = [model.name, args.method, setup.strategy + (f" + {setup.offload} offload" if setup.offload != "none" else ""),
+             f"{setup.num_gpus} device(s)"]
+    parts += [f"{setup.cp} per sequence"] if setup.cp > 1 else []
+    parts += ["activation offloading"] if setup.offload_activations else []
+    parts += ["Liger"] if setup.liger else []
+    print_estimate(console, result, ", ".join(parts), host_ram=host_ram)
+    for warning in warnings:
+        console.print(f"! {warning}", style="yellow")
     return 0
 
 

@@ -73,9 +73,15 @@ def estimate_table(estimate: MemoryEstimate) -> RenderableType:
     return Group(*parts)
 
 
-def print_estimate(console: Console, estimate: MemoryEstimate, title: str) -> None:
+def print_estimate(console: Console, estimate: MemoryEstimate, title: str, host_ram: int | None = None) -> None:
+    """`host_ram`: what the machine has available; the line says whether the estimate's host RAM
+    (weights loaded before sharding, offloaded states and activations) fits in it."""
     extra = Text(f"trainable {estimate.trainable_params:,} of {estimate.total_params:,} parameters; "
                  f"host RAM needed {size_text(estimate.host_ram)}", style="dim")
+    if host_ram is not None:
+        over = estimate.host_ram > host_ram
+        extra.append(f" of {size_text(host_ram)} available" + (" (does NOT fit)" if over else ""),
+                     style="bold red" if over else "dim")
     console.print(Panel(Group(estimate_table(estimate), extra), title=title, expand=False))
 
 
