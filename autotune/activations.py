@@ -169,16 +169,20 @@ def activation_bytes(model: ModelSpec, setup: TrainSetup) -> float:
 
 
 def adapter_forward_bytes(model: ModelSpec, setup: TrainSetup) -> float:
-    """Transient bytes while the LoRA adapter with the widest input runs forward: PEFT casts the
-    input to the adapter's dtype (fp32) and dropout writes another tensor that size; both go once
-    the adapter's matmul has its (saved) half-precision input. Nothing when adapters are half, or
-    gathered half (FSDP2's bf16 gathers)."""
+    """Transient bytes while the LoRA adapter with the widest input runs forward: its input itself
+    (the gated product, which nothing saves when the base layer is frozen), the base layer's
+    output, and PEFT's cast of the input to the adapter's dtype (fp32) with dropout's output
+    that size; the fp32 copies go once the adapter's matmul has its (saved) half-precision input.
+    Nothing when adapters are half, or gathered half (FSDP2's bf16 gathers)."""
     lay = layout(model, setup)
     if setup.method == "full" or lay.trainable == lay.compute or setup.strategy == "fsdp":
         return 0.0
-    widest = max((lin.d_in for lin in adapted_linears(model, setup)), default=0)
+    widest = max(adapted_linears(model, setup), key=lambda lin: lin.d_in, default=None)
+    if widest is None:
+        return 0.0
     copies = 2 if setup.lora_dropout > 0 else 1
-    return setup.micro_batch * setup.seq_len * widest * lay.trainable * copies
+    per_token = widest.d_in * (lay.trainable * copies + lay.compute) + widest.d_out * lay.compute
+    return setup.micro_batch * setup.seq_len * per_token
 
 
 def weight_copy_bytes(model: ModelSpec, setup: TrainSetup) -> float:

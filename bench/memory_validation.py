@@ -66,6 +66,9 @@ MODELS: dict[str, dict[str, Any]] = {
 }
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 GPU_FLASH = "llmwizard_gpu_sdpa"  # a name with "flash" in it would be looked up as a hub kernel
+# Optimizers measured on real tensors: their steps read numbers (a weight's RMS, an SVD) that a
+# fake tensor cannot give.
+REAL_TENSOR_OPTIMIZERS = ("adalomo", "galore_adamw", "apollo_adamw")
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ def estimate_case(case: Case) -> MemoryEstimate:
                        optimizer=case.optimizer,
                        attention=case.attention, lora_r=case.lora_r, lora_targets=LORA_TARGETS,
                        lora_dropout=case.lora_dropout, device="cpu", liger=case.liger,
-                       fake_tensors=case.optimizer not in ("adalomo", "galore_adamw", "apollo_adamw"))
+                       fake_tensors=case.optimizer not in REAL_TENSOR_OPTIMIZERS)
     return estimate(spec, setup, budget=1 << 50)
 
 
@@ -223,7 +226,7 @@ def measure(case: Case) -> dict[str, int]:
     weights = torch.float32 if case.method == "full" and not pure else torch.bfloat16
     # The optimizers run on real tensors (see below) get a real, initialised model: buffers such as
     # RoPE's frequencies must hold numbers (an SVD refuses NaN gradients).
-    real = case.optimizer in ("adalomo", "galore_adamw", "apollo_adamw")
+    real = case.optimizer in REAL_TENSOR_OPTIMIZERS
     default = torch.get_default_dtype()
     torch.set_default_dtype(weights)
     try:
@@ -424,8 +427,9 @@ def saver_cases() -> list[Case]:
     AdamW states, no autocast); and on real tensors (see measure()), AdaLomo (its update reads
     weights' RMS as numbers), GaLore (LAPACK's SVD needs data) and APOLLO; Liger's layer kernels
     through mirrors of their allocations (bench/liger_mirror.py: Triton runs on GPUs only). Not here: torchao's
-    low-bit AdamW (its step is torch.compile'd over tensor subclasses, which FakeTensorMode does
-    not trace), context parallelism (torch's ring attention has no CPU kernel; a rank's tensors
+    low-bit AdamW (its step is torch.compile'd over tensor subclasses, which neither FakeTensorMode
+    nor MemTracker's dispatch mode can follow; bench/torchao_states.py measures its states and its
+    step's temporaries on real tensors), context parallelism (torch's ring attention has no CPU kernel; a rank's tensors
     are the measured ones at seq/cp), and TRL's activation offloading (host copies are
     indistinguishable from device tensors on the CPU)."""
     return [
@@ -631,7 +635,8 @@ def main(argv: list[str] | None = None) -> int:
                if args.savers else
                ["# fsdpN: FSDP2 over N fake ranks, forward+backward only; the 7 cases before the last were first run",
                 "# after the model was written. The last (32K tokens of LoRA without checkpointing) was added when the",
-                "# Liger mirrors showed a forward peak in the widest adapter; it first measured -5.2%.",
+                "# Liger mirrors showed a forward peak in the widest adapter; it first measured -5.2%, then -4.9% with",
+                "# the adapter's fp32 copies, and -0.7% once its bf16 input and the base layer's output were counted.",
                 "# Differences from a GPU run: see bench/memory_validation.py's docstring."]),
              f"{'case':<52} {'measured MiB':>12} {'estimate MiB':>12} {'error':>8}  {'estimated peak at':<22} "
              f"{'secs':>5}"]
