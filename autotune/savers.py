@@ -14,6 +14,9 @@ saver's terms sit in one place with their sources:
 - torchao's AdamW8bit / AdamW4bit (transformers' `adamw_torch_8bit` / `adamw_torch_4bit`,
   torchao.optim): both moments quantized blockwise, one fp32 scale per block of 256 elements
   (the Trainer's default `block_size`); the step dequantizes one parameter at a time, in fp32.
+  Its temporaries (bench/torchao_states.py, measured with inductor's CPU backend): the two new
+  moments in fp32, 8 bytes per element of the widest parameter for 8 bits; 4 bits adds each
+  moment's codes before they are packed two to a byte (int64 indices and uint8 codes), 26 bytes.
 - AdaLomo (transformers' `adalomo`, the lomo-optim package; Lv et al. 2023, arXiv:2310.10195):
   the update is fused into backward. A hook on every parameter updates the weight whose gradient
   has just been finished and drops that gradient (lomo_optim/adalomo.py `fuse_update`), so no
@@ -184,13 +187,14 @@ def widest_tensor(model: ModelSpec) -> int:
 def torchao_optimizer_bytes(model: ModelSpec, setup: TrainSetup, trainable: int) -> tuple[float, float]:
     """(states, step temporaries) of torchao's AdamW8bit/4bit for `trainable` parameters: two
     quantized moments with an fp32 scale per block. The step (torch.compile'd, one parameter at a
-    time) fuses the update, but the new moments are materialised in fp32 before their blockwise
-    scales are taken: two fp32 tensors of the widest parameter."""
+    time) materialises the new moments in fp32 before their blockwise scales are taken, and the
+    4-bit step each moment's int64 and uint8 codes before packing them (module docstring)."""
     _, bits = TORCHAO_OPTIMIZERS[setup.optimizer]
     per_element = bits / 8 + 4 / TORCHAO_BLOCK
     widest = widest_tensor(model) if setup.method == "full" else max(
         setup.lora_r * max(lin.d_in, lin.d_out) for lin in model.linears)
-    return 2 * per_element * trainable, 2 * 4 * widest
+    temporaries = 2 * 4 + (2 * (8 + 1) if bits == 4 else 0)
+    return 2 * per_element * trainable, temporaries * widest
 
 
 def saver_tiers(device: str, base: TrainSetup, goals: Goals) -> list[tuple[Optimizer, Precision | None, str]]:
