@@ -32,6 +32,13 @@ Step time (one optimizer step, the whole world) = compute x engine factor + expo
   share crossing, twice more in backward.
 - activation offloading (TRL): the offloaded activations cross PCIe twice per micro-step, on a
   side stream that overlaps compute (OVERLAP).
+- not timed: the optimizer step on the GPU (AdamW reads and writes some 16-32 bytes per trainable
+  parameter once per step: about 0.1 s for 8B parameters at 3 TB/s, against seconds of forward
+  and backward), so pure bf16, the low-bit AdamWs, Adafactor and AdaLomo change the ranking only
+  through the micro-batch and checkpointing they allow; and Liger's layer kernels, which replace
+  memory-bound element-wise work (norms, the gated activation, RoPE) that the compute term does
+  not time apart from the matmuls. Liger's published end-to-end speed-ups include its fused
+  cross-entropy, which TRL leaves off, so none is assumed; what its kernels buy here is memory.
 Only the ranking is relied on; figures are shown as estimates.
 """
 
