@@ -68,6 +68,15 @@ def ulysses_words(model: ModelSpec, sp: int, world: int) -> str:
                if usable else f"no size that divides the {world} processes splits them") + ")")
 
 
+def check_plan_split(model: ModelSpec, strategy: str, cp: int, world: int, where: str) -> None:
+    """Refuse a plan (a plan.yaml edited by hand) whose Ulysses split DeepSpeed would refuse at
+    launch; `where` names the file."""
+    problem = ulysses_words(model, cp, world) if cp > 1 and strategy in ("zero2", "zero3") else ""
+    if problem:
+        raise UserError(f"{where}: context_parallel {cp} {problem}.", title="Context parallelism",
+                        fix=f"Set context_parallel in {where} to a size that splits them, or to 1.")
+
+
 def context_parallel_sizes(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals: Goals,
                            world: int, effective: int) -> list[int]:
     """The context-parallel sizes the search tries: 1, and for long sequences on several GPUs of

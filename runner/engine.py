@@ -122,7 +122,7 @@ class RunSession:
         from llmwizard.runner.probe import run_probe
 
         self._probe_pending = False
-        result = run_probe(self.plan, self.run_dir, self.on_event, model=_model_spec(self.plan),
+        result = run_probe(self.plan, self.run_dir, self.on_event, model=model_spec(self.plan),
                            may_grow=self.may_grow, stopping=self._stop.is_set, steps=self.probe_steps)
         if result.plan is not self.plan:
             self._outcome.changes.append(f"probe: {result.rounds[-1].message}")
@@ -334,7 +334,7 @@ class RunSession:
 
         who = f"rank {failure.rank}" if failure.rank is not None else "a rank"
         why = f"{who} ran out of GPU memory during step {self.state.step + 1}"
-        smaller = shrink_micro_batch(plan, why, _model_spec(plan))
+        smaller = shrink_micro_batch(plan, why, model_spec(plan))
         if smaller is None:
             return None
         output = self.run_dir / OUTPUT_DIR
@@ -366,7 +366,7 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _model_spec(plan: Plan) -> Any:
+def model_spec(plan: Plan) -> Any:
     """The model's spec for re-estimating memory; None when it cannot be had offline."""
     try:
         from llmwizard.autotune.model_spec import load_model_spec

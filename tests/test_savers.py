@@ -424,6 +424,25 @@ def test_ulysses_sequence_parallelism_exports_for_deepspeed(tmp_path, monkeypatc
     assert launch_command(torchrun)[1]["PARALLELISM_CONFIG_SP_SIZE"] == "2"
 
 
+def test_a_hand_edited_ulysses_split_the_heads_refuse_is_named_before_launch(tmp_path):
+    """plan.yaml edited to split each sequence over 8 ranks of a model with 4 heads: DeepSpeed
+    would refuse it inside every rank; `llmwizard run` names it first and changes nothing."""
+    out = tmp_path / "run"
+    exported = run_cli("export", "--processes", "8", "--strategy", "zero3", "--context-parallel", "2", "--out",
+                       str(out), cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    plan_file = out / "plan.yaml"
+    data = yaml.safe_load(plan_file.read_text())
+    data.update(context_parallel=8, grad_accum=data["effective_batch"] // data["micro_batch"])
+    plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    result = run_cli("run", str(out), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "context_parallel 8" in result.stderr and "4 heads and 2 key/value heads" in result.stderr
+    assert "2, 4" in result.stderr  # the sizes that would split them
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
 @pytest.mark.slow
 def test_ulysses_sequence_parallelism_trains_on_two_cpu_ranks(tmp_path):
     """Two gloo ranks share every sequence (DeepSpeed Ulysses, ZeRO-2): one data-parallel rank, so

@@ -85,6 +85,7 @@ BAD_PLANS = [
     ({"learning_rate": float("nan")}, ["learning_rate", "nan", "finite number greater than 0"]),
     ({"max_steps": 0}, ["max_steps", "0", "-1 (run the epochs)"]),
     ({"main_process_port": 70000}, ["main_process_port", "70000", "1 to 65535"]),
+    ({"grad_accum": 7}, ["effective_batch", "x 7 =", "change them together"]),
     ({"colour": "blue"}, ["unknown key 'colour'"]),
     ({"lora": {"r": 0, "alpha": 8, "dropout": 0.05, "target_modules": ["q_proj"]}}, ["lora.r", "0", "1 or more"]),
 ]
