@@ -134,11 +134,6 @@ class Plan:
         if self.num_processes % self.context_parallel:
             raise ValueError(f"context_parallel ({self.context_parallel}) must divide num_processes "
                              f"({self.num_processes})")
-        replicas = self.num_processes // self.context_parallel  # ranks that hold different sequences
-        if self.micro_batch * replicas * self.grad_accum != self.effective_batch:
-            raise ValueError(f"effective_batch ({self.effective_batch}) must be micro_batch x num_processes / "
-                             f"context_parallel x grad_accum = {self.micro_batch} x {replicas} x {self.grad_accum} = "
-                             f"{self.micro_batch * replicas * self.grad_accum}; change them together")
         if self.context_parallel > 1 and (self.strategy not in ("fsdp", "zero2", "zero3") or self.packing):
             raise ValueError("context_parallel above 1 needs strategy fsdp (FSDP2 context parallelism) or zero2/zero3 "
                              "(DeepSpeed Ulysses sequence parallelism), and packing off")
@@ -147,6 +142,11 @@ class Plan:
             raise ValueError(f"optimizer adalomo updates the weights inside backward: it needs grad_accum 1 (got "
                              f"{self.grad_accum}), one process (got {self.num_processes}), device cuda (got "
                              f"{self.device}) and offload none (got {self.offload})")
+        replicas = self.num_processes // self.context_parallel  # ranks that hold different sequences
+        if self.micro_batch * replicas * self.grad_accum != self.effective_batch:
+            raise ValueError(f"effective_batch ({self.effective_batch}) must be micro_batch x num_processes / "
+                             f"context_parallel x grad_accum = {self.micro_batch} x {replicas} x {self.grad_accum} = "
+                             f"{self.micro_batch * replicas * self.grad_accum}; change them together")
         if (self.method == "full") != (self.lora is None):
             raise ValueError(f"method {self.method} " + ("takes no lora settings (set lora: null)"
                              if self.method == "full" else "needs lora settings (r, alpha, dropout, ...)"))

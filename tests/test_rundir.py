@@ -378,7 +378,8 @@ def test_a_commented_plan_yaml_is_not_rewritten_and_kept_when_the_plan_changes(t
     assert read_manifest(run_dir).files["plan.yaml"] == sha256_file(plan_file)
 
     plan_file.write_text(mine + "# more notes\n")
-    report = export_files(dataclasses.replace(plan, micro_batch=plan.micro_batch // 2), run_dir)  # a re-plan
+    report = export_files(dataclasses.replace(plan, micro_batch=plan.micro_batch // 2, grad_accum=plan.grad_accum * 2),
+                          run_dir)  # a re-plan
     (kept,) = run_dir.glob("plan.yaml.edited-*")
     assert kept.read_text() == mine + "# more notes\n" and kept in report.set_aside
     assert Plan.load(plan_file).micro_batch == plan.micro_batch // 2
