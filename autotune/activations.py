@@ -21,7 +21,7 @@ LM_HEAD_TILE = (4096, 32768)
 # 64 weights + an fp32 absmax per 256 blocks.
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 # Gemma2/3 put a norm before and after both attention and MLP; Llama-style blocks have two.
-_FOUR_NORM_MODELS = ("gemma2", "gemma3", "gemma3_text")
+FOUR_NORM_MODELS = ("gemma2", "gemma3", "gemma3_text")
 # Gemma2 softcaps attention scores and final logits (tanh): one more saved tensor per use.
 _SOFTCAP_MODELS = ("gemma2",)
 # transformers falls back to eager attention for these (`_supports_sdpa = False`: softcapping).
@@ -131,7 +131,7 @@ def layer_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     full = setup.method == "full"
     # (Gemma's extra two norms read the attention and MLP outputs; the others, the residual stream)
     total = 2 * _norm_saved(model, setup)
-    if model.model_type in _FOUR_NORM_MODELS:
+    if model.model_type in FOUR_NORM_MODELS:
         total += 2 * _norm_saved(model, setup, reads_stream=False)
     if full:
         total += c * h * 5 if s != c else s * h * 2      # q/k/v and gate/up inputs

@@ -18,10 +18,13 @@ Kept apart from the base memory model so each term sits in one place with its so
   counted like the ring's. DeepSpeed refuses a model whose head count sp does not divide, or
   whose key/value head count and sp do not divide one another (UlyssesSPAttentionHF).
 - Activation offloading (TRL's SFTConfig `activation_offloading`, trl.models.activation_offloading):
-  every saved tensor of 1 KiB or more except the LM head's goes to pinned host RAM during forward
-  and comes back during backward, a layer ahead on a second CUDA stream (up to 5 tensors stashed
-  in flight). On the device stay about two layers' saved tensors and the per-token tensors outside
-  the layers; host RAM holds the rest, per process.
+  every saved tensor of 1 KiB or more that is not a parameter goes to pinned host RAM during
+  forward on a second CUDA stream (the last 5 kept on the device until their copies finish, and
+  a storage saved twice within those 5 kept once), and comes back when its autograd node runs
+  in backward, dropped when the next node starts. On the device: the per-token tensors outside
+  the layers (the last saved, in that stash when backward begins) and, during a layer's
+  backward, that layer's tensors; host RAM holds the layers' saved tensors, per process.
+  Checked by running TRL's own hooks on fake tensors (bench/memory_validation.py --savers).
 - Padding-free packing (TRL's `packing` with the default "bfd" strategy, which turns on
   `padding_free`): examples are packed best-fit into rows of `max_length` tokens and each row is
   one flattened sequence with position_ids, so no padding is computed. A row is then always full:
@@ -34,7 +37,15 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from llmwizard.autotune.activations import activation_bytes, attention_kernel, fixed_token_bytes, layout
+from llmwizard.autotune.activations import (
+    FOUR_NORM_MODELS,
+    activation_bytes,
+    adapted_linears,
+    attention_kernel,
+    fixed_token_bytes,
+    layout,
+    liger_layers,
+)
 from llmwizard.autotune.dataset import DatasetProfile
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.goals import Goals
@@ -125,16 +136,48 @@ def ring_buffers(model: ModelSpec, setup: TrainSetup) -> float:
 
 
 def offloaded_activations(model: ModelSpec, setup: TrainSetup) -> float:
-    """Bytes of saved activations that activation offloading moves to host RAM (one process); the
-    rest (about two layers' saved tensors, and the per-token tensors outside the layers, which
-    include the LM head's input that TRL keeps) stays on the device."""
+    """Bytes of the decoder layers' saved activations that activation offloading moves to host RAM
+    (one process). TRL brings each tensor back when its autograd node runs in backward and drops
+    it once the next node starts, so a layer's tensors return only during that layer's backward
+    (llmwizard.autotune.memory counts one layer back there). Staying on the device: the per-token
+    tensors outside the layers (the final norm's and the LM head's), and each of HF's RMSNorms'
+    fp32 input, which the norm saves twice (for the square and for the product): TRL offloads a
+    storage once and keeps a second save of it on the device, as it does any storage saved twice
+    within its 5-tensor window. (Liger's norms save their input once.)"""
     if not setup.offload_activations:
         return 0.0
     rank = per_rank(setup)
     total = activation_bytes(model, rank)
     outside = rank.micro_batch * rank.seq_len * fixed_token_bytes(model, rank)
-    layers = total - outside
-    return max(0.0, layers - 2 * layers / model.num_layers)
+    kept = 0.0
+    if not rank.checkpointing and not liger_layers(model, rank):
+        norms = 4 if model.model_type in FOUR_NORM_MODELS else 2
+        inputs = model.num_layers * norms - (1 if rank.method != "full" else 0)  # (LoRA: the first keeps none)
+        kept = rank.micro_batch * rank.seq_len * inputs * 4 * model.hidden_size
+    return max(0.0, total - outside - kept)
+
+
+def offload_stash_bytes(model: ModelSpec, setup: TrainSetup) -> float:
+    """What TRL's forward stash still holds on the device when backward begins: its last offloaded
+    tensors (5 saved tensors, counted by id whatever their size), whose copies it waits for only at
+    the first backward hook (counted in the forward's LM head phase). After the per-token tensors outside the layers, the last saved are
+    the last layer's MLP's: the gate, activation and up outputs and down_proj's saved input; with
+    LoRA, whose adapters save three tensors each, down_proj's adapter's mask and cast input. Under
+    checkpointing the last saved are layer inputs and the tensors outside the layers: nothing more.
+    Checked against TRL's own hooks on fake tensors (bench/memory_validation.py --savers)."""
+    if not setup.offload_activations or setup.checkpointing:
+        return 0.0
+    rank = per_rank(setup)
+    lay = layout(model, rank)
+    c, inter = lay.compute, model.intermediate_size
+    if rank.method == "full":  # the gate, activation and up outputs and down_proj's input
+        mlp = ((2 if liger_layers(model, rank) else 3) + 1) * c * inter
+    elif any(lin.name == "down_proj" for lin in adapted_linears(model, rank)):
+        # LoRA saves more, smaller tensors per linear: only down_proj's adapter's mask and input
+        mlp = ((lay.mask + c) if rank.lora_dropout > 0 else c) * inter
+    else:
+        mlp = 0
+    return rank.micro_batch * rank.seq_len * mlp
 
 
 def packed_rows(dataset: DatasetProfile, max_length: int, eval_fraction: float) -> int:

@@ -38,7 +38,7 @@ from llmwizard.autotune.activations import (
 from llmwizard.autotune import vision
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.hardware_types import GiB
-from llmwizard.autotune.long_context import offloaded_activations, per_rank, ring_buffers
+from llmwizard.autotune.long_context import offload_stash_bytes, offloaded_activations, per_rank, ring_buffers
 from llmwizard.autotune.model_states import ModelStates, model_states
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.savers import fused_in_backward, fused_update_temp, widest_update
@@ -153,7 +153,8 @@ def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate
     step = _step_tensors(model, per_rank(setup))  # a context-parallel rank: 1/cp of each sequence
     offloaded = offloaded_activations(model, setup)
     if setup.cp > 1 or offloaded:
-        step = replace(step, activations=step.activations - offloaded,
+        step = replace(step, activations=step.activations - offloaded, restored=offloaded / model.num_layers,
+                       stash=min(offload_stash_bytes(model, setup), offloaded / model.num_layers),
                        layer_backward=step.layer_backward + ring_buffers(model, setup))
         if setup.cp > 1:
             notes.append(f"{'context' if setup.strategy == 'fsdp' else 'Ulysses sequence'} parallelism: each of "
@@ -181,7 +182,7 @@ def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate
     return MemoryEstimate(
         params=int(states.weights + max(buffers.gathered_fwd, buffers.gathered_bwd)),
         grads=int(states.grads + buffers.ddp_buckets), optimizer=int(states.optimizer + states.optimizer_temp),
-        activations=int(step.activations + step.layer_backward), logits=int(max(step.head_fwd, step.head_bwd)),
+        activations=int(step.activations + step.restored + step.layer_backward), logits=int(max(step.head_fwd, step.head_bwd)),
         overhead=int(overhead), total=int(total), host_ram=int(_host_ram(model, setup, states.host + offloaded)),
         budget=int(budget), fits=total <= budget, trainable_params=int(trainable), total_params=int(model.total_params),
         notes=notes, peak_at=peak_at, phases={key: int(value) for key, value in phases.items()},
@@ -241,6 +242,8 @@ class _StepTensors:
     embedding_grad: float             # the embedding's gradient, not yet there at the first layer
     last_layer: float                 # what the first layer's backward still holds of the forward
     adapter_fwd: float                # the widest LoRA adapter's forward temporaries
+    restored: float = 0.0             # activation offloading: the last layer's tensors, back for its backward
+    stash: float = 0.0                # activation offloading: what the forward stash holds until backward's first hook
 
 
 def _step_tensors(model: ModelSpec, setup: TrainSetup) -> _StepTensors:
@@ -275,9 +278,10 @@ def _phases(states: ModelStates, buffers: _Buffers, step: _StepTensors) -> dict[
     fwd, bwd = buffers.gathered_fwd, buffers.gathered_bwd
     return {
         "forward (last layer)": resident + fwd + step.activations + step.adapter_fwd,
-        "forward (LM head)": resident + fwd + step.activations + step.head_fwd,
+        "forward (LM head)": resident + fwd + step.activations + step.stash + step.head_fwd,
         "backward (LM head)": resident + fwd + step.activations + step.head_bwd,
-        "backward (last layer)": resident + bwd + step.activations + step.lm_grad + step.layer_backward,
+        "backward (last layer)": (resident + bwd + step.activations + step.restored + step.lm_grad
+                                  + step.layer_backward),
         "backward (first layer)": (resident + bwd + step.last_layer + states.grads - step.embedding_grad
                                    + step.layer_backward),
         "backward (embedding)": resident + bwd + states.grads + step.tied_extra,
@@ -306,10 +310,11 @@ def _fused_phases(model: ModelSpec, setup: TrainSetup, states: ModelStates, step
     # until then, and the weight is updated once, last.
     waiting = step.lm_grad if full and model.tie_embeddings else 0.0
     phases = {
-        "forward (LM head)": resident + step.activations + step.head_fwd,
+        "forward (LM head)": resident + step.activations + step.stash + step.head_fwd,
         "backward (LM head)": resident + step.activations + step.head_bwd,
         "backward (LM head update)": resident + step.activations + update(head, model.hidden_size),
-        "backward (last layer)": resident + step.activations + step.layer_backward + waiting + update(layer, layer),
+        "backward (last layer)": (resident + step.activations + step.restored + step.layer_backward + waiting
+                                  + update(layer, layer)),
         "backward (first layer)": resident + step.last_layer + step.layer_backward + waiting + update(layer, layer),
         "backward (embedding)": resident + update(head if full else layer, 0),
     }

@@ -279,6 +279,22 @@ def test_liger_savings_match_a_fake_tensor_measurement_of_its_kernels_allocation
     assert estimated - liger_estimated == pytest.approx(measured - liger_measured, rel=0.15)
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_activation_offloading_matches_trls_own_hooks_on_fake_tensors(method, monkeypatch):
+    """TRL's offloading runs on GPUs only; the bench runs its real pack/unpack hooks on fake
+    tensors with the host copies on the meta device. What stays on the device, and the saving,
+    must match the estimate."""
+    pytest.importorskip("peft")
+    bench = _bench()
+    monkeypatch.setitem(bench.MODELS, "tiny-llama", dict(TINY_LLAMA, num_hidden_layers=4, vocab_size=4096))
+    case = bench.Case("tiny-llama", method, seq=1024, batch=2, checkpointing=False, layers=4)
+    measured, estimated, _ = bench.compare(case)
+    offloaded_measured, offloaded_estimated, _ = bench.compare(replace(case, offload_activations=True))
+    assert measured - offloaded_measured > 5 * 2**20  # the hooks moved activations off the device
+    assert offloaded_estimated == pytest.approx(offloaded_measured, rel=0.05)
+    assert estimated - offloaded_estimated == pytest.approx(measured - offloaded_measured, rel=0.15)
+
+
 def test_liger_counts_only_for_model_types_it_patches():
     model = spec()
     setup = TrainSetup(method="lora", seq_len=2048, micro_batch=2, lora_targets=TARGETS)

@@ -364,12 +364,12 @@ def test_liger_savings_are_counted_stated_and_only_for_models_it_patches():
 def test_does_not_fit_advice_names_liger_when_it_would_fit_and_it_does():
     from tests.test_planner import data
 
-    llama, long = model(LLAMA_8B, "llama-8b"), data(5000, 9000.0, 11520)
+    llama, long = model(LLAMA_8B, "llama-8b"), data(5000, 9000.0, 12032)
     with pytest.raises(UserError) as refused:
-        plan(from_spec("1xRTX4090"), llama, long, Goals(method="lora", max_length=11520))
+        plan(from_spec("1xRTX4090"), llama, long, Goals(method="lora", max_length=12032))
     assert "fits with Liger's kernels (--liger-kernel" in refused.value.fix
-    fitted = plan(from_spec("1xRTX4090"), llama, long, Goals(method="lora", max_length=11520, liger_kernel=True))
-    assert fitted.max_length == 11520 and fitted.liger_kernel
+    fitted = plan(from_spec("1xRTX4090"), llama, long, Goals(method="lora", max_length=12032, liger_kernel=True))
+    assert fitted.max_length == 12032 and fitted.liger_kernel
 
 
 def test_context_parallel_activation_offloading_and_liger_export_files_the_loaders_accept(tmp_path, monkeypatch):
