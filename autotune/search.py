@@ -397,6 +397,10 @@ def check_choices(goals: Goals, world: int, device: str, method: str) -> None:
     if goals.offload is not None and goals.offload not in OFFLOADS:
         raise UserError(f"Unknown offload '{goals.offload}'.", title="Offload",
                         fix=f"Use one of: {', '.join(OFFLOADS)}.")
+    if goals.offload not in (None, "none") and device != "cuda":
+        raise UserError(f"Offload {goals.offload} moves GPU memory to host RAM; this plan has no GPU (on the CPU "
+                        "everything is in host RAM already).", title="Offload",
+                        fix="Drop --offload (or set offload: none), or plan for GPUs with --gpus.")
     if goals.offload not in (None, "none") and goals.strategy is not None and not _compatible(
             goals.strategy, goals.offload, False):
         raise UserError(
