@@ -160,9 +160,10 @@ def offloaded_activations(model: ModelSpec, setup: TrainSetup) -> float:
 def offload_stash_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     """What TRL's forward stash still holds on the device when backward begins: its last offloaded
     tensors (5 saved tensors, counted by id whatever their size), whose copies it waits for only at
-    the first backward hook (counted in the forward's LM head phase). After the per-token tensors outside the layers, the last saved are
-    the last layer's MLP's: the gate, activation and up outputs and down_proj's saved input; with
-    LoRA, whose adapters save three tensors each, down_proj's adapter's mask and cast input. Under
+    the first backward hook (counted in the forward's LM head phase). After the per-token tensors
+    outside the layers, the last saved are the last layer's MLP's: the gate, activation and up
+    outputs and down_proj's saved input; with LoRA, whose adapters save three tensors each,
+    down_proj's adapter's mask and cast input. Under
     checkpointing the last saved are layer inputs and the tensors outside the layers: nothing more.
     Checked against TRL's own hooks on fake tensors (bench/memory_validation.py --savers)."""
     if not setup.offload_activations or setup.checkpointing:

@@ -153,8 +153,9 @@ def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate
     step = _step_tensors(model, per_rank(setup))  # a context-parallel rank: 1/cp of each sequence
     offloaded = offloaded_activations(model, setup)
     if setup.cp > 1 or offloaded:
-        step = replace(step, activations=step.activations - offloaded, restored=offloaded / model.num_layers,
-                       stash=min(offload_stash_bytes(model, setup), offloaded / model.num_layers),
+        one_layer = offloaded / model.num_layers  # (what comes back for a layer's backward)
+        step = replace(step, activations=step.activations - offloaded, restored=one_layer,
+                       stash=min(offload_stash_bytes(model, setup), one_layer),
                        layer_backward=step.layer_backward + ring_buffers(model, setup))
         if setup.cp > 1:
             notes.append(f"{'context' if setup.strategy == 'fsdp' else 'Ulysses sequence'} parallelism: each of "
@@ -182,7 +183,8 @@ def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate
     return MemoryEstimate(
         params=int(states.weights + max(buffers.gathered_fwd, buffers.gathered_bwd)),
         grads=int(states.grads + buffers.ddp_buckets), optimizer=int(states.optimizer + states.optimizer_temp),
-        activations=int(step.activations + step.restored + step.layer_backward), logits=int(max(step.head_fwd, step.head_bwd)),
+        activations=int(step.activations + step.restored + step.layer_backward),
+        logits=int(max(step.head_fwd, step.head_bwd)),
         overhead=int(overhead), total=int(total), host_ram=int(_host_ram(model, setup, states.host + offloaded)),
         budget=int(budget), fits=total <= budget, trainable_params=int(trainable), total_params=int(model.total_params),
         notes=notes, peak_at=peak_at, phases={key: int(value) for key, value in phases.items()},

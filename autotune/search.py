@@ -345,9 +345,10 @@ def _does_not_fit(space: SearchSpace, goals: Goals) -> UserError:
             keeping = "" if forced.get("optimizer") in (*LOW_RANK_OPTIMIZERS, "adalomo") else (
                 f"; or, keeping {asked}: "
                 f"{nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM)).fix}")
+            figures = forced_estimate(model, base, forced, world, budget, budget * (1 - HEADROOM),
+                                      hardware.host_ram_available)
             return UserError(
-                f"{asked} does not fit: "
-                f"{forced_estimate(model, base, forced, world, budget, budget * (1 - HEADROOM), hardware.host_ram_available)}",
+                f"{asked} does not fit: {figures}",
                 title="Does not fit",
                 fix=f"Leave it to the planner, which fits {_label(alternative)} "
                     f"({alternative.estimate.total / GiB:.1f} GiB per {_device_word(hardware)}){keeping}.")

@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         for shape in SHAPES:
             n = shape[0] * shape[1]
             states, peak = measure(optimizer, shape)
-            est_states, est_temp = torchao_optimizer_bytes(
-                _OneTensor(shape), TrainSetup(method="full", optimizer=optimizer, precision="pure_bf16"), n)  # type: ignore[arg-type]
+            setup = TrainSetup(method="full", optimizer=optimizer, precision="pure_bf16")  # type: ignore[arg-type]
+            est_states, est_temp = torchao_optimizer_bytes(_OneTensor(shape), setup, n)  # type: ignore[arg-type]
             line = (f"{optimizer:<20} {f'{shape[0]}x{shape[1]}':>14} {states / n:>8.3f} {est_states / n:>9.3f} "
                     f"{peak / n:>10.2f} {est_temp / n:>9.2f}")
             lines.append(line)

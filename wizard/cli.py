@@ -140,7 +140,8 @@ def build_subparser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--optimizer", choices=schema.choices(schema.Optimizer), default="adamw")
         parser.add_argument("--attention", choices=schema.choices(schema.Attention), default="sdpa")
         parser.add_argument("--context-parallel", type=positive, metavar="N",
-                            help="GPUs one sequence is split over (FSDP2 context parallelism, or Ulysses with zero2/zero3)")
+                            help="GPUs one sequence is split over (FSDP2 context parallelism, or Ulysses with "
+                                 "zero2/zero3)")
         parser.add_argument("--activation-offloading", action="store_true",
                             help="TRL's activation offloading: saved activations to host RAM (GPUs only)")
         parser.add_argument("--liger-kernel", action="store_true",
@@ -438,8 +439,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from llmwizard.wizard.report import print_estimate
 
     console = Console()
-    parts = [model.name, args.method, setup.strategy + (f" + {setup.offload} offload" if setup.offload != "none" else ""),
-             f"{setup.num_gpus} device(s)"]
+    offload = f" + {setup.offload} offload" if setup.offload != "none" else ""
+    parts = [model.name, args.method, setup.strategy + offload, f"{setup.num_gpus} device(s)"]
     parts += [f"{setup.cp} per sequence"] if setup.cp > 1 else []
     parts += ["activation offloading"] if setup.offload_activations else []
     parts += ["Liger"] if setup.liger else []
