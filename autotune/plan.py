@@ -17,6 +17,7 @@ from pydantic import ConfigDict, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
 from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.goals import GOAL_FIELDS
 from llmwizard.autotune.memory import MemoryEstimate
 from llmwizard.autotune.schema import (
     Attention,
@@ -55,6 +56,10 @@ class LoraSettings:
     # What PEFT receives: the names, or one regex when plain names would also match a vision
     # tower or when there is a single name (TRL passes a one-item list on as a regex string).
     peft_targets: list[str] = field(default_factory=list)
+
+
+# A setting a user can pin, by its goal key (micro_batch, strategy, ...).
+PinnedKey = Literal[tuple(sorted(GOAL_FIELDS))]  # type: ignore[valid-type]
 
 
 @dataclass(config=STRICT)
@@ -123,6 +128,9 @@ class Plan:
     # Vision-language models: the vision tower's patches for the longest example's images (what the
     # estimate sized; a re-plan after an out-of-memory failure sizes the same). 0: no images.
     image_patches: NonNegativeInt = 0
+    # The goals the user set (flags, wizard fields), by their goal key (micro_batch, strategy, ...):
+    # the probe and the out-of-memory recovery change one only to avoid a failure, and say so.
+    pinned: list[PinnedKey] = field(default_factory=list)
     version: Literal[1] = PLAN_VERSION
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ import dataclasses
 from typing import TypeVar
 
 from llmwizard.autotune.dataset import DatasetProfile
-from llmwizard.autotune.goals import Goals
+from llmwizard.autotune.goals import GOAL_FIELDS, Goals
 from llmwizard.autotune.hardware_types import HardwareProfile
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.long_context import context_parallel_sizes, packed_rows, packing_words
@@ -126,6 +126,7 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
         liger_kernel=liger,
         train_vision_tower=bool(model.vision) and (method == "full" or goals.train_vision_tower),
         image_patches=base.image_patches,
+        pinned=sorted(goals.explicit & GOAL_FIELDS),
     )
 
 

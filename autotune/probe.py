@@ -26,7 +26,7 @@ from llmwizard.autotune.memory import estimate
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.plan import Plan
 from llmwizard.autotune.savers import fused_in_backward
-from llmwizard.autotune.replan import setup_of, shrink_micro_batch
+from llmwizard.autotune.replan import pinned_change, setup_of, shrink_micro_batch
 from llmwizard.autotune.schema import Offload, Strategy
 from llmwizard.autotune.search import HEADROOM
 
@@ -86,8 +86,10 @@ def correct(plan: Plan, measurements: list[RankMeasurement], model: ModelSpec | 
     """The verdict on `plan` from its probe's `measurements` (one per rank that reported).
 
     `model` lets the verdict size a grown or changed plan (without it, only shrinking is possible);
-    `may_grow` is false when the user fixed the micro-batch; `earlier` are the previous rounds'
-    actions (a plan that had to shrink is not grown again)."""
+    `may_grow` is false when the caller forbids growing; a micro-batch the user pinned (plan.pinned)
+    never grows either, and changes only to avoid running out of memory. `earlier` are the previous
+    rounds' actions (a plan that had to shrink is not grown again)."""
+    may_grow = may_grow and "micro_batch" not in plan.pinned
     worst = worst_rank(measurements)
     expected = plan.estimate.total
     budget = plan.estimate.budget
@@ -118,17 +120,23 @@ def _smaller(plan: Plan, why: str, model: ModelSpec | None, measured: int, rank:
     smaller = shrink_micro_batch(plan, why, model)
     if smaller is not None:
         return Verdict("shrink", smaller, f"{why}: micro-batch {plan.micro_batch} -> {smaller.micro_batch}, "
-                       f"accumulation {plan.grad_accum} -> {smaller.grad_accum}", measured, rank, expected)
+                       f"accumulation {plan.grad_accum} -> {smaller.grad_accum}"
+                       + pinned_change(plan, "micro_batch", plan.micro_batch, smaller.micro_batch),
+                       measured, rank, expected)
     if not plan.activation_checkpointing:
+        pinned = pinned_change(plan, "checkpointing", "off", "on")
         reasons = dict(plan.reasons)
-        reasons["activation_checkpointing"] = f"on: {why} at micro-batch 1 without it"
+        reasons["activation_checkpointing"] = f"on: {why} at micro-batch 1 without it{pinned}"
         changed = replace(plan, activation_checkpointing=True, reasons=reasons)
-        return Verdict("checkpointing", _estimated(changed, model), f"{why}: activation checkpointing on",
+        return Verdict("checkpointing", _estimated(changed, model), f"{why}: activation checkpointing on{pinned}",
                        measured, rank, expected)
     tier = next_tier(plan, why)
     if tier is not None:
+        pinned = (pinned_change(plan, "strategy", plan.strategy, tier.strategy) if tier.strategy != plan.strategy
+                  else "") + pinned_change(plan, "offload", plan.offload, tier.offload)
         return Verdict("next_tier", _estimated(tier, model),
-                       f"{why}: {tier.strategy} with {tier.offload} offload to host RAM", measured, rank, expected)
+                       f"{why}: {tier.strategy} with {tier.offload} offload to host RAM{pinned}", measured, rank,
+                       expected)
     return Verdict("give_up", plan, f"{why}; micro-batch 1 with checkpointing and offload is the smallest this "
                    "planner can make it", measured, rank, expected)
 

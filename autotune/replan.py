@@ -29,12 +29,22 @@ def setup_of(plan_: Plan, **changes: object) -> TrainSetup:
     return replace(setup, **changes)  # type: ignore[arg-type]
 
 
+def pinned_change(plan_: Plan, key: str, old: object, new: object) -> str:
+    """The words that say a value the user pinned changes, and why; "" when it was not pinned.
+    The probe and the out-of-memory recovery change a pinned value only to avoid a failure."""
+    if key not in plan_.pinned:
+        return ""
+    return f" (you set {key} {old}; changed to {new} only because the run would fail otherwise)"
+
+
 def shrink_micro_batch(plan_: Plan, why: str, model: ModelSpec | None = None) -> Plan | None:
     """The same plan at half the micro-batch, accumulation doubled so the effective batch stays;
-    None when the micro-batch is already 1. Used after an out-of-memory failure."""
+    None when the micro-batch is already 1. Used after an out-of-memory failure. A micro-batch the
+    user pinned is halved too (the alternative is a failed run), and the reason says so."""
     if plan_.micro_batch <= 1:
         return None
     micro = plan_.micro_batch // 2
+    why += pinned_change(plan_, "micro_batch", plan_.micro_batch, micro)
     data_parallel = plan_.num_processes // plan_.context_parallel  # ranks sharing a sequence count once
     reasons = dict(plan_.reasons)
     if fused_in_backward(plan_.optimizer):  # no accumulation: the effective batch halves with it
