@@ -108,6 +108,13 @@ class MetricsCallback(TrainerCallback):
             "micro_batch": args.per_device_train_batch_size,
             "grad_accum": args.gradient_accumulation_steps,
             "learning_rate": args.learning_rate,
+            # The settings a divergence is traced to (llmwizard.runner.diagnostics.suspects), as the
+            # ranks really trained with them: plan.yaml's weight_decay, warmup_ratio (TRL's warmup_steps
+            # below 1), precision fp16 and lora r / alpha.
+            "weight_decay": args.weight_decay,
+            "warmup_steps": args.warmup_steps,
+            "fp16": bool(args.fp16),
+            **lora_settings(model),
             "vocab_size": getattr(config, "vocab_size", None),
             "output_dir": args.output_dir,
             "memory_kind": self.run.memory_kind,
@@ -136,6 +143,16 @@ class MetricsCallback(TrainerCallback):
                        "reason": self.run.stop_reason and ("stopped" if self.run.stop_reason == "signal"
                                                            else self.run.stop_reason) or "completed"})
         self.run.close()
+
+
+def lora_settings(model: Any) -> dict[str, Any]:
+    """The LoRA adapters' rank and alpha (and rsLoRA) from the PEFT model; {} without adapters."""
+    configs = getattr(model, "peft_config", None)
+    config = next(iter(configs.values()), None) if isinstance(configs, dict) else None
+    if config is None or not hasattr(config, "lora_alpha"):
+        return {}
+    return {"lora_r": config.r, "lora_alpha": config.lora_alpha,
+            "lora_rslora": bool(getattr(config, "use_rslora", False))}
 
 
 class RankSyncCallback(TrainerCallback):

@@ -50,6 +50,29 @@ SPIKE_MIN_HISTORY = 2
 # (a mix of short and long answers); a diverging run stays up. Costs one log of delay.
 SPIKE_CONFIRM = 2
 
+# An Inf/NaN gradient norm at every log over this many optimizer steps: clipping scales such a
+# gradient to zero (or NaN), so nothing is learned. Under fp16 the loss scaler overflows on purpose
+# while it searches its scale (65536, halved at each overflow, DeepSpeed's after two), so a streak
+# that long is no news there; the longer one is not. A run that ended with every norm non-finite
+# learned nothing whatever its precision.
+NONFINITE_GRAD_STEPS = 3
+NONFINITE_GRAD_STEPS_FP16 = 50
+
+# What diverges, by the plan.yaml key that sets it: values above these are named as the cause.
+# LoRA's adapters are scaled by alpha / r (alpha / sqrt(r) under rsLoRA): PEFT's default is 1, the
+# planner's 2; far above, the adapters' output and gradients blow up.
+LORA_SCALE_LIMIT = 16.0
+# AdamW shrinks each weight by learning_rate x weight_decay at every step; fine-tuning uses 0 to
+# 0.1, and above 1 the decay is the update.
+WEIGHT_DECAY_LIMIT = 1.0
+# Learning rates fine-tuning tolerates: about 10x the usual LoRA (2e-4) and full (2e-5) rates, and
+# the embedded model's own 10x on top (it starts random); above, the rate is named as the cause.
+LEARNING_RATE_LIMIT = {"lora": 1e-2, "full": 1e-3}
+# A divergence within this share of the run (or these many steps) with no warmup names the missing
+# warmup too: the first updates take the full rate with the optimizer's moments still empty.
+EARLY_SHARE = 0.1
+EARLY_STEPS = 20
+
 # Plateau: the mean loss over the last quarter of the logged steps is within this share of the
 # mean over the first quarter. 2% over a whole run is what the eye reads as a flat line.
 PLATEAU_MIN_DROP = 0.02
@@ -63,7 +86,8 @@ STOP = "stop"
 
 @dataclass(frozen=True)
 class Finding:
-    code: str        # initial_loss | uniform_loss | non_finite | spike | overfitting | plateau | still_falling
+    code: str        # initial_loss | uniform_loss | non_finite | non_finite_grad | spike | overfitting |
+                     # plateau | still_falling
     severity: str    # warning | stop
     step: int        # the step the finding is about (first bad step, best eval step, ...)
     title: str
@@ -104,14 +128,14 @@ def initial_loss(records: list[dict[str, Any]]) -> Finding | None:
     return None
 
 
-def divergence(records: list[dict[str, Any]], since_step: int = 0) -> Finding | None:
-    """The first NaN/Inf or loss spike confirmed at or after `since_step`, or None. A `stop`
-    finding: the run must end. The callback in each rank passes the current step, so each log
-    is judged once; `step` of the finding is the first bad step.
+def divergence(records: list[dict[str, Any]], since_step: int = 0, final: bool = False) -> Finding | None:
+    """The first NaN/Inf loss, streak of Inf/NaN gradient norms or loss spike confirmed at or after
+    `since_step`, or None. A `stop` finding: the run must end. The callback in each rank passes the
+    current step, so each log is judged once; `step` of the finding is the first bad step. The
+    message names the plan.yaml key whose value most likely caused it (`suspects`).
 
-    The gradient norm is not judged: with fp16 the loss scaler overflows on purpose in the first
-    steps (the step is skipped, the norm logged as inf), which is no divergence; weights that did
-    turn NaN show in the next loss.
+    One Inf gradient norm is no divergence: with fp16 the loss scaler overflows on purpose in the
+    first steps (the step is skipped). A streak is (`nonfinite_grad`); `final`: the run ended.
     """
     for record in current_records(records):
         if record.get("type") != "log" or int(record.get("step") or 0) < since_step:
@@ -120,10 +144,13 @@ def divergence(records: list[dict[str, Any]], since_step: int = 0) -> Finding | 
             value = record.get(key)
             if isinstance(value, (int, float)) and not math.isfinite(value):
                 step = int(record["step"])
+                message, fix = _cause(records, step, _divergence_fix(records))
                 return Finding("non_finite", STOP, step, "Training diverged (NaN/Inf)",
                                f"The {key.replace('_', ' ')} became {value} at step {step}: the weights are no "
-                               "longer numbers, and every later step would be wasted.",
-                               _divergence_fix(records))
+                               "longer numbers, and every later step would be wasted." + message, fix)
+    grad = nonfinite_grad(records, since_step, final)
+    if grad is not None:
+        return grad
     losses = [(step, loss) for step, loss in loss_series(records) if math.isfinite(loss)]
     for index in range(SPIKE_MIN_HISTORY, len(losses) - SPIKE_CONFIRM + 1):
         confirm_step = losses[index + SPIKE_CONFIRM - 1][0]
@@ -133,11 +160,148 @@ def divergence(records: list[dict[str, Any]], since_step: int = 0) -> Finding | 
         window = losses[index:index + SPIKE_CONFIRM]
         if all(loss > SPIKE_RATIO * median and loss - median > SPIKE_MIN_ABS for _, loss in window):
             step, loss = window[0]
+            message, fix = _cause(records, step, _divergence_fix(records))
             return Finding("spike", STOP, step, "Training diverged (loss spike)",
                            f"The loss jumped to {loss:.3f} at step {step}, {loss / median:.1f}x the recent median "
-                           f"{median:.3f}, and stayed up: the updates have thrown the model off course.",
-                           _divergence_fix(records))
+                           f"{median:.3f}, and stayed up: the updates have thrown the model off course." + message,
+                           fix)
     return None
+
+
+def nonfinite_grad(records: list[dict[str, Any]], since_step: int = 0, final: bool = False) -> Finding | None:
+    """Inf/NaN gradient norms at every log over NONFINITE_GRAD_STEPS optimizer steps (fp16: its
+    own count, or every log of an attempt that ended), confirmed at or after `since_step`."""
+    settings = begin_record(records)
+    need = NONFINITE_GRAD_STEPS_FP16 if settings.get("fp16") else NONFINITE_GRAD_STEPS
+    start = before = 0   # the step the attempt began at; the step of the last log before the streak
+    streak: list[tuple[int, float]] = []
+    logs = 0
+    for record in current_records(records):
+        if record.get("type") == "begin":
+            start = before = int(record.get("step") or 0)
+            streak, logs = [], 0
+            continue
+        value = record.get("grad_norm")
+        if record.get("type") != "log" or not isinstance(value, (int, float)):
+            continue
+        step = int(record.get("step") or 0)
+        logs += 1
+        if math.isfinite(value):
+            before, streak = step, []
+            continue
+        streak.append((step, float(value)))
+        if len(streak) >= 2 and step >= since_step and step - before >= need:
+            return _grad_finding(records, streak, from_start=before == start and streak[0][0] == start + 1)
+    if final and len(streak) >= 2 and len(streak) == logs and streak[-1][0] >= since_step:
+        return _grad_finding(records, streak, from_start=streak[0][0] == start + 1)
+    return None
+
+
+def _grad_finding(records: list[dict[str, Any]], streak: list[tuple[int, float]], from_start: bool) -> Finding:
+    (first, value), last = streak[0], streak[-1][0]
+    message, fix = _cause(records, first, _grad_fix(begin_record(records), from_start), updates=not from_start)
+    return Finding("non_finite_grad", STOP, first, "Gradient norm is Inf/NaN",
+                   f"The gradient norm was {value} at every logged step from step {first} to {last}: gradient "
+                   "clipping scales such a gradient to zero (or NaN), so the weights learn nothing and every "
+                   "later step would be wasted."
+                   + (" It was so from the first step, before any update: the cause is in the forward and "
+                      "backward pass, not the learning rate." if from_start else "") + message, fix)
+
+
+def _grad_fix(settings: dict[str, Any], from_start: bool) -> str:
+    """The advice when no setting is out of range (the learning rate only after updates)."""
+    if settings.get("fp16"):
+        return ("Set precision in plan.yaml to bf16 (or fp32): fp16 overflows here. Then start again "
+                "(`llmwizard run DIR --fresh`).")
+    lower = "" if from_start else f"; or lower learning_rate in plan.yaml{_tenth(_learning_rate_of(settings))}"
+    return (f"Check the data for empty or extreme rows and that the model's weights load as numbers{lower}. "
+            "Then start again (`llmwizard run DIR --fresh`).")
+
+
+# ----------------------------------------------------------------------------- the cause, by its plan.yaml key
+
+@dataclass(frozen=True)
+class Suspect:
+    """A plan.yaml setting whose value can cause a divergence, and by how far it is out of range."""
+
+    key: str         # the plan.yaml key: learning_rate, weight_decay, lora.alpha, warmup_ratio
+    value: str       # its value as the run had it
+    factor: float    # the value over its limit: the largest is the likeliest cause; 1.0 for warmup
+    why: str
+    fix: str
+
+
+def suspects(records: list[dict[str, Any]], bad_step: int, updates: bool = True) -> list[Suspect]:
+    """The settings of the run (its `begin` record: what the ranks trained with) that are out of
+    the range fine-tuning works in, likeliest cause first. `updates`: weights changed before the
+    bad step (not so for a first step's gradient: the learning rate and weight decay cannot have
+    caused it)."""
+    begin = begin_record(records)
+    found: list[Suspect] = []
+    r, alpha = begin.get("lora_r"), begin.get("lora_alpha")
+    if isinstance(r, (int, float)) and isinstance(alpha, (int, float)) and r > 0:
+        scale = alpha / (math.sqrt(r) if begin.get("lora_rslora") else r)
+        if scale > LORA_SCALE_LIMIT:
+            how = "alpha / sqrt(r)" if begin.get("lora_rslora") else "alpha / r"
+            found.append(Suspect(
+                "lora.alpha", f"{alpha:g}", scale / LORA_SCALE_LIMIT,
+                f"lora.alpha {alpha:g} is {_times(alpha / r)}x lora.r {r:g}: the adapters' output and gradients "
+                f"are scaled by {how} = {_times(scale)} (the usual is 1 to 2)",
+                f"set lora.alpha in plan.yaml to {2 * int(r)} (twice lora.r; preset key lora_alpha)"))
+    lr = _learning_rate(records)
+    decay = begin.get("weight_decay")
+    if updates and isinstance(decay, (int, float)) and decay > WEIGHT_DECAY_LIMIT:
+        shrink = f" = {lr * decay:.3g}" if lr else ""
+        over = " (more than the weight itself: weights flip sign and grow)" if lr and lr * decay >= 1 else ""
+        found.append(Suspect(
+            "weight_decay", f"{decay:g}", decay / WEIGHT_DECAY_LIMIT,
+            f"weight_decay {decay:g} is far above the usual 0 to 0.1: each AdamW step shrinks every weight by "
+            f"learning_rate x weight_decay{shrink} of itself{over}",
+            "set weight_decay in plan.yaml to 0.0 to 0.1 (e.g. 0.01; preset key weight_decay)"))
+    method = "lora" if isinstance(r, (int, float)) else "full"
+    limit = LEARNING_RATE_LIMIT[method]
+    if updates and lr and lr > limit:
+        found.append(Suspect(
+            "learning_rate", f"{lr:g}", lr / limit,
+            f"learning_rate {lr:g} is above the {limit:g} that {'LoRA' if method == 'lora' else 'full'} "
+            "fine-tuning tolerates",
+            f"set learning_rate in plan.yaml to a tenth, {lr / 10:.0e} (--learning-rate {lr / 10:.0e})"))
+    warmup = begin.get("warmup_steps", begin.get("warmup_ratio"))
+    max_steps = int(begin.get("max_steps") or 0)
+    early = bad_step - int(begin.get("step") or 0) <= max(EARLY_STEPS, EARLY_SHARE * max_steps)
+    if updates and early and isinstance(warmup, (int, float)) and warmup == 0:
+        found.append(Suspect(
+            "warmup_ratio", "0", 1.0,
+            "warmup_ratio 0: the first updates take the full learning rate while the optimizer's moments are "
+            "still empty",
+            "set warmup_ratio in plan.yaml to 0.03 to 0.1"))
+    return sorted(found, key=lambda suspect: -suspect.factor)
+
+
+def _cause(records: list[dict[str, Any]], bad_step: int, otherwise: str, updates: bool = True) -> tuple[str, str]:
+    """(" Likely cause: ..." for the message, the fix): the suspects by their plan.yaml keys, or
+    `otherwise` when every setting is in range."""
+    found = suspects(records, bad_step, updates)
+    if not found:
+        return "", otherwise
+    first, *others = found
+    also = "".join(f"; also {other.why}" for other in others)
+    fix = "; ".join(suspect.fix for suspect in found)
+    if first.factor <= 1:  # nothing out of range, only a missing warmup: the usual advice stands beside it
+        return (f" Possible cause: {first.why}{also}.",
+                f"{fix[0].upper()}{fix[1:]}; or {otherwise[0].lower()}{otherwise[1:]}")
+    return (f" Likely cause: {first.why}{also}.",
+            f"{fix[0].upper()}{fix[1:]}. Then start again from the last good checkpoint or from scratch "
+            "(`llmwizard run DIR --fresh`).")
+
+
+def _times(ratio: float) -> str:
+    """A ratio in words: 1,000 or 6.2e+28, never 1e+03."""
+    return f"{ratio:,.0f}" if 10 <= ratio < 1e7 else f"{ratio:.3g}"
+
+
+def _tenth(lr: float | None) -> str:
+    return f" (a tenth: --learning-rate {lr / 10:.0e})" if lr else ""
 
 
 def spike_pending(records: list[dict[str, Any]]) -> bool:
@@ -155,14 +319,19 @@ def spike_pending(records: list[dict[str, Any]]) -> bool:
 
 
 def _divergence_fix(records: list[dict[str, Any]]) -> str:
+    """The advice when every setting is in range: the learning rate is the usual cause."""
     lr = _learning_rate(records)
-    tenth = f" (a tenth: --learning-rate {lr / 10:.0e})" if lr else " (try a tenth)"
-    return (f"Lower the learning rate{tenth} and start again from the last good checkpoint or from scratch; "
+    tenth = f" {lr:g} in plan.yaml{_tenth(lr)}" if lr else " (try a tenth)"
+    return (f"Lower learning_rate{tenth} and start again from the last good checkpoint or from scratch; "
             "with fp16, prefer bf16 where the GPU supports it.")
 
 
 def _learning_rate(records: list[dict[str, Any]]) -> float | None:
-    lr = begin_record(records).get("learning_rate")
+    return _learning_rate_of(begin_record(records))
+
+
+def _learning_rate_of(begin: dict[str, Any]) -> float | None:
+    lr = begin.get("learning_rate")
     return float(lr) if isinstance(lr, (int, float)) and lr > 0 else None
 
 
@@ -263,7 +432,7 @@ def plateau(records: list[dict[str, Any]], final: bool) -> Finding | None:
 
 def diagnose(records: list[dict[str, Any]], final: bool = False) -> list[Finding]:
     """Every finding for a run, the most serious first. `final`: the run has ended."""
-    found = [divergence(records), overfitting(records), initial_loss(records)]
+    found = [divergence(records, final=final), overfitting(records), initial_loss(records)]
     if not found[0] and not found[1]:  # "train longer" would contradict both
         found.append(plateau(records, final))
     return sorted((f for f in found if f is not None), key=lambda f: f.severity != STOP)

@@ -101,6 +101,95 @@ def test_a_resume_from_before_the_nan_supersedes_it():
     assert dx.divergence(records) is None
 
 
+# ----------------------------------------------------------------------------- the cause, by its plan.yaml key
+
+INF = float("inf")
+
+
+def with_settings(records: list[dict], **settings) -> list[dict]:
+    """The settings the ranks write into the begin record (llmwizard.runner.callbacks), TRL's names."""
+    records[0].update({"weight_decay": 0.0, "warmup_steps": 0.03, "fp16": False, **settings})
+    return records
+
+
+def test_an_inf_grad_norm_from_the_first_step_names_lora_alpha_not_the_learning_rate():
+    """lora alpha 16000 on r 16 (alpha/r = 1000): the adapters' gradients overflow from the first step,
+    the loss stays finite and the run would end "done" having learned nothing."""
+    records = with_settings(run_records([6.5] * 5, grad_norms=dict.fromkeys(range(1, 6), INF)),
+                            lora_r=16, lora_alpha=16000)
+    finding = dx.divergence(records)
+    assert finding is not None and finding.code == "non_finite_grad" and finding.severity == dx.STOP
+    assert finding.step == 1
+    assert "lora.alpha 16000" in finding.message and "1,000x lora.r 16" in finding.message
+    assert "not the learning rate" in finding.message
+    assert finding.fix.startswith("Set lora.alpha in plan.yaml to 32")
+    assert "learning_rate" not in finding.fix
+    assert [f.code for f in dx.diagnose(records, final=True)][0] == "non_finite_grad"
+
+
+def test_the_gradient_streak_is_judged_once_per_log_and_fp16_overflows_are_no_news():
+    grads = dict.fromkeys(range(1, 11), INF)
+    records = with_settings(run_records([6.5] * 10, grad_norms=grads), lora_r=8, lora_alpha=16)
+    assert dx.divergence(records, since_step=3).step == 1        # confirmed at step 3
+    assert dx.divergence(records[:3]) is None                       # two logs: not yet
+    fp16 = with_settings(run_records([6.5] * 10, grad_norms=grads), lora_r=8, lora_alpha=16, fp16=True)
+    assert dx.divergence(fp16) is None                              # the loss scaler still searching
+    ended = dx.divergence(fp16, final=True)                         # but a run that ended learned nothing
+    assert ended is not None and ended.code == "non_finite_grad" and "precision in plan.yaml to bf16" in ended.fix
+    healed = with_settings(run_records([6.5] * 10, grad_norms={1: INF, 2: INF}), fp16=True)
+    assert dx.divergence(healed, final=True) is None                # the scaler found its scale at step 3
+
+
+@pytest.mark.parametrize(("settings", "key", "value"), [
+    ({"weight_decay": 1e308}, "weight_decay", "1e+308"),
+    ({"weight_decay": 50.0, "lora_r": 8, "lora_alpha": 16}, "weight_decay", "50"),
+    ({"lora_r": 4, "lora_alpha": 4000}, "lora.alpha", "4000"),
+    ({"learning_rate": 0.5, "lora_r": 8, "lora_alpha": 16}, "learning_rate", "0.5"),
+    ({"learning_rate": 0.05}, "learning_rate", "0.05"),                    # full fine-tuning's range is lower
+    ({"weight_decay": 10.0, "learning_rate": 5.0}, "learning_rate", "5"),  # the further out comes first
+])
+def test_a_divergence_names_the_key_that_was_out_of_range(settings, key, value):
+    steady = [2.0, 2.1, 1.9, 2.05, 1.95, 2.0]
+    for losses in (steady + [5.5, 7.0], steady + [float("nan")]):
+        records = with_settings(run_records(losses))
+        records[0].update(settings)
+        finding = dx.divergence(records)
+        assert finding is not None and finding.severity == dx.STOP
+        assert f"Likely cause: {key} {value} " in finding.message, finding.message
+        assert finding.fix.startswith(f"Set {key} in plan.yaml"), finding.fix
+
+
+def test_a_divergence_with_every_setting_in_range_blames_the_learning_rate_by_its_value():
+    records = with_settings(run_records([2.0, 2.1, 1.9, 2.05, 1.95, 2.0, 5.5, 7.0]), weight_decay=0.01)
+    finding = dx.divergence(records)
+    assert "cause" not in finding.message
+    assert finding.fix.startswith("Lower learning_rate 0.0002 in plan.yaml (a tenth: --learning-rate 2e-05)")
+    early = with_settings(run_records([2.0, 2.1, float("nan")]), warmup_steps=0.0)
+    finding = dx.divergence(early)
+    assert "Possible cause: warmup_ratio 0" in finding.message
+    assert finding.fix.startswith("Set warmup_ratio in plan.yaml to 0.03 to 0.1; or lower learning_rate")
+
+
+@pytest.mark.slow
+def test_a_real_run_with_a_huge_lora_alpha_stops_and_names_it(tmp_path):
+    """plan.yaml edited to lora alpha 1e30: every gradient norm is inf, the run stops as diverged
+    and the summary names the key and its value (not the learning rate)."""
+    run_dir = tmp_path / "run"
+    result = run_cli("export", "--max-steps", "8", "--eval-fraction", "0", "--out", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    plan = run_dir / "plan.yaml"
+    assert "\n  alpha: 8\n" in plan.read_text()
+    plan.write_text(plan.read_text().replace("\n  alpha: 8\n", "\n  alpha: " + "1" + "0" * 30 + "\n"))
+    result = run_cli("run", str(run_dir), cwd=tmp_path)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    records = read_metrics(run_dir / "metrics.jsonl")
+    (stop,) = [r for r in records if r["type"] == "stop"]
+    assert stop["reason"] == "diverged" and stop["finding"]["code"] == "non_finite_grad"
+    assert stop["step"] < 8
+    words = " ".join(result.stdout.replace("│", " ").split())
+    assert "Likely cause: lora.alpha 1e+30" in words and "Set lora.alpha in plan.yaml to 8" in words
+
+
 # ----------------------------------------------------------------------------- overfitting
 
 def test_eval_rising_while_train_falls_is_overfitting_with_the_best_step():
