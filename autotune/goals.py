@@ -8,30 +8,37 @@ numbers, while `dataclasses.replace`, `asdict` and `fields` keep working.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import field, fields
+from dataclasses import fields
 from typing import Any
-
-from pydantic import ConfigDict, ValidationError
-from pydantic.dataclasses import dataclass
 
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.schema import (
+    BatchSize,
     DatasetSize,
+    Epochs,
+    EvalFraction,
     Fraction,
     Launcher,
+    LearningRate,
+    LoraAlpha,
+    LoraRank,
+    LoraTargets,
     LrScheduler,
     Method,
-    NonNegativeFloat,
     Offload,
     Optimizer,
-    PositiveFloat,
-    PositiveInt,
     Precision,
+    ProcessCount,
     Seed,
-    Tracker,
+    StepCount,
     Strategy,
+    TokenLength,
+    Tracker,
+    WeightDecay,
     user_error,
 )
+from pydantic import ConfigDict, ValidationError
+from pydantic.dataclasses import dataclass
 
 
 @dataclass(config=ConfigDict(extra="forbid"))
@@ -39,44 +46,44 @@ class Goals:
     preset: str | None = None
     dataset_size: DatasetSize | None = None   # None: classify the data
     method: Method | None = None
-    epochs: PositiveFloat | None = None
-    max_steps: PositiveInt | None = None
-    learning_rate: PositiveFloat | None = None
-    lora_r: PositiveInt | None = None
-    lora_alpha: PositiveInt | None = None
+    epochs: Epochs | None = None
+    max_steps: StepCount | None = None
+    learning_rate: LearningRate | None = None
+    lora_r: LoraRank | None = None
+    lora_alpha: LoraAlpha | None = None
     lora_dropout: Fraction | None = None
-    lora_targets: list[str] | None = None
-    max_length: PositiveInt | None = None      # asked for explicitly (--max-length)
-    max_length_cap: PositiveInt | None = None  # a preset's cap on what the data would choose
+    lora_targets: LoraTargets | None = None
+    max_length: TokenLength | None = None      # asked for explicitly (--max-length)
+    max_length_cap: TokenLength | None = None  # a preset's cap on what the data would choose
     allow_truncation: bool = False
-    effective_batch: PositiveInt | None = None
-    micro_batch: PositiveInt | None = None
-    grad_accum: PositiveInt | None = None
-    eval_fraction: Fraction | None = None
-    evals_per_epoch: PositiveInt | None = None
-    eval_steps: PositiveInt | None = None       # evaluate and checkpoint every N steps (beats evals_per_epoch)
+    effective_batch: BatchSize | None = None
+    micro_batch: BatchSize | None = None
+    # Fixes the accumulation: the effective batch follows (micro-batch x processes x grad_accum).
+    grad_accum: BatchSize | None = None
+    eval_fraction: EvalFraction | None = None
+    evals_per_epoch: StepCount | None = None
+    eval_steps: StepCount | None = None         # evaluate and checkpoint every N steps (beats evals_per_epoch)
     lr_scheduler: LrScheduler | None = None
     warmup_ratio: Fraction | None = None
-    weight_decay: NonNegativeFloat | None = None
+    weight_decay: WeightDecay | None = None
     strategy: Strategy | None = None
     offload: Offload | None = None
     checkpointing: bool | None = None
     precision: Precision | None = None
     optimizer: Optimizer | None = None
     launcher: Launcher | None = None
-    processes: PositiveInt | None = None       # processes per node; on the CPU, how many ranks
+    processes: ProcessCount | None = None       # processes per node; on the CPU, how many ranks
     report_to: list[Tracker] | None = None     # experiment trackers; None: none (the plan may suggest one)
     probe: bool | None = None                  # a few measured steps before the run; None: on GPUs only
     # Long-context and activation savers (llmwizard.autotune.long_context); None: the planner decides.
-    context_parallel: PositiveInt | None = None    # GPUs one sequence is split over (FSDP2 cp_size)
+    context_parallel: ProcessCount | None = None    # GPUs one sequence is split over (FSDP2 cp_size)
     activation_offloading: bool | None = None      # TRL's activation offloading to host RAM
     packing: bool | None = None                    # padding-free packing (TRL packing, bfd strategy)
     liger_kernel: bool | None = None               # Liger's fused Triton kernels (GPU only)
     train_vision_tower: bool = False           # LoRA: adapt the vision tower too (frozen by default)
     seed: Seed = 42
-    extra: dict[str, Any] = field(default_factory=dict)
     # The fields the user set (flags, wizard edits), as opposed to a preset's values: the plan's
-    # reasons say "asked for" for these, and the planner never adjusts them.
+    # reasons say "asked for" for these and "from preset NAME" for the preset's.
     explicit: frozenset[str] = frozenset()
 
     def merged(self, **overrides: Any) -> Goals:
@@ -89,15 +96,29 @@ class Goals:
                              fix="Change the values named above.") from None
 
     def source(self, key: str, default: str) -> str:
-        """Where a set value came from, for a reason: asked for, the preset, else `default`."""
+        """Where a value came from, for a reason: "asked for", "from preset NAME", or `default`
+        when the goal leaves it to the planner."""
         if key in self.explicit:
             return "asked for"
         if getattr(self, key) is not None and self.preset:
-            return f"preset {self.preset}"
+            return f"from preset {self.preset}"
         return default
 
+    def origin(self, key: str) -> str:
+        """Where a value that is set came from: the preset's file, else the user (a flag, a wizard
+        edit, or Goals built by hand)."""
+        if key not in self.explicit and self.preset:
+            return f"from preset {self.preset}"
+        return "asked for"
 
-GOAL_FIELDS = {f.name for f in fields(Goals)} - {"extra", "explicit", "preset"}
+    def data_parallel(self, world: int) -> int:
+        """Processes holding different examples: all `world` of them, or world / context_parallel
+        when one sequence is split over several. A fixed accumulation (grad_accum) is planned for
+        the split asked for, or none."""
+        return max(1, world // (self.context_parallel or 1))
+
+
+GOAL_FIELDS = {f.name for f in fields(Goals)} - {"explicit", "preset"}
 
 
 def goals_from_preset(name: str, values: dict[str, Any], where: str | None = None) -> Goals:

@@ -73,6 +73,10 @@ def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, 
         if liger.total <= limit:
             suggestions.append(f"fits with Liger's kernels (--liger-kernel, needs the liger-kernel package): "
                                f"{liger.total / GiB:.1f} GiB per GPU")
+    if hardware.device == "cpu" and world > 1:
+        fewer = _fewer_cpu_processes(hardware, model, smallest, world, limit / budget if budget else 0.0)
+        if fewer:
+            suggestions.append(fewer)
     seq = base.seq_len
     while seq > 256:
         seq //= 2
@@ -93,13 +97,33 @@ def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, 
                 suggestions.append(text + ")")
                 break
     tail = "; ".join(suggestions) if suggestions else "try a smaller model"
+    shared = (f" (the host RAM shared by {world // max(1, hardware.nodes)} processes)"
+              if hardware.device == "cpu" and world > 1 else "")
     return UserError(
         f"{model.name} ({format_params(model.total_params)} parameters, {base.method}) does not fit: even "
         f"fully sharded at micro-batch 1 with checkpointing{_lean_words(lean)} it needs {est.total / GiB:.1f} GiB per "
-        f"{'GPU' if hardware.device == 'cuda' else 'process'}, and {budget / GiB:.1f} GiB is free"
+        f"{'GPU' if hardware.device == 'cuda' else 'process'}, and {budget / GiB:.1f} GiB is free{shared}"
         + (f" ({limit / GiB:.1f} GiB usable: the planner keeps {1 - limit / budget:.0%} as headroom)."
            if est.total <= budget else "."),
         title="Does not fit", fix=tail)
+
+
+def _fewer_cpu_processes(hardware: HardwareProfile, model: ModelSpec, smallest: TrainSetup, world: int,
+                         usable: float) -> str:
+    """On the CPU every process takes its share of the host RAM: the most processes (halving from
+    the asked count) whose share fits (`usable` of it, as the search keeps headroom), as the fix,
+    or "" when even one process does not fit."""
+    per_node = world // max(1, hardware.nodes)
+    count = per_node // 2
+    while count >= 1:
+        share = hardware.host_ram_available // count
+        setup = replace(smallest, strategy="zero3" if count * hardware.nodes > 1 else "single",
+                        num_gpus=count * hardware.nodes, gpus_per_node=count)
+        if estimate(model, setup, share).total <= share * usable:
+            return (f"fits with {count} process(es) per machine (--processes {count}): each of {per_node} processes "
+                    f"gets 1/{per_node} of the {hardware.host_ram_available / GiB:.1f} GiB of RAM")
+        count //= 2
+    return ""
 
 
 def _lean_words(lean: dict[str, object]) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from llmwizard.autotune.schema import Launcher, Method, Precision, Tracker
+from llmwizard.autotune import vision
 from llmwizard.autotune.activations import LIGER_MODELS
 from llmwizard.autotune.dataset import DatasetProfile
 from llmwizard.autotune.errors import UserError
@@ -20,10 +20,10 @@ from llmwizard.autotune.goals import Goals
 from llmwizard.autotune.hardware_types import HardwareProfile
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.plan import LoraSettings
-from llmwizard.autotune.savers import ADALOMO_LEARNING_RATE
 from llmwizard.autotune.rules import RULES, SizeRule, classify, round_up
+from llmwizard.autotune.savers import ADALOMO_LEARNING_RATE
+from llmwizard.autotune.schema import MAX_BATCH, MAX_LEARNING_RATE, Launcher, Method, Precision, Tracker
 from llmwizard.autotune.train_setup import TrainSetup
-from llmwizard.autotune import vision
 
 DEFAULT_EFFECTIVE_BATCH = 16
 # The embedded default is a random-init toy model: it learns visibly at ten times the rule's rate.
@@ -70,15 +70,16 @@ def size_rule(dataset: DatasetProfile, goals: Goals) -> Decision[SizeRule]:
         size, why = classify(dataset)
         return Decision(RULES[size], f"{size} dataset: {why}")
     size = goals.dataset_size
-    why = f"preset {goals.preset or ''} is for {size} datasets".strip()
-    actual, _ = classify(dataset)
+    actual, why = classify(dataset)
+    origin = goals.origin("dataset_size")
     warnings = () if actual == size else (
-        f"The preset is for {size} datasets but this one is {actual}; consider --preset {actual}-dataset.",)
-    return Decision(RULES[size], f"{size} dataset: {why}", warnings)
+        f"dataset_size {size} ({origin}) but this dataset is {actual}: {why}; consider --preset {actual}-dataset.",)
+    verdict = "as the data is" if actual == size else f"though the data is {actual}"
+    return Decision(RULES[size], f"{size} dataset ({origin}), {verdict}: {why}", warnings)
 
 
 def _rule_text(rule: SizeRule) -> str:
-    return f"Google's rule for {rule.size} datasets"
+    return f"from Google's rule for {rule.size} datasets"
 
 
 def method(hardware: HardwareProfile, goals: Goals) -> Decision[Method]:
@@ -92,7 +93,7 @@ def method(hardware: HardwareProfile, goals: Goals) -> Decision[Method]:
         "lora": "LoRA: adapters train a small share of the weights; the guidance's default for tuning",
         "qlora": "QLoRA: a 4-bit NF4 base with LoRA adapters, for the least memory",
         "full": "full fine-tuning: every weight trains (most memory, most capacity)",
-    }[method] + (f" ({goals.source('method', '')})" if goals.method else ""))
+    }[method] + (f" ({goals.origin('method')})" if goals.method else ""))
 
 
 def epochs(goals: Goals, rule: SizeRule) -> Decision[float]:
@@ -103,6 +104,8 @@ def epochs(goals: Goals, rule: SizeRule) -> Decision[float]:
 # Above this a learning rate is almost surely a typo (AdaLomo's relative 5e-4 and the embedded
 # model's 10x rates are far below it).
 MAX_SENSIBLE_LR = 0.1
+# Below this (and above the schema's floor, where updates vanish in fp32) a run hardly trains.
+MIN_SENSIBLE_LR = 1e-6
 
 
 def learning_rate(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -> Decision[float]:
@@ -115,18 +118,23 @@ def learning_rate(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -
     if model.source == "embedded" and "learning_rate" not in goals.explicit:
         # Google's rates are for tuning pretrained weights; the embedded model starts random and
         # learns visibly only at about ten times that rate (bench: 6.5 -> 2.0 in the default run).
-        lr *= RANDOM_INIT_LR_SCALE
-        reason = (f"{lr:g}: {RANDOM_INIT_LR_SCALE}x the {lr / RANDOM_INIT_LR_SCALE:g} of "
+        base = lr
+        lr = min(lr * RANDOM_INIT_LR_SCALE, MAX_LEARNING_RATE)  # (the schema's ceiling holds for the plan too)
+        reason = (f"{lr:g}: {lr / base:g}x the {base:g} "
                   f"{goals.source('learning_rate', rule_text)}, because the embedded tiny model is randomly "
                   "initialised and the rule's rates assume pretrained weights")
     warnings = ((f"Learning rate {lr:g} is far above what fine-tuning uses (1e-6 to 1e-2): the loss will "
-                 "likely diverge; check the value.",) if lr > MAX_SENSIBLE_LR else ())
+                  "likely diverge; check the value."),) if lr > MAX_SENSIBLE_LR else (
+                 (f"Learning rate {lr:g} is far below what fine-tuning uses (1e-6 to 1e-2): the weights will "
+                  "hardly move; check the value."),) if lr < MIN_SENSIBLE_LR else ()
     return Decision(lr, reason, warnings)
 
 
 def lora(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -> Decision[LoraSettings | None]:
+    warnings = ((f"train_vision_tower ({goals.origin('train_vision_tower')}) changes nothing: {model.name} has no "
+                 "vision tower."),) if goals.train_vision_tower and model.vision is None else ()
     if method == "full":
-        return Decision(None)
+        return Decision(None, warnings=warnings)
     r = goals.lora_r or rule.lora_r
     targets = goals.lora_targets or model.linear_names
     unknown = sorted(set(targets) - set(model.linear_names))
@@ -142,11 +150,13 @@ def lora(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -> Decisio
     share = count / (model.total_params + count)
     where = ""
     if model.vision is not None:
-        where = (" of the language model and the vision tower's blocks (asked for)" if tower
+        where = (f" of the language model and the vision tower's blocks ({goals.origin('train_vision_tower')})"
+                 if tower
                  else f" of the language model; {vision.frozen_note(model)}")
-    return Decision(lora, f"rank {r}, alpha {lora.alpha} on {', '.join(targets)}{where}: "
+    alpha = f" ({goals.origin('lora_alpha')})" if goals.lora_alpha else " (twice the rank)"
+    return Decision(lora, f"rank {r}, alpha {lora.alpha}{alpha} on {', '.join(targets)}{where}: "
                           f"{count:,} trainable parameters ({share:.2%}); "
-                          f"rank from {goals.source('lora_r', _rule_text(rule))}")
+                          f"rank {goals.source('lora_r', _rule_text(rule))}", warnings)
 
 
 def vision_tower(model: ModelSpec, dataset: DatasetProfile, goals: Goals, method: str) -> Decision[bool]:
@@ -161,7 +171,7 @@ def vision_tower(model: ModelSpec, dataset: DatasetProfile, goals: Goals, method
         how = ("trains with every other weight (full fine-tuning); under FSDP each vision block and decoder layer "
                "is wrapped")
     elif trains:
-        how = "trains through LoRA adapters on its blocks (asked for)"
+        how = f"trains through LoRA adapters on its blocks ({goals.origin('train_vision_tower')})"
     else:
         how = "frozen (LoRA on the language model only; --train-vision-tower adapts it too)"
     return Decision(trains, f"{model.vision_params:,}-parameter vision tower {how}; {images}")
@@ -187,9 +197,10 @@ def max_length(model: ModelSpec, dataset: DatasetProfile, goals: Goals, rule_cap
     if goals.max_length is not None:
         length = goals.max_length
         warnings = () if dataset.max_tokens <= length else (
-            f"About {_share_over(dataset, length):.0%} of examples are longer than {length} tokens "
-            f"and will be truncated (longest: {dataset.max_tokens}).",)
-        return Decision(length, f"{length} tokens (asked for); p99 of the data is {dataset.p99_tokens} tokens",
+            (f"About {_share_over(dataset, length):.0%} of examples are longer than {length} tokens "
+             f"and will be truncated (longest: {dataset.max_tokens})."),)
+        return Decision(length, f"{length} tokens ({goals.origin('max_length')}); p99 of the data is "
+                                f"{dataset.p99_tokens} tokens",
                         warnings)
     cap = goals.max_length_cap or rule_cap
     # With images the longest example sets the length: TRL cannot cut a sequence inside an image's
@@ -210,8 +221,8 @@ def max_length(model: ModelSpec, dataset: DatasetProfile, goals: Goals, rule_cap
             f"preset {goals.preset}'s" if goals.max_length_cap else "the dataset rule's")
         why = f"{length} tokens: {limit} cap; p99 of the data is {dataset.p99_tokens} tokens"
     warnings = () if dataset.max_tokens <= length else (
-        f"About {_share_over(dataset, length):.0%} of examples are longer than {length} tokens and will be "
-        f"truncated (longest: {dataset.max_tokens}). Raise --max-length if they matter.",)
+        (f"About {_share_over(dataset, length):.0%} of examples are longer than {length} tokens and will be "
+         f"truncated (longest: {dataset.max_tokens}). Raise --max-length if they matter."),)
     return Decision(length, why, warnings)
 
 
@@ -225,10 +236,10 @@ def _share_over(dataset: DatasetProfile, length: int) -> float:
 def precision(hardware: HardwareProfile, goals: Goals) -> Decision[Precision]:
     if hardware.device == "cpu":
         precision = goals.precision or "fp32"
-        warnings = (f"Precision {precision} on the CPU: it has no fast bf16/fp16 training path, so this runs "
-                    "slower than fp32 (leave precision to the planner for fp32).",) if precision != "fp32" else ()
+        warnings = ((f"Precision {precision} on the CPU: it has no fast bf16/fp16 training path, so this runs "
+                     "slower than fp32 (leave precision to the planner for fp32)."),) if precision != "fp32" else ()
         return Decision(precision, "fp32: the CPU has no fast bf16/fp16 training path" if not goals.precision
-                        else f"{precision} (asked for)", warnings)
+                        else f"{precision} ({goals.origin('precision')})", warnings)
     gpu = hardware.smallest_gpu
     assert gpu is not None
     cc = f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}"
@@ -236,7 +247,7 @@ def precision(hardware: HardwareProfile, goals: Goals) -> Decision[Precision]:
         if goals.precision in ("bf16", "pure_bf16") and gpu.compute_capability < (8, 0):
             raise UserError(f"{goals.precision} needs compute capability 8.0 or newer; {gpu.name} has {cc}.",
                             title="Precision", fix="Use --precision fp16 on this GPU.")
-        return Decision(goals.precision, f"{goals.precision} (asked for)")
+        return Decision(goals.precision, f"{goals.precision} ({goals.origin('precision')})")
     if gpu.compute_capability >= (8, 0):
         return Decision("bf16", f"bf16 mixed precision: {gpu.name} has compute capability {cc} (>= 8.0)")
     return Decision("fp16", f"fp16 mixed precision with loss scaling: {gpu.name} has compute capability {cc} "
@@ -249,14 +260,18 @@ def world(hardware: HardwareProfile, goals: Goals) -> Decision[World]:
     """Processes per node: one per GPU (or fewer, asked for); on the CPU, as many as asked."""
     if hardware.device == "cpu":
         world = World(hardware.nodes, goals.processes or 1)
+        cores = hardware.cpu_cores
+        warnings = ((f"{world.per_node} processes ({goals.origin('processes')}) on {cores} CPU core(s): the ranks "
+                     f"share the cores and run slower than {cores} would."),) if world.per_node > cores else ()
         return Decision(world, f"CPU: {world.per_node} process(es) with the gloo backend"
-                               + ("" if hardware.notes == [] else f" ({hardware.notes[0]})"))
+                               + ("" if hardware.notes == [] else f" ({hardware.notes[0]})"), warnings)
     per_node = hardware.gpus_per_node
     if goals.processes and goals.processes != per_node:
         if goals.processes > per_node:
             raise UserError(
-                f"{goals.processes} processes per node but this node has {per_node} GPU(s): "
-                "two processes on one GPU fail with 'Duplicate GPU detected'.",
+                f"processes = {goals.processes} ({goals.origin('processes')}: --processes or the preset key "
+                f"processes) is more than this node's {per_node} GPU(s): one process per GPU, and two "
+                "processes on one GPU fail with 'Duplicate GPU detected'.",
                 title="Processes", fix=f"Use --processes {per_node} or fewer.")
         per_node = goals.processes
     world = World(hardware.nodes, per_node)
@@ -265,15 +280,55 @@ def world(hardware: HardwareProfile, goals: Goals) -> Decision[World]:
 
 def effective_batch(goals: Goals, world: int) -> Decision[int]:
     """The effective batch, raised to a multiple of what one micro-step takes in (no reason of its
-    own: the batch reason states it)."""
+    own: the batch reason states it). A fixed accumulation (`grad_accum`) sets it instead: the
+    micro-batch x the data-parallel processes x the accumulation."""
+    if goals.grad_accum:
+        return _accumulated_batch(goals, world)
     effective = goals.effective_batch or DEFAULT_EFFECTIVE_BATCH
     step = world * (goals.micro_batch or 1)
     if not effective % step:
         return Decision(effective)
     raised = step * math.ceil(effective / step)
-    warnings = (f"Effective batch raised from {effective} to {raised}: micro-batch {goals.micro_batch} "
-                f"x {world} process(es) must divide it.",) if goals.micro_batch else ()
+    if raised > MAX_BATCH:
+        raise UserError(f"micro_batch {goals.micro_batch} x {world} process(es) is {step} examples per micro-step; the "
+                        f"effective batch would be {raised}, more than {MAX_BATCH}.", title="Batch",
+                        fix="Lower --micro-batch (or the preset's micro_batch), or use fewer processes.")
+    warnings = ((f"Effective batch raised from {effective} to {raised}: micro-batch {goals.micro_batch} "
+                 f"x {world} process(es) must divide it."),) if goals.micro_batch else ()
     return Decision(raised, warnings=warnings)
+
+
+def _accumulated_batch(goals: Goals, world: int) -> Decision[int]:
+    """The effective batch of a fixed accumulation: micro-batch x data-parallel processes x
+    grad_accum. Without a micro-batch, the effective batch (asked, or the default raised to a
+    multiple) sets it, and the search holds it (llmwizard.autotune.search.fixed_micro_batch)."""
+    accum = goals.grad_accum
+    assert accum is not None
+    parallel = goals.data_parallel(world)
+    keys = f"grad_accum {accum} ({goals.origin('grad_accum')})"
+    if goals.micro_batch:
+        effective = goals.micro_batch * parallel * accum
+        if goals.effective_batch and goals.effective_batch != effective:
+            raise UserError(
+                f"effective_batch {goals.effective_batch} ({goals.origin('effective_batch')}) does not match {keys} "
+                f"x micro_batch {goals.micro_batch} x {parallel} data-parallel process(es) = {effective}.",
+                title="Batch", fix="Set two of effective_batch (--effective-batch), micro_batch (--micro-batch) and "
+                                   "grad_accum (preset key), and the planner derives the third.")
+        if effective > MAX_BATCH:
+            raise UserError(f"micro_batch {goals.micro_batch} x {parallel} process(es) x {keys} is an effective batch "
+                            f"of {effective}, more than {MAX_BATCH}.", title="Batch",
+                            fix="Lower grad_accum or the micro-batch.")
+        return Decision(effective)
+    step = parallel * accum
+    if goals.effective_batch:
+        if goals.effective_batch % step:
+            raise UserError(
+                f"effective_batch {goals.effective_batch} ({goals.origin('effective_batch')}) is not a multiple of "
+                f"{keys} x {parallel} data-parallel process(es) = {step}: the micro-batch would not be whole.",
+                title="Batch", fix=f"Use an effective batch that {step} divides (e.g. "
+                                   f"{step * max(1, goals.effective_batch // step)}), or drop grad_accum.")
+        return Decision(goals.effective_batch)
+    return Decision(step * math.ceil(DEFAULT_EFFECTIVE_BATCH / step))
 
 
 def base_setup(hardware: HardwareProfile, world: World, method: Method, max_length: int, precision: Precision,
@@ -303,9 +358,11 @@ def budget(hardware: HardwareProfile, per_node: int) -> int:
 
 def grad_accum(goals: Goals, micro: int, world: int, effective: int) -> Decision[int]:
     grad_accum = effective // (micro * world)
+    origins = [f"{words} {goals.origin(key)}" for key, words in (
+        ("effective_batch", "effective batch"), ("micro_batch", "micro-batch"), ("grad_accum", "accumulation"))
+        if getattr(goals, key)]
     return Decision(grad_accum, f"micro-batch {micro} x {world} process(es) x {grad_accum} accumulation = "
-                                f"effective batch {effective}"
-                                + (f" ({goals.source('effective_batch', '')})" if goals.effective_batch else ""))
+                                f"effective batch {effective}" + (f" ({'; '.join(origins)})" if origins else ""))
 
 
 def fused_effective_batch(goals: Goals, micro: int, effective: int) -> Decision[int]:
@@ -314,8 +371,8 @@ def fused_effective_batch(goals: Goals, micro: int, effective: int) -> Decision[
     reason = (f"{micro}: AdaLomo updates the weights inside each backward, so gradients cannot be accumulated "
               f"over micro-batches and the effective batch is one micro-batch"
               + (f" (the planner's batch was {effective}: more, smaller steps)" if micro != effective else ""))
-    warnings = (f"Effective batch {effective} not kept: AdaLomo cannot accumulate gradients, and micro-batch "
-                f"{micro} is the largest that fits; each step takes {micro} example(s).",) \
+    warnings = ((f"Effective batch {effective} not kept: AdaLomo cannot accumulate gradients, and micro-batch "
+                 f"{micro} is the largest that fits; each step takes {micro} example(s)."),) \
         if goals.effective_batch and micro != effective else ()
     return Decision(micro, reason, warnings)
 
@@ -340,7 +397,7 @@ def launcher(goals: Goals, strategy: str) -> Decision[Launcher]:
         "accelerate": "accelerate launch: one config file for every strategy",
         "torchrun": "torchrun with accelerate's environment variables",
         "deepspeed": "the deepspeed launcher",
-    }[launcher] + (" (asked for)" if goals.launcher else ""))
+    }[launcher] + (f" ({goals.origin('launcher')})" if goals.launcher else ""))
 
 
 # Trackers that need an account or a server, and what in the environment says one is set up.
@@ -382,8 +439,8 @@ def trackers(goals: Goals, environ: Mapping[str, str] | None = None) -> Decision
         warnings = tuple(f"--report-to {t}: {TRACKER_SETUP[t][0]} is not installed here; install it where the "
                          f"run trains (pip install {TRACKER_SETUP[t][0]}), or the ranks stop at the start"
                          for t in missing)
-        return Decision(chosen, (", ".join(chosen) if chosen else "none") + " (asked for); metrics.jsonl is "
-                        "written in every case", warnings)
+        return Decision(chosen, (", ".join(chosen) if chosen else "none") + f" ({goals.origin('report_to')}); "
+                        "metrics.jsonl is written in every case", warnings)
     ready = configured_trackers(environ)
     if not ready:
         return Decision([])
@@ -396,10 +453,7 @@ def trackers(goals: Goals, environ: Mapping[str, str] | None = None) -> Decision
 def schedule(dataset: DatasetProfile, goals: Goals, effective: int, epochs: float,
              rows: int | None = None) -> Decision[Schedule]:
     """`rows`: the training rows after packing, when packing is on."""
-    eval_fraction = goals.eval_fraction if goals.eval_fraction is not None else 0.1
-    if not 0 <= eval_fraction < 0.5:
-        raise UserError(f"Eval fraction {eval_fraction} is out of range.", title="Evaluation",
-                        fix="Hold out between 0 (no evaluation) and 0.5 of the rows, e.g. --eval-fraction 0.1.")
+    eval_fraction = goals.eval_fraction if goals.eval_fraction is not None else 0.1  # (range: schema.EvalFraction)
     train_examples = rows or max(1, round(dataset.num_examples * (1 - eval_fraction)))
     steps_per_epoch = max(1, math.ceil(train_examples / effective))
     total_steps = goals.max_steps if goals.max_steps else math.ceil(steps_per_epoch * epochs)
@@ -433,11 +487,12 @@ def liger(hardware: HardwareProfile, goals: Goals, model: ModelSpec) -> Decision
         raise UserError("Liger's kernels are Triton kernels and need an NVIDIA GPU.", title="Liger kernel",
                         fix="Plan with --gpus, or leave Liger off on the CPU (--no-liger-kernel).")
     if model.model_type not in LIGER_MODELS:
-        return Decision(True, f"on (asked for); the estimate counts Liger's savings for Llama, Mistral, Qwen and "
+        return Decision(True, f"on ({goals.origin('liger_kernel')}); the estimate counts Liger's savings for Llama, "
+                              "Mistral, Qwen and "
                               f"Gemma decoders, so none for {model.model_type} (where Liger has no kernels for a "
                               "model type, transformers applies none)",
-                        warnings=(f"The estimate counts no Liger saving for {model.model_type} models; the plan is "
-                                  "sized as without --liger-kernel.",))
+                        warnings=((f"The estimate counts no Liger saving for {model.model_type} models; the plan is "
+                                   "sized as without --liger-kernel."),))
     return Decision(True)
 
 

@@ -62,7 +62,7 @@ class Check:
     reads in a message ("an integer of 1 or more"). pydantic applies it through the
     `__get_pydantic_core_schema__` hook."""
 
-    __slots__ = ("test", "allowed")
+    __slots__ = ("allowed", "test")
 
     def __init__(self, test: Callable[[Any], bool], allowed: str) -> None:
         self.test = test
@@ -79,11 +79,22 @@ class Check:
                 raise ValueError(f"must be {self.allowed}")
             return value
 
-        return core_schema.no_info_after_validator_function(check, handler(source))
+        def not_a_switch(value: Any) -> Any:
+            # pydantic's lax mode reads true as 1: a switch where a number belongs is a mistake.
+            # (a ValueError, not a TypeError: pydantic turns only ValueError into a validation error)
+            if isinstance(value, bool):
+                raise ValueError(f"must be {self.allowed}, not true or false")  # noqa: TRY004
+            return value
+
+        checked = core_schema.no_info_after_validator_function(check, handler(source))
+        return core_schema.no_info_before_validator_function(not_a_switch, checked)
 
 
 # ----------------------------------------------------------------------------- numbers
-# NaN fails every comparison, so the float rules refuse it along with inf.
+# NaN fails every comparison, so the float rules refuse it along with inf. The general rules
+# come first; then one rule per setting a user sets (flag, preset key, plan.yaml key, the
+# wizard's what-if fields), each with the range a real run can use and why: a value outside it
+# is a typo or would overflow (1e308 epochs is an infinite step count), not a choice.
 
 PositiveInt = Annotated[int, Check(lambda v: v >= 1, "an integer of 1 or more")]
 NonNegativeInt = Annotated[int, Check(lambda v: v >= 0, "an integer of 0 or more")]
@@ -93,15 +104,79 @@ Fraction = Annotated[float, Check(lambda v: 0 <= v < 1, "a number from 0 up to (
 Port = Annotated[int, Check(lambda v: 1 <= v <= 65535, "a port number from 1 to 65535")]
 # numpy's seed (which transformers.set_seed sets) takes 0 .. 2**32 - 1.
 Seed = Annotated[int, Check(lambda v: 0 <= v <= 2**32 - 1, "an integer from 0 to 4294967295")]
+
+# A billion optimizer steps is decades of training at a step a second; the counts of steps a run
+# uses (max steps, evaluation interval) stay far below, and the trainer's step counters stay exact.
+MAX_STEP_COUNT = 10**9
 # The trainer's convention: -1 runs the epochs, a positive count stops after that many steps.
-MaxSteps = Annotated[int, Check(lambda v: v == -1 or v >= 1, "-1 (run the epochs) or an integer of 1 or more")]
-GiBAmount = Annotated[float, Check(lambda v: 0 < v < math.inf, "a finite number of GiB greater than 0")]
+MaxSteps = Annotated[int, Check(lambda v: v == -1 or 1 <= v <= MAX_STEP_COUNT,
+                                f"-1 (run the epochs) or an integer of 1 or more, at most {MAX_STEP_COUNT}")]
+StepCount = Annotated[int, Check(lambda v: 1 <= v <= MAX_STEP_COUNT,
+                                 f"an integer of 1 or more, at most {MAX_STEP_COUNT}")]
+# Fine-tuning runs 1 to 30 epochs; 10000 passes over any dataset is already a typo, and the step
+# count (steps per epoch x epochs) must stay a finite integer.
+MAX_EPOCHS = 10_000
+Epochs = Annotated[float, Check(lambda v: 0 < v <= MAX_EPOCHS,
+                                f"a finite number greater than 0, at most {MAX_EPOCHS}")]
+# Above 1 every optimizer diverges; below 1e-9 an AdamW update (about the learning rate per step)
+# is under what fp32 resolves of a weight of 0.01 (6e-10), so nothing trains.
+MIN_LEARNING_RATE, MAX_LEARNING_RATE = 1e-9, 1.0
+LearningRate = Annotated[float, Check(lambda v: MIN_LEARNING_RATE <= v <= MAX_LEARNING_RATE,
+                                      "a finite number greater than 0, from 1e-9 to 1")]
+# AdamW's decoupled decay shrinks each weight by learning rate x decay per step: fine-tuning uses
+# 0 to 0.1, and above 10 the decay outweighs any gradient.
+MAX_WEIGHT_DECAY = 10.0
+WeightDecay = Annotated[float, Check(lambda v: 0 <= v <= MAX_WEIGHT_DECAY, "a number from 0 to 10")]
+# Examples per optimizer step (effective batch, micro-batch) and the accumulation: 2**24 examples
+# is beyond any published pretraining batch; larger counts only overflow the step arithmetic.
+MAX_BATCH = 2**24
+BatchSize = Annotated[int, Check(lambda v: 1 <= v <= MAX_BATCH, f"an integer of 1 or more, at most {MAX_BATCH}")]
+# Tokens per sequence: 2**24 (16M) is above every model's context window; the model's own limit is
+# checked when the plan is made.
+MAX_TOKENS = 2**24
+TokenLength = Annotated[int, Check(lambda v: 1 <= v <= MAX_TOKENS, f"an integer of 1 or more, at most {MAX_TOKENS}")]
+# LoRA rank and alpha: a rank above the widest layer (65536 in any model today) adds nothing, and an
+# alpha above 2**16 scales the adapter's output by more than 2**16 / rank (the gradient norm overflows).
+MAX_LORA = 2**16
+LoraRank = Annotated[int, Check(lambda v: 1 <= v <= MAX_LORA, f"an integer of 1 or more, at most {MAX_LORA}")]
+LoraAlpha = Annotated[int, Check(lambda v: 1 <= v <= MAX_LORA, f"an integer of 1 or more, at most {MAX_LORA}")]
+# Held out for evaluation: at least half of the rows must train.
+EvalFraction = Annotated[float, Check(lambda v: 0 <= v < 0.5,
+                                      "a number from 0 up to (not including) 1, and under 0.5 so that most rows "
+                                      "train")]
+# Processes per machine (and GPUs per sequence): machines have up to 16 GPUs and a few hundred
+# cores; more ranks than 1024 on one machine is a typo. The planner checks the machine's own count.
+MAX_PROCESSES = 1024
+ProcessCount = Annotated[int, Check(lambda v: 1 <= v <= MAX_PROCESSES,
+                                    f"an integer of 1 or more, at most {MAX_PROCESSES}")]
+# Machines: the largest training clusters hold some tens of thousands of machines.
+MAX_NODES = 65536
+NodeCount = Annotated[int, Check(lambda v: 1 <= v <= MAX_NODES, f"an integer of 1 or more, at most {MAX_NODES}")]
+# Host RAM per machine: 64 TiB is above any machine sold.
+MAX_GIB = 65536
+GiBAmount = Annotated[float, Check(lambda v: 0 < v <= MAX_GIB,
+                                   f"a finite number of GiB greater than 0, at most {MAX_GIB}")]
+# Waits in seconds (the stop's grace period for the ranks to save): a day at most.
+MAX_SECONDS = 86_400
+Seconds = Annotated[float, Check(lambda v: 0 < v <= MAX_SECONDS,
+                                 f"a number of seconds greater than 0, at most {MAX_SECONDS}")]
+# Tokens to generate in a try: beyond 2**16 a reply is no longer a sample.
+MAX_NEW_TOKENS = 2**16
+NewTokens = Annotated[int, Check(lambda v: 1 <= v <= MAX_NEW_TOKENS,
+                                 f"an integer of 1 or more, at most {MAX_NEW_TOKENS}")]
+
+# LoRA's target layers by name: an empty list would silently mean "every linear layer".
+LoraTargets = Annotated[list[str], Check(lambda v: len(v) > 0 and all(name.strip() for name in v),
+                                         "a list of one or more linear layer names")]
 
 # Every number type by name, for docs/schema.md and its test.
 NUMBERS: dict[str, Any] = {
     "PositiveInt": PositiveInt, "NonNegativeInt": NonNegativeInt, "PositiveFloat": PositiveFloat,
     "NonNegativeFloat": NonNegativeFloat, "Fraction": Fraction, "Port": Port, "Seed": Seed,
-    "MaxSteps": MaxSteps, "GiBAmount": GiBAmount,
+    "MaxSteps": MaxSteps, "StepCount": StepCount, "Epochs": Epochs, "LearningRate": LearningRate,
+    "WeightDecay": WeightDecay, "BatchSize": BatchSize, "TokenLength": TokenLength, "LoraRank": LoraRank,
+    "LoraAlpha": LoraAlpha, "EvalFraction": EvalFraction, "ProcessCount": ProcessCount, "NodeCount": NodeCount,
+    "GiBAmount": GiBAmount, "Seconds": Seconds, "NewTokens": NewTokens,
 }
 
 
@@ -240,3 +315,62 @@ def flag_type(tp: Any) -> Callable[[str], Any]:
     convert.__name__ = getattr(_unwrap(tp), "__name__", "value")
     convert.schema_type = tp  # type: ignore[attr-defined]
     return convert
+
+
+# ----------------------------------------------------------------------------- text
+# Text that reaches the run's files (launch.sh, slurm.sbatch, README.txt, the configs). Each kind
+# allows only what it needs, so no value can end a comment line, start an option or hold shell
+# syntax; the exporters shell-quote every word as well.
+
+def _matches(pattern: str, value: str) -> bool:
+    import re
+
+    return re.fullmatch(pattern, value, flags=re.ASCII) is not None
+
+
+def _is_host(value: str) -> bool:
+    """An IPv4/IPv6 address, or a host name of dot-separated labels (RFC 1123) whose last label
+    is not all digits (so a malformed address such as 10.0.0.999 is no host name either)."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        pass
+    labels = value.removesuffix(".").split(".")
+    return (len(value) <= 253 and not labels[-1].isdigit()
+            and all(_matches(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", label) for label in labels))
+
+
+def _is_regex(value: str) -> bool:
+    import re
+
+    try:
+        re.compile(value)
+    except re.error:
+        return False
+    return True
+
+
+_MODULE = r"\w+(?:\.\w+)*"     # q_proj, mlp.down_proj, layers.0.q_proj
+
+# A directory name, a tracker's run name and an argument of its own in launch.sh and slurm.sbatch.
+RunName = Annotated[str, Check(lambda v: _matches(r"(?!-)(?!\.+$)[A-Za-z0-9._-]{1,128}", v),
+                               "letters, digits, '.', '_' and '-' (1 to 128, not starting with '-')")]
+OneLine = Annotated[str, Check(lambda v: v != "" and v.isprintable(), "one line of printable characters")]
+HostAddress = Annotated[str, Check(_is_host, "a host name (letters, digits, '-', '.') or an IPv4/IPv6 address")]
+ClassNames = Annotated[str, Check(lambda v: all(_matches(r"[A-Za-z_]\w*", name) for name in v.split(",")),
+                                  "comma-separated Python class names (LlamaDecoderLayer,SiglipEncoderLayer)")]
+ModuleNames = Annotated[list[str], Check(lambda v: bool(v) and all(_matches(_MODULE, name) for name in v),
+                                         "a list of module names (q_proj, mlp.down_proj)")]
+# What PEFT receives: the names, or one regex (TRL passes a one-item list on as a regex string).
+PeftTargets = Annotated[list[str], Check(
+    lambda v: all(_matches(_MODULE, name) for name in v) or (len(v) == 1 and v[0].isprintable() and _is_regex(v[0])),
+    "a list of module names, or one regular expression that compiles")]
+
+# Every text type by name, for docs/schema.md.
+TEXTS: dict[str, Any] = {
+    "RunName": RunName, "OneLine": OneLine, "HostAddress": HostAddress, "ClassNames": ClassNames,
+    "ModuleNames": ModuleNames, "PeftTargets": PeftTargets,
+}

@@ -14,17 +14,26 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field, replace
 
-from llmwizard.autotune.schema import Offload, Optimizer, Precision, Strategy
+from llmwizard.autotune.activations import liger_layers
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.goals import Goals
 from llmwizard.autotune.hardware_types import GiB, HardwareProfile
-from llmwizard.autotune.activations import liger_layers
+from llmwizard.autotune.long_context import context_parallel_sizes, offloaded_activations, ulysses_splits
 from llmwizard.autotune.memory import MemoryEstimate, estimate
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.no_fit import forced_estimate, nothing_fits
-from llmwizard.autotune.long_context import context_parallel_sizes, offloaded_activations, ulysses_splits
-from llmwizard.autotune.savers import (ADALOMO_NEEDS, LOW_RANK_NEEDS, LOW_RANK_OPTIMIZERS, LOW_RANK_WHY, compensation,
-                                       fused_in_backward, fused_tier, leanest, saver_tiers)
+from llmwizard.autotune.savers import (
+    ADALOMO_NEEDS,
+    LOW_RANK_NEEDS,
+    LOW_RANK_OPTIMIZERS,
+    LOW_RANK_WHY,
+    compensation,
+    fused_in_backward,
+    fused_tier,
+    leanest,
+    saver_tiers,
+)
+from llmwizard.autotune.schema import Offload, Optimizer, Precision, Strategy
 from llmwizard.autotune.throughput import step_cost
 from llmwizard.autotune.train_setup import OFFLOADS, OPTIMIZERS, STRATEGIES, TrainSetup
 
@@ -120,12 +129,24 @@ def _space(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals:
         ["single"] if world == 1 else ["ddp"] if base.optimizer in LOW_RANK_OPTIMIZERS
         else ["ddp", "zero2", "fsdp", "zero3"])
     micro_batches = [m for m in (64, 32, 16, 8, 4, 2, 1) if (effective // world) % m == 0]
-    if goals.micro_batch:
-        micro_batches = [goals.micro_batch]
+    fixed = fixed_micro_batch(goals, effective, world)
+    if fixed:
+        micro_batches = [fixed]
     checkpointing = [goals.checkpointing] if goals.checkpointing is not None else [False, True]
     hybrid = [False, True] if hardware.nodes > 1 and hardware.gpus_per_node > 1 else [False]
+    cps = context_parallel_sizes(hardware, model, base, goals, world, effective)
+    if goals.grad_accum:  # the accumulation was fixed for this split (Goals.data_parallel)
+        cps = [goals.context_parallel or 1]
     return SearchSpace(hardware, model, base, budget, effective, world, strategies, micro_batches, checkpointing,
-                       hybrid, context_parallel_sizes(hardware, model, base, goals, world, effective), goals.micro_batch)
+                       hybrid, cps, fixed)
+
+
+def fixed_micro_batch(goals: Goals, effective: int, world: int) -> int | None:
+    """The micro-batch the goals fix: asked for, or what a fixed accumulation leaves of the
+    effective batch (effective / (data-parallel processes x grad_accum)); None: searched."""
+    if goals.micro_batch or not goals.grad_accum:
+        return goals.micro_batch
+    return max(1, effective // (goals.data_parallel(world) * goals.grad_accum))
 
 
 @dataclass(frozen=True)
@@ -165,7 +186,8 @@ def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
         tiers.append(Tier(strategies, last.offloads, last.optimizer, last.why, last.precision,
                           offload_activations=True, activations_why=ACTIVATIONS_WHY))
     # AdaLomo, the update fused into backward (one GPU; it gives up gradient accumulation).
-    fused = fused_tier(space.hardware.device, base, goals) if savers else None
+    # (AdaLomo accumulates nothing: not with a fixed accumulation above 1)
+    fused = fused_tier(space.hardware.device, base, goals) if savers and (goals.grad_accum or 1) == 1 else None
     if fused:
         optimizer, precision, why = fused
         tiers.append(Tier(strategies, ["none"], optimizer, why, precision, offload_activations=asked))
@@ -272,26 +294,28 @@ def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Can
         + ("the largest micro-batch that fits, since under AdaLomo it is the whole batch"
            if fused_in_backward(best.optimizer) and not goals.strategy else
            "the fastest of the setups that fit" + _alternatives(best, fitting) if not goals.strategy
-           else "asked for"))}
+           else goals.origin("strategy")))}
     if best.optimizer != space.base.optimizer:
         reasons["optimizer"] = why
     elif goals.optimizer in LOW_RANK_OPTIMIZERS:
-        reasons["optimizer"] = (f"{goals.optimizer} (asked for): {est.optimizer / GiB:.2f} GiB of optimizer states and "
+        reasons["optimizer"] = (f"{goals.optimizer} ({goals.origin('optimizer')}): {est.optimizer / GiB:.2f} GiB of "
+                                "optimizer states and "
                                 f"step temporaries; {LOW_RANK_WHY[goals.optimizer]}")
     elif goals.optimizer:
-        reasons["optimizer"] = f"{goals.optimizer} (asked for)"
+        reasons["optimizer"] = f"{goals.optimizer} ({goals.origin('optimizer')})"
     precision = best.precision or space.base.precision
     if best.precision is not None and best.precision != space.base.precision:
         reasons["precision"] = why if not fused_in_backward(best.optimizer) else (
             "pure bf16 (bf16 weights and gradients, no fp32 master copy): with AdaLomo, fp32 weights do not fit")
     if precision == "pure_bf16" and space.base.method == "full":
-        reasons["precision"] = (reasons.get("precision") or "pure_bf16 (asked for)") + (
+        reasons["precision"] = (reasons.get("precision") or f"pure_bf16 ({goals.origin('precision')})") + (
             f"; the trade-off: {compensation(best.optimizer)}")
     elif precision == "pure_bf16":
-        reasons["precision"] = ("pure_bf16 (asked for): with LoRA the layout of bf16, the frozen base in bf16 and "
+        reasons["precision"] = (f"pure_bf16 ({goals.origin('precision')}): with LoRA the layout of bf16, the frozen "
+                                "base in bf16 and "
                                 "the adapters and their optimizer states in fp32")
     if best.offload != "none":
-        reasons["offload"] = (f"{best.offload} offload to host RAM: {why or 'asked for'}; needs "
+        reasons["offload"] = (f"{best.offload} offload to host RAM: {why or goals.origin('offload')}; needs "
                               f"{est.host_ram / GiB:.0f} GiB of {hardware.host_ram_available / GiB:.0f} GiB host RAM")
     if best.cp > 1:
         one = [c for c in fitting if c.cp == 1]
@@ -301,7 +325,7 @@ def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Can
         reasons["context_parallel"] = (
             f"{best.cp} GPUs per sequence ({how}): each holds "
             f"{space.base.seq_len // best.cp} of the {space.base.seq_len} tokens; {versus}"
-            if not goals.context_parallel else f"{best.cp} GPUs per sequence (asked for)")
+            if not goals.context_parallel else f"{best.cp} GPUs per sequence ({goals.origin('context_parallel')})")
     elif not goals.context_parallel and any(c.cp > 1 for c in fitting):
         split = min((c for c in fitting if c.cp > 1), key=lambda c: c.step_s)
         reasons["context_parallel"] = (
@@ -311,19 +335,21 @@ def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Can
             "between the GPUs) without freeing memory the plan needs")
     if best.offload_activations:
         reasons["activation_offloading"] = (
-            f"on: {activations_why or 'asked for'}; about {offloaded_activations(space.model, _setup_of(space, best)) / GiB:.1f} GiB "
+            f"on: {activations_why or goals.origin('activation_offloading')}; about "
+            f"{offloaded_activations(space.model, _setup_of(space, best)) / GiB:.1f} GiB "
             "per process in host RAM, crossing PCIe twice per micro-step on a side stream")
     if liger_layers(space.model, space.base):
         without = estimate(space.model, _replace(_setup_of(space, best), liger=False), space.budget)
         reasons["liger_kernel"] = (
-            f"on (asked for): Liger's RMSNorm, SwiGLU/GeGLU and RoPE Triton kernels save "
+            f"on ({goals.origin('liger_kernel')}): Liger's RMSNorm, SwiGLU/GeGLU and RoPE Triton kernels save "
             f"{(without.total - est.total) / GiB:.2f} GiB per GPU at this micro-batch (each norm keeps its input "
             "as it came instead of an fp32 copy, the gated MLP recomputes its activation in backward); TRL keeps its "
             "own fused LM head instead of Liger's cross-entropy; needs a GPU and the liger-kernel package")
     reasons["activation_checkpointing"] = (
         ("on: recomputing activations in backward is what makes it fit" if best.checkpointing else
          "off: activations fit without recomputation")
-        if goals.checkpointing is None else ("on" if best.checkpointing else "off") + " (asked for)")
+        if goals.checkpointing is None
+        else ("on" if best.checkpointing else "off") + f" ({goals.origin('checkpointing')})")
     return reasons
 
 
@@ -429,6 +455,11 @@ def check_choices(goals: Goals, world: int, device: str, method: str) -> None:
                             + ("no GPU." if device != "cuda" else f"{world} processes."), title="Optimizer",
                             fix="Plan for one GPU (--gpus 1xMODEL), or choose another optimizer "
                                 "(adafactor and torchao_adamw_8bit also save memory).")
+        if (goals.grad_accum or 1) > 1:
+            raise UserError(f"Optimizer {goals.optimizer} updates the weights inside each backward, so it cannot "
+                            f"accumulate gradients; grad_accum {goals.grad_accum} ({goals.origin('grad_accum')}) "
+                            "is refused.", title="Optimizer",
+                            fix="Drop grad_accum (AdaLomo's batch is one micro-batch), or choose another optimizer.")
         if goals.offload not in (None, "none"):
             raise UserError(f"Optimizer {goals.optimizer} updates the weights on the GPU inside backward; it "
                             f"cannot step on the CPU, so offload {goals.offload} is refused.", title="Optimizer",

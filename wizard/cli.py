@@ -34,17 +34,23 @@ that run without llmwizard, launch, and watch the loss.
 
 def _plan_inputs(parser: argparse.ArgumentParser) -> None:
     from llmwizard.autotune.schema import (
-        Fraction,
+        BatchSize,
+        Epochs,
+        EvalFraction,
         GiBAmount,
         Launcher,
-        Method,
-        Offload,
+        LearningRate,
+        LoraRank,
         LrScheduler,
+        Method,
+        NodeCount,
+        Offload,
         Optimizer,
-        PositiveFloat,
-        PositiveInt,
         Precision,
+        ProcessCount,
+        StepCount,
         Strategy,
+        TokenLength,
         Tracker,
         choices,
         flag_type,
@@ -55,41 +61,43 @@ def _plan_inputs(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dataset", help="JSONL/JSON/CSV/Parquet file or hub name; default: the bundled arithmetic set")
     group.add_argument("--preset", help="preset name or YAML file (see `llmwizard presets`)")
     group.add_argument("--gpus", help="plan for hardware you don't have: 4xRTX4090, 8xH100-80GB, 2x24GB, cpu")
-    group.add_argument("--nodes", type=flag_type(PositiveInt), help="number of machines (with --gpus)")
+    group.add_argument("--nodes", type=flag_type(NodeCount), help="number of machines (with --gpus)")
     group.add_argument("--host-ram", type=flag_type(GiBAmount), metavar="GIB",
                        help="host RAM per machine in GiB, for --gpus (default: typical for those GPUs)")
-    group.add_argument("--processes", type=flag_type(PositiveInt), help="processes per machine (on the CPU: ranks to run)")
+    group.add_argument("--processes", type=flag_type(ProcessCount),
+                       help="processes per machine (on the CPU: ranks to run)")
     tune = parser.add_argument_group("overrides (default: decided by the planner)")
     tune.add_argument("--method", choices=choices(Method))
     tune.add_argument("--strategy", choices=choices(Strategy))
     tune.add_argument("--offload", choices=choices(Offload))
     tune.add_argument("--launcher", choices=choices(Launcher))
-    tune.add_argument("--epochs", type=flag_type(PositiveFloat))
-    tune.add_argument("--max-steps", type=flag_type(PositiveInt), help="stop after this many optimizer steps")
-    tune.add_argument("--learning-rate", "--lr", type=flag_type(PositiveFloat), dest="learning_rate")
-    tune.add_argument("--lora-r", type=flag_type(PositiveInt))
-    tune.add_argument("--max-length", type=flag_type(PositiveInt))
+    tune.add_argument("--epochs", type=flag_type(Epochs))
+    tune.add_argument("--max-steps", type=flag_type(StepCount), help="stop after this many optimizer steps")
+    tune.add_argument("--learning-rate", "--lr", type=flag_type(LearningRate), dest="learning_rate")
+    tune.add_argument("--lora-r", type=flag_type(LoraRank))
+    tune.add_argument("--max-length", type=flag_type(TokenLength))
     tune.add_argument("--allow-truncation", action="store_true", default=None,
                       help="train even when examples are longer than the model allows (they are cut)")
-    tune.add_argument("--micro-batch", type=flag_type(PositiveInt))
-    tune.add_argument("--effective-batch", type=flag_type(PositiveInt))
+    tune.add_argument("--micro-batch", type=flag_type(BatchSize))
+    tune.add_argument("--effective-batch", type=flag_type(BatchSize))
     tune.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
                       help="activation checkpointing on/off")
     tune.add_argument("--precision", choices=choices(Precision))
     tune.add_argument("--optimizer", choices=choices(Optimizer))
-    tune.add_argument("--eval-fraction", type=flag_type(Fraction), help="share of rows held out for evaluation (0 = none)")
+    tune.add_argument("--eval-fraction", type=flag_type(EvalFraction),
+                      help="share of rows held out for evaluation (0 = none, under 0.5)")
     tune.add_argument("--report-to", nargs="+", choices=choices(Tracker), metavar="TRACKER",
                       help=f"experiment trackers ({', '.join(choices(Tracker))}; several allowed; default: none)")
     tune.add_argument("--probe", action=argparse.BooleanOptionalAction, default=None,
                       help="run a few measured steps of the plan first and correct it (default: on with GPUs)")
-    tune.add_argument("--eval-steps", type=flag_type(PositiveInt),
+    tune.add_argument("--eval-steps", type=flag_type(StepCount),
                       help="evaluate and checkpoint every N steps (default: once per epoch)")
     tune.add_argument("--lr-scheduler", choices=choices(LrScheduler), help="learning-rate schedule (default: cosine)")
     tune.add_argument("--train-vision-tower", action="store_true", default=None,
                       help="vision-language models with LoRA: adapt the vision tower too (default: frozen)")
     tune.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
                       help="padding-free packing of examples into rows of max length (default: off)")
-    tune.add_argument("--context-parallel", type=flag_type(PositiveInt), metavar="N",
+    tune.add_argument("--context-parallel", type=flag_type(ProcessCount), metavar="N",
                       help="split each sequence over N GPUs (FSDP2 context parallelism; GPUs only)")
     tune.add_argument("--activation-offloading", action=argparse.BooleanOptionalAction, default=None,
                       help="keep saved activations in host RAM (TRL; GPUs only; default: the planner decides)")
@@ -121,25 +129,26 @@ def build_subparser(command: str) -> argparse.ArgumentParser:
     elif command == "estimate":
         from llmwizard.autotune import schema
 
-        positive = schema.flag_type(schema.PositiveInt)
         parser.description = "Per-GPU memory for one setup, by component."
         parser.add_argument("--model", required=True)
         parser.add_argument("--gpus", required=True, help="e.g. 1xRTX4090, 8xH100-80GB, 2x24GB")
-        parser.add_argument("--nodes", type=positive)
+        parser.add_argument("--nodes", type=schema.flag_type(schema.NodeCount))
         parser.add_argument("--host-ram", type=schema.flag_type(schema.GiBAmount), metavar="GIB",
                             help="host RAM per machine in GiB")
         parser.add_argument("--method", choices=schema.choices(schema.Method), default="lora")
-        parser.add_argument("--seq", type=positive, required=True, help="sequence length in tokens")
-        parser.add_argument("--batch", type=positive, required=True, help="micro-batch per GPU")
+        parser.add_argument("--seq", type=schema.flag_type(schema.TokenLength), required=True,
+                            help="sequence length in tokens")
+        parser.add_argument("--batch", type=schema.flag_type(schema.BatchSize), required=True,
+                            help="micro-batch per GPU")
         parser.add_argument("--strategy", choices=schema.choices(schema.Strategy))
         parser.add_argument("--offload", nargs="?", const="optimizer", choices=schema.choices(schema.Offload),
                             help="offload to host RAM: optimizer states (the default), or params (weights too)")
         parser.add_argument("--checkpointing", action="store_true")
-        parser.add_argument("--lora-r", type=positive, default=8)
+        parser.add_argument("--lora-r", type=schema.flag_type(schema.LoraRank), default=8)
         parser.add_argument("--precision", choices=schema.choices(schema.Precision))
         parser.add_argument("--optimizer", choices=schema.choices(schema.Optimizer), default="adamw")
         parser.add_argument("--attention", choices=schema.choices(schema.Attention), default="sdpa")
-        parser.add_argument("--context-parallel", type=positive, metavar="N",
+        parser.add_argument("--context-parallel", type=schema.flag_type(schema.ProcessCount), metavar="N",
                             help="GPUs one sequence is split over (FSDP2 context parallelism, or Ulysses with "
                                  "zero2/zero3)")
         parser.add_argument("--activation-offloading", action="store_true",
@@ -160,7 +169,7 @@ def build_subparser(command: str) -> argparse.ArgumentParser:
     elif command == "stop":
         parser.description = "Stop the run working in a directory (its llmwizard, or orphaned ranks), with a checkpoint."
         parser.add_argument("target", help="run directory")
-        parser.add_argument("--grace", type=float, default=30.0,
+        parser.add_argument("--grace", type=_flag("Seconds"), default=30.0,
                             help="seconds for the ranks to save and exit before SIGKILL (default: 30)")
     elif command == "status":
         parser.description = "The runs under a directory (default: . if it is a run, else ./runs) and their state."
@@ -188,7 +197,7 @@ def build_subparser(command: str) -> argparse.ArgumentParser:
         parser.description = "Generate from the tuned model and from the base, side by side, with the chat template."
         parser.add_argument("target", help="run directory")
         parser.add_argument("prompt", help="the user message")
-        parser.add_argument("--max-new-tokens", type=_positive_int(), default=64)
+        parser.add_argument("--max-new-tokens", type=_flag("NewTokens"), default=64)
         parser.add_argument("--checkpoint", help="try this checkpoint (e.g. checkpoint-40) instead of the best")
         parser.add_argument("--json", action="store_true")
     elif command == "detect":
@@ -565,10 +574,11 @@ def cmd_try(args: argparse.Namespace) -> int:
     return try_(args)
 
 
-def _positive_int() -> Any:
-    from llmwizard.autotune.schema import PositiveInt, flag_type
+def _flag(rule: str) -> Any:
+    """The argparse `type=` of a number rule of the schema, by its name (schema.NUMBERS)."""
+    from llmwizard.autotune.schema import NUMBERS, flag_type
 
-    return flag_type(PositiveInt)
+    return flag_type(NUMBERS[rule])
 
 
 def cmd_wizard(args: argparse.Namespace) -> int:
