@@ -151,6 +151,28 @@ class RunSession:
         turns true (the wizard quit and left the run training), stop following and return None:
         the run keeps going and keeps writing its log and metrics."""
         self._detached = detached or (lambda: False)
+        try:
+            return self._run()
+        except BaseException:
+            self._stop_unfollowed()
+            raise
+
+    def _stop_unfollowed(self) -> None:
+        """The follower itself failed (a view that raised, an error of ours): stop the run with a
+        checkpoint, sending no events (a view may be what broke), rather than leave its ranks
+        training with nobody attached and the run lock held by a process that is gone."""
+        launch = self.launch
+        if launch is None or launch.process is None or launch.poll() is not None:
+            return
+        try:
+            if self._kill.is_set():
+                launch.kill()
+            else:
+                launch.stop(self.grace)
+        except BaseException:  # a second Ctrl-C, or anything else: no rank may outlive us
+            launch.kill()
+
+    def _run(self) -> Outcome | None:
         self.start()
         if self._probe_pending:
             try:

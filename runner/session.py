@@ -6,6 +6,12 @@ stop, summary data) in this thread; llmwizard.runner.live.ConsoleView renders it
 whole: plan, log, metrics and checkpoints. Ctrl-C or SIGTERM stops the whole process group: every
 rank saves a checkpoint at the end of its current step (llmwizard.runner.callbacks) and
 `llmwizard resume RUN_DIR` continues from it; a second Ctrl-C kills at once.
+
+A run always has someone attached (`RunOwner`): when nobody can see it any more, because the
+output pipe closed (`llmwizard run DIR | head`) or the terminal hung up (SIGHUP), it is stopped
+the same way, with a checkpoint, rather than left training unseen; llmwizard then exits 141 or
+129 (128 + SIGPIPE or SIGHUP). Handing it over to `watch`/`stop` instead would need a note that,
+with the pipe closed, nobody would read.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, cast
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -24,8 +31,17 @@ from rich.text import Text
 from llmwizard.autotune.plan import Plan
 from llmwizard.runner import diagnostics
 from llmwizard.runner.engine import RunSession
+from llmwizard.runner.launch import LOG_FILE
 from llmwizard.runner.live import ConsoleView
+from llmwizard.runner.output import SafeOutput
 from llmwizard.runner.summary import Summary, format_bytes
+
+# Exit codes of a run stopped because nobody could see it any more: 128 + the signal, as a shell
+# reports a process that signal ended.
+EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE
+EXIT_HANGUP = 128 + signal.SIGHUP
+# How often the owner looks for a closed output pipe while nothing is written (seconds).
+READER_CHECK_S = 0.5
 
 
 def run_session(console: Console, plan: Plan, run_dir: Path, *, resume: bool = False, probe: bool | None = None,
@@ -33,35 +49,101 @@ def run_session(console: Console, plan: Plan, run_dir: Path, *, resume: bool = F
     """Launch `run_dir` (exported from `plan`), follow it live, print the summary; the exit code.
     `probe` overrides the plan's (llmwizard.runner.probe runs first); `may_grow` lets it raise the
     micro-batch (false when the user fixed it)."""
+    console.file = cast(IO[str], SafeOutput.wrap(console.file))  # a closed pipe never raises out of the view
     view = ConsoleView(console, plan.name)
     session = RunSession(plan, run_dir, view, resume=resume, probe=probe, may_grow=may_grow)
-    try:
-        with _sigterm_as_interrupt():
+    owner = RunOwner(session, console.file, run_dir / LOG_FILE)
+    with owner:
+        try:
             outcome = session.run()
-    finally:
-        view.close()
-    if view.end is not None:
-        print_summary(console, view.end.summary)
+        finally:
+            view.close()
+        if view.end is not None:
+            print_summary(console, view.end.summary)
     assert outcome is not None  # only a follower that detaches gets None
-    return outcome.exit_code
+    return owner.exit_code(outcome.status, outcome.exit_code)
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM to llmwizard (a CI job cancelled, `kill`) stops the run like Ctrl-C does, instead of
-    leaving the ranks running without a parent."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class RunOwner:
+    """Keeps someone attached to a console session's run, for the length of the `with` block.
 
-    def handler(signum: int, frame: object) -> None:
+    SIGTERM stops the run like Ctrl-C (KeyboardInterrupt in this thread: a second one kills).
+    SIGHUP (the terminal closed) and a closed output pipe stop it gracefully through
+    `RunSession.stop`, from the signal handler or the writer, and never escalate to a kill: they
+    come again on their own. A SIGHUP that was ignored when llmwizard started (`nohup`) stays
+    ignored, and the run goes on. Signal handlers are only set in the main thread.
+    """
+
+    def __init__(self, session: RunSession, output: object, log_path: Path) -> None:
+        self.session = session
+        self.output = output if isinstance(output, SafeOutput) else None
+        self.log_path = log_path
+        self.cause: str | None = None   # "pipe" | "hangup": why nobody could see the run
+        self._done = threading.Event()
+        self._undo: list[Callable[[], None]] = []
+
+    def __enter__(self) -> RunOwner:
+        if threading.current_thread() is threading.main_thread():
+            self._handle(signal.SIGTERM, self._on_sigterm)
+            if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+                self._handle(signal.SIGHUP, self._on_sighup)
+        if self.output is not None:
+            self._undo.append(self.output.on_gone(lambda: self._lost("pipe")))
+            watcher = threading.Thread(target=self._watch_reader, name="llmwizard-reader-check", daemon=True)
+            watcher.start()
+            self._undo.append(lambda: self._end_watch(watcher))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+
+    def exit_code(self, status: str, code: int) -> int:
+        """The session's code, or 141/129 for a run stopped because nobody could see it."""
+        if status == "stopped" and self.cause == "pipe":
+            return EXIT_PIPE_CLOSED
+        if status == "stopped" and self.cause == "hangup":
+            return EXIT_HANGUP
+        return code
+
+    def _handle(self, signum: int, handler: Callable[[int, object], None]) -> None:
+        previous = signal.signal(signum, handler)
+
+        def restore() -> None:
+            signal.signal(signum, previous)
+
+        self._undo.append(restore)
+
+    def _end_watch(self, watcher: threading.Thread) -> None:
+        self._done.set()
+        watcher.join(2)
+
+    @staticmethod
+    def _on_sigterm(signum: int, frame: object) -> None:
+        """SIGTERM to llmwizard (a CI job cancelled, `kill`, `llmwizard stop`) stops the run like Ctrl-C."""
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def _on_sighup(self, signum: int, frame: object) -> None:
+        self._lost("hangup")
+
+    def _watch_reader(self) -> None:
+        """A pipe closed while nothing is written (the model loading, a long step) is noticed too."""
+        assert self.output is not None
+        while not self._done.wait(READER_CHECK_S):
+            if self.output.reader_gone():
+                return
+
+    def _lost(self, cause: str) -> None:
+        """Nobody can see the run any more: stop it with a checkpoint, once, and say why in train.log."""
+        if self.cause is not None:
+            return
+        self.cause = cause
+        why = "the output pipe closed" if cause == "pipe" else "the terminal hung up (SIGHUP)"
+        self.session.stop()
+        with contextlib.suppress(OSError), open(self.log_path, "a", encoding="utf-8") as log:
+            log.write(f"llmwizard: {why}: nobody follows the run any more, so it stops with a checkpoint "
+                      f"(`llmwizard resume {self.log_path.parent}` continues it)\n")
 
 
 # ----------------------------------------------------------------------------- summary

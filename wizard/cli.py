@@ -232,7 +232,9 @@ def _run_dir_flags(parser: argparse.ArgumentParser, fresh: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from llmwizard.autotune.errors import UserError
+    from llmwizard.runner.output import install as route_output_through_one_writer
 
+    route_output_through_one_writer()  # a closed pipe or a hung-up terminal never raises (runner/output.py)
     try:
         if argv and argv[0] in SUBCOMMANDS:
             _exit_on_sigterm()
