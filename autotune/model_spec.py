@@ -132,7 +132,8 @@ def _catalog_key(name: str) -> str:
 
 
 def _spec_from_catalog(entry: dict[str, Any], hub_id: str) -> ModelSpec:
-    spec = spec_from_config(hub_id, "catalog", None, entry["config"])
+    spec = spec_from_config(hub_id, "catalog", None, entry["config"],
+                            origin=f"the catalog entry {entry['name']} ({CATALOG_PATH.name})")
     spec.catalog_name = entry["name"]
     return with_counts(spec, entry["exact"])
 
@@ -163,6 +164,9 @@ def _spec_from_file(name: str, source: ModelSource, path: str | None, config_fil
     except ValueError as exc:
         raise UserError(f"{config_file} is not valid JSON: {exc}", title="Model",
                         fix="Restore the model's config.json.") from None
-    spec = spec_from_config(name, source, path, config)
+    except RecursionError:
+        raise UserError(f"{config_file} nests its JSON too deeply to read.", title="Model",
+                        fix="Restore the model's config.json.") from None
+    spec = spec_from_config(name, source, path, config, origin=str(config_file))  # checked before any counting
     counts = cached_meta_counts(raw, config)
     return with_counts(spec, counts) if counts else spec

@@ -86,6 +86,8 @@ class ModelSpec:
     lora_exclude_modules: str | None = None
     count_method: str = "formula"  # "meta": counted on transformers' model built on the meta device
     vision: VisionSpec | None = None  # the vision tower of a vision-language model
+    # What the plan must say about the config (an architecture the memory model does not describe).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def largest_unit_params(self) -> int:

@@ -160,30 +160,26 @@ _VISION_BLOCKS = {"gemma3": ["SiglipEncoderLayer", "SiglipVisionEmbeddings"],
                   "qwen2_5_vl": ["Qwen2_5_VLVisionBlock"]}
 
 
-def spec_from_config(name: str, source: ModelSource, path: str | None, config: dict[str, Any]) -> ModelSpec:
+def spec_from_config(name: str, source: ModelSource, path: str | None, config: Any,
+                     origin: str | None = None) -> ModelSpec:
     """Dimensions and analytic parameter counts from a config.json (no torch).
+
+    Every route to a ModelSpec comes through here, so `check_config` runs first: nothing is
+    counted (here or on the meta device) from a config it refuses. `origin` names the config in
+    its messages (the file, or the catalog entry); `name` when not given.
 
     Per-architecture module layouts follow transformers' modeling_<type>.py: which projections
     carry a bias, how many norms a layer has, Phi-3's fused qkv_proj and gate_up_proj.
     """
+    warnings = check_config(config, origin or f"the config of {name}")
     outer_type = str(config.get("model_type", "llama"))
     multimodal = _MULTIMODAL.get(outer_type)
-    if multimodal:
-        text = {**{k: v for k, v in config.items() if k not in ("text_config", "vision_config")},
-                **(config.get("text_config") or {})}
-        text_type = str((config.get("text_config") or {}).get("model_type") or multimodal[0])
-    else:
-        text, text_type = config, outer_type
-    text = {**_TEXT_DEFAULTS.get(text_type, {}), **{k: v for k, v in text.items() if v is not None}}
-    try:
-        hidden = int(text["hidden_size"])
-        inter = int(text["intermediate_size"])
-        layers = int(text["num_hidden_layers"])
-        heads = int(text["num_attention_heads"])
-        vocab = int(text["vocab_size"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"Model config for {name} lacks {exc}.", title="Model",
-                        fix="llmwizard plans decoder-only transformers with a standard config.json.") from None
+    text, text_type = _text_config(config)
+    hidden = int(text["hidden_size"])
+    inter = int(text["intermediate_size"])
+    layers = int(text["num_hidden_layers"])
+    heads = int(text["num_attention_heads"])
+    vocab = int(text["vocab_size"])
     kv_heads = int(text.get("num_key_value_heads") or heads)
     head_dim = int(text.get("head_dim") or hidden // heads)
     if "tie_word_embeddings" in config:
@@ -208,8 +204,22 @@ def spec_from_config(name: str, source: ModelSource, path: str | None, config: d
         architecture=str((config.get("architectures") or [""])[0]),
         wrap_classes=[layer_cls] + _VISION_BLOCKS.get(outer_type, []), vision_params=vision,
         lora_exclude_modules=rf"{re.escape(multimodal[2])}\..*" if multimodal else None,
-        vision=_vision_spec(outer_type, config, hidden) if multimodal else None,
+        vision=_vision_spec(outer_type, config, hidden) if multimodal else None, warnings=warnings,
     )
+
+
+def _text_config(config: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The language model's settings (a multimodal wrapper's `text_config` over its own keys) with
+    the transformers defaults for keys left out or null, and the text model's type."""
+    outer_type = str(config.get("model_type", "llama"))
+    multimodal = _MULTIMODAL.get(outer_type)
+    if multimodal:
+        text = {**{k: v for k, v in config.items() if k not in ("text_config", "vision_config")},
+                **(config.get("text_config") or {})}
+        text_type = str((config.get("text_config") or {}).get("model_type") or multimodal[0])
+    else:
+        text, text_type = config, outer_type
+    return {**_TEXT_DEFAULTS.get(text_type, {}), **{k: v for k, v in text.items() if v is not None}}, text_type
 
 
 def _vision_spec(outer_type: str, config: dict[str, Any], text_hidden: int) -> VisionSpec:
@@ -272,3 +282,170 @@ def _vision_params(outer_type: str, config: dict[str, Any], text_hidden: int) ->
     out = int(v["out_hidden_size"])
     merger = h + (merged * merged + merged) + (merged * out + out)
     return patch_embed + depth * block + merger
+
+
+# ----------------------------------------------------------------------------- config checks
+
+# The ceilings of config.json values, in one place. Each is far above every released model (the
+# largest have about 130 layers, a hidden size of 25,600, an MLP of 100k, 128 heads, head_dim 512,
+# a vocabulary of 262k, 10M positions and 384 experts) and low enough that counting stays bounded:
+# meta counting builds every layer (10,000 layers take seconds, 10**12 never finish). A value
+# above one is a typo or a damaged file, not a model.
+CONFIG_CEILINGS: dict[str, int] = {
+    "layers": 10_000,
+    "width": 1_000_000,            # hidden and vision sizes, head_dim
+    "mlp": 10_000_000,             # intermediate sizes
+    "heads": 100_000,
+    "vocab": 100_000_000,
+    "positions": 1 << 30,
+    "experts": 100_000,
+    "image": 100_000,              # image_size and patch_size in pixels
+    "small": 1_024,                # channels, merge and temporal patch sizes
+    "tokens_per_image": 1_000_000,  # image tokens and patches per image (Gemma 3: 256 and 4,096)
+}
+# The language model's keys: (ceiling, required). Absent optional keys take their defaults.
+_TEXT_KEYS: dict[str, tuple[str, bool]] = {
+    "hidden_size": ("width", True), "intermediate_size": ("mlp", True), "num_hidden_layers": ("layers", True),
+    "num_attention_heads": ("heads", True), "vocab_size": ("vocab", True),
+    "num_key_value_heads": ("heads", False), "head_dim": ("width", False),
+    "max_position_embeddings": ("positions", False),
+    # Mixture-of-experts configs (Mixtral, Qwen-MoE, DeepSeek, Phi-MoE), when present.
+    "num_local_experts": ("experts", False), "num_experts": ("experts", False), "n_routed_experts": ("experts", False),
+    "num_experts_per_tok": ("experts", False), "moe_intermediate_size": ("mlp", False),
+}
+# Keys where 0 means "none" (no shared experts), so only negatives and the ceiling are refused.
+_ZERO_ALLOWED: dict[str, str] = {"n_shared_experts": "experts", "shared_expert_intermediate_size": "mlp"}
+_VISION_KEYS: dict[str, dict[str, str]] = {
+    "gemma3": {"hidden_size": "width", "intermediate_size": "mlp", "num_hidden_layers": "layers",
+               "num_attention_heads": "heads", "num_channels": "small", "image_size": "image", "patch_size": "image"},
+    "qwen2_5_vl": {"hidden_size": "width", "intermediate_size": "mlp", "depth": "layers", "num_heads": "heads",
+                   "in_channels": "small", "patch_size": "image", "spatial_merge_size": "small",
+                   "temporal_patch_size": "small", "out_hidden_size": "width", "window_size": "image"},
+}
+_CONFIG_FIX = ("Restore the model's config.json as the model's release has it; llmwizard plans decoder-only "
+               "transformers with a standard config.json.")
+
+
+def known_model_types() -> list[str]:
+    """The model types whose layers the formula and the memory model know."""
+    return sorted({*_LAYER_CLASSES, *_MULTIMODAL} - {"qwen2_5_vl_text"})
+
+
+def check_config(config: Any, origin: str) -> list[str]:
+    """Refuse a config.json the planner cannot trust; return the warnings for one it can plan.
+
+    Every size is an integer from 1 to its ceiling (CONFIG_CEILINGS), heads divide the hidden size
+    unless head_dim is given and key/value heads divide the heads. Raises UserError naming
+    `origin`, the key, the value and what is allowed. A model_type the memory model does not know is
+    planned as a Llama-style decoder, with a warning: transformers builds many more architectures
+    than the formula describes, and local configs of such models plan and train."""
+    if not isinstance(config, dict):
+        raise UserError(f"{origin} holds a JSON {_json_kind(config)}, not an object of model settings.",
+                        title="Model config", fix=_CONFIG_FIX)
+    for key, kind in (("model_type", str), ("text_config", dict), ("vision_config", dict)):
+        if config.get(key) is not None and not isinstance(config[key], kind):
+            raise UserError(f"{origin}: `{key}` is {_shown(config[key])}; it must be a JSON "
+                            f"{'string' if kind is str else 'object'}.", title="Model config", fix=_CONFIG_FIX)
+    archs = config.get("architectures")
+    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise UserError(f"{origin}: `architectures` is {_shown(archs)}; it must be a list of class names.",
+                        title="Model config", fix=_CONFIG_FIX)
+    if "tie_word_embeddings" in config and not isinstance(config["tie_word_embeddings"], bool):
+        raise UserError(f"{origin}: `tie_word_embeddings` is {_shown(config['tie_word_embeddings'])}; it must be "
+                        "true or false.", title="Model config", fix=_CONFIG_FIX)
+    outer_type = str(config.get("model_type", "llama"))
+    text, text_type = _text_config(config)
+    in_text = outer_type in _MULTIMODAL and isinstance(config.get("text_config"), dict)
+
+    def label(key: str) -> str:
+        """The key as the file spells it: inside `text_config` for a multimodal wrapper."""
+        return f"text_config.{key}" if in_text and key in config["text_config"] else key
+
+    for key, (ceiling, required) in _TEXT_KEYS.items():
+        if key in text:
+            _check_int(origin, label(key), text[key], 1, ceiling)
+        elif required:
+            raise UserError(f"{origin} lacks `{label(key)}`.", title="Model config", fix=_CONFIG_FIX)
+    for key, ceiling in _ZERO_ALLOWED.items():
+        if key in text:
+            _check_int(origin, label(key), text[key], 0, ceiling)
+    hidden, heads = text["hidden_size"], text["num_attention_heads"]
+    if text.get("head_dim") is None and hidden % heads:
+        raise UserError(f"{origin}: `{label('num_attention_heads')}` {heads} does not divide `{label('hidden_size')}` "
+                        f"{hidden}, and no `head_dim` is given.", title="Model config",
+                        fix="Each head takes hidden_size / num_attention_heads of the width: give a head count that "
+                            "divides it, or the model's `head_dim`.")
+    kv_heads = text.get("num_key_value_heads", heads)
+    if heads % kv_heads:
+        raise UserError(f"{origin}: `{label('num_key_value_heads')}` {kv_heads} does not divide "
+                        f"`{label('num_attention_heads')}` {heads}.", title="Model config",
+                        fix="Grouped-query attention shares each key/value head among the same number of query "
+                            "heads: use a divisor of num_attention_heads.")
+    experts = next((text[k] for k in ("num_local_experts", "num_experts", "n_routed_experts") if k in text), None)
+    if experts is not None and text.get("num_experts_per_tok", 1) > experts:
+        raise UserError(f"{origin}: `{label('num_experts_per_tok')}` {text['num_experts_per_tok']} is more than the "
+                        f"{experts} experts.", title="Model config", fix=_CONFIG_FIX)
+    if outer_type in _VISION_KEYS:
+        _check_vision(config, origin, outer_type)
+    unknown = [t for t in dict.fromkeys((outer_type, text_type)) if t not in _LAYER_CLASSES and t not in _MULTIMODAL]
+    if unknown:
+        return [(f"model_type '{unknown[0]}' ({origin}) is not one llmwizard's memory model describes "
+                 f"({', '.join(known_model_types())}): it is planned as a Llama-style decoder (attention and a "
+                 "gated MLP per layer), so the estimate may be off; check it with --probe before a long run.")]
+    return []
+
+
+def _check_vision(config: dict[str, Any], origin: str, outer_type: str) -> None:
+    """The vision tower's sizes, with the transformers defaults for keys left out."""
+    defaults = _VISION_DEFAULTS["siglip_vision_model" if outer_type == "gemma3" else "qwen2_5_vl"]
+    given = config.get("vision_config") or {}
+    vision = {**defaults, "num_heads": 16, "window_size": 112,
+              **{k: v for k, v in given.items() if v is not None}}
+    for key, ceiling in _VISION_KEYS[outer_type].items():
+        _check_int(origin, f"vision_config.{key}", vision[key], 1, ceiling)
+    heads_key = "num_attention_heads" if outer_type == "gemma3" else "num_heads"
+    if vision["hidden_size"] % vision[heads_key]:
+        raise UserError(f"{origin}: `vision_config.{heads_key}` {vision[heads_key]} does not divide "
+                        f"`vision_config.hidden_size` {vision['hidden_size']}.", title="Model config", fix=_CONFIG_FIX)
+    if outer_type == "gemma3":
+        if vision["patch_size"] > vision["image_size"]:
+            raise UserError(f"{origin}: `vision_config.patch_size` {vision['patch_size']} is larger than "
+                            f"`vision_config.image_size` {vision['image_size']}.", title="Model config",
+                            fix=_CONFIG_FIX)
+        patches = (vision["image_size"] // vision["patch_size"]) ** 2
+        if patches > CONFIG_CEILINGS["tokens_per_image"]:
+            raise UserError(f"{origin}: `vision_config.image_size` {vision['image_size']} in patches of "
+                            f"`vision_config.patch_size` {vision['patch_size']} makes {patches:,} patches per image, "
+                            f"more than {CONFIG_CEILINGS['tokens_per_image']:,}.", title="Model config",
+                            fix=_CONFIG_FIX)
+        if config.get("mm_tokens_per_image") is not None:
+            _check_int(origin, "mm_tokens_per_image", config["mm_tokens_per_image"], 1, "tokens_per_image")
+        return
+    blocks = vision.get("fullatt_block_indexes")
+    if blocks is not None and not (isinstance(blocks, list) and all(
+            isinstance(b, int) and not isinstance(b, bool) and 0 <= b < vision["depth"] for b in blocks)):
+        raise UserError(f"{origin}: `vision_config.fullatt_block_indexes` is {_shown(blocks)}; it must list block "
+                        f"numbers from 0 to {vision['depth'] - 1}.", title="Model config", fix=_CONFIG_FIX)
+
+
+def _check_int(origin: str, key: str, value: Any, low: int, ceiling: str) -> None:
+    top = CONFIG_CEILINGS[ceiling]
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= top:
+        return
+    raise UserError(f"{origin}: `{key}` is {_shown(value)}; it must be an integer from {low} to {top:,}.",
+                    title="Model config",
+                    fix=f"{_CONFIG_FIX} (No released model comes near {top:,}: the ceilings are in "
+                        "llmwizard.autotune.param_counts.CONFIG_CEILINGS.)")
+
+
+def _shown(value: Any) -> str:
+    """A value as the message shows it: JSON spelling, cut short."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), "null")

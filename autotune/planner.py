@@ -60,6 +60,7 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     `calibration`: earlier probes' measured/expected ratios by strategy, for this machine's GPU,
     this model family and method (llmwizard.autotune.calibration); the memory estimates use them."""
     record = _Record()
+    record.warnings.extend(model.warnings)  # what the model's config leaves uncertain
     # 1. Dataset rules, and the method they are for.
     rule = record.take("dataset", step.size_rule(dataset, goals))
     method = record.take("method", step.method(hardware, goals))
