@@ -26,6 +26,10 @@ SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parqu
 FORMATS = ("messages", "prompt_completion", "text")
 # Token lengths are measured on at most this many rows (evenly spaced): enough for a p99.
 PROFILE_SAMPLE = 4000
+# Fewer examples than this and a run memorises them: the plan warns that its loss says little.
+TINY_DATASET_ROWS = 10
+# The longest CSV field read (the csv module's default of 128 KiB refuses long documents).
+CSV_FIELD_LIMIT = 1 << 30
 
 _ACCEPTED = (
     "`messages` (list of {role, content}), `conversations` (ShareGPT from/value), "
@@ -91,6 +95,8 @@ def load_rows(source: str) -> list[dict[str, Any]]:
                             f"{path}: line {number} is not valid JSON ({exc.args[0]}).",
                             title="Dataset", fix="Fix or remove that line; each line must be one JSON object.",
                         ) from None
+                    except RecursionError:
+                        raise _too_deep(path, number) from None
         elif suffix == ".json":
             data = whole
             found = data.get("data", data.get("train")) if isinstance(data, dict) else data
@@ -99,6 +105,7 @@ def load_rows(source: str) -> list[dict[str, Any]]:
                                 fix='Write a JSON array of objects, {"data": [...]}, or JSON lines.')
             rows = found
         elif suffix == ".csv":
+            csv.field_size_limit(CSV_FIELD_LIMIT)
             with open(path, encoding="utf-8", newline="") as f:
                 rows = list(csv.DictReader(f))
         else:
@@ -107,7 +114,9 @@ def load_rows(source: str) -> list[dict[str, Any]]:
             rows = pq.read_table(path).to_pylist()
     except UserError:
         raise
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+    except RecursionError:  # a reader that recursed into a nested value (Parquet, nested lists)
+        raise _too_deep(path, None) from None
+    except (OSError, ValueError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"Could not read dataset {path}: {exc}", title="Dataset",
                         fix="Check that the file is readable and matches its extension.") from None
     if not rows:
@@ -121,10 +130,49 @@ def load_rows(source: str) -> list[dict[str, Any]]:
 
 def _whole_json(path: Path) -> Any:
     """The file as one JSON document, or None when it is JSON lines (several documents)."""
+    text = path.read_text(encoding="utf-8")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(text)
     except ValueError:
         return None
+    except RecursionError:
+        raise _too_deep(path, _deepest_line(text)) from None
+
+
+# Python's JSON reader recurses once per nesting level and stops near the interpreter's recursion
+# limit (1,000); no dataset row nests that deep on purpose.
+def _too_deep(path: Path, line: int | None) -> UserError:
+    """The refusal of a value nested deeper than the reader can follow (RecursionError)."""
+    where = f"line {line}" if line is not None else "a row"
+    return UserError(f"{path}: {where} nests lists or objects too deeply to read (hundreds of levels).",
+                     title="Dataset", fix="Flatten or remove that row: a row is an object of text fields, "
+                                          "`messages` or `images`, a few levels deep.")
+
+
+def _deepest_line(text: str) -> int:
+    """The line where the nesting of [ and { (outside strings) is deepest: the one to fix."""
+    depth = deepest = 0
+    line = at = 1
+    in_string = escaped = False
+    for char in text:
+        if char == "\n":
+            line += 1
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, at = depth, line
+        elif char in "]}":
+            depth -= 1
+    return at
 
 
 def _load_hub_rows(name: str) -> list[dict[str, Any]]:
@@ -307,6 +355,39 @@ class DatasetProfile:
     image_tokens_max: int = 0
     text_tokens_mean: float = 0.0      # per example without the images
     text_tokens_p99: int = 0
+
+    def plan_warnings(self, eval_fraction: float) -> tuple[str, ...]:
+        """Refuse an evaluation split that leaves no training row; warn when the data is tiny or
+        its images cost host memory the estimate does not hold.
+
+        The training entry holds out ceil(eval_fraction x rows) (datasets' train_test_split), so
+        one row and the default 0.1 would otherwise plan and then fail after the launch."""
+        rows = self.num_examples
+        held_out = math.ceil(eval_fraction * rows) if eval_fraction > 0 else 0
+        plural = "s" if rows != 1 else ""
+        if rows - held_out < 1:
+            raise UserError(
+                f"{self.source} has {rows} row{plural}; holding out {eval_fraction:g} of them for evaluation "
+                f"({held_out} row{'s' if held_out != 1 else ''}) leaves no row to train on.", title="Dataset",
+                fix=f"Add rows to the dataset (at least {TINY_DATASET_ROWS} make a run worth watching), or pass "
+                    "--eval-fraction 0 to train on every row without evaluation.")
+        warnings = []
+        if rows < TINY_DATASET_ROWS:
+            split = (f"; {held_out} of them {'is' if held_out == 1 else 'are'} held out for evaluation"
+                     if held_out else "")
+            warnings.append(f"{self.source} has only {rows} example{plural} (fewer than {TINY_DATASET_ROWS}){split}: "
+                            "the model memorises them, and neither loss says how it does on other inputs; "
+                            "add examples.")
+        if self.image_max_size:
+            width, height = (int(side) for side in self.image_max_size.split("x"))
+            decoded = img.decoded_bytes(width, height)
+            if decoded > img.LARGE_DECODED_BYTES:
+                warnings.append(
+                    f"The largest image ({self.image_max_size}) is decoded whole before the processor shrinks it: "
+                    f"about {4 * decoded / 1024**3:.1f} GiB of host memory per image while a batch is built, "
+                    "beside the estimate (which holds what the processor feeds the model); downscaling the "
+                    "images saves it.")
+        return tuple(warnings)
 
     @property
     def image_token_share(self) -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,14 @@ IMAGE_COLUMNS = ("images", "image")
 # Qwen2-VL's image processor defaults (min_pixels, max_pixels) when a model folder has no config.
 QWEN_MIN_PIXELS = 56 * 56
 QWEN_MAX_PIXELS = 28 * 28 * 16384
+# The largest image decoded: width x height x channels (at least the 3 of the RGB the processor
+# converts every image to). The processor decodes an image whole before it shrinks it to the
+# pixels the model takes, and its working set is about four times the decoded bytes (measured on
+# the Qwen2-VL processor: 12.5 bytes per pixel), in every data loader worker, outside the memory
+# estimate. 256 MiB is Pillow's own decompression-bomb threshold for RGB (89.5 million pixels).
+MAX_DECODED_BYTES = 256 * 1024**2
+# Above this decoded size the plan says what the decoding costs in host memory.
+LARGE_DECODED_BYTES = 64 * 1024**2
 
 
 class ImageRowError(ValueError):
@@ -99,19 +108,46 @@ def resolve_image(ref: Any, base: Path | None) -> Any:
 
 
 def image_size(image: Any) -> tuple[int, int]:
-    """(width, height) from the image's header; an unreadable image raises ImageRowError."""
+    """(width, height) from the image's header, before anything is decoded.
+
+    The one check every image passes, at plan time and in the training entry: an unreadable image,
+    or one whose decoded size passes MAX_DECODED_BYTES, raises ImageRowError naming it and its size.
+    Pillow's decompression-bomb warning gives way to that refusal, its error becomes one."""
     from PIL import Image, UnidentifiedImageError
 
     source = io.BytesIO(image["bytes"]) if isinstance(image, dict) else image
     name = "image bytes" if isinstance(image, dict) else f"image file {image}"
     try:
-        with Image.open(source) as opened:
-            width, height = opened.size
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        with warnings.catch_warnings():
+            # Pillow warns from 89.5 million pixels; the bound below refuses such an image by its size.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as opened:
+                width, height = opened.size
+                channels = len(opened.getbands())
+    except Image.DecompressionBombError as exc:  # twice Pillow's limit: it gives no size, only pixels
+        raise ImageRowError(f"{name} is too large to decode safely ({str(exc).split(', could')[0]}); "
+                            f"{_DOWNSCALE}") from None
+    except (UnidentifiedImageError, OSError, ValueError, TypeError) as exc:
         raise ImageRowError(f"{name} is not a readable image ({type(exc).__name__})") from None
     if width < 1 or height < 1:
         raise ImageRowError(f"{name} is empty ({width}x{height})")
+    decoded = decoded_bytes(width, height, channels)
+    if decoded > MAX_DECODED_BYTES:
+        raise ImageRowError(
+            f"{name} is {width}x{height}: {decoded / 1024**2:,.0f} MiB decoded, more than the "
+            f"{MAX_DECODED_BYTES // 1024**2} MiB llmwizard decodes (the processor decodes the whole image, "
+            f"about four times that in host memory, before it shrinks it for the model); {_DOWNSCALE}")
     return width, height
+
+
+_DOWNSCALE = ("downscale it (e.g. to at most 4096 pixels a side; the model sees far fewer) "
+              "or remove the row")
+
+
+def decoded_bytes(width: int, height: int, channels: int = 3) -> int:
+    """Bytes of the image decoded: width x height x channels, at least RGB's 3 (the processor
+    converts every image to RGB)."""
+    return width * height * max(3, channels)
 
 
 # ----------------------------------------------------------------------------- image tokens

@@ -465,7 +465,8 @@ def schedule(dataset: DatasetProfile, goals: Goals, effective: int, epochs: floa
     logging_steps = max(1, min(10, total_steps // 50 or 1))
     return Decision(Schedule(eval_fraction, eval_steps, logging_steps),
                     f"{steps_per_epoch} steps per epoch, {total_steps} steps in all; "
-                    f"evaluate and checkpoint every {eval_steps} steps, log every {logging_steps}")
+                    f"evaluate and checkpoint every {eval_steps} steps, log every {logging_steps}",
+                    dataset.plan_warnings(eval_fraction))  # refuses a split that leaves no training row
 
 
 def activation_offloading(hardware: HardwareProfile, goals: Goals) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmwizard.autotune.dataset import TokenCounter, content_text
+from llmwizard.autotune.errors import UserError
 
 
 class ModelTokenCounter(TokenCounter):
@@ -22,19 +23,36 @@ class ModelTokenCounter(TokenCounter):
         from tokenizers import Tokenizer
 
         self.name = f"{model_dir.name} tokenizer"
-        self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        try:
+            self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        except Exception as exc:  # noqa: BLE001 (the tokenizers library raises a bare Exception for a bad file)
+            raise UserError(f"{model_dir / 'tokenizer.json'} is not a tokenizer the tokenizers library reads: "
+                            f"{str(exc)[:200]}", title="Model",
+                            fix="Restore the model's tokenizer.json (save_pretrained writes it).") from None
         config = _read_json(model_dir / "tokenizer_config.json")
         self._special = {key: _token_text(config.get(key)) for key in
                          ("bos_token", "eos_token", "pad_token", "unk_token")}
-        self._template = _chat_template(model_dir, config)
+        self._template_file = model_dir / "chat_template.jinja"
+        if not self._template_file.is_file():
+            self._template_file = model_dir / "tokenizer_config.json"
+        try:
+            self._template = _chat_template(model_dir, config)
+        except Exception as exc:  # noqa: BLE001 (jinja2's TemplateSyntaxError and its kin)
+            raise UserError(f"The chat template in {self._template_file} does not parse: {exc}", title="Model",
+                            fix="Restore the model's chat template.") from None
 
     def count(self, row: dict[str, Any]) -> int:
         if "messages" in row:
             if self._template is None:
                 text = "\n".join(content_text(m["content"]) for m in row["messages"])
                 return len(self._tokenizer.encode(text).ids) + 1
-            rendered = self._template.render(messages=row["messages"], add_generation_prompt=False,
-                                             **self._special)
+            try:
+                rendered = self._template.render(messages=row["messages"], add_generation_prompt=False,
+                                                 **self._special)
+            except Exception as exc:  # noqa: BLE001 (a template's raise_exception, or jinja2's errors)
+                raise UserError(f"The chat template in {self._template_file} refuses a row of the dataset: {exc}",
+                                title="Dataset", fix="Make the rows fit the model's chat template (some refuse a "
+                                "system message, or turns that do not alternate), or pick another model.") from None
             return len(self._tokenizer.encode(rendered, add_special_tokens=False).ids)
         text = row["text"] if "text" in row else row["prompt"] + row["completion"]
         # TRL appends the EOS token to plain text and completions.
