@@ -285,6 +285,8 @@ def sft_config(plan: Plan) -> dict[str, Any]:
         "packing_strategy": "bfd" if plan.packing else None,
         "activation_offloading": plan.activation_offloading or None,
         "use_liger_kernel": plan.liger_kernel or None,
+        # plan.yaml's attention kernel (sdpa is transformers' own default, left unwritten).
+        "attn_implementation": {"flash": "flash_attention_2", "eager": "eager"}.get(plan.attention),
         # Context parallelism shards each sequence in 2 x cp load-balanced chunks.
         "pad_to_multiple_of": 2 * plan.context_parallel if plan.context_parallel > 1 else None,
         # Under FSDP the wrapper checkpoints each layer itself (fsdp_activation_checkpointing).

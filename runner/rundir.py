@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from llmwizard.autotune.errors import UserError
 from llmwizard.runner import recovery, runlock
 from llmwizard.runner.configs import METRICS_FILE, OUTPUT_DIR, TENSORBOARD_DIR
 from llmwizard.runner.metrics import read_metrics
@@ -179,6 +180,53 @@ def set_aside(run_dir: Path) -> Path | None:
     for path in present:
         path.rename(target / path.name)
     return target
+
+
+# What a launch writes in its run directory, and whether each is a directory: a path of the other
+# kind (a plain file named output) would fail inside the ranks after the launch.
+RUN_WRITES: dict[str, bool] = {runlock.STATE_DIR: True, OUTPUT_DIR: True, TENSORBOARD_DIR: True,
+                               **{name: False for name in RUN_RESULTS if name not in (OUTPUT_DIR, TENSORBOARD_DIR)}}
+
+
+def check_writable(run_dir: Path, files: tuple[str, ...] = ()) -> None:
+    """Refuse (UserError, exit code 2) a run directory a launch cannot write in, before anything in
+    it changes: the directory, its state and output directories and the run's files must be
+    writable and of the kind the run writes; `files` adds the exported files written again. The
+    directories are tried with a real file (removed at once), since permission bits say nothing
+    to root and a read-only mount refuses everyone."""
+    fix = (f"Make {run_dir} writable (chmod u+w, or remount it read-write), or copy the run directory to a "
+           f"writable place (cp -r {run_dir} NEW_DIR) and give llmwizard NEW_DIR.")
+    for name, is_dir in {**RUN_WRITES, **{name: False for name in files}}.items():
+        path = run_dir / name
+        if path.exists() and path.is_dir() != is_dir:
+            kind, wanted = ("a file", "a directory") if is_dir else ("a directory", "a file")
+            raise UserError(f"{path} is {kind}, but the run writes {wanted} there; training would fail after "
+                            "the launch.", title="Run directory",
+                            fix=f"Move it out of the way (mv {path} {path}.old), then run again.")
+    directories = [run_dir] + [run_dir / name for name, is_dir in RUN_WRITES.items() if is_dir]
+    for directory in directories:
+        problem = _cannot_write(directory) if directory.is_dir() else None
+        if problem:
+            raise UserError(f"Cannot write in {directory} ({problem}): the run keeps its lock, checkpoints, "
+                            "metrics and log in its directory.", title="Run directory", fix=fix)
+    for name in (*files, *(n for n, is_dir in RUN_WRITES.items() if not is_dir)):
+        path = run_dir / name
+        if path.is_file() and not os.access(path, os.W_OK):
+            raise UserError(f"Cannot write {path} (read-only): the run writes it again.", title="Run directory",
+                            fix=f"Make it writable (chmod u+w {path}), or {fix[0].lower()}{fix[1:]}")
+
+
+def _cannot_write(directory: Path) -> str | None:
+    """Why a file cannot be made in `directory` (None when it can); the trial file is removed."""
+    import tempfile
+
+    try:
+        handle, name = tempfile.mkstemp(prefix=".llmwizard-write-check-", dir=directory)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    os.close(handle)
+    Path(name).unlink()
+    return None
 
 
 def is_run_dir(path: Path) -> bool:

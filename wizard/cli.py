@@ -269,7 +269,11 @@ def _print_error(error: Any) -> None:
     from rich.console import Console
     from rich.panel import Panel
 
-    body = error.message + (f"\n[bold]Fix:[/] {error.fix}" if error.fix else "")
+    from rich.text import Text
+
+    body = Text(error.message)  # plain text: a value such as [bogus] or a path may hold brackets
+    if error.fix:
+        body.append("\nFix: ", style="bold").append(error.fix)
     Console(stderr=True).print(Panel(body, title=f"[bold red]{error.title}[/]", border_style="red",
                                      expand=False))
 

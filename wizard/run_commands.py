@@ -20,15 +20,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from llmwizard.autotune.errors import UserError
-
-if TYPE_CHECKING:
-    from llmwizard.autotune.plan import Plan
 
 # Exit codes of a run stopped by a signal: 128 + the signal number, as a shell reports them.
 EXIT_SIGINT = 128 + signal.SIGINT
@@ -74,28 +70,19 @@ def run_dir_of(target: Path) -> tuple[Path, Path]:
     return target, target / "plan.yaml"
 
 
-def _check_split(plan: Plan, plan_file: Path) -> None:
-    """A sequence split over ZeRO ranks (Ulysses) that the model's head counts refuse fails at
-    launch inside DeepSpeed; say so before anything starts (when the model's config is at hand)."""
-    if plan.context_parallel <= 1 or plan.strategy not in ("zero2", "zero3"):
-        return
-    from llmwizard.autotune.long_context import check_plan_split
-    from llmwizard.runner.engine import model_spec
-
-    model = model_spec(plan)
-    if model is not None:
-        check_plan_split(model, plan.strategy, plan.context_parallel, plan.num_processes, str(plan_file))
-
-
 def cmd_run(args: argparse.Namespace, resume: bool = False) -> int:
     from llmwizard.autotune.plan import Plan
     from llmwizard.runner import rundir, runlock
-    from llmwizard.runner.export import edited_files, edited_files_error, export_files
+    from llmwizard.runner.export import LAUNCH_FILES, edited_files, edited_files_error, export_files
+    from llmwizard.runner.preflight import check_plan
 
     console = Console()
     run_dir, plan_file = run_dir_of(Path(args.target))
     plan = Plan.load(plan_file)  # checked first: a bad value is named before anything changes
-    _check_split(plan, plan_file)
+    # Then what needs this machine, the model and the data, and that the directory takes writes:
+    # a key the run cannot carry out is refused here, by name, before the lock or an export changes it.
+    rundir.check_writable(run_dir, LAUNCH_FILES)
+    check_plan(plan, plan_file)
     with runlock.hold(run_dir) as lock:
         for note in lock.notes:
             console.print(f"note: {note}", style="yellow", highlight=False)
