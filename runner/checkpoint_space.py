@@ -85,11 +85,21 @@ def with_margin(size: int) -> int:
 
 
 def existing_directory(path: Path) -> Path:
-    """`path`, or its nearest parent that exists (output_dir appears at the first save)."""
+    """`path`, or its nearest parent that exists (output_dir appears at the first save; an export's
+    directory at its first file). A name the kernel refuses to look up (one over 255 bytes) counts
+    as missing rather than raising, so the caller can say what is wrong with it."""
     path = path.resolve()
-    while not path.exists() and path.parent != path:
+    while not _exists(path) and path.parent != path:
         path = path.parent
     return path
+
+
+def _exists(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError:  # missing, a name too long, a parent that is a file: nothing there to use
+        return False
+    return True
 
 
 class CheckpointSpace:

@@ -1,4 +1,5 @@
-"""One trainer per run directory: the run lock, the processes of a run, and stopping an orphan.
+"""One trainer per run directory: the run lock, the processes of a run, and stopping an orphan;
+and one export at a time into a directory: the export lock (`export_lock`).
 
 Two trainers in one directory overwrite each other's checkpoints and interleave their metrics,
 so a launch takes `.llmwizard/lock.json` first (llmwizard.runner.launch.Launch.start does, so
@@ -13,6 +14,8 @@ on another host or was copied along with the directory; a stale lock is cleared 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import signal
@@ -30,6 +33,8 @@ from llmwizard.autotune.errors import UserError
 
 STATE_DIR = ".llmwizard"
 LOCK_FILE = f"{STATE_DIR}/lock.json"
+# Held while an export writes into the directory (see `export_lock`).
+EXPORT_LOCK_FILE = f"{STATE_DIR}/export.lock"
 # The per-rank entry every launcher starts (llmwizard.runner.scripts.train_arguments).
 TRAIN_MODULE = "llmwizard.runner.train"
 
@@ -121,6 +126,81 @@ def hold(run_dir: Path) -> Iterator[RunLock]:
         yield lock
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def export_lock(directory: Path) -> Iterator[Path]:
+    """Hold the export lock of the existing `directory`, or raise UserError naming it (exit code 2).
+
+    Two exports into one directory would interleave their files, and the one that finishes last
+    would silently replace the other's plan; so an export holds `.llmwizard/export.lock` while it
+    writes. It is an flock on that file: the kernel drops it when the holder exits, however it
+    exits, so there is never a stale export lock to clear. The file is removed on release; a
+    process that opened it just before then finds, once locked, that the path now names another
+    file (or none) and tries again, so two holders can never each lock a different file."""
+    path = directory / EXPORT_LOCK_FILE
+    for _ in range(5):
+        path.parent.mkdir(exist_ok=True)
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:  # a failed export removed its empty state folder just now
+            continue
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(descriptor)
+            os.close(descriptor)
+            raise export_in_progress(directory, holder) from None
+        except OSError as exc:
+            if exc.errno not in _NO_FILE_LOCKS:
+                os.close(descriptor)
+                raise
+            break  # a file system that cannot lock (some FUSE mounts): exporting there beats refusing it
+        if _names(path, descriptor):
+            break
+        os.close(descriptor)
+    else:
+        raise UserError(f"Could not take the export lock of {directory}: other processes keep replacing "
+                        f"{EXPORT_LOCK_FILE}.", title="Output directory",
+                        fix=f"Check what else writes to {directory}, then export again.")
+    try:
+        with contextlib.suppress(OSError):  # the holder's pid is for the message only
+            os.ftruncate(descriptor, 0)
+            os.write(descriptor, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(descriptor)
+
+
+# flock's answers on a file system that has no locks.
+_NO_FILE_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL})
+
+
+def export_in_progress(directory: Path, holder: int | None) -> UserError:
+    who = f"llmwizard (pid {holder})" if holder else "another llmwizard"
+    return UserError(f"Another export is writing to {directory}: {who} holds its export lock "
+                     f"{directory / EXPORT_LOCK_FILE}. Nothing was written by this one.", title="Output directory",
+                     fix=f"Let that export finish and look at {directory / 'plan.yaml'}; to write this plan as well, "
+                         "export it to another directory.")
+
+
+def _lock_holder(descriptor: int) -> int | None:
+    try:
+        return int(os.pread(descriptor, 32, 0).decode().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def _names(path: Path, descriptor: int) -> bool:
+    """`path` still names the open file `descriptor` (it was not removed or replaced meanwhile)."""
+    try:
+        on_disk = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(descriptor)
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
 
 
 def already_running(run_dir: Path, pid: int) -> UserError:

@@ -513,13 +513,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from llmwizard.runner.export import export
 
+    from llmwizard.runner.safe_files import check_target
     from llmwizard.wizard.run_commands import check_export_target
 
     out = Path(args.out)
+    check_target(out, "--out")  # a name the kernel refuses (/proc, over 255 bytes) is named, not a traceback
     check_export_target(out, args.force)
     plan, *_ = _make_plan(args)
     _check_writable(out)
-    written = export(plan, out, edits="discard" if args.force else "refuse")
+    # Without --force the directory must still be empty once the export holds its lock.
+    written = export(plan, out, edits="discard" if args.force else "refuse", into_empty=not args.force)
     if args.json:
         print(json.dumps({"dir": str(out.resolve()), "files": [p.name for p in written]}))
     else:
