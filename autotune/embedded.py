@@ -16,6 +16,7 @@ import json
 import os
 import random
 import shutil
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -118,9 +119,12 @@ def cache_root() -> Path:
     A cache that cannot be used (a file where the folder should be, no write access, a read-only
     file system) is worked around: a per-user folder in the system's temporary directory serves
     instead, with a warning on stderr that names the path and the fix. The fallback's name is fixed,
-    so the ranks of a run, which resolve the cache on their own, agree with the parent process."""
+    so the ranks of a run, which resolve the cache on their own, agree with the parent process.
+    Because the temporary directory is shared, the fallback must be private (`private_folder_problem`):
+    otherwise another user could plant a link or a folder there and have models built where they
+    can change them."""
     configured, source = _configured_cache()
-    return _usable_cache(configured, source, os.getuid() if hasattr(os, "getuid") else 0)
+    return _usable_cache(configured, source, os.getuid() if hasattr(os, "getuid") else None)
 
 
 def _configured_cache() -> tuple[Path, str]:
@@ -132,15 +136,18 @@ def _configured_cache() -> tuple[Path, str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _usable_cache(configured: Path, source: str, uid: int) -> Path:
+def _usable_cache(configured: Path, source: str, uid: int | None) -> Path:
     problem = _cache_problem(configured)
     if problem is None:
         return configured
-    fallback = Path(tempfile.gettempdir()) / f"llmwizard-cache-{uid}"
-    fix = "set LLMWIZARD_CACHE to a folder you can write to"
-    if _cache_problem(fallback) is not None:
+    fallback = Path(tempfile.gettempdir()) / f"llmwizard-cache-{uid if uid is not None else 'user'}"
+    fix = "set LLMWIZARD_CACHE to a folder you own and can write to"
+    fallback_problem = private_folder_problem(fallback, uid)
+    if fallback_problem is not None:
         raise UserError(f"The cache folder {configured} ({source}) {problem}, and the fallback {fallback} "
-                        "cannot be used either.", title="Cache", fix=fix[0].upper() + fix[1:] + ".")
+                        f"{fallback_problem}. Nothing was built there.", title="Cache",
+                        fix=fix[0].upper() + fix[1:] + f". If {fallback} is yours, remove it and llmwizard makes it "
+                        "again, private; if it is not, tell the machine's administrator.")
     print(f"llmwizard: warning: the cache folder {configured} ({source}) {problem}; using {fallback} "
           f"instead. Fix: {fix}.", file=sys.stderr)
     return fallback
@@ -154,6 +161,47 @@ def _cache_problem(path: Path) -> str | None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         return f"cannot be created ({exc.strerror or exc})"
+    return _write_problem(path)
+
+
+def private_folder_problem(path: Path, uid: int | None) -> str | None:
+    """Why `path`, a folder of this user's inside a shared temporary directory, cannot be used
+    (None when it can), creating it with mode 0o700 when missing.
+
+    A shared temporary directory lets every user create names in it, so a name fixed in advance
+    may already be taken: a symbolic link to a folder someone else controls, or their own folder.
+    Only a real folder (checked with lstat, no link followed) that this user owns and that no one
+    else can write to is used. The directory holding it must not let other users rename it away
+    (world-writable without the sticky bit). `uid` None: a system without owners (Windows)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        return f"cannot be created ({exc.strerror or exc})"
+    try:
+        info = os.lstat(path)
+        holder = os.lstat(path.parent)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISLNK(info.st_mode):
+        return f"is a symbolic link (to {os.readlink(path)}), not a folder of yours"
+    if not stat.S_ISDIR(info.st_mode):
+        return "is not a folder"
+    if uid is not None:
+        if info.st_uid != uid:
+            return f"belongs to another user (uid {info.st_uid}, you are uid {uid})"
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return (f"can be written by other users (mode {stat.S_IMODE(info.st_mode):o}; a cache there must be "
+                    "mode 700)")
+        if holder.st_mode & stat.S_IWOTH and not holder.st_mode & stat.S_ISVTX:
+            return (f"is in {path.parent}, which every user can write and which lacks the sticky bit (another "
+                    "user could replace the folder)")
+    return _write_problem(path)
+
+
+def _write_problem(path: Path) -> str | None:
+    """Why this process cannot write in the folder `path` (None when it can)."""
     if not os.access(path, os.W_OK | os.X_OK):
         return "is not writable"
     try:  # root passes os.access on a read-only file system; a real write tells
