@@ -169,6 +169,7 @@ def _write_export(plan: Plan, directory: Path, python: str | None, edits: str, i
     writing = plan_path
     try:  # 1. every new file in full under a temporary name; nothing in the directory changes yet
         if plan_new:
+            _refuse_non_file(plan_path)
             if plan_edited:
                 aside.append(plan_path)
             hashes["plan.yaml"] = rundir.sha256_file(staged.write_with(plan_path, plan.save, 0o644)) or ""
@@ -190,8 +191,7 @@ def _write_export(plan: Plan, directory: Path, python: str | None, edits: str, i
             if path.is_file() and path not in aside and path.read_text(encoding="utf-8", errors="replace") == text:
                 unchanged.append((path, mode))
                 continue
-            if path.exists() and not path.is_file():
-                raise IsADirectoryError(errno.EISDIR, "a folder (or other non-file) is where the file belongs", name)
+            _refuse_non_file(path)
             staged.write_text(path, text, mode)
         writing = directory / rundir.MANIFEST_FILE
         staged.write_text(writing, rundir.Manifest(
@@ -226,6 +226,13 @@ def _write_export(plan: Plan, directory: Path, python: str | None, edits: str, i
             report.notes.append("plan.yaml changed since the last export: " + "; ".join(changes[:8])
                                 + (f" (+{len(changes) - 8} more)" if len(changes) > 8 else ""))
     return report
+
+
+def _refuse_non_file(path: Path) -> None:
+    """A folder (or a device, a socket) where a run file belongs: renaming over it would fail only
+    after other files were moved into place, so it is named before anything moves."""
+    if path.exists() and not path.is_file():
+        raise IsADirectoryError(errno.EISDIR, "a folder (or other non-file) is where the file belongs", str(path))
 
 
 def _clear_leftovers(directory: Path, names: list[str]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shlex
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -110,6 +111,9 @@ def fault(exc: OSError, path: Path, doing: str, directory: Path, *, unchanged: b
         return UserError(message, title=TITLE,
                          fix="Choose a directory you can write to (a read-only disk, or one another user owns, "
                              "will not do), or change its permissions.")
+    if code == errno.EISDIR:
+        move = shlex.join(["mv", str(path), f"{path}.old"])
+        return UserError(message, title=TITLE, fix=f"Move {path} out of the way ({move}), then export again.")
     if code == errno.ENAMETOOLONG:
         return UserError(message, title=TITLE, fix="Choose a shorter directory name (at most 255 bytes per name).")
     return UserError(message, title=TITLE,

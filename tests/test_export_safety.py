@@ -189,6 +189,16 @@ def test_an_unwritable_directory_is_named_with_the_os_error(exported, tmp_path):
     assert snapshot(out) == before
 
 
+def test_a_folder_where_a_run_file_belongs_is_named_before_anything_moves(exported, tmp_path):
+    out = _copy(exported, tmp_path)
+    (out / "launch.sh").unlink()
+    (out / "launch.sh").mkdir()
+    before = snapshot(out)
+    result = run_cli("export", "--out", str(out), "--max-steps", "5", "--force")
+    assert_refused(result, [str(out / "launch.sh"), "EISDIR", "left as it was", "out of the way"])
+    assert snapshot(out) == before and (out / "launch.sh").is_dir()
+
+
 BAD_OUT = [
     ("/proc/llmwizard-run", ["--out", "/proc/llmwizard-run", "proc file system", "on a disk"]),
     ("/sys/llmwizard/run", ["--out", "/sys/llmwizard/run", "sysfs file system"]),
