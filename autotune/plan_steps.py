@@ -79,7 +79,7 @@ def size_rule(dataset: DatasetProfile, goals: Goals) -> Decision[SizeRule]:
 
 
 def _rule_text(rule: SizeRule) -> str:
-    return f"from Google's rule for {rule.size} datasets"
+    return f"Google's rule for {rule.size} datasets"
 
 
 def method(hardware: HardwareProfile, goals: Goals) -> Decision[Method]:
@@ -121,7 +121,7 @@ def learning_rate(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -
         base = lr
         lr = min(lr * RANDOM_INIT_LR_SCALE, MAX_LEARNING_RATE)  # (the schema's ceiling holds for the plan too)
         reason = (f"{lr:g}: {lr / base:g}x the {base:g} "
-                  f"{goals.source('learning_rate', rule_text)}, because the embedded tiny model is randomly "
+                  f"{goals.source('learning_rate', 'of ' + rule_text)}, because the embedded tiny model is randomly "
                   "initialised and the rule's rates assume pretrained weights")
     warnings = ((f"Learning rate {lr:g} is far above what fine-tuning uses (1e-6 to 1e-2): the loss will "
                   "likely diverge; check the value."),) if lr > MAX_SENSIBLE_LR else (
@@ -153,10 +153,13 @@ def lora(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -> Decisio
         where = (f" of the language model and the vision tower's blocks ({goals.origin('train_vision_tower')})"
                  if tower
                  else f" of the language model; {vision.frozen_note(model)}")
-    alpha = f" ({goals.origin('lora_alpha')})" if goals.lora_alpha else " (twice the rank)"
+    alpha = f" ({goals.origin('lora_alpha')})" if goals.lora_alpha else ""
+    if r > model.hidden_size:
+        warnings += ((f"LoRA rank {r} is above {model.name}'s hidden size {model.hidden_size}: the adapters hold "
+                      "more parameters than a full-rank update needs; check --lora-r."),)
     return Decision(lora, f"rank {r}, alpha {lora.alpha}{alpha} on {', '.join(targets)}{where}: "
                           f"{count:,} trainable parameters ({share:.2%}); "
-                          f"rank {goals.source('lora_r', _rule_text(rule))}", warnings)
+                          f"rank {goals.source('lora_r', 'from ' + _rule_text(rule))}", warnings)
 
 
 def vision_tower(model: ModelSpec, dataset: DatasetProfile, goals: Goals, method: str) -> Decision[bool]:
@@ -465,8 +468,7 @@ def schedule(dataset: DatasetProfile, goals: Goals, effective: int, epochs: floa
     logging_steps = max(1, min(10, total_steps // 50 or 1))
     return Decision(Schedule(eval_fraction, eval_steps, logging_steps),
                     f"{steps_per_epoch} steps per epoch, {total_steps} steps in all; "
-                    f"evaluate and checkpoint every {eval_steps} steps, log every {logging_steps}",
-                    dataset.plan_warnings(eval_fraction))  # refuses a split that leaves no training row
+                    f"evaluate and checkpoint every {eval_steps} steps, log every {logging_steps}")
 
 
 def activation_offloading(hardware: HardwareProfile, goals: Goals) -> None:

@@ -9,12 +9,12 @@ takes its place.
 from __future__ import annotations
 
 import os
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.goals import Goals, goals_from_preset
 
@@ -104,10 +104,34 @@ def preset_path(name: str) -> Path:
     )
 
 
+class _KeySetTwice(yaml.YAMLError):
+    """A mapping key given twice in a preset file."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice is an error: plain PyYAML keeps the last
+    value silently, so `epochs: 3` further down would quietly replace `epochs: 20`."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if not isinstance(key, Hashable):
+                continue  # (PyYAML's own mapping refuses it: "found unhashable key")
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _KeySetTwice(f"sets key '{key}' twice (lines {seen[key]} and {line})")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_preset(name: str) -> dict[str, Any]:
     path = preset_path(name)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # (a SafeLoader)
+    except _KeySetTwice as exc:
+        raise UserError(f"Preset {path} {exc}: the later value would silently replace the earlier.",
+                        title="Preset", fix="Keep one of them.") from None
     except yaml.YAMLError as exc:
         raise UserError(f"Preset {path} is not valid YAML: {exc}", title="Preset",
                         fix="Fix the file's syntax.") from None

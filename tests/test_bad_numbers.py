@@ -73,6 +73,8 @@ BAD_PRESETS = [
     ("epochs: true\n", ["epochs", "True", "a finite number greater than 0"]),
     ("lora_targets: []\n", ["lora_targets", "[]", "one or more linear layer names"]),
     ("extra: {a: 1}\n", ["extra", "unknown keys"]),
+    # PyYAML keeps the last of two equal keys silently.
+    ("epochs: 3\nlearning_rate: 1.0e-4\nepochs: 20\n", ["'epochs' twice", "lines 1 and 3", "Keep one"]),
     # A fixed accumulation and the batch it must divide, or the three batch keys that disagree.
     ("grad_accum: 3\neffective_batch: 16\n", ["effective_batch 16", "grad_accum 3", "from preset mine",
                                                "not a multiple of"]),
@@ -201,6 +203,13 @@ def test_docs_name_each_preset_keys_rule():
 def test_the_wizard_fields_use_the_same_rule(key, text):
     with pytest.raises(ValueError, match=re.escape(schema.describe(schema.field_type(Goals, [key])))):
         parse_goal_value(key, text)
+
+
+def test_a_lora_rank_above_the_hidden_size_is_warned_about():
+    hardware, model = from_spec("2xH100-80GB"), spec_from_config("llama-1b", "catalog", None, LLAMA_1B)
+    wide = plan(hardware, model, _data(), Goals(lora_r=4096))
+    assert any("above llama-1b's hidden size 2048" in w for w in wide.warnings), wide.warnings
+    assert not any("hidden size" in w for w in plan(hardware, model, _data(), Goals(lora_r=64)).warnings)
 
 
 def test_a_tiny_learning_rate_is_warned_about(tmp_path):
