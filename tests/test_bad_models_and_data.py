@@ -216,3 +216,14 @@ def test_large_image_within_the_bound_plans_with_its_decode_cost_said(tmp_path):
                      cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "The largest image (6000x5000) is decoded whole" in flat(result.stdout)
+
+
+def test_hub_config_in_the_local_cache_passes_the_same_checks(tmp_path):
+    """A hub id resolves to the cached config.json, which the same check refuses, naming that file."""
+    snapshot = tmp_path / "hub" / "models--someorg--broken" / "snapshots" / "0123abcd"
+    _model_dir(snapshot, MODEL_CONFIG, {"num_attention_heads": 0})
+    (tmp_path / "hub" / "models--someorg--broken" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someorg--broken" / "refs" / "main").write_text("0123abcd")
+    result = run_cli("plan", "--model", "someorg/broken", cwd=tmp_path, timeout=60,
+                     env={"HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert_refused(result, ["models--someorg--broken", "config.json", "`num_attention_heads` is 0"])
