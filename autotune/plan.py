@@ -21,22 +21,29 @@ from llmwizard.autotune.goals import GOAL_FIELDS
 from llmwizard.autotune.memory import MemoryEstimate
 from llmwizard.autotune.schema import (
     Attention,
+    ClassNames,
     DatasetFormat,
     Device,
+    EvalFraction,
     Fraction,
+    HostAddress,
     Launcher,
     LrScheduler,
     MaxSteps,
     Method,
     ModelSource,
+    ModuleNames,
     NonNegativeFloat,
     NonNegativeInt,
     Offload,
+    OneLine,
     Optimizer,
+    PeftTargets,
     Port,
     PositiveFloat,
     PositiveInt,
     Precision,
+    RunName,
     Seed,
     Strategy,
     Tracker,
@@ -44,6 +51,19 @@ from llmwizard.autotune.schema import (
 )
 
 PLAN_VERSION: Final = 1
+
+
+class InvalidPlan(UserError):
+    """Plan fields the schema refuses: each key, its value and what is allowed. Most come from a
+    hand-edited plan.yaml (`Plan.load` names the file); the rest from input the planner copies
+    into the plan as it is, such as a model directory whose path holds a line break."""
+
+    def __init__(self, validation: ValidationError) -> None:
+        self.validation = validation
+        error = user_error(validation, cls=Plan, source="the plan", title="Plan",
+                           fix="Change the value named (allowed values: docs/schema.md); a model or dataset path "
+                               "must be one line of printable characters.")
+        super().__init__(error.message, title=error.title, fix=error.fix)
 STRICT = ConfigDict(extra="forbid")
 
 
@@ -52,10 +72,10 @@ class LoraSettings:
     r: PositiveInt
     alpha: PositiveInt
     dropout: Fraction
-    target_modules: list[str]        # the linear layers adapted, by name
+    target_modules: ModuleNames      # the linear layers adapted, by name
     # What PEFT receives: the names, or one regex when plain names would also match a vision
     # tower or when there is a single name (TRL passes a one-item list on as a regex string).
-    peft_targets: list[str] = field(default_factory=list)
+    peft_targets: PeftTargets = field(default_factory=list)
 
 
 # A setting a user can pin, by its goal key (micro_batch, strategy, ...).
@@ -64,14 +84,16 @@ PinnedKey = Literal[tuple(sorted(GOAL_FIELDS))]  # type: ignore[valid-type]
 
 @dataclass(config=STRICT)
 class Plan:
-    name: str
-    model: str                       # embedded:tiny-llama, a local directory, or a hub name
+    # The text fields reach launch.sh, slurm.sbatch and README.txt: each type allows only what it
+    # needs (llmwizard.autotune.schema), and the exporters shell-quote every word besides.
+    name: RunName                    # <model>-<dataset> (plan_steps.run_name), or as typed in plan.yaml
+    model: OneLine                   # embedded:tiny-llama, a local directory, or a hub name
     model_source: ModelSource
-    layer_cls: str                   # the class(es) FSDP wraps, comma-separated
-    dataset: str                     # embedded:arithmetic, an absolute path, or a hub name
+    layer_cls: ClassNames            # the class(es) FSDP wraps, comma-separated
+    dataset: OneLine                 # embedded:arithmetic, an absolute path, or a hub name
     dataset_format: DatasetFormat
     device: Device
-    hardware: str                    # one line: what was planned for
+    hardware: OneLine                # what was planned for
     strategy: Strategy
     offload: Offload
     launcher: Launcher
@@ -92,7 +114,7 @@ class Plan:
     warmup_ratio: Fraction
     weight_decay: NonNegativeFloat
     lora: LoraSettings | None
-    eval_fraction: Fraction
+    eval_fraction: EvalFraction      # the --eval-fraction rule
     eval_steps: PositiveInt
     save_steps: PositiveInt
     logging_steps: PositiveInt
@@ -102,7 +124,7 @@ class Plan:
     estimate: MemoryEstimate
     reasons: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    main_process_ip: str = "127.0.0.1"
+    main_process_ip: HostAddress = "127.0.0.1"
     main_process_port: Port = 29500
     attention: Attention = "sdpa"
     # FSDP2 across machines: shard inside each machine, replicate across them (HSDP), so the
@@ -136,6 +158,10 @@ class Plan:
     @model_validator(mode="after")
     def _consistent(self) -> Plan:
         """Relations the planner always keeps, checked so a hand edit cannot break them."""
+        if self.strategy == "single" and (self.num_processes, self.num_machines) != (1, 1):
+            raise ValueError(f"strategy single runs one process on one machine, but num_processes is "
+                             f"{self.num_processes} and num_machines {self.num_machines}: set both to 1, or choose "
+                             "ddp, fsdp, zero2 or zero3 for several processes")
         if self.num_processes % self.num_machines:
             raise ValueError(f"num_processes ({self.num_processes}) must be a multiple of num_machines "
                              f"({self.num_machines}): every machine runs the same number of processes")
@@ -159,6 +185,17 @@ class Plan:
             raise ValueError(f"method {self.method} " + ("takes no lora settings (set lora: null)"
                              if self.method == "full" else "needs lora settings (r, alpha, dropout, ...)"))
         return self
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _users_to_fix(cls, values: Any, handler: Any) -> Plan:
+        """A value the planner copied from the user's input (a model or dataset path with a line
+        break in it) is refused as a UserError naming it, not a traceback; `load` names the file.
+        Defined after `_consistent` so that it wraps that check too."""
+        try:
+            return handler(values)
+        except ValidationError as exc:
+            raise InvalidPlan(exc) from None
 
     @property
     def processes_per_machine(self) -> int:
@@ -220,5 +257,5 @@ class Plan:
             data["estimate"] = flat
         try:
             return cls(**data)
-        except ValidationError as exc:
-            raise user_error(exc, cls=cls, source=str(path), title="Plan", fix=fix) from None
+        except InvalidPlan as exc:
+            raise user_error(exc.validation, cls=cls, source=str(path), title="Plan", fix=fix) from None
