@@ -274,7 +274,9 @@ def test_launch_commands_per_launcher():
     assert "--num_nodes 2 --num_gpus 4" in deepspeed and "--no_local_rank" in deepspeed
     assert '--hostfile hostfile --no_ssh --node_rank "${MACHINE_RANK:-0}"' in deepspeed
     accelerate = launch_script(_gpu_plan("2x4xH100-80GB", nodes=2, strategy="ddp"))
-    assert '--machine_rank "${MACHINE_RANK:-0}" --main_process_ip "${MAIN_PROCESS_IP:-127.0.0.1}"' in accelerate
+    assert ('--machine_rank "${MACHINE_RANK:-0}" --main_process_ip "${MAIN_PROCESS_IP:-$PLAN_MAIN_PROCESS_IP}"'
+            in accelerate)
+    assert "\nPLAN_MAIN_PROCESS_IP=127.0.0.1\n" in accelerate
 
 
 def test_slurm_script_escapes_the_node_rank(tmp_path):

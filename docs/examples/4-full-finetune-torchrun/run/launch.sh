@@ -9,6 +9,8 @@ PYTHON="${LLMWIZARD_PYTHON:-}"
 [ -n "$PYTHON" ] || PYTHON=python3
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# The plan's defaults, for where the environment sets no MAIN_PROCESS_PORT / MAIN_PROCESS_IP.
+PLAN_MAIN_PROCESS_PORT=29500
 export ACCELERATE_USE_FSDP=true
 export FSDP_VERSION=2
 export FSDP_AUTO_WRAP_POLICY=TRANSFORMER_BASED_WRAP
@@ -18,4 +20,4 @@ export FSDP_STATE_DICT_TYPE=SHARDED_STATE_DICT
 export FSDP_CPU_RAM_EFFICIENT_LOADING=true
 export FSDP_OFFLOAD_PARAMS=false
 export FSDP_ACTIVATION_CHECKPOINTING=false
-exec "$PYTHON" -m torch.distributed.run --nnodes 1 --nproc_per_node 8 --master_addr 127.0.0.1 --master_port "${MAIN_PROCESS_PORT:-29500}" -m llmwizard.runner.train --config sft_config.yaml --metrics-file metrics.jsonl --eval-fraction 0.05 "$@"
+exec "$PYTHON" -m torch.distributed.run --nnodes 1 --nproc_per_node 8 --master_addr 127.0.0.1 --master_port "${MAIN_PROCESS_PORT:-$PLAN_MAIN_PROCESS_PORT}" -m llmwizard.runner.train --config sft_config.yaml --metrics-file metrics.jsonl --eval-fraction 0.05 "$@"

@@ -11,6 +11,10 @@ PYTHON="${LLMWIZARD_PYTHON:-}"
 [ -n "$PYTHON" ] || PYTHON=python3
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# The plan's defaults, for where the environment sets no MAIN_PROCESS_PORT / MAIN_PROCESS_IP.
+PLAN_MAIN_PROCESS_PORT=29500
+PLAN_MAIN_PROCESS_IP=127.0.0.1
+[[ "${MACHINE_RANK:-0}" =~ ^[0-9]+$ ]] || { echo "launch.sh: MACHINE_RANK must be a number from 0 to 1, not '$MACHINE_RANK'" >&2; exit 2; }
 export ACCELERATE_USE_FSDP=true
 export FSDP_VERSION=2
 export FSDP_AUTO_WRAP_POLICY=TRANSFORMER_BASED_WRAP
@@ -23,4 +27,4 @@ export FSDP_ACTIVATION_CHECKPOINTING=false
 export ACCELERATE_USE_PARALLELISM_CONFIG=true
 export PARALLELISM_CONFIG_DP_REPLICATE_SIZE=2
 export PARALLELISM_CONFIG_DP_SHARD_SIZE=8
-exec "$PYTHON" -m torch.distributed.run --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint "${MAIN_PROCESS_IP:-127.0.0.1}:${MAIN_PROCESS_PORT:-29500}" --rdzv_conf "is_host=$(( ${MACHINE_RANK:-0} == 0 ))" --rdzv_id Llama-3.1-8B-Instruct-arithmetic --node_rank "${MACHINE_RANK:-0}" -m llmwizard.runner.train --config sft_config.yaml --metrics-file metrics.jsonl --eval-fraction 0.05 "$@"
+exec "$PYTHON" -m torch.distributed.run --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint "${MAIN_PROCESS_IP:-$PLAN_MAIN_PROCESS_IP}:${MAIN_PROCESS_PORT:-$PLAN_MAIN_PROCESS_PORT}" --rdzv_conf "is_host=$(( ${MACHINE_RANK:-0} == 0 ))" --rdzv_id Llama-3.1-8B-Instruct-arithmetic --node_rank "${MACHINE_RANK:-0}" -m llmwizard.runner.train --config sft_config.yaml --metrics-file metrics.jsonl --eval-fraction 0.05 "$@"
