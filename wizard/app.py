@@ -183,9 +183,9 @@ class WizardApp(App[int]):
 def follow_hint(run_dir: Path) -> str:
     """What to type to follow a run the wizard left training."""
     return (f"The run keeps training in {run_dir} (train.log and metrics.jsonl there).\n"
-            f"  follow it:     llmwizard watch {run_dir}\n"
-            f"  all runs:      llmwizard status {run_dir.parent}\n"
-            f"  stop it:       llmwizard stop {run_dir}   (it saves a checkpoint first)")
+            f"  follow it:     llmwizard watch {where}\n"
+            f"  all runs:      llmwizard status {parent}\n"
+            f"  stop it:       llmwizard stop {where}   (it saves a checkpoint first)")
 
 
 def stop_after_hangup(app: WizardApp, grace: float = 30.0) -> int | None:
@@ -205,6 +205,9 @@ def run_app(args: argparse.Namespace) -> int:
     Closing the terminal (SIGHUP) stops a run with a checkpoint unless the user chose "Leave
     running"; leaving it running prints how to follow it."""
     import signal
+    from shlex import quote  # the paths as a shell reads them back (spaces, `$`, quotes)
+
+    where, parent = quote(str(run_dir)), quote(str(run_dir.parent))
 
     app = WizardApp(args)
     hung_up = False

@@ -527,7 +527,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(json.dumps({"dir": str(out.resolve()), "files": [p.name for p in written]}))
     else:
         print(f"Wrote {len(written)} files to {out}: {', '.join(p.name for p in written)}")
-        print(f"Run it with: bash {out / 'launch.sh'}   or   llmwizard run {out}")
+        import shlex  # the paths as a shell reads them back: spaces and `$` quoted
+
+        launch, run = shlex.join(["bash", str(out / "launch.sh")]), shlex.join(["llmwizard", "run", str(out)])
+        print(f"Run it with: {launch}   or   {run}")
     return 0
 
 
@@ -610,7 +613,10 @@ def cmd_headless(args: argparse.Namespace) -> int:
     export(plan, run_dir)
     console.print(f"\nRun directory: [bold]{run_dir}[/]")
     if args.no_launch:
-        console.print(f"Launch it with: bash {run_dir / 'launch.sh'}")
+        import shlex  # the path as a shell reads it back (no rich markup either: `[` is part of a path)
+
+        command = shlex.join(["bash", str(run_dir / "launch.sh")])
+        console.print(f"Launch it with: {command}", markup=False, highlight=False)
         return 0
     from llmwizard.runner.session import run_session
     from llmwizard.wizard.run_commands import exit_code, signals_seen

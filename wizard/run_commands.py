@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import math
+import shlex  # commands in messages name paths as a shell reads them back
 import signal
 import socket
 import threading
@@ -60,7 +61,7 @@ def check_export_target(out: Path, force: bool) -> None:
                     title="Output directory",
                     fix=f"Choose a new directory, or pass --force to export over it (output/, checkpoints, "
                         f"metrics.jsonl and train.log are never touched; hand-edited files are kept as "
-                        f"NAME.edited-<time>). To launch what is there: llmwizard run {out}")
+                        f"NAME.edited-<time>). To launch what is there: llmwizard run {shlex.quote(str(out))}")
 
 
 def run_dir_of(target: Path) -> tuple[Path, Path]:
@@ -90,7 +91,8 @@ def cmd_run(args: argparse.Namespace, resume: bool = False) -> int:
         if resume and status.state == "finished":
             console.print(f"{run_dir} already finished at step {status.step}/{status.max_steps or '?'} "
                           f"({status.detail} holds the final model). Nothing to resume; "
-                          f"`llmwizard run {run_dir} --fresh` trains it again from the start.", highlight=False)
+                          f"`llmwizard run {shlex.quote(str(run_dir))} --fresh` trains it again from the start.",
+                          highlight=False)
             return 0
         choice = edits_choice(args)
         if choice == "refuse":  # before anything moves: a refusal leaves the directory as it was
@@ -124,8 +126,8 @@ def trained_here_error(run_dir: Path, status: object) -> UserError:
               f"move to {run_dir}/previous-<time>/; nothing is deleted)."
     else:
         what = f"was trained before ({status.state} at {where}, last checkpoint {status.checkpoint or 'none'})"
-        fix = f"`llmwizard resume {run_dir}` continues it; --fresh starts again from the beginning (the earlier "\
-              f"results move to {run_dir}/previous-<time>/)."
+        fix = f"`llmwizard resume {shlex.quote(str(run_dir))}` continues it; --fresh starts again from the " \
+              f"beginning (the earlier results move to {run_dir}/previous-<time>/)."
     return UserError(f"{run_dir} {what}. Running it again would overwrite its checkpoints and repeat its steps.",
                      title="Run directory", fix=fix)
 
@@ -151,7 +153,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     output = run_dir / OUTPUT_DIR
     last = recovery.last_checkpoint(output) if output.is_dir() else None
     console.print(f"Stopped. Last checkpoint: {last.relative_to(run_dir) if last else 'none'}; "
-                  f"`llmwizard resume {run_dir}` continues.", highlight=False)
+                  f"`llmwizard resume {shlex.quote(str(run_dir))}` continues.", highlight=False)
     return 0
 
 
@@ -286,7 +288,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
             time.sleep(0.5)
     except KeyboardInterrupt:
         view.close()
-        console.print(f"\nStopped following; the run goes on (`llmwizard stop {run_dir}` stops it).", highlight=False)
+        console.print(f"\nStopped following; the run goes on (`llmwizard stop {shlex.quote(str(run_dir))}` stops it).",
+                      highlight=False)
         return EXIT_SIGINT
     view.close()
     print_summary(console, build_summary(run_dir, state, Outcome(final_status(state, code), code)))

@@ -34,9 +34,11 @@ def export_text(result: ExportResult, launchable: bool, hardware: str, running: 
     text.append("launch.sh runs\n", style="bold")
     text.append(f"  {result.command}\n\n", style="cyan")
     text.append("Rerun it any time with ", style="dim")
-    text.append(f"bash {result.run_dir}/launch.sh", style="bold")
+    from shlex import join  # commands to paste into a shell: the run directory's path quoted
+
+    text.append(join(["bash", str(result.run_dir / "launch.sh")]), style="bold")
     text.append("; continue a stopped run with ", style="dim")
-    text.append(f"llmwizard resume {result.run_dir}", style="bold")
+    text.append(join(["llmwizard", "resume", str(result.run_dir)]), style="bold")
     text.append(".\n", style="dim")
     if running:
         pass  # the screen says what to do while a run trains
