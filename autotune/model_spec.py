@@ -169,4 +169,9 @@ def _spec_from_file(name: str, source: ModelSource, path: str | None, config_fil
                         fix="Restore the model's config.json.") from None
     spec = spec_from_config(name, source, path, config, origin=str(config_file))  # checked before any counting
     counts = cached_meta_counts(raw, config)
-    return with_counts(spec, counts) if counts else spec
+    if counts:
+        return with_counts(spec, counts)
+    if spec.warnings:  # an architecture the formula does not describe, and transformers cannot build
+        spec.warnings.append(f"transformers could not build {config_file} on the meta device either, so its "
+                             "parameter count is the Llama-style formula's too.")
+    return spec

@@ -111,6 +111,7 @@ def test_unknown_model_type_plans_with_a_warning_that_names_it(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     text = flat(result.stdout + result.stderr)
     assert "model_type 'homegrown'" in text and "Llama-style decoder" in text and "llama, mistral" in text
+    assert "transformers could not build" in text
 
 
 def test_broken_tokenizer_is_refused_naming_the_file(tmp_path):
