@@ -122,6 +122,7 @@ def check_plan(plan: Plan, plan_file: Path) -> None:
     the CPU is called that rather than a missing GPU package."""
     where = str(plan_file)
     check_device(plan, where)
+    check_flag_rules(plan, where)
     check_plan_packages(plan, where)
     model = check_model_keys(plan, where)
     check_data_keys(plan, where)
@@ -223,6 +224,46 @@ def _no_context_parallel_on_cpu(plan: Plan) -> None:
                         "context parallelism shards only the CUDA attention kernels (on the CPU, DeepSpeed's Ulysses "
                         "splits sequences: strategy zero2 or zero3 over two or more processes).",
                         title="Context parallelism")
+
+
+# The planner's refusals by title, and the plan.yaml key each is about.
+_KEY_OF_TITLE = {"Strategy": "strategy", "Offload": "offload", "Optimizer": "optimizer", "Launcher": "launcher"}
+# Flags in the planner's fixes, said as plan.yaml keys.
+_KEY_OF_FLAG = {"--processes": "num_processes", "--gpus": "llmwizard export --gpus"}
+
+
+def in_plan_words(text: str) -> str:
+    """A planner fix with its flags said as plan.yaml keys: `--strategy zero3` -> `strategy zero3`."""
+    import re
+
+    text = re.sub(r"--no-([a-z][a-z-]*)", lambda m: f"{m.group(1).replace('-', '_')}: false", text)
+    return re.sub(r"--[a-z][a-z-]*", lambda m: _KEY_OF_FLAG.get(m.group(0), m.group(0)[2:].replace("-", "_")), text)
+
+
+def check_flag_rules(plan: Plan, where: str) -> None:
+    """The rules that refuse --strategy, --offload, --optimizer and --launcher together, applied to
+    the plan's keys: a hand edit the planner would never make (ddp on one process, the deepspeed
+    launcher without ZeRO) would otherwise launch as something else than plan.yaml says."""
+    from llmwizard.autotune import plan_steps
+    from llmwizard.autotune.goals import Goals
+    from llmwizard.autotune.search import check_choices
+
+    try:
+        check_choices(Goals(strategy=plan.strategy, offload=plan.offload, optimizer=plan.optimizer),
+                      plan.num_processes, plan.device, plan.method)
+        plan_steps.launcher(Goals(launcher=plan.launcher), plan.strategy)
+    except UserError as error:
+        key = _KEY_OF_TITLE.get(error.title, "strategy")
+        raise refusal(where, key, getattr(plan, key), error.message,
+                      f"{in_plan_words(error.fix or '')} Edit {where} to match, or export the plan again "
+                      "(llmwizard export --out DIR).", title=error.title) from None
+    if plan.hybrid_shard and not (plan.strategy == "fsdp" and plan.num_machines > 1
+                                  and plan.processes_per_machine > 1):
+        raise refusal(where, "hybrid_shard", True, "hybrid sharding (HSDP) shards inside each machine and "
+                      "replicates across machines: it needs strategy fsdp over two or more machines with two or "
+                      f"more processes each (this plan: strategy {plan.strategy}, {plan.num_machines} machine(s), "
+                      f"{plan.processes_per_machine} process(es) each).",
+                      f"Set hybrid_shard: false in {where}.", title="Strategy")
 
 
 # What a plan key needs installed: (key, value, module, pip name, what it is for, the value without it).

@@ -100,6 +100,12 @@ BAD_PLANS: list[tuple[str, dict[str, Any], list[str]]] = [
      ["model_source = local", "source embedded", "Set model_source: embedded"]),
     ("model-missing", {"model": "/nonexistent/model", "model_source": "local"},
      ["model = /nonexistent/model", "Unknown model"]),
+    ("ddp-on-one-process", {"strategy": "ddp"},
+     ["strategy = ddp", "needs two or more processes", "num_processes 2"]),
+    ("deepspeed-launcher-without-zero", {"launcher": "deepspeed"},
+     ["launcher = deepspeed", "runs ZeRO strategies, not single", "launcher accelerate or torchrun"]),
+    ("hybrid-shard-on-one-machine", {"hybrid_shard": True},
+     ["hybrid_shard = true", "two or more machines", "Set hybrid_shard: false"]),
     ("context-parallel-fsdp-on-cpu", {"strategy": "fsdp", "num_processes": 2, "context_parallel": 2},
      ["context_parallel = 2", "needs GPUs with FSDP2", "Set context_parallel: 1"]),
 ]
