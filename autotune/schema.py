@@ -202,7 +202,10 @@ def describe(tp: Any) -> str:
     if origin is Literal:
         return "one of: " + ", ".join(str(v) for v in typing.get_args(tp))
     if origin in (list, frozenset, set, tuple):
-        return "a list"
+        items = [arg for arg in typing.get_args(tp) if arg is not Ellipsis]
+        if not items or items[0] is Any:
+            return "a list"
+        return "a list of names" if items[0] is str else f"a list, each {describe(items[0])}"
     if origin is dict:
         return "a mapping"
     names = {bool: "true or false", int: "an integer", float: "a number", str: "text", type(None): "null"}
@@ -271,8 +274,14 @@ def user_error(exc: Any, *, cls: type | None, source: str, title: str, fix: str 
             continue
         tp = field_type(cls, loc) if cls else None
         allowed = describe(tp) if tp is not None else error.get("msg", "")
-        lines.append(f"{source}: {shown} = {error.get('input')!r} is not allowed; use {allowed}")
+        lines.append(f"{source}: {shown} = {_shown_value(error.get('input'))} is not allowed; use {allowed}")
     return UserError(".\n".join(lines) + ".", title=title, fix=fix)
+
+
+def _shown_value(value: Any, limit: int = 60) -> str:
+    """The value as given, cut to `limit` characters: a 400-digit number is named, not printed."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _field_names(cls: type, path: tuple[Any, ...]) -> list[str]:

@@ -73,6 +73,9 @@ BAD_PRESETS = [
     ("epochs: true\n", ["epochs", "True", "a finite number greater than 0"]),
     ("lora_targets: []\n", ["lora_targets", "[]", "one or more linear layer names"]),
     ("extra: {a: 1}\n", ["extra", "unknown keys"]),
+    ("report_to: wandb\n", ["report_to", "'wandb'", "a list, each one of: trackio"]),
+    # A 400-digit number is named by its start and length, not printed whole.
+    ("epochs: " + "9" * 400 + "\n", ["epochs", "999... (400 characters)", "at most 10000"]),
     # PyYAML keeps the last of two equal keys silently.
     ("epochs: 3\nlearning_rate: 1.0e-4\nepochs: 20\n", ["'epochs' twice", "lines 1 and 3", "Keep one"]),
     # A fixed accumulation and the batch it must divide, or the three batch keys that disagree.
