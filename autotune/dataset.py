@@ -424,7 +424,7 @@ def profile_dataset(source: str, counter: TokenCounter, image_rule: img.ImageTok
                             title="Dataset images",
                             fix="Pick a vision-language model (embedded:tiny-vision, qwen2.5-vl-7b, gemma-3-4b) "
                                 "or a dataset without an images column.")
-        lengths, vision = _vision_lengths(rows, step, sizes, counter, image_rule)
+        lengths, vision = _vision_lengths(rows, step, sizes, counter, image_rule, source)
     else:
         lengths = sorted(counter.count(row) for row in sample)
     mean = sum(lengths) / len(lengths)
@@ -448,13 +448,23 @@ def profile_dataset(source: str, counter: TokenCounter, image_rule: img.ImageTok
 
 
 def _vision_lengths(rows: list[dict[str, Any]], step: int, sizes: list[tuple[int, int]], counter: TokenCounter,
-                    rule: img.ImageTokenRule) -> tuple[list[int], dict[str, Any]]:
-    """Sequence lengths with each image's tokens, and the image figures of the profile."""
+                    rule: img.ImageTokenRule, source: str) -> tuple[list[int], dict[str, Any]]:
+    """Sequence lengths with each image's tokens, and the image figures of the profile.
+
+    Every image goes through the model's processor rule (not only the measured rows): Qwen2-VL's
+    refuses an image more than 200 times wider than high, and would do so in the middle of a run."""
     per_row: list[list[tuple[int, int]]] = []
     at = 0
-    for row in rows:
+    for number, row in enumerate(rows, 1):
         per_row.append(sizes[at:at + len(row["images"])])
         at += len(row["images"])
+        for width, height in per_row[-1]:
+            try:
+                rule.tokens(width, height)
+            except img.ImageRowError as exc:
+                raise UserError(f"{source}: {_where(local_path(source), number)}: {exc}.", title="Dataset images",
+                                fix="The model's processor refuses such an image: crop or pad it, or remove the "
+                                    "row.") from None
     lengths, image_tokens, text_tokens = [], [], []
     for index in range(0, len(rows), step):
         row, row_sizes = rows[index], per_row[index]

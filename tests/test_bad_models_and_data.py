@@ -199,12 +199,13 @@ def _vision_rows(tmp_path: Path, big: Path) -> Path:
     return _jsonl(tmp_path / "data.jsonl", [json.dumps(row) for row in rows])
 
 
-@pytest.mark.parametrize("side, words", [
-    (10_000, ["big.png", "10000x10000", "286 MiB decoded", "256 MiB", "line 12", "downscale it"]),
-    (20_000, ["big.png", "400000000 pixels", "too large to decode", "line 12", "downscale it"]),
-], ids=["over the decode bound", "over Pillow's limit"])
-def test_image_too_large_to_decode_is_refused_naming_it_and_its_size(tmp_path, side, words):
-    big = _png_header(tmp_path / "big.png", side, side)
+@pytest.mark.parametrize("width, height, words", [
+    (10_000, 10_000, ["big.png", "10000x10000", "286 MiB decoded", "256 MiB", "line 12", "downscale it"]),
+    (20_000, 20_000, ["big.png", "400000000 pixels", "too large to decode", "line 12", "downscale it"]),
+    (3_000, 10, ["line 12", "3000x10", "more than 200 times wider than high", "crop or pad it"]),
+], ids=["over the decode bound", "over Pillow's limit", "wider than the processor takes"])
+def test_image_the_run_cannot_take_is_refused_naming_it_and_its_size(tmp_path, width, height, words):
+    big = _png_header(tmp_path / "big.png", width, height)
     result = run_cli("plan", "--model", EMBEDDED_VISION_MODEL, "--dataset", str(_vision_rows(tmp_path, big)),
                      cwd=tmp_path, timeout=120)
     assert_refused(result, words)
