@@ -7,22 +7,27 @@ family, method and strategy in `calibration.json` in the user's cache directory 
 at most MAX_RATIOS per key and MAX_KEYS keys (the least recently updated go first). Estimates on
 the same machine are then scaled by the mean memory ratio of their key, and say so.
 
-A store that cannot be read, is not JSON, or is not ours (another format or version) is ignored
-with a warning, never a crash; the next probe writes a fresh one. LLMWIZARD_CALIBRATION_DIR
-overrides the directory (the tests point it at a temporary one), then LLMWIZARD_CACHE (the cache
-the embedded model uses too).
+A store that cannot be read (a directory or a pipe in its place, no permission), is not JSON, or
+is not ours (another format or version) is ignored with a warning, never a crash; the next probe
+writes a fresh one. `llmwizard calibration --reset` removes the store file and nothing else: a
+directory in its place, or a file it cannot remove, is a UserError that names the path and leaves
+it as it is. LLMWIZARD_CALIBRATION_DIR overrides the directory (the tests point it at a temporary
+one), then LLMWIZARD_CACHE (the cache the embedded model uses too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.train_setup import Calibrated
 
 CACHE_ENV = "LLMWIZARD_CALIBRATION_DIR"
@@ -94,6 +99,9 @@ class Store:
         is unreadable, corrupt or foreign."""
         path = path or store_path()
         store = cls(path)
+        if path.exists() and not path.is_file():  # a directory, or a pipe that a read would wait on forever
+            store.warnings.append(f"Calibration store {path} is not a file; estimates are not calibrated.")
+            return store
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -156,30 +164,49 @@ class Store:
                             for key, e in self.entries.items()}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # nothing of ours left behind when the store cannot be replaced
+            raise
 
     def reset(self) -> bool:
-        """Remove the store file; True when there was one."""
+        """Remove the store file; True when there was one, False when there is none. A UserError
+        when something else is in its place (a directory) or it cannot be removed: then nothing
+        is changed, and the message names the path."""
         self.entries.clear()
+        path = self.path
+        where = shlex.quote(str(path))
+        if path.is_dir() and not path.is_symlink():
+            raise UserError(f"The calibration store {path} is a directory, not the file llmwizard writes; it was left "
+                            "as it is.", title="Calibration",
+                            fix=f"If nothing in it is yours, remove it (rm -r {where}), or set {CACHE_ENV} to "
+                                "another directory.")
         try:
-            self.path.unlink()
+            path.unlink()
             return True
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no store there (the cache directory may be a file)
             return False
+        except OSError as exc:
+            raise UserError(f"Cannot remove the calibration store {path} ({exc.strerror or type(exc).__name__}); "
+                            "it was left as it is.", title="Calibration",
+                            fix=f"Make {path.parent} writable, or set {CACHE_ENV} to a writable directory.") from None
 
 
 def _plausible(value: Any, bounds: tuple[float, float] = PLAUSIBLE) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        and bounds[0] <= value <= bounds[1]
+    """A number within `bounds`; an int is compared as it is (an int of 400 digits overflows a float)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and (isinstance(value, int) or math.isfinite(value)) and bounds[0] <= value <= bounds[1]
 
 
 def _entry(raw: Any) -> Entry | None:
     if not isinstance(raw, dict):
         return None
     memory, speed, updated = raw.get("memory", []), raw.get("speed", []), raw.get("updated", 0.0)
-    if not isinstance(memory, list) or not isinstance(speed, list) or not isinstance(updated, (int, float)):
-        return None
+    if not isinstance(memory, list) or not isinstance(speed, list) or not _plausible(updated, (0.0, 1e12)):
+        return None  # updated: seconds since 1970; an int of 400 digits would not even convert to a float
     if not all(_plausible(v) for v in memory) or not all(_plausible(v, PLAUSIBLE_SPEED) for v in speed):
         return None
     return Entry([float(v) for v in memory][-MAX_RATIOS:], [float(v) for v in speed][-MAX_RATIOS:], float(updated))

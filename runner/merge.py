@@ -11,14 +11,20 @@
 - `load_tuned` gives the base with the adapter (or the fully tuned model and the base) for
   `llmwizard try`.
 
-A missing base model, a missing adapter or a directory in the way is a UserError (exit code 2).
+A missing base model, a missing adapter, a directory in the way or a place that cannot be written
+(a read-only run directory: pass --out elsewhere) is a UserError (exit code 2), found before the
+minutes of loading where it can be, and leaves nothing behind.
 Torch is imported inside the functions that need it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shlex
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,9 +162,39 @@ def load_tuned(run_dir: Path, checkpoint: str | None = None) -> tuple[Any, Any, 
 
 
 def check_merge_target(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    """`out` is new or an empty directory, in a place this process can write (tried with a real
+    file, removed at once: permission bits say nothing to root, and a read-only mount refuses all)."""
+    if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
         raise UserError(f"{out} already exists and is not empty: a merge never writes over it.", title="Merge output",
                         fix=f"Pass a new directory with --out, or move {out} away first.")
+    parent = next((p for p in (out.parent, *out.parent.parents) if p.exists()), Path.cwd())
+    problem = None if parent.is_dir() else "not a directory"
+    if problem is None:
+        try:
+            handle, trial = tempfile.mkstemp(prefix=".llmwizard-write-check-", dir=parent)
+        except OSError as exc:
+            problem = exc.strerror or type(exc).__name__
+        else:
+            os.close(handle)
+            os.unlink(trial)
+    if problem is not None:
+        raise _cannot_write(out, parent, problem)
+
+
+def _cannot_write(out: Path, where: Path, problem: str) -> UserError:
+    return UserError(f"Cannot write the merged model to {out}: {where} cannot be written ({problem}). Nothing was "
+                     "written.", title="Merge output",
+                     fix=f"Pass --out with a new directory in a writable place (e.g. --out "
+                         f"{shlex.quote(str(Path.home() / 'merged-model'))}), or make {where} writable.")
+
+
+def _clear_staging(staging: Path) -> None:
+    """Remove our own leftover staging folder (or a file of that name), never anything else."""
+    if staging.is_dir() and not staging.is_symlink():
+        shutil.rmtree(staging, ignore_errors=True)
+    elif staging.exists() or staging.is_symlink():
+        with contextlib.suppress(OSError):
+            staging.unlink()
 
 
 def merge(run_dir: Path, out: Path | None = None, checkpoint: str | None = None,
@@ -188,11 +224,11 @@ def merge(run_dir: Path, out: Path | None = None, checkpoint: str | None = None,
     tokenizer = load_tokenizer(weights, base_path)
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype(plan))
     merged = PeftModel.from_pretrained(base, str(weights.path)).merge_and_unload()
-    out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.partial")
-    if staging.exists():
-        shutil.rmtree(staging)  # our own leftover from an interrupted merge, never the user's
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # what mkdir adds, to undo
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _clear_staging(staging)  # our own leftover from an interrupted merge, never the user's
         merged.save_pretrained(staging)  # safetensors (the only format transformers 5 writes)
         tokenizer.save_pretrained(staging)
         (staging / "llmwizard_merge.json").write_text(json.dumps({
@@ -203,7 +239,12 @@ def merge(run_dir: Path, out: Path | None = None, checkpoint: str | None = None,
         if out.is_dir():
             out.rmdir()  # empty, checked above
         staging.rename(out)
+    except OSError as exc:  # a disk that filled up or went read-only while writing
+        _clear_staging(staging)
+        for folder in made:  # innermost first: only the empty folders this merge made
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise _cannot_write(out, out.parent, exc.strerror or type(exc).__name__) from None
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        _clear_staging(staging)
     return out, weights

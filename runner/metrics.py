@@ -14,25 +14,56 @@ One record per line, each with a `type`:
 - `end`: step, reason ("completed", "stopped", "diverged" or "disk_full")
 A resumed run appends to the same file: its `begin` carries the step it resumed from, and log
 records after that step from the earlier attempt are superseded (see `loss_series`).
-The shapes are the TypedDicts below. Readers skip lines they cannot parse and records whose known
-keys have the wrong type (a hand-edited or damaged file), keeping a note of each, so tailing and
-the live view never fail on one bad line.
-Non-finite numbers are written as NaN/Infinity, which Python's json reads back.
+The shapes are the TypedDicts below. Every reader goes through `check_record` (`load_metrics`,
+`read_metrics`, `MetricsTail`, and `RunState.update` for records from elsewhere): a line that is
+not UTF-8 or not JSON, a record whose known keys have the wrong type, and a number out of its
+range (a step of 1e30, a negative time, a peak memory that is text) is skipped and counted, so
+every command and view says "N damaged lines skipped in metrics.jsonl" instead of failing. A
+metrics.jsonl that cannot be read at all (a directory, a link to nowhere) reads as no records,
+with the reason.
+Non-finite numbers are written as NaN/Infinity, which Python's json reads back: a NaN or infinite
+loss is how a divergence shows, so the trainer's values may be non-finite; counts, steps, times
+and sizes may not.
 This module is light on purpose: the parent process reads metrics without importing torch.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import stat
 import types
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO, TypedDict
+from typing import Any, BinaryIO, Literal, TextIO, TypedDict
 
 METRICS_FILE = "metrics.jsonl"
+
+# Ranges of the numbers a record carries: far beyond any real run, so only damage falls outside;
+# inside them every view can do arithmetic (an int of 10**30 steps, or a float that overflows a
+# sum, would not fail to parse, but would fail or mislead later).
+STEP_LIMIT = 10**9               # optimizer steps
+COUNT_LIMIT = 10**7              # ranks, micro-batch, accumulation, vocabulary entries
+SECONDS_LIMIT = 10.0**9          # about 31 years
+EPOCH_LIMIT = 10.0**9
+TOKEN_LIMIT = 10**18
+BYTE_LIMIT = 2**60               # an exbibyte
+# The trainer's own values (loss, grad norm, learning rate, accuracy, ...) are computed in fp32 or
+# narrower: a finite one beyond fp32's largest number did not come from a trainer.
+VALUE_LIMIT = 3.4028234663852886e38
+_RANGES: dict[str, tuple[float, float]] = {
+    **dict.fromkeys(("step", "max_steps", "logging_steps", "save_steps", "eval_steps"), (0, STEP_LIMIT)),
+    **dict.fromkeys(("world_size", "micro_batch", "grad_accum", "vocab_size"), (1, COUNT_LIMIT)),
+    "rank": (0, COUNT_LIMIT),
+    "time": (0, SECONDS_LIMIT),
+    **dict.fromkeys(("epoch", "num_train_epochs"), (0, EPOCH_LIMIT)),
+    "tokens_seen": (0, TOKEN_LIMIT),
+    **dict.fromkeys(("peak_memory", "rank_peak_memory", "needed_bytes", "free_bytes"), (0, BYTE_LIMIT)),
+}
 
 
 class _Stepped(TypedDict):
@@ -120,36 +151,118 @@ class MetricsWriter:
         self._file.close()
 
 
+def damage_text(path: Path, damaged: int, unreadable: str | None) -> str | None:
+    """The sentence every command prints for a damaged metrics file, or None when it is whole."""
+    if unreadable is not None:
+        return f"{path} cannot be read ({unreadable}); the run's numbers are left out"
+    if damaged:
+        return f"{damaged} damaged {'line' if damaged == 1 else 'lines'} skipped in {path}"
+    return None
+
+
+def _unreadable(path: Path, exc: OSError) -> str | None:
+    """Why the metrics file cannot be read, or None when it simply is not there yet."""
+    if isinstance(exc, FileNotFoundError):
+        if not path.is_symlink():
+            return None
+        try:
+            return f"a link to {os.readlink(path)}, which does not exist"
+        except OSError:
+            return "a link to nowhere"
+    return exc.strerror or type(exc).__name__
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading when it is a regular file; an OSError saying what it is otherwise.
+    Opened without blocking first: reading a named pipe put in its place would wait forever."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        raise OSError(errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL,
+                      "a directory, not a file" if stat.S_ISDIR(mode) else "not a regular file")
+    return os.fdopen(descriptor, "rb")
+
+
 @dataclass
 class MetricsTail:
     """Reads new complete lines from a metrics file each time `poll()` is called."""
 
     path: Path
     _offset: int = 0
-    _partial: str = field(default="", repr=False)
+    _partial: bytes = field(default=b"", repr=False)
     notes: list[str] = field(default_factory=list)   # one per skipped line, for the views to show
+    damaged: int = 0                                   # lines skipped so far
+    unreadable: str | None = None                      # why the file could not be read, at the last poll
 
     def poll(self) -> list[dict[str, Any]]:
         try:
-            with open(self.path, encoding="utf-8") as f:
+            with _open_regular(self.path) as f:
                 f.seek(self._offset)
                 chunk = f.read()
                 self._offset = f.tell()
-        except FileNotFoundError:
+        except OSError as exc:
+            problem = _unreadable(self.path, exc)
+            if problem is not None and problem != self.unreadable:
+                self.notes.append(f"{self.path} cannot be read ({problem})")
+            self.unreadable = problem
             return []
-        text = self._partial + chunk
-        lines = text.split("\n")
-        self._partial = lines.pop()  # "" when the chunk ended on a newline
-        return [record for record in (_parse(line, self.notes) for line in lines) if record is not None]
+        self.unreadable = None
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()  # b"" when the chunk ended on a newline
+        count = len(self.notes)
+        records = [record for record in (_parse(line, self.notes) for line in lines) if record is not None]
+        self.damaged += len(self.notes) - count
+        return records
+
+    def damage(self) -> str | None:
+        """"N damaged lines skipped in PATH" (or why it cannot be read); None when all was well."""
+        return damage_text(self.path, self.damaged, self.unreadable)
+
+
+@dataclass
+class MetricsFile:
+    """What one read of a metrics file found: its well-formed records, and what was skipped."""
+
+    path: Path
+    records: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)    # one per skipped line: which, and what was wrong
+    damaged: int = 0
+    unreadable: str | None = None                      # why the file could not be read at all
+
+    def damage(self) -> str | None:
+        return damage_text(self.path, self.damaged, self.unreadable)
+
+
+def load_metrics(path: str | os.PathLike[str]) -> MetricsFile:
+    """Every well-formed record of a metrics file, and a count and a note of each damaged line.
+
+    Never raises: a missing file is no records yet; one that cannot be read (a directory, a link
+    to nowhere, no permission) is no records with the reason."""
+    result = MetricsFile(Path(path))
+    try:
+        with _open_regular(result.path) as f:
+            data = f.read()
+    except OSError as exc:
+        result.unreadable = _unreadable(result.path, exc)
+        return result
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        count = len(result.notes)
+        record = _parse(line, result.notes, number)
+        if record is not None:
+            result.records.append(record)
+        result.damaged += len(result.notes) - count
+    return result
 
 
 def read_metrics(path: str | os.PathLike[str], notes: list[str] | None = None) -> list[dict[str, Any]]:
     """Every well-formed record in a metrics file; a note per skipped line goes to `notes`."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [record for record in (_parse(line, notes) for line in f) if record is not None]
-    except FileNotFoundError:
-        return []
+    found = load_metrics(path)
+    if notes is not None:
+        notes += found.notes
+        if found.unreadable is not None:
+            notes.append(f"{found.path} cannot be read ({found.unreadable})")
+    return found.records
 
 
 def iter_logs(records: list[dict[str, Any]], key: str = "loss") -> Iterator[tuple[int, float]]:
@@ -179,20 +292,25 @@ def loss_series(records: list[dict[str, Any]], key: str = "loss") -> list[tuple[
     return list(iter_logs(current_records(records), key))
 
 
-def _parse(line: str, notes: list[str] | None = None) -> dict[str, Any] | None:
-    line = line.strip()
-    if not line:
+def _parse(line: bytes | str, notes: list[str] | None = None, number: int | None = None) -> dict[str, Any] | None:
+    """The record on one line, or None: blank, or damaged (then a note goes to `notes`)."""
+    raw = line if isinstance(line, bytes) else line.encode("utf-8", "surrogateescape")
+    text = raw.decode("utf-8", "replace").strip()
+    if not text:
         return None
     try:
-        record = json.loads(line)
-    except ValueError:
-        problem: str | None = "not JSON"
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        problem: str | None = "not UTF-8 text"
+    except (ValueError, RecursionError):  # RecursionError: brackets nested thousands deep
+        problem = "not JSON"
     else:
         problem = check_record(record)
     if problem is None:
         return record  # type: ignore[no-any-return]
     if notes is not None:
-        notes.append(f"skipped a metrics line ({problem}): {line[:80]}")
+        where = f"line {number}, " if number is not None else ""
+        notes.append(f"skipped a metrics line ({where}{problem}): {text[:80]!r}")
     return None
 
 
@@ -221,12 +339,13 @@ _SHAPES: dict[str, tuple[frozenset[str], dict[str, tuple[type, ...]]]] = {
 
 
 def check_record(record: Any) -> str | None:
-    """What is wrong with a record's shape, or None: a known `type`, its required keys, and the
-    right type for each known key. A few dict lookups, so cheap enough for every line."""
+    """What is wrong with a record, or None: a known `type`, its required keys, the right type for
+    each known key, and each number in its range (`_RANGES`; the trainer's other numbers finite
+    within fp32's range, or NaN/Inf). A few dict lookups, so cheap enough for every line."""
     if not isinstance(record, dict):
         return "not a mapping"
     kind = record.get("type")
-    if kind not in _SHAPES:
+    if not isinstance(kind, str) or kind not in _SHAPES:
         return f"unknown type {kind!r}"
     required, accepted = _SHAPES[kind]
     missing = required - record.keys()
@@ -235,5 +354,29 @@ def check_record(record: Any) -> str | None:
     for key, value in record.items():
         allowed = accepted.get(key)
         if allowed is not None and (isinstance(value, bool) or not isinstance(value, allowed)):
-            return f"{kind} record with {key} = {value!r}"
+            return f"{kind} record with {key} = {_short(value)}"
+        if key == "rank_peak_memory":
+            if len(value) > COUNT_LIMIT or not all(_in_range(key, item, int) for item in value):
+                return f"{kind} record with {key} = {_short(value)}"
+        elif (allowed is not None or kind == "log") and not _in_range(key, value, None):
+            return f"{kind} record with {key} = {_short(value)} (out of range)"
     return None
+
+
+def _in_range(key: str, value: Any, kind: type | None) -> bool:
+    """A number within its key's range (`_RANGES`, finite), else any non-finite or fp32-sized
+    number; a value that is no number passes here (its type was checked, or it is not a number's
+    key). `kind` demands that type (list items)."""
+    if kind is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+        return False
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value is None or (kind is None and key not in _RANGES)
+    bounds = _RANGES.get(key)
+    if bounds is not None:
+        return (isinstance(value, int) or math.isfinite(value)) and bounds[0] <= value <= bounds[1]
+    return (isinstance(value, float) and not math.isfinite(value)) or abs(value) <= VALUE_LIMIT
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

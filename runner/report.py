@@ -12,22 +12,32 @@ diagnostics; the recovery story (recovery.log, a stop); the held-out samples.
 
 Each chart is an `<svg class="chart" data-chart=NAME>` whose series are `<polyline
 data-series=NAME data-points=N>`: the page can be checked by machine as well as by eye.
+A damaged file in the run directory leaves its part of the page out, and the page names it under
+"Damaged files" (llmwizard.runner.runs.run_problems). Where report.html cannot be written (a
+read-only directory, a directory in its place), `write_report` says so with a UserError and leaves
+the directory as it was.
 Light: no torch, no rich.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import math
+import os
+import shlex
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from llmwizard.autotune.errors import UserError
 from llmwizard.runner import diagnostics, recovery, rundir
 from llmwizard.runner.configs import METRICS_FILE
-from llmwizard.runner.metrics import current_records, read_metrics
+from llmwizard.runner.metrics import current_records
+from llmwizard.runner.runs import run_problems
 from llmwizard.runner.samples import printable, read_samples
 from llmwizard.runner.state import ACCURACY, EVAL_ACCURACY, SMOOTHING_STEPS, RunState
 from llmwizard.runner.summary import format_bytes, format_seconds
@@ -253,7 +263,6 @@ def _table(rows: Sequence[tuple[str, str]], numeric: bool = False) -> str:
 
 
 def _plan_section(run_dir: Path) -> str:
-    from llmwizard.autotune.errors import UserError
     from llmwizard.autotune.plan import Plan
 
     try:
@@ -296,9 +305,12 @@ def _plan_section(run_dir: Path) -> str:
 def render(run_dir: Path, status: rundir.RunStatus | None = None) -> str:
     """The page for the run in `run_dir`, from its files; `status` when the caller knows better
     than the files (the session that runs it)."""
-    records = read_metrics(run_dir / METRICS_FILE)
-    state = RunState.from_records(records)
+    state = RunState.read(run_dir / METRICS_FILE)
+    records = state.records
     status = status or rundir.run_status(run_dir)
+    problems = run_problems(run_dir, state)
+    problems_html = ("<h2>Damaged files</h2><ul>" + "".join(f"<li>{_text(p)}</li>" for p in problems) + "</ul>"
+                     if problems else "")
     best = state.best_eval()
     numbers = [
         ("steps", f"{state.step}/{state.max_steps or '?'}" + (f" (epoch {state.epoch:.2f})" if state.epoch else "")),
@@ -347,7 +359,7 @@ def render(run_dir: Path, status: rundir.RunStatus | None = None) -> str:
         f"<title>{html.escape(run_dir.name)}: llmwizard report</title><style>{CSS}</style></head><body><main>"
         f"<h1>{html.escape(run_dir.name)} <span class='state {status.state}'>{status.state}</span></h1>"
         f"<p class='muted'>{html.escape(str(run_dir.resolve()))} · {html.escape(status.detail)} · written {when}</p>"
-        f"{_table(numbers)}<h2>Curves</h2><div class='grid2'>{figures}</div>"
+        f"{_table(numbers)}{problems_html}<h2>Curves</h2><div class='grid2'>{figures}</div>"
         f"<h2>Diagnostics</h2>{finding_html}<h2>Recovery</h2>{story_html}"
         f"<h2>Held-out samples</h2>{samples_html}{_plan_section(run_dir)}"
         "</main></body></html>\n"
@@ -355,9 +367,31 @@ def render(run_dir: Path, status: rundir.RunStatus | None = None) -> str:
 
 
 def write_report(run_dir: Path, status: rundir.RunStatus | None = None) -> Path:
-    """Write report.html atomically (a browser reloading it never sees half a page); its path."""
+    """Write report.html atomically (a browser reloading it never sees half a page); its path.
+
+    A UserError names report.html and the fix when it cannot be written; nothing is left behind."""
     path = run_dir / REPORT_FILE
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(render(run_dir, status), encoding="utf-8")
-    temporary.replace(path)
+    page = render(run_dir, status)
+    if path.is_dir() and not path.is_symlink():
+        raise UserError(f"{path} is a directory, so the report cannot be written there; nothing was changed.",
+                        title="Report", fix=f"Move it out of the way (mv {shlex.quote(str(path))} "
+                                            f"{shlex.quote(str(path) + '.old')}), then write the report again.")
+    temporary: str | None = None
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{REPORT_FILE}.", suffix=".tmp", dir=run_dir)
+        with open(handle, "w", encoding="utf-8") as f:
+            f.write(page)
+        os.chmod(temporary, 0o644)  # as a plain write would leave it (mkstemp makes it private)
+        os.replace(temporary, path)
+        temporary = None
+    except OSError as exc:
+        where = shlex.quote(str(run_dir))
+        raise UserError(f"Cannot write {path} ({exc.strerror or type(exc).__name__}); nothing was changed.",
+                        title="Report", fix=f"Make {run_dir} writable (chmod u+w {where}, or remount it read-write), "
+                                            f"or copy the run elsewhere and report there (cp -r {where} NEW_DIR && "
+                                            "llmwizard report NEW_DIR).") from None
+    finally:
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
     return path

@@ -2,6 +2,10 @@
 
 Both the headless live view (llmwizard.runner.live) and the wizard's run screen fold records from
 llmwizard.runner.metrics into a RunState and draw from it; diagnostics are computed from its records.
+Records come from llmwizard.runner.metrics's readers, which pass on only records of the right
+shape with every number in its range (`check_record`), so `update` does arithmetic on them as they
+are. `RunState.read` is how the commands that look at a finished or running run read its
+metrics.jsonl: through that tolerant reader, with `damage` saying what it skipped.
 Light on purpose: no rich, no textual, no torch.
 """
 
@@ -11,9 +15,11 @@ import copy as _copy
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from llmwizard.runner import diagnostics
+from llmwizard.runner.metrics import load_metrics
 
 # Throughput is measured over this many recent log records: recent enough to show a slowdown,
 # long enough to smooth one slow step (an evaluation or a checkpoint save between logs).
@@ -57,6 +63,7 @@ class RunState:
     began: bool = False
     ended: bool = False
     probe_step_s: float | None = None   # seconds per step a probe measured: the ETA until the run has its own
+    damage: str | None = None            # what `read` skipped: "N damaged lines skipped in PATH", or None
     _time_base: float = 0.0
     _attempt_start_time: float = 0.0
     _rate_points: list[tuple[float, int]] = field(default_factory=list)
@@ -68,6 +75,15 @@ class RunState:
         state = cls()
         for record in records:
             state.update(record)
+        return state
+
+    @classmethod
+    def read(cls, metrics_path: Path) -> RunState:
+        """The state a metrics file adds up to, read tolerantly: damaged lines are skipped and
+        counted, a file that cannot be read is no records; `damage` says which (None: all read)."""
+        found = load_metrics(metrics_path)
+        state = cls.from_records(found.records)
+        state.damage = found.damage()
         return state
 
     def snapshot(self) -> RunState:

@@ -2,6 +2,8 @@
 
 - `llmwizard report RUN` writes report.html again from the run's files (llmwizard.runner.report),
   prints its path, and opens it in a browser when stdout is a terminal and a browser is there.
+  Damaged files are named on the page and on stderr; where report.html cannot be written the
+  command says so (exit code 2) and changes nothing.
 - `llmwizard merge RUN [--out DIR] [--checkpoint NAME] [--dequantize]` merges the LoRA adapter
   into the base (llmwizard.runner.merge); it never writes over an existing directory.
 - `llmwizard try RUN "prompt"` generates from the tuned model and from the base, side by side,
@@ -31,6 +33,7 @@ def _run_dir(target: str) -> Path:
 def cmd_report(args: argparse.Namespace) -> int:
     from llmwizard.runner import rundir
     from llmwizard.runner.report import write_report
+    from llmwizard.runner.runs import run_problems
 
     run_dir = _run_dir(args.target)
     if not rundir.is_run_dir(run_dir):
@@ -38,6 +41,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                         fix="Pass a run directory (see `llmwizard runs`).")
     path = write_report(run_dir).resolve()
     print(path)
+    for problem in run_problems(run_dir):  # named on the page too; stdout stays the path alone
+        print(f"! {problem}", file=sys.stderr)
     if not args.no_open and sys.stdout.isatty():
         import webbrowser
 
