@@ -292,7 +292,7 @@ def read_recoveries(run_dir: Path) -> list[str]:
     try:
         return [line.rstrip() for line in (run_dir / RECOVERY_LOG).read_text(encoding="utf-8").splitlines()
                 if line.strip()]
-    except OSError:
+    except (OSError, UnicodeDecodeError):  # damaged: the report and `runs` name it (runner.runs.run_problems)
         return []
 
 
@@ -308,9 +308,19 @@ def checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def trainer_state(checkpoint: Path) -> dict[str, object] | None:
+    """A checkpoint's trainer_state.json as a mapping; None when it is missing or damaged."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
 def is_complete(checkpoint: Path) -> bool:
-    """The Trainer writes trainer_state.json last: without it, saving was cut short."""
-    return (checkpoint / "trainer_state.json").is_file()
+    """The Trainer writes trainer_state.json last: without it (or with a damaged one, which
+    resuming from would fail on), the checkpoint is not one to resume from."""
+    return trainer_state(checkpoint) is not None
 
 
 def set_aside_incomplete(output_dir: Path) -> list[Path]:
@@ -342,18 +352,17 @@ class BestCheckpoint:
 def best_checkpoint(run_dir: Path, output_dir: Path) -> BestCheckpoint | None:
     """The best checkpoint by eval loss, as the Trainer recorded it (only when it still exists)."""
     for checkpoint in reversed(checkpoints(output_dir)):
-        try:
-            state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        state = trainer_state(checkpoint)
+        if state is None:
             continue
-        best = state.get("best_model_checkpoint")
-        if not best:
+        best, metric, step = state.get("best_model_checkpoint"), state.get("best_metric"), state.get("best_global_step")
+        if not best or not isinstance(best, str) or "\0" in best:
             return None
         path = Path(best) if Path(best).is_absolute() else run_dir / best
         if not path.is_dir():
             return None
-        metric = state.get("best_metric")
-        return BestCheckpoint(path, state.get("best_global_step"), float(metric) if metric is not None else None)
+        metric = float(metric) if isinstance(metric, (int, float)) and not isinstance(metric, bool) else None
+        return BestCheckpoint(path, step if isinstance(step, int) and not isinstance(step, bool) else None, metric)
     return None
 
 

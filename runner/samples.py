@@ -137,7 +137,7 @@ def read_samples(run_dir: Path) -> list[dict[str, Any]]:
     """samples.jsonl's rows with prompt, reference and output as text; [] when there is none."""
     try:
         lines = (run_dir / SAMPLES_FILE).read_text(encoding="utf-8").splitlines()
-    except OSError:
+    except (OSError, UnicodeDecodeError):  # damaged: the report and `runs` name it (runner.runs.run_problems)
         return []
     out = []
     for line in lines:

@@ -158,17 +158,18 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from llmwizard.runner import rundir
+    from rich.text import Text
 
-    from llmwizard.runner.runs import run_dirs
+    from llmwizard.runner import rundir
+    from llmwizard.runner.runs import run_dirs, run_problems
 
     root = runs_root(args.target)
     runs = run_dirs(root)
-    rows = [(path, rundir.run_status(path)) for path in runs]
+    rows = [(path, rundir.run_status(path), run_problems(path)) for path in runs]
     if args.json:
         print(json.dumps([{"run_dir": str(path), "state": s.state, "step": s.step, "max_steps": s.max_steps,
-                           "detail": s.detail, "pid": s.pid, "checkpoint": s.checkpoint} for path, s in rows],
-                         indent=2))
+                           "detail": s.detail, "pid": s.pid, "checkpoint": s.checkpoint, "problems": problems}
+                          for path, s, problems in rows], indent=2))
         return 0
     console = Console()
     if not rows:
@@ -177,9 +178,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     table = Table(box=None, padding=(0, 2))
     for column in ("run", "state", "steps", "last checkpoint", "detail"):
         table.add_column(column, overflow="fold")
-    for path, s in rows:
-        table.add_row(str(path), s.state, f"{s.step}/{s.max_steps or '?'}", s.checkpoint or "-", s.detail)
+    for path, s, _ in rows:  # as Text: a [ in a path is not markup
+        table.add_row(*(Text(cell) for cell in (str(path), s.state, f"{s.step}/{s.max_steps or '?'}",
+                                                s.checkpoint or "-", s.detail)))
     console.print(table)
+    for path, _, problems in rows:  # damaged files, named (llmwizard.runner.runs.run_problems)
+        for problem in problems:
+            console.print(f"! {path.name}: {problem}", style="yellow", highlight=False, markup=False)
     return 0
 
 
@@ -198,6 +203,8 @@ def runs_root(target: str | None) -> Path:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """The runs under a directory: state, steps, final train and eval loss, duration and size."""
+    from rich.text import Text
+
     from llmwizard.runner.runs import list_runs
     from llmwizard.runner.summary import format_bytes, format_seconds
 
@@ -220,13 +227,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
     def number(value: float | None, digits: int = 4) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
-    for row in rows:
-        table.add_row(row.name, f"[{styles.get(row.state, 'dim')}]{row.state}[/]", f"{row.step}/{row.max_steps or '?'}",
-                      number(row.train_loss), number(row.eval_loss),
+    for row in rows:  # names and paths as Text: a [ in a directory name is not markup
+        table.add_row(Text(row.name), Text(row.state, style=styles.get(row.state, "dim")),
+                      f"{row.step}/{row.max_steps or '?'}", number(row.train_loss), number(row.eval_loss),
                       "-" if row.mean_token_accuracy is None else f"{row.mean_token_accuracy:.1%}",
                       format_seconds(row.duration_s), format_bytes(row.size_bytes))
     console.print(table)
-    console.print(f"[dim]{len(rows)} run(s) under {root}[/]", highlight=False)
+    for row in rows:  # damaged files, named (llmwizard.runner.runs.run_problems)
+        for problem in row.problems:
+            console.print(f"! {row.name}: {problem}", style="yellow", highlight=False, markup=False)
+    console.print(f"{len(rows)} run(s) under {root}", style="dim", highlight=False, markup=False)
     return 0
 
 
@@ -261,20 +271,30 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from llmwizard.runner.configs import METRICS_FILE
     from llmwizard.runner.live import ConsoleView
     from llmwizard.runner.metrics import MetricsTail
+    from llmwizard.runner.runs import run_problems
     from llmwizard.runner.session import print_summary
     from llmwizard.runner.state import RunState, final_status
     from llmwizard.runner.summary import Outcome, build_summary
 
     run_dir = Path(args.target)
-    plan = Plan.load(run_dir / "plan.yaml")
+    if not run_dir.is_dir() or not rundir.is_run_dir(run_dir):
+        Plan.load(run_dir / "plan.yaml")  # says what is wrong: no run directory, no plan.yaml
     console = Console()
     status = rundir.run_status(run_dir)
+    problems = run_problems(run_dir)  # damaged files, named; watching reads around them
+    for problem in problems:
+        console.print(f"! {problem}", style="yellow", highlight=False, markup=False)
     if status.state != "running":
         console.print(f"{run_dir} is not running: {status.state} at step {status.step}/{status.max_steps or '?'} "
-                      f"({status.detail}).", highlight=False)
+                      f"({status.detail}).", highlight=False, markup=False)
         return 0
-    console.print(f"Following {run_dir} (pid {status.pid}); Ctrl-C stops following, not the run.", highlight=False)
-    view, tail, state, followed = ConsoleView(console, plan.name), MetricsTail(run_dir / METRICS_FILE), RunState(), \
+    try:
+        title = Plan.load(run_dir / "plan.yaml").name
+    except UserError:  # named above; the view needs no more of the plan than its name
+        title = run_dir.name
+    console.print(f"Following {run_dir} (pid {status.pid}); Ctrl-C stops following, not the run.", highlight=False,
+                  markup=False)
+    view, tail, state, followed = ConsoleView(console, title), MetricsTail(run_dir / METRICS_FILE), RunState(), \
         _Followed(run_dir)
     view.start()
     try:
@@ -292,7 +312,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
                       highlight=False)
         return EXIT_SIGINT
     view.close()
-    print_summary(console, build_summary(run_dir, state, Outcome(final_status(state, code), code)))
+    damage = [note for note in (tail.damage(),) if note]  # "N damaged lines skipped in PATH"
+    print_summary(console, build_summary(run_dir, state, Outcome(final_status(state, code), code, notes=damage)))
     return code
 
 
