@@ -293,9 +293,11 @@ def effective_batch(goals: Goals, world: int) -> Decision[int]:
         return Decision(effective)
     raised = step * math.ceil(effective / step)
     if raised > MAX_BATCH:
-        raise UserError(f"micro_batch {goals.micro_batch} x {world} process(es) is {step} examples per micro-step; the "
-                        f"effective batch would be {raised}, more than {MAX_BATCH}.", title="Batch",
-                        fix="Lower --micro-batch (or the preset's micro_batch), or use fewer processes.")
+        each = f"micro_batch {goals.micro_batch}" if goals.micro_batch else "at least one example"
+        raise UserError(f"{world} process(es) x {each} is {step} examples per micro-step: the effective batch would "
+                        f"be {raised}, more than {MAX_BATCH}.", title="Batch",
+                        fix="Plan for fewer processes or machines" + (
+                            ", or lower --micro-batch (or the preset's micro_batch)." if goals.micro_batch else "."))
     warnings = ((f"Effective batch raised from {effective} to {raised}: micro-batch {goals.micro_batch} "
                  f"x {world} process(es) must divide it."),) if goals.micro_batch else ()
     return Decision(raised, warnings=warnings)

@@ -45,6 +45,9 @@ BAD_FLAGS = [
     ([*ESTIMATE, "--seq", "99999999999", "--batch", "1"], ["--seq", "99999999999", "at most 16777216"]),
     ([*ESTIMATE, "--seq", "128", "--batch", "1e30"], ["--batch", "1e30", "at most 16777216"]),
     ([*ESTIMATE, "--seq", "128", "--batch", "1", "--lora-r", "1e9"], ["--lora-r", "1e9", "at most 65536"]),
+    # Each allowed, but together more examples per step than any batch: refused, not overflowed.
+    (["plan", "--gpus", "8xH100", "--nodes", "60000", "--micro-batch", "64"],
+     ["480000 process(es)", "micro_batch 64", "more than 16777216", "--micro-batch"]),
     (["stop", "somewhere", "--grace", "1e308"], ["--grace", "1e308", "at most 86400"]),
     (["stop", "somewhere", "--grace", "nan"], ["--grace", "nan", "greater than 0"]),
     (["try", "somewhere", "hello", "--max-new-tokens", "1e12"], ["--max-new-tokens", "1e12", "at most 65536"]),
