@@ -18,6 +18,7 @@ import errno
 import fcntl
 import json
 import os
+import shlex
 import signal
 import socket
 import time
@@ -116,7 +117,7 @@ def acquire(run_dir: Path) -> RunLock:
             continue
         return RunLock(run_dir, owned=True, notes=notes)
     raise UserError(f"Could not take the run lock of {run_dir}: other processes keep changing {LOCK_FILE}.",
-                    title="Run directory", fix=f"Check what else is starting runs there: llmwizard status {run_dir}")
+                    title="Run directory", fix=f"Check what else is starting runs there: llmwizard status {shlex.quote(str(run_dir))}")
 
 
 @contextlib.contextmanager
@@ -205,7 +206,8 @@ def _names(path: Path, descriptor: int) -> bool:
 
 def already_running(run_dir: Path, pid: int) -> UserError:
     return UserError(f"Already running (pid {pid}): {run_dir} has a live training run.", title="Run directory",
-                     fix=f"`llmwizard watch {run_dir}` to follow it, `llmwizard stop {run_dir}` to stop it.")
+                     fix=f"`llmwizard watch {shlex.quote(str(run_dir))}` to follow it, "
+                         f"`llmwizard stop {shlex.quote(str(run_dir))}` to stop it.")
 
 
 def read_lock(run_dir: Path) -> LockInfo | None:
