@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.model_types import VisionSpec
 
 IMAGE_COLUMNS = ("images", "image")
@@ -214,15 +215,36 @@ def token_rule(vision: VisionSpec | None, model_dir: Path | None = None) -> Imag
         markers = _gemma3_markers(model_dir) if model_dir is not None else None
         return ImageTokenRule("siglip", patch_size=vision.patch_size, merge_size=1,
                               tokens_per_image=vision.tokens_per_image, extra_tokens=4 if markers is None else markers)
-    settings = _processor_settings(model_dir) if model_dir is not None else {}
-    size = settings.get("size") or {}
-    return ImageTokenRule(
-        "qwen2_5_vl",
-        patch_size=int(settings.get("patch_size") or vision.patch_size),
-        merge_size=int(settings.get("merge_size") or vision.merge_size),
-        min_pixels=int(settings.get("min_pixels") or size.get("shortest_edge") or QWEN_MIN_PIXELS),
-        max_pixels=int(settings.get("max_pixels") or size.get("longest_edge") or QWEN_MAX_PIXELS),
-    )
+    settings, origin = _processor_settings(model_dir) if model_dir is not None else ({}, "")
+    origin = origin or "the model's vision_config"
+    size = settings.get("size")
+    size = size if isinstance(size, dict) else {}
+    chosen = {
+        "patch_size": _setting(settings, ("patch_size",), vision.patch_size),
+        "merge_size": _setting(settings, ("merge_size",), vision.merge_size),
+        "min_pixels": _setting(settings, ("min_pixels",), _setting(size, ("shortest_edge",), QWEN_MIN_PIXELS)),
+        "max_pixels": _setting(settings, ("max_pixels",), _setting(size, ("longest_edge",), QWEN_MAX_PIXELS)),
+    }
+    for key, value in chosen.items():
+        if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= _PROCESSOR_CEILINGS[key]):
+            raise UserError(f"{origin}: `{key}` is {value!r}; it must be an integer from 1 to "
+                            f"{_PROCESSOR_CEILINGS[key]:,}.", title="Model processor", fix=_PROCESSOR_FIX)
+    if chosen["min_pixels"] > chosen["max_pixels"]:
+        raise UserError(f"{origin}: `min_pixels` {chosen['min_pixels']:,} is more than `max_pixels` "
+                        f"{chosen['max_pixels']:,}.", title="Model processor", fix=_PROCESSOR_FIX)
+    return ImageTokenRule("qwen2_5_vl", **chosen)
+
+
+# What a processor config may ask for: the config ceilings (param_counts.CONFIG_CEILINGS) for the
+# patch and merge sizes, and for the pixel budget (Qwen2-VL's is 12.8M) what the decode bound lets through.
+_PROCESSOR_CEILINGS = {"patch_size": 100_000, "merge_size": 1_024, "min_pixels": MAX_DECODED_BYTES // 3,
+                       "max_pixels": MAX_DECODED_BYTES // 3}
+_PROCESSOR_FIX = "Restore the model's preprocessor_config.json (save_pretrained writes it with the processor)."
+
+
+def _setting(settings: dict[str, Any], keys: tuple[str, ...], default: Any) -> Any:
+    """The first of `keys` the settings give (null counts as not given), else `default`."""
+    return next((settings[key] for key in keys if settings.get(key) is not None), default)
 
 
 def _gemma3_markers(model_dir: Path) -> int | None:
@@ -247,17 +269,23 @@ def _gemma3_markers(model_dir: Path) -> int | None:
     return len(tokenizer.encode(f"\n\n{markers[0]}{markers[1]}\n\n", add_special_tokens=False).ids)
 
 
-def _processor_settings(model_dir: Path) -> dict[str, Any]:
+def _processor_settings(model_dir: Path) -> tuple[dict[str, Any], str]:
+    """The image processor's settings and the file they come from ({} when the folder has none).
+    A file that is there but not JSON is refused: the processor would fail on it in the run."""
     for name, key in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
-        try:
-            data = json.loads((model_dir / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        path = model_dir / name
+        if not path.is_file():
             continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise UserError(f"{path} is not readable JSON ({type(exc).__name__}).", title="Model processor",
+                            fix=_PROCESSOR_FIX) from None
         if key is not None:
             data = data.get(key) if isinstance(data, dict) else None
         if isinstance(data, dict):
-            return data
-    return {}
+            return data, str(path)
+    return {}, ""
 
 
 def check_row(row: dict[str, Any], base: Path | None, measure: bool,

@@ -229,3 +229,29 @@ def test_hub_config_in_the_local_cache_passes_the_same_checks(tmp_path):
     result = run_cli("plan", "--model", "someorg/broken", cwd=tmp_path, timeout=60,
                      env={"HF_HUB_CACHE": str(tmp_path / "hub")})
     assert_refused(result, ["models--someorg--broken", "config.json", "`num_attention_heads` is 0"])
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"merge_size": 0}, ["processor_config.json", "`merge_size` is 0", "from 1 to"]),
+    ({"patch_size": "14"}, ["processor_config.json", "`patch_size` is '14'"]),
+    ({"size": {"shortest_edge": 20_000, "longest_edge": 100}}, ["`min_pixels` 20,000 is more than `max_pixels` 100"]),
+    (None, ["processor_config.json", "not readable JSON"]),
+], ids=["zero merge", "patch as a string", "min above max", "not JSON"])
+def test_bad_processor_settings_are_refused_naming_the_file(tmp_path, change, words):
+    """The image-token rule reads the model's processor settings: what it cannot use is refused."""
+    import shutil
+
+    from llmwizard.autotune.embedded_vision import ensure_embedded
+
+    source = ensure_embedded(EMBEDDED_VISION_MODEL)
+    directory = tmp_path / "model"
+    directory.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(source / name, directory / name)
+    processor = json.loads((source / "processor_config.json").read_text())
+    processor["image_processor"].update(change or {})
+    (directory / "processor_config.json").write_text(json.dumps(processor) if change is not None else "{broken")
+    big = _png_header(tmp_path / "big.png", 64, 64)
+    result = run_cli("plan", "--model", str(directory), "--dataset", str(_vision_rows(tmp_path, big)), cwd=tmp_path,
+                     timeout=120)
+    assert_refused(result, words)
