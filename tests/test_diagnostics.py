@@ -10,6 +10,7 @@ from llmwizard.runner import diagnostics as dx
 from llmwizard.runner import recovery
 from llmwizard.runner.metrics import read_metrics
 from tests.conftest import run_cli
+from tests.refusals import flat
 
 
 def run_records(losses: list[float], evals: dict[int, float] | None = None, *, start: int = 0,
@@ -172,22 +173,24 @@ def test_a_divergence_with_every_setting_in_range_blames_the_learning_rate_by_it
 
 @pytest.mark.slow
 def test_a_real_run_with_a_huge_lora_alpha_stops_and_names_it(tmp_path):
-    """plan.yaml edited to lora alpha 1e30: every gradient norm is inf, the run stops as diverged
-    and the summary names the key and its value (not the learning rate)."""
+    """lora alpha 1e30 (alpha / r far beyond what the schema lets a preset or plan.yaml set, so written
+    into sft_config.yaml and launched with --keep-edits): every gradient norm is inf, the run stops as
+    diverged and the summary names the key and its value, not the learning rate."""
     run_dir = tmp_path / "run"
     result = run_cli("export", "--max-steps", "8", "--eval-fraction", "0", "--out", str(run_dir))
     assert result.returncode == 0, result.stderr
-    plan = run_dir / "plan.yaml"
-    assert "\n  alpha: 8\n" in plan.read_text()
-    plan.write_text(plan.read_text().replace("\n  alpha: 8\n", "\n  alpha: " + "1" + "0" * 30 + "\n"))
-    result = run_cli("run", str(run_dir), cwd=tmp_path)
+    config = run_dir / "sft_config.yaml"
+    assert "\nlora_r: 4\nlora_alpha: 8\n" in config.read_text()
+    config.write_text(config.read_text().replace("\nlora_alpha: 8\n", "\nlora_alpha: 1" + "0" * 30 + "\n"))
+    result = run_cli("run", str(run_dir), "--keep-edits", cwd=tmp_path)
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     records = read_metrics(run_dir / "metrics.jsonl")
     (stop,) = [r for r in records if r["type"] == "stop"]
     assert stop["reason"] == "diverged" and stop["finding"]["code"] == "non_finite_grad"
     assert stop["step"] < 8
-    words = " ".join(result.stdout.replace("│", " ").split())
+    words = flat(result.stdout)
     assert "Likely cause: lora.alpha 1e+30" in words and "Set lora.alpha in plan.yaml to 8" in words
+    assert "not the learning rate" in words
 
 
 # ----------------------------------------------------------------------------- overfitting
@@ -420,9 +423,10 @@ def test_incomplete_checkpoints_are_set_aside(tmp_path):
 
 @pytest.mark.slow
 def test_a_huge_learning_rate_is_stopped_and_the_good_checkpoint_named(tmp_path):
-    """Full fine-tuning at learning rate 5 blows the loss up within a few steps."""
+    """Full fine-tuning at learning rate 1 (the most the schema accepts) blows the loss up within a few
+    steps, and the summary names learning_rate as the cause."""
     run_dir = tmp_path / "run"
-    result = run_cli("export", "--method", "full", "--learning-rate", "5", "--max-steps", "30",
+    result = run_cli("export", "--method", "full", "--learning-rate", "1", "--max-steps", "30",
                      "--micro-batch", "4", "--effective-batch", "4", "--eval-fraction", "0", "--out", str(run_dir))
     assert result.returncode == 0, result.stderr
     plan = run_dir / "plan.yaml"  # the source of truth: `run` exports sft_config.yaml from it
@@ -443,7 +447,8 @@ def test_a_huge_learning_rate_is_stopped_and_the_good_checkpoint_named(tmp_path)
     good = stop["good_checkpoint"]
     assert good == f"output/checkpoint-{bad - 2}" and (run_dir / good / "trainer_state.json").is_file()
     assert "training diverged" in result.stdout and f"{good} (the last saved before the damage)" in result.stdout
-    assert "--learning-rate 5e-01" in result.stdout
+    assert "Likely cause: learning_rate 1 is above the 0.001" in flat(result.stdout)
+    assert "--learning-rate 1e-01" in result.stdout
 
 
 # ----------------------------------------------------------------------------- a real SIGKILL
