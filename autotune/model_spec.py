@@ -158,7 +158,11 @@ def _hub_config_file(repo_id: str) -> tuple[Path | None, str]:
 
 
 def _spec_from_file(name: str, source: ModelSource, path: str | None, config_file: Path) -> ModelSpec:
-    raw = config_file.read_bytes()
+    try:
+        raw = config_file.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{config_file} cannot be read: {exc.strerror or exc}.", title="Model",
+                        fix="Make config.json readable (permissions), or restore it.") from None
     try:
         config = json.loads(raw)
     except ValueError as exc:

@@ -67,11 +67,19 @@ def counter_for(model_dir: Path | None) -> TokenCounter:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """The file's settings; {} when there is none. One that is there but not a JSON object is
+    refused: transformers would fail on it when the run loads the tokenizer."""
+    if not path.is_file():
+        return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UserError(f"{path} is not readable JSON ({type(exc).__name__}).", title="Model",
+                        fix="Restore the model's tokenizer files (save_pretrained writes them).") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} holds a JSON {type(data).__name__}, not an object of settings.", title="Model",
+                        fix="Restore the model's tokenizer files (save_pretrained writes them).")
+    return data
 
 
 def _token_text(value: Any) -> str:

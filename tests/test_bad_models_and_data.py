@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from llmwizard.autotune.embedded import MODEL_CONFIG
+from llmwizard.autotune.embedded import EMBEDDED_MODEL, MODEL_CONFIG
 from llmwizard.autotune.embedded_vision import EMBEDDED_VISION_MODEL, VISION_MODEL_CONFIG
 from llmwizard.autotune.param_counts import CONFIG_CEILINGS
 from tests.conftest import run_cli
@@ -41,7 +41,8 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], dict[str, Any], list[str]]] = [
     ("more experts per token than experts", MODEL_CONFIG, {"num_local_experts": 4, "num_experts_per_tok": 8},
      ["`num_experts_per_tok` 8", "4 experts"]),
     ("negative experts", MODEL_CONFIG, {"num_experts": -1}, ["`num_experts`", "-1"]),
-    ("tie flag as a string", MODEL_CONFIG, {"tie_word_embeddings": "false"}, ["`tie_word_embeddings`", "true or false"]),
+    ("tie flag as a string", MODEL_CONFIG, {"tie_word_embeddings": "false"},
+     ["`tie_word_embeddings`", "true or false"]),
     ("model_type not a string", MODEL_CONFIG, {"model_type": 7}, ["`model_type`", "7", "string"]),
     ("vision tower of no blocks", VISION_MODEL_CONFIG, {"vision_config": {**VISION_MODEL_CONFIG["vision_config"],
                                                                           "depth": 0}},
@@ -114,11 +115,23 @@ def test_unknown_model_type_plans_with_a_warning_that_names_it(tmp_path):
     assert "transformers could not build" in text
 
 
-def test_broken_tokenizer_is_refused_naming_the_file(tmp_path):
+@pytest.mark.parametrize("name, text, words", [
+    ("tokenizer.json", "{not a tokenizer", ["tokenizer.json", "Restore the model's tokenizer.json"]),
+    ("tokenizer_config.json", "{not json", ["tokenizer_config.json", "not readable JSON"]),
+    ("tokenizer_config.json", "[1, 2]", ["tokenizer_config.json", "JSON list"]),
+    ("chat_template.jinja", "{% for %}", ["chat_template.jinja", "does not parse"]),
+], ids=["tokenizer not JSON", "tokenizer config not JSON", "tokenizer config a list", "template does not parse"])
+def test_broken_tokenizer_files_are_refused_naming_the_file(tmp_path, name, text, words):
+    import shutil
+
+    from llmwizard.autotune.embedded_vision import ensure_embedded
+
     directory = _model_dir(tmp_path / "model", MODEL_CONFIG, {})
-    (directory / "tokenizer.json").write_text("{not a tokenizer")
-    assert_refused(run_cli("plan", "--model", str(directory), cwd=tmp_path, timeout=60),
-                   ["tokenizer.json", "Restore the model's tokenizer.json"])
+    source = ensure_embedded(EMBEDDED_MODEL)
+    for kept in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source / kept, directory / kept)
+    (directory / name).write_text(text)
+    assert_refused(run_cli("plan", "--model", str(directory), cwd=tmp_path, timeout=60), words)
 
 
 # ----------------------------------------------------------------------------- datasets
