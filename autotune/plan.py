@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import yaml
 from pydantic import ConfigDict, ValidationError, model_validator
@@ -21,18 +21,24 @@ from llmwizard.autotune.goals import GOAL_FIELDS
 from llmwizard.autotune.memory import MemoryEstimate
 from llmwizard.autotune.schema import (
     Attention,
+    BatchSize,
     ClassNames,
     DatasetFormat,
     Device,
+    Epochs,
     EvalFraction,
     Fraction,
     HostAddress,
     Launcher,
+    LearningRate,
+    LoraAlpha,
+    LoraRank,
     LrScheduler,
     MaxSteps,
     Method,
     ModelSource,
     ModuleNames,
+    NodeCount,
     NonNegativeFloat,
     NonNegativeInt,
     Offload,
@@ -40,13 +46,16 @@ from llmwizard.autotune.schema import (
     Optimizer,
     PeftTargets,
     Port,
-    PositiveFloat,
     PositiveInt,
     Precision,
+    ProcessCount,
     RunName,
     Seed,
+    StepCount,
     Strategy,
+    TokenLength,
     Tracker,
+    WeightDecay,
     user_error,
 )
 
@@ -69,8 +78,8 @@ STRICT = ConfigDict(extra="forbid")
 
 @dataclass(config=STRICT)
 class LoraSettings:
-    r: PositiveInt
-    alpha: PositiveInt
+    r: LoraRank
+    alpha: LoraAlpha
     dropout: Fraction
     target_modules: ModuleNames      # the linear layers adapted, by name
     # What PEFT receives: the names, or one regex when plain names would also match a vision
@@ -78,8 +87,12 @@ class LoraSettings:
     peft_targets: PeftTargets = field(default_factory=list)
 
 
-# A setting a user can pin, by its goal key (micro_batch, strategy, ...).
-PinnedKey = Literal[tuple(sorted(GOAL_FIELDS))]  # type: ignore[valid-type]
+# A setting a user can pin, by its goal key (micro_batch, strategy, ...); a Literal built from Goals'
+# fields, so plan.yaml refuses any other key and names the allowed ones.
+if TYPE_CHECKING:
+    PinnedKey = str
+else:
+    PinnedKey = Literal[tuple(sorted(GOAL_FIELDS))]
 
 
 @dataclass(config=STRICT)
@@ -97,27 +110,27 @@ class Plan:
     strategy: Strategy
     offload: Offload
     launcher: Launcher
-    num_machines: PositiveInt
+    num_machines: NodeCount
     num_processes: PositiveInt       # total over all machines
     method: Method
     precision: Precision
     optimizer: Optimizer
-    micro_batch: PositiveInt
-    grad_accum: PositiveInt
-    effective_batch: PositiveInt
+    micro_batch: BatchSize
+    grad_accum: BatchSize
+    effective_batch: BatchSize
     activation_checkpointing: bool
-    max_length: PositiveInt
-    epochs: PositiveFloat
+    max_length: TokenLength
+    epochs: Epochs
     max_steps: MaxSteps              # -1: run the epochs
-    learning_rate: PositiveFloat
+    learning_rate: LearningRate
     lr_scheduler: LrScheduler
     warmup_ratio: Fraction
-    weight_decay: NonNegativeFloat
+    weight_decay: WeightDecay
     lora: LoraSettings | None
     eval_fraction: EvalFraction      # the --eval-fraction rule
-    eval_steps: PositiveInt
-    save_steps: PositiveInt
-    logging_steps: PositiveInt
+    eval_steps: StepCount
+    save_steps: StepCount
+    logging_steps: StepCount
     seed: Seed
     trainable_params: NonNegativeInt
     total_params: PositiveInt
@@ -140,7 +153,7 @@ class Plan:
     # Long-context and activation savers (llmwizard.autotune.long_context): the GPUs one sequence
     # is split over (FSDP2 context parallelism), TRL's activation offloading, padding-free packing
     # and Liger's kernels.
-    context_parallel: PositiveInt = 1
+    context_parallel: ProcessCount = 1
     activation_offloading: bool = False
     packing: bool = False
     liger_kernel: bool = False

@@ -92,6 +92,13 @@ BAD_PLANS = [
     ({"main_process_port": 70000}, ["main_process_port", "70000", "1 to 65535"]),
     ({"grad_accum": 7}, ["effective_batch", "x 7 =", "change them together"]),
     ({"colour": "blue"}, ["unknown key 'colour'"]),
+    # plan.yaml takes the flags' ranges: what `--epochs` or a preset refuses, a hand edit cannot set
+    ({"epochs": 1e308}, ["epochs", "at most 10000"]),
+    ({"weight_decay": 1e308}, ["weight_decay", "from 0 to 10"]),
+    ({"learning_rate": 1e-300}, ["learning_rate", "from 1e-9 to 1"]),
+    ({"micro_batch": 2**40, "effective_batch": 2**40}, ["micro_batch", "at most 16777216"]),
+    ({"lora": {"r": 4, "alpha": 10**30, "dropout": 0.05, "target_modules": ["q_proj"]}}, ["lora.alpha", "at most 65536"]),
+    ({"pinned": ["colour"]}, ["pinned", "colour", "micro_batch"]),
     ({"lora": {"r": 0, "alpha": 8, "dropout": 0.05, "target_modules": ["q_proj"]}}, ["lora.r", "0", "1 or more"]),
 ]
 
