@@ -309,9 +309,13 @@ def checkpoints(output_dir: Path) -> list[Path]:
 
 
 def trainer_state(checkpoint: Path) -> dict[str, object] | None:
-    """A checkpoint's trainer_state.json as a mapping; None when it is missing or damaged."""
+    """A checkpoint's trainer_state.json as a mapping; None when it is missing or damaged (or not
+    a file: reading a pipe put in its place would wait forever)."""
+    path = checkpoint / "trainer_state.json"
+    if not path.is_file():
+        return None
     try:
-        state = json.loads((checkpoint / "trainer_state.json").read_bytes())
+        state = json.loads(path.read_bytes())
     except (OSError, ValueError, RecursionError):
         return None
     return state if isinstance(state, dict) else None

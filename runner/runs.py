@@ -57,13 +57,20 @@ class RunRow:
 def run_dirs(root: Path) -> list[Path]:
     """`root` itself when it is a run, else the runs directly inside it, oldest first by name.
     An entry that cannot be looked at (a link to nowhere, no permission) is no run."""
-    if rundir.is_run_dir(root):
+    if _is_run(root):
         return [root]
     try:
         entries = list(root.iterdir())
     except OSError:
         return []
-    return sorted(p for p in entries if p.is_dir() and rundir.is_run_dir(p))
+    return sorted(p for p in entries if _is_run(p))
+
+
+def _is_run(path: Path) -> bool:
+    try:
+        return path.is_dir() and rundir.is_run_dir(path)
+    except OSError:  # a folder this user may not look into
+        return False
 
 
 def directory_size(path: Path) -> int:
@@ -92,7 +99,7 @@ def run_problems(run_dir: Path, state: RunState | None = None) -> list[str]:
         problems.append(f"{output} is not a directory: the run's checkpoints and final model are not there")
     for checkpoint in recovery.checkpoints(output) if output.is_dir() else []:
         state_file = checkpoint / "trainer_state.json"
-        if state_file.exists() and recovery.trainer_state(checkpoint) is None:
+        if (state_file.exists() or state_file.is_symlink()) and recovery.trainer_state(checkpoint) is None:
             problems.append(f"{state_file} is damaged: {checkpoint.name} is not resumed from "
                             "(`llmwizard resume` sets it aside and continues from the checkpoint before)")
     state_dir = run_dir / runlock.STATE_DIR

@@ -8,6 +8,7 @@ faces say the same, resume advice included. Plain strings only: no rich, no text
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,8 @@ def memory_text(state: RunState) -> str | None:
 
 
 def resume_command(run_dir: Path) -> str:
-    return f"llmwizard resume {run_dir}"
+    """The command as one would paste it: the path quoted for the shell when it needs to be."""
+    return f"llmwizard resume {shlex.quote(str(run_dir))}"
 
 
 @dataclass
@@ -156,9 +158,9 @@ def _after_rows(run_dir: Path, outcome: Outcome) -> list[tuple[str, str]]:
         rows.append(("sample", f"{_short(first['prompt'])} -> {_short(first['output'])} "
                                f"(reference: {_short(first['reference'])}; all in samples.jsonl)"))
     if outcome.status == "done" and not _vision_language(run_dir):
-        rows.append(("try it", f'llmwizard try {run_dir} "your prompt"'))
+        rows.append(("try it", f'llmwizard try {shlex.quote(str(run_dir))} "your prompt"'))
         if (run_dir / OUTPUT_DIR / "adapter_config.json").is_file():
-            rows.append(("merge", f"llmwizard merge {run_dir}"))
+            rows.append(("merge", f"llmwizard merge {shlex.quote(str(run_dir))}"))
     return rows
 
 

@@ -61,8 +61,10 @@ def tree(directory: Path) -> dict[str, object]:
                 found[key] = ("link", os.readlink(path))
             elif path.is_dir():
                 found[key] = "dir"
-            else:
+            elif path.is_file():
                 found[key] = path.read_bytes()
+            else:
+                found[key] = "special"  # a named pipe: reading it would wait for a writer
     return found
 
 
@@ -100,6 +102,7 @@ DAMAGES: dict[str, Callable[[Path], None]] = {
     "metrics random bytes": lambda d: (d / METRICS).write_bytes(bytes(range(256)) * 8 + b"\n\xff\xfe{\n"),
     "metrics a directory": lambda d: _replace_by_directory(d / METRICS),
     "metrics link to nowhere": lambda d: _link_to_nowhere(d / METRICS),
+    "metrics a named pipe": lambda d: ((d / METRICS).unlink(), os.mkfifo(d / METRICS)),
     "rank_peak_memory text": lambda d: _append(d, _log(rank_peak_memory=["abc"], peak_memory=1)),
     "rank_peak_memory nested": lambda d: _append(d, _log(rank_peak_memory=[[1, 2]])),
     "step 10**30": lambda d: _append(d, _log(step=10**30)),
@@ -126,6 +129,7 @@ NAMED: dict[str, list[str]] = {
     "metrics random bytes": ["damaged lines skipped in", METRICS],
     "metrics a directory": [METRICS, "cannot be read", "a directory"],
     "metrics link to nowhere": [METRICS, "a link to", "does not exist"],
+    "metrics a named pipe": [METRICS, "cannot be read", "not a regular file"],
     "rank_peak_memory text": ["1 damaged line skipped in", METRICS],
     "rank_peak_memory nested": ["1 damaged line skipped in", METRICS],
     "step 10**30": ["1 damaged line skipped in", METRICS],
