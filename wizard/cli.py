@@ -297,67 +297,42 @@ def _hardware(args: argparse.Namespace) -> HardwareProfile:
 
 
 def _goals(args: argparse.Namespace) -> Goals:
-    from llmwizard.autotune.goals import Goals
-    from llmwizard.presets import load_preset
+    """The preset, then every goal flag given (the same mapping the wizard uses)."""
+    from llmwizard.wizard.core import goals_for
 
-    goals = load_preset(args.preset) if args.preset else Goals()
-    return goals.merged(
-        method=args.method, strategy=args.strategy, offload=args.offload, launcher=args.launcher,
-        epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.learning_rate,
-        lora_r=args.lora_r, max_length=args.max_length, allow_truncation=args.allow_truncation,
-        micro_batch=args.micro_batch, effective_batch=args.effective_batch,
-        checkpointing=args.checkpointing, precision=args.precision, processes=args.processes,
-        optimizer=args.optimizer,
-        eval_fraction=args.eval_fraction, report_to=args.report_to, probe=args.probe,
-        eval_steps=args.eval_steps, lr_scheduler=args.lr_scheduler, train_vision_tower=args.train_vision_tower,
-        packing=args.packing, context_parallel=args.context_parallel,
-        activation_offloading=args.activation_offloading, liger_kernel=args.liger_kernel,
-    )
+    return goals_for(args.preset, args)
 
 
 def _inputs(args: argparse.Namespace) -> tuple[HardwareProfile, ModelSpec, DatasetProfile, Goals]:
-    from llmwizard.autotune.dataset import profile_dataset, resolve_dataset
+    from llmwizard.autotune.inputs import profile_for
     from llmwizard.autotune.model_spec import load_model_spec
-    from llmwizard.autotune.tokens import counter_for
 
     goals = _goals(args)
     hardware = _hardware(args)
     model = load_model_spec(args.model)
-    dataset_source = resolve_dataset(args.dataset)
-    if model.source == "embedded":
-        from llmwizard.autotune.embedded_vision import ensure_embedded
-
-        model_dir: Path | None = ensure_embedded(model.name)
-    else:
-        model_dir = Path(model.path) if model.path else None
-    from llmwizard.autotune.images import token_rule
-
-    profile = profile_dataset(dataset_source, counter_for(model_dir), token_rule(model.vision, model_dir), model.name)
-    return hardware, model, profile, goals
+    return hardware, model, profile_for(model, args.dataset), goals
 
 
 def _make_plan(args: argparse.Namespace) -> tuple[Plan, HardwareProfile, ModelSpec, DatasetProfile]:
-    from llmwizard.autotune.planner import plan
+    from llmwizard.autotune.inputs import plan_for
 
     hardware, model, profile, goals = _inputs(args)
-    calibration = calibration_for(hardware, model, goals.method or "lora")
-    return plan(hardware, model, profile, goals, calibration=calibration), hardware, model, profile
+    return plan_for(hardware, model, profile, goals), hardware, model, profile
 
 
 def calibration_for(hardware: HardwareProfile, model: ModelSpec, method: str) -> dict[str, Any]:
-    """Earlier probes' factors for this machine's GPU model, this model family and method, by
-    strategy; a store that is damaged or not ours is said on stderr and ignored."""
-    from llmwizard.autotune.calibration import Store, gpu_key
+    """Earlier probes' factors (llmwizard.autotune.inputs); a store that is damaged or not ours is
+    said on stderr and ignored."""
+    from llmwizard.autotune import inputs
 
-    store = Store.load()
-    if store.warnings:
+    factors, warnings = inputs.calibration_for(hardware, model, method)
+    if warnings:
         from rich.console import Console
 
         console = Console(stderr=True)
-        for warning in store.warnings:
-            console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
-    gpu = hardware.smallest_gpu
-    return store.factors(gpu_key(hardware.device, gpu.name if gpu else None), model.model_type, method)
+        for warning in warnings:
+            console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True, markup=False)
+    return factors
 
 
 # ----------------------------------------------------------------------------- commands

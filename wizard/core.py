@@ -141,11 +141,9 @@ def load_model(name: str | None) -> ModelSpec:
 
 def model_directory(model: ModelSpec) -> Path | None:
     """Where the model's tokenizer lives on disk (building the embedded model once), or None."""
-    if model.source == "embedded":
-        from llmwizard.autotune.embedded_vision import ensure_embedded
+    from llmwizard.autotune.inputs import model_directory as directory
 
-        return ensure_embedded(model.name)
-    return Path(model.path) if model.path and Path(model.path).is_dir() else None
+    return directory(model)
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -159,16 +157,10 @@ class DatasetReport:
 
 
 def profile_dataset(source: str | None, model: ModelSpec) -> DatasetReport:
-    from llmwizard.autotune.dataset import profile_dataset as profile
-    from llmwizard.autotune.dataset import resolve_dataset
+    from llmwizard.autotune.inputs import profile_for
     from llmwizard.autotune.rules import RULES, classify
-    from llmwizard.autotune.tokens import counter_for
 
-    resolved = resolve_dataset((source or "").strip() or None)
-    from llmwizard.autotune.images import token_rule
-
-    directory = model_directory(model)
-    result = profile(resolved, counter_for(directory), token_rule(model.vision, directory), model.name)
+    result = profile_for(model, source)
     size, why = classify(result)
     return DatasetReport(result, size, why, RULES[size])
 
@@ -242,19 +234,11 @@ def parse_goal_value(name: str, text: str) -> Any:
 
 
 def make_plan(hardware: HardwareProfile, model: ModelSpec, report: DatasetReport, goals: Goals) -> Plan:
-    import dataclasses
+    """The plan by the route every face takes (llmwizard.autotune.inputs.plan_for); a damaged
+    calibration store is a warning of the plan (the terminal belongs to the app)."""
+    from llmwizard.autotune.inputs import plan_for
 
-    from llmwizard.autotune.calibration import Store, gpu_key
-    from llmwizard.autotune.planner import plan
-
-    # Earlier probes on this machine correct the estimates, as in the CLI; a damaged store is a
-    # warning of the plan (the terminal belongs to the app).
-    store = Store.load()
-    gpu = hardware.smallest_gpu
-    factors = store.factors(gpu_key(hardware.device, gpu.name if gpu else None), model.model_type,
-                            goals.method or "lora")
-    result = plan(hardware, model, report.profile, goals, calibration=factors or None)
-    return dataclasses.replace(result, warnings=result.warnings + store.warnings) if store.warnings else result
+    return plan_for(hardware, model, report.profile, goals)
 
 
 # The what-if fields of the plan step, in the words the screen uses (Goals field -> label).
