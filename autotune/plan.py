@@ -73,6 +73,8 @@ class InvalidPlan(UserError):
                            fix="Change the value named (allowed values: docs/schema.md); a model or dataset path "
                                "must be one line of printable characters.")
         super().__init__(error.message, title=error.title, fix=error.fix)
+
+
 STRICT = ConfigDict(extra="forbid")
 
 

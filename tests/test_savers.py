@@ -148,7 +148,7 @@ def test_adalomo_exports_files_the_loaders_accept_and_a_hand_edit_cannot_accumul
         ["--config", "sft_config.yaml", "--bf16", "false", "--use_cpu", "true"])
     # the Trainer's own name; no clipping (the gradients are gone by then), no accumulation
     assert (training.optim, training.max_grad_norm, training.gradient_accumulation_steps) == ("adalomo", 0.0, 1)
-    with pytest.raises(ValueError, match="grad_accum 1"):
+    with pytest.raises(UserError, match="grad_accum 1"):
         replace(p, grad_accum=2)
     # after an out-of-memory failure the micro-batch halves, and the batch with it
     smaller = shrink_micro_batch(p, "it ran out of memory")
