@@ -2,7 +2,8 @@
 
 - `pick_weights` chooses what `merge` and `try` load: the checkpoint asked for, else the best
   checkpoint by eval loss (llmwizard.runner.recovery.best_checkpoint), else output/ (the final
-  result), else the newest complete checkpoint.
+  result), else the newest complete checkpoint. Weights whose config is damaged are passed over
+  and named; a file the libraries then cannot load is a UserError naming the weights (`loading`).
 - `merge` folds a LoRA adapter into its base model and writes safetensors with the tokenizer and
   chat template, which plain `AutoModelForCausalLM.from_pretrained` loads. It never writes over
   an existing directory: the model is written into a temporary folder beside the target and
@@ -25,6 +26,7 @@ import os
 import shlex
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ class Weights:
     path: Path          # a directory holding an adapter (adapter_config.json) or a full model
     label: str          # "checkpoint-40 (best eval loss 1.2345)", "output/ (final)", ...
     adapter: bool
+    skipped: tuple[str, ...] = ()   # better weights passed over because a file of theirs is damaged
 
 
 def load_plan(run_dir: Path) -> Plan:
@@ -56,7 +59,29 @@ def _holds_weights(path: Path) -> bool:
     return path.is_dir() and any((path / name).is_file() for name in WEIGHT_MARKERS)
 
 
+def weights_problem(path: Path) -> str | None:
+    """Why the weights in `path` cannot be loaded, from their small JSON files (a config or
+    tokenizer config that is not a JSON object, or not a file); None when they look whole."""
+    for name in (*WEIGHT_MARKERS, "tokenizer_config.json"):
+        file = path / name
+        if not file.exists() and not file.is_symlink():
+            continue
+        if not file.is_file():
+            return f"{file} is not a file"
+        try:
+            data = json.loads(file.read_bytes())
+        except OSError as exc:
+            return f"{file} cannot be read ({exc.strerror or type(exc).__name__})"
+        except (ValueError, RecursionError):
+            return f"{file} is damaged (not JSON)"
+        if not isinstance(data, dict):
+            return f"{file} is damaged (not a JSON object)"
+    return None
+
+
 def pick_weights(run_dir: Path, checkpoint: str | None = None) -> Weights:
+    """The weights `merge` and `try` load (see the module's docstring). Weights whose config is
+    damaged are passed over and named in `skipped`; a damaged `--checkpoint` is refused by name."""
     output = run_dir / OUTPUT_DIR
     if checkpoint:
         candidates = [run_dir / checkpoint, output / checkpoint]
@@ -65,20 +90,49 @@ def pick_weights(run_dir: Path, checkpoint: str | None = None) -> Weights:
             found = ", ".join(c.name for c in recovery.checkpoints(output)) if output.is_dir() else ""
             raise UserError(f"--checkpoint {checkpoint}: no adapter or model there.", title="Checkpoint",
                             fix=f"Pass one of: output{', ' + found if found else ''}.")
-        return Weights(path, str(path.relative_to(run_dir)), (path / "adapter_config.json").is_file())
+        if not path.resolve().is_relative_to(run_dir.resolve()):
+            raise UserError(f"--checkpoint {checkpoint} is outside the run directory {run_dir}.", title="Checkpoint",
+                            fix="Pass a checkpoint of this run (e.g. checkpoint-40, or output).")
+        problem = weights_problem(path)
+        if problem:
+            raise UserError(f"--checkpoint {checkpoint}: {problem}, so these weights cannot be loaded.",
+                            title="Checkpoint", fix="Pass another checkpoint, or restore the file from a copy.")
+        return Weights(path, _relative(path, run_dir), (path / "adapter_config.json").is_file())
+    skipped: list[str] = []
+
+    def usable(path: Path) -> bool:
+        if not _holds_weights(path):
+            return False
+        problem = weights_problem(path)
+        if problem and problem not in skipped:
+            skipped.append(problem)
+        return problem is None
+
     best = recovery.best_checkpoint(run_dir, output) if output.is_dir() else None
-    if best is not None and _holds_weights(best.path):
+    if best is not None and usable(best.path):
         metric = f", best eval loss {best.metric:.4f}" if best.metric is not None else ""
-        return Weights(best.path, f"{best.path.relative_to(run_dir)} (step {best.step}{metric})",
-                       (best.path / "adapter_config.json").is_file())
-    if _holds_weights(output):
-        return Weights(output, f"{OUTPUT_DIR}/ (the final result)", (output / "adapter_config.json").is_file())
+        return Weights(best.path, f"{_relative(best.path, run_dir)} (step {best.step}{metric})",
+                       (best.path / "adapter_config.json").is_file(), tuple(skipped))
+    if usable(output):
+        return Weights(output, f"{OUTPUT_DIR}/ (the final result)", (output / "adapter_config.json").is_file(),
+                       tuple(skipped))
     last = recovery.last_checkpoint(output) if output.is_dir() else None
-    if last is not None and _holds_weights(last):
-        return Weights(last, f"{last.relative_to(run_dir)} (the newest checkpoint)",
-                       (last / "adapter_config.json").is_file())
+    if last is not None and usable(last):
+        return Weights(last, f"{_relative(last, run_dir)} (the newest checkpoint)",
+                       (last / "adapter_config.json").is_file(), tuple(skipped))
+    if skipped:
+        raise UserError(f"{run_dir} holds no weights that can be loaded: {'; '.join(skipped)}.", title="Run directory",
+                        fix="Restore the damaged file from a copy, or pass --checkpoint with a checkpoint whose "
+                            f"files are whole (llmwizard runs {shlex.quote(str(run_dir))} names the damaged ones).")
     raise UserError(f"{run_dir} holds no trained weights yet (no checkpoint and nothing in {OUTPUT_DIR}/).",
-                    title="Run directory", fix=f"Train it first: llmwizard run {run_dir}")
+                    title="Run directory", fix=f"Train it first: llmwizard run {shlex.quote(str(run_dir))}")
+
+
+def _relative(path: Path, run_dir: Path) -> str:
+    try:
+        return str(path.relative_to(run_dir))
+    except ValueError:
+        return str(path)
 
 
 def vision_language(plan: Plan) -> bool:
@@ -141,6 +195,22 @@ def load_tokenizer(weights: Weights, base: str) -> Any:
     return tokenizer
 
 
+@contextlib.contextmanager
+def loading(weights: Weights) -> Iterator[None]:
+    """Loading the run's weights: a file of theirs that the libraries cannot read (a damaged
+    safetensors file, a config of the wrong shape) is a UserError naming the weights, not a
+    traceback. Only the run's own weights are loaded inside; the base model is not."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+        raise UserError(f"The weights in {weights.path} cannot be loaded ({type(exc).__name__}: "
+                        f"{str(exc)[:200]}): a file there is damaged.", title="Run weights",
+                        fix="Pass --checkpoint with another checkpoint of the run, or restore the file from a "
+                            "copy.") from None
+
+
 def load_tuned(run_dir: Path, checkpoint: str | None = None) -> tuple[Any, Any, Any, Weights]:
     """(tuned model, base model or None when the tuned one is a PeftModel whose adapter can be
     switched off, tokenizer, the weights chosen), in eval mode on the GPU when there is one."""
@@ -151,13 +221,15 @@ def load_tuned(run_dir: Path, checkpoint: str | None = None) -> tuple[Any, Any, 
     weights = pick_weights(run_dir, checkpoint)
     base_path = base_model_path(plan)
     dtype, device = torch_dtype(plan), _device()
-    tokenizer = load_tokenizer(weights, base_path)
+    with loading(weights):
+        tokenizer = load_tokenizer(weights, base_path)
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).to(device).eval()
-    if weights.adapter:
-        from peft import PeftModel
+    with loading(weights):
+        if weights.adapter:
+            from peft import PeftModel
 
-        return PeftModel.from_pretrained(base, str(weights.path)).eval(), None, tokenizer, weights
-    tuned = AutoModelForCausalLM.from_pretrained(str(weights.path), dtype=dtype).to(device).eval()
+            return PeftModel.from_pretrained(base, str(weights.path)).eval(), None, tokenizer, weights
+        tuned = AutoModelForCausalLM.from_pretrained(str(weights.path), dtype=dtype).to(device).eval()
     return tuned, base, tokenizer, weights
 
 
@@ -221,9 +293,11 @@ def merge(run_dir: Path, out: Path | None = None, checkpoint: str | None = None,
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    tokenizer = load_tokenizer(weights, base_path)
+    with loading(weights):
+        tokenizer = load_tokenizer(weights, base_path)
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype(plan))
-    merged = PeftModel.from_pretrained(base, str(weights.path)).merge_and_unload()
+    with loading(weights):
+        merged = PeftModel.from_pretrained(base, str(weights.path)).merge_and_unload()
     staging = out.with_name(f".{out.name}.partial")
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # what mkdir adds, to undo
     try:

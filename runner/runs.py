@@ -24,6 +24,7 @@ from typing import Any
 
 from llmwizard.runner import recovery, rundir, runlock
 from llmwizard.runner.configs import METRICS_FILE, OUTPUT_DIR
+from llmwizard.runner.merge import weights_problem
 from llmwizard.runner.samples import SAMPLES_FILE
 from llmwizard.runner.state import RunState
 
@@ -97,11 +98,16 @@ def run_problems(run_dir: Path, state: RunState | None = None) -> list[str]:
         problems.append(f"{output} is a link to nowhere: the run's checkpoints and final model are not there")
     elif output.exists() and not output.is_dir():
         problems.append(f"{output} is not a directory: the run's checkpoints and final model are not there")
-    for checkpoint in recovery.checkpoints(output) if output.is_dir() else []:
+    checkpoints = recovery.checkpoints(output) if output.is_dir() else []
+    for checkpoint in checkpoints:
         state_file = checkpoint / "trainer_state.json"
         if (state_file.exists() or state_file.is_symlink()) and recovery.trainer_state(checkpoint) is None:
             problems.append(f"{state_file} is damaged: {checkpoint.name} is not resumed from "
                             "(`llmwizard resume` sets it aside and continues from the checkpoint before)")
+    for weights in [output, *checkpoints] if output.is_dir() else []:
+        problem = weights_problem(weights)
+        if problem:
+            problems.append(f"{problem}: `merge` and `try` pass over these weights")
     state_dir = run_dir / runlock.STATE_DIR
     if state_dir.exists() and not state_dir.is_dir():
         problems.append(f"{state_dir} is not a directory: the run's lock and export manifest cannot be kept there "

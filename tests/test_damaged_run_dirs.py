@@ -282,6 +282,38 @@ def test_merge_skips_a_damaged_checkpoint_and_clears_its_own_leftover(copy: Path
     assert (copy / "merged" / "config.json").is_file() and not (copy / ".merged.partial").exists()
 
 
+def _garbage_configs(run_dir: Path, *folders: str) -> None:
+    for folder in folders:
+        (run_dir / folder / "adapter_config.json").write_bytes(b"\x87\x00 not json")
+
+
+@pytest.mark.parametrize("command", ["merge", "try"])
+def test_weights_whose_config_is_damaged_are_passed_over_and_named(copy: Path, command: str):
+    """output/'s adapter_config.json is garbage: both take the newest checkpoint and say why."""
+    _garbage_configs(copy, "output")
+    args = ("merge", "run") if command == "merge" else ("try", "run", "2+3=", "--max-new-tokens", "2")
+    result = run_cli(*args, cwd=copy.parent)
+    _check(result, ["passed over", "output/adapter_config.json is damaged", "checkpoint-2"])
+    assert result.returncode == 0
+
+
+@pytest.mark.parametrize("command", ["merge", "try", "try --checkpoint"])
+def test_a_run_whose_weights_are_all_damaged_is_refused_by_name(copy: Path, command: str):
+    _garbage_configs(copy, "output", "output/checkpoint-1", "output/checkpoint-2")
+    before = tree(copy)
+    args = {"merge": ("merge", "run"), "try": ("try", "run", "2+3="),
+            "try --checkpoint": ("try", "run", "2+3=", "--checkpoint", "checkpoint-1")}[command]
+    assert_refused(run_cli(*args, cwd=copy.parent), ["adapter_config.json is damaged"])
+    assert tree(copy) == before
+
+
+def test_weights_the_libraries_cannot_load_are_refused_by_name(copy: Path):
+    (copy / "output" / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
+    before = tree(copy)
+    assert_refused(run_cli("try", "run", "2+3=", cwd=copy.parent), ["cannot be loaded", "output", "damaged"])
+    assert tree(copy) == before
+
+
 def test_try_on_a_run_with_damaged_metrics_and_checkpoint_generates(copy: Path):
     DAMAGES["metrics random bytes"](copy)
     DAMAGES["checkpoint trainer_state a list"](copy)

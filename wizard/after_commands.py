@@ -65,6 +65,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     with console.status("Merging the adapter into the base model..."):
         written, weights = merge(run_dir, out, args.checkpoint, args.dequantize)
+    for problem in weights.skipped:
+        console.print(f"! passed over: {problem}", style="yellow", highlight=False, markup=False)
     Console().print(f"Merged {weights.label} into the base: {written}\n"
                     f"Load it with AutoModelForCausalLM.from_pretrained({str(written)!r}) "
                     f"and AutoTokenizer.from_pretrained({str(written)!r}).", highlight=False)
@@ -82,6 +84,8 @@ def cmd_try(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     with console.status("Loading the tuned model and its base..."):
         tuned_model, base_model, tokenizer, weights = load_tuned(run_dir, args.checkpoint)
+    for problem in weights.skipped:
+        console.print(f"! passed over: {problem}", style="yellow", highlight=False, markup=False)
     with console.status("Generating..."):
         tuned = generate(tuned_model, tokenizer, [args.prompt], args.max_new_tokens)[0]
         if base_model is None:
