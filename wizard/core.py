@@ -278,6 +278,13 @@ _FLAG_WORDS = [
     (r"--packing", lambda m: "packing on"),
     (r"--no-checkpointing", lambda m: "checkpointing off"),
     (r"--checkpointing", lambda m: "checkpointing on"),
+    (r"\(`llmwizard plan --model ([\w.-]+)`\)", lambda m: f"(such as {m.group(1)})"),
+    (r"Point --model at", lambda m: "Type in the Model field (step 3)"),
+    (r"\b([Pp])ass (a|its) directory", lambda m: f"{'T' if m.group(1) == 'P' else 't'}ype {m.group(2)} directory "
+                                               "in the Model field (step 3)"),
+    (r"([Pp])ass --dataset with", lambda m: f"{'G' if m.group(1) == 'P' else 'g'}ive the Dataset field (step 4)"),
+    (r"--dataset\b", lambda m: "the Dataset field (step 4)"),
+    (r"or leave it out to use the bundled", lambda m: "or leave it empty to use the bundled"),
     (r"--model\b", lambda m: "the model on step 3"),
     (r"raise --max-length\b", lambda m: "raise max length (max_length in a preset of your own, chosen on step 1)"),
     (r"llmwizard plan shows the token lengths", lambda m: "step 4 shows the token lengths"),
