@@ -251,10 +251,8 @@ async def test_other_hardware_spec_is_checked_as_you_type_and_on_next(gpus, tmp_
         assert "Unknown GPU model" in text_of(app, "#spec-result")
         await pilot.press("ctrl+n")
         await settle(pilot)
-        assert type(app.screen).__name__ == "ErrorModal"
-        assert "RTX4090" in text_of(app, "#error-fix")
-        await pilot.press("escape")
-        await pilot.pause()
+        assert type(app.screen).__name__ == "HardwareScreen"  # said once, inline: no dialog
+        assert "RTX4090" in text_of(app, "#spec-result") and app.focused is app.screen.query_one("#spec")
         spec = app.screen.query_one("#spec")
         spec.value = "2x8xH100-80GB"
         await settle(pilot)
@@ -280,11 +278,9 @@ async def test_a_missing_dataset_file_shows_the_fix(gpus, tmp_path: Path):
         field.value = str(tmp_path / "nope.jsonl")
         await pilot.press("ctrl+n")
         await settle(pilot)
-        assert type(app.screen).__name__ == "ErrorModal"
-        assert "Dataset file not found" in text_of(app, "#error-message")
-        await pilot.press("enter")
-        await pilot.pause()
         assert app.screen.STEP == 3 and app.is_running
+        facts = text_of(app, "#dataset-facts")
+        assert "Dataset file not found" in facts and "Fix: Give the Dataset field (step 4)" in facts
 
 
 @pytest.mark.asyncio
@@ -316,12 +312,10 @@ async def test_an_output_directory_that_cannot_be_written_is_reported_once(gpus,
         await go_to(pilot, 4)
         await pilot.press("ctrl+n")  # Export
         await settle(pilot)
-        assert type(app.screen).__name__ == "ErrorModal"
-        assert "run directory" in text_of(app, "#error-message")
-        await pilot.press("enter")
-        await settle(pilot)
-        assert app.screen.STEP == 5  # closed for good: the failed export is not retried by itself
-        assert app.screen.query_one("#next").disabled and "could not be written" in text_of(app, "#export")
+        assert app.screen.STEP == 5  # said once, inline: no dialog, and the export is not retried by itself
+        shown = text_of(app, "#export")
+        assert "run directory" in shown and "Back and Export again" in shown
+        assert app.screen.query_one("#next").disabled
         blocker.unlink()
         await pilot.press("escape")  # Back to the plan, Export again
         await settle(pilot)
@@ -922,7 +916,8 @@ async def test_the_gpus_field_is_off_for_this_machine_and_zero_memory_is_refused
         assert "is not a size" in text_of(app, "#spec-result")
         await pilot.press("ctrl+n")
         await settle(pilot)
-        assert type(app.screen).__name__ == "ErrorModal" and app.state.hardware is None
+        assert type(app.screen).__name__ == "HardwareScreen" and app.state.hardware is None
+        assert "is not a size" in text_of(app, "#spec-result")
 
 
 def test_zero_gpu_memory_exits_2_on_the_command_line(tmp_path: Path):
@@ -1020,3 +1015,268 @@ def test_the_summary_line_counts_gpus_per_machine_and_names_offload():
     assert summary_line(p).plain.startswith("ZeRO-3 + params offload on 4 GPUs x 2 nodes · full")
     one = _gpu_plan("1xA100-80GB", nodes=2, strategy="fsdp")
     assert summary_line(one).plain.startswith("FSDP2 on 1 GPU x 2 nodes · lora")
+
+
+# ----------------------------------------------------------------------------- a newcomer's pass
+
+
+def metrics_event(step: int, max_steps: int = 10):
+    """A metrics snapshot with a loss, an eval loss and an eval accuracy, as the session emits it."""
+    from llmwizard.runner.events import Metrics
+    from llmwizard.runner.state import RunState
+
+    state = RunState()
+    state.update({"type": "begin", "max_steps": max_steps, "world_size": 1, "time": 0})
+    record = {"type": "log", "step": step, "epoch": 0.5, "loss": 1.2345, "learning_rate": 2e-4, "time": 1.0,
+              "eval_loss": 1.1111, "eval_mean_token_accuracy": 0.4242}
+    state.update(record)
+    return Metrics(record, True, state)
+
+
+@pytest.mark.asyncio
+async def test_a_new_launch_starts_from_a_clean_run_screen(gpus, fake_runs, tmp_path: Path):
+    from llmwizard.runner.events import Stopped
+    from llmwizard.runner.summary import Outcome, build_summary
+
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await go_to(pilot, 5)
+        await launched(pilot)
+        first = app.screen
+        event = metrics_event(4)
+        first.show(event)
+        fake_runs[0].stop()
+        first.show(Stopped(4, 130, build_summary(fake_runs[0].run_dir, event.state, Outcome("stopped", 130))))
+        await calm(pilot)
+        assert "1.2345" in text_of(app, "#run-metrics") and "1.1111" in text_of(app, "#run-metrics")
+        assert "launch again" in text_of(app, "#nav-status")
+        await pilot.press("escape")
+        await calm(pilot)
+        assert app.screen.STEP == 5
+        await launched(pilot)
+        await calm(pilot)
+        assert len(fake_runs) == 2
+        # Nothing of the first run: no loss, eval or accuracy, no summary, no status line, its directory gone.
+        for selector in ("#run-metrics", "#nav-status"):
+            assert not text_of(app, selector).strip(), selector
+        assert not app.screen.query_one("#summary").display
+        assert fake_runs[0].run_dir.name not in text_of(app, "#report-link")
+        assert "1.2345" not in text_of(app, "#loss") and "step 4/10" not in text_of(app, "#run-title")
+
+
+class ProbingSession(FakeSession):
+    """A session whose plan is probed first: no launch until its probe ends (as RunSession does)."""
+
+    probe = True
+
+    def __init__(self, plan, run_dir: Path, said) -> None:
+        super().__init__(plan, run_dir, said)
+        self.probed, self.launch = FakeLaunch(run_dir), None
+        self.go_on = False
+
+    def run(self, detached=None) -> None:
+        import time
+
+        from llmwizard.runner.events import Probe, Started
+
+        facts = {"strategy": "ddp", "micro_batch": 4, "grad_accum": 2, "checkpointing": False}
+        self.on_event(Probe(1, "keep", "the measured peak is within the estimate", facts, facts,
+                            expected=3 * GiB, measured=int(2.5 * GiB), worst_rank=1, ranks=2, memory_kind="cuda",
+                            step_s=0.42, final=True))
+        while not self.go_on and not (detached and detached()):
+            time.sleep(0.05)
+        self.launch = self.probed
+        self.on_event(Started("accelerate (ddp)", "accelerate", str(self.run_dir / "train.log"), 1))
+        super().run(detached)
+
+
+@pytest.mark.asyncio
+async def test_the_probe_is_shown_on_the_run_screen(gpus, tmp_path: Path, monkeypatch):
+    started: list[ProbingSession] = []
+
+    def start_session(plan, run_dir):
+        said: list = []
+        started.append(ProbingSession(plan, run_dir, said.append))
+        return started[-1], said
+
+    monkeypatch.setattr("llmwizard.wizard.core.start_session", start_session)
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await go_to(pilot, 4)
+        assert "Launch first measures it: a few real steps" in text_of(app, "#plan-probe")  # a GPU plan is probed
+        await go_to(pilot, 5)
+        await launched(pilot)  # the run screen shows while the session probes (no launch yet)
+        assert await wait_until(pilot, lambda: "probe 1: keep" in text_of(app, "#probe"), seconds=10, interval=0.1)
+        probe = text_of(app, "#probe")
+        assert "2.5 GiB" in probe and "3.0 GiB" in probe and "0.42" in probe  # what it measured and expected
+        assert "probing" in text_of(app, "#run-title") and "Probe done: keep" in text_of(app, "#nav-status")
+        assert app.running()  # quitting now asks first
+        started[0].go_on = True
+        assert await wait_until(pilot, lambda: app.state.launch is started[0].probed, seconds=10, interval=0.1)
+        app.screen._tick()
+        assert "probing" not in text_of(app, "#run-title") and not text_of(app, "#nav-status").strip()
+        started[0].stop()
+
+
+@pytest.mark.asyncio
+async def test_the_plan_says_it_will_be_probed_and_that_its_figure_is_calibrated(tmp_path: Path, monkeypatch):
+    from llmwizard.autotune import calibration
+
+    monkeypatch.setenv(calibration.CACHE_ENV, str(tmp_path / "cache"))
+    app = make_app(output=tmp_path / "runs")
+    async with app.run_test(size=(120, 36)) as pilot:  # on the CPU, no probe and no calibration: nothing said
+        await go_to(pilot, 4)
+        assert app.state.plan is not None and not app.screen.query_one("#plan-probe").display
+    store = calibration.Store.load()
+    for strategy in ("single", "ddp"):
+        store.record(calibration.Key("cpu", "llama", "lora", strategy), 1.25)
+    store.save()
+    app = make_app("--probe", output=tmp_path / "runs")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 4)
+        plan = app.state.plan
+        assert plan is not None and plan.probe and plan.estimate.calibration
+        shown = text_of(app, "#plan-probe")
+        assert "Launch first measures it: a few real steps" in shown
+        assert "calibrated from 1 probe" in shown and "x1.25" in shown
+
+
+@pytest.mark.asyncio
+async def test_an_error_is_said_once_in_the_wizards_words_and_no_dialog_reopens(gpus, tmp_path: Path,
+                                                                                 write_jsonl):
+    good = write_jsonl([{"prompt": f"q{i}", "completion": " a" * (i % 5 + 1)} for i in range(50)], "good.jsonl")
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await go_to(pilot, 3)
+        field = app.screen.query_one("#dataset")
+        field.value = str(good)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "50 (prompt / completion)" in text_of(app, "#dataset-facts")
+        assert "no dataset read yet" not in text_of(app, "#histogram")
+        field.value = str(tmp_path / "missing.jsonl")
+        for _ in range(3):  # Next again and again: the same inline message, never a dialog
+            await pilot.press("ctrl+n")
+            await settle(pilot)
+            assert app.screen.STEP == 3 and not any(type(s).__name__ == "ErrorModal" for s in app.screen_stack)
+        facts = text_of(app, "#dataset-facts")
+        assert facts.count("Dataset file not found") == 1 and "--" not in facts and "Dataset field" in facts
+        assert "no dataset read yet" in text_of(app, "#histogram")  # the old dataset's histogram is gone
+        assert "Dataset" in text_of(app, "#nav-status") and app.focused is field
+
+
+@pytest.mark.asyncio
+async def test_choosing_other_hardware_puts_the_cursor_where_the_help_says(gpus, tmp_path: Path):
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await go_to(pilot, 1)
+        screen = app.screen
+        screen.query_one("#target").focus()
+        await pilot.press("down", "space")  # choose Other hardware with the keys the help names
+        await pilot.pause()
+        help_line = text_of(app, ".help")
+        assert app.focused is screen.query_one("#spec") and "cursor is in the GPUs field" in help_line
+        await pilot.press(*"4xA100")
+        await settle(pilot)
+        assert screen.query_one("#spec").value == "4xA100" and screen.query_one("#nodes").value == "1"
+        await pilot.press("tab")  # Tab goes to nodes, as the help says; letters there go back to the GPUs field
+        assert app.focused is screen.query_one("#nodes")
+        await pilot.press(*"-80GB")
+        await settle(pilot)
+        assert screen.query_one("#spec").value == "4xA100-80GB" and app.focused is screen.query_one("#spec")
+
+
+@pytest.mark.asyncio
+async def test_two_bad_fields_are_both_named(gpus, tmp_path: Path):
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 1)
+        await pilot.click("#other")
+        screen = app.screen
+        screen.query_one("#spec").value = "4xRTX9999"
+        screen.query_one("#nodes").value = "0"
+        await settle(pilot)
+        result = text_of(app, "#spec-result")
+        assert "nodes: '0' is not allowed" in result and "GPUs: Unknown GPU model" in result
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert "nodes and GPUs" in text_of(app, "#nav-status") and app.screen.STEP == 1
+        screen.query_one("#spec").value = "2xH100-80GB"
+        screen.query_one("#nodes").value = "1"
+        await settle(pilot)
+        await go_to(pilot, 4)
+        plan_screen = app.screen
+        plan_screen.query_one("#learning-rate").value = "fast"
+        plan_screen.query_one("#epochs").value = "-1"
+        await settle(pilot)
+        verdict = text_of(app, "#memory")
+        assert "Learning rate: 'fast'" in verdict and "Epochs: '-1'" in verdict
+        for field_id in ("learning-rate", "epochs"):
+            assert plan_screen.query_one(f"#{field_id}").has_class("-refused")
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert "Learning rate, Epochs: fix or clear them" in text_of(app, "#nav-status")
+
+
+@pytest.mark.asyncio
+async def test_the_vision_tower_has_a_field_for_vision_models(tmp_path: Path):
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 2)
+        screen = app.screen
+        assert not screen.query_one("#tower-row").display  # a text model: no such field
+        screen.query_one("#model").value = "embedded:tiny-vision"
+        await pilot.pause(0.4)
+        await settle(pilot)
+        assert screen.query_one("#tower-row").display
+        screen.query_one("#vision-tower").value = True
+        await settle(pilot)
+        assert app.state.vision_tower is True
+        await go_to(pilot, 3)
+        app.screen.query_one("#dataset").value = "embedded:shapes"
+        await pilot.press("enter")
+        await settle(pilot)
+        await go_to(pilot, 4)
+        assert app.state.plan is not None and app.state.plan.train_vision_tower
+        assert app.state.goals().train_vision_tower
+
+
+def test_the_memory_bar_is_drawn_to_scale():
+    from llmwizard.wizard.widgets.memory_bar import bar_cells
+
+    # Five parts of 1% each on a 60-cell bar: 0.6 cells each, 3 cells in all, not 5.
+    assert sum(bar_cells([1.0] * 5, 5, 100, 60)) == round(5 / 100 * 60)
+    # A part below half a cell gets none; the bar's length is the total's share of the width.
+    cells = bar_cells([50, 0.4, 30], 80.4, 100, 60)
+    assert cells[1] == 0 and sum(cells) == round(80.4 / 100 * 60) and cells == [30, 0, 18]
+    # A total far below the budget: no cell at all, not one cell per part.
+    assert bar_cells([0.2, 0.2, 0.2], 0.6, 100, 60) == [0, 0, 0]
+    # Over the budget (the scale is the total) the bar fills the width exactly, whatever the parts add up to.
+    over = bar_cells([0.6, 0.1, 0.4, 3950, 340, 980], 5140, 5140, 118)
+    assert sum(over) == 118 and min(over) == 0 and over[:3] == [0, 0, 0]
+
+
+@pytest.mark.asyncio
+async def test_returning_to_a_step_gives_the_focus_back_to_its_field(gpus, tmp_path: Path):
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 4)
+        screen = app.screen
+        screen.query_one("#epochs").focus()
+        await pilot.pause()
+        await pilot.click("#next")  # Export with the mouse: the button takes the focus on the way out
+        await settle(pilot)
+        assert app.screen.STEP == 5
+        await pilot.click("#back")
+        await settle(pilot)
+        assert app.screen is screen and app.focused is screen.query_one("#epochs")
+        await pilot.press(*"3")  # typing goes on where it was
+        assert screen.query_one("#epochs").value == "3"
+        app.goto(1)
+        await settle(pilot)
+        app.screen.query_one("#nodes").focus()
+        await pilot.click("#next")
+        await settle(pilot)
+        await pilot.click("#back")
+        await settle(pilot)
+        assert app.screen.STEP == 1 and app.focused is app.screen.query_one("#nodes")

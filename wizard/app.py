@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from llmwizard.autotune.plan import Plan
     from rich.console import Console
 
+    from llmwizard.runner.engine import RunSession
     from llmwizard.runner.launch import Launch
     from llmwizard.runner.summary import Summary
     from llmwizard.wizard.core import DatasetReport, ExportResult
@@ -45,6 +46,7 @@ class WizardState:
     model_text: str = ""                         # as typed; "" is the embedded default
     model: ModelSpec | None = None
     method: str | None = None                    # None: the preset's or the planner's choice
+    vision_tower: bool | None = None             # train the vision tower too; None: the preset's or flag's
     dataset_text: str = ""
     dataset: DatasetReport | None = None
     dataset_key: tuple[str, str] | None = None   # (dataset, model) the report was made for
@@ -52,6 +54,7 @@ class WizardState:
     plan: Plan | None = None
     export: ExportResult | None = None
     exported_plan: Plan | None = None
+    session: RunSession | None = None            # the session of the last launch (probing before its launch)
     launch: Launch | None = None
     launched_dir: Path | None = None             # the run directory of the last launch
     leave_running: bool = False                  # the user quit and chose to leave the run training
@@ -64,13 +67,19 @@ class WizardState:
         return str(getattr(self.args, "output_dir", None) or "runs")
 
     def goals(self) -> Goals:
+        return self.goals_with(self.overrides)
+
+    def goals_with(self, edits: dict[str, Any]) -> Goals:
+        """The goals for these what-if edits on top of the answers of the earlier steps (the method and
+        the vision tower of step 3): the plan step re-plans with other edits to explain a refusal."""
         from llmwizard.wizard import core
 
-        return core.goals_for(self.preset, self.args, {"method": self.method, **self.overrides})
+        tower = self.vision_tower if self.model is not None and self.model.vision else None
+        return core.goals_for(self.preset, self.args, {"method": self.method, "train_vision_tower": tower, **edits})
 
     def plan_inputs(self) -> tuple[Any, ...]:
         """What the plan depends on besides the what-if edits: a change means re-planning."""
-        return (id(self.hardware), id(self.model), id(self.dataset), self.preset, self.method)
+        return (id(self.hardware), id(self.model), id(self.dataset), self.preset, self.method, self.vision_tower)
 
 
 def _screen_class(index: int) -> type:
@@ -105,6 +114,8 @@ class WizardApp(App[int]):
         # --method becomes the wizard's own answer, so picking another method on screen wins.
         self.state.method = getattr(self.state.args, "method", None)
         self.state.args.method = None
+        self.state.vision_tower = getattr(self.state.args, "train_vision_tower", None)  # the same for its box
+        self.state.args.train_vision_tower = None
         self.state.dataset_text = getattr(self.state.args, "dataset", None) or ""
         self.cursor_blink = cursor_blink
         self._screens_by_step: dict[int, Any] = {}
@@ -118,10 +129,19 @@ class WizardApp(App[int]):
             self.install_screen(self._screens_by_step[index], STEPS[index].lower())
         return self._screens_by_step[index]
 
+    def fresh_run_screen(self) -> Any:
+        """A new run screen for a new launch: nothing of the last run (its figures, plot, summary,
+        status line) can stay on it. The old one is off the screen stack while the launch step shows."""
+        last = len(STEPS) - 1
+        old = self._screens_by_step.pop(last, None)
+        if old is not None and old not in self.screen_stack:
+            self.uninstall_screen(old)
+        return self.step_screen(last)
+
     def goto(self, index: int) -> None:
         """Show step `index` (0-based); a step is reachable once every step before it was."""
         index = max(0, min(index, len(STEPS) - 1))
-        if index > self.state.reached + 1 or (index == len(STEPS) - 1 and self.state.launch is None):
+        if index > self.state.reached + 1 or (index == len(STEPS) - 1 and self.state.session is None):
             return
         self.state.reached = max(self.state.reached, index)
         screen = self.step_screen(index)
@@ -135,19 +155,22 @@ class WizardApp(App[int]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "watch_run":  # shown in the footer of every step once a run was launched
-            return self.state.launch is not None and getattr(self.screen, "STEP", None) != len(STEPS) - 1
+            return self.state.session is not None and getattr(self.screen, "STEP", None) != len(STEPS) - 1
         return True
 
     def action_watch_run(self) -> None:
         """The live run, from any step (Ctrl+R); a dialog that is open answers first."""
         from textual.screen import ModalScreen
 
-        if self.state.launch is not None and not isinstance(self.screen, ModalScreen):
+        if self.state.session is not None and not isinstance(self.screen, ModalScreen):
             self.goto(len(STEPS) - 1)
 
     def running(self) -> bool:
+        """A run trains, or its session probes the plan before launching it."""
         launch = self.state.launch
-        return launch is not None and launch.process is not None and launch.poll() is None
+        if launch is not None and launch.process is not None:
+            return launch.poll() is None
+        return self.state.session is not None and self.state.ended is None and not self.state.stopped
 
     async def action_quit(self) -> None:
         if not self.running():
@@ -182,6 +205,9 @@ class WizardApp(App[int]):
 
 def follow_hint(run_dir: Path) -> str:
     """What to type to follow a run the wizard left training."""
+    from shlex import quote  # the paths as a shell reads them back (spaces, `$`, quotes)
+
+    where, parent = quote(str(run_dir)), quote(str(run_dir.parent))
     return (f"The run keeps training in {run_dir} (train.log and metrics.jsonl there).\n"
             f"  follow it:     llmwizard watch {where}\n"
             f"  all runs:      llmwizard status {parent}\n"
@@ -205,9 +231,6 @@ def run_app(args: argparse.Namespace) -> int:
     Closing the terminal (SIGHUP) stops a run with a checkpoint unless the user chose "Leave
     running"; leaving it running prints how to follow it."""
     import signal
-    from shlex import quote  # the paths as a shell reads them back (spaces, `$`, quotes)
-
-    where, parent = quote(str(run_dir)), quote(str(run_dir.parent))
 
     app = WizardApp(args)
     hung_up = False

@@ -56,7 +56,9 @@ def test_plan_that_does_not_fit(snap_compare, monkeypatch: pytest.MonkeyPatch, t
                         run_before=run_before)
 
 
-def test_error_dialog(snap_compare, tmp_path: Path):
+def test_dataset_error_inline(snap_compare, tmp_path: Path):
+    """A dataset that cannot be read: its error once, under the field, in the wizard's words; no dialog."""
+
     async def run_before(pilot) -> None:
         await go_to(pilot, 3)
         pilot.app.screen.query_one("#dataset").value = "data/missing.jsonl"

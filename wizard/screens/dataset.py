@@ -55,6 +55,8 @@ def dataset_facts(report: DatasetReport) -> Table:
 
 class DatasetScreen(StepScreen):
     STEP = 3
+    ERROR_PLACE = "#dataset-facts"
+    ERROR_FIELD = "#dataset"
     HELP = ("A .jsonl/.json/.csv/.parquet file or a Hugging Face dataset name; empty uses the bundled "
             "arithmetic set. Enter reads it with the model's tokenizer.")
 
@@ -74,17 +76,17 @@ class DatasetScreen(StepScreen):
         self.query_one("#dataset", Input).focus()
 
     def on_screen_resume(self) -> None:
-        """Read the dataset when the screen first shows or the model (its tokenizer) changed;
-        not when a dialog closes, or a failed read would reopen its own error forever."""
+        """Read the dataset when the screen first shows or the model (its tokenizer) changed; not
+        again for a read that failed (its error is shown where the field is, and stays until the
+        text changes and Enter or Next reads it)."""
         super().on_screen_resume()
         key = self._key()
         if self.state.dataset is not None and self.state.dataset_key == key:
             self._show(self.state.dataset)
         elif self._last_read != key:
             self.read_dataset(*key)
-        else:  # that read failed (its error was just shown)
-            self.query_one("#dataset-facts", Static).update(
-                Text("Could not read it: change the path or name and press Enter.", style="yellow"))
+        else:  # that read failed: nothing of an older dataset stays in view
+            self.query_one(TokenHistogram).show([])
 
     def _key(self) -> tuple[str, str]:
         model = self.state.model.name if self.state.model is not None else ""
@@ -121,7 +123,14 @@ class DatasetScreen(StepScreen):
     @on(Input.Submitted, "#dataset")
     def submitted(self) -> None:
         self.query_one("#dataset-facts", Static).update(Text("Reading the dataset ...", style="dim"))
+        self.query_one(TokenHistogram).show([])  # the old dataset's lengths are not this one's
         self.read_dataset(*self._key())
+
+    def show_error(self, title: str, message: str, fix: str | None) -> None:
+        """A dataset that cannot be read: its error where the facts were, and no histogram of the
+        dataset read before."""
+        super().show_error(title, message, fix)
+        self.query_one(TokenHistogram).show([])
 
     @on(DatasetProfiled)
     def profiled(self, message: DatasetProfiled) -> None:

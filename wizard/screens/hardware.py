@@ -16,7 +16,7 @@ from textual.validation import Integer
 from textual.widgets import Input, Label, RadioButton, RadioSet, Static
 
 from llmwizard.wizard.messages import HardwareDetected, HardwareResolved
-from llmwizard.wizard.screens.base import StepScreen
+from llmwizard.wizard.screens.base import StepScreen, error_parts, error_text
 
 if TYPE_CHECKING:
     from llmwizard.autotune.hardware import HardwareProfile
@@ -80,30 +80,48 @@ class SpecInput(Input):
 
 
 class NodesInput(Input):
-    """The nodes field. Letters typed here were meant for the GPUs field (off while planning for this
-    machine): the typing is undone and the screen says how to describe other hardware."""
+    """The nodes field. Letters typed here were meant for the GPUs field: the typing is undone here,
+    and what was typed since the field took the focus goes to the GPUs field (with Other hardware
+    chosen; keys typed ahead before the focus moves follow it), or the screen says how to describe
+    other hardware."""
 
     typed_from = "1"
+    typed = ""              # printable keys since the focus came here
+    redirecting = False     # a letter was typed: every key goes to the GPUs field until the focus leaves
 
     def _on_focus(self, event: events.Focus) -> None:
-        self.typed_from = self.value
+        self.typed_from, self.typed, self.redirecting = self.value, "", False
         super()._on_focus(event)
 
     async def _on_key(self, event: events.Key) -> None:
-        if event.is_printable and event.character and not event.character.isdigit():
+        character = event.character if event.is_printable and event.character else ""
+        if character and (self.redirecting or not character.isdigit()):
             event.prevent_default()
             event.stop()
+            carried = "" if self.redirecting else self.typed
             self.value = self.typed_from
-            self.screen.nodes_typed_letters()  # type: ignore[attr-defined]
-            self.screen.query_one("#target").focus()  # the rest of what is typed does not land here
+            self.redirecting = True
+            self.screen.nodes_typed_letters(carried + character)  # type: ignore[attr-defined]
             return
+        self.typed += character
         await super()._on_key(event)
+
+    def _on_blur(self, event: events.Blur) -> None:
+        self.redirecting = False
+        super()._on_blur(event)
+
+
+HELP_THIS = ("Plan for this machine or for Other hardware (exported to start there). ←→ choose, Space picks; "
+             "Other hardware puts the cursor in its GPUs field.")
+HELP_OTHER = ("Other hardware: type the GPUs, e.g. 4xRTX4090 (the cursor is in the GPUs field); Tab moves to "
+              "nodes.")
 
 
 class HardwareScreen(StepScreen):
     STEP = 1
-    HELP = ("Plan for this machine, or describe other hardware (the run is then exported to start "
-            "there). Tab moves between fields.")
+    HELP = HELP_THIS
+    ERROR_PLACE = "#spec-result"
+    ERROR_FIELD = "#spec"
 
     def body(self) -> ComposeResult:
         with VerticalScroll(id="detected-box"):
@@ -114,7 +132,7 @@ class HardwareScreen(StepScreen):
         with Horizontal(id="spec-row", classes="form-row"):
             yield Label("GPUs", id="spec-label", classes="field-label")
             yield SpecInput(self.state.gpu_spec, placeholder="4xRTX4090, 8xH100-80GB, 2x24GB, cpu", id="spec",
-                        compact=True)
+                            compact=True, select_on_focus=False)  # typing coming back here continues the text
             yield Label("nodes", classes="field-label")
             yield NodesInput(str(self.state.nodes), id="nodes", classes="num", compact=True, type="integer",
                         validators=[Integer(minimum=1, maximum=4096)])
@@ -126,6 +144,8 @@ class HardwareScreen(StepScreen):
 
         self.query_one("#spec", Input).suggester = SuggestFromList(core.gpu_spec_examples(), case_sensitive=False)
         self._show_target()
+        # The keys the help names work at once: on the choice, or in the GPUs field when it is chosen.
+        self.query_one("#spec" if self.state.other_hardware else "#target").focus()
         if self.state.detected is None:
             self.detect()
         else:
@@ -173,17 +193,31 @@ class HardwareScreen(StepScreen):
 
     OFF_HINT = "For other GPUs, pick Other hardware above first."
 
+    def help_agrees(self) -> None:
+        """The help line says where the cursor is and where Tab goes, for the choice made."""
+        self.query_one(".help", Static).update(HELP_OTHER if self.state.other_hardware else HELP_THIS)
+
     def spec_off_clicked(self) -> None:
         """A click on the GPUs field while it is off says how to turn it on."""
         self.query_one("#target", RadioSet).focus()
         self.set_status(self.OFF_HINT, "warning")
 
-    def nodes_typed_letters(self) -> None:
+    def nodes_typed_letters(self, typed: str) -> None:
+        """Letters typed in nodes were meant for the GPUs field: with Other hardware chosen they go
+        there (and the cursor with them), else the choice takes the focus and the status says why."""
         self.set_status("nodes is a whole number. " + (self.OFF_HINT if not self.state.other_hardware
-                                                       else "Type GPUs in the GPUs field."), "warning")
+                                                       else "What you type goes to the GPUs field."), "warning")
+        if self.state.other_hardware:
+            spec = self.query_one("#spec", Input)
+            spec.focus()
+            spec.cursor_position = len(spec.value)  # after what is there: the letters continue it
+            spec.insert_text_at_cursor(typed)
+        else:
+            self.query_one("#target").focus()
 
     def _show_target(self) -> None:
         other = self.state.other_hardware
+        self.help_agrees()
         self.query_one("#spec", Input).disabled = not other
         self.query_one("#spec-label").set_class(not other, "-off")
         if other:
@@ -197,17 +231,26 @@ class HardwareScreen(StepScreen):
     def _spec_typed(self) -> None:
         self.set_status("")  # a hint about letters typed in the nodes field is answered
 
+    def _nodes_problem(self) -> str | None:
+        """What is wrong with the nodes field, or None."""
+        nodes = self.query_one("#nodes", Input)
+        if nodes.is_valid:
+            return None
+        return f"nodes: '{nodes.value}' is not allowed; use a whole number, 1 or more."
+
     @on(Input.Changed, "#spec, #nodes")
     def _changed(self) -> None:
+        """Check both fields as they are typed: a bad nodes value does not hide what the GPUs field
+        says (each problem is named)."""
         spec = self.query_one("#spec", Input).value.strip()
-        nodes_input = self.query_one("#nodes", Input)
-        if not nodes_input.is_valid:
-            self.query_one("#spec-result", Static).update(Text("nodes: a whole number, 1 or more", style="red"))
-            return
-        self.state.nodes = int(nodes_input.value or 1)
+        problem = self._nodes_problem()
+        if problem is None:
+            self.state.nodes = int(self.query_one("#nodes", Input).value or 1)
         self.state.gpu_spec = spec
         if self.state.other_hardware and spec:
             self.resolve(spec, self.state.nodes)
+        elif problem is not None:
+            self.query_one("#spec-result", Static).update(Text(problem, style="red"))
         elif self.state.other_hardware:
             self.query_one("#spec-result", Static).update(Text("Describe the GPUs, e.g. 4xRTX4090.", style="dim"))
         else:
@@ -218,19 +261,27 @@ class HardwareScreen(StepScreen):
         result = self.query_one("#spec-result", Static)
         if message.spec != self.state.gpu_spec and not message.advance:
             return  # an older keystroke
+        self.spec_error = message.error
+        problem = self._nodes_problem()
+        shown = Text(problem + "\n", style="red") if problem else Text()
         if message.hardware is None:
             assert message.error is not None
-            fix = f"  {message.error.fix}" if message.error.fix else ""
-            result.update(Text(message.error.message + fix, style="red"))
+            _, text, fix = error_parts(message.error)
+            result.update(shown + error_text(f"GPUs: {text}", fix))
             return
-        result.update(Text("Plan for: " + message.hardware.describe(), style="green"))
+        result.update(shown + Text("Plan for: " + message.hardware.describe(), style="green"))
         if message.advance:
             self.state.hardware = message.hardware
             self.wizard.goto(self.STEP + 1)
 
+    spec_error: object | None = None   # the GPUs field's last error as typed, or None
+
     def action_next(self) -> None:
-        if not self.query_one("#nodes", Input).is_valid:
+        if self._nodes_problem() is not None:
+            bad = ["nodes"] + (["GPUs"] if self.state.other_hardware and self.spec_error is not None else [])
             self.query_one("#nodes", Input).focus()
+            self.set_status(f"Fix {' and '.join(bad)}: the message above says what each allows.", "error")
+            self._changed()
             return
         if self.state.other_hardware:
             spec = self.query_one("#spec", Input).value.strip()

@@ -18,7 +18,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Button, Static
 
 from llmwizard.wizard.messages import Exported, RunStarted
-from llmwizard.wizard.screens.base import StepScreen
+from llmwizard.wizard.screens.base import StepScreen, error_text
 
 if TYPE_CHECKING:
     from llmwizard.autotune.plan import Plan
@@ -53,6 +53,7 @@ def export_text(result: ExportResult, launchable: bool, hardware: str, running: 
 class LaunchScreen(StepScreen):
     STEP = 5
     NEXT_LABEL = "Launch"
+    ERROR_PLACE = "#export"
     BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+n", "next", "Launch", priority=True),
                                              Binding("ctrl+n", "watch", "Watch run", priority=True)]
 
@@ -80,6 +81,14 @@ class LaunchScreen(StepScreen):
                      style="yellow"))
         else:
             self._export(state.plan)
+
+    def show_error(self, title: str, message: str, fix: str | None) -> None:
+        """The run directory could not be written, or the run could not start: said once, here, with
+        what to do next; Launch stays off until Back and Export (or Launch on a fresh export) again."""
+        super().show_error(title, message, fix)
+        self.query_one("#export", Static).update(
+            error_text(message, fix) + Text("\n\nFix the cause, then Back and Export again.", style="yellow"))
+        self.query_one("#next", Button).disabled = True
 
     def _export(self, plan: Plan) -> None:
         button = self.query_one("#next", Button)
@@ -185,11 +194,12 @@ class LaunchScreen(StepScreen):
 
     @on(RunStarted)
     def started(self, message: RunStarted) -> None:
-        self.state.launch = message.session.launch
+        self.state.session = message.session
+        self.state.launch = message.session.launch  # None while the session probes the plan first
         self.state.launched_dir = message.session.run_dir
         self.state.stopped = False
         self.state.leave_running = False
         self.state.ended = None
-        self.wizard.step_screen(self.STEP + 1).watch_session(message.session, message.said)
+        self.wizard.fresh_run_screen().watch_session(message.session, message.said)
         self.set_status("")
         self.wizard.goto(self.STEP + 1)

@@ -12,11 +12,11 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.suggester import SuggestFromList
 from textual.timer import Timer
-from textual.widgets import Input, Label, OptionList, RadioButton, RadioSet, Static
+from textual.widgets import Checkbox, Input, Label, OptionList, RadioButton, RadioSet, Static
 from textual.widgets.option_list import Option
 
 from llmwizard.wizard.messages import Completions, ModelLoaded
-from llmwizard.wizard.screens.base import StepScreen
+from llmwizard.wizard.screens.base import StepScreen, error_parts, error_text
 from llmwizard.wizard.screens.hardware import Choice
 
 if TYPE_CHECKING:
@@ -58,8 +58,18 @@ def model_facts(model: ModelSpec) -> Table:
     return table
 
 
+class TowerBox(Checkbox):
+    """The vision tower box, read without colour: a tick when on, blank when off."""
+
+    @property
+    def BUTTON_INNER(self) -> str:  # type: ignore[override]  # noqa: N802
+        return "✓" if self.value else " "
+
+
 class ModelScreen(StepScreen):
     STEP = 2
+    ERROR_PLACE = "#model-facts"
+    ERROR_FIELD = "#model"
     BINDINGS: ClassVar[list[BindingType]] = [Binding("down", "matches", "Matches", show=False)]
     HELP = ("Type a model name from the catalog or a local directory with config.json; → accepts the "
             "suggestion, ↓ picks from the matches. Then choose how to train it.")
@@ -78,12 +88,17 @@ class ModelScreen(StepScreen):
                 for key, label in METHODS.items():
                     yield Choice(label, id=key, value=key == chosen)
         yield Static(id="method-help", classes="detail")
+        with Horizontal(id="tower-row", classes="form-row"):  # shown for vision-language models only
+            yield Label("Vision", classes="field-label")
+            yield TowerBox("train the vision tower too (full fine-tuning trains it anyway)",
+                           self._tower_default(), id="vision-tower", compact=True)
 
     def on_mount(self) -> None:
         super().on_mount()
         self._timer: Timer | None = None
 
         self._show_method()
+        self.query_one("#tower-row").display = False
         self.lookup(self.state.model_text)
         self.query_one("#model", Input).focus()
 
@@ -91,6 +106,18 @@ class ModelScreen(StepScreen):
         super().on_screen_resume()
         if self.state.method is None:  # the preset may have changed: show its method
             self.query_one(f"#{self._default_method()}", RadioButton).value = True
+
+    def _tower_default(self) -> bool:
+        """The box as the user left it, else as the preset (or --train-vision-tower) sets it."""
+        if self.state.vision_tower is not None:
+            return self.state.vision_tower
+        from llmwizard.wizard import core
+
+        return bool(core.goals_for(self.state.preset, None).train_vision_tower)
+
+    @on(Checkbox.Changed, "#vision-tower")
+    def tower_changed(self, event: Checkbox.Changed) -> None:
+        self.state.vision_tower = event.value
 
     def _default_method(self) -> str:
         """What the preset (or the planner) would choose: picking it leaves the choice to them."""
@@ -146,10 +173,12 @@ class ModelScreen(StepScreen):
         facts = self.query_one("#model-facts", Static)
         if message.model is None:
             assert message.error is not None
-            facts.update(Text(message.error.message + (f"\n{message.error.fix}" if message.error.fix else ""),
-                              style="red"))
+            _, text, fix = error_parts(message.error)
+            facts.update(error_text(text, fix))
+            self.query_one("#tower-row").display = False
             return
         facts.update(model_facts(message.model))
+        self.query_one("#tower-row").display = message.model.vision is not None
         if message.advance:
             if self.state.model is None or self.state.model_text != message.name:
                 self.state.model, self.state.model_text = message.model, message.name

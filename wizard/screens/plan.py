@@ -108,6 +108,21 @@ def reasons_table(plan: Plan) -> Table:
     return table
 
 
+def probe_text(plan: Plan) -> Text:
+    """Whether the run probes this plan first, and whether earlier probes calibrated its figure:
+    both change what the user will see happen (a micro-batch may change; the figure is scaled)."""
+    text = Text()
+    if plan.probe:
+        text.append("probe ", style="bold")
+        text.append("Launch first measures it: a few real steps on the longest rows")
+    if plan.estimate.calibration:  # "calibrated from 3 probes on this machine: x1.07"
+        if text:
+            text.append("\n")
+        text.append(plan.estimate.calibration, style="bold")
+        text.append(" (measured / expected peak)")
+    return text
+
+
 def warnings_text(plan: Plan) -> Text:
     """The plan's warnings, above the reasons where they are seen without scrolling."""
     from llmwizard.wizard import core
@@ -125,6 +140,7 @@ class PlanScreen(StepScreen):
 
         yield Static("Planning ...", id="plan-summary")
         yield MemoryBar(id="memory")
+        yield Static(id="plan-probe")
         yield Static(id="plan-problem", classes="problem")
         yield Static(id="plan-warnings")
         with Horizontal(classes="form-row"):
@@ -134,8 +150,8 @@ class PlanScreen(StepScreen):
             yield Label("checkpointing", id="label-checkpointing", classes="field-label")
             yield Select(CHECKPOINTING, value=AUTO, allow_blank=False, id="checkpointing", compact=True)
             yield Label("strategy", id="label-strategy", classes="field-label")
-            yield Select([("auto", AUTO)] + [(STRATEGY_WORDS.get(name, name), name) for name in core.strategy_choices()],
-                         value=AUTO, allow_blank=False, id="strategy", compact=True)
+            strategies = [(STRATEGY_WORDS.get(name, name), name) for name in core.strategy_choices()]
+            yield Select([("auto", AUTO)] + strategies, value=AUTO, allow_blank=False, id="strategy", compact=True)
         with Horizontal(classes="form-row"):
             for field_id, name in NUMBER_FIELDS[1:]:
                 yield Label(FIELD_LABELS[field_id].replace("Learning rate", "learning rate")
@@ -217,9 +233,7 @@ class PlanScreen(StepScreen):
 
         state = self.state
         assert state.hardware is not None and state.model is not None and state.dataset is not None
-
-        def goals_with(edits: dict[str, Any]) -> Any:
-            return core.goals_for(state.preset, state.args, {"method": state.method, **edits})
+        goals_with = state.goals_with
 
         try:
             plan = core.make_plan(state.hardware, state.model, state.dataset, goals_with(overrides))
@@ -246,6 +260,9 @@ class PlanScreen(StepScreen):
         warnings = self.query_one("#plan-warnings", Static)
         warnings.update(warnings_text(plan))
         warnings.display = bool(plan.warnings)
+        probe = self.query_one("#plan-probe", Static)
+        probe.update(probe_text(plan))
+        probe.display = bool(probe_text(plan))
         placeholders = {"micro-batch": plan.micro_batch, "lora-r": plan.lora.r if plan.lora else None,
                         "learning-rate": plan.learning_rate, "epochs": plan.epochs,
                         "max-steps": plan.max_steps if plan.max_steps > 0 else None}
@@ -270,7 +287,9 @@ class PlanScreen(StepScreen):
         self.set_status("Export is off until a plan stands.", "warning")
 
     def _hide_warnings(self) -> None:
+        """The warnings and the probe line belong to a plan: hidden while none stands."""
         self.query_one("#plan-warnings").display = False
+        self.query_one("#plan-probe").display = False
 
     def _show_fix(self, fix: str | None) -> None:
         problem = self.query_one("#plan-problem", Static)
@@ -289,20 +308,40 @@ class PlanScreen(StepScreen):
             label.update(f"✗ {words}" if refused else words)
             label.set_class(refused, "-refused")
 
-    def field_problem(self, field_id: str, error: ValueError) -> None:
-        """An edit that is not a value: no plan stands (a plan in flight is dropped) until it is fixed
-        or cleared, and the verdict line says so."""
+    def bad_fields(self) -> list[tuple[str, ValueError]]:
+        """Every typed field whose text is not a value its rule allows, in screen order (all of them,
+        so a second bad field is named with the first)."""
+        from llmwizard.wizard import core
+
+        bad: list[tuple[str, ValueError]] = []
+        for field_id, name in NUMBER_FIELDS:
+            text = self.query_one(f"#{field_id}", Input).value.strip()
+            if text:
+                try:
+                    core.parse_goal_value(name, text)
+                except ValueError as exc:
+                    bad.append((field_id, exc))
+        return bad
+
+    def field_problem(self, bad: list[tuple[str, ValueError]]) -> None:
+        """Edits that are not values: no plan stands (a plan in flight is dropped) until each is fixed
+        or cleared, and the verdict names every one of them."""
         self.serial += 1
         self.state.plan = None
         self.refusal = None
-        label = FIELD_LABELS.get(field_id, field_id.replace("-", " "))
-        self.field_error = f"{label}: {error}"
-        self.query_one(MemoryBar).show(None, headline=Text(f"{label}: {error}.", style="bold red"))
-        self._show_fix("type an allowed value, or clear the field to let the planner decide.")
-        self._mark_refused([field_id])
+        lines = [f"{FIELD_LABELS.get(field_id, field_id.replace('-', ' '))}: {error}." for field_id, error in bad]
+        self.field_error = " ".join(lines)
+        self.query_one(MemoryBar).show(None, headline=Text("\n".join(lines), style="bold red"))
+        self._show_fix(("type an allowed value in each, or clear it" if len(bad) > 1 else
+                        "type an allowed value, or clear the field") + " to let the planner decide.")
+        self._mark_refused([field_id for field_id, _ in bad])
         self._hide_warnings()
         self.show_last_plan()
-        self.set_status(f"{label}: not an allowed value", "warning")
+        self.set_status(f"{self._names(bad)}: not an allowed value", "warning")
+
+    @staticmethod
+    def _names(bad: list[tuple[str, ValueError]]) -> str:
+        return ", ".join(FIELD_LABELS.get(field_id, field_id) for field_id, _ in bad)
 
     def show_last_plan(self) -> None:
         """While no plan stands, the summary line shows the last one that worked for these inputs
@@ -324,15 +363,14 @@ class PlanScreen(StepScreen):
         overrides: dict[str, Any] = {}
         from llmwizard.wizard import core
 
+        bad = self.bad_fields()
+        if bad:
+            self.field_problem(bad)
+            return
         for field_id, name in NUMBER_FIELDS:
             text = self.query_one(f"#{field_id}", Input).value.strip()
-            if not text:
-                continue
-            try:
+            if text:
                 overrides[name] = core.parse_goal_value(name, text)
-            except ValueError as exc:
-                self.field_problem(field_id, exc)
-                return
         checkpointing = self.query_one("#checkpointing", Select).value
         if checkpointing != AUTO:
             overrides["checkpointing"] = checkpointing == "on"
@@ -356,18 +394,12 @@ class PlanScreen(StepScreen):
             self.replan()
 
     def action_next(self) -> None:
-        from llmwizard.wizard import core
-
-        for field_id, name in NUMBER_FIELDS:  # never export the last valid plan under an invalid field
-            field = self.query_one(f"#{field_id}", Input)
-            try:
-                if field.value.strip():
-                    core.parse_goal_value(name, field.value)
-            except ValueError:
-                label = FIELD_LABELS.get(field_id, field_id)
-                self.set_status(f"{label}: fix or clear it to export", "error")
-                field.focus()
-                return
+        bad = self.bad_fields()  # never export the last valid plan under an invalid field
+        if bad:
+            self.set_status(f"{self._names(bad)}: fix or clear {'them' if len(bad) > 1 else 'it'} to export",
+                            "error")
+            self.query_one(f"#{bad[0][0]}", Input).focus()
+            return
         if self.state.plan is not None:
             self.wizard.goto(self.STEP + 1)
             return

@@ -94,6 +94,7 @@ class RunScreen(StepScreen):
         yield ProgressBar(id="progress", show_eta=False)
         yield Static(id="run-metrics")
         yield Static(id="report-link")
+        yield Static(id="probe")
         yield LossPlot(id="loss")
         yield Static(id="recovery")
         yield Static(id="diagnostics")
@@ -105,7 +106,10 @@ class RunScreen(StepScreen):
         self.state_snapshot: RunState | None = None
         self.findings: list[Any] = []
         self.recoveries: list[Text] = []
+        self.probes: list[events.Probe] = []
         self.end_event: Event | None = None
+        self.began = time.monotonic()  # when the session was handed over: the probe's clock
+        self.query_one("#probe", Static).display = False
         self.set_interval(1.0, self._tick)
         self.query_one("#next", Button).variant = "error"
 
@@ -119,6 +123,7 @@ class RunScreen(StepScreen):
             return
         session, said = self.pending
         self.pending = None
+        self.began = time.monotonic()
         self.session, self.ended, self.end_event = session, False, None
         self.state_snapshot, self.findings, self.recoveries = None, [], []
         for widget in ("#summary", "#recovery"):
@@ -128,6 +133,8 @@ class RunScreen(StepScreen):
         self.query_one("#progress", ProgressBar).update(total=None, progress=0)
         button = self.query_one("#next", Button)
         button.label, button.variant, button.disabled = "Stop", "error", False
+        if getattr(session, "probe", False) and session.launch is None:
+            self.set_status("Probing the plan before the run: a few real steps on the longest rows.")
         for event in said:
             self.show(event)
         self._tick()
@@ -168,6 +175,8 @@ class RunScreen(StepScreen):
         if self.session is not None:
             self.state.launch = self.session.launch  # the attempt now running
             self.query_one("#report-link", Static).update(report_link(self.session.run_dir))
+        if event.attempt == 1 and self.probes:
+            self.set_status("")  # the probe's status line is answered: the run itself starts
         if event.attempt > 1:
             self._recovery(Text(f"Attempt {event.attempt}: {event.plan}", style="dim"))
 
@@ -178,12 +187,18 @@ class RunScreen(StepScreen):
             self._recovery(Text(event.message))
 
     def _on_probe(self, event: events.Probe) -> None:
-        """A round of the probe, before the live view: its verdict in the console's words."""
-        from llmwizard.runner.live import probe_line
+        """A round of the probe, before the run: what it measured and its verdict, as the console's
+        table (one row per round) and the round's line in the console's words."""
+        from llmwizard.runner.live import probe_line, probe_table
 
-        self._recovery(Text(probe_line(event), style="green" if event.verdict == "keep" else "yellow"))
-        if event.final and event.step_s:
+        self.probes.append(event)
+        widget = self.query_one("#probe", Static)
+        line = Text(probe_line(event), style="green" if event.verdict == "keep" else "yellow")
+        widget.update(Group(probe_table(self.probes), line))
+        widget.display = True
+        if event.final and event.verdict not in ("stopped", "failed", "give_up"):
             self.set_status(f"Probe done: {event.verdict}; launching the run ...")
+        self._tick()
 
     def _on_stopping(self, event: events.Stopping) -> None:
         self.set_status("Killing the run ..." if event.force else
@@ -215,12 +230,17 @@ class RunScreen(StepScreen):
         from llmwizard.wizard import core
 
         launch, state = self.state.launch, self.state_snapshot
-        if self.session is None or launch is None:
+        if self.session is None:
             return
         plan = self.session.plan
         title = Text(plan.name, style="bold")
         if self.ended:
             pass
+        elif launch is None:  # the session probes the plan before launching it
+            since = core.format_seconds(time.monotonic() - self.began)
+            done = f" | round {len(self.probes)} done" if self.probes else ""
+            title.append(f"   probing ({since}): a few real steps on the longest rows check the plan{done}",
+                         style="dim")
         elif state is None or not state.began:
             line = own_line(launch.log_tail(40)) if launch.process is not None else None
             since = core.format_seconds(time.monotonic() - launch.started)
@@ -241,6 +261,8 @@ class RunScreen(StepScreen):
         if self.state_snapshot is not None:
             state = self.state_snapshot
             self.query_one("#progress", ProgressBar).update(total=max(1, state.max_steps), progress=state.step)
+        else:  # ended before its first step (stopped during the probe, say): no step was done
+            self.query_one("#progress", ProgressBar).update(total=1, progress=0)
         summary = self.query_one("#summary", Static)
         summary.update(core.summary_view(event.summary))
         summary.display = True

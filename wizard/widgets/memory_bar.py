@@ -1,7 +1,9 @@
 """Per-device memory as one bar split by component, against the budget.
 
 The scale is the budget, or the total when the setup is over budget, so an overflow shows as
-a bar that runs past the budget mark. Colours match the headless report (llmwizard.wizard.report).
+a bar that runs past the budget mark. Every part is drawn to that scale (`bar_cells`): a part
+below half a cell is not drawn (the legend still gives its figure). Colours match the headless
+report (llmwizard.wizard.report).
 """
 
 from __future__ import annotations
@@ -17,6 +19,24 @@ from llmwizard.wizard.report import COLORS, COMPONENTS, size_text
 
 if TYPE_CHECKING:
     from llmwizard.autotune.memory import MemoryEstimate
+
+
+def bar_cells(parts: list[float], total: float, scale: float, width: int) -> list[int]:
+    """Cells per part of a bar `width` cells long for `scale` bytes, drawn to scale: the bar is the
+    total's share of the width (rounded; the total is the peak, which need not be the parts' sum),
+    the parts split it by their shares, and a part below half a cell takes none, so small figures
+    never look large. Cells left by rounding go to the parts of at least half a cell whose exact
+    share lost most (largest remainder)."""
+    length = min(width, round(total / scale * width)) if scale > 0 and total > 0 else 0
+    whole = sum(max(0.0, part) for part in parts)
+    exact = [max(0.0, part) / whole * length if whole > 0 else 0.0 for part in parts]
+    cells = [int(share) if share >= 0.5 else 0 for share in exact]
+    visible = sorted((i for i, share in enumerate(exact) if share >= 0.5),
+                     key=lambda i: exact[i] - cells[i], reverse=True)
+    while visible and sum(cells) < length:
+        for i in visible[:length - sum(cells)]:
+            cells[i] += 1
+    return cells
 
 
 class MemoryBar(Widget):
@@ -60,11 +80,8 @@ class MemoryBar(Widget):
         text.append("\n")
         budget_cell = min(width - 1, round(est.budget / scale * width))
         used = 0
-        for name in COMPONENTS:
-            cells = round(getattr(est, name) / scale * width)
-            if getattr(est, name) > 0 and cells == 0 and used < width:
-                cells = 1  # a component that exists is never invisible
-            cells = min(cells, width - used)
+        parts = [getattr(est, name) for name in COMPONENTS]
+        for name, cells in zip(COMPONENTS, bar_cells(parts, est.total, scale, width), strict=True):
             text.append("█" * cells, style=COLORS[name])
             used += cells
         if used < width:
