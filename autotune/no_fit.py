@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from llmwizard.autotune.activations import LIGER_MODELS
 from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.gpu_catalog import HOST_RAM_USABLE
 from llmwizard.autotune.hardware_types import GiB, HardwareProfile
 from llmwizard.autotune.memory import estimate
 from llmwizard.autotune.model_types import ModelSpec
@@ -44,9 +45,9 @@ def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, 
     for more GPUs than one (AdaLomo runs on one GPU only; default: `lean`)."""
     lean = lean or {}
     sharded_lean = lean if lean_sharded is None else lean_sharded
-    sharded = replace(base, micro_batch=1, checkpointing=True, **sharded_lean)  # type: ignore[arg-type]
-    smallest = replace(base, strategy="zero3" if world > 1 else "single", micro_batch=1, checkpointing=True,
-                       **lean)  # type: ignore[arg-type]
+    sharded = replace(base, **{"micro_batch": 1, "checkpointing": True, **sharded_lean})  # type: ignore[arg-type]
+    smallest = replace(base, **{"strategy": "zero3" if world > 1 else "single", "micro_batch": 1,  # type: ignore[arg-type]
+                                "checkpointing": True, **lean})
     est = estimate(model, smallest, budget)
     suggestions = []
     if base.method != "qlora" and hardware.device == "cuda":
@@ -65,9 +66,12 @@ def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, 
                                            gpus_per_node=hardware.gpus_per_node, optimizer=base.optimizer,
                                            precision=base.precision), budget)
         if offload.total <= limit and offload.host_ram > hardware.host_ram_available:
-            need = math.ceil(offload.host_ram / GiB / 16) * 16
+            # ",ram=" takes a machine's total RAM, of which HOST_RAM_USABLE is planned on: ask for
+            # the total whose usable share holds the offload.
+            need = math.ceil(offload.host_ram / HOST_RAM_USABLE / GiB / 16) * 16
             suggestions.append(f"fits with ZeRO-3 and CPU offload on a host with {need} GiB of RAM per machine "
-                               f"({hardware.host_ram_available / GiB:.0f} GiB here; with --gpus add ',ram={need}GB')")
+                               f"({offload.host_ram / GiB:.0f} GiB of it used; {hardware.host_ram_available / GiB:.0f} "
+                               f"GiB usable here; with --gpus add ',ram={need}GB')")
     if hardware.device == "cuda" and not base.liger and model.model_type in LIGER_MODELS:
         liger = estimate(model, replace(smallest, liger=True), budget)
         if liger.total <= limit:

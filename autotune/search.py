@@ -368,9 +368,13 @@ def _does_not_fit(space: SearchSpace, goals: Goals) -> UserError:
         if alternative is not None:
             asked = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in forced.items())
             # (GaLore, APOLLO and AdaLomo rule out the other layouts nothing_fits would name)
+            # what would fit keeping the asked knobs: priced at the asked micro-batch, checkpointing,
+            # optimizer and precision (the strategy and offload are what each suggestion varies)
+            kept = {key: value for key, value in forced.items()
+                    if key in ("micro_batch", "checkpointing", "optimizer", "precision")}
             keeping = "" if forced.get("optimizer") in (*LOW_RANK_OPTIMIZERS, "adalomo") else (
                 f"; or, keeping {asked}: "
-                f"{nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM)).fix}")
+                f"{nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM), kept).fix}")
             figures = forced_estimate(model, base, forced, world, budget, budget * (1 - HEADROOM),
                                       hardware.host_ram_available)
             return UserError(

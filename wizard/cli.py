@@ -314,10 +314,72 @@ def _inputs(args: argparse.Namespace) -> tuple[HardwareProfile, ModelSpec, Datas
 
 
 def _make_plan(args: argparse.Namespace) -> tuple[Plan, HardwareProfile, ModelSpec, DatasetProfile]:
+    from llmwizard.autotune.errors import UserError
     from llmwizard.autotune.inputs import plan_for
 
     hardware, model, profile, goals = _inputs(args)
-    return plan_for(hardware, model, profile, goals), hardware, model, profile
+    try:
+        return plan_for(hardware, model, profile, goals), hardware, model, profile
+    except UserError as error:
+        raise _with_smallest_change(error, args, hardware, model, profile) from None
+
+
+def _flag_words(key: str, value: Any = None) -> str:
+    """A goal setting as the flag that sets it: `--micro-batch 4`, `--no-checkpointing`."""
+    flag = "--" + key.replace("_", "-")
+    if value is None:
+        return flag
+    if isinstance(value, bool):
+        return flag if value else "--no-" + key.replace("_", "-")
+    return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
+
+
+def _with_smallest_change(error: Any, args: argparse.Namespace, hardware: HardwareProfile, model: ModelSpec,
+                          profile: DatasetProfile) -> Any:
+    """The planner's refusal, with the smallest change of the flags given that makes a plan (the
+    core's search, llmwizard.autotune.refusal), in flag words."""
+    from llmwizard.autotune.errors import UserError
+    from llmwizard.autotune.inputs import plan_for
+    from llmwizard.autotune.refusal import PIN_ORDER, smallest_change
+    from llmwizard.wizard.core import goals_for
+
+    pinned = {key: getattr(args, key) for key in PIN_ORDER if getattr(args, key, None) is not None}
+    if not pinned:
+        return error
+    unpinned = argparse.Namespace(**{**vars(args), **{key: None for key in pinned}})
+    found = smallest_change(
+        lambda settings: plan_for(hardware, model, profile, goals_for(args.preset, unpinned, settings)), pinned, error)
+    changes = []
+    for fix in found.fixes:
+        change = f"drop {_flag_words(fix.key, fix.value)} (the planner picks {_picks(fix.key, fix.cleared)})"
+        if fix.largest is not None:
+            change = f"{_flag_words(fix.key, fix.largest)} or less, or " + change
+        if fix.others:
+            change += "; " + ", ".join(_flag_words(fix.key, other) for other in fix.others) + " also work"
+        changes.append(change)
+    if found.together:
+        changes.append("drop " + " and ".join(_flag_words(key, pinned[key]) for key in found.pinned)
+                       + " together (no one of them alone makes a plan)")
+    if not changes:
+        return error
+    smallest = "; or ".join(changes)
+    fix = f"{error.fix} Smallest change of what you set: {smallest}." if error.fix else \
+        f"Smallest change of what you set: {smallest}."
+    return UserError(error.message, title=error.title, fix=fix)
+
+
+def _picks(key: str, plan: Plan) -> str:
+    """What the planner chose for `key` in `plan`, in the plan's own terms."""
+    values = {"strategy": plan.strategy + (f" with {plan.offload} offload" if plan.offload != "none" else ""),
+              "checkpointing": "on" if plan.activation_checkpointing else "off",
+              "lora_r": str(plan.lora.r) if plan.lora else "full fine-tuning",
+              "max_steps": f"{plan.epochs:g} epochs"}
+    if key in values:
+        return values[key]
+    value = getattr(plan, key, None)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def calibration_for(hardware: HardwareProfile, model: ModelSpec, method: str) -> dict[str, Any]:

@@ -331,76 +331,48 @@ class Refusal:
     requested: MemoryEstimate | None = None
 
 
-_PIN_ORDER = ("strategy", "checkpointing", "precision", "optimizer", "packing", "context_parallel",
-              "activation_offloading", "liger_kernel", "micro_batch", "lora_r", "max_steps", "epochs", "learning_rate")
-
-
 def explain_refusal(hardware: HardwareProfile, model: ModelSpec, report: DatasetReport,
                     goals_with: Any, overrides: dict[str, Any], error: Any, last: Plan | None) -> Refusal:
-    """Which what-if values the refusal `error` comes from and the smallest change that makes a plan.
+    """The core's smallest change (llmwizard.autotune.refusal) for the what-if values `overrides`,
+    in the plan step's words. `goals_with(overrides)` builds the goals for a set of edits."""
+    from llmwizard.autotune.refusal import smallest_change
 
-    `goals_with(overrides)` builds the goals for a set of edits. Each edit is tried without the
-    others' help: clearing it alone, and for the strategy and micro-batch, other values."""
-    from llmwizard.autotune.errors import UserError
-
-    def works(changed: dict[str, Any]) -> Plan | None:
-        try:
-            return make_plan(hardware, model, report, goals_with(changed))
-        except UserError:
-            return None
-
-    pins = [name for name in _PIN_ORDER if overrides.get(name) is not None]
-    fixes: list[tuple[str, str]] = []   # (field, change)
-    for name in pins:
-        rest = {k: v for k, v in overrides.items() if k != name}
-        cleared = works(rest)
-        if cleared is None:
-            continue
-        label = FIELD_WORDS[name]
-        auto = f"set {label} to auto" if name in SELECT_FIELDS else f"clear {label}"
-        picks = _picked(name, cleared)
-        change = f"{auto} (the planner picks {picks})"
-        if name == "strategy":
-            others = [STRATEGY_WORDS.get(s, s) for s in strategy_choices()
-                      if s not in (overrides[name], cleared.strategy) and works({**rest, name: s}) is not None]
-            if others:
-                change += f"; {', '.join(others)} also {'work' if len(others) > 1 else 'works'}"
-        elif name == "micro_batch":
-            value = int(overrides[name]) // 2
-            while value >= 1 and works({**rest, name: value}) is None:
-                value //= 2
-            if value > cleared.micro_batch:
-                change = f"set micro-batch to {value} or less, or clear it (the planner picks {cleared.micro_batch})"
-        fixes.append((name, change))
-    requested = None
-    if error.title == "Does not fit" and last is not None and pins:
-        try:
-            requested = estimate_request(last, model, overrides)
-        except UserError:
-            requested = None
+    found = smallest_change(lambda changed: make_plan(hardware, model, report, goals_with(changed)),
+                            overrides, error, model, last)
     detail = _detail(error, overrides)
-    if requested is not None:  # the verdict gives the bar's own figure
+    if found.requested is not None:  # the verdict gives the bar's own figure
         from llmwizard.wizard.report import size_text
 
-        detail = (f"it needs {size_text(requested.total)} per {'GPU' if hardware.device == 'cuda' else 'process'}, "
-                  f"and {size_text(requested.budget)} is free.")
-    if fixes:
-        refused = [name for name, _ in fixes]
-        asked = ", ".join(value_words(name, overrides[name]) for name in refused)
+        detail = (f"it needs {size_text(found.requested.total)} per "
+                  f"{'GPU' if hardware.device == 'cuda' else 'process'}, "
+                  f"and {size_text(found.requested.budget)} is free.")
+    if found.fixes:
+        changes = []
+        for fix in found.fixes:
+            label = FIELD_WORDS[fix.key]
+            auto = f"set {label} to auto" if fix.key in SELECT_FIELDS else f"clear {label}"
+            change = f"{auto} (the planner picks {_picked(fix.key, fix.cleared)})"
+            if fix.others:
+                words = [STRATEGY_WORDS.get(s, s) for s in fix.others]
+                change += f"; {', '.join(words)} also {'work' if len(words) > 1 else 'works'}"
+            if fix.largest is not None:
+                change = (f"set micro-batch to {fix.largest} or less, or clear it "
+                          f"(the planner picks {fix.cleared.micro_batch})")
+            changes.append(change)
+        asked = ", ".join(value_words(fix.key, fix.value) for fix in found.fixes)
         return Refusal(f"{asked} not applied: {detail}",
-                       "; or ".join(change[:1].upper() + change[1:] if i == 0 else change
-                                    for i, (_, change) in enumerate(fixes)) + ".",
-                       refused, requested)
-    if pins and works({}) is not None:
-        asked = ", ".join(value_words(name, overrides[name]) for name in pins)
+                       "; or ".join(c[:1].upper() + c[1:] if i == 0 else c for i, c in enumerate(changes)) + ".",
+                       found.refused, found.requested)
+    if found.together:
+        asked = ", ".join(value_words(name, overrides[name]) for name in found.pinned)
         cleared_words = " and ".join(
             f"set {FIELD_WORDS[n]} to auto" if n in SELECT_FIELDS else f"clear {FIELD_WORDS[n]}"
-            for n in pins)
+            for n in found.pinned)
         return Refusal(f"{asked} not applied together: {detail}",
                        f"{cleared_words[:1].upper()}{cleared_words[1:]}: no one of them alone makes a plan.",
-                       list(pins), requested)
+                       found.refused, found.requested)
     return Refusal(f"No plan: {in_wizard_words(error.message)}",
-                   in_wizard_words(error.fix) if error.fix else None, [], requested)
+                   in_wizard_words(error.fix) if error.fix else None, [], found.requested)
 
 
 def _picked(name: str, plan: Plan) -> str:
@@ -442,23 +414,11 @@ def _detail(error: Any, overrides: dict[str, Any]) -> str:
 
 
 def estimate_request(last: Plan, model: ModelSpec, overrides: dict[str, Any]) -> MemoryEstimate:
-    """Memory of the setup the user asked for, when the planner refused it: the last plan's setup
-    with the pinned knobs applied, priced as the planner prices a refused pin (no offload,
-    micro-batch 1 unless pinned), so the bar and the verdict give the same figure."""
-    from llmwizard.autotune.memory import estimate
-    from llmwizard.autotune.planner import setup_of
+    """Memory of the setup the user asked for, when the planner refused it (the core's figure, so
+    the bar and the verdict agree)."""
+    from llmwizard.autotune.refusal import requested_memory
 
-    world = last.num_processes
-    changes: dict[str, Any] = {"strategy": overrides.get("strategy") or ("single" if world == 1 else "ddp"),
-                               "micro_batch": overrides.get("micro_batch") or 1, "offload": "none",
-                               "checkpointing": bool(overrides.get("checkpointing") or False)}
-    for name in ("precision", "optimizer"):
-        if overrides.get(name):
-            changes[name] = overrides[name]
-    if overrides.get("lora_r") and last.lora:
-        changes["lora_r"] = overrides["lora_r"]
-    setup = setup_of(last, **changes)
-    return estimate(model, setup, last.estimate.budget)
+    return requested_memory(last, model, overrides)
 
 
 # ----------------------------------------------------------------------------- export and run
