@@ -18,6 +18,7 @@ DS_CONFIG = "ds_config.json"
 # TensorBoard event files, when the plan reports to it (relative to the run directory).
 TENSORBOARD_DIR = "tensorboard"
 HOSTFILE = "hostfile"
+REPORT_FILE = "report.html"       # llmwizard report RUN (llmwizard.runner.report)
 _OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "adafactor": "adafactor", "sgd": "sgd",
           "adalomo": "adalomo", "galore_adamw": "galore_adamw", "apollo_adamw": "apollo_adamw",
           **{name: hf for name, (hf, _) in TORCHAO_OPTIMIZERS.items()}}

@@ -35,14 +35,13 @@ from typing import Any
 
 from llmwizard.autotune.errors import UserError
 from llmwizard.runner import diagnostics, recovery, rundir
-from llmwizard.runner.configs import METRICS_FILE
+from llmwizard.runner.configs import METRICS_FILE, REPORT_FILE
 from llmwizard.runner.metrics import current_records
 from llmwizard.runner.runs import run_problems
 from llmwizard.runner.samples import printable, read_samples
 from llmwizard.runner.state import ACCURACY, EVAL_ACCURACY, SMOOTHING_STEPS, RunState
 from llmwizard.runner.summary import format_bytes, format_seconds
 
-REPORT_FILE = "report.html"
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 
 Series = list[tuple[float, float]]

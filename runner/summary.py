@@ -146,7 +146,7 @@ def _vision_language(run_dir: Path) -> bool:
 
 def _after_rows(run_dir: Path, outcome: Outcome) -> list[tuple[str, str]]:
     """What to look at and do next: the report, one held-out sample, merge and try."""
-    from llmwizard.runner.report import REPORT_FILE
+    from llmwizard.runner.configs import REPORT_FILE
     from llmwizard.runner.samples import read_samples
 
     rows: list[tuple[str, str]] = []

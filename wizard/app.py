@@ -101,9 +101,8 @@ class WizardApp(App[int]):
 
     def __init__(self, args: argparse.Namespace | None = None, *, cursor_blink: bool = True) -> None:
         super().__init__()
-        from llmwizard.wizard.cli import build_parser
-
-        args = argparse.Namespace(**vars(args)) if args is not None else build_parser().parse_args([])
+        # Every flag is read with getattr(..., None): started without the CLI, nothing was given.
+        args = argparse.Namespace(**vars(args)) if args is not None else argparse.Namespace()
         self.state = WizardState(args)
         self.state.preset = getattr(self.state.args, "preset", None)
         if getattr(self.state.args, "gpus", None):

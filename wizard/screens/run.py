@@ -64,7 +64,7 @@ def report_link(run_dir: Any) -> Text:
     """The run's report.html (written at each evaluation and at the end), as a terminal link."""
     from pathlib import Path
 
-    from llmwizard.runner.report import REPORT_FILE
+    from llmwizard.runner.configs import REPORT_FILE
 
     path = (Path(run_dir) / REPORT_FILE).resolve()
     text = Text("report: ", style="dim")
