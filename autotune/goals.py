@@ -81,6 +81,9 @@ class Goals:
     packing: bool | None = None                    # padding-free packing (TRL packing, bfd strategy)
     liger_kernel: bool | None = None               # Liger's fused Triton kernels (GPU only)
     train_vision_tower: bool = False           # LoRA: adapt the vision tower too (frozen by default)
+    # Consent to run the model's own code (config.json's auto_map, an unknown model_type): to count it
+    # on the meta device and to load it for training. Without it such a model is refused, never guessed.
+    trust_remote_code: bool = False
     seed: Seed = 42
     # The fields the user set (flags, wizard edits), as opposed to a preset's values: the plan's
     # reasons say "asked for" for these and "from preset NAME" for the preset's.

@@ -44,8 +44,11 @@ CATALOG_PATH = Path(__file__).parent / "model_catalog.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def load_model_spec(name: str | None) -> ModelSpec:
-    """The embedded default, a local model directory, a catalog name or alias, or a hub id."""
+def load_model_spec(name: str | None, trust_remote_code: bool = False) -> ModelSpec:
+    """The embedded default, a local model directory, a catalog name or alias, or a hub id.
+
+    `trust_remote_code` is the user's consent to run a model's own code: without it a config that
+    names custom code (auto_map) or an unknown model_type is refused (param_counts.check_config)."""
     if name is None or name == EMBEDDED_MODEL:
         return spec_from_config(EMBEDDED_MODEL, "embedded", str(embedded_model_dir()), MODEL_CONFIG)
     if name == EMBEDDED_VISION_MODEL:
@@ -58,7 +61,7 @@ def load_model_spec(name: str | None) -> ModelSpec:
         if not config_file.is_file():
             raise UserError(f"Model directory {name} has no config.json.", title="Model",
                             fix="Point --model at a directory saved with save_pretrained().")
-        return _spec_from_file(path.name, "local", str(path.resolve()), config_file)
+        return _spec_from_file(path.name, "local", str(path.resolve()), config_file, trust_remote_code)
     entry = _catalog_lookup(name)
     if entry is not None:
         # A hub id the user typed (base or instruct) is what gets loaded, in the hub's own spelling.
@@ -79,7 +82,7 @@ def load_model_spec(name: str | None) -> ModelSpec:
             f"and the hub is unreachable ({why}).", title="Model",
             fix="Download the model (huggingface-cli download) and pass its directory, or allow hub "
                 "access (unset HF_HUB_OFFLINE, log in for gated models), or pick a catalog name.")
-    return _spec_from_file(name, "hub", None, hub_file)
+    return _spec_from_file(name, "hub", None, hub_file, trust_remote_code)
 
 
 def catalog_names() -> list[str]:
@@ -157,7 +160,8 @@ def _hub_config_file(repo_id: str) -> tuple[Path | None, str]:
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no answer'}"
 
 
-def _spec_from_file(name: str, source: ModelSource, path: str | None, config_file: Path) -> ModelSpec:
+def _spec_from_file(name: str, source: ModelSource, path: str | None, config_file: Path,
+                    trust_remote_code: bool = False) -> ModelSpec:
     try:
         raw = config_file.read_bytes()
     except OSError as exc:
@@ -171,11 +175,16 @@ def _spec_from_file(name: str, source: ModelSource, path: str | None, config_fil
     except RecursionError:
         raise UserError(f"{config_file} nests its JSON too deeply to read.", title="Model",
                         fix="Restore the model's config.json.") from None
-    spec = spec_from_config(name, source, path, config, origin=str(config_file))  # checked before any counting
-    counts = cached_meta_counts(raw, config)
+    # Checked before any counting; refused here unless the model's code may run.
+    spec = spec_from_config(name, source, path, config, origin=str(config_file), trust_remote_code=trust_remote_code)
+    code_from = (path or name) if spec.warnings and trust_remote_code else None
+    counts = cached_meta_counts(raw, config, code_from)
     if counts:
         return with_counts(spec, counts)
-    if spec.warnings:  # an architecture the formula does not describe, and transformers cannot build
-        spec.warnings.append(f"transformers could not build {config_file} on the meta device either, so its "
-                             "parameter count is the Llama-style formula's too.")
+    if code_from:  # consent given, and still the model's code could not build it: never guess
+        raise UserError(f"{config_file}: the model's own code could not build it on the meta device, so its size "
+                        "is unknown and llmwizard will not plan it as another model.", title="Model code",
+                        fix="Check that the code files auto_map names are beside config.json (or in the hub "
+                            "repository) and import with this transformers; the cached reason is in "
+                            "~/.cache/llmwizard/specs/.")
     return spec

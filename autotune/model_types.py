@@ -55,6 +55,35 @@ class VisionSpec:
         return self.num_layers * block
 
 
+@dataclass(frozen=True)
+class MoESpec:
+    """A Mixture-of-Experts MLP: what the expert-aware memory terms, LoRA targets and the ZeRO-3
+    leaf module depend on. Every MoE layer is alike (configs that mix dense and sparse layers are
+    refused in llmwizard.autotune.param_counts), so the counts are per MoE layer.
+
+    Parameter names follow transformers' modeling_<type>.py (5.x): routed experts are fused 3-D
+    tensors (`mlp.experts.gate_up_proj` [E, 2I, H], `mlp.experts.down_proj` [E, H, I]), which PEFT
+    reaches through `target_parameters`, never through `target_modules`."""
+
+    kind: str                      # qwen3_moe, mixtral, gpt_oss, or the config's own type (remote code)
+    num_experts: int               # routed experts per MoE layer
+    experts_per_token: int         # top-k
+    expert_intermediate_size: int  # one expert's MLP width
+    expert_params: int             # one routed expert: weights and biases
+    router_params: int             # the router of one layer
+    shared_expert_params: int = 0  # always-on experts of one layer
+    block_cls: str = ""            # the sparse MoE block class: DeepSpeed ZeRO-3's leaf module
+    expert_parameters: tuple[str, ...] = ()  # PEFT target_parameters for the routed experts
+    aux_loss: bool = False         # output_router_logits: the load-balancing loss is computed
+    quantization: str = ""         # "mxfp4": released quantized, dequantized to bf16 for training
+
+    def expert_lora_params(self, r: int, hidden: int) -> int:
+        """LoRA on the fused expert tensors of one layer, as PEFT's ParamWrapper makes it: one
+        A [E*r, d_in] and B [d_out, E*r] pair per 3-D parameter (peft/tuners/lora/layer.py)."""
+        inter, experts = self.expert_intermediate_size, self.num_experts
+        return experts * r * ((hidden + 2 * inter) + (inter + hidden))
+
+
 @dataclass
 class ModelSpec:
     name: str                      # what from_pretrained loads when path is None (a hub id)
@@ -88,6 +117,16 @@ class ModelSpec:
     vision: VisionSpec | None = None  # the vision tower of a vision-language model
     # What the plan must say about the config (an architecture the memory model does not describe).
     warnings: list[str] = field(default_factory=list)
+    moe: MoESpec | None = None     # the experts of a Mixture-of-Experts model
+    trust_remote_code: bool = False  # counted with the model's own code (auto_map), by consent
+
+    @property
+    def active_params(self) -> int:
+        """Parameters one token passes through: all but the routed experts it is not sent to."""
+        if self.moe is None:
+            return self.total_params
+        idle = self.moe.num_experts - self.moe.experts_per_token
+        return self.total_params - self.num_layers * idle * self.moe.expert_params
 
     @property
     def largest_unit_params(self) -> int:

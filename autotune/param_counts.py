@@ -18,16 +18,20 @@ from typing import Any
 from llmwizard.autotune.schema import ModelSource
 from llmwizard.autotune.embedded import cache_root
 from llmwizard.autotune.errors import UserError
-from llmwizard.autotune.model_types import Linear, ModelSpec, VisionSpec
+from llmwizard.autotune.model_types import Linear, ModelSpec, MoESpec, VisionSpec
 
 
-def cached_meta_counts(raw: bytes, config: dict[str, Any]) -> dict[str, Any] | None:
-    """Meta-device counts for this config.json, computed once and kept in the user cache."""
+def cached_meta_counts(raw: bytes, config: dict[str, Any], code_from: str | None = None) -> dict[str, Any] | None:
+    """Meta-device counts for this config.json, computed once and kept in the user cache.
+
+    `code_from` (a directory or hub id) is where the model's own code lives: given only with the
+    user's consent (--trust-remote-code), and then that code builds the model."""
     try:
         version = metadata.version("transformers")
     except metadata.PackageNotFoundError:
         return None
-    key = hashlib.sha256(raw + b"\0transformers=" + version.encode()).hexdigest()[:24]
+    trust = f"\0remote-code={code_from}".encode() if code_from else b""
+    key = hashlib.sha256(raw + b"\0transformers=" + version.encode() + trust).hexdigest()[:24]
     cache_file = cache_root() / "specs" / f"{key}.json"
     try:
         cached = json.loads(cache_file.read_text())
@@ -35,7 +39,7 @@ def cached_meta_counts(raw: bytes, config: dict[str, Any]) -> dict[str, Any] | N
     except (OSError, ValueError, AttributeError):
         pass
     try:
-        counts: dict[str, Any] | None = count_on_meta(config)
+        counts: dict[str, Any] | None = count_on_meta(config, code_from)
     except Exception as exc:  # noqa: BLE001 (unknown or remote-code architectures keep the formula)
         counts = None
         note = f"{type(exc).__name__}: {exc}"[:300]
@@ -66,26 +70,47 @@ def with_counts(spec: ModelSpec, exact: dict[str, Any]) -> ModelSpec:
     if sorted(linears, key=repr) != sorted(spec.linears, key=repr):  # else keep the formula's reading order
         spec.linears = linears
     spec.count_method = "meta"
+    found = exact.get("moe")
+    if found:
+        base = spec.moe
+        spec.moe = MoESpec(
+            kind=base.kind if base else spec.model_type, num_experts=found["num_experts"],
+            experts_per_token=base.experts_per_token if base else 1,
+            expert_intermediate_size=base.expert_intermediate_size if base else 0,
+            expert_params=found["expert_params"], router_params=found["router_params"],
+            shared_expert_params=found["shared_expert_params"], block_cls=found["block_cls"],
+            expert_parameters=tuple(found["expert_parameters"]), aux_loss=base.aux_loss if base else False,
+            quantization=base.quantization if base else "")
     return spec
 
 
-def count_on_meta(config: dict[str, Any]) -> dict[str, Any]:
+def count_on_meta(config: dict[str, Any], code_from: str | None = None) -> dict[str, Any]:
     """Build the model from its config on the meta device (no weights) and count by part.
 
     Imports torch and transformers: the catalog build and the first plan for a new config only.
+    `code_from` (a model directory or hub id, given only with --trust-remote-code) builds the
+    model with its own code (the config's auto_map). A quantization_config is left out: training
+    dequantizes (gpt-oss's MXFP4 experts train in bf16), so the bf16 model is what is counted.
     """
     import torch
     import transformers
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    settings = dict(config)
+    settings = {k: v for k, v in config.items() if k != "quantization_config"}
     model_type = settings.pop("model_type")
-    hf_config = transformers.AutoConfig.for_model(model_type, **settings)
+    if code_from:
+        hf_config = transformers.AutoConfig.from_pretrained(code_from, trust_remote_code=True)
+        if getattr(hf_config, "quantization_config", None) is not None:
+            del hf_config.quantization_config
+    else:
+        hf_config = transformers.AutoConfig.for_model(model_type, **settings)
     archs = config.get("architectures") or []
-    model_cls = getattr(transformers, archs[0], None) if archs else None
+    model_cls = None if code_from else getattr(transformers, archs[0], None) if archs else None
     with torch.device("meta"):
-        if model_cls is not None:
+        if code_from:
+            model = transformers.AutoModelForCausalLM.from_config(hf_config, trust_remote_code=True)
+        elif model_cls is not None:
             model = model_cls._from_config(hf_config)
         else:
             try:
@@ -108,13 +133,46 @@ def count_on_meta(config: dict[str, Any]) -> dict[str, Any]:
     vision = sum(p.numel() for n, p in params.items() if _VISION_PARAM.search(n))
     linears = [[n.rsplit(".", 1)[-1], m.in_features, m.out_features]
                for n, m in layers[0].named_modules() if isinstance(m, torch.nn.Linear)]
-    return {
+    if any(sum(p.numel() for p in other.parameters()) != layer for other in layers):
+        raise ValueError(f"the {layer_cls} layers differ in size (dense and sparse layers mixed)")
+    counts = {
         "total": total, "embedding": embed.numel(), "lm_head": lm_head, "layer": layer,
         "other": total - embed.numel() - lm_head - len(layers) * layer, "vision": vision,
         "num_layers": len(layers), "layer_cls": layer_cls,
         "wrap_classes": [layer_cls] + sorted(no_split & present - {layer_cls}),
         "architecture": type(model).__name__, "linears": linears,
     }
+    moe = _experts_on_meta(layers[0], torch)
+    if moe:
+        counts["moe"] = moe
+    return counts
+
+
+def _experts_on_meta(layer: Any, torch: Any) -> dict[str, Any] | None:
+    """The routed experts of one decoder layer, read off the built model: the module named
+    `experts` (fused 3-D tensors, or a list of expert MLPs in remote code), its parent block (the
+    ZeRO-3 leaf module), the shared experts beside it and the router (the rest of the block)."""
+    for name, experts in layer.named_modules():
+        if name.rsplit(".", 1)[-1] != "experts":
+            continue
+        own = dict(experts.named_parameters(recurse=False))
+        fused = {n: p for n, p in own.items() if p.dim() == 3}
+        if fused:
+            count = next(iter(fused.values())).shape[0]
+        elif isinstance(experts, torch.nn.ModuleList) and len(experts):
+            count = len(experts)
+        else:
+            continue
+        parent_name = name.rsplit(".", 1)[0] if "." in name else ""
+        block = layer.get_submodule(parent_name) if parent_name else layer
+        block_params = sum(p.numel() for p in block.parameters())
+        expert_total = sum(p.numel() for p in experts.parameters())
+        shared = sum(p.numel() for n, p in block.named_parameters() if n.startswith("shared_expert"))
+        return {"num_experts": int(count), "expert_params": expert_total // count,
+                "router_params": block_params - expert_total - shared, "shared_expert_params": shared,
+                "block_cls": type(block).__name__,
+                "expert_parameters": sorted(f"{name}.{n}" for n, p in own.items() if p.dim() == 3)}
+    return None
 
 
 _VISION_PARAM = re.compile(r"(^|\.)(visual|vision_tower|multi_modal_projector)\.")
@@ -138,6 +196,13 @@ _TEXT_DEFAULTS: dict[str, dict[str, Any]] = {
                     "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
                     "max_position_embeddings": 131072, "tie_word_embeddings": True},
     "phi3": {"vocab_size": 32064, "max_position_embeddings": 4096, "tie_word_embeddings": False},
+    "qwen3": {"vocab_size": 151936, "head_dim": 128, "max_position_embeddings": 32768, "tie_word_embeddings": False},
+    "qwen3_moe": {"vocab_size": 151936, "max_position_embeddings": 32768, "tie_word_embeddings": False,
+                  "num_experts": 128, "num_experts_per_tok": 8, "moe_intermediate_size": 768},
+    "mixtral": {"vocab_size": 32000, "num_key_value_heads": 8, "max_position_embeddings": 131072,
+                "tie_word_embeddings": False, "num_local_experts": 8, "num_experts_per_tok": 2},
+    "gpt_oss": {"vocab_size": 201088, "head_dim": 64, "max_position_embeddings": 131072, "tie_word_embeddings": False,
+                "attention_bias": True, "num_local_experts": 128, "num_experts_per_tok": 4},
 }
 _VISION_DEFAULTS: dict[str, dict[str, Any]] = {
     "siglip_vision_model": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
@@ -154,14 +219,36 @@ _MULTIMODAL = {
 _LAYER_CLASSES = {
     "llama": "LlamaDecoderLayer", "mistral": "MistralDecoderLayer", "qwen2": "Qwen2DecoderLayer",
     "gemma": "GemmaDecoderLayer", "gemma2": "Gemma2DecoderLayer", "gemma3_text": "Gemma3DecoderLayer",
-    "phi3": "Phi3DecoderLayer", "qwen2_5_vl_text": "Qwen2_5_VLDecoderLayer",
+    "phi3": "Phi3DecoderLayer", "qwen2_5_vl_text": "Qwen2_5_VLDecoderLayer", "qwen3": "Qwen3DecoderLayer",
+    "qwen3_moe": "Qwen3MoeDecoderLayer", "mixtral": "MixtralDecoderLayer", "gpt_oss": "GptOssDecoderLayer",
 }
+# Mixture-of-experts types the formula and the memory model read (modeling_<type>.py, transformers 5.x):
+# the sparse block class (ZeRO-3's leaf module), the block's attribute in the layer, and the config
+# keys each reads about its experts; any other expert key is refused by name (check_config).
+_MOE_TYPES: dict[str, tuple[str, frozenset[str]]] = {
+    "qwen3_moe": ("Qwen3MoeSparseMoeBlock", frozenset({
+        "num_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size", "decoder_sparse_step",
+        "mlp_only_layers", "norm_topk_prob", "output_router_logits", "router_aux_loss_coef"})),
+    "mixtral": ("MixtralSparseMoeBlock", frozenset({
+        "num_local_experts", "num_experts_per_tok", "output_router_logits", "router_aux_loss_coef",
+        "router_jitter_noise"})),
+    "gpt_oss": ("GptOssMLP", frozenset({
+        "num_local_experts", "num_experts_per_tok", "experts_per_token", "output_router_logits",
+        "router_aux_loss_coef"})),
+}
+# The expert keys read from a model's own code (--trust-remote-code): the experts themselves are
+# found on the meta-built model; top-k and the expert width come from these.
+_REMOTE_EXPERT_KEYS = frozenset({
+    "num_experts", "num_local_experts", "n_routed_experts", "num_experts_per_tok", "experts_per_token",
+    "moe_intermediate_size", "n_shared_experts", "shared_expert_intermediate_size", "norm_topk_prob",
+    "output_router_logits", "router_aux_loss_coef"})
+_EXPERT_KEY = re.compile(r"expert|moe|router", re.IGNORECASE)
 _VISION_BLOCKS = {"gemma3": ["SiglipEncoderLayer", "SiglipVisionEmbeddings"],
                   "qwen2_5_vl": ["Qwen2_5_VLVisionBlock"]}
 
 
 def spec_from_config(name: str, source: ModelSource, path: str | None, config: Any,
-                     origin: str | None = None) -> ModelSpec:
+                     origin: str | None = None, trust_remote_code: bool = False) -> ModelSpec:
     """Dimensions and analytic parameter counts from a config.json (no torch).
 
     Every route to a ModelSpec comes through here, so `check_config` runs first: nothing is
@@ -171,7 +258,7 @@ def spec_from_config(name: str, source: ModelSource, path: str | None, config: A
     Per-architecture module layouts follow transformers' modeling_<type>.py: which projections
     carry a bias, how many norms a layer has, Phi-3's fused qkv_proj and gate_up_proj.
     """
-    warnings = check_config(config, origin or f"the config of {name}")
+    warnings = check_config(config, origin or f"the config of {name}", trust_remote_code)
     outer_type = str(config.get("model_type", "llama"))
     multimodal = _MULTIMODAL.get(outer_type)
     text, text_type = _text_config(config)
@@ -188,7 +275,8 @@ def spec_from_config(name: str, source: ModelSource, path: str | None, config: A
         tied = bool((config.get("text_config") or {}).get("tie_word_embeddings", multimodal[1]))
     else:
         tied = bool(text.get("tie_word_embeddings", True))
-    linears, layer = _decoder_layer(text_type, text, hidden, inter, heads, kv_heads, head_dim)
+    moe = _moe_spec(text_type, text, hidden)
+    linears, layer = _decoder_layer(text_type, text, hidden, inter, heads, kv_heads, head_dim, moe)
     vision = _vision_params(outer_type, config, hidden) if multimodal else 0
     embedding = vocab * hidden
     lm_head = 0 if tied else vocab * hidden
@@ -205,7 +293,33 @@ def spec_from_config(name: str, source: ModelSource, path: str | None, config: A
         wrap_classes=[layer_cls] + _VISION_BLOCKS.get(outer_type, []), vision_params=vision,
         lora_exclude_modules=rf"{re.escape(multimodal[2])}\..*" if multimodal else None,
         vision=_vision_spec(outer_type, config, hidden) if multimodal else None, warnings=warnings,
+        moe=moe, trust_remote_code=trust_remote_code,
     )
+
+
+def _moe_spec(text_type: str, text: dict[str, Any], hidden: int) -> MoESpec | None:
+    """The experts as the config gives them (modeling_qwen3_moe / modeling_mixtral / modeling_gpt_oss),
+    or, for a model's own code, as far as its keys tell (the meta count then reads the rest)."""
+    experts = next((int(text[k]) for k in ("num_experts", "num_local_experts", "n_routed_experts") if text.get(k)), 0)
+    if not experts:
+        return None
+    top_k = int(text.get("num_experts_per_tok") or text.get("experts_per_token") or 1)
+    inter = int(text.get("moe_intermediate_size") or text["intermediate_size"])
+    quantization = str((text.get("quantization_config") or {}).get("quant_method") or "")
+    aux = bool(text.get("output_router_logits"))
+    if text_type == "gpt_oss":  # gate_up_proj [E, H, 2I] + bias [E, 2I]; down_proj [E, I, H] + bias [E, H]
+        return MoESpec("gpt_oss", experts, top_k, inter, 3 * hidden * inter + 2 * inter + hidden,
+                       experts * hidden + experts, block_cls="GptOssMLP",
+                       expert_parameters=("mlp.experts.down_proj", "mlp.experts.gate_up_proj"), aux_loss=aux,
+                       quantization=quantization)
+    if text_type in ("qwen3_moe", "mixtral"):  # gate_up_proj [E, 2I, H], down_proj [E, H, I]; router [E, H]
+        return MoESpec(text_type, experts, top_k, inter, 3 * hidden * inter, experts * hidden,
+                       block_cls=_MOE_TYPES[text_type][0],
+                       expert_parameters=("mlp.experts.down_proj", "mlp.experts.gate_up_proj"), aux_loss=aux)
+    # A model's own code: a gated expert MLP and a plain router until the meta count reads them off the model.
+    shared = int(text.get("n_shared_experts") or 0) * 3 * hidden * inter
+    return MoESpec(text_type, experts, top_k, inter, 3 * hidden * inter, experts * hidden,
+                   shared_expert_params=shared, aux_loss=aux, quantization=quantization)
 
 
 def _text_config(config: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -241,9 +355,20 @@ def _vision_spec(outer_type: str, config: dict[str, Any], text_hidden: int) -> V
 
 
 def _decoder_layer(text_type: str, text: dict[str, Any], hidden: int, inter: int, heads: int,
-                   kv_heads: int, head_dim: int) -> tuple[list[Linear], int]:
+                   kv_heads: int, head_dim: int, moe: MoESpec | None = None) -> tuple[list[Linear], int]:
     """The linears of one decoder layer and its parameter count (weights, biases, norms)."""
     q_out, kv_out = heads * head_dim, kv_heads * head_dim
+    if text_type in _MOE_TYPES and moe is not None:  # attention linears; the experts are 3-D parameters
+        linears = [Linear("q_proj", hidden, q_out), Linear("k_proj", hidden, kv_out),
+                   Linear("v_proj", hidden, kv_out), Linear("o_proj", q_out, hidden)]
+        params = sum(lin.d_in * lin.d_out for lin in linears) + 2 * hidden  # + input and post-attention norms
+        if text.get("attention_bias"):  # qwen3_moe and gpt_oss: q, k, v and o
+            params += q_out + 2 * kv_out + hidden
+        if text_type == "qwen3_moe":
+            params += 2 * head_dim  # q_norm, k_norm
+        if text_type == "gpt_oss":
+            params += heads  # attention sinks
+        return linears, params + moe.router_params + moe.num_experts * moe.expert_params
     if text_type == "phi3":  # modeling_phi3: fused projections, no biases
         linears = [Linear("qkv_proj", hidden, q_out + 2 * kv_out), Linear("o_proj", q_out, hidden),
                    Linear("gate_up_proj", hidden, 2 * inter), Linear("down_proj", inter, hidden)]
@@ -254,11 +379,14 @@ def _decoder_layer(text_type: str, text: dict[str, Any], hidden: int, inter: int
     params = sum(lin.d_in * lin.d_out for lin in linears)
     if text_type in ("qwen2", "qwen2_5_vl_text"):  # q, k, v always carry a bias; o_proj none
         params += q_out + 2 * kv_out
-    elif text_type != "mistral" and text.get("attention_bias"):  # llama, gemma*: q, k, v and o
+    elif text_type not in ("mistral", "qwen3") and text.get("attention_bias"):  # llama, gemma*: q, k, v and o
         params += q_out + 2 * kv_out + hidden
-    if text_type not in ("mistral", "qwen2", "qwen2_5_vl_text", "phi3") and text.get("mlp_bias"):
+    if text_type not in ("mistral", "qwen2", "qwen2_5_vl_text", "phi3", "qwen3") and text.get("mlp_bias"):
         params += 2 * inter + hidden
-    norms = {"gemma2": 4 * hidden, "gemma3_text": 4 * hidden + 2 * head_dim}  # + q_norm, k_norm
+    if text_type == "qwen3" and text.get("attention_bias"):  # modeling_qwen3: q, k, v and o
+        params += q_out + 2 * kv_out + hidden
+    norms = {"gemma2": 4 * hidden, "gemma3_text": 4 * hidden + 2 * head_dim,  # + q_norm, k_norm
+             "qwen3": 2 * hidden + 2 * head_dim}
     return linears, params + norms.get(text_type, 2 * hidden)
 
 
@@ -312,6 +440,7 @@ _TEXT_KEYS: dict[str, tuple[str, bool]] = {
     # Mixture-of-experts configs (Mixtral, Qwen-MoE, DeepSeek, Phi-MoE), when present.
     "num_local_experts": ("experts", False), "num_experts": ("experts", False), "n_routed_experts": ("experts", False),
     "num_experts_per_tok": ("experts", False), "moe_intermediate_size": ("mlp", False),
+    "decoder_sparse_step": ("layers", False),
 }
 # Keys where 0 means "none" (no shared experts), so only negatives and the ceiling are refused.
 _ZERO_ALLOWED: dict[str, str] = {"n_shared_experts": "experts", "shared_expert_intermediate_size": "mlp"}
@@ -331,14 +460,17 @@ def known_model_types() -> list[str]:
     return sorted({*_LAYER_CLASSES, *_MULTIMODAL} - {"qwen2_5_vl_text"})
 
 
-def check_config(config: Any, origin: str) -> list[str]:
+def check_config(config: Any, origin: str, trust_remote_code: bool = False) -> list[str]:
     """Refuse a config.json the planner cannot trust; return the warnings for one it can plan.
 
     Every size is an integer from 1 to its ceiling (CONFIG_CEILINGS), heads divide the hidden size
     unless head_dim is given and key/value heads divide the heads. Raises UserError naming
-    `origin`, the key, the value and what is allowed. A model_type the memory model does not know is
-    planned as a Llama-style decoder, with a warning: transformers builds many more architectures
-    than the formula describes, and local configs of such models plan and train."""
+    `origin`, the key, the value and what is allowed.
+
+    Nothing is planned as a model it is not: a config that names its own code (`auto_map`) or a
+    model_type the planner does not know is refused unless the user consents to running the
+    model's code (`trust_remote_code`); then the model is built with it on the meta device to be
+    counted. Expert keys the planner does not read for that type are refused by name."""
     if not isinstance(config, dict):
         raise UserError(f"{origin} holds a JSON {_json_kind(config)}, not an object of model settings.",
                         title="Model config", fix=_CONFIG_FIX)
@@ -388,11 +520,66 @@ def check_config(config: Any, origin: str) -> list[str]:
     if outer_type in _VISION_KEYS:
         _check_vision(config, origin, outer_type)
     unknown = [t for t in dict.fromkeys((outer_type, text_type)) if t not in _LAYER_CLASSES and t not in _MULTIMODAL]
-    if unknown:
-        return [(f"model_type '{unknown[0]}' ({origin}) is not one llmwizard's memory model describes "
-                 f"({', '.join(known_model_types())}): it is planned as a Llama-style decoder (attention and a "
-                 "gated MLP per layer), so the estimate may be off; check it with --probe before a long run.")]
+    custom = config.get("auto_map")
+    if (unknown or custom) and not trust_remote_code:
+        raise UserError(_remote_code_refusal(origin, outer_type if not unknown else unknown[0], custom),
+                        title="Model code",
+                        fix="If you trust the model's code, pass --trust-remote-code (preset or plan.yaml key "
+                            "`trust_remote_code: true`; the wizard's Model step has the box): llmwizard then builds "
+                            "the model with its own code on the meta device to count it, and the training entry "
+                            "loads it with that code. Otherwise pick a model llmwizard knows "
+                            f"({', '.join(known_model_types())}), e.g. from `llmwizard plan --model qwen3-8b`.")
+    _check_expert_keys(text, text_type, origin, label, trusted=bool(unknown or custom))
+    if unknown or custom:
+        return [(f"model_type '{outer_type if not unknown else unknown[0]}' ({origin}) runs its own code "
+                 "(--trust-remote-code): its parameters, decoder layers and experts are counted on the model that "
+                 "code builds, and each layer's activations are sized as attention plus a gated MLP, so check the "
+                 "figure with --probe before a long run.")]
     return []
+
+
+def _remote_code_refusal(origin: str, model_type: str, auto_map: Any) -> str:
+    """Why a config is not planned without consent: whose code would run, and that it would."""
+    if auto_map:
+        classes = sorted({str(v) for v in auto_map.values()}) if isinstance(auto_map, dict) else [_shown(auto_map)]
+        return (f"{origin} has model_type '{model_type}' and names its own code (auto_map: "
+                f"{', '.join(classes)[:200]}). Planning and training it run that code on this machine, "
+                "and llmwizard does not run a model's code, or plan the model as another one, without "
+                "--trust-remote-code.")
+    return (f"{origin} has model_type '{model_type}', which llmwizard does not know. Counting and training it run "
+            "the model's own code (transformers' or the model repository's) on this machine, and llmwizard does "
+            "not run it, or plan the model as another one, without --trust-remote-code.")
+
+
+def _check_expert_keys(text: dict[str, Any], text_type: str, origin: str, label: Any, trusted: bool) -> None:
+    """Expert settings the planner does not read for this model type are refused by name: a dense
+    type with experts, or a key that changes the experts' shape in a way the counts would miss."""
+    readable = _MOE_TYPES[text_type][1] if text_type in _MOE_TYPES else _REMOTE_EXPERT_KEYS if trusted else frozenset()
+    unread = sorted(k for k, v in text.items() if _EXPERT_KEY.search(k) and k not in readable
+                    and v not in (None, 0, False, [], "", {}))
+    if unread:
+        kind = (f"a '{text_type}' model, which has no experts" if text_type not in _MOE_TYPES and not trusted
+                else f"a '{text_type}' model")
+        raise UserError(f"{origin} sets expert settings llmwizard does not read for {kind}: "
+                        f"{', '.join(f'`{label(k)}` {_shown(text[k])}' for k in unread[:6])}. Planning it would "
+                        "count a model it is not.", title="Model config",
+                        fix=f"{_CONFIG_FIX} A Mixture-of-Experts model of another architecture plans with "
+                            "--trust-remote-code when its own code builds it.")
+    if text_type == "qwen3_moe":
+        sparse_step = text.get("decoder_sparse_step", 1)
+        if sparse_step != 1 or text.get("mlp_only_layers"):
+            key = "decoder_sparse_step" if sparse_step != 1 else "mlp_only_layers"
+            raise UserError(f"{origin}: `{label(key)}` is {_shown(text[key])}: dense and expert layers mixed, "
+                            "which llmwizard's per-layer counts do not describe (every layer of released Qwen3-MoE "
+                            "models has experts).", title="Model config",
+                            fix="Set decoder_sparse_step 1 and mlp_only_layers [] as the released models have them.")
+    if text_type in _MOE_TYPES or trusted:
+        experts = next((text[k] for k in ("num_experts", "num_local_experts", "n_routed_experts") if text.get(k)), 0)
+        if experts and not (text.get("num_experts_per_tok") or text.get("experts_per_token")):
+            raise UserError(f"{origin} gives {experts} experts but not how many each token is sent to "
+                            "(`num_experts_per_tok`).", title="Model config", fix=_CONFIG_FIX)
+        if text.get("experts_per_token") is not None:
+            _check_int(origin, label("experts_per_token"), text["experts_per_token"], 1, "experts")
 
 
 def _check_vision(config: dict[str, Any], origin: str, outer_type: str) -> None:

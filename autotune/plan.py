@@ -162,6 +162,8 @@ class Plan:
     # Vision-language models: the vision tower trains (LoRA adapters on its blocks too, or every
     # weight under full fine-tuning); with LoRA and false it stays frozen.
     train_vision_tower: bool = False
+    # The model's own code (auto_map) runs when it loads: the user consented (--trust-remote-code).
+    trust_remote_code: bool = False
     # Vision-language models: the vision tower's patches for the longest example's images (what the
     # estimate sized; a re-plan after an out-of-memory failure sizes the same). 0: no images.
     image_patches: NonNegativeInt = 0

@@ -126,7 +126,7 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
         context_parallel=chosen.cp, activation_offloading=chosen.offload_activations, packing=packing,
         liger_kernel=liger,
         train_vision_tower=bool(model.vision) and (method == "full" or goals.train_vision_tower),
-        image_patches=base.image_patches,
+        image_patches=base.image_patches, trust_remote_code=goals.trust_remote_code,
         pinned=sorted(goals.explicit & GOAL_FIELDS),
     )
 

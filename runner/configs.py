@@ -253,6 +253,7 @@ def sft_config(plan: Plan) -> dict[str, Any]:
     evaluate = plan.eval_fraction > 0
     config: dict[str, Any] = {
         "model_name_or_path": plan.model,
+        "trust_remote_code": plan.trust_remote_code,  # SFTConfig's: the training entry's model loading reads it
         "dtype": _model_dtype(plan),
         "dataset_name": plan.dataset,
         "output_dir": OUTPUT_DIR,

@@ -393,6 +393,6 @@ def model_spec(plan: Plan) -> Any:
     try:
         from llmwizard.autotune.model_spec import load_model_spec
 
-        return load_model_spec(plan.model)
+        return load_model_spec(plan.model, trust_remote_code=plan.trust_remote_code)
     except Exception:  # noqa: BLE001 (the estimate is a nicety; the re-plan works without it)
         return None

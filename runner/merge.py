@@ -140,7 +140,7 @@ def vision_language(plan: Plan) -> bool:
     from llmwizard.autotune.model_spec import load_model_spec
 
     try:
-        return load_model_spec(plan.model).vision is not None
+        return load_model_spec(plan.model, trust_remote_code=plan.trust_remote_code).vision is not None
     except UserError:
         return False
 

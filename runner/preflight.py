@@ -313,7 +313,7 @@ def check_model_keys(plan: Plan, where: str) -> ModelSpec | None:
     from llmwizard.autotune.model_spec import load_model_spec
 
     try:
-        model = load_model_spec(plan.model)
+        model = load_model_spec(plan.model, trust_remote_code=plan.trust_remote_code)
     except UserError as error:
         if plan.model_source == "hub":
             return None

@@ -104,15 +104,14 @@ def test_ceilings_are_far_above_every_catalog_model():
         assert spec.hidden_size * 10 < CONFIG_CEILINGS["width"] and spec.vocab_size * 10 < CONFIG_CEILINGS["vocab"]
 
 
-def test_unknown_model_type_plans_with_a_warning_that_names_it(tmp_path):
-    """transformers builds many architectures the formula does not describe, so an unknown type is
-    planned as a Llama-style decoder, and the plan says so."""
+def test_unknown_model_type_is_refused_naming_it_and_the_flag(tmp_path):
+    """An unknown type is never planned as a Llama-style decoder: without consent to run the model's
+    code it is refused; with it, a model no code can build is refused too (its size is unknown)."""
     directory = _model_dir(tmp_path / "model", MODEL_CONFIG, {"model_type": "homegrown", "architectures": DROP})
-    result = run_cli("plan", "--model", str(directory), "--max-steps", "2", cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    text = flat(result.stdout + result.stderr)
-    assert "model_type 'homegrown'" in text and "Llama-style decoder" in text and "llama, mistral" in text
-    assert "transformers could not build" in text
+    assert_refused(run_cli("plan", "--model", str(directory), "--max-steps", "2", cwd=tmp_path),
+                   ["model_type 'homegrown'", "--trust-remote-code", "own code", "on this machine"])
+    assert_refused(run_cli("plan", "--model", str(directory), "--trust-remote-code", cwd=tmp_path),
+                   ["could not build it on the meta device", "will not plan it as another model"])
 
 
 @pytest.mark.parametrize("name, text, words", [

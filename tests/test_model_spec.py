@@ -276,13 +276,15 @@ def test_local_directory_is_counted_once_then_cached(tmp_path, monkeypatch):
     assert out.stdout.split() == ["meta", str(spec.total_params), "False"]
 
 
-def test_unbuildable_local_config_falls_back_to_the_formula(tmp_path, monkeypatch):
+def test_unbuildable_local_config_is_refused_not_counted_as_a_llama(tmp_path, monkeypatch):
+    """No formula stands in for a model nothing can build: refused without consent and with it."""
     monkeypatch.setenv("LLMWIZARD_CACHE", str(tmp_path / "cache"))
     config = {**SMALL["llama-3.2-1b"], "model_type": "homegrown", "architectures": ["HomegrownForCausalLM"]}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    spec = load_model_spec(str(tmp_path))
-    assert spec.count_method == "formula"
-    assert spec.total_params == spec_from_config("x", "local", None, SMALL["llama-3.2-1b"]).total_params
+    with pytest.raises(UserError, match="--trust-remote-code"):
+        load_model_spec(str(tmp_path))
+    with pytest.raises(UserError, match="could not build it"):
+        load_model_spec(str(tmp_path), trust_remote_code=True)
 
 
 def test_local_directory_without_config_is_a_user_error(tmp_path):

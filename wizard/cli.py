@@ -95,6 +95,9 @@ def _plan_inputs(parser: argparse.ArgumentParser) -> None:
     tune.add_argument("--lr-scheduler", choices=choices(LrScheduler), help="learning-rate schedule (default: cosine)")
     tune.add_argument("--train-vision-tower", action="store_true", default=None,
                       help="vision-language models with LoRA: adapt the vision tower too (default: frozen)")
+    tune.add_argument("--trust-remote-code", action="store_true", default=None,
+                      help="run the model's own code (config.json auto_map, an unknown model_type) to count and "
+                           "train it; without it such a model is refused")
     tune.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
                       help="padding-free packing of examples into rows of max length (default: off)")
     tune.add_argument("--context-parallel", type=flag_type(ProcessCount), metavar="N",
@@ -136,6 +139,8 @@ def build_subparser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--host-ram", type=schema.flag_type(schema.GiBAmount), metavar="GIB",
                             help="host RAM per machine in GiB")
         parser.add_argument("--method", choices=schema.choices(schema.Method), default="lora")
+        parser.add_argument("--trust-remote-code", action="store_true",
+                            help="run the model's own code (auto_map, an unknown model_type) to count it")
         parser.add_argument("--seq", type=schema.flag_type(schema.TokenLength), required=True,
                             help="sequence length in tokens")
         parser.add_argument("--batch", type=schema.flag_type(schema.BatchSize), required=True,
@@ -309,7 +314,7 @@ def _inputs(args: argparse.Namespace) -> tuple[HardwareProfile, ModelSpec, Datas
 
     goals = _goals(args)
     hardware = _hardware(args)
-    model = load_model_spec(args.model)
+    model = load_model_spec(args.model, trust_remote_code=goals.trust_remote_code)
     return hardware, model, profile_for(model, args.dataset), goals
 
 
@@ -474,7 +479,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from llmwizard.autotune.plan_steps import budget as process_budget
 
     hardware = hw.from_spec(args.gpus, nodes=args.nodes, host_ram_gib=args.host_ram)
-    model = load_model_spec(args.model)
+    model = load_model_spec(args.model, trust_remote_code=args.trust_remote_code)
     goals = Goals(method=args.method, strategy=args.strategy, offload=args.offload, checkpointing=args.checkpointing,
                   precision=args.precision, optimizer=args.optimizer, lora_r=args.lora_r,
                   context_parallel=args.context_parallel, activation_offloading=args.activation_offloading or None,
