@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -216,6 +218,45 @@ def test_a_metrics_line_out_of_range_leaves_the_numbers_of_the_others(copy: Path
     row = _check(result, []) and json.loads(result.stdout)[0]
     assert (row["state"], row["step"], row["max_steps"]) == ("finished", 2, 2)
     assert row["train_loss"] is not None and row["train_loss"] != 1.0
+
+
+def test_watch_follows_a_live_run_past_its_damaged_lines_and_counts_them(copy: Path):
+    """A live lock (held by a process that ends once watch follows) makes the run `running`: watch
+    follows metrics.jsonl until that process ends, and its summary says how many lines it skipped."""
+    import psutil
+
+    from llmwizard.runner import runlock
+
+    DAMAGES["time and size out of range"](copy)
+    holder = subprocess.Popen(["sleep", "600"])
+    watch = None
+    try:
+        (copy / runlock.LOCK_FILE).write_text(json.dumps({
+            "pid": holder.pid, "pid_started": psutil.Process(holder.pid).create_time(), "host": socket.gethostname(),
+            "boot_id": runlock.boot_id(), "started": "2026-01-01T00:00:00+00:00", "run_dir": str(copy.resolve())}))
+        before = tree(copy)
+        watch = subprocess.Popen([sys.executable, "-m", "llmwizard.wizard.cli", "watch", "run"], cwd=copy.parent,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 env=dict(os.environ, COLUMNS="120"))
+        assert watch.stdout is not None
+        seen: list[str] = []
+        for line in watch.stdout:  # the damage named first, then it follows
+            seen.append(line)
+            if line.startswith("Following run"):
+                break
+        assert seen and seen[-1].startswith("Following run"), "".join(seen)
+        holder.kill()
+        holder.wait()
+        followed = watch.communicate(timeout=300)[0]
+        output = "".join(seen) + followed
+    finally:
+        holder.kill()
+        if watch is not None and watch.poll() is None:
+            watch.kill()
+    assert watch.returncode == 0, output
+    _check(subprocess.CompletedProcess([], 0, output, ""), ["3 damaged lines skipped in run/metrics.jsonl"])
+    assert "note 3 damaged lines skipped in run/metrics.jsonl" in flat(followed)  # the summary's own count
+    assert tree(copy) == before
 
 
 # ----------------------------------------------------------------------------- commands that write
