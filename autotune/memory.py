@@ -4,7 +4,7 @@ Every figure is bytes on ONE device (a GPU, or one process's share of host RAM o
 step modelled is the runner's: TRL's SFTTrainer with the dtypes runner/export.py writes (float32
 weights + bf16/fp16 autocast for full fine-tuning, a half-precision base with fp32 LoRA adapters),
 TRL's fused LM head (log-probs in vocabulary chunks, no full logits), HF's per-layer gradient
-checkpointing, torch AdamW (foreach), then zero_grad(set_to_none).
+checkpointing, torch AdamW (fused), then zero_grad(set_to_none).
 
 Sources: model states (llmwizard.autotune.model_states) from the ZeRO paper (Rajbhandari et al.
 2020) and DeepSpeed's own estimators; activations (llmwizard.autotune.activations) derived tensor

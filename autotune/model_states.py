@@ -2,8 +2,8 @@
 them and offload moves them to host RAM.
 
 Sources: the ZeRO paper (Rajbhandari et al. 2020) and DeepSpeed's own estimators
-(estimate_zero2/3_model_states_mem_needs); optimizer states from the optimizers' source (torch
-AdamW foreach, bitsandbytes AdamW8bit, HF Adafactor). llmwizard.autotune.memory adds activations,
+(estimate_zero2/3_model_states_mem_needs); optimizer states from the optimizers' source (torch's
+fused AdamW, bitsandbytes AdamW8bit, HF Adafactor). llmwizard.autotune.memory adds activations,
 buffers and overhead to these for the step's peak.
 """
 
@@ -22,9 +22,11 @@ from llmwizard.autotune.train_setup import TrainSetup
 def optimizer_bytes(model: ModelSpec, setup: TrainSetup, trainable: int, state_bytes: int) -> tuple[float, float]:
     """(states, step temporaries) for `trainable` parameters whose states are `state_bytes` wide."""
     if setup.optimizer == "adamw":
-        # exp_avg + exp_avg_sq in the parameter dtype; foreach AdamW builds one more state-sized
-        # tensor (the sqrt of exp_avg_sq) for the whole group during step().
-        return 2 * state_bytes * trainable, state_bytes * trainable
+        # exp_avg + exp_avg_sq in the parameter dtype. The exporter writes torch's fused AdamW
+        # (savers.ADAMW_FUSED), which updates each element in place: no step temporary. (The
+        # foreach AdamW, `adamw_torch`, would build one more state-sized tensor, the sqrt of
+        # exp_avg_sq, for the whole group; bench/fused_adamw_cpu.py measures both.)
+        return 2 * state_bytes * trainable, 0.0
     if setup.optimizer == "adamw_8bit":
         # bitsandbytes AdamW8bit: two uint8 states + an fp32 absmax per 256-element block; fused update.
         return (2 + 2 * 4 / 256) * trainable, 0.0

@@ -57,6 +57,28 @@ from llmwizard.autotune.train_setup import TrainSetup
 # transformers' OptimizerNames for each torchao optimizer, and the bits of one moment element.
 TORCHAO_OPTIMIZERS = {"torchao_adamw_8bit": ("adamw_torch_8bit", 8), "torchao_adamw_4bit": ("adamw_torch_4bit", 4)}
 TORCHAO_BLOCK = 256       # transformers passes block_size=256 unless optim_args say otherwise
+# AdamW as exported: torch's fused kernel (transformers' `adamw_torch_fused`, TrainingArguments'
+# own default on torch >= 2.8). It runs on CUDA and, since torch 2.4, on CPU tensors (torch 2.13 here,
+# fp32 and bf16), and DTensor shards it (FSDP2), so every plan's AdamW is the fused one. It updates each
+# element in place; the foreach AdamW (`adamw_torch`) builds one more tensor the size of the states
+# for the step (bench/fused_adamw_cpu.py measures 1.00x the states for foreach, 0 for fused).
+ADAMW_FUSED = "adamw_torch_fused"
+ADAMW_FUSED_WHY = ("torch's fused AdamW (adamw_torch_fused, transformers' default on torch >= 2.8): one kernel "
+                   "updates each element in place, so the step adds no state-sized temporary (the foreach "
+                   "adamw_torch would add one more copy of the states' size) and runs faster on GPUs")
+ADAMW_DEEPSPEED_CPU_WHY = ("DeepSpeed's CPU Adam (DeepSpeedCPUAdam): the optimizer states are offloaded, so the "
+                           "step runs on the CPU, on the fp32 partitions in host RAM")
+
+
+def adamw_implementation(strategy: str, offload: str) -> str:
+    """Which AdamW runs and why, in words for the plan's optimizer reason: DeepSpeed's own CPU Adam
+    when ZeRO offloads the optimizer (runner.configs names it in ds_config.json), torch's fused
+    AdamW otherwise (on FSDP2's CPU offload too: the fused kernel runs on CPU tensors)."""
+    if strategy.startswith("zero") and offload != "none":
+        return ADAMW_DEEPSPEED_CPU_WHY
+    return ADAMW_FUSED_WHY
+
+
 # What each optimizer does about bf16 updates smaller than a weight's last bit, under pure bf16.
 COMPENSATION: dict[str, str] = {
     "torchao_adamw_8bit": "torchao's 8-bit AdamW rounds each bf16 update stochastically, so small updates "

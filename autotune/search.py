@@ -27,6 +27,7 @@ from llmwizard.autotune.savers import (
     LOW_RANK_NEEDS,
     LOW_RANK_OPTIMIZERS,
     LOW_RANK_WHY,
+    adamw_implementation,
     compensation,
     fused_in_backward,
     fused_tier,
@@ -303,6 +304,9 @@ def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Can
                                 f"step temporaries; {LOW_RANK_WHY[goals.optimizer]}")
     elif goals.optimizer:
         reasons["optimizer"] = f"{goals.optimizer} ({goals.origin('optimizer')})"
+    if best.optimizer == "adamw":  # which AdamW runs, and why that one
+        said = reasons.get("optimizer") or "AdamW (the planner's default)"
+        reasons["optimizer"] = f"{said}; {adamw_implementation(best.strategy, best.offload)}"
     precision = best.precision or space.base.precision
     if best.precision is not None and best.precision != space.base.precision:
         reasons["precision"] = why if not fused_in_backward(best.optimizer) else (

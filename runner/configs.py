@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmwizard.autotune.plan import Plan
-from llmwizard.autotune.savers import GALORE_TARGETS, LOW_RANK_ARGS, TORCHAO_OPTIMIZERS, fused_in_backward
+from llmwizard.autotune.savers import ADAMW_FUSED, GALORE_TARGETS, LOW_RANK_ARGS, TORCHAO_OPTIMIZERS, fused_in_backward
 
 OUTPUT_DIR = "output"
 METRICS_FILE = "metrics.jsonl"
@@ -19,7 +19,7 @@ DS_CONFIG = "ds_config.json"
 TENSORBOARD_DIR = "tensorboard"
 HOSTFILE = "hostfile"
 REPORT_FILE = "report.html"       # llmwizard report RUN (llmwizard.runner.report)
-_OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "adafactor": "adafactor", "sgd": "sgd",
+_OPTIM = {"adamw": ADAMW_FUSED, "adamw_8bit": "adamw_bnb_8bit", "adafactor": "adafactor", "sgd": "sgd",
           "adalomo": "adalomo", "galore_adamw": "galore_adamw", "apollo_adamw": "apollo_adamw",
           **{name: hf for name, (hf, _) in TORCHAO_OPTIMIZERS.items()}}
 _DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "pure_bf16": "bfloat16"}

@@ -198,11 +198,11 @@ def test_lora_trainable_count_is_r_times_din_plus_dout():
     assert trainable_params(spec(), TrainSetup(method="lora", lora_r=8, lora_targets=TARGETS)) == 16 * per_layer
 
 
-def test_full_single_gpu_model_states_are_16_bytes_per_parameter_plus_the_foreach_temporary():
+def test_full_single_gpu_model_states_are_16_bytes_per_parameter_and_fused_adamw_adds_no_temporary():
     e = est(method="full")
     psi = e.total_params
     assert e.params == 4 * psi and e.grads == 4 * psi  # fp32 weights and gradients (AMP)
-    assert e.optimizer == 8 * psi + 4 * psi  # Adam moments, plus foreach's sqrt(exp_avg_sq) in step()
+    assert e.optimizer == 8 * psi  # Adam moments; the exported fused AdamW updates in place (no foreach sqrt)
 
 
 def test_zero2_matches_the_paper_2psi_plus_14psi_over_n():
@@ -214,7 +214,7 @@ def test_zero2_matches_the_paper_2psi_plus_14psi_over_n():
     assert e.params + e.grads == pytest.approx(2 * psi + 2 * psi / n, rel=1e-9)
     assert e.optimizer == pytest.approx((4 + 4) * psi / n, rel=1e-9)
     adam = est(method="full", strategy="zero2", num_gpus=n)
-    assert adam.optimizer - e.optimizer == pytest.approx((8 + 4) * psi / n, rel=1e-9)  # moments + foreach temp
+    assert adam.optimizer - e.optimizer == pytest.approx(8 * psi / n, rel=1e-9)  # the moments (fused: no temp)
 
 
 def test_lora_layer_activation_bytes_per_token_hand_computed():

@@ -40,9 +40,9 @@ def test_pure_bf16_halves_the_model_states_and_low_bit_states_shrink_them_furthe
     pure = _states(TrainSetup(method="full", optimizer="adamw", precision="pure_bf16"))
     pure8 = _states(TrainSetup(method="full", optimizer="torchao_adamw_8bit", precision="pure_bf16"))
     pure4 = _states(TrainSetup(method="full", optimizer="torchao_adamw_4bit", precision="pure_bf16"))
-    # fp32 weights, grads and two moments (+ the foreach temporary); the same in bf16; 8/4-bit moments
+    # fp32 weights, grads and two moments (fused AdamW: no temporary); the same in bf16; 8/4-bit moments
     assert pure == pytest.approx(mixed / 2), (mixed, pure)
-    assert pure - pure8 > 2.5 and pure - pure4 > 2.5, (pure, pure8, pure4)
+    assert pure - pure8 > 1.2 and pure - pure4 > 1.2, (pure, pure8, pure4)
     # 4-bit states take one byte a parameter less than 8-bit ones; its step materialises each
     # moment's codes before packing (bench/torchao_states.py): 18 more bytes of the widest tensor
     m = model(LLAMA_8B, "llama-8b")
