@@ -260,7 +260,7 @@ def _step_tensors(model: ModelSpec, setup: TrainSetup) -> _StepTensors:
     tied_extra = 0.0
     if full and model.tie_embeddings:
         # embedding backward builds a dense [vocab, hidden] gradient that is summed into the head's
-        tied_extra = vocab * h * lay.trainable * (2 if setup.fake_tensors else 1)
+        tied_extra = vocab * h * lay.trainable
     # the embedding's gradient appears only after the first layer's backward (tied: it is the head's)
     embedding_grad = model.embedding_params * lay.trainable / shards if full and not model.tie_embeddings else 0.0
     tokens = setup.micro_batch * setup.seq_len

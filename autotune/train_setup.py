@@ -55,10 +55,6 @@ class TrainSetup:
     cp: int = 1                       # context parallelism: ranks one sequence is split over
     offload_activations: bool = False  # TRL's activation offloading: saved tensors to host RAM
     liger: bool = False               # Liger's RMSNorm and gated-MLP kernels (llmwizard.autotune.activations)
-    # The step runs on FakeTensorMode tensors (bench/memory_validation.py): autograd cannot sum
-    # two gradients in place for a tensor subclass, so a tied embedding's two gradients and their
-    # sum coexist. Never set for planning.
-    fake_tensors: bool = False
     # Measured/estimated peak ratios of earlier probes on this machine, by strategy (for this GPU
     # model, model family and method); the estimate is scaled by the one for its strategy.
     calibration: dict[str, Calibrated] | None = None
