@@ -16,8 +16,8 @@ llmwizard.runner.train installs `default_callbacks(metrics_file)` on every rank:
 - `SameBestCheckpointCallback` makes every rank name the same best checkpoint after each save, so
   `load_best_model_at_end` loads it on all ranks or on none.
 
-Tests add their own callbacks (an out-of-memory error on demand) through
-llmwizard.runner.train.TEST_CALLBACKS_ENV; nothing here knows about them.
+Tests add their own callbacks (an out-of-memory error on demand) to `default_callbacks` from
+tests/hooks/site/sitecustomize.py; nothing here knows about them.
 """
 
 from __future__ import annotations

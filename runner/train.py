@@ -25,9 +25,6 @@ from llmwizard.runner.patches import (LibraryChanged, adalomo_keeps_its_moments,
                                       peft_sees_through_checkpoint_wrappers)
 
 USER_ERROR_EXIT = 2
-# Set by tests only: a module (dotted name, or the path of a .py file) whose `callbacks()` gives
-# extra Trainer callbacks, e.g. tests/hooks/oom.py. Real runs pay one environment lookup.
-TEST_CALLBACKS_ENV = "LLMWIZARD_TEST_CALLBACKS"
 
 __all__ = ["allow_fsdp_on_cpu", "main", "train"]
 
@@ -108,7 +105,7 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
 
     from llmwizard.runner.callbacks import ProbeCallback, default_callbacks, stop_reason
 
-    callbacks = default_callbacks(own.metrics_file) + test_callbacks()
+    callbacks = default_callbacks(own.metrics_file)
     if own.probe:
         train_dataset = longest_rows(train_dataset, training_args.per_device_train_batch_size
                                      * training_args.gradient_accumulation_steps * training_args.world_size
@@ -203,24 +200,6 @@ def is_sharded(trainer: Any) -> bool:
     """Whether the weights are split over the ranks: FSDP, or a DeepSpeed engine at ZeRO stage 3."""
     engine = getattr(trainer, "deepspeed", None)
     return bool(trainer.is_fsdp_enabled or (engine is not None and engine.zero_optimization_stage() == 3))
-
-
-def test_callbacks() -> list[Any]:
-    """The callbacks of the module TEST_CALLBACKS_ENV names; [] on real runs (nothing imported)."""
-    name = os.environ.get(TEST_CALLBACKS_ENV)
-    if not name:
-        return []
-    import importlib
-    import importlib.util
-
-    if name.endswith(".py"):
-        spec = importlib.util.spec_from_file_location("llmwizard_test_callbacks", name)
-        assert spec is not None and spec.loader is not None, name
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(name)
-    return list(module.callbacks())
 
 
 def join_deepspeed_comm() -> None:

@@ -1,10 +1,10 @@
 """Test hook: a disk that is nearly full from step K on, faked where the rank asks the OS.
 
-llmwizard.runner.train loads this file in every rank when LLMWIZARD_TEST_CALLBACKS names it (see
-`environment`); real runs never import it. It replaces `shutil.disk_usage` in the rank: from
-optimizer step FULL_FROM_STEP_ENV on, the filesystem reports FREE_BYTES_ENV bytes free (the real
-total and used otherwise). RANK_ENV limits that to one rank, as when one node's disk is full:
-the other ranks must still skip the save with it. Each call is appended to CALLS_FILE_ENV as
+Every rank of a run whose environment has `environment(...)` loads this file
+(tests/hooks/site/sitecustomize.py); real runs never import it. It replaces `shutil.disk_usage`
+in the rank: from optimizer step FULL_FROM_STEP_ENV on, the filesystem reports FREE_BYTES_ENV bytes
+free (the real total and used otherwise). RANK_ENV limits that to one rank, as when one node's
+disk is full: the other ranks must still skip the save with it. Each call is appended to CALLS_FILE_ENV as
 "rank step path", so a test can see how often a rank looked.
 """
 
@@ -26,9 +26,10 @@ RANK_ENV = "LLMWIZARD_TEST_DISK_FULL_RANK"
 def environment(from_step: int, calls_file: Path, free_bytes: int = 2**20, rank: int | None = None) -> dict[str, str]:
     """What a test adds to a run's environment. The ranks run with cwd = the run directory, so the
     hook and the calls file are named by absolute paths."""
-    from llmwizard.runner.train import TEST_CALLBACKS_ENV
+    # (imported here: the ranks load this file by its path, without the tests package)
+    from tests.hooks.site.sitecustomize import hook_environment
 
-    return {TEST_CALLBACKS_ENV: str(Path(__file__).resolve()), FULL_FROM_STEP_ENV: str(from_step),
+    return {**hook_environment(__file__), FULL_FROM_STEP_ENV: str(from_step),
             FREE_BYTES_ENV: str(free_bytes), CALLS_FILE_ENV: str(calls_file.resolve()),
             **({RANK_ENV: str(rank)} if rank is not None else {})}
 

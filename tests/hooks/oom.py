@@ -1,15 +1,15 @@
 """Test hook: a CUDA out-of-memory error on demand, so a CPU run takes the whole recovery path.
 
-llmwizard.runner.train loads this file in every rank when LLMWIZARD_TEST_CALLBACKS names it (see
-`environment`); real runs never import it. Every rank raises torch.OutOfMemoryError at the start
-of step OOM_AT_STEP_ENV (default 3) while per_device_train_batch_size is above
-OOM_ABOVE_ENV, which is what a rank does when a micro-batch does not fit.
+Every rank of a run whose environment has `environment(...)` loads this file
+(tests/hooks/site/sitecustomize.py); real runs never import it. Every rank raises
+torch.OutOfMemoryError at the start of step OOM_AT_STEP_ENV (default 3) while
+per_device_train_batch_size is above OOM_ABOVE_ENV, which is what a rank does when a micro-batch
+does not fit.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
@@ -21,9 +21,10 @@ OOM_AT_STEP_ENV = "LLMWIZARD_TEST_OOM_AT_STEP"
 def environment(above: int, at_step: int) -> dict[str, str]:
     """What a test adds to a run's environment. The ranks run with cwd = the run directory, so the
     hook is named by its absolute path."""
-    from llmwizard.runner.train import TEST_CALLBACKS_ENV
+    # (imported here: the ranks load this file by its path, without the tests package)
+    from tests.hooks.site.sitecustomize import hook_environment
 
-    return {TEST_CALLBACKS_ENV: str(Path(__file__).resolve()), OOM_ABOVE_ENV: str(above),
+    return {**hook_environment(__file__), OOM_ABOVE_ENV: str(above),
             OOM_AT_STEP_ENV: str(at_step)}
 
 

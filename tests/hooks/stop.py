@@ -2,15 +2,14 @@
 `llmwizard stop` or a cancelled job would, so a short CPU run takes the real stop path (a
 checkpoint saved at that step, an `end` record with reason "stopped").
 
-llmwizard.runner.train loads this file when LLMWIZARD_TEST_CALLBACKS names it (see `environment`);
-real runs never import it.
+Every rank of a run whose environment has `environment(...)` loads this file
+(tests/hooks/site/sitecustomize.py); real runs never import it.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
@@ -19,9 +18,10 @@ STOP_AT_STEP_ENV = "LLMWIZARD_TEST_STOP_AT_STEP"
 
 
 def environment(at_step: int) -> dict[str, str]:
-    from llmwizard.runner.train import TEST_CALLBACKS_ENV
+    # (imported here: the ranks load this file by its path, without the tests package)
+    from tests.hooks.site.sitecustomize import hook_environment
 
-    return {TEST_CALLBACKS_ENV: str(Path(__file__).resolve()), STOP_AT_STEP_ENV: str(at_step)}
+    return {**hook_environment(__file__), STOP_AT_STEP_ENV: str(at_step)}
 
 
 class SignalAtStepCallback(TrainerCallback):
