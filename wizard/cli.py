@@ -489,7 +489,13 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     result = estimate(model, setup, process_budget(hardware, setup.gpus_per_node))
     host_ram = hardware.host_ram_available
     if args.json:
-        print(json.dumps({**result.to_dict(), "host_ram_available": host_ram, "warnings": warnings}, indent=2))
+        from llmwizard.autotune.search import HEADROOM
+
+        # "fits": within the budget; "fits_with_headroom": within what a plan may use, the budget
+        # less the planner's headroom (the text verdict's "fits").
+        usable = int(result.budget * (1 - HEADROOM))
+        print(json.dumps({**result.to_dict(), "usable": usable, "fits_with_headroom": result.total <= usable,
+                          "host_ram_available": host_ram, "warnings": warnings}, indent=2))
         return 0
     from rich.console import Console
 

@@ -59,16 +59,24 @@ def estimate_table(estimate: MemoryEstimate) -> RenderableType:
     table.add_row(Text("total", style="bold"), Text(size_text(estimate.total), style="bold"),
                   Text("expected in nvidia-smi" if gpu else "expected resident size (RSS)", style="dim")
                   if estimate.tensor_peak else "")
-    verdict = Text(f"fits in {size_text(estimate.budget)}" if estimate.fits else f"does NOT fit in {size_text(estimate.budget)}",
-                   style="green" if estimate.fits else "bold red")
+    from llmwizard.autotune.reserved import headroom_words
+    from llmwizard.autotune.search import HEADROOM
+
+    # "fits" is the planner's word: within the budget less its headroom (autotune.search), as `plan` decides.
+    usable = int(estimate.budget * (1 - HEADROOM))
+    if estimate.total <= usable:
+        verdict = Text(f"fits in {size_text(estimate.budget)}", style="green")
+    elif estimate.fits:
+        verdict = Text(f"fits only without the planner's {HEADROOM:.0%} headroom: {size_text(estimate.total)} of "
+                       f"{size_text(estimate.budget)}, above the {size_text(usable)} a plan may use",
+                       style="bold yellow")
+    else:
+        verdict = Text(f"does NOT fit in {size_text(estimate.budget)}", style="bold red")
     if estimate.peak_at:
         # Gradients and activations peak at different moments: the total is the worst moment.
         verdict.append(f"   (total = the peak of the step, during the {estimate.peak_at})", style="dim")
     parts: list[RenderableType] = [table, memory_bar(estimate), verdict]
     if estimate.fits and estimate.budget:
-        from llmwizard.autotune.reserved import headroom_words
-        from llmwizard.autotune.search import HEADROOM
-
         parts.append(Text("headroom: " + headroom_words(estimate.total, estimate.budget, HEADROOM), style="dim"))
     return Group(*parts)
 
