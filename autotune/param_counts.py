@@ -92,9 +92,24 @@ def count_on_meta(config: dict[str, Any], code_from: str | None = None) -> dict[
     model with its own code (the config's auto_map). A quantization_config is left out: training
     dequantizes (gpt-oss's MXFP4 experts train in bf16), so the bf16 model is what is counted.
     """
-    import torch
-    import transformers
-    from transformers.utils import logging as hf_logging
+    import logging
+    import warnings
+
+    # transformers' modeling code imports torchao (and DeepSpeed) when installed, and their start-up
+    # warnings (a CUDA kernel that does not load here, a deprecated torch call) read like failures in
+    # `llmwizard estimate`'s output. Warnings and log records below ERROR are held back during these
+    # imports only; the model is then built with nothing held back.
+    held_back = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torch
+            import transformers
+            from transformers import modeling_utils  # noqa: F401  (the import that pulls those libraries in)
+            from transformers.utils import logging as hf_logging
+    finally:
+        logging.disable(held_back)
 
     hf_logging.set_verbosity_error()
     settings = {k: v for k, v in config.items() if k != "quantization_config"}
