@@ -1,8 +1,13 @@
 """A first look at what a run learned: greedy generations from held-out examples, and from a prompt.
 
-At the end of a run a few evaluation examples are generated (greedy, short) and rank 0 writes
+At the end of a run held-out evaluation examples are generated (greedy) and rank 0 writes
 `samples.jsonl` in the run directory, one JSON object per line: prompt, reference, output (and the
-step). Rank 0 generates alone when it holds the whole model; when the weights are sharded (FSDP,
+step). The first SAMPLE_COUNT are shown whatever their length. Every generated row whose reference
+is a short answer (at most SHORT_ANSWER_TOKENS tokens, as the bundled arithmetic's are) is also
+scored: `exact` says whether the output is the reference, and the summary shows the rate
+("held-out  37/40 answers exact (92%) ..."). Short answers need few new tokens, so scoring SCORED_COUNT rows
+stays cheap; data with long answers (where an exact match says little) is not scored and costs
+nothing more. Rank 0 generates alone when it holds the whole model; when the weights are sharded (FSDP,
 ZeRO-3) every rank generates the same prompts in step (`synced_gpus`), since each forward gathers
 its layers from all ranks. The summary shows the first. `llmwizard try RUN "prompt"` uses the
 same generation for the tuned model and the base side by side (llmwizard.wizard.after_commands).
@@ -21,6 +26,10 @@ from typing import Any
 SAMPLES_FILE = "samples.jsonl"
 SAMPLE_COUNT = 3
 SAMPLE_NEW_TOKENS = 32
+# Held-out rows generated at most, for the exact-answer rate; train.py takes this many eval rows.
+SCORED_COUNT = 40
+# A reference of at most this many tokens is an answer that can be checked exactly.
+SHORT_ANSWER_TOKENS = 16
 
 
 def printable(text: str) -> str:
@@ -109,21 +118,65 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]] 
 
 
 def eval_samples(model: Any, tokenizer: Any, rows: Iterable[dict[str, Any]], count: int = SAMPLE_COUNT,
-                 max_new_tokens: int = SAMPLE_NEW_TOKENS, *, synced_gpus: bool | None = None,
-                 device: Any = None) -> list[dict[str, Any]]:
-    """The first `count` usable rows, generated: prompt, reference, output (`synced_gpus` and
-    `device` as for `generate`)."""
-    picked = []
+                 max_new_tokens: int = SAMPLE_NEW_TOKENS, *, scored: int = SCORED_COUNT,
+                 synced_gpus: bool | None = None, device: Any = None) -> list[dict[str, Any]]:
+    """The first `count` usable rows, generated with up to `max_new_tokens`: prompt, reference,
+    output; then further short-answer rows, up to `scored` rows in all, generated with just enough
+    tokens to hold their answer. Each row with a short reference carries `exact` (is_exact).
+    `synced_gpus` and `device` as for `generate`. The rows picked depend on the rows and the
+    tokenizer alone, so every rank of a sharded run generates the same prompts in step."""
+    shown: list[tuple[list[dict[str, str]] | str, str]] = []
+    checked: list[tuple[list[dict[str, str]] | str, str]] = []
     for row in rows:
-        split = split_example(row)
-        if split is not None:
-            picked.append(split)
-        if len(picked) >= count:
+        if len(shown) + len(checked) >= max(count, scored):
             break
-    outputs = generate(model, tokenizer, [prompt for prompt, _ in picked], max_new_tokens,
+        split = split_example(row)
+        if split is None:
+            continue
+        if len(shown) < count:
+            shown.append(split)
+        elif short_answer(tokenizer, split[1]):
+            checked.append(split)
+    pairs = shown + checked
+    outputs = generate(model, tokenizer, [prompt for prompt, _ in shown], max_new_tokens,
                        synced_gpus=synced_gpus, device=device)
-    return [{"prompt": prompt_text(prompt), "reference": reference, "output": output}
-            for (prompt, reference), output in zip(picked, outputs, strict=True)]
+    # An exact answer ends within its own length (plus the end token): longer output is wrong anyway.
+    outputs += generate(model, tokenizer, [prompt for prompt, _ in checked], SHORT_ANSWER_TOKENS + 2,
+                        synced_gpus=synced_gpus, device=device) if checked else []
+    samples = []
+    for (prompt, reference), output in zip(pairs, outputs, strict=True):
+        sample: dict[str, Any] = {"prompt": prompt_text(prompt), "reference": reference, "output": output}
+        if short_answer(tokenizer, reference):
+            sample["exact"] = is_exact(output, reference)
+        samples.append(sample)
+    return samples
+
+
+def short_answer(tokenizer: Any, reference: str) -> bool:
+    """Whether `reference` is short enough for an exact match to be a fair score (a number, a word)."""
+    return bool(reference.strip()) and len(tokenizer(reference, add_special_tokens=False)["input_ids"]) \
+        <= SHORT_ANSWER_TOKENS
+
+
+def is_exact(output: str, reference: str) -> bool:
+    """The output is the reference, up to spaces around and between words (generation's decoding
+    may differ there; the answer may not)."""
+    return output.split() == reference.split()
+
+
+def exact_rate(samples: list[dict[str, Any]]) -> tuple[int, int] | None:
+    """(exact, scored) over the samples that carry `exact`; None when none do."""
+    scored = [sample["exact"] for sample in samples if isinstance(sample.get("exact"), bool)]
+    return (sum(scored), len(scored)) if scored else None
+
+
+def exact_line(samples: list[dict[str, Any]]) -> str | None:
+    """The summary's text for the exact-answer rate: "37/40 answers exact (92%), ..."."""
+    rate = exact_rate(samples)
+    if rate is None:
+        return None
+    exact, scored = rate
+    return f"{exact}/{scored} answers exact ({exact / scored:.0%}), on examples the run never trained on"
 
 
 def write_samples(path: Path, samples: list[dict[str, Any]], step: int) -> None:

@@ -147,7 +147,7 @@ def _vision_language(run_dir: Path) -> bool:
 def _after_rows(run_dir: Path, outcome: Outcome) -> list[tuple[str, str]]:
     """What to look at and do next: the report, one held-out sample, merge and try."""
     from llmwizard.runner.configs import REPORT_FILE
-    from llmwizard.runner.samples import read_samples
+    from llmwizard.runner.samples import exact_line, read_samples
 
     rows: list[tuple[str, str]] = []
     if (run_dir / REPORT_FILE).is_file():
@@ -157,6 +157,8 @@ def _after_rows(run_dir: Path, outcome: Outcome) -> list[tuple[str, str]]:
         first = samples[0]
         rows.append(("sample", f"{_short(first['prompt'])} -> {_short(first['output'])} "
                                f"(reference: {_short(first['reference'])}; all in samples.jsonl)"))
+        if exact_line(samples):
+            rows.append(("held-out", exact_line(samples)))
     if outcome.status == "done" and not _vision_language(run_dir):
         rows.append(("try it", f'llmwizard try {shlex.quote(str(run_dir))} "your prompt"'))
         if (run_dir / OUTPUT_DIR / "adapter_config.json").is_file():

@@ -171,7 +171,7 @@ def write_eval_samples(trainer: Any, eval_dataset: Any, tokenizer: Any, run_dir:
     makes the same number of forwards. A failure here costs the samples, never the run (sharded,
     a failure on one rank alone, such as running out of memory, leaves the others waiting in a
     collective until the process group's timeout, then they fail the same way)."""
-    from llmwizard.runner.samples import SAMPLES_FILE, eval_samples, write_samples
+    from llmwizard.runner.samples import SAMPLES_FILE, SCORED_COUNT, eval_samples, write_samples
 
     main = trainer.accelerator.is_main_process
     sharded = is_sharded(trainer)
@@ -183,7 +183,7 @@ def write_eval_samples(trainer: Any, eval_dataset: Any, tokenizer: Any, run_dir:
                   flush=True)
         return
     try:
-        rows = eval_dataset.select(range(min(len(eval_dataset), 16)))
+        rows = eval_dataset.select(range(min(len(eval_dataset), SCORED_COUNT)))
         samples = eval_samples(trainer.model, tokenizer, rows, device=trainer.accelerator.device,
                                synced_gpus=sharded and trainer.accelerator.num_processes > 1)
         if main:
