@@ -1,8 +1,11 @@
 """The embedded default: a tiny Llama and a bundled SFT dataset, so llmwizard trains offline anywhere.
 
-The dataset is generated deterministically (arithmetic and unit conversions) and shipped as
-`data/arithmetic.jsonl`; `generate_examples()` reproduces it byte for byte. The model is built on
-first use into the user's cache: a byte-level BPE tokenizer trained on the bundled data, a Llama
+The dataset is sums, shaped as `llmwizard try` asks them (user "12+7=", assistant "19"),
+generated deterministically and shipped as `data/arithmetic.jsonl`; `generate_examples()`
+reproduces it byte for byte. Each sum appears once, so the run's held-out split holds sums the
+model never trains on, and the exact-answer rate at the end of a run (llmwizard.runner.samples)
+shows whether it learned to add rather than to recite. The model is built on first use into the
+user's cache: a byte-level BPE tokenizer trained on the bundled data (digits kept single), a Llama
 config and random weights, written with `tokenizers`, `json` and `safetensors.numpy` only, so the
 CLI never imports torch to build it. A manifest of SHA-256 digests detects a corrupt cache, which
 is rebuilt.
@@ -28,9 +31,12 @@ EMBEDDED_MODEL = "embedded:tiny-llama"
 EMBEDDED_DATASET = "embedded:arithmetic"
 
 # Bump when anything below changes what is built: old caches are then rebuilt beside the new one.
-_BUILD_VERSION = "1"
+_BUILD_VERSION = "2"
 _SEED = 1234
-_NUM_EXAMPLES = 400
+# Operands 0.._MAX_OPERAND: sums a random-init model learns in the default run's ~1000 steps.
+_MAX_OPERAND = 30
+# Under 1000, so the bundled data is a "small" dataset by Google's rule (llmwizard.autotune.rules).
+_NUM_EXAMPLES = 900
 
 DATA_DIR = Path(__file__).parent / "data"
 DATASET_PATH = DATA_DIR / "arithmetic.jsonl"
@@ -83,7 +89,22 @@ _UNITS = [
 
 
 def generate_examples(n: int = _NUM_EXAMPLES, seed: int = _SEED) -> list[dict[str, Any]]:
-    """The bundled dataset: short, regular chat examples whose loss falls quickly."""
+    """The bundled dataset: `n` different sums "a+b=" -> "a+b's value" with operands 0.._MAX_OPERAND,
+    in a seeded order. Distinct sums keep the held-out split honest (no sum is both trained on and
+    scored); the bare "12+7=" form is what a newcomer types into `llmwizard try`."""
+    sums = [(a, b) for a in range(_MAX_OPERAND + 1) for b in range(_MAX_OPERAND + 1)]
+    if not 0 < n <= len(sums):
+        raise ValueError(f"generate_examples: n must be 1..{len(sums)} (the distinct sums), not {n}")
+    random.Random(seed).shuffle(sums)
+    return [{"messages": [
+        {"role": "user", "content": f"{a}+{b}="},
+        {"role": "assistant", "content": str(a + b)},
+    ]} for a, b in sums[:n]]
+
+
+def word_problems(n: int = 400, seed: int = _SEED) -> list[dict[str, Any]]:
+    """Arithmetic and unit conversions in words: the texts the embedded vision models' tokenizers
+    are trained on (llmwizard.autotune.embedded_vision), whose questions are words too."""
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
     for _ in range(n):

@@ -25,8 +25,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from llmwizard.autotune.embedded import (SPECIAL_TOKENS, VOCAB_SIZE, cache_root, ensure_built, generate_examples,
-                                        train_tokenizer)
+from llmwizard.autotune.embedded import (SPECIAL_TOKENS, VOCAB_SIZE, cache_root, ensure_built, train_tokenizer,
+                                        word_problems)
 
 EMBEDDED_VISION_MODEL = "embedded:tiny-vision"
 EMBEDDED_GEMMA3_MODEL = "embedded:tiny-gemma3-vision"
@@ -327,7 +327,7 @@ def _build_gemma3_model(directory: Path) -> list[str]:
 def _build_tokenizer(directory: Path, image_tokens: list[str], named: dict[str, Any], processor_class: str,
                      max_length: int) -> None:
     """The text model's tokenizer, trained on its data and the captions, with the image tokens."""
-    texts = [m["content"] for row in generate_examples() for m in row["messages"]]
+    texts = [m["content"] for row in word_problems() for m in row["messages"]]
     texts += [part["text"] for row in shapes_rows() for m in row["messages"] for part in m["content"]
               if part["type"] == "text"]
     train_tokenizer(texts, directory, max_length=max_length, extra_tokens=image_tokens, named=named,

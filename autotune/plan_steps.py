@@ -15,6 +15,7 @@ from typing import Generic, TypeVar
 from llmwizard.autotune import vision
 from llmwizard.autotune.activations import LIGER_MODELS
 from llmwizard.autotune.dataset import DatasetProfile
+from llmwizard.autotune.embedded import EMBEDDED_MODEL
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.goals import Goals
 from llmwizard.autotune.hardware_types import HardwareProfile
@@ -26,8 +27,9 @@ from llmwizard.autotune.schema import MAX_BATCH, MAX_LEARNING_RATE, Launcher, Me
 from llmwizard.autotune.train_setup import TrainSetup
 
 DEFAULT_EFFECTIVE_BATCH = 16
-# The embedded default is a random-init toy model: it learns visibly at ten times the rule's rate.
-RANDOM_INIT_LR_SCALE = 10
+# The embedded default is a random-init toy model: it learns visibly at fifteen times the rule's rate
+# (3e-3 for the small-dataset rule, and no tenth for full fine-tuning: no pretrained weights to keep).
+RANDOM_INIT_LR_SCALE = 15
 
 T = TypeVar("T")
 
@@ -82,7 +84,15 @@ def _rule_text(rule: SizeRule) -> str:
     return f"Google's rule for {rule.size} datasets"
 
 
-def method(hardware: HardwareProfile, goals: Goals) -> Decision[Method]:
+def method(hardware: HardwareProfile, goals: Goals, model: ModelSpec | None = None) -> Decision[Method]:
+    from_rule = goals.method is None or (goals.preset is not None and "method" not in goals.explicit)
+    if model is not None and model.name == EMBEDDED_MODEL and from_rule:
+        # LoRA adapters on frozen random layers hardly learn in the default run (2/90 held-out sums
+        # right at rank 16, against 16/40 for full fine-tuning). A method the user set is kept.
+        given = f"instead of {goals.method} {goals.origin('method')}, " if goals.method else ""
+        return Decision("full", f"full fine-tuning: every weight trains ({given}because the embedded tiny model is "
+                                "randomly initialised: LoRA on its frozen random layers barely learns; "
+                                "--method lora to compare)")
     method = goals.method or "lora"
     if method not in ("full", "lora", "qlora"):
         raise UserError(f"Unknown method '{method}'.", title="Method", fix="Use full, lora or qlora.")
@@ -102,7 +112,7 @@ def epochs(goals: Goals, rule: SizeRule) -> Decision[float]:
 
 
 # Above this a learning rate is almost surely a typo (AdaLomo's relative 5e-4 and the embedded
-# model's 10x rates are far below it).
+# model's 15x rates are far below it).
 MAX_SENSIBLE_LR = 0.1
 # Below this (and above the schema's floor, where updates vanish in fp32) a run hardly trains.
 MIN_SENSIBLE_LR = 1e-6
@@ -112,12 +122,12 @@ def learning_rate(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -
     rule_text = _rule_text(rule)
     lr = goals.learning_rate if goals.learning_rate is not None else rule.learning_rate
     reason = f"{lr:g}: {goals.source('learning_rate', rule_text)}"
-    if method == "full" and goals.learning_rate is None:
+    if method == "full" and goals.learning_rate is None and model.name != EMBEDDED_MODEL:
         lr = rule.learning_rate / 10
         reason = f"{lr:g}: a tenth of the LoRA rule ({rule.learning_rate:g}) for full fine-tuning"
     if model.source == "embedded" and "learning_rate" not in goals.explicit:
         # Google's rates are for tuning pretrained weights; the embedded model starts random and
-        # learns visibly only at about ten times that rate (bench: 6.5 -> 2.0 in the default run).
+        # learns visibly only at about fifteen times that rate (RANDOM_INIT_LR_SCALE).
         base = lr
         lr = min(lr * RANDOM_INIT_LR_SCALE, MAX_LEARNING_RATE)  # (the schema's ceiling holds for the plan too)
         reason = (f"{lr:g}: {lr / base:g}x the {base:g} "

@@ -63,7 +63,7 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     record.warnings.extend(model.warnings)  # what the model's config leaves uncertain
     # 1. Dataset rules, and the method they are for.
     rule = record.take("dataset", step.size_rule(dataset, goals))
-    method = record.take("method", step.method(hardware, goals))
+    method = record.take("method", step.method(hardware, goals, model))
     epochs = record.take("epochs", step.epochs(goals, rule))
     lr = record.take("learning_rate", step.learning_rate(model, goals, rule, method))
     lora = record.take("lora", step.lora(model, goals, rule, method))

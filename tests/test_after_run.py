@@ -43,6 +43,7 @@ def export_run(run_dir: Path, *, report_to: list[str] | None = None, **goals: An
     from llmwizard.runner.export import export
 
     profile = profile_dataset(EMBEDDED_DATASET, counter_for(ensure_embedded_model()))
+    goals = {"method": "lora", **goals}  # the adapter is what merge and the samples are checked against
     planned = plan(from_spec("cpu"), load_model_spec(None), profile, Goals(report_to=report_to, **goals))
     if planned.eval_fraction > 0:  # two evaluations and two checkpoints in six steps
         planned = dataclasses.replace(planned, eval_steps=3, save_steps=3, logging_steps=1)

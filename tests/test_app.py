@@ -124,7 +124,7 @@ async def test_every_step_from_detected_gpus_to_an_exported_plan(gpus: HardwareP
         await settle(pilot)
         assert app.screen.STEP == 3
         facts = text_of(app, "#dataset-facts")
-        assert "400 (chat messages)" in facts and "small dataset" in facts
+        assert "900 (chat messages)" in facts and "small dataset" in facts
         assert app.state.dataset is not None and app.state.dataset.profile.histogram
 
         await pilot.press("ctrl+n")
@@ -391,7 +391,7 @@ async def test_launch_trains_on_the_cpu_and_plots_the_loss(tmp_path: Path):
         plot = screen.query_one("#loss")
         assert len(plot.train) >= 5
         assert any(0x2800 < ord(ch) <= 0x28FF for ch in text_of(app, "#loss"))  # braille drawn
-        assert (run_dir / "output" / "adapter_config.json").is_file()
+        assert (run_dir / "output" / "model.safetensors").is_file()  # the embedded model trains in full
         assert str(screen.query_one("#next").label) == "Quit"
         # Back to launch: the finished run keeps its directory (nothing is exported by going back);
         # Launch would write a new one.

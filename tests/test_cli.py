@@ -41,7 +41,7 @@ def test_plan_json_has_the_stable_keys():
     assert data["micro_batch"] * data["grad_accum"] * data["num_processes"] == data["effective_batch"]
     assert set(data["estimate"]["per_gpu"]) == {"params", "grads", "optimizer", "activations", "logits",
                                                 "overhead", "total"}
-    assert data["lora"]["r"] == 4 and data["epochs"] == 20
+    assert data["method"] == "full" and data["lora"] is None and data["epochs"] == 20  # the embedded model
 
 
 def _assert_clean_failure(result, *needles):

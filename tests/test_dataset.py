@@ -82,7 +82,7 @@ def test_percentiles_and_histogram():
 def test_profile_counts_tokens_exactly_like_transformers():
     model_dir = ensure_embedded_model()
     profile = profile_dataset(EMBEDDED_DATASET, counter_for(model_dir))
-    assert profile.num_examples == 400 and profile.exact_tokens
+    assert profile.num_examples == 900 and profile.exact_tokens
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

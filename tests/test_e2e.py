@@ -9,7 +9,7 @@ from tests.conftest import run_cli
 
 
 def test_main_command_trains_and_saves_an_adapter(tmp_path: Path):
-    result = run_cli("--preset", "small-dataset", "--yes", "--max-steps", "40", cwd=tmp_path)
+    result = run_cli("--preset", "small-dataset", "--yes", "--method", "lora", "--max-steps", "40", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
     for name in ("plan.yaml", "accelerate_config.yaml", "sft_config.yaml", "launch.sh", "train.log", "metrics.jsonl"):

@@ -146,7 +146,7 @@ def probed(tmp_path_factory: pytest.TempPathFactory):
         patch.setenv("LLMWIZARD_CALIBRATION_DIR", str(root / "cache"))
         profile = profile_dataset(EMBEDDED_DATASET, counter_for(ensure_embedded_model()))
         p = plan(from_spec("cpu"), load_model_spec(None), profile,
-                 Goals(max_steps=2, eval_fraction=0, micro_batch=8, effective_batch=16, probe=True))
+                 Goals(method="lora", max_steps=2, eval_fraction=0, micro_batch=8, effective_batch=16, probe=True))
         # A relative run directory, as the CLI's runs/NAME: launch.sh changes into it, the probe must
         # still find what the ranks wrote.
         patch.chdir(root)
