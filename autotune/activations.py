@@ -88,6 +88,72 @@ def trainable_params(model: ModelSpec, setup: TrainSetup) -> int:
     return model.lora_params(setup.lora_r, setup.lora_targets) + tower
 
 
+# ----------------------------------------------------------------------------- Mixture of Experts
+
+# The pseudo LoRA target that adapts the routed experts' fused 3-D weights (PEFT target_parameters).
+EXPERTS_TARGET = "experts"
+
+
+def experts_train(model: ModelSpec, setup: TrainSetup) -> bool:
+    """Whether the routed experts' weights get gradients: full fine-tuning, or LoRA on the experts."""
+    return model.moe is not None and (setup.method == "full" or EXPERTS_TARGET in (setup.lora_targets or []))
+
+
+def moe_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
+    """Bytes one MoE block keeps for backward, per token, in place of the dense gated MLP's.
+
+    From transformers' grouped_mm experts path (integrations/moe.py, grouped_mm_experts_forward,
+    the default experts implementation in 5.x) and the top-k routers of modeling_qwen3_moe /
+    modeling_mixtral / modeling_gpt_oss, checked on fake tensors (tests/test_moe.py):
+    - the router: its logits [tokens, experts] in the compute dtype and the fp32 softmax output
+      (gpt-oss's softmax runs over the top-k only), the top-k values and int64 indices;
+    - top-k dispatch: each token is copied once per chosen expert (tokens x k rows, sorted by expert),
+      with int64 sort and scatter indices per row;
+    - per routed row the gated MLP's tensors: gate, activation and up outputs (3 x I), and the
+      expert output kept for the routing weight's product (H);
+    - when the expert weights train, the grouped GEMMs' inputs too: the gathered row (H) and the
+      down projection's input (I)."""
+    moe = model.moe
+    if moe is None:
+        return 0.0
+    c = layout(model, setup).compute
+    h, inter, experts, k = model.hidden_size, moe.expert_intermediate_size, moe.num_experts, moe.experts_per_token
+    softmax = 4 * (k if moe.kind == "gpt_oss" else experts)
+    router = c * experts + softmax + k * (4 + 8) + (c * h if setup.method == "full" else 0)
+    row = 3 * c * inter + c * h + 2 * 8 + c
+    if experts_train(model, setup):
+        row += c * h + c * inter
+    shared = 3 * c * moe.expert_intermediate_size if moe.shared_expert_params else 0
+    return router + k * row + shared
+
+
+def moe_backward_bytes(model: ModelSpec, setup: TrainSetup) -> float:
+    """Transient bytes while one MoE block runs backward: the gradients of each routed row's MLP
+    tensors and gathered input (tokens x k rows), and the fused expert weights' gradient when they
+    train (one [experts, 2I, H] tensor, the widest a MoE layer makes)."""
+    moe = model.moe
+    if moe is None:
+        return 0.0
+    lay = layout(model, setup)
+    rows = setup.micro_batch * setup.seq_len * moe.experts_per_token
+    transient = rows * lay.compute * (3 * moe.expert_intermediate_size + model.hidden_size)
+    if setup.method == "full":
+        transient += moe.num_experts * 2 * moe.expert_intermediate_size * model.hidden_size * lay.trainable
+    return transient
+
+
+def moe_aux_loss_bytes(model: ModelSpec, setup: TrainSetup) -> float:
+    """The load-balancing loss (transformers' load_balancing_loss_func), when the config turns it on
+    (output_router_logits): every layer's router logits stay to the end of the forward, and the loss
+    builds an fp32 softmax and an int64 one-hot of the top-k choices over all layers' tokens at once."""
+    moe = model.moe
+    if moe is None or not moe.aux_loss:
+        return 0.0
+    c = layout(model, setup).compute
+    tokens = setup.micro_batch * setup.seq_len
+    return tokens * model.num_layers * moe.num_experts * (c + 4 + 8 * moe.experts_per_token)
+
+
 def liger_layers(model: ModelSpec, setup: TrainSetup) -> bool:
     """Whether Liger's RMSNorm and gated-MLP kernels replace HF's in this model's decoder layers."""
     return setup.liger and model.model_type in LIGER_MODELS
@@ -133,7 +199,9 @@ def layer_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     total = 2 * _norm_saved(model, setup)
     if model.model_type in FOUR_NORM_MODELS:
         total += 2 * _norm_saved(model, setup, reads_stream=False)
-    if full:
+    if full and model.moe is not None:
+        total += c * h * 3 if s != c else s * h            # q/k/v inputs (the MoE block's: moe_token_bytes)
+    elif full:
         total += c * h * 5 if s != c else s * h * 2      # q/k/v and gate/up inputs
         total += c * inter                                # down_proj's input
     for lin in ([] if full else adapted_linears(model, setup)):
@@ -145,6 +213,8 @@ def layer_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
         total += c * hq * 3 + a * seq * probs + (c * hq if full else 0)
     else:
         total += c * (2 * hq + 2 * hkv) + 4 * a
+    if model.moe is not None:
+        return total + moe_token_bytes(model, setup)
     total += (2 if liger_layers(model, setup) else 3) * c * inter  # gate out, (activation out,) up out
     return total
 
@@ -196,7 +266,8 @@ def fixed_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     lay = layout(model, setup)
     h = model.hidden_size
     norm = _norm_saved(model, setup) - (0 if liger_layers(model, setup) else 8)
-    return norm + lay.stream * h + 2 * model.head_dim * lay.stream + 6 * 4 + 16
+    moe_loss = moe_aux_loss_bytes(model, setup) / (setup.micro_batch * setup.seq_len)
+    return norm + lay.stream * h + 2 * model.head_dim * lay.stream + 6 * 4 + 16 + moe_loss
 
 
 def layer_backward_bytes(model: ModelSpec, setup: TrainSetup) -> float:
@@ -210,7 +281,8 @@ def layer_backward_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     # down_proj's backward. Otherwise Liger's gated MLP writes the gate's and up's gradients into their
     # saved outputs: only the product's is new.
     mlp_grads = 6 if setup.checkpointing and setup.method != "full" else 1 if liger_layers(model, setup) else 3
-    transient: float = tokens * mlp_grads * lay.compute * inter
+    transient: float = (tokens * mlp_grads * lay.compute * inter if model.moe is None
+                        else moe_backward_bytes(model, setup))  # a MoE block's routed rows instead
     if attention_kernel(model, setup) == "eager":  # gradients of the probabilities and the fp32 softmax
         transient += setup.micro_batch * model.num_heads * setup.seq_len**2 * (lay.compute + 2)
     widest = max(lin.d_in * lin.d_out for lin in model.linears)

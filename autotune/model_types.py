@@ -136,7 +136,10 @@ class ModelSpec:
     def lora_params(self, r: int, targets: list[str] | None = None) -> int:
         """Exact LoRA parameter count: r * (d_in + d_out) for every adapted linear (PEFT's LoRA A, B)."""
         chosen = [lin for lin in self.linears if targets is None or lin.name in targets]
-        return self.num_layers * sum(r * (lin.d_in + lin.d_out) for lin in chosen)
+        # "experts" (never a default) adapts the routed experts' fused weights through target_parameters.
+        experts = (self.moe.expert_lora_params(r, self.hidden_size)
+                   if self.moe and self.moe.expert_parameters and targets and "experts" in targets else 0)
+        return self.num_layers * (sum(r * (lin.d_in + lin.d_out) for lin in chosen) + experts)
 
     def lora_target_modules(self, targets: list[str] | None = None) -> list[str]:
         """`target_modules` for PEFT / TRL's `lora_target_modules` that adapts exactly what
