@@ -75,6 +75,8 @@ class _HookedLoader(importlib.abc.Loader):
         add_hook_callbacks(module, self.hook_file)
 
     def __getattr__(self, name: str) -> Any:  # get_source, get_filename, ... of the usual loader
+        if name == "loader":  # (not set yet, as on a copy: no recursion)
+            raise AttributeError(name)
         return getattr(self.loader, name)
 
 
