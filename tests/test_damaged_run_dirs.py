@@ -34,9 +34,9 @@ ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real run of two steps with a checkpoint at each, finished: output/ holds the adapter."""
+    """A real LoRA run of two steps with a checkpoint at each, finished: output/ holds the adapter."""
     run_dir = tmp_path_factory.mktemp("finished") / "run"
-    result = run_cli("export", "--max-steps", "2", "--eval-fraction", "0", "--out", str(run_dir))
+    result = run_cli("export", "--max-steps", "2", "--eval-fraction", "0", "--method", "lora", "--out", str(run_dir))
     assert result.returncode == 0, result.stderr
     result = run_cli("run", str(run_dir), cwd=run_dir.parent)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
