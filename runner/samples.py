@@ -153,8 +153,10 @@ def eval_samples(model: Any, tokenizer: Any, rows: Iterable[dict[str, Any]], cou
 
 
 def short_answer(tokenizer: Any, reference: str) -> bool:
-    """Whether `reference` is short enough for an exact match to be a fair score (a number, a word)."""
-    return bool(reference.strip()) and len(tokenizer(reference, add_special_tokens=False)["input_ids"]) \
+    """Whether `reference` is short enough for an exact match to be a fair score (a number, a word).
+    A vision model's processor holds its text tokenizer (and takes images first when called)."""
+    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    return bool(reference.strip()) and len(text_tokenizer(reference, add_special_tokens=False)["input_ids"]) \
         <= SHORT_ANSWER_TOKENS
 
 
