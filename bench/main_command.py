@@ -6,7 +6,8 @@ Prints, side by side:
 - `llmwizard --help` wall time (median of repeats): nothing heavy may be imported for it;
 - `llmwizard plan` cold wall time (a fresh cache, so the embedded model is built too);
 - `llmwizard --preset small-dataset --yes`: seconds from start to the first loss on screen, and
-  to the end of the whole default run, each from a fresh directory and a fresh cache.
+  to the end of the whole default run, each from a fresh directory and a fresh cache;
+- what each run learned: the summary's loss and held-out exact-answer lines.
 The first loss is timed when its line appears on the command's (piped, so plain-line) output.
 """
 
@@ -30,7 +31,7 @@ def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
 
 
 def main_run(cwd: Path, env: dict[str, str], extra: list[str]) -> tuple[float, float, str]:
-    """(seconds to the first loss line, seconds to exit, the summary's loss line)."""
+    """(seconds to the first loss line, seconds to exit, the summary's loss and held-out lines)."""
     start = time.perf_counter()
     proc = subprocess.Popen(["llmwizard", "--preset", "small-dataset", "--yes", *extra], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -41,8 +42,8 @@ def main_run(cwd: Path, env: dict[str, str], extra: list[str]) -> tuple[float, f
     for line in proc.stdout:
         if first is None and line.startswith("step ") and " loss " in line:
             first = time.perf_counter() - start
-        if line.strip().startswith("│ loss"):
-            summary = line.strip(" │\n")
+        if line.strip().startswith(("│ loss", "│ held-out")):
+            summary += ("\n  " if summary else "") + line.strip(" │\n")
     code = proc.wait()
     total = time.perf_counter() - start
     if code != 0:
