@@ -5,6 +5,7 @@ that would make a plan fit. Pure: every figure comes from llmwizard.autotune.mem
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 from llmwizard.autotune.activations import LIGER_MODELS
@@ -14,6 +15,29 @@ from llmwizard.autotune.hardware_types import GiB, HardwareProfile
 from llmwizard.autotune.memory import estimate
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.train_setup import TrainSetup
+
+
+class DoesNotFit(UserError):
+    """A "does not fit" refusal whose fix is worked out when it is first read. The searched fixes
+    (the largest length and the smallest hardware that fit) run the planner's search a few dozen
+    times; a caller that only tries settings and reads no fix (llmwizard.autotune.refusal, the
+    wizard's what-if fields) does not pay for them."""
+
+    def __init__(self, message: str, *, title: str = "Does not fit", make_fix: Callable[[], str]) -> None:
+        self._make_fix: Callable[[], str] | None = make_fix
+        self._fix: str | None = None
+        super().__init__(message, title=title)
+
+    @property  # type: ignore[override]
+    def fix(self) -> str | None:
+        if self._make_fix is not None:
+            self._fix, self._make_fix = self._make_fix(), None
+        return self._fix
+
+    @fix.setter
+    def fix(self, value: str | None) -> None:
+        if value is not None or self._make_fix is None:  # (UserError.__init__ sets None first)
+            self._fix, self._make_fix = value, None
 
 
 def forced_estimate(model: ModelSpec, base: TrainSetup, forced: dict[str, object], world: int, budget: int,
@@ -37,12 +61,17 @@ def forced_estimate(model: ModelSpec, base: TrainSetup, forced: dict[str, object
 
 def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, budget: int, world: int,
                  limit: float, lean: dict[str, object] | None = None,
-                 lean_sharded: dict[str, object] | None = None) -> UserError:
+                 lean_sharded: dict[str, object] | None = None,
+                 searched: Callable[[], tuple[str, str]] | None = None) -> UserError:
     """Name the smallest change that would make a plan fit: what fits within `limit` bytes (the
     budget less the search's headroom) with another method, CPU offload, a shorter length or more GPUs.
     `lean` is the leanest memory saver the search may use (pure bf16, a low-memory optimizer:
     llmwizard.autotune.savers); the figures are for the setup with it. `lean_sharded`: the same
-    for more GPUs than one (AdaLomo runs on one GPU only; default: `lean`)."""
+    for more GPUs than one (AdaLomo runs on one GPU only; default: `lean`). `searched` gives the
+    largest length and the smallest hardware that fit, found by the planner's own search over
+    every tier, context parallelism included (llmwizard.autotune.search.searched_fixes; "" where
+    none fits), called only when the fix is read; without it they are estimated here for the
+    leanest setup without context parallelism."""
     lean = lean or {}
     sharded_lean = lean if lean_sharded is None else lean_sharded
     sharded = replace(base, **{"micro_batch": 1, "checkpointing": True, **sharded_lean})  # type: ignore[arg-type]
@@ -81,14 +110,14 @@ def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, 
         fewer = _fewer_cpu_processes(hardware, model, smallest, world, limit / budget if budget else 0.0)
         if fewer:
             suggestions.append(fewer)
-    seq = base.seq_len
+    seq = base.seq_len if searched is None else 0
     while seq > 256:
         seq //= 2
         short = estimate(model, replace(smallest, seq_len=seq), budget)
         if short.total <= limit:
             suggestions.append(f"fits at {seq} tokens (--max-length {seq})")
             break
-    if hardware.device == "cuda":
+    if hardware.device == "cuda" and searched is None:
         for extra in range(1, 512):
             more = estimate(model, replace(sharded, strategy="zero3", num_gpus=world + extra), budget)
             if more.total <= limit:
@@ -100,16 +129,19 @@ def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, 
                     text += f": {math.ceil((world + extra) / per_node)} nodes of {per_node}"
                 suggestions.append(text + ")")
                 break
-    tail = "; ".join(suggestions) if suggestions else "try a smaller model"
+    def fix() -> str:
+        found = [text for text in (searched() if searched else ()) if text]
+        return "; ".join(suggestions + found) or "try a smaller model"
+
     shared = (f" (the host RAM shared by {world // max(1, hardware.nodes)} processes)"
               if hardware.device == "cpu" and world > 1 else "")
-    return UserError(
+    return DoesNotFit(
         f"{model.name} ({format_params(model.total_params)} parameters, {base.method}) does not fit: even "
         f"fully sharded at micro-batch 1 with checkpointing{_lean_words(lean)} it needs {est.total / GiB:.1f} GiB per "
         f"{'GPU' if hardware.device == 'cuda' else 'process'}, and {budget / GiB:.1f} GiB is free{shared}"
         + (f" ({limit / GiB:.1f} GiB usable: the planner keeps {1 - limit / budget:.0%} as headroom)."
            if est.total <= budget else "."),
-        title="Does not fit", fix=tail)
+        make_fix=fix)
 
 
 def _fewer_cpu_processes(hardware: HardwareProfile, model: ModelSpec, smallest: TrainSetup, world: int,

@@ -12,16 +12,18 @@ would (llmwizard.autotune.no_fit).
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field, replace
 
 from llmwizard.autotune.activations import liger_layers
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.goals import Goals
+from llmwizard.autotune.gpu_catalog import parse_gpu_spec
 from llmwizard.autotune.hardware_types import GiB, HardwareProfile
 from llmwizard.autotune.long_context import context_parallel_sizes, offloaded_activations, ulysses_splits
 from llmwizard.autotune.memory import MemoryEstimate, estimate
 from llmwizard.autotune.model_types import ModelSpec
-from llmwizard.autotune.no_fit import forced_estimate, nothing_fits
+from llmwizard.autotune.no_fit import DoesNotFit, forced_estimate, nothing_fits
 from llmwizard.autotune.savers import (
     ADALOMO_NEEDS,
     LOW_RANK_NEEDS,
@@ -376,19 +378,155 @@ def _does_not_fit(space: SearchSpace, goals: Goals) -> UserError:
             # optimizer and precision (the strategy and offload are what each suggestion varies)
             kept = {key: value for key, value in forced.items()
                     if key in ("micro_batch", "checkpointing", "optimizer", "precision")}
-            keeping = "" if forced.get("optimizer") in (*LOW_RANK_OPTIMIZERS, "adalomo") else (
-                f"; or, keeping {asked}: "
-                f"{nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM), kept).fix}")
             figures = forced_estimate(model, base, forced, world, budget, budget * (1 - HEADROOM),
                                       hardware.host_ram_available)
-            return UserError(
-                f"{asked} does not fit: {figures}",
-                title="Does not fit",
-                fix=f"Leave it to the planner, which fits {_label(alternative)} "
-                    f"({alternative.estimate.total / GiB:.1f} GiB per {_device_word(hardware)}){keeping}.")
+            found = alternative
+
+            def fix() -> str:
+                keeping = "" if forced.get("optimizer") in (*LOW_RANK_OPTIMIZERS, "adalomo") else (
+                    f"; or, keeping {asked}: " + str(nothing_fits(hardware, model, base, budget, world,
+                                                                  budget * (1 - HEADROOM), kept,
+                                                                  searched=lambda: searched_fixes(space, goals)).fix))
+                return (f"Leave it to the planner, which fits {_label(found)} "
+                        f"({found.estimate.total / GiB:.1f} GiB per {_device_word(hardware)}){keeping}.")
+
+            return DoesNotFit(f"{asked} does not fit: {figures}", make_fix=fix)
     return nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM),
                         leanest(hardware.device, base, goals),
-                        leanest(hardware.device, _replace(base, num_gpus=2), goals))  # (more GPUs: no AdaLomo)
+                        leanest(hardware.device, _replace(base, num_gpus=2), goals),  # (more GPUs: no AdaLomo)
+                        searched=lambda: searched_fixes(space, goals))
+
+
+# The lengths the no-fit advice names are multiples of this, as the planner rounds the data's p99.
+LENGTH_STEP = 64
+# The most machines the advice looks for (as many GPUs as the old estimate-only advice tried).
+MAX_NODES = 64
+
+
+def _search_fits(space: SearchSpace, goals: Goals) -> Candidate | None:
+    """The planner's own pick for `space` (every tier, context parallelism included), or None when
+    nothing fits: the probe of the no-fit advice, so it words no advice of its own."""
+    fitting, _ = generate(space, goals)
+    return rank(fitting) if fitting else None
+
+
+def _space_or_none(hardware: HardwareProfile, base: TrainSetup, space: SearchSpace, goals: Goals, budget: int,
+                   effective: int, world: int) -> SearchSpace | None:
+    """The search space on other hardware or at another length; None where the goals rule it out
+    (an asked context-parallel size that no longer divides the GPUs)."""
+    try:
+        return _space(hardware, space.model, base, goals, budget, effective, world)
+    except UserError:
+        return None
+
+
+def longest_fitting_length(space: SearchSpace, goals: Goals) -> tuple[int, Candidate] | None:
+    """The largest max_length (a multiple of LENGTH_STEP, below the asked one) at which the
+    planner's search fits on this hardware, and its pick there: a bisection, each probe the whole
+    search, so Ulysses or ring attention over several GPUs counts as much as a saver does. What
+    `--max-length` with that value plans (the length step passes it through to the search)."""
+    lo, hi = 0, -(-space.base.seq_len // LENGTH_STEP)    # in LENGTH_STEPs: lo fits (0: none yet), hi does not
+    found: Candidate | None = None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        shorter = _space_or_none(space.hardware, _replace(space.base, seq_len=mid * LENGTH_STEP), space, goals,
+                                 space.budget, space.effective, space.world)
+        best = _search_fits(shorter, goals) if shorter else None
+        if best is None:
+            hi = mid
+        else:
+            lo, found = mid, best
+    return (lo * LENGTH_STEP, found) if found else None
+
+
+def _gpu_model(hardware: HardwareProfile) -> str:
+    """The GPU part of a --gpus spec for more of these GPUs: "H100-80GB" from "8xH100-80GB,ram=1TB";
+    for detected GPUs their memory ("24GB"), which is what the plan turns on."""
+    if hardware.spec:
+        text = hardware.spec.split(",", 1)[0]
+        match = re.fullmatch(r"\s*(?:\d+\s*[xX]\s*){0,2}(.+?)\s*", text)
+        if match:
+            return match.group(1)
+    gpu = hardware.smallest_gpu
+    return f"{round(gpu.total_memory / GiB)}GB" if gpu else "cpu"
+
+
+def _ram_suffix(hardware: HardwareProfile) -> str:
+    """The spec's ",ram=..." when it has one: the advice keeps what the user said of the host."""
+    if hardware.spec and "," in hardware.spec:
+        return "," + hardware.spec.split(",", 1)[1].strip()
+    return ""
+
+
+def smallest_fitting_hardware(space: SearchSpace, goals: Goals) -> tuple[str, int, Candidate] | None:
+    """The fewest GPUs of this model on which the planner's search fits, as the --gpus (and
+    --nodes) that ask for them, their count, and the search's pick there: first more GPUs in this
+    machine (up to 8), then machines of 8 (or of this many), the node count bisected. Each probe plans the hardware as
+    `--gpus` would describe it (llmwizard.autotune.gpu_catalog), with the effective batch raised
+    as the batch step raises it."""
+    hardware = space.hardware
+    one_gpu_only = goals.strategy == "single" or fused_in_backward(space.base.optimizer)
+    if hardware.device != "cuda" or one_gpu_only or (goals.processes and goals.processes < hardware.gpus_per_node):
+        return None
+    name, ram = _gpu_model(hardware), _ram_suffix(hardware)
+
+    def fits(per_node: int, nodes: int) -> tuple[str, int, Candidate] | None:
+        try:
+            more = parse_gpu_spec(f"{per_node}x{name}{ram}", nodes)
+        except UserError:
+            return None
+        gpu = more.smallest_gpu
+        world = per_node * nodes
+        step = world * (goals.micro_batch or 1)
+        effective = (space.effective * world // space.world if goals.grad_accum
+                     else step * -(-space.effective // step))
+        base = _replace(space.base, num_gpus=world, gpus_per_node=per_node)
+        more_space = _space_or_none(more, base, space, goals, gpu.free_memory if gpu else space.budget, effective,
+                                    world)
+        best = _search_fits(more_space, goals) if more_space else None
+        flags = f"--gpus {per_node}x{name}{ram}" + (f" --nodes {nodes}" if nodes > 1 else "")
+        return (flags, world, best) if best else None
+
+    per_node, nodes = hardware.gpus_per_node, hardware.nodes
+    if nodes == 1:
+        for count in range(per_node + 1, max(8, per_node) + 1):
+            found = fits(count, 1)
+            if found:
+                return found
+        per_node, nodes = max(8, per_node), 1
+    lo, hi = nodes, MAX_NODES        # lo does not fit; hi is checked first
+    found = fits(per_node, hi)
+    if found is None:
+        return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        probe = fits(per_node, mid)
+        if probe is None:
+            lo = mid
+        else:
+            hi, found = mid, probe
+    return found
+
+
+def _reach_words(best: Candidate, hardware: HardwareProfile) -> str:
+    return f"{_label(best)}, {best.estimate.total / GiB:.1f} GiB per {_device_word(hardware)}"
+
+
+def searched_fixes(space: SearchSpace, goals: Goals) -> tuple[str, str]:
+    """The no-fit advice's two searched fixes, in words: the largest length that fits here and the
+    smallest hardware that fits, each with the plan that gets there ("" where there is none)."""
+    length = ""
+    longest = longest_fitting_length(space, goals)
+    if longest:
+        tokens, best = longest
+        length = f"fits at {tokens:,} tokens (--max-length {tokens}): {_reach_words(best, space.hardware)}"
+    more = ""
+    bigger = smallest_fitting_hardware(space, goals)
+    if bigger:
+        flags, count, best = bigger
+        more = (f"fits on {count} GPUs ({flags}; {count - space.world} more than here): "
+                f"{_reach_words(best, space.hardware)}")
+    return length, more
 
 
 _FORCEABLE = ("strategy", "offload", "micro_batch", "checkpointing", "optimizer", "precision")
