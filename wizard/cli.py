@@ -368,9 +368,8 @@ def _with_smallest_change(error: Any, args: argparse.Namespace, hardware: Hardwa
     if not changes:
         return error
     smallest = "; or ".join(changes)
-    fix = f"{error.fix} Smallest change of what you set: {smallest}." if error.fix else \
-        f"Smallest change of what you set: {smallest}."
-    return UserError(error.message, title=error.title, fix=fix)
+    words = f"Smallest change of what you set: {smallest}."
+    return UserError(error.message, title=error.title, fix=f"{error.fix} {words}" if error.fix else words)
 
 
 def _picks(key: str, plan: Plan) -> str:
