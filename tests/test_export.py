@@ -21,8 +21,10 @@ from llmwizard.runner.launch import free_port
 
 
 def _plan(**goals):
+    """A plan of the embedded model, LoRA unless asked otherwise (the exporters' LoRA keys are checked
+    here; the embedded model's own default is full fine-tuning)."""
     profile = profile_dataset(EMBEDDED_DATASET, counter_for(ensure_embedded_model()))
-    return plan(detect(), load_model_spec(None), profile, Goals(**goals))
+    return plan(detect(), load_model_spec(None), profile, Goals(**{"method": "lora", **goals}))
 
 
 @pytest.mark.parametrize("strategy", ["single", "ddp", "fsdp", "zero2", "zero3"])
