@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.model_types import Linear, ModelSpec
 from llmwizard.autotune.savers import pure_bf16
 from llmwizard.autotune.train_setup import TrainSetup
@@ -92,6 +93,42 @@ def trainable_params(model: ModelSpec, setup: TrainSetup) -> int:
 
 # The pseudo LoRA target that adapts the routed experts' fused 3-D weights (PEFT target_parameters).
 EXPERTS_TARGET = "experts"
+
+
+def expert_targets(model: ModelSpec, asked: list[str] | None, dropout: float | None) -> list[str]:
+    """PEFT `target_parameters` for the routed experts when `experts` is among the LoRA targets.
+
+    The experts are fused 3-D parameters (mlp.experts.gate_up_proj [E, 2I, H], mlp.experts.down_proj),
+    not nn.Linear modules, so only PEFT's ParamWrapper reaches them, and it refuses dropout."""
+    if EXPERTS_TARGET not in (asked or []):
+        return []
+    if model.moe is None or not model.moe.expert_parameters:
+        what = ("has no experts" if model.moe is None
+                else "keeps its experts in modules PEFT's target_parameters cannot reach")
+        raise UserError(f"LoRA target `{EXPERTS_TARGET}`: {model.name} {what}.", title="LoRA",
+                        fix=f"Choose from: {', '.join(model.linear_names)}.")
+    if dropout:
+        raise UserError(f"lora_dropout {dropout:g} with the `{EXPERTS_TARGET}` LoRA target: PEFT adapts fused expert "
+                        "weights through its ParamWrapper, which takes no dropout.", title="LoRA",
+                        fix="Set lora_dropout to 0 (the planner's value with experts), or drop `experts` from "
+                            "lora_targets.")
+    return list(model.moe.expert_parameters)
+
+
+def moe_lora_note(model: ModelSpec, r: int, experts: list[str]) -> str:
+    """What the LoRA reason says about a MoE model's experts: why they stay frozen by default, or
+    what adapting them costs."""
+    moe = model.moe
+    if moe is None:
+        return ""
+    on_experts = model.num_layers * moe.expert_lora_params(r, model.hidden_size)
+    if experts:
+        return (f"; the routed experts too ({', '.join(experts)}, PEFT target_parameters): {on_experts:,} of these "
+                "parameters, with lora_dropout 0 (PEFT's ParamWrapper takes none)")
+    return (f"; attention only on this Mixture-of-Experts model (the planner's default): each token reaches "
+            f"{moe.experts_per_token} of {moe.num_experts} experts, so an expert's adapter learns from few tokens, "
+            f"and adapters on the routed experts would add {on_experts:,} parameters with their gradients and "
+            "optimizer states; add `experts` to lora_targets for them (PEFT target_parameters)")
 
 
 def experts_train(model: ModelSpec, setup: TrainSetup) -> bool:

@@ -483,6 +483,10 @@ def ensure_embedded(name: str | None) -> Path:
         return ensure_vision_model()
     if name == EMBEDDED_GEMMA3_MODEL:
         return ensure_gemma3_model()
+    from llmwizard.autotune.embedded_moe import EMBEDDED_MOE_MODEL, ensure_moe_model
+
+    if name == EMBEDDED_MOE_MODEL:
+        return ensure_moe_model()
     from llmwizard.autotune.embedded import ensure_embedded_model
 
     return ensure_embedded_model()

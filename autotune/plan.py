@@ -87,6 +87,13 @@ class LoraSettings:
     # What PEFT receives: the names, or one regex when plain names would also match a vision
     # tower or when there is a single name (TRL passes a one-item list on as a regex string).
     peft_targets: PeftTargets = field(default_factory=list)
+    # Mixture-of-Experts: the routed experts' fused 3-D weights PEFT adapts (target_parameters,
+    # e.g. mlp.experts.gate_up_proj); empty: the experts stay frozen (the planner's default).
+    target_parameters: PeftTargets = field(default_factory=list)
+
+    def adapted(self) -> list[str]:
+        """What the memory model adapts: the linears, and "experts" when the routed experts are."""
+        return [*self.target_modules, *(["experts"] if self.target_parameters else [])]
 
 
 # A setting a user can pin, by its goal key (micro_batch, strategy, ...); a Literal built from Goals'

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from llmwizard.autotune import vision
-from llmwizard.autotune.activations import LIGER_MODELS
+from llmwizard.autotune.activations import EXPERTS_TARGET, LIGER_MODELS, expert_targets, layout, moe_lora_note
 from llmwizard.autotune.dataset import DatasetProfile
 from llmwizard.autotune.embedded import EMBEDDED_MODEL
 from llmwizard.autotune.errors import UserError
@@ -146,16 +146,21 @@ def lora(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -> Decisio
     if method == "full":
         return Decision(None, warnings=warnings)
     r = goals.lora_r or rule.lora_r
-    targets = goals.lora_targets or model.linear_names
+    asked = goals.lora_targets or model.linear_names
+    experts = expert_targets(model, goals.lora_targets, goals.lora_dropout)  # the routed experts' fused weights
+    targets = [name for name in asked if name != EXPERTS_TARGET]
     unknown = sorted(set(targets) - set(model.linear_names))
-    if unknown:
-        raise UserError(f"LoRA targets {', '.join(unknown)} are not linear layers of {model.name}.",
-                        title="LoRA", fix=f"Choose from: {', '.join(model.linear_names)}.")
+    if unknown or not targets:
+        raise UserError(f"LoRA targets {', '.join(unknown)} are not linear layers of {model.name}." if unknown else
+                        f"LoRA on {model.name} needs at least one linear layer beside the experts.",
+                        title="LoRA", fix=f"Choose from: {', '.join(model.linear_names)}"
+                        + (f", and {EXPERTS_TARGET} for the routed experts." if model.moe else "."))
     tower = model.vision is not None and goals.train_vision_tower
     lora = LoraSettings(r=r, alpha=goals.lora_alpha or 2 * r,
-                        dropout=goals.lora_dropout if goals.lora_dropout is not None else 0.05,
-                        target_modules=list(targets), peft_targets=vision.lora_targets(model, list(targets), tower))
-    count = model.lora_params(r, targets) + (model.vision.lora_params(r) if tower and model.vision else 0)
+                        dropout=goals.lora_dropout if goals.lora_dropout is not None else 0.0 if experts else 0.05,
+                        target_modules=list(targets), peft_targets=vision.lora_targets(model, list(targets), tower),
+                        target_parameters=experts)
+    count = model.lora_params(r, lora.adapted()) + (model.vision.lora_params(r) if tower and model.vision else 0)
     # PEFT's "trainable%": of the base plus the adapters (below 100% even for a tiny model at a high rank).
     share = count / (model.total_params + count)
     where = ""
@@ -169,7 +174,8 @@ def lora(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -> Decisio
                       "more parameters than a full-rank update needs; check --lora-r."),)
     return Decision(lora, f"rank {r}, alpha {lora.alpha}{alpha} on {', '.join(targets)}{where}: "
                           f"{count:,} trainable parameters ({share:.2%}); "
-                          f"rank {goals.source('lora_r', 'from ' + _rule_text(rule))}", warnings)
+                          f"rank {goals.source('lora_r', 'from ' + _rule_text(rule))}"
+                          f"{moe_lora_note(model, r, experts)}", warnings)
 
 
 def vision_tower(model: ModelSpec, dataset: DatasetProfile, goals: Goals, method: str) -> Decision[bool]:
@@ -354,7 +360,7 @@ def base_setup(hardware: HardwareProfile, world: World, method: Method, max_leng
     patches = _patches(model, dataset) if model and dataset else 0
     return TrainSetup(method=method, num_gpus=world.size, seq_len=max_length, precision=precision,
                       optimizer=goals.optimizer or "adamw", lora_r=lora.r if lora else 8,
-                      lora_targets=lora.target_modules if lora else None,
+                      lora_targets=lora.adapted() if lora else None,
                       lora_dropout=lora.dropout if lora else 0.0, device=hardware.device,
                       gpus_per_node=world.per_node, image_patches=patches,
                       train_vision_tower=bool(goals.train_vision_tower and model and model.vision), liger=liger)
@@ -519,3 +525,38 @@ def run_name(model: str, dataset: str) -> str:
         return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:40] or "run"
 
     return f"{stem(model)}-{stem(dataset)}"
+
+
+def experts(model: ModelSpec, strategy: str, world: int, setup: TrainSetup) -> str:
+    """The plan's word on a Mixture-of-Experts model: total and active parameters, how the chosen
+    strategy holds the experts (FSDP2 wraps each decoder layer with its experts; ZeRO-3 gathers the
+    MoE block whole as a leaf module, since gathering experts one by one as the router picks them
+    hangs ranks that picked others), and expert parallelism, which accelerate, DeepSpeed ZeRO and
+    FSDP2 under TRL do not offer for transformers' MoE blocks: the figure it would save per GPU."""
+    moe = model.moe
+    assert moe is not None
+    routed = model.num_layers * moe.num_experts * moe.expert_params
+    weight_bytes = layout(model, setup).weight
+
+    def count(n: int) -> str:
+        return f"{n / 1e9:.2f} B" if n >= 10**9 else f"{n:,}"
+
+    text = (f"{count(model.total_params)} parameters, {count(model.active_params)} active per token "
+            f"({moe.experts_per_token} of {moe.num_experts} routed experts per layer, {moe.expert_params:,} "
+            f"parameters each)")
+    if moe.quantization:
+        text += f"; released with {moe.quantization.upper()} experts, dequantized to bf16 for training (counted so)"
+    if strategy == "zero3":
+        text += f"; ZeRO-3 gathers each {moe.block_cls} whole (a leaf module, deepspeed.utils.set_z3_leaf_modules)"
+    elif strategy == "fsdp":
+        text += f"; FSDP2 wraps each {model.layer_cls} with its experts"
+    saved = routed * weight_bytes * (1 - 1 / world) / 2**30
+    if world > 1 and strategy in ("ddp", "zero1", "zero2"):
+        ep = (f"expert parallelism over {world} GPUs would hold 1/{world} of the routed experts' weights: "
+              f"{saved:.2f} GiB less per GPU")
+    elif world > 1:
+        ep = (f"expert parallelism over {world} GPUs would keep each expert on one GPU instead of gathering "
+              f"{routed * weight_bytes / model.num_layers / 2**30:.2f} GiB of experts per layer")
+    else:
+        ep = "expert parallelism needs several GPUs"
+    return text + f"; {ep}, but the stack (accelerate, DeepSpeed ZeRO, FSDP2 under TRL) offers none for these models"

@@ -84,6 +84,8 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     choice = choose(hardware, model, base, goals, step.budget(hardware, world.per_node), effective, world.size)
     record.reasons.update(choice.reasons)
     chosen = choice.best
+    if model.moe is not None:  # experts: total and active, how the strategy holds them, expert parallelism
+        record.reasons["experts"] = step.experts(model, chosen.strategy, world.size, base)
     # 5. Gradient accumulation.
     # (context parallelism: cp ranks share each sequence, so world / cp ranks hold different ones)
     if fused_in_backward(chosen.optimizer):

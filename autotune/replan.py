@@ -21,7 +21,7 @@ def setup_of(plan_: Plan, **changes: object) -> TrainSetup:
                        checkpointing=plan_.activation_checkpointing, precision=plan_.precision,
                        optimizer=plan_.optimizer, attention=plan_.attention,
                        lora_r=plan_.lora.r if plan_.lora else 8,
-                       lora_targets=plan_.lora.target_modules if plan_.lora else None,
+                       lora_targets=plan_.lora.adapted() if plan_.lora else None,
                        lora_dropout=plan_.lora.dropout if plan_.lora else 0.0, device=plan_.device,
                        gpus_per_node=plan_.processes_per_machine, cp=plan_.context_parallel,
                        offload_activations=plan_.activation_offloading, image_patches=plan_.image_patches,

@@ -324,6 +324,8 @@ def sft_config(plan: Plan) -> dict[str, Any]:
             # The planner's PEFT form: plain names, or one regex that skips a vision tower.
             "lora_target_modules": list(plan.lora.peft_targets or plan.lora.target_modules),
         })
+        if plan.lora.target_parameters:  # MoE: the routed experts' fused weights (PEFT ParamWrapper)
+            config["lora_target_parameters"] = list(plan.lora.target_parameters)
     if plan.method == "qlora":
         config.update({
             "load_in_4bit": True,

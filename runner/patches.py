@@ -133,6 +133,38 @@ def deepspeed_skips_its_shm_kernel() -> None:
     table["deepspeed_shm_comm"] = False
 
 
+MOE_LEAVES = "gather each Mixture-of-Experts block whole under ZeRO-3 (without it the ranks hang gathering experts)"
+
+
+def deepspeed_leaf_setter() -> Any:
+    import deepspeed.utils
+
+    return internal("deepspeed", deepspeed.utils, "set_z3_leaf_modules", MOE_LEAVES)
+
+
+def moe_blocks_are_zero3_leaves(model: Any) -> list[str]:
+    """Mark the model's Mixture-of-Experts blocks as ZeRO-3 leaf modules, before DeepSpeed starts.
+
+    ZeRO-3 gathers a module's parameters as its forward reaches them. A MoE block reaches only the
+    experts its router picked, and picks differ between ranks, so ranks wait on gathers the others
+    never start: training hangs. As a leaf, the block (router and every expert) is gathered whole.
+    The blocks are found as llmwizard.autotune.param_counts finds them when counting: the module
+    that holds `experts` (Qwen3MoeSparseMoeBlock, MixtralSparseMoeBlock, GptOssMLP, a remote
+    model's own). Returns the class names marked (none for a dense model).
+    """
+    import torch
+
+    classes = {type(module) for module in model.modules()
+               if isinstance(getattr(module, "experts", None), torch.nn.Module)}
+    if not classes:
+        return []
+    ordered = sorted(classes, key=lambda cls: cls.__name__)
+    deepspeed_leaf_setter()(model, ordered)
+    names = [cls.__name__ for cls in ordered]
+    print(f"llmwizard: ZeRO-3 leaf modules: {', '.join(names)}", file=sys.stderr, flush=True)
+    return names
+
+
 # ----------------------------------------------------------------------------- PEFT
 
 ADAPTER_UNDER_CHECKPOINTING = ("keep LoRA weights in adapters saved under FSDP activation checkpointing "
@@ -225,6 +257,7 @@ def adalomo_keeps_its_moments() -> None:
 GUARDED = {
     "accelerate AcceleratorState.__init__(fsdp_plugin=...), PartialState._shared_state": accelerate_internals,
     "deepspeed deepspeed.ops.__compatible_ops__": deepspeed_op_table,
+    "deepspeed deepspeed.utils.set_z3_leaf_modules": deepspeed_leaf_setter,
     "peft tuners_utils._get_tuner_state_dict_key_prefixes": peft_prefix_function,
     "lomo-optim AdaLomo.exp_avg_sq, exp_avg_sq_row, exp_avg_sq_col, step_num": adalomo_class,
 }

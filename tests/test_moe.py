@@ -205,3 +205,122 @@ def test_without_the_moe_terms_the_estimate_misses_the_routed_tokens(monkeypatch
     monkeypatch.setattr(activations, "moe_backward_bytes", lambda model, setup: 0.0)
     _, without, _ = bench.compare(case)
     assert without < 0.85 * measured
+
+
+# ----------------------------------------------------------------------------- the tiny MoE trains for real
+
+def _moe_plan(strategy: str, method: str, **goals: Any):
+    from llmwizard.autotune.dataset import profile_dataset
+    from llmwizard.autotune.embedded import EMBEDDED_DATASET
+    from llmwizard.autotune.embedded_moe import EMBEDDED_MOE_MODEL, ensure_moe_model
+    from llmwizard.autotune.goals import Goals
+    from llmwizard.autotune.hardware import detect
+    from llmwizard.autotune.planner import plan
+    from llmwizard.autotune.tokens import counter_for
+    from tests.tiny_models import LEARNING_RATE
+
+    model_dir = ensure_moe_model()
+    profile = profile_dataset(EMBEDDED_DATASET, counter_for(model_dir))
+    wanted = Goals(strategy=strategy, launcher="accelerate", method=method, processes=2, max_steps=10,
+                   checkpointing=False, eval_fraction=0.0, learning_rate=LEARNING_RATE[method], **goals)
+    return plan(detect(), load_model_spec(EMBEDDED_MOE_MODEL), profile, wanted)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy, method, targets", [
+    ("ddp", "lora", None), ("ddp", "lora", ["q_proj", "v_proj", "experts"]), ("ddp", "full", None),
+    ("fsdp", "full", None), ("zero3", "full", None)], ids=["ddp-lora", "ddp-lora-experts", "ddp-full",
+                                                           "fsdp2-full", "zero3-full-leaf-modules"])
+def test_tiny_moe_trains_under_every_strategy(tmp_path, strategy, method, targets):
+    """embedded:tiny-moe on two CPU ranks: the strategy that really ran, a falling loss, and under
+    ZeRO-3 the MoE block marked as a leaf module (without it the ranks hang gathering experts)."""
+    from llmwizard.runner.export import export
+    from tests.test_strategies import EXPECTED, stale_extension_build_lock
+    from tests.tiny_models import assert_loss_falls, losses, run_launch_sh, strategy_ran
+
+    plan = _moe_plan(strategy, method, **({"lora_targets": targets} if targets else {}))
+    if targets:
+        assert plan.lora is not None and plan.lora.target_parameters == ["mlp.experts.down_proj",
+                                                                         "mlp.experts.gate_up_proj"]
+        assert plan.lora.dropout == 0.0
+    run_dir = tmp_path / "run"
+    export(plan, run_dir)
+    env = {"TORCH_EXTENSIONS_DIR": str(stale_extension_build_lock(tmp_path / "ext"))} if strategy == "zero3" else {}
+    result = run_launch_sh(run_dir, tmp_path, env=env, timeout=400)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert strategy_ran(log) == (EXPECTED[strategy], 2)
+    assert_loss_falls(losses(run_dir))
+    assert ("llmwizard: ZeRO-3 leaf modules: Qwen3MoeSparseMoeBlock" in log) == (strategy == "zero3")
+    if targets:
+        from safetensors.numpy import load_file
+
+        saved = load_file(str(run_dir / "output" / "adapter_model.safetensors"))
+        assert any("experts" in key for key in saved), sorted(saved)
+
+
+# ----------------------------------------------------------------------------- LoRA targets and plans
+
+@pytest.mark.parametrize("config", [QWEN3_MOE, MIXTRAL, GPT_OSS], ids=["qwen3_moe", "mixtral", "gpt_oss"])
+def test_lora_counts_are_pefts_own_for_attention_and_experts(config):
+    """The default (attention only) and `experts` (PEFT target_parameters on the fused weights)."""
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    spec = spec_from_config("x", "local", None, config)
+    assert spec.moe is not None
+    settings = {k: v for k, v in config.items() if k not in ("model_type", "quantization_config")}
+    for targets, parameters in [(None, []), (["q_proj", "v_proj", "experts"], list(spec.moe.expert_parameters))]:
+        with torch.device("meta"):
+            hf_config = transformers.AutoConfig.for_model(config["model_type"], **settings)
+            model = getattr(transformers, config["architectures"][0])._from_config(hf_config)
+        modules = spec.lora_target_modules([t for t in targets or spec.linear_names if t != "experts"])
+        lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=modules,
+                          target_parameters=parameters or None)
+        trainable, _ = get_peft_model(model, lora).get_nb_trainable_parameters()
+        assert trainable == spec.lora_params(4, targets), targets
+
+
+def test_plans_name_active_parameters_leaf_modules_and_expert_parallelism():
+    from llmwizard.autotune import hardware
+    from llmwizard.autotune.dataset import profile_dataset
+    from llmwizard.autotune.embedded import EMBEDDED_DATASET
+    from llmwizard.autotune.goals import Goals
+    from llmwizard.autotune.planner import plan
+
+    from llmwizard.autotune.embedded_moe import ensure_moe_model
+    from llmwizard.autotune.tokens import counter_for
+
+    model = load_model_spec("qwen3-30b-a3b")
+    profile = profile_dataset(EMBEDDED_DATASET, counter_for(ensure_moe_model()))
+    zero3 = plan(hardware.from_spec("4xRTX4090"), model, profile, Goals(strategy="zero3"))
+    words = flat(zero3.reasons["experts"])
+    assert "30.53 B parameters, 3.35 B active per token" in words and "8 of 128 routed experts" in words
+    assert "leaf module" in words and "Qwen3MoeSparseMoeBlock" in words
+    assert "offers none" in words and "expert parallelism over 4 GPUs" in words
+    assert zero3.lora is not None and zero3.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert "attention only on this Mixture-of-Experts model" in flat(zero3.reasons["lora"])
+    ddp = plan(hardware.from_spec("8xH100-80GB"), model, profile, Goals(strategy="ddp", method="lora"))
+    assert "GiB less per GPU" in ddp.reasons["experts"]
+    oss = plan(hardware.from_spec("1xH100-80GB"), load_model_spec("gpt-oss-20b"), profile, Goals())
+    assert "MXFP4 experts, dequantized to bf16" in flat(oss.reasons["experts"])
+
+
+def test_dropout_with_expert_lora_is_refused(tmp_path):
+    import yaml
+
+    preset = tmp_path / "moe.yaml"
+    preset.write_text(yaml.safe_dump({"method": "lora", "lora_targets": ["q_proj", "experts"],
+                                      "lora_dropout": 0.1}))
+    assert_refused(run_cli("plan", "--model", "embedded:tiny-moe", "--preset", str(preset), cwd=tmp_path),
+                   ["lora_dropout 0.1", "`experts`", "ParamWrapper"])
+
+
+def test_experts_target_on_a_dense_model_is_refused(tmp_path):
+    import yaml
+
+    preset = tmp_path / "dense.yaml"
+    preset.write_text(yaml.safe_dump({"method": "lora", "lora_targets": ["q_proj", "experts"]}))
+    assert_refused(run_cli("plan", "--preset", str(preset), "--method", "lora", cwd=tmp_path),
+                   ["LoRA target `experts`", "has no experts"])
