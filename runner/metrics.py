@@ -246,12 +246,22 @@ def load_metrics(path: str | os.PathLike[str]) -> MetricsFile:
     except OSError as exc:
         result.unreadable = _unreadable(result.path, exc)
         return result
-    for number, line in enumerate(data.split(b"\n"), start=1):
+    lines = data.split(b"\n")
+    unfinished = lines.pop()  # b"" when the file ends on a newline; else a line still being written
+    for number, line in enumerate(lines, start=1):
         count = len(result.notes)
         record = _parse(line, result.notes, number)
         if record is not None:
             result.records.append(record)
         result.damaged += len(result.notes) - count
+    # The last line without its newline: whole (a file cut after its last record), or a record
+    # still being written (the writer's JSON is ASCII and starts with "{"), or damage.
+    record = _parse(unfinished)
+    if record is not None:
+        result.records.append(record)
+    elif unfinished.strip() and not (unfinished.isascii() and unfinished.lstrip().startswith(b"{")):
+        _parse(unfinished, result.notes, len(lines) + 1)
+        result.damaged += 1
     return result
 
 

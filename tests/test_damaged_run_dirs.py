@@ -489,3 +489,16 @@ def test_the_tail_reads_a_line_split_across_polls_and_counts_the_damaged(tmp_pat
     path.unlink()
     path.mkdir()
     assert tail.poll() == [] and "cannot be read" in (tail.damage() or "")
+
+
+@pytest.mark.parametrize("tail, records, damaged", [
+    (b'{"type": "log", "st', 1, 0),          # a record still being written: not damage, not yet a record
+    (b'{"type": "end", "step": 0}', 2, 0),   # a file cut after its last record: the record counts
+    (b"\xff\xfe", 1, 1),                     # garbage with no newline after it is damage all the same
+    (b"garbage", 1, 1),
+])
+def test_the_last_line_without_its_newline(tmp_path: Path, tail: bytes, records: int, damaged: int):
+    path = tmp_path / METRICS
+    path.write_bytes(BEGIN.encode() + b"\n" + tail)
+    found = load_metrics(path)
+    assert (len(found.records), found.damaged) == (records, damaged)
