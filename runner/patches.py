@@ -133,6 +133,27 @@ def deepspeed_skips_its_shm_kernel() -> None:
     table["deepspeed_shm_comm"] = False
 
 
+def dequantized_for_training(path: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """from_pretrained's `quantization_config` for a model released quantized in a format that does
+    not train: gpt-oss's MXFP4 experts load dequantized to bf16 (transformers' Mxfp4Config), which
+    is what llmwizard's memory model and host-RAM check count. Nothing for other models, or when the
+    caller already chose a quantization (QLoRA)."""
+    if "quantization_config" in kwargs:
+        return {}
+    from transformers import PretrainedConfig
+
+    try:
+        settings, _ = PretrainedConfig.get_config_dict(path, revision=kwargs.get("revision"))
+    except (OSError, ValueError):
+        return {}  # from_pretrained says what is wrong with the model
+    method = (settings.get("quantization_config") or {}).get("quant_method")
+    if method != "mxfp4":
+        return {}
+    from transformers import Mxfp4Config
+
+    return {"quantization_config": Mxfp4Config(dequantize=True)}
+
+
 MOE_LEAVES = "gather each Mixture-of-Experts block whole under ZeRO-3 (without it the ranks hang gathering experts)"
 
 

@@ -106,6 +106,10 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
         from llmwizard.runner.patches import moe_blocks_are_zero3_leaves
 
         moe_blocks_are_zero3_leaves(model)  # MoE blocks gathered whole (llmwizard.runner.patches)
+    if training_args.deepspeed_plugin is not None and training_args.deepspeed_plugin.zero_stage == 3:
+        from llmwizard.runner.patches import moe_blocks_are_zero3_leaves
+
+        moe_blocks_are_zero3_leaves(model)  # MoE blocks gathered whole (llmwizard.runner.patches)
 
     from llmwizard.runner.callbacks import ProbeCallback, default_callbacks, stop_reason
 
@@ -285,6 +289,9 @@ def load_model(path: str, model_args: Any, training_args: Any, vision: bool = Fa
     if quantization is not None:
         kwargs["quantization_config"] = quantization  # bitsandbytes places it on this rank's GPU
     kwargs.update(training_args.model_init_kwargs or {})
+    from llmwizard.runner.patches import dequantized_for_training
+
+    kwargs.update(dequantized_for_training(path, kwargs))  # gpt-oss: MXFP4 experts train in bf16
     try:
         if vision:
             tokenizer = load_processor(path, revision=model_args.model_revision,

@@ -324,3 +324,19 @@ def test_experts_target_on_a_dense_model_is_refused(tmp_path):
     preset.write_text(yaml.safe_dump({"method": "lora", "lora_targets": ["q_proj", "experts"]}))
     assert_refused(run_cli("plan", "--preset", str(preset), "--method", "lora", cwd=tmp_path),
                    ["LoRA target `experts`", "has no experts"])
+
+
+def test_mxfp4_experts_load_dequantized_for_training(tmp_path):
+    """gpt-oss is released with MXFP4 experts, which do not train: the training entry asks
+    transformers to dequantize them to bf16 (what the memory model and host-RAM check count)."""
+    from llmwizard.runner.patches import dequantized_for_training
+
+    (tmp_path / "config.json").write_text(json.dumps(GPT_OSS))
+    config = dequantized_for_training(str(tmp_path), {})["quantization_config"]
+    assert type(config).__name__ == "Mxfp4Config" and config.dequantize is True
+    assert dequantized_for_training(str(tmp_path), {"quantization_config": "qlora's"}) == {}
+    (tmp_path / "config.json").write_text(json.dumps(QWEN3_MOE))
+    assert dequantized_for_training(str(tmp_path), {}) == {}
+    spec = spec_from_config("gpt-oss", "local", None, GPT_OSS)
+    assert spec.moe is not None and spec.moe.quantization == "mxfp4"
+    assert spec.total_params == count_on_meta(GPT_OSS)["total"]  # the bf16 model, experts whole
