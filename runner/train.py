@@ -106,10 +106,6 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
         from llmwizard.runner.patches import moe_blocks_are_zero3_leaves
 
         moe_blocks_are_zero3_leaves(model)  # MoE blocks gathered whole (llmwizard.runner.patches)
-    if training_args.deepspeed_plugin is not None and training_args.deepspeed_plugin.zero_stage == 3:
-        from llmwizard.runner.patches import moe_blocks_are_zero3_leaves
-
-        moe_blocks_are_zero3_leaves(model)  # MoE blocks gathered whole (llmwizard.runner.patches)
 
     from llmwizard.runner.callbacks import ProbeCallback, default_callbacks, stop_reason
 
