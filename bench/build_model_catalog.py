@@ -7,8 +7,9 @@
 Each catalog entry's `config` (config.json facts, sources named in the catalog) is built with
 transformers on the meta device: no weights, no download. The script stores the counts by part,
 the decoder layer class, the classes to wrap and the decoder layer's linears under `exact`, and
-prints them beside the analytic formula's total and the published figure, so a wrong config
-value shows up as a total that disagrees with the model card.
+prints them beside the analytic formula's total and the published figure (for Mixture-of-Experts
+models also the experts and the active parameters), so a wrong config value shows up as a total
+that disagrees with the model card.
 """
 
 from __future__ import annotations
@@ -49,10 +50,14 @@ def main() -> int:
         start = time.perf_counter()
         exact = count_on_meta(entry["config"])
         seconds = time.perf_counter() - start
-        formula = spec_from_config(entry["hub_id"], "catalog", None, entry["config"]).total_params
+        spec = spec_from_config(entry["hub_id"], "catalog", None, entry["config"])
+        formula = spec.total_params
         published = entry["published"].split()[0]
         print(f"{entry['name']:<16} {exact['total']:>15,} {'ok' if formula == exact['total'] else 'DIFFERS':>8} "
               f"{published:<10} {exact['layer_cls']:<24} {seconds:5.1f}")
+        if exact.get("moe") and spec.moe:  # the active parameters, beside the card's figure
+            print(f"  {exact['moe']['num_experts']} experts, top-{spec.moe.experts_per_token}: "
+                  f"{spec.active_params:,} active ({entry['published']})")
         if args.check and entry.get("exact") != exact:
             differences += 1
             print(f"  stored counts differ: {entry.get('exact')} != {exact}")
