@@ -157,8 +157,9 @@ def _after_rows(run_dir: Path, outcome: Outcome) -> list[tuple[str, str]]:
         first = samples[0]
         rows.append(("sample", f"{_short(first['prompt'])} -> {_short(first['output'])} "
                                f"(reference: {_short(first['reference'])}; all in samples.jsonl)"))
-        if exact_line(samples):
-            rows.append(("held-out", exact_line(samples)))
+        exact = exact_line(samples)
+        if exact:
+            rows.append(("held-out", exact))
     if outcome.status == "done" and not _vision_language(run_dir):
         rows.append(("try it", f'llmwizard try {shlex.quote(str(run_dir))} "your prompt"'))
         if (run_dir / OUTPUT_DIR / "adapter_config.json").is_file():
