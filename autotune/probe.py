@@ -25,7 +25,7 @@ from llmwizard.autotune.hardware_types import GiB
 from llmwizard.autotune.memory import estimate
 from llmwizard.autotune.model_types import ModelSpec
 from llmwizard.autotune.plan import Plan
-from llmwizard.autotune.savers import fused_in_backward
+from llmwizard.autotune.savers import fused_in_backward, with_adamw_implementation
 from llmwizard.autotune.replan import pinned_change, setup_of, shrink_micro_batch
 from llmwizard.autotune.schema import Offload, Strategy
 from llmwizard.autotune.search import HEADROOM
@@ -159,6 +159,8 @@ def next_tier(plan: Plan, why: str) -> Plan | None:
     launcher = plan.launcher if plan.launcher != "deepspeed" or strategy.startswith("zero") else "accelerate"
     reasons = dict(plan.reasons)
     reasons["offload"] = f"{offload} offload to host RAM: {why}"
+    if plan.optimizer == "adamw":  # ZeRO-Offload steps with DeepSpeed's CPU Adam
+        reasons["optimizer"] = with_adamw_implementation(reasons.get("optimizer"), strategy, offload)
     return replace(plan, strategy=strategy, offload=offload, launcher=launcher, reasons=reasons, hybrid_shard=False)
 
 

@@ -79,6 +79,15 @@ def adamw_implementation(strategy: str, offload: str) -> str:
     return ADAMW_FUSED_WHY
 
 
+def with_adamw_implementation(reason: str | None, strategy: str, offload: str) -> str:
+    """The optimizer reason of an AdamW plan, ending with the AdamW that runs in this layout: what
+    an earlier layout said is replaced (a probe that moves the states to host RAM changes it)."""
+    said = reason or "AdamW (the planner's default)"
+    for why in (ADAMW_FUSED_WHY, ADAMW_DEEPSPEED_CPU_WHY):
+        said = said.replace(f"; {why}", "")
+    return f"{said}; {adamw_implementation(strategy, offload)}"
+
+
 # What each optimizer does about bf16 updates smaller than a weight's last bit, under pure bf16.
 COMPENSATION: dict[str, str] = {
     "torchao_adamw_8bit": "torchao's 8-bit AdamW rounds each bf16 update stochastically, so small updates "

@@ -29,12 +29,12 @@ from llmwizard.autotune.savers import (
     LOW_RANK_NEEDS,
     LOW_RANK_OPTIMIZERS,
     LOW_RANK_WHY,
-    adamw_implementation,
     compensation,
     fused_in_backward,
     fused_tier,
     leanest,
     saver_tiers,
+    with_adamw_implementation,
 )
 from llmwizard.autotune.schema import Offload, Optimizer, Precision, Strategy
 from llmwizard.autotune.throughput import step_cost
@@ -307,8 +307,7 @@ def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Can
     elif goals.optimizer:
         reasons["optimizer"] = f"{goals.optimizer} ({goals.origin('optimizer')})"
     if best.optimizer == "adamw":  # which AdamW runs, and why that one
-        said = reasons.get("optimizer") or "AdamW (the planner's default)"
-        reasons["optimizer"] = f"{said}; {adamw_implementation(best.strategy, best.offload)}"
+        reasons["optimizer"] = with_adamw_implementation(reasons.get("optimizer"), best.strategy, best.offload)
     precision = best.precision or space.base.precision
     if best.precision is not None and best.precision != space.base.precision:
         reasons["precision"] = why if not fused_in_backward(best.optimizer) else (
@@ -325,7 +324,8 @@ def explain(space: SearchSpace, goals: Goals, best: Candidate, fitting: list[Can
                               f"{est.host_ram / GiB:.0f} GiB of {hardware.host_ram_available / GiB:.0f} GiB host RAM")
     if best.cp > 1:
         one = [c for c in fitting if c.cp == 1]
-        versus = (f"one GPU per sequence {'is ~' + format(min(c.step_s for c in one) / best.step_s - 1, '.0%') + ' slower' if one else 'does not fit'}")
+        slower = min(c.step_s for c in one) / best.step_s - 1 if one else 0.0
+        versus = f"one GPU per sequence is ~{slower:.0%} slower" if one else "one GPU per sequence does not fit"
         how = ("FSDP2 context parallelism, ring attention" if best.strategy == "fsdp" else
                "DeepSpeed Ulysses sequence parallelism, attention split by heads")
         reasons["context_parallel"] = (
