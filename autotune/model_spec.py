@@ -30,7 +30,7 @@ from llmwizard.autotune.embedded_vision import (EMBEDDED_GEMMA3_MODEL, EMBEDDED_
 from llmwizard.autotune.embedded_moe import EMBEDDED_MOE_MODEL, MOE_MODEL_CONFIG, moe_model_dir
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.model_types import Linear, ModelSpec
-from llmwizard.autotune.param_counts import cached_meta_counts, spec_from_config, with_counts
+from llmwizard.autotune.param_counts import cached_meta_counts, meta_count_error, spec_from_config, with_counts
 
 # Names callers import from here; the types live in llmwizard.autotune.model_types and the
 # analytic counts in llmwizard.autotune.param_counts.
@@ -185,8 +185,10 @@ def _spec_from_file(name: str, source: ModelSource, path: str | None, config_fil
     if counts:
         return with_counts(spec, counts)
     if code_from:  # consent given, and still the model's code could not build it: never guess
-        raise UserError(f"{config_file}: the model's own code could not build it on the meta device, so its size "
-                        "is unknown and llmwizard will not plan it as another model.", title="Model code",
+        why = meta_count_error(raw, code_from)
+        raise UserError(f"{config_file}: the model's own code could not build it on the meta device"
+                        f"{f' ({why})' if why else ''}, so its size is unknown and llmwizard will not plan it as "
+                        "another model.", title="Model code",
                         fix="Check that the code files auto_map names are beside config.json (or in the hub "
                             "repository) and import with this transformers; the cached reason is in "
                             "~/.cache/llmwizard/specs/.")

@@ -21,6 +21,17 @@ from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.model_types import Linear, ModelSpec, MoESpec, VisionSpec
 
 
+def meta_count_error(raw: bytes, code_from: str | None = None) -> str:
+    """Why the meta count of this config.json failed, as cached_meta_counts recorded it ("" if it did not)."""
+    try:
+        version = metadata.version("transformers")
+        trust = f"\0remote-code={code_from}".encode() if code_from else b""
+        key = hashlib.sha256(raw + b"\0transformers=" + version.encode() + trust).hexdigest()[:24]
+        return str(json.loads((cache_root() / "specs" / f"{key}.json").read_text()).get("error") or "")
+    except (OSError, ValueError, AttributeError, metadata.PackageNotFoundError):
+        return ""
+
+
 def cached_meta_counts(raw: bytes, config: dict[str, Any], code_from: str | None = None) -> dict[str, Any] | None:
     """Meta-device counts for this config.json, computed once and kept in the user cache.
 
@@ -71,6 +82,12 @@ def with_counts(spec: ModelSpec, exact: dict[str, Any]) -> ModelSpec:
         spec.linears = linears
     spec.count_method = "meta"
     found = exact.get("moe")
+    if found and spec.moe is None:  # the model's code has experts its config.json does not describe
+        raise UserError(f"{spec.name}: its model has {found['num_experts']} experts per layer (in "
+                        f"{found['block_cls']}), but config.json gives no expert count llmwizard reads "
+                        "(num_experts, num_local_experts or n_routed_experts) nor how many each token is sent to "
+                        "(num_experts_per_tok), so the active parameters and routed tokens would be guessed.",
+                        title="Model config", fix=_CONFIG_FIX)
     if found:
         base = spec.moe
         spec.moe = MoESpec(

@@ -364,6 +364,18 @@ def check_lora_targets(plan: Plan, model: ModelSpec, derive: Callable[..., list[
                       "adapts peft_targets, so the run would train other layers than the plan says.",
                       f"Set lora.peft_targets to {shown(derived)} (or remove it) and choose the layers in "
                       f"lora.target_modules.", title="LoRA")
+    # Mixture-of-Experts: only the model's fused expert weights, and no dropout (PEFT's ParamWrapper).
+    experts = list(model.moe.expert_parameters) if model.moe else []
+    if plan.lora.target_parameters and sorted(plan.lora.target_parameters) != sorted(experts):
+        raise refusal(where, "lora.target_parameters", plan.lora.target_parameters,
+                      f"not the routed experts' fused weights of {model.name} "
+                      f"({shown(experts) if experts else 'none'})",
+                      f"Set lora.target_parameters to {shown(experts)} or []." if experts
+                      else "Set lora.target_parameters to [].", title="LoRA")
+    if plan.lora.target_parameters and plan.lora.dropout:
+        raise refusal(where, "lora.dropout", plan.lora.dropout, "PEFT adapts the experts' fused weights through its "
+                      "ParamWrapper, which takes no dropout", "Set lora.dropout: 0, or lora.target_parameters: [].",
+                      title="LoRA")
 
 
 def check_data_keys(plan: Plan, where: str) -> None:

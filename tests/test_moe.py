@@ -340,3 +340,46 @@ def test_mxfp4_experts_load_dequantized_for_training(tmp_path):
     spec = spec_from_config("gpt-oss", "local", None, GPT_OSS)
     assert spec.moe is not None and spec.moe.quantization == "mxfp4"
     assert spec.total_params == count_on_meta(GPT_OSS)["total"]  # the bf16 model, experts whole
+
+
+# ----------------------------------------------------------------------------- hand edits and custom shapes
+
+@pytest.fixture(scope="module")
+def moe_run(tmp_path_factory) -> Path:
+    """One exported LoRA-on-experts run of embedded:tiny-moe, copied per test."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("moe-run")
+    preset = root / "experts.yaml"
+    preset.write_text(yaml.safe_dump({"method": "lora", "lora_targets": ["q_proj", "v_proj", "experts"]}))
+    result = run_cli("export", "--model", "embedded:tiny-moe", "--preset", str(preset), "--max-steps", "1",
+                     "--out", str(root / "run"), cwd=root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "lora_target_parameters" in (root / "run" / "sft_config.yaml").read_text()
+    return root / "run"
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"target_parameters": ["mlp.experts.up_proj"]}, ["lora.target_parameters", "mlp.experts.up_proj",
+                                                      "not the routed experts' fused weights"]),
+    ({"dropout": 0.1}, ["lora.dropout", "0.1", "ParamWrapper"]),
+], ids=["unknown expert parameter", "dropout with experts"])
+def test_hand_edited_expert_lora_in_plan_yaml_is_refused(tmp_path, moe_run, change, words):
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(moe_run, run)
+    data = yaml.safe_load((run / "plan.yaml").read_text())
+    data["lora"].update(change)
+    (run / "plan.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    assert_refused(run_cli("run", str(run), cwd=tmp_path, timeout=120), words)
+
+
+def test_custom_experts_without_a_count_in_the_config_are_refused(tmp_path, monkeypatch):
+    """The model's code makes experts (its class defaults) that config.json does not describe."""
+    monkeypatch.setenv("LLMWIZARD_CACHE", str(tmp_path / "cache"))
+    directory = _model_dir(tmp_path / "model", CUSTOM, {"num_experts": DROP, "num_experts_per_tok": DROP}, code=True)
+    with pytest.raises(UserError, match="128 experts per layer .* no expert count"):
+        load_model_spec(str(directory), trust_remote_code=True)
