@@ -73,6 +73,16 @@ def test_the_smallest_hardware_that_fits_is_named_with_its_plan_and_it_plans():
     assert_refused(run_cli(*common, "--gpus", "3xA100-40GB"), ["Does not fit"])
 
 
+def test_more_machines_are_named_with_nodes_when_one_machine_of_8_is_not_enough():
+    """Llama-3.1-70B full at 131,072 tokens: 8x A100 40GB do not fit; two machines of 8 do."""
+    common = ("plan", "--model", "llama-3.1-70b", "--method", "full", "--max-length", "131072", "--gpus",
+              "8xA100-40GB")
+    assert_refused(run_cli(*common), ["fits on 16 GPUs (--gpus 8xA100-40GB --nodes 2; 8 more than here)"])
+    followed = run_cli(*common, "--nodes", "2", "--json")
+    assert followed.returncode == 0, followed.stderr
+    assert json.loads(followed.stdout)["num_machines"] == 2
+
+
 @pytest.mark.parametrize(("gpus", "goals", "absent"), [
     # AdaLomo runs on one GPU and strategy single on one process: more GPUs are no fix for them
     ("1xRTX4090,ram=32GB", {"method": "full", "optimizer": "adalomo"}, "more than here"),
