@@ -114,3 +114,14 @@ def test_the_searched_fixes_are_worked_out_only_when_read():
     first = error.fix
     assert error.fix == first and calls == [1]
     assert first and "--max-length" in first and "--gpus 4xA100-40GB" in first
+
+
+def test_the_wizard_says_the_hardware_fix_in_its_fields():
+    from llmwizard.wizard.core import in_wizard_words
+
+    fix = ("fits on 4 GPUs (--gpus 4xA100-40GB,ram=256GB; 2 more than here): fsdp; "
+           "fits on 16 GPUs (--gpus 8xA100-40GB --nodes 2; 8 more than here): fsdp")
+    words = in_wizard_words(fix)
+    assert "--" not in words, words
+    assert "4xA100-40GB,ram=256GB in the GPUs field on step 2" in words
+    assert "8xA100-40GB in the GPUs field and 2 in the nodes field on step 2" in words

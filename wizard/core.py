@@ -256,6 +256,9 @@ _FLAG_WORDS = [
     (r"--method (\w+)", lambda m: f"method {m.group(1).replace('qlora', 'QLoRA').replace('lora', 'LoRA')}, "
                                    "on step 3"),
     (r"with --gpus add '([^']+)'", lambda m: f"add '{m.group(1)}' to the GPUs field on step 2"),
+    (r"--gpus (\d+x[^\s;),]+(?:,ram=[^\s;)]+)?) --nodes (\d+)",
+     lambda m: f"{m.group(1)} in the GPUs field and {m.group(2)} in the nodes field on step 2"),
+    (r"--gpus (\d+x[^\s;),]+(?:,ram=[^\s;)]+)?)", lambda m: f"{m.group(1)} in the GPUs field on step 2"),
     (r"--gpus", lambda m: "the GPUs field on step 2"),
     (r"--processes (\d+)", lambda m: f"{m.group(1)} GPU(s) in the GPUs field on step 2"),
     (r"--strategy (\w+)", lambda m: f"strategy {STRATEGY_WORDS.get(m.group(1), m.group(1))}"),
