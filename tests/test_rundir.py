@@ -72,7 +72,7 @@ def start_cli(*args: str, cwd: Path) -> subprocess.Popen[str]:
 def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A real finished run: exported for 3 steps, plan.yaml then edited to 2, run. (dir, stdout)"""
     run_dir = tmp_path_factory.mktemp("finished") / "run"
-    result = run_cli("export", "--max-steps", "3", "--eval-fraction", "0", "--out", str(run_dir))
+    result = run_cli("export", "--max-steps", "3", "--eval-fraction", "0", "--method", "lora", "--out", str(run_dir))
     assert result.returncode == 0, result.stderr
     plan = run_dir / "plan.yaml"
     plan.write_text(plan.read_text().replace("\nmax_steps: 3\n", "\nmax_steps: 2\n"))
