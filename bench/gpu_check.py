@@ -31,13 +31,19 @@ it lacks, about 60 MiB with the checkout under the 64 MiB a device call carries:
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
         --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \\
         --platform manylinux2014_x86_64 -d .whl \\
-        trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 transformers==5.25.0 \\
+        trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 \\
         bitsandbytes==0.50.2 torchao==0.18.0 lomo-optim==0.1.1 galore-torch==1.0 apollo-torch==1.0.3 \\
         pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \\
         platformdirs==4.14.9
 
-DeepSpeed publishes no wheel (a source archive only) and no case here needs it: every case is
-one process without ZeRO. Then, on the device (`run` with carry [".whl"]), one command:
+bitsandbytes alone is 43 MB of it. DeepSpeed publishes no wheel (a source archive only) and no
+case here needs it: every case is one process without ZeRO. The machine's transformers 5.17 and
+accelerate 1.15 are used as they are (llmwizard is tested on transformers 5.25): carrying
+transformers 5.25 would mean huggingface-hub 2.4, httpx2, httpcore2, truststore, kernels and
+tomlkit too, about 18 MB more than the call carries beside bitsandbytes. If a case fails on a
+missing transformers internal (runner/patches.py names it), carry that set instead of
+bitsandbytes, galore-torch and apollo-torch and run the other cases with `--only`. Then, on the
+device (`run` with carry [".whl"]), one command:
 
     bash bench/gpu_check.sh
 
