@@ -14,9 +14,10 @@ from __future__ import annotations
 import copy as _copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from llmwizard.runner import diagnostics
 from llmwizard.runner.metrics import load_metrics
@@ -65,9 +66,9 @@ class RunState:
     probe_step_s: float | None = None   # seconds per step a probe measured: the ETA until the run has its own
     damage: str | None = None            # what `read` skipped: "N damaged lines skipped in PATH", or None
     _time_base: float = 0.0
-    _attempt_start_time: float = 0.0
     _rate_points: list[tuple[float, int]] = field(default_factory=list)
     _attempt_tokens: tuple[float, int] | None = None   # first (time, tokens) of this attempt
+    _first_step: tuple[float, int] | None = None       # (time, step) of this attempt's first training log
     _findings: tuple[int, bool, float, list[diagnostics.Finding]] = (-1, False, 0.0, [])
 
     @classmethod
@@ -90,79 +91,90 @@ class RunState:
         """A copy another thread may keep while this one folds on: the lists are copied (records
         themselves are never changed once read), so this costs pointers, not a deep copy."""
         copy = _copy.copy(self)
-        for name in ("losses", "eval_losses", "accuracies", "eval_accuracies", "rank_peaks", "checkpoints", "records", "_rate_points"):
+        for name in ("losses", "eval_losses", "accuracies", "eval_accuracies", "rank_peaks", "checkpoints", "records",
+                     "_rate_points"):
             setattr(copy, name, list(getattr(self, name)))
         return copy
 
     def update(self, record: dict[str, Any]) -> bool:
         """Fold one record in; True when it carried a training loss (a new line for plain output)."""
         self.records.append(record)
-        kind = record.get("type")
         if "time" in record:
             self.elapsed = max(self.elapsed, self._time_base + float(record.get("time") or 0.0))
-        if kind == "begin":
-            self.began = True
-            self.ended = False
-            self.attempts += 1
-            self.stop = None
-            self.end_reason = None
-            self._time_base = self.elapsed
-            self._attempt_start_time = self.elapsed
-            self._rate_points = []
-            self._attempt_tokens = None
-            self.start_step = int(record.get("step") or 0)
-            self.step = self.start_step
-            self.max_steps = int(record.get("max_steps") or self.max_steps)
-            self.num_train_epochs = float(record.get("num_train_epochs") or 0.0)
-            self.world_size = int(record.get("world_size") or 1)
-            self.memory_kind = str(record.get("memory_kind") or self.memory_kind)
-            # A resume from an earlier checkpoint throws away what came after it.
-            self.losses = [(s, v) for s, v in self.losses if s <= self.start_step]
-            self.eval_losses = [(s, v) for s, v in self.eval_losses if s <= self.start_step]
-            self.accuracies = [(s, v) for s, v in self.accuracies if s <= self.start_step]
-            self.eval_accuracies = [(s, v) for s, v in self.eval_accuracies if s <= self.start_step]
-        elif kind == "log":
-            self.step = int(record.get("step", self.step))
-            self.max_steps = int(record.get("max_steps") or self.max_steps)
-            self.epoch = float(record.get("epoch") or self.epoch)
-            self.peak_memory = max(self.peak_memory, int(record.get("peak_memory") or 0))
-            peaks = record.get("rank_peak_memory")
-            if isinstance(peaks, list) and peaks:
-                if len(peaks) != len(self.rank_peaks):
-                    self.rank_peaks = [0] * len(peaks)
-                self.rank_peaks = [max(a, int(b)) for a, b in zip(self.rank_peaks, peaks, strict=True)]
-            if record.get("tokens_seen") and "loss" in record:  # training logs: not eval or the end summary
-                self.tokens_seen = int(record["tokens_seen"])
-                self._rate_points.append((self.elapsed, self.tokens_seen))
-                self._attempt_tokens = self._attempt_tokens or (self.elapsed, self.tokens_seen)
-                self._rate_points = self._rate_points[-(RATE_WINDOW + 1):]
-                (t0, n0), (t1, n1) = self._rate_points[0], self._rate_points[-1]
-                if t1 > t0 and n1 > n0:
-                    self.tokens_per_second = (n1 - n0) / (t1 - t0)
-            if "learning_rate" in record:
-                self.learning_rate = float(record["learning_rate"])
-            if "grad_norm" in record:
-                self.grad_norm = float(record["grad_norm"])
-            if "eval_loss" in record:
-                self.eval_losses.append((self.step, float(record["eval_loss"])))
-            if isinstance(record.get(ACCURACY), (int, float)):
-                self.accuracies.append((self.step, float(record[ACCURACY])))
-            if isinstance(record.get(EVAL_ACCURACY), (int, float)):
-                self.eval_accuracies.append((self.step, float(record[EVAL_ACCURACY])))
-            if "loss" in record:
-                self.losses.append((self.step, float(record["loss"])))
-                return True
-        elif kind == "save":
-            self.checkpoints.append(str(record.get("checkpoint")))
-            self.step = max(self.step, int(record.get("step") or 0))  # saved after steps not logged yet
-        elif kind == "stop":
-            self.stop = record
-            self.step = max(self.step, int(record.get("step") or 0))  # the step its checkpoint holds
-        elif kind == "end":
-            self.ended = True
-            self.end_reason = record.get("reason")
-            self.step = int(record.get("step", self.step))
-        return False
+        fold = self._FOLDS.get(str(record.get("type")))
+        return bool(fold(self, record)) if fold is not None else False
+
+    def _begin(self, record: dict[str, Any]) -> None:
+        """A new attempt (the first, or a resume): its clock, step and totals start here."""
+        self.began, self.ended = True, False
+        self.attempts += 1
+        self.stop = self.end_reason = None
+        self._time_base = self.elapsed
+        self._rate_points, self._attempt_tokens, self._first_step = [], None, None
+        self.start_step = self.step = int(record.get("step") or 0)
+        self.max_steps = int(record.get("max_steps") or self.max_steps)
+        self.num_train_epochs = float(record.get("num_train_epochs") or 0.0)
+        self.world_size = int(record.get("world_size") or 1)
+        self.memory_kind = str(record.get("memory_kind") or self.memory_kind)
+        # A resume from an earlier checkpoint throws away what came after it.
+        for name in ("losses", "eval_losses", "accuracies", "eval_accuracies"):
+            setattr(self, name, [(s, v) for s, v in getattr(self, name) if s <= self.start_step])
+
+    def _log(self, record: dict[str, Any]) -> bool:
+        self.step = int(record.get("step", self.step))
+        self.max_steps = int(record.get("max_steps") or self.max_steps)
+        self.epoch = float(record.get("epoch") or self.epoch)
+        self._fold_peaks(record)
+        training = "loss" in record
+        if record.get("tokens_seen") and training:  # training logs: not eval or the end summary
+            self._fold_tokens(int(record["tokens_seen"]))
+        if training and self._first_step is None:
+            self._first_step = (self.elapsed, self.step)
+        if "learning_rate" in record:
+            self.learning_rate = float(record["learning_rate"])
+        if "grad_norm" in record:
+            self.grad_norm = float(record["grad_norm"])
+        for key, series in (("eval_loss", self.eval_losses), (ACCURACY, self.accuracies),
+                            (EVAL_ACCURACY, self.eval_accuracies)):
+            if isinstance(record.get(key), (int, float)):
+                series.append((self.step, float(record[key])))
+        if training:
+            self.losses.append((self.step, float(record["loss"])))
+        return training
+
+    def _fold_peaks(self, record: dict[str, Any]) -> None:
+        self.peak_memory = max(self.peak_memory, int(record.get("peak_memory") or 0))
+        peaks = record.get("rank_peak_memory")
+        if isinstance(peaks, list) and peaks:
+            if len(peaks) != len(self.rank_peaks):
+                self.rank_peaks = [0] * len(peaks)
+            self.rank_peaks = [max(a, int(b)) for a, b in zip(self.rank_peaks, peaks, strict=True)]
+
+    def _fold_tokens(self, tokens_seen: int) -> None:
+        """Tokens per second over the last RATE_WINDOW training logs."""
+        self.tokens_seen = tokens_seen
+        self._rate_points.append((self.elapsed, tokens_seen))
+        self._attempt_tokens = self._attempt_tokens or (self.elapsed, tokens_seen)
+        self._rate_points = self._rate_points[-(RATE_WINDOW + 1):]
+        (t0, n0), (t1, n1) = self._rate_points[0], self._rate_points[-1]
+        if t1 > t0 and n1 > n0:
+            self.tokens_per_second = (n1 - n0) / (t1 - t0)
+
+    def _save(self, record: dict[str, Any]) -> None:
+        self.checkpoints.append(str(record.get("checkpoint")))
+        self.step = max(self.step, int(record.get("step") or 0))  # saved after steps not logged yet
+
+    def _stop(self, record: dict[str, Any]) -> None:
+        self.stop = record
+        self.step = max(self.step, int(record.get("step") or 0))  # the step its checkpoint holds
+
+    def _end(self, record: dict[str, Any]) -> None:
+        self.ended = True
+        self.end_reason = record.get("reason")
+        self.step = int(record.get("step", self.step))
+
+    _FOLDS: ClassVar[dict[str, Callable[[RunState, dict[str, Any]], bool | None]]] = {
+        "begin": _begin, "log": _log, "save": _save, "stop": _stop, "end": _end}
 
     @property
     def first_loss(self) -> float | None:
@@ -202,8 +214,13 @@ class RunState:
         return (n1 - n0) / (t1 - t0) if t1 > t0 and n1 > n0 else self.tokens_per_second
 
     def steps_per_second(self) -> float | None:
-        done = self.step - self.start_step
-        seconds = self.elapsed - self._attempt_start_time
+        """Steps per second since this attempt's first training log. The time before it (loading
+        the model, compiling, the first step's warm-up) is not a step's time: counted in, the first
+        ETA of a short run came out several times too long."""
+        if self._first_step is None:
+            return None
+        t0, s0 = self._first_step
+        done, seconds = self.step - s0, self.elapsed - t0
         return done / seconds if done > 0 and seconds > 0 else None
 
     def eta(self) -> float | None:
