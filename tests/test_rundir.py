@@ -393,3 +393,13 @@ def test_stop_refuses_a_grace_period_that_is_not_a_positive_number(tmp_path: Pat
     assert snapshot(run_dir) == before
     result = run_cli("stop", str(run_dir), cwd=tmp_path)
     assert result.returncode == 0 and "Nothing is running" in result.stdout
+
+
+def test_watch_on_a_finished_run_shows_what_it_came_to(finished_copy: Path, tmp_path: Path):
+    """Not one line: the summary a newcomer looks for (loss, where the model is, the report)."""
+    result = run_cli("watch", str(finished_copy), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert "is not running: finished at step 2/2" in out
+    for row in ("loss", "saved", "try it", "merge"):
+        assert row in out, out

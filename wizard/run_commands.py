@@ -287,6 +287,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if status.state != "running":
         console.print(f"{run_dir} is not running: {status.state} at step {status.step}/{status.max_steps or '?'} "
                       f"({status.detail}).", highlight=False, markup=False)
+        ended = RunState.read(run_dir / METRICS_FILE)
+        if ended.began:  # a run that trained: what it came to (losses, best checkpoint, report, samples)
+            words = {"finished": "done"}.get(status.state, status.state)
+            notes = [ended.damage] if ended.damage else []
+            print_summary(console, build_summary(run_dir, ended, Outcome(words, 0, notes=notes)))
         return 0
     try:
         title = Plan.load(run_dir / "plan.yaml").name
