@@ -25,8 +25,9 @@ NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 FOUR_NORM_MODELS = ("gemma2", "gemma3", "gemma3_text")
 # Gemma2 softcaps attention scores and final logits (tanh): one more saved tensor per use.
 _SOFTCAP_MODELS = ("gemma2",)
-# transformers falls back to eager attention for these (`_supports_sdpa = False`: softcapping).
-_NO_SDPA_MODELS = ("gemma2",)
+# transformers falls back to eager attention for these (`_supports_sdpa = False`: Gemma 2's softcapping,
+# gpt-oss's attention sinks).
+_NO_SDPA_MODELS = ("gemma2", "gpt_oss")
 # Model types whose decoder RMSNorms and gated MLP Liger replaces (liger_kernel.transformers.monkey_patch,
 # MODEL_TYPE_TO_APPLY_LIGER_FN). TRL applies these layer kernels with Liger's fused cross-entropy off:
 # its own fused LM head stays. For other types transformers applies none.
@@ -247,6 +248,8 @@ def layer_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     if attention_kernel(model, setup) == "eager":
         seq = setup.seq_len
         probs = 4 + (c if c != 4 else 0) + (c if model.model_type in _SOFTCAP_MODELS else 0)
+        if model.model_type == "gpt_oss":  # modeling_gpt_oss: softmax in the logits' dtype over keys + a sink
+            probs = 2 * c  # column; the sink-less view is copied contiguous for the value matmul, which saves it
         total += c * hq * 3 + a * seq * probs + (c * hq if full else 0)
     else:
         total += c * (2 * hq + 2 * hkv) + 4 * a
