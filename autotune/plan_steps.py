@@ -141,7 +141,7 @@ def learning_rate(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -
 
 
 def lora(model: ModelSpec, goals: Goals, rule: SizeRule, method: str) -> Decision[LoraSettings | None]:
-    warnings = ((f"train_vision_tower ({goals.origin('train_vision_tower')}) changes nothing: {model.name} has no "
+    warnings: tuple[str, ...] = ((f"train_vision_tower ({goals.origin('train_vision_tower')}) changes nothing: {model.name} has no "
                  "vision tower."),) if goals.train_vision_tower and model.vision is None else ()
     if method == "full":
         return Decision(None, warnings=warnings)
