@@ -62,7 +62,7 @@ def forced_estimate(model: ModelSpec, base: TrainSetup, forced: dict[str, object
 def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, budget: int, world: int,
                  limit: float, lean: dict[str, object] | None = None,
                  lean_sharded: dict[str, object] | None = None,
-                 searched: Callable[[], tuple[str, str]] | None = None) -> UserError:
+                 searched: Callable[[], tuple[str, str]] | None = None, cp: int = 1) -> UserError:
     """Name the smallest change that would make a plan fit: what fits within `limit` bytes (the
     budget less the search's headroom) with another method, CPU offload, a shorter length or more GPUs.
     `lean` is the leanest memory saver the search may use (pure bf16, a low-memory optimizer:
@@ -71,12 +71,13 @@ def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, 
     largest length and the smallest hardware that fit, found by the planner's own search over
     every tier, context parallelism included (llmwizard.autotune.search.searched_fixes; "" where
     none fits), called only when the fix is read; without it they are estimated here for the
-    leanest setup without context parallelism."""
+    leanest setup without context parallelism. `cp`: the widest split of one sequence over these
+    GPUs that the search may use; the figures are for the setup split so."""
     lean = lean or {}
     sharded_lean = lean if lean_sharded is None else lean_sharded
     sharded = replace(base, **{"micro_batch": 1, "checkpointing": True, **sharded_lean})  # type: ignore[arg-type]
     smallest = replace(base, **{"strategy": "zero3" if world > 1 else "single", "micro_batch": 1,  # type: ignore[arg-type]
-                                "checkpointing": True, **lean})
+                                "checkpointing": True, "cp": cp if world > 1 else 1, **lean})
     est = estimate(model, smallest, budget)
     suggestions = []
     if base.method != "qlora" and hardware.device == "cuda":
@@ -137,7 +138,8 @@ def nothing_fits(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, 
               if hardware.device == "cpu" and world > 1 else "")
     return DoesNotFit(
         f"{model.name} ({format_params(model.total_params)} parameters, {base.method}) does not fit: even "
-        f"fully sharded at micro-batch 1 with checkpointing{_lean_words(lean)} it needs {est.total / GiB:.1f} GiB per "
+        f"fully sharded at micro-batch 1 with checkpointing{_lean_words(lean, smallest.cp)} it needs "
+        f"{est.total / GiB:.1f} GiB per "
         f"{'GPU' if hardware.device == 'cuda' else 'process'}, and {budget / GiB:.1f} GiB is free{shared}"
         + (f" ({limit / GiB:.1f} GiB usable: the planner keeps {1 - limit / budget:.0%} as headroom)."
            if est.total <= budget else "."),
@@ -162,8 +164,9 @@ def _fewer_cpu_processes(hardware: HardwareProfile, model: ModelSpec, smallest: 
     return ""
 
 
-def _lean_words(lean: dict[str, object]) -> str:
-    words = [str(lean[key]) for key in ("precision", "optimizer") if key in lean]
+def _lean_words(lean: dict[str, object], cp: int = 1) -> str:
+    words = [f"{cp} GPUs per sequence"] if cp > 1 else []
+    words += [str(lean[key]) for key in ("precision", "optimizer") if key in lean]
     if lean.get("offload_activations"):
         words.append("activation offloading")
     return (", " + ", ".join(words)) if words else ""

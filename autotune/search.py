@@ -394,7 +394,13 @@ def _does_not_fit(space: SearchSpace, goals: Goals) -> UserError:
     return nothing_fits(hardware, model, base, budget, world, budget * (1 - HEADROOM),
                         leanest(hardware.device, base, goals),
                         leanest(hardware.device, _replace(base, num_gpus=2), goals),  # (more GPUs: no AdaLomo)
-                        searched=lambda: searched_fixes(space, goals))
+                        searched=lambda: searched_fixes(space, goals), cp=_widest_split(space))
+
+
+def _widest_split(space: SearchSpace) -> int:
+    """The most GPUs the search may split one sequence over here (Ulysses or ring attention), 1 when none."""
+    return max(cp for cp in space.cps if cp == 1 or _splits_sequences(space, "zero3", cp, False)
+               or _splits_sequences(space, "fsdp", cp, False))
 
 
 # The lengths the no-fit advice names are multiples of this, as the planner rounds the data's p99.
