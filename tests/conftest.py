@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The real `llmwizard` command in a subprocess."""
-    full_env = dict(os.environ, COLUMNS="120", **(env or {}))
+    full_env = {**os.environ, "COLUMNS": "120", **(env or {})}
     return subprocess.run([sys.executable, "-m", "llmwizard.wizard.cli", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
 

@@ -403,3 +403,15 @@ def test_watch_on_a_finished_run_shows_what_it_came_to(finished_copy: Path, tmp_
     assert "is not running: finished at step 2/2" in out
     for row in ("loss", "saved", "try it", "merge"):
         assert row in out, out
+
+
+@pytest.mark.parametrize("command", ["runs", "status"])
+def test_run_names_stay_whole_in_an_80_column_terminal(finished: tuple[Path, str], tmp_path: Path, command: str):
+    """The name is what a user types back: at 80 columns the less needed columns go, the name stays."""
+    name = "llama-3.1-8b-instruct-arithmetic-lora-20261206-153012"
+    shutil.copytree(finished[0], tmp_path / name, symlinks=True)
+    result = run_cli(command, str(tmp_path), env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(name in line and "finished" in line for line in lines), result.stdout
+    assert all(len(line) <= 80 for line in lines), result.stdout

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -158,8 +159,6 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from rich.text import Text
-
     from llmwizard.runner import rundir
     from llmwizard.runner.runs import run_dirs, run_problems
 
@@ -175,13 +174,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not rows:
         console.print(f"No run directories under {root}.", highlight=False)
         return 0
-    table = Table(box=None, padding=(0, 2))
-    for column in ("run", "state", "steps", "last checkpoint", "detail"):
-        table.add_column(column, overflow="fold")
-    for path, s, _ in rows:  # as Text: a [ in a path is not markup
-        table.add_row(*(Text(cell) for cell in (str(path), s.state, f"{s.step}/{s.max_steps or '?'}",
-                                                s.checkpoint or "-", s.detail)))
-    console.print(table)
+    cells = [[_name_under(root, path), s.state, f"{s.step}/{s.max_steps or '?'}", s.checkpoint or "-", s.detail]
+             for path, s, _ in rows]
+    console.print(_fitted_table(console.width, ["run", "state", "steps", "last checkpoint", "detail"], cells,
+                                drop=["detail", "last checkpoint"]))
+    console.print(f"{len(rows)} run(s) under {root}", style="dim", highlight=False, markup=False)
     for path, _, problems in rows:  # damaged files, named (llmwizard.runner.runs.run_problems)
         for problem in problems:
             console.print(f"! {path.name}: {problem}", style="yellow", highlight=False, markup=False)
@@ -218,26 +215,65 @@ def cmd_runs(args: argparse.Namespace) -> int:
         console.print(f"No run directories under {root}.", highlight=False)
         return 0
     styles = {"finished": "green", "running": "cyan", "stopped": "yellow", "diverged": "red", "failed": "red"}
-    table = Table(box=None, padding=(0, 2), caption="loss: the last training loss · eval: the last eval loss · "
-                  "acc: next-token accuracy · time: training time", caption_justify="left")
-    table.add_column("run", overflow="fold", ratio=1)
-    for column in ("state", "steps", "loss", "eval", "acc", "time", "size"):
-        table.add_column(column, no_wrap=True, justify="left" if column == "state" else "right")
 
     def number(value: float | None, digits: int = 4) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
-    for row in rows:  # names and paths as Text: a [ in a directory name is not markup
-        table.add_row(Text(row.name), Text(row.state, style=styles.get(row.state, "dim")),
-                      f"{row.step}/{row.max_steps or '?'}", number(row.train_loss), number(row.eval_loss),
-                      "-" if row.mean_token_accuracy is None else f"{row.mean_token_accuracy:.1%}",
-                      format_seconds(row.duration_s), format_bytes(row.size_bytes))
+    cells = [[row.name, Text(row.state, style=styles.get(row.state, "dim")), f"{row.step}/{row.max_steps or '?'}",
+              number(row.train_loss), number(row.eval_loss),
+              "-" if row.mean_token_accuracy is None else f"{row.mean_token_accuracy:.1%}",
+              format_seconds(row.duration_s), format_bytes(row.size_bytes)] for row in rows]
+    table = _fitted_table(console.width, ["run", "state", "steps", "loss", "eval", "acc", "time", "size"], cells,
+                          drop=["size", "time", "acc", "eval", "loss"])
+    shown = {str(column.header) for column in table.columns}
+    table.caption = " · ".join(words for key, words in (
+        ("loss", "loss: the last training loss"), ("eval", "eval: the last eval loss"),
+        ("acc", "acc: next-token accuracy"), ("time", "time: training time")) if key in shown)
+    table.caption_justify = "left"
     console.print(table)
     for row in rows:  # damaged files, named (llmwizard.runner.runs.run_problems)
         for problem in row.problems:
             console.print(f"! {row.name}: {problem}", style="yellow", highlight=False, markup=False)
     console.print(f"{len(rows)} run(s) under {root}", style="dim", highlight=False, markup=False)
     return 0
+
+
+def _name_under(root: Path, path: Path) -> str:
+    """A run as typed from where the runs are listed: its path under `root`, else the whole path."""
+    try:
+        return str(path.relative_to(root)) if path != root else str(path)
+    except ValueError:
+        return str(path)
+
+
+_NUMBERS = ("steps", "loss", "eval", "acc", "time", "size")
+
+
+def _fitted_table(width: int, headers: list[str], rows: list[list[Any]], drop: list[str]) -> Table:
+    """A table whose first column (the run's name, which a user types back) never wraps: at a narrow
+    width the columns in `drop` go first, in that order; only when the rest is still too wide does the
+    name fold. Cells are Text (a `[` in a directory name is not markup)."""
+    from rich.cells import cell_len
+    from rich.text import Text
+
+    cells = [[cell if isinstance(cell, Text) else Text(str(cell)) for cell in row] for row in rows]
+
+    def needed(columns: list[int], pad: int = 2) -> int:  # each cell is padded on both sides
+        return sum(max([len(headers[i])] + [cell_len(row[i].plain) for row in cells]) + 2 * pad for i in columns)
+
+    keep = list(range(len(headers)))
+    for name in drop:
+        if needed(keep) <= width:
+            break
+        keep.remove(headers.index(name))
+    pad = 2 if needed(keep) <= width else 1
+    table = Table(box=None, padding=(0, pad))
+    for i in keep:
+        table.add_column(headers[i], no_wrap=i > 0 or needed(keep, pad) <= width, overflow="fold",
+                         justify="right" if headers[i] in _NUMBERS else "left")
+    for row in cells:
+        table.add_row(*(row[i] for i in keep))
+    return table
 
 
 class _Followed:
