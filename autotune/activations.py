@@ -161,7 +161,7 @@ def moe_token_bytes(model: ModelSpec, setup: TrainSetup) -> float:
     row = 3 * c * inter + c * h + 2 * 8 + c
     if experts_train(model, setup):
         row += c * h + c * inter
-    shared = 3 * c * moe.expert_intermediate_size if moe.shared_expert_params else 0
+    shared = 3 * c * moe.shared_intermediate_size + c if moe.shared_expert_params else 0  # + its gate
     return router + k * row + shared
 
 

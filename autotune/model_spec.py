@@ -189,7 +189,7 @@ def _spec_from_file(name: str, source: ModelSource, path: str | None, config_fil
         raise UserError(f"{config_file}: the model's own code could not build it on the meta device"
                         f"{f' ({why})' if why else ''}, so its size is unknown and llmwizard will not plan it as "
                         "another model.", title="Model code",
-                        fix="Check that the code files auto_map names are beside config.json (or in the hub "
-                            "repository) and import with this transformers; the cached reason is in "
-                            "~/.cache/llmwizard/specs/.")
+                        fix="If the code files auto_map names are missing, put them beside config.json (or use "
+                            "the hub repository that has them). A model whose decoder layers differ in size (dense "
+                            "and expert layers mixed) is not one llmwizard's per-layer counts describe.")
     return spec

@@ -72,6 +72,7 @@ class MoESpec:
     expert_params: int             # one routed expert: weights and biases
     router_params: int             # the router of one layer
     shared_expert_params: int = 0  # always-on experts of one layer
+    shared_intermediate_size: int = 0  # their MLP width (all shared experts together)
     block_cls: str = ""            # the sparse MoE block class: DeepSpeed ZeRO-3's leaf module
     expert_parameters: tuple[str, ...] = ()  # PEFT target_parameters for the routed experts
     aux_loss: bool = False         # output_router_logits: the load-balancing loss is computed

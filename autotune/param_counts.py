@@ -96,6 +96,7 @@ def with_counts(spec: ModelSpec, exact: dict[str, Any]) -> ModelSpec:
             expert_intermediate_size=base.expert_intermediate_size if base else 0,
             expert_params=found["expert_params"], router_params=found["router_params"],
             shared_expert_params=found["shared_expert_params"], block_cls=found["block_cls"],
+            shared_intermediate_size=base.shared_intermediate_size if base else 0,
             expert_parameters=tuple(found["expert_parameters"]), aux_loss=base.aux_loss if base else False,
             quantization=base.quantization if base else "")
     return spec
@@ -349,9 +350,10 @@ def _moe_spec(text_type: str, text: dict[str, Any], hidden: int) -> MoESpec | No
                        block_cls=_MOE_TYPES[text_type][0],
                        expert_parameters=("mlp.experts.down_proj", "mlp.experts.gate_up_proj"), aux_loss=aux)
     # A model's own code: a gated expert MLP and a plain router until the meta count reads them off the model.
-    shared = int(text.get("n_shared_experts") or 0) * 3 * hidden * inter
+    shared_width = int(text.get("shared_expert_intermediate_size") or int(text.get("n_shared_experts") or 0) * inter)
     return MoESpec(text_type, experts, top_k, inter, 3 * hidden * inter, experts * hidden,
-                   shared_expert_params=shared, aux_loss=aux, quantization=quantization)
+                   shared_expert_params=3 * hidden * shared_width, shared_intermediate_size=shared_width,
+                   aux_loss=aux, quantization=quantization)
 
 
 def _text_config(config: dict[str, Any]) -> tuple[dict[str, Any], str]:

@@ -391,3 +391,39 @@ def test_custom_experts_without_a_count_in_the_config_are_refused(tmp_path, monk
     directory = _model_dir(tmp_path / "model", CUSTOM, {"num_experts": DROP, "num_experts_per_tok": DROP}, code=True)
     with pytest.raises(UserError, match="128 experts per layer .* no expert count"):
         load_model_spec(str(directory), trust_remote_code=True)
+
+
+QWEN2_MOE: dict[str, Any] = {
+    "architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe", "hidden_size": 64, "intermediate_size": 128,
+    "moe_intermediate_size": 32, "shared_expert_intermediate_size": 96, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 300, "num_experts": 8, "num_experts_per_tok": 2,
+    "norm_topk_prob": False, "tie_word_embeddings": False,
+}
+
+
+def test_a_type_only_transformers_knows_is_counted_by_hand_with_consent(tmp_path, monkeypatch):
+    """Qwen2-MoE (shared expert beside the routed ones), worked by hand: attention with q/k/v biases
+    4,160 + 2,080 + 2,080 + 4,096; router 8 x 64; experts 8 x 3 x 64 x 32; shared expert 3 x 64 x 96
+    and its gate 64; two norms 128: 80,704 per layer; 2 layers + untied embedding and head 2 x 19,200
+    + final norm 64 = 199,872. Active: less 2 layers x 6 skipped experts x 6,144 = 126,144."""
+    monkeypatch.setenv("LLMWIZARD_CACHE", str(tmp_path / "cache"))
+    directory = _model_dir(tmp_path / "model", QWEN2_MOE, {})
+    assert_refused(run_cli("plan", "--model", str(directory), cwd=tmp_path), ["model_type 'qwen2_moe'",
+                                                                              "--trust-remote-code"])
+    spec = load_model_spec(str(directory), trust_remote_code=True)
+    assert (spec.total_params, spec.layer_params, spec.active_params) == (199_872, 80_704, 126_144)
+    assert spec.moe is not None and spec.moe.shared_expert_params == 18_432 + 64
+    assert spec.moe.block_cls == "Qwen2MoeSparseMoeBlock" and spec.moe.shared_intermediate_size == 96
+
+
+def test_dense_and_expert_layers_mixed_are_refused_with_the_reason(tmp_path):
+    """DeepSeek-V3's first_k_dense_replace: layers of two sizes, which per-layer counts cannot describe."""
+    config = {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "hidden_size": 64,
+              "intermediate_size": 128, "moe_intermediate_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4,
+              "num_key_value_heads": 4, "vocab_size": 300, "n_routed_experts": 8, "n_shared_experts": 1,
+              "num_experts_per_tok": 2, "first_k_dense_replace": 1, "kv_lora_rank": 16, "q_lora_rank": 24,
+              "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16, "n_group": 2, "topk_group": 1}
+    directory = _model_dir(tmp_path / "model", config, {})
+    assert_refused(run_cli("plan", "--model", str(directory), "--trust-remote-code", cwd=tmp_path,
+                           env={"LLMWIZARD_CACHE": str(tmp_path / "cache")}),
+                   ["could not build it", "differ in size", "dense and expert layers mixed"])
