@@ -25,7 +25,7 @@ from tests.refusals import assert_refused, snapshot
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded model and data planned for this machine (the CPU), exported once."""
     out = tmp_path_factory.mktemp("exported") / "run"
-    result = run_cli("export", "--out", str(out), "--max-steps", "1")
+    result = run_cli("export", "--out", str(out), "--max-steps", "1", "--method", "lora")
     assert result.returncode == 0, result.stdout + result.stderr
     return out
 
