@@ -237,8 +237,10 @@ def _moe_plan(strategy: str, method: str, **goals: Any):
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy, method, targets", [
     ("ddp", "lora", None), ("ddp", "lora", ["q_proj", "v_proj", "experts"]), ("ddp", "full", None),
-    ("fsdp", "full", None), ("zero3", "full", None)], ids=["ddp-lora", "ddp-lora-experts", "ddp-full",
-                                                           "fsdp2-full", "zero3-full-leaf-modules"])
+    ("fsdp", "full", None), ("fsdp", "lora", None), ("zero2", "full", None), ("zero3", "full", None),
+    ("zero3", "lora", None)],
+    ids=["ddp-lora", "ddp-lora-experts", "ddp-full", "fsdp2-full", "fsdp2-lora", "zero2-full",
+         "zero3-full-leaf-modules", "zero3-lora-leaf-modules"])
 def test_tiny_moe_trains_under_every_strategy(tmp_path, strategy, method, targets):
     """embedded:tiny-moe on two CPU ranks: the strategy that really ran, a falling loss, and under
     ZeRO-3 the MoE block marked as a leaf module (without it the ranks hang gathering experts)."""
@@ -253,7 +255,8 @@ def test_tiny_moe_trains_under_every_strategy(tmp_path, strategy, method, target
         assert plan.lora.dropout == 0.0
     run_dir = tmp_path / "run"
     export(plan, run_dir)
-    env = {"TORCH_EXTENSIONS_DIR": str(stale_extension_build_lock(tmp_path / "ext"))} if strategy == "zero3" else {}
+    zero = strategy.startswith("zero")
+    env = {"TORCH_EXTENSIONS_DIR": str(stale_extension_build_lock(tmp_path / "ext"))} if zero else {}
     result = run_launch_sh(run_dir, tmp_path, env=env, timeout=400)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
