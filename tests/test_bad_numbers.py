@@ -143,7 +143,7 @@ SAMPLES: dict[str, object] = {
     "strategy": "zero3", "offload": "optimizer", "checkpointing": True, "precision": "fp16",
     "optimizer": "adafactor", "launcher": "torchrun", "processes": 1, "report_to": ["none"], "probe": False,
     "context_parallel": 2, "activation_offloading": True, "packing": True, "liger_kernel": True,
-    "train_vision_tower": True, "seed": 7,
+    "train_vision_tower": True, "trust_remote_code": True, "seed": 7,
 }
 
 
