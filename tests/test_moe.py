@@ -316,6 +316,8 @@ def test_plans_name_active_parameters_leaf_modules_and_expert_parallelism():
     assert "GiB less per GPU" in ddp.reasons["experts"]
     oss = plan(hardware.from_spec("1xH100-80GB"), load_model_spec("gpt-oss-20b"), profile, Goals())
     assert "MXFP4 experts, dequantized to bf16" in flat(oss.reasons["experts"])
+    # bf16 experts: the GPU holds 2 bytes per parameter (not MXFP4's ~0.53), and so does host RAM while loading
+    assert oss.estimate.params >= 2 * oss.total_params and oss.estimate.host_ram >= 2 * oss.total_params
 
 
 def test_dropout_with_expert_lora_is_refused(tmp_path):
