@@ -84,9 +84,21 @@ def _rule_text(rule: SizeRule) -> str:
     return f"Google's rule for {rule.size} datasets"
 
 
-def method(hardware: HardwareProfile, goals: Goals, model: ModelSpec | None = None) -> Decision[Method]:
+def trains_fully_by_default(goals: Goals, model: ModelSpec | None) -> bool:
+    """The embedded tiny model is randomly initialised: full fine-tuning unless the user set a method
+    (a preset's method gives way; see `method`)."""
     from_rule = goals.method is None or (goals.preset is not None and "method" not in goals.explicit)
-    if model is not None and model.name == EMBEDDED_MODEL and from_rule:
+    return model is not None and model.name == EMBEDDED_MODEL and from_rule
+
+
+def default_method(goals: Goals, model: ModelSpec | None) -> Method:
+    """The method a plan takes when the user picks none: full for the embedded model, else the
+    preset's, else LoRA. A face shows this as the choice already made."""
+    return "full" if trains_fully_by_default(goals, model) else (goals.method or "lora")
+
+
+def method(hardware: HardwareProfile, goals: Goals, model: ModelSpec | None = None) -> Decision[Method]:
+    if trains_fully_by_default(goals, model):
         # LoRA adapters on frozen random layers hardly learn in the default run (2/90 held-out sums
         # right at rank 16, against 16/40 for full fine-tuning). A method the user set is kept.
         given = f"instead of {goals.method} {goals.origin('method')}, " if goals.method else ""
@@ -486,7 +498,8 @@ def schedule(dataset: DatasetProfile, goals: Goals, effective: int, epochs: floa
     logging_steps = max(1, min(10, total_steps // 50 or 1))
     return Decision(Schedule(eval_fraction, eval_steps, logging_steps),
                     f"{steps_per_epoch} steps per epoch, {total_steps} steps in all; "
-                    f"evaluate and checkpoint every {eval_steps} steps, log every {logging_steps}")
+                    f"evaluate and checkpoint every {eval_steps} steps, log every {logging_steps}",
+                    dataset.plan_warnings(eval_fraction))  # refuses a split that leaves no training row
 
 
 def activation_offloading(hardware: HardwareProfile, goals: Goals) -> None:

@@ -153,7 +153,7 @@ async def test_every_step_from_detected_gpus_to_an_exported_plan(gpus: HardwareP
 async def test_what_if_edits_replan_and_a_setup_that_does_not_fit_is_shown_inline(monkeypatch, tmp_path: Path):
     small = fake_hardware(free_gib=(1.0,), total_gib=16, name="NVIDIA T4-like", interconnect="none")
     monkeypatch.setattr("llmwizard.autotune.hardware.detect", lambda *args, **kwargs: small)
-    app = make_app(output=tmp_path)
+    app = make_app("--method", "lora", output=tmp_path)
     async with app.run_test(size=(120, 36)) as pilot:
         await go_to(pilot, 4)
         first = app.state.plan
@@ -333,16 +333,25 @@ async def test_preset_and_flags_prefill_the_plan(gpus, tmp_path: Path):
         assert plan is not None
         assert plan.method == "full" and plan.max_steps == 7 and plan.effective_batch == 32
         assert "preset large-dataset" in plan.reasons["epochs"]
-        # Choosing the preset's own method on screen hands the choice back to the preset.
+        # The model step shows what the planner takes for the embedded model (full fine-tuning, not
+        # the preset's LoRA); choosing it hands the choice back to the planner, choosing LoRA pins LoRA.
         await go_to(pilot, 4)
         app.goto(2)
         await settle(pilot)
         await pilot.click("#lora")
         await settle(pilot)
-        assert app.state.method is None
+        assert app.state.method == "lora"
         app.goto(4)
         await settle(pilot)
         assert app.state.plan.method == "lora"
+        app.goto(2)
+        await settle(pilot)
+        await pilot.click("#full")
+        await settle(pilot)
+        assert app.state.method is None
+        app.goto(4)
+        await settle(pilot)
+        assert app.state.plan.method == "full"
 
 
 def test_the_wizard_process_imports_no_torch_through_export(tmp_path: Path):
@@ -554,7 +563,8 @@ def exported_plan(run_dir: Path) -> dict[str, object]:
             "micro_batch": sft["per_device_train_batch_size"], "grad_accum": sft["gradient_accumulation_steps"],
             "effective_batch": plan.effective_batch, "max_length": sft["max_length"],
             "learning_rate": sft["learning_rate"], "precision": plan.precision,
-            "optimizer": sft["optim"] if "optimizer" in plan.reasons else None, "packing": bool(sft.get("packing")),
+            "optimizer": sft["optim"] if "asked for" in plan.reasons.get("optimizer", "") else None,
+            "packing": bool(sft.get("packing")),
             "context_parallel": plan.context_parallel, "activation_offloading": bool(sft.get("activation_offloading")),
             "liger_kernel": bool(sft.get("use_liger_kernel"))}
 
@@ -564,7 +574,7 @@ async def test_the_plan_on_screen_is_the_plan_exported_after_every_kind_of_edit(
     """After each kind of edit (learning rate, rank, micro-batch, a strategy pin, other hardware)
     the plan the screen shows is the one plan.yaml and sft_config.yaml hold; a pin that was refused
     exports nothing."""
-    app = make_app(output=tmp_path)
+    app = make_app("--method", "lora", output=tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         await go_to(pilot, 4)
         edits = [("#learning-rate", "1e-4"), ("#lora-r", "16"), ("#micro-batch", "2"), ("#strategy", "zero2"),
@@ -1013,7 +1023,7 @@ def test_the_summary_line_counts_gpus_per_machine_and_names_offload():
     p = _gpu_plan("4xRTX4090", nodes=2, strategy="zero3", offload="params", method="full")
     assert (p.num_processes, p.num_machines, p.offload) == (8, 2, "params")
     assert summary_line(p).plain.startswith("ZeRO-3 + params offload on 4 GPUs x 2 nodes · full")
-    one = _gpu_plan("1xA100-80GB", nodes=2, strategy="fsdp")
+    one = _gpu_plan("1xA100-80GB", nodes=2, strategy="fsdp", method="lora")
     assert summary_line(one).plain.startswith("FSDP2 on 1 GPU x 2 nodes · lora")
 
 

@@ -91,6 +91,14 @@ def goals_for(preset: str | None, args: argparse.Namespace | None,
 
 # ----------------------------------------------------------------------------- models
 
+def default_method(preset: str | None, model: ModelSpec | None) -> str:
+    """The method the planner takes for `model` when the user picks none (the model step shows it
+    as chosen, so the screen says what the plan will do)."""
+    from llmwizard.autotune.plan_steps import default_method as planned
+
+    return planned(goals_for(preset, None), model)
+
+
 @dataclass(frozen=True)
 class Choice:
     """A completion: the value the input takes and the line the list shows."""

@@ -120,10 +120,11 @@ class ModelScreen(StepScreen):
         self.state.vision_tower = event.value
 
     def _default_method(self) -> str:
-        """What the preset (or the planner) would choose: picking it leaves the choice to them."""
+        """What the planner would choose for this model and preset: picking it leaves the choice to
+        the planner (full fine-tuning for the embedded random-init model, else the preset's or LoRA)."""
         from llmwizard.wizard import core
 
-        return core.goals_for(self.state.preset, None).method or "lora"
+        return core.default_method(self.state.preset, getattr(self, "_looked_up", None) or self.state.model)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="lookup")
     def lookup(self, text: str, advance: bool = False) -> None:
@@ -179,6 +180,9 @@ class ModelScreen(StepScreen):
             return
         facts.update(model_facts(message.model))
         self.query_one("#tower-row").display = message.model.vision is not None
+        self._looked_up = message.model
+        if self.state.method is None:  # the method the planner takes for this model, shown as chosen
+            self.query_one(f"#{self._default_method()}", RadioButton).value = True
         if message.advance:
             if self.state.model is None or self.state.model_text != message.name:
                 self.state.model, self.state.model_text = message.model, message.name
