@@ -53,6 +53,7 @@ from llmwizard.autotune.schema import (
     Seed,
     StepCount,
     Strategy,
+    Target,
     TokenLength,
     Tracker,
     WeightDecay,
@@ -177,6 +178,9 @@ class Plan:
     # The goals the user set (flags, wizard fields), by their goal key (micro_batch, strategy, ...):
     # the probe and the out-of-memory recovery change one only to avoid a failure, and say so.
     pinned: list[PinnedKey] = field(default_factory=list)
+    # Other systems the run is exported for besides launch.sh (llmwizard.runner.targets, docs/targets.md):
+    # skypilot.yaml, trainjob.yaml, ray_train.py. Left out of plan.yaml when empty.
+    targets: list[Target] = field(default_factory=list)
     version: Literal[1] = PLAN_VERSION
 
     @model_validator(mode="after")
@@ -228,6 +232,8 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["estimate"] = self.estimate.to_dict()
+        if not data["targets"]:  # plans without targets read as before (and keep their digests)
+            del data["targets"]
         return data
 
     def to_json_summary(self) -> dict[str, Any]:

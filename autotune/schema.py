@@ -383,3 +383,7 @@ TEXTS: dict[str, Any] = {
     "RunName": RunName, "OneLine": OneLine, "HostAddress": HostAddress, "ClassNames": ClassNames,
     "ModuleNames": ModuleNames, "PeftTargets": PeftTargets,
 }
+
+# Where else a run can be exported for (llmwizard.runner.targets): SkyPilot task YAML, a Kubeflow
+# Trainer v2 TrainJob, a Ray Train driver. plan.yaml's `targets` and `llmwizard export --target`.
+Target = Literal["skypilot", "kubernetes", "ray"]

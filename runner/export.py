@@ -85,6 +85,10 @@ def render(plan: Plan, python: str | None = None) -> dict[str, tuple[str, int]]:
             files[HOSTFILE] = ("".join(f"node{i} slots={plan.processes_per_machine}\n"
                                        for i in range(plan.num_machines)), 0o644)
     files["README.txt"] = (readme_text(plan), 0o644)
+    if plan.targets:  # skypilot.yaml, trainjob.yaml, ray_train.py; refused by name when one cannot run the plan
+        from llmwizard.runner.targets import render_targets
+
+        files.update(render_targets(plan))
     return files
 
 

@@ -56,11 +56,12 @@ def probe_overrides(steps: int, probe_dir: str) -> list[str]:
             "--output_dir", str(Path(probe_dir) / "output")]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, extra_callbacks: list[Any] | None = None) -> int:
+    """`extra_callbacks`: Trainer callbacks of an embedding runner (Ray Train's checkpoint reports)."""
     own, trl_argv = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         try:
-            return train(own, trl_argv)
+            return train(own, trl_argv, extra_callbacks or [])
         except LibraryChanged as changed:
             raise UserError(changed.message, title=f"{changed.library} version",
                             fix=changed.fix) from None
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return USER_ERROR_EXIT
 
 
-def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
+def train(own: argparse.Namespace, trl_argv: list[str], extra_callbacks: list[Any] | None = None) -> int:
     from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
     parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig))
@@ -109,7 +110,7 @@ def train(own: argparse.Namespace, trl_argv: list[str]) -> int:
 
     from llmwizard.runner.callbacks import ProbeCallback, default_callbacks, stop_reason
 
-    callbacks = default_callbacks(own.metrics_file)
+    callbacks = default_callbacks(own.metrics_file) + list(extra_callbacks or [])
     if own.probe:
         train_dataset = longest_rows(train_dataset, training_args.per_device_train_batch_size
                                      * training_args.gradient_accumulation_steps * training_args.world_size

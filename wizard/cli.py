@@ -129,6 +129,12 @@ def build_subparser(command: str) -> argparse.ArgumentParser:
             parser.add_argument("--out", required=True, help="directory to write the run files into")
             parser.add_argument("--force", action="store_true",
                                 help="export into a non-empty directory (output/, metrics.jsonl and train.log are kept)")
+            from llmwizard.autotune import schema
+
+            parser.add_argument("--target", nargs="+", type=schema.flag_type(schema.Target), default=[],
+                                metavar="{" + ",".join(schema.choices(schema.Target)) + "}",
+                                help="also write the run for these systems: skypilot.yaml, trainjob.yaml (Kubeflow "
+                                     "Trainer v2), ray_train.py (Ray Train); see docs/targets.md")
     elif command == "estimate":
         from llmwizard.autotune import schema
 
@@ -567,6 +573,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_target(out, "--out")  # a name the kernel refuses (/proc, over 255 bytes) is named, not a traceback
     check_export_target(out, args.force)
     plan, *_ = _make_plan(args)
+    if args.target:
+        import dataclasses
+
+        plan = dataclasses.replace(plan, targets=list(dict.fromkeys(args.target)))
     _check_writable(out)
     # Without --force the directory must still be empty once the export holds its lock.
     written = export(plan, out, edits="discard" if args.force else "refuse", into_empty=not args.force)
