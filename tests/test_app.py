@@ -1290,3 +1290,30 @@ async def test_returning_to_a_step_gives_the_focus_back_to_its_field(gpus, tmp_p
         await pilot.click("#back")
         await settle(pilot)
         assert app.screen.STEP == 1 and app.focused is app.screen.query_one("#nodes")
+
+
+@pytest.mark.asyncio
+async def test_a_model_with_its_own_code_asks_for_consent_on_the_model_step(tmp_path: Path):
+    """A config naming its own code is refused on the model step, with the consent box shown;
+    ticking it reads the model with its code, and the plan carries the consent."""
+    from tests.test_moe import CUSTOM, _model_dir
+
+    directory = _model_dir(tmp_path / "homemoe", CUSTOM, {}, code=True)
+    app = make_app("--model", str(directory), output=tmp_path / "runs")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await go_to(pilot, 2)
+        await settle(pilot)
+        screen = app.screen
+        assert "--trust-remote-code" in text_of(app, "#model-facts") or "own code" in text_of(app, "#model-facts")
+        assert screen.query_one("#trust-row").display
+        screen.query_one("#trust-code").value = True
+        await settle(pilot)
+        assert app.state.trust_code and "experts" in text_of(app, "#model-facts").lower()
+        await go_to(pilot, 4)
+        assert app.state.plan is not None and app.state.plan.trust_remote_code
+
+
+def test_the_tiny_moe_is_in_the_model_list():
+    from llmwizard.wizard import core
+
+    assert "embedded:tiny-moe" in [choice.value for choice in core.model_choices("")]

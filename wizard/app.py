@@ -47,6 +47,7 @@ class WizardState:
     model: ModelSpec | None = None
     method: str | None = None                    # None: the preset's or the planner's choice
     vision_tower: bool | None = None             # train the vision tower too; None: the preset's or flag's
+    trust_code: bool = False                     # consent to run the model's own code (--trust-remote-code)
     dataset_text: str = ""
     dataset: DatasetReport | None = None
     dataset_key: tuple[str, str] | None = None   # (dataset, model) the report was made for
@@ -75,11 +76,14 @@ class WizardState:
         from llmwizard.wizard import core
 
         tower = self.vision_tower if self.model is not None and self.model.vision else None
-        return core.goals_for(self.preset, self.args, {"method": self.method, "train_vision_tower": tower, **edits})
+        trust = True if self.trust_code else None  # the box adds consent; an unticked box leaves the flag's
+        return core.goals_for(self.preset, self.args, {"method": self.method, "train_vision_tower": tower,
+                                                       "trust_remote_code": trust, **edits})
 
     def plan_inputs(self) -> tuple[Any, ...]:
         """What the plan depends on besides the what-if edits: a change means re-planning."""
-        return (id(self.hardware), id(self.model), id(self.dataset), self.preset, self.method, self.vision_tower)
+        return (id(self.hardware), id(self.model), id(self.dataset), self.preset, self.method, self.vision_tower,
+                self.trust_code)
 
 
 def _screen_class(index: int) -> type:
@@ -114,6 +118,7 @@ class WizardApp(App[int]):
         self.state.method = getattr(self.state.args, "method", None)
         self.state.args.method = None
         self.state.vision_tower = getattr(self.state.args, "train_vision_tower", None)  # the same for its box
+        self.state.trust_code = bool(getattr(self.state.args, "trust_remote_code", None))
         self.state.args.train_vision_tower = None
         self.state.dataset_text = getattr(self.state.args, "dataset", None) or ""
         self.cursor_blink = cursor_blink

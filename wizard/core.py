@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 EMBEDDED_MODEL = "embedded:tiny-llama"
 EMBEDDED_DATASET = "embedded:arithmetic"
 EMBEDDED_VISION_MODEL = "embedded:tiny-vision"
+EMBEDDED_MOE_MODEL = "embedded:tiny-moe"
 EMBEDDED_VISION_DATASET = "embedded:shapes"
 DATASET_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -117,6 +118,8 @@ def model_choices(text: str, limit: int = 50) -> list[Choice]:
         found.append(Choice(EMBEDDED_MODEL, f"{EMBEDDED_MODEL}  (built here, trains anywhere)"))
     if text.lower() in EMBEDDED_VISION_MODEL:
         found.append(Choice(EMBEDDED_VISION_MODEL, f"{EMBEDDED_VISION_MODEL}  (images + text, built here)"))
+    if text.lower() in EMBEDDED_MOE_MODEL:
+        found.append(Choice(EMBEDDED_MOE_MODEL, f"{EMBEDDED_MOE_MODEL}  (Mixture-of-Experts, built here)"))
     search = getattr(model_spec, "search_catalog", None)
     if search is not None:
         for item in search(text, limit=limit if text else 10):
@@ -140,11 +143,12 @@ def _catalog_choice(item: Any) -> Choice:
     return Choice(name, f"{name}  ({', '.join(details)})" if details else name)
 
 
-def load_model(name: str | None) -> ModelSpec:
+def load_model(name: str | None, trust_remote_code: bool = False) -> ModelSpec:
+    """The model's spec; a model that names its own code is refused unless `trust_remote_code`."""
     from llmwizard.autotune.model_spec import load_model_spec
 
     name = (name or "").strip() or None
-    return load_model_spec(name)
+    return load_model_spec(name, trust_remote_code=trust_remote_code)
 
 
 def model_directory(model: ModelSpec) -> Path | None:

@@ -53,6 +53,9 @@ def model_facts(model: ModelSpec) -> Table:
     table.add_row("shape", f"{model.num_layers} layers x hidden {model.hidden_size}, MLP {model.intermediate_size}, "
                   f"{model.num_heads} heads ({model.num_kv_heads} KV), vocab {model.vocab_size:,}, "
                   f"{model.max_positions:,} positions")
+    if model.moe is not None:  # Mixture-of-Experts: what runs per token is a share of what is stored
+        table.add_row("experts", f"{model.moe.num_experts} per layer, {model.moe.experts_per_token} per token: "
+                      f"{params_text(model.active_params)} of {params_text(model.total_params)} parameters active")
     shares = "   ".join(f"r={r}: {params_text(model.lora_params(r))} ({lora_share(model, r):.1%})" for r in RANKS)
     table.add_row("LoRA trains", shares + "  (share of all parameters, adapters included, as PEFT counts)")
     return table
@@ -92,6 +95,10 @@ class ModelScreen(StepScreen):
             yield Label("Vision", classes="field-label")
             yield TowerBox("train the vision tower too (full fine-tuning trains it anyway)",
                            self._tower_default(), id="vision-tower", compact=True)
+        with Horizontal(id="trust-row", classes="form-row"):  # shown for models that name their own code
+            yield Label("Code", classes="field-label")
+            yield TowerBox("run the model's own code (trust_remote_code): its Python runs on this machine",
+                           self.state.trust_code, id="trust-code", compact=True)
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -99,6 +106,7 @@ class ModelScreen(StepScreen):
 
         self._show_method()
         self.query_one("#tower-row").display = False
+        self.query_one("#trust-row").display = self.state.trust_code
         self.lookup(self.state.model_text)
         self.query_one("#model", Input).focus()
 
@@ -119,6 +127,14 @@ class ModelScreen(StepScreen):
     def tower_changed(self, event: Checkbox.Changed) -> None:
         self.state.vision_tower = event.value
 
+    @on(Checkbox.Changed, "#trust-code")
+    def trust_changed(self, event: Checkbox.Changed) -> None:
+        """Consent given or taken back: read the model again with it."""
+        if event.value != self.state.trust_code:
+            self.state.trust_code = event.value
+            self.state.model = None
+            self.lookup(self.query_one("#model", Input).value)
+
     def _default_method(self) -> str:
         """What the planner would choose for this model and preset: picking it leaves the choice to
         the planner (full fine-tuning for the embedded random-init model, else the preset's or LoRA)."""
@@ -134,7 +150,7 @@ class ModelScreen(StepScreen):
 
         self.post_message(Completions("model", text, core.model_choices(text)))
         try:
-            model = core.load_model(text)
+            model = core.load_model(text, trust_remote_code=self.state.trust_code)
         except UserError as error:
             if advance:
                 raise
@@ -174,9 +190,11 @@ class ModelScreen(StepScreen):
         facts = self.query_one("#model-facts", Static)
         if message.model is None:
             assert message.error is not None
-            _, text, fix = error_parts(message.error)
+            title, text, fix = error_parts(message.error)
             facts.update(error_text(text, fix))
             self.query_one("#tower-row").display = False
+            # a model that names its own code: the consent box is the fix
+            self.query_one("#trust-row").display = self.state.trust_code or title == "Model code"
             return
         facts.update(model_facts(message.model))
         self.query_one("#tower-row").display = message.model.vision is not None
