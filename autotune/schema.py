@@ -387,3 +387,4 @@ TEXTS: dict[str, Any] = {
 # Where else a run can be exported for (llmwizard.runner.targets): SkyPilot task YAML, a Kubeflow
 # Trainer v2 TrainJob, a Ray Train driver. plan.yaml's `targets` and `llmwizard export --target`.
 Target = Literal["skypilot", "kubernetes", "ray"]
+CHOICES["Target"] = Target

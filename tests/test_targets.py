@@ -222,3 +222,20 @@ def test_the_ray_driver_trains_on_a_local_cluster_keeps_a_checkpoint_and_resumes
     assert max(values[-3:]) < min(values[:2]), f"loss did not fall: {values}"
     state = json.loads((storage / plan.name / "checkpoint-6" / "trainer_state.json").read_text())
     assert state["global_step"] == 6
+
+
+def test_the_reference_setups_target_files_are_current_and_parse(tmp_path: Path):
+    """docs/examples/targets/ is what the script writes from setup 5's plan.yaml today, and each
+    file passes its system's own parser."""
+    from llmwizard.runner.targets.examples import ROOT, generate
+
+    committed = ROOT / "docs" / "examples" / "targets"
+    for path in generate(tmp_path):
+        assert path.read_text() == (committed / path.name).read_text(), f"{path.name}: run the script again"
+    sky = pytest.importorskip("sky")
+    assert sky.Task.from_yaml(str(committed / "skypilot.yaml")).num_nodes == 2
+    models = pytest.importorskip("kubeflow_trainer_api.models")
+    manifest = yaml.safe_load((committed / "trainjob.yaml").read_text())
+    assert models.TrainerV1alpha1TrainJob.from_dict(manifest).to_dict() == manifest
+    assert "cannot express the plan" in (committed / "README.md").read_text()
+    assert "'num_workers': 16" in (committed / "ray_train.py").read_text()
