@@ -239,3 +239,29 @@ def test_the_reference_setups_target_files_are_current_and_parse(tmp_path: Path)
     assert models.TrainerV1alpha1TrainJob.from_dict(manifest).to_dict() == manifest
     assert "cannot express the plan" in (committed / "README.md").read_text()
     assert "'num_workers': 16" in (committed / "ray_train.py").read_text()
+
+
+def test_a_hand_edited_target_file_is_kept_and_named_on_export_again(exported: Path, tmp_path: Path):
+    import shutil
+
+    from llmwizard.autotune.plan import Plan
+    from llmwizard.runner.export import export_files
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(exported, run_dir)
+    edited = (run_dir / "trainjob.yaml").read_text().replace("pytorch/pytorch:", "registry.example/pytorch:")
+    (run_dir / "trainjob.yaml").write_text(edited)
+    report = export_files(Plan.load(run_dir / "plan.yaml"), run_dir)
+    assert (run_dir / "trainjob.yaml").read_text() == edited
+    assert "trainjob.yaml: edited by hand, left as it is" in report.notes
+
+
+@pytest.mark.parametrize("module", ["__init__", "skypilot", "kubernetes", "ray_train", "ray_worker", "examples"])
+def test_each_target_module_imports_none_of_the_heavy_packages(module: str):
+    name = "llmwizard.runner.targets" + ("" if module == "__init__" else f".{module}")
+    code = (f"import sys, {name}\n"
+            "print([m for m in ('torch', 'transformers', 'trl', 'ray', 'sky', 'kubeflow_trainer_api', 'textual')"
+            " if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
