@@ -64,7 +64,7 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     # 1. Dataset rules, and the method they are for.
     rule = record.take("dataset", step.size_rule(dataset, goals))
     method = record.take("method", step.method(hardware, goals, model))
-    epochs = record.take("epochs", step.epochs(goals, rule))
+    epochs = record.take("epochs", step.epochs(goals, rule, model))
     lr = record.take("learning_rate", step.learning_rate(model, goals, rule, method))
     lora = record.take("lora", step.lora(model, goals, rule, method))
     if model.vision is not None:

@@ -227,7 +227,9 @@ def test_a_tiny_learning_rate_is_warned_about(tmp_path):
 # ----------------------------------------------------------------------------- reasons say where a value came from
 
 def test_reasons_say_from_preset_and_why_the_size_class(tmp_path):
-    result = run_cli("plan", "--preset", "small-dataset", "--lora-r", "8", "--json", cwd=tmp_path)
+    # (a pretrained model: the embedded random-init one scales the rule's epochs and trains fully)
+    result = run_cli("plan", "--preset", "small-dataset", "--lora-r", "8", "--model", "llama-3.2-1b",
+                     "--gpus", "1xA100-80GB", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     reasons = dict(line.split(": ", 1) for line in json.loads(result.stdout)["reasons"])
     assert reasons["epochs"] == "20 epochs: from preset small-dataset"

@@ -41,7 +41,8 @@ def test_plan_json_has_the_stable_keys():
     assert data["micro_batch"] * data["grad_accum"] * data["num_processes"] == data["effective_batch"]
     assert set(data["estimate"]["per_gpu"]) == {"params", "grads", "optimizer", "activations", "logits",
                                                 "overhead", "total"}
-    assert data["method"] == "full" and data["lora"] is None and data["epochs"] == 20  # the embedded model
+    # the embedded random-init model: full fine-tuning, three times the preset's 20 epochs
+    assert data["method"] == "full" and data["lora"] is None and data["epochs"] == 60
 
 
 def _assert_clean_failure(result, *needles):

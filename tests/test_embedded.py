@@ -4,6 +4,7 @@ held-out exact-answer score a run ends with."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,23 @@ def test_only_short_answers_are_scored(short_run):
     got = samples_module.eval_samples(model, tokenizer, [long, long, short], count=1, scored=3)
     assert [row["prompt"] for row in got] == ["Count.", "1+2="]
     assert "exact" not in got[0] and isinstance(got[1]["exact"], bool)
+
+
+@pytest.mark.slow
+def test_the_main_command_learns_to_add_sums_it_never_saw(tmp_path):
+    """The README's main command, whole: the held-out sums come out mostly right, and `try` answers
+    a sum the way a newcomer types it. (The run is seeded: the rate is the same on every machine
+    up to floating-point order.)"""
+    result = run_cli("--preset", "small-dataset", "--yes", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    found = re.search(r"held-out\s+(\d+)/(\d+) answers exact", " ".join(result.stdout.split()))
+    assert found, result.stdout[-3000:]
+    right, asked = int(found.group(1)), int(found.group(2))
+    assert asked >= 20 and right / asked >= 0.7, found.group(0)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    tried = run_cli("try", str(run_dir), "12+7=", cwd=tmp_path, timeout=300)
+    assert tried.returncode == 0, tried.stderr[-2000:]
+    lines = tried.stdout.splitlines()
+    title = next(i for i, line in enumerate(lines) if "tuned:" in line)
+    tuned = lines[title + 1].split("│")[1]  # the first panel's first line: the tuned model's answer
+    assert tuned.strip() == "19", tried.stdout
