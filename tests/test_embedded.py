@@ -179,3 +179,5 @@ def test_the_main_command_learns_to_add_sums_it_never_saw(tmp_path):
     title = next(i for i, line in enumerate(lines) if "tuned:" in line)
     tuned = lines[title + 1].split("│")[1]  # the first panel's first line: the tuned model's answer
     assert tuned.strip() == "19", tried.stdout
+    for chatter in ("_pytree", "Loading weights", "Failed to load", "FutureWarning"):  # libraries' start-up noise
+        assert chatter not in tried.stdout + tried.stderr, tried.stderr

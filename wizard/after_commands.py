@@ -13,13 +13,40 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
 
 from llmwizard.autotune.errors import UserError
+
+
+@contextlib.contextmanager
+def library_chatter_held_back() -> Iterator[None]:
+    """Loading a model imports transformers, PEFT and what they pull in (torchao, DeepSpeed), whose
+    start-up warnings (a CUDA kernel that does not load on this machine, a deprecated torch call)
+    and progress bars read like failure in a command's output. Held back while loading: warnings
+    and log records below ERROR; errors still show, and this command's own output is untouched."""
+    import logging
+    import os
+    import warnings
+
+    held = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+            yield
+    finally:
+        logging.disable(held)
 
 
 def _run_dir(target: str) -> Path:
@@ -63,7 +90,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if out is not None:
         check_merge_target(out)  # before minutes of loading
     console = Console(stderr=True)
-    with console.status("Merging the adapter into the base model..."):
+    with console.status("Merging the adapter into the base model..."), library_chatter_held_back():
         written, weights = merge(run_dir, out, args.checkpoint, args.dequantize)
     for problem in weights.skipped:
         console.print(f"! passed over: {problem}", style="yellow", highlight=False, markup=False)
@@ -82,11 +109,11 @@ def cmd_try(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise UserError("The prompt is empty.", title="Prompt", fix='Pass a message: llmwizard try RUN "2+3="')
     console = Console(stderr=True)
-    with console.status("Loading the tuned model and its base..."):
+    with console.status("Loading the tuned model and its base..."), library_chatter_held_back():
         tuned_model, base_model, tokenizer, weights = load_tuned(run_dir, args.checkpoint)
     for problem in weights.skipped:
         console.print(f"! passed over: {problem}", style="yellow", highlight=False, markup=False)
-    with console.status("Generating..."):
+    with console.status("Generating..."), library_chatter_held_back():
         tuned = generate(tuned_model, tokenizer, [args.prompt], args.max_new_tokens)[0]
         if base_model is None:
             with tuned_model.disable_adapter():  # the same weights without the adapter: the base
