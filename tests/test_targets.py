@@ -207,6 +207,8 @@ def test_the_ray_driver_trains_on_a_local_cluster_keeps_a_checkpoint_and_resumes
     storage = tmp_path / "ray-storage"
     env = dict(os.environ, RAY_ADDRESS="", RAY_DISABLE_USAGE_STATS="1")
     command = [sys.executable, str(run_dir / "ray_train.py"), "--local-cpus", "2", "--storage-path", str(storage)]
+    too_few = run_group([*command[:2], "--local-cpus", "1"], cwd=tmp_path, env=env, timeout=120)
+    assert too_few.returncode == 2 and "--local-cpus must be at least the plan's 2 workers" in too_few.stderr
     first = run_group(command, cwd=tmp_path, env=env, timeout=600)
     assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
     # Ray prefixes each worker line with "(RayTrainWorker pid=N)".

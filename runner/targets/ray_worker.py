@@ -82,8 +82,11 @@ def main(run_dir: Path, settings: dict[str, Any], argv: list[str]) -> int:
     parser.add_argument("--local-cpus", type=int, default=0, metavar="N",
                         help="start a Ray cluster of N CPUs on this machine alone (loopback) instead of joining one")
     own, extra = parser.parse_known_args(argv)
-    if own.local_cpus < 0:
-        parser.error(f"--local-cpus must be 0 or more, not {own.local_cpus}")
+    workers, use_gpu = settings["num_workers"], settings["use_gpu"]
+    if own.local_cpus < 0 or (own.local_cpus and not use_gpu and own.local_cpus < workers):
+        # Fewer CPUs than workers would leave Ray waiting for resources that never come.
+        parser.error(f"--local-cpus must be at least the plan's {workers} workers (one CPU each), not "
+                     f"{own.local_cpus}")
 
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
@@ -92,15 +95,23 @@ def main(run_dir: Path, settings: dict[str, Any], argv: list[str]) -> int:
     if own.local_cpus:
         ray.init(address="local", num_cpus=own.local_cpus, object_store_memory=200 * 1024**2,
                  include_dashboard=False, _node_ip_address="127.0.0.1")
+        short = {key: (amount * workers, ray.cluster_resources().get(key, 0))
+                 for key, amount in settings["resources_per_worker"].items()
+                 if ray.cluster_resources().get(key, 0) < amount * workers}
+        if short:  # a local cluster never grows: Ray would wait for them forever
+            ray.shutdown()
+            wanted = ", ".join(f"{need:g} {key} (this machine has {have:g})" for key, (need, have) in short.items())
+            parser.exit(2, f"python ray_train.py: the plan's {workers} workers need {wanted}; run it on a Ray "
+                           "cluster that has them (ray job submit), or export a plan for this machine.\n")
     else:
         ray.init()  # RAY_ADDRESS, or the cluster `ray start` made on this machine
     shipped = bool((ray.get_runtime_context().runtime_env or {}).get("working_dir"))
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"run_dir": None if shipped else str(run_dir), "extra": extra},
-        scaling_config=ScalingConfig(num_workers=settings["num_workers"], use_gpu=settings["use_gpu"],
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker=settings["resources_per_worker"]),
-        torch_config=TorchConfig(backend="nccl" if settings["use_gpu"] else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(name=settings["name"], storage_path=str(own.storage_path),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
