@@ -38,17 +38,30 @@ def printable(text: str) -> str:
     return "".join(ch if ch.isprintable() or ch in "\n\t" else "\ufffd" for ch in text)
 
 
-def split_example(row: dict[str, Any]) -> tuple[list[dict[str, str]] | str, str] | None:
+def content_text(content: Any) -> str:
+    """A message's text: the content itself, or the text parts of a multimodal content list (an
+    image part reads as [image])."""
+    if isinstance(content, list):
+        parts = [str(part.get("text", "")) if part.get("type") == "text" else f"[{part.get('type')}]"
+                 for part in content if isinstance(part, dict)]
+        return " ".join(part for part in parts if part)
+    return "" if content is None else str(content)
+
+
+def split_example(row: dict[str, Any]) -> tuple[list[dict[str, Any]] | str, str] | None:
     """(prompt, reference) of a row in a TRL format: the conversation up to the last assistant turn
     and that turn; a prompt/completion pair; the first half of a text's words and the rest.
-    None when the row has nothing to complete."""
+    None when the row has nothing to complete. A multimodal turn keeps its content list (its image
+    parts are where the row's images go); the reference is the answer's text."""
     if isinstance(row.get("messages"), list):
         messages = [m for m in row["messages"] if isinstance(m, dict)]
         last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
         if not last:
             return None
-        prompt = [{"role": str(m.get("role")), "content": str(m.get("content", ""))} for m in messages[:last]]
-        return prompt, str(messages[last].get("content", ""))
+        prompt = [{"role": str(m.get("role")),
+                   "content": m["content"] if isinstance(m.get("content"), list) else content_text(m.get("content"))}
+                  for m in messages[:last]]
+        return prompt, content_text(messages[last].get("content"))
     if "prompt" in row and "completion" in row:
         prompt, completion = row["prompt"], row["completion"]
         if isinstance(completion, list):
@@ -69,8 +82,8 @@ def prompt_text(prompt: list[dict[str, str]] | str) -> str:
     """The prompt as a person reads it: the last user turn of a conversation."""
     if isinstance(prompt, str):
         return prompt
-    users = [m["content"] for m in prompt if m.get("role") == "user"]
-    return users[-1] if users else " ".join(m["content"] for m in prompt)
+    users = [content_text(m["content"]) for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else " ".join(content_text(m["content"]) for m in prompt)
 
 
 def encode(tokenizer: Any, prompt: list[dict[str, str]] | str) -> list[int]:
@@ -81,21 +94,55 @@ def encode(tokenizer: Any, prompt: list[dict[str, str]] | str) -> list[int]:
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
+        if len(ids) and isinstance(ids[0], (list, tuple)) or hasattr(ids, "ndim") and ids.ndim == 2:
+            ids = ids[0]  # a processor's template answers a batch of one
         return [int(i) for i in ids]
     text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
     return [int(i) for i in tokenizer(text)["input_ids"]]
 
 
-def generate(model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]] | str],
+def model_inputs(tokenizer: Any, prompt: list[dict[str, Any]] | str, images: list[Any] | None,
+                 device: Any) -> dict[str, Any]:
+    """The generate() inputs of one prompt: its token ids, and with images (a vision-language
+    model's processor) the pixel values and whatever else the processor makes of them."""
+    import torch
+
+    if images:
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        loaded = [_image(image) for image in images]
+        inputs = tokenizer(text=[text], images=[loaded], return_tensors="pt")
+        return {key: value.to(device) for key, value in inputs.items() if hasattr(value, "to")}
+    ids = torch.tensor([encode(tokenizer, prompt)], device=device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _image(image: Any) -> Any:
+    """A PIL image from what a dataset row holds: an image already, a path, or {"bytes"/"path"}."""
+    from PIL import Image
+
+    if isinstance(image, dict):
+        image = image.get("bytes") or image.get("path")
+    if isinstance(image, (bytes, bytearray)):
+        import io
+
+        return Image.open(io.BytesIO(image)).convert("RGB")
+    if isinstance(image, (str, Path)):
+        return Image.open(image).convert("RGB")
+    return image
+
+
+def generate(model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, Any]] | str],
              max_new_tokens: int = SAMPLE_NEW_TOKENS, *, synced_gpus: bool | None = None,
-             device: Any = None) -> list[str]:
+             device: Any = None, images: Sequence[list[Any] | None] | None = None) -> list[str]:
     """Greedy completions, one prompt at a time (no padding to get wrong), without the prompt.
 
     `synced_gpus`: the model is sharded over the ranks (FSDP, ZeRO-3) and every rank calls this
     with the same prompts; each rank runs a forward until all have finished, because every forward
     gathers weights from all of them. None lets transformers decide (it turns this on for ZeRO-3
     and FSDP-managed modules in a multi-process world). `device`: where the inputs go, by default
-    the first parameter's device (a sharded or offloaded model says it instead)."""
+    the first parameter's device (a sharded or offloaded model says it instead). `images`: each
+    prompt's images, for a vision-language model (its processor is `tokenizer`)."""
     import torch
 
     was_training = model.training
@@ -105,13 +152,15 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]] 
     outputs = []
     try:
         with torch.no_grad():
-            for prompt in prompts:
-                ids = torch.tensor([encode(tokenizer, prompt)], device=device)
-                generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                           max_new_tokens=max_new_tokens, synced_gpus=synced_gpus,
-                                           pad_token_id=tokenizer.pad_token_id
-                                           if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-                outputs.append(tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True).strip())
+            text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor holds its tokenizer
+            pad = text_tokenizer.pad_token_id if text_tokenizer.pad_token_id is not None else \
+                text_tokenizer.eos_token_id
+            for index, prompt in enumerate(prompts):
+                inputs = model_inputs(tokenizer, prompt, images[index] if images else None, device)
+                generated = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
+                                           synced_gpus=synced_gpus, pad_token_id=pad)
+                length = inputs["input_ids"].shape[1]
+                outputs.append(text_tokenizer.decode(generated[0, length:], skip_special_tokens=True).strip())
     finally:
         model.train(was_training)
     return outputs
@@ -125,26 +174,28 @@ def eval_samples(model: Any, tokenizer: Any, rows: Iterable[dict[str, Any]], cou
     tokens to hold their answer. Each row with a short reference carries `exact` (is_exact).
     `synced_gpus` and `device` as for `generate`. The rows picked depend on the rows and the
     tokenizer alone, so every rank of a sharded run generates the same prompts in step."""
-    shown: list[tuple[list[dict[str, str]] | str, str]] = []
-    checked: list[tuple[list[dict[str, str]] | str, str]] = []
+    shown: list[tuple[list[dict[str, Any]] | str, str, list[Any] | None]] = []
+    checked: list[tuple[list[dict[str, Any]] | str, str, list[Any] | None]] = []
     for row in rows:
         if len(shown) + len(checked) >= max(count, scored):
             break
         split = split_example(row)
         if split is None:
             continue
+        example = (split[0], split[1], row.get("images") or None)
         if len(shown) < count:
-            shown.append(split)
+            shown.append(example)
         elif short_answer(tokenizer, split[1]):
-            checked.append(split)
+            checked.append(example)
     pairs = shown + checked
-    outputs = generate(model, tokenizer, [prompt for prompt, _ in shown], max_new_tokens,
-                       synced_gpus=synced_gpus, device=device)
+    outputs = generate(model, tokenizer, [prompt for prompt, _, _ in shown], max_new_tokens,
+                       synced_gpus=synced_gpus, device=device, images=[images for _, _, images in shown])
     # An exact answer ends within its own length (plus the end token): longer output is wrong anyway.
-    outputs += generate(model, tokenizer, [prompt for prompt, _ in checked], SHORT_ANSWER_TOKENS + 2,
-                        synced_gpus=synced_gpus, device=device) if checked else []
+    outputs += generate(model, tokenizer, [prompt for prompt, _, _ in checked], SHORT_ANSWER_TOKENS + 2,
+                        synced_gpus=synced_gpus, device=device,
+                        images=[images for _, _, images in checked]) if checked else []
     samples = []
-    for (prompt, reference), output in zip(pairs, outputs, strict=True):
+    for (prompt, reference, _), output in zip(pairs, outputs, strict=True):
         sample: dict[str, Any] = {"prompt": prompt_text(prompt), "reference": reference, "output": output}
         if short_answer(tokenizer, reference):
             sample["exact"] = is_exact(output, reference)

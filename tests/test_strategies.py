@@ -82,14 +82,15 @@ def assert_samples_are_the_result_s(run_dir: Path, model, family: str, steps: in
 
     assert (run_dir / "samples.jsonl").is_file(), log[-3000:]
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 3, samples
+    assert len(samples) >= 3, samples  # three shown, then held-out short answers scored (with `exact`)
     for sample in samples:
-        assert set(sample) == {"prompt", "reference", "output", "step"}, sample
+        assert set(sample) - {"exact"} == {"prompt", "reference", "output", "step"}, sample
         assert sample["prompt"] and sample["reference"] and isinstance(sample["output"], str)
         assert sample["step"] == steps
     tokenizer = AutoTokenizer.from_pretrained(tiny_model(family))
-    expected = generate(model, tokenizer, [sample["prompt"] for sample in samples])
-    assert [sample["output"] for sample in samples] == expected
+    shown = samples[:3]  # generated with the sample length; the scored rows with just their answer's
+    expected = generate(model, tokenizer, [sample["prompt"] for sample in shown])
+    assert [sample["output"] for sample in shown] == expected
 
 
 def stale_extension_build_lock(root: Path) -> Path:

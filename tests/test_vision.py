@@ -452,3 +452,19 @@ def test_a_re_plan_sizes_the_vision_tower_as_the_plan_did():
     setup = setup_of(planned)
     assert planned.image_patches > 0 and setup.image_patches == planned.image_patches
     assert estimate(model, setup, planned.estimate.budget).total == planned.estimate.total
+
+
+@pytest.mark.slow
+def test_a_vision_run_writes_its_samples_from_the_images(tmp_path):
+    """The held-out rows are generated with their images through the processor (a vision run
+    wrote no samples.jsonl: its prompts are content lists, not text)."""
+    import json
+
+    result = run_cli("--yes", "--model", ev.EMBEDDED_VISION_MODEL, "--dataset", ev.EMBEDDED_VISION_DATASET,
+                     "--max-steps", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert "could not generate samples" not in (run_dir / "train.log").read_text()
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(sample["prompt"].startswith("[image] ") and sample["reference"] for sample in samples)
+    assert "sample" in " ".join(result.stdout.split())
