@@ -244,7 +244,7 @@ def test_a_path_with_a_line_break_is_refused_naming_it(hostile, tmp_path, flag):
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real run directory (LoRA on the CPU), exported by the command."""
     out = tmp_path_factory.mktemp("export") / "run"
-    result = run_cli("export", "--out", str(out), "--max-steps", "1")
+    result = run_cli("export", "--out", str(out), "--max-steps", "1", "--method", "lora")
     assert result.returncode == 0, result.stderr
     return out
 
