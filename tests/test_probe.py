@@ -261,4 +261,6 @@ def test_the_probe_step_time_is_the_eta_until_the_run_has_its_own():
     state.probe_step_s = 2.0
     assert state.eta() == pytest.approx(20.0)
     state.update({"type": "log", "step": 5, "max_steps": 10, "loss": 1.0, "time": 5.0})
-    assert state.eta() == pytest.approx(5.0)  # its own rate: 5 steps in 5 s
+    assert state.eta() == pytest.approx(10.0)  # one log is no rate yet (start-up is in its time): the probe's
+    state.update({"type": "log", "step": 6, "max_steps": 10, "loss": 1.0, "time": 5.5})
+    assert state.eta() == pytest.approx(2.0)  # its own rate: 1 step in 0.5 s, 4 steps left
