@@ -177,7 +177,7 @@ def test_a_real_run_with_a_huge_lora_alpha_stops_and_names_it(tmp_path):
     into sft_config.yaml and launched with --keep-edits): every gradient norm is inf, the run stops as
     diverged and the summary names the key and its value, not the learning rate."""
     run_dir = tmp_path / "run"
-    result = run_cli("export", "--max-steps", "8", "--eval-fraction", "0", "--out", str(run_dir))
+    result = run_cli("export", "--max-steps", "8", "--eval-fraction", "0", "--method", "lora", "--out", str(run_dir))
     assert result.returncode == 0, result.stderr
     config = run_dir / "sft_config.yaml"
     assert "\nlora_r: 4\nlora_alpha: 8\n" in config.read_text()

@@ -24,9 +24,9 @@ from llmwizard.runner.output import SafeOutput
 from llmwizard.runner.rundir import run_status
 from tests.conftest import run_cli
 
-# Time for a stopped run to save its checkpoint and exit (the session's grace is 30 s), and for
-# the first step of the embedded model on a loaded CPU.
-STOP_TIMEOUT_S = 120
+# Time for a stopped run to save its checkpoint and exit (the session's grace is 30 s; the other test
+# worker may be loading the CPU meanwhile), and for the first step of the embedded model on a loaded CPU.
+STOP_TIMEOUT_S = 240
 FIRST_STEP_TIMEOUT_S = 300
 
 
