@@ -75,7 +75,7 @@ class Goals:
     processes: ProcessCount | None = None       # processes per node; on the CPU, how many ranks
     report_to: list[Tracker] | None = None     # experiment trackers; None: none (the plan may suggest one)
     probe: bool | None = None                  # a few measured steps before the run; None: on GPUs only
-    # Long-context and activation savers (llmwizard.autotune.long_context); None: the planner decides.
+    # Long-context and activation savers (llmwizard.autotune.memory.long_context); None: the planner decides.
     context_parallel: ProcessCount | None = None    # GPUs one sequence is split over (FSDP2 cp_size)
     activation_offloading: bool | None = None      # TRL's activation offloading to host RAM
     packing: bool | None = None                    # padding-free packing (TRL packing, bfd strategy)

@@ -28,7 +28,7 @@ Offload = Literal["none", "optimizer", "params"]
 # torchao_adamw_8bit / _4bit: torchao's low-bit AdamW (the `lowmem` extra), which runs on the CPU
 # too and rounds bf16 updates stochastically under pure_bf16; adamw_8bit is bitsandbytes' (CUDA).
 # adalomo: AdaLomo (the lomo-optim package, CUDA), each weight updated inside backward: one
-# process, no gradient accumulation (llmwizard.autotune.savers). galore_adamw: GaLore's AdamW (the
+# process, no gradient accumulation (llmwizard.autotune.memory.savers). galore_adamw: GaLore's AdamW (the
 # galore-torch package) with low-rank states for the decoder's linear layers, apollo_adamw APOLLO's
 # (apollo-torch); one process or DDP.
 Optimizer = Literal["adamw", "adamw_8bit", "torchao_adamw_8bit", "torchao_adamw_4bit", "adafactor", "sgd", "adalomo",
@@ -41,7 +41,7 @@ Launcher = Literal["accelerate", "torchrun", "deepspeed"]
 LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                       "constant_with_warmup", "inverse_sqrt"]
 Attention = Literal["sdpa", "flash", "eager"]
-DatasetSize = Literal["small", "large"]       # the size classes of autotune/rules.py
+DatasetSize = Literal["small", "large"]       # the size classes of autotune/data/rules.py
 Device = Literal["cuda", "cpu"]
 ModelSource = Literal["embedded", "local", "catalog", "hub"]
 DatasetFormat = Literal["messages", "prompt_completion", "text"]   # what TRL's SFTTrainer reads
@@ -384,7 +384,7 @@ TEXTS: dict[str, Any] = {
     "ModuleNames": ModuleNames, "PeftTargets": PeftTargets,
 }
 
-# Where else a run can be exported for (llmwizard.runner.targets): SkyPilot task YAML, a Kubeflow
+# Where else a run can be exported for (llmwizard.runner.export.targets): SkyPilot task YAML, a Kubeflow
 # Trainer v2 TrainJob, a Ray Train driver. plan.yaml's `targets` and `llmwizard export --target`.
 Target = Literal["skypilot", "kubernetes", "ray"]
 CHOICES["Target"] = Target

@@ -1,7 +1,7 @@
 """A candidate training setup, as data: the knobs the memory model and the search turn.
 
-The bottom of the decision modules: llmwizard.autotune.activations and .memory size a
-`TrainSetup`, llmwizard.autotune.search generates and ranks them, the planner turns the winner into
+The bottom of the decision modules: llmwizard.autotune.memory.activations and .memory size a
+`TrainSetup`, llmwizard.autotune.plan.search generates and ranks them, the planner turns the winner into
 a Plan. Imports nothing from llmwizard but the schema's types.
 """
 
@@ -23,7 +23,7 @@ ATTENTIONS = tuple(choices(Attention))
 @dataclass(frozen=True)
 class Calibrated:
     """What earlier probes on this machine measured for one strategy: the mean of measured /
-    estimated peaks (llmwizard.autotune.calibration keeps them)."""
+    estimated peaks (llmwizard.autotune.machine.calibration keeps them)."""
 
     factor: float
     probes: int
@@ -54,11 +54,11 @@ class TrainSetup:
     gpus_per_node: int = 0            # processes sharing one host's RAM; 0: all of num_gpus
     cp: int = 1                       # context parallelism: ranks one sequence is split over
     offload_activations: bool = False  # TRL's activation offloading: saved tensors to host RAM
-    liger: bool = False               # Liger's RMSNorm and gated-MLP kernels (llmwizard.autotune.activations)
+    liger: bool = False               # Liger's RMSNorm and gated-MLP kernels (llmwizard.autotune.memory.activations)
     # Measured/estimated peak ratios of earlier probes on this machine, by strategy (for this GPU
     # model, model family and method); the estimate is scaled by the one for its strategy.
     calibration: dict[str, Calibrated] | None = None
-    # Vision-language models (llmwizard.autotune.vision): patches the vision tower encodes per
+    # Vision-language models (llmwizard.autotune.memory.vision): patches the vision tower encodes per
     # sequence (0: no images), and whether LoRA adapts the tower too.
     image_patches: int = 0
     train_vision_tower: bool = False

@@ -1,4 +1,4 @@
-"""Regenerate the exact parameter counts of autotune/model_catalog.json.
+"""Regenerate the exact parameter counts of autotune/model/model_catalog.json.
 
     python bench/build_model_catalog.py            # count every model, rewrite the catalog
     python bench/build_model_catalog.py --check    # count and compare, exit 1 on any difference
@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llmwizard.autotune.model_spec import CATALOG_PATH, spec_from_config  # noqa: E402
-from llmwizard.autotune.param_counts import count_on_meta  # noqa: E402
+from llmwizard.autotune.model.model_spec import CATALOG_PATH, spec_from_config  # noqa: E402
+from llmwizard.autotune.model.param_counts import count_on_meta  # noqa: E402
 
 
 def main() -> int:
@@ -73,7 +73,7 @@ def main() -> int:
 _PROBE = """
 import sys, time
 start = time.perf_counter()
-from llmwizard.autotune.model_spec import load_model_spec
+from llmwizard.autotune.model.model_spec import load_model_spec
 spec = load_model_spec(sys.argv[1])
 took = time.perf_counter() - start
 print(took, spec.total_params, spec.count_method, *(m in sys.modules for m in ("torch", "transformers")))

@@ -1,7 +1,7 @@
 """What torch's AdamW step allocates beyond its states, foreach against fused, on real CPU tensors.
 
 Why: the exporter writes `optim: adamw_torch_fused` (torch's fused AdamW, transformers' default on
-torch >= 2.8) and llmwizard.autotune.model_states counts no step temporary for it, where the foreach
+torch >= 2.8) and llmwizard.autotune.memory.model_states counts no step temporary for it, where the foreach
 AdamW (`adamw_torch`) builds one more tensor the size of the states (the sqrt of exp_avg_sq). This
 runs both on the same parameters, after a first step has made the states, and counts the bytes of
 every storage the second step creates while it is alive (a dispatch mode with weak references, so

@@ -4,14 +4,14 @@ Why: the memory model and the cost model are checked on the CPU (FakeTensor peak
 GPU adds (the caching allocator's reserve, CUDA's own buffers, kernels' workspaces, the real step
 time) is only seen on one. This script is ready for the day a GPU is lent: one command, under 8
 minutes on one H100 or H200, writing `bench/results/gpu_check-<gpu>.txt` and feeding the
-calibration store (llmwizard.autotune.calibration) as every probe does.
+calibration store (llmwizard.autotune.machine.calibration) as every probe does.
 
 What it runs: for each case of the matrix, a model built from a catalog config (real widths, the
 layer count cut where the whole model would take minutes to initialise) with random weights (an
 empty model.safetensors: transformers initialises every weight it misses, so nothing is
 downloaded or written beyond the config), the embedded tokenizer, the bundled dataset padded to
 the case's length; the planner plans it with the case's settings pinned (one GPU, no DDP), the
-exporter writes the run directory, and the probe (llmwizard.runner.probe.run_probe: launch.sh,
+exporter writes the run directory, and the probe (llmwizard.runner.session.probe.run_probe: launch.sh,
 the training entry, PROBE_STEPS real optimizer steps on the longest rows) measures it. One line per
 case: the estimate (expected and tensor peak), the measured allocated and reserved peaks and the
 process's NVML figure, measured / expected, and the seconds per step. Cases: dense and MoE; full,
@@ -41,7 +41,7 @@ case here needs it: every case is one process without ZeRO. The machine's transf
 accelerate 1.15 are used as they are (llmwizard is tested on transformers 5.25): carrying
 transformers 5.25 would mean huggingface-hub 2.4, httpx2, httpcore2, truststore, kernels and
 tomlkit too, about 18 MB more than the call carries beside bitsandbytes. If a case fails on a
-missing transformers internal (runner/patches.py names it), carry that set instead of
+missing transformers internal (runner/rank/patches.py names it), carry that set instead of
 bitsandbytes, galore-torch and apollo-torch and run the other cases with `--only`. Then, on the
 device (`run` with carry [".whl"]), one command:
 
@@ -129,7 +129,7 @@ def model_dir(case: Case, work: Path, dry_run: bool) -> Path:
     an empty model.safetensors (so every weight is initialised at random when loaded) and the
     embedded model's tokenizer (its ids are within every catalog vocabulary)."""
     from llmwizard.autotune.embedded import ensure_embedded_model
-    from llmwizard.autotune.model_spec import CATALOG_PATH
+    from llmwizard.autotune.model.model_spec import CATALOG_PATH
 
     entry = next(m for m in json.loads(CATALOG_PATH.read_text())["models"] if m["name"] == case.model)
     config = dict(entry["config"], num_hidden_layers=case.layers)
@@ -159,9 +159,9 @@ def plan_case(case: Case, directory: Path, hardware: Any = None) -> tuple[Any, A
     """(the plan, the model spec): the planner's own route, with the case's settings pinned, for
     `hardware` (default: this machine, detected)."""
     from llmwizard.autotune.goals import Goals
-    from llmwizard.autotune.hardware import detect
-    from llmwizard.autotune.inputs import plan_for, profile_for
-    from llmwizard.autotune.model_spec import load_model_spec
+    from llmwizard.autotune.machine.hardware import detect
+    from llmwizard.autotune.plan.inputs import plan_for, profile_for
+    from llmwizard.autotune.model.model_spec import load_model_spec
 
     model = load_model_spec(str(directory))
     pinned = {"method": case.method, "strategy": "single", "processes": 1, "max_length": case.seq,
@@ -203,7 +203,7 @@ def run_case(case: Case, work: Path, dry_run: bool) -> Row:
     """Plan, export and probe one case (one round, the plan as planned); its row."""
     from llmwizard.autotune.errors import UserError
     from llmwizard.runner.export import export
-    from llmwizard.runner.probe import PROBE_FILE, run_probe
+    from llmwizard.runner.session.probe import PROBE_FILE, run_probe
 
     start = time.monotonic()
     row = Row(case.name)
@@ -241,7 +241,7 @@ def run_case(case: Case, work: Path, dry_run: bool) -> Row:
 
 def gpu_slug() -> str:
     """The results file's name part: the GPU's name as torch reports it, or "cpu"."""
-    from llmwizard.autotune.hardware import detect
+    from llmwizard.autotune.machine.hardware import detect
 
     gpu = detect().smallest_gpu
     return re.sub(r"[^a-z0-9]+", "-", gpu.name.lower()).strip("-") if gpu else "cpu"

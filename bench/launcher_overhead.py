@@ -1,4 +1,4 @@
-"""Launcher overhead: a run started by llmwizard (the exported launch.sh, llmwizard.runner.train, the
+"""Launcher overhead: a run started by llmwizard (the exported launch.sh, llmwizard.runner.rank.train, the
 metrics callback) against a hand-written `accelerate launch` of the same TRL config with a plain
 SFTTrainer script, side by side in one process, same steps, several repeats.
 
@@ -17,7 +17,7 @@ Figures, per strategy, medians over the repeats:
 - wall: seconds from starting the launcher to its exit (startup, loading, training, saving).
 
 One deviation from "plain": accelerate 1.15 leaves FSDP off on CPU ranks (see
-llmwizard.runner.train.allow_fsdp_on_cpu), so without llmwizard's one-line shim the plain FSDP run would
+llmwizard.runner.rank.train.allow_fsdp_on_cpu), so without llmwizard's one-line shim the plain FSDP run would
 train as DDP and the comparison would be meaningless. The plain script applies the same shim;
 it changes nothing for the other strategies or on GPUs.
 """
@@ -45,7 +45,7 @@ PLAIN_SCRIPT = '''\
 from datasets import load_dataset
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
-from llmwizard.runner.train import allow_fsdp_on_cpu  # see the bench's docstring: FSDP on CPU ranks only
+from llmwizard.runner.rank.train import allow_fsdp_on_cpu  # see the bench's docstring: FSDP on CPU ranks only
 
 parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig))
 script_args, training_args, model_args = parser.parse_args_and_config()
@@ -63,13 +63,13 @@ _RUNTIME = re.compile(r"'train_runtime': '?([0-9.]+)'?.*'train_loss'")
 
 
 def export_run(strategy: str, processes: int, steps: int, directory: Path) -> None:
-    from llmwizard.autotune.dataset import profile_dataset
+    from llmwizard.autotune.data.dataset import profile_dataset
     from llmwizard.autotune.embedded import EMBEDDED_DATASET, ensure_embedded_model
     from llmwizard.autotune.goals import Goals
-    from llmwizard.autotune.hardware import detect
-    from llmwizard.autotune.model_spec import load_model_spec
-    from llmwizard.autotune.planner import plan
-    from llmwizard.autotune.tokens import counter_for
+    from llmwizard.autotune.machine.hardware import detect
+    from llmwizard.autotune.model.model_spec import load_model_spec
+    from llmwizard.autotune.plan.planner import plan
+    from llmwizard.autotune.data.tokens import counter_for
     from llmwizard.runner.export import export
 
     profile = profile_dataset(EMBEDDED_DATASET, counter_for(ensure_embedded_model()))
@@ -94,7 +94,7 @@ def plain_copy(run_dir: Path, directory: Path) -> None:
 
 def timed(argv: list[str], cwd: Path, steps: int) -> tuple[float, float]:
     """(steps per second of the training loop, wall seconds) of one launch."""
-    from llmwizard.runner.launch import free_port
+    from llmwizard.runner.session.launch import free_port
 
     env = dict(os.environ, MAIN_PROCESS_PORT=str(free_port()), PYTHONPATH=str(ROOT))
     for attempt in (1, 2):

@@ -46,9 +46,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/liger_mirror.py
 
-from llmwizard.autotune.activations import layout  # noqa: E402
+from llmwizard.autotune.memory.activations import layout  # noqa: E402
 from llmwizard.autotune.memory import MemoryEstimate, TrainSetup, estimate  # noqa: E402
-from llmwizard.autotune.model_spec import spec_from_config  # noqa: E402
+from llmwizard.autotune.model.model_spec import spec_from_config  # noqa: E402
 
 # Real widths from each model's published config.json; the layer count is set per case.
 MODELS: dict[str, dict[str, Any]] = {
@@ -88,7 +88,7 @@ class Case:
     lora_dropout: float = 0.05
     strategy: str = "single"  # or "fsdp": FSDP2 full shard over `world` ranks of a fake process group
     world: int = 1
-    precision: str = "bf16"   # or "pure_bf16": bf16 weights, no autocast (runner/configs.py)
+    precision: str = "bf16"   # or "pure_bf16": bf16 weights, no autocast (runner/export/configs.py)
     liger: bool = False       # Liger's layer kernels, as allocation mirrors (bench/liger_mirror.py)
     offload_activations: bool = False  # TRL's activation offloading, its real hooks (see _trl_offloading)
 
@@ -271,7 +271,7 @@ def _optimizer(case: Case, params: list[Any], model: Any = None) -> Any:
         return torch.optim.SGD(params, lr=1e-4, foreach=True)
     if case.optimizer in ("galore_adamw", "apollo_adamw"):
         # transformers' _setup_low_rank_optimizer: low-rank groups for the attention and MLP linears
-        from llmwizard.autotune.savers import GALORE_RANK, GALORE_TARGETS
+        from llmwizard.autotune.memory.savers import GALORE_RANK, GALORE_TARGETS
 
         targets = [m.weight for name, m in model.named_modules()
                    if isinstance(m, torch.nn.Linear) and any(t in name for t in GALORE_TARGETS)]
@@ -305,7 +305,7 @@ def measure(case: Case) -> dict[str, int]:
     config_dict = reduced_config(case)
     config = AutoConfig.for_model(**config_dict)
     pure = case.precision == "pure_bf16" and case.method == "full"
-    # runner/export.py's `dtype`: fp32 masters for mixed-precision full fine-tuning
+    # runner/export/__init__.py's `dtype`: fp32 masters for mixed-precision full fine-tuning
     weights = torch.float32 if case.method == "full" and not pure else torch.bfloat16
     # The optimizers run on real tensors (see below) get a real, initialised model: buffers such as
     # RoPE's frequencies must hold numbers (an SVD refuses NaN gradients).
@@ -652,7 +652,7 @@ def measure_vision(case: VisionCase) -> dict[str, int]:
 
 
 def compare_vision(case: VisionCase) -> list[tuple[str, int, int]]:
-    from llmwizard.autotune import vision
+    from llmwizard.autotune.memory import vision
 
     config = dict(QWEN_VL_7B, vision_config=dict(QWEN_VL_7B["vision_config"], depth=case.blocks))
     model = spec_from_config("qwen2.5-vl-7b", "catalog", None, config)
@@ -670,7 +670,7 @@ def vision_main(out: Path | None) -> int:
     import torch
     import transformers
 
-    lines = [f"# llmwizard.autotune.vision vs FakeTensorMode + MemTracker ({time.strftime('%Y-%m-%d')})",
+    lines = [f"# llmwizard.autotune.memory.vision vs FakeTensorMode + MemTracker ({time.strftime('%Y-%m-%d')})",
              f"# torch {torch.__version__}, transformers {transformers.__version__}; Qwen2.5-VL-7B vision tower at its "
              "real widths (hidden 1280, MLP 3420, 16 heads), L blocks (the last one full attention), bf16 autocast,",
              "# flash attention over packed windows; tensor bytes beyond the tower's weights (pixels included)",
@@ -701,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--match", default="", help="only cases whose name contains this text")
     parser.add_argument("--savers", action="store_true", help="only the memory savers' cases (pure bf16)")
     parser.add_argument("--vision", action="store_true",
-                        help="the vision-tower section instead (Qwen2.5-VL-7B's tower, llmwizard.autotune.vision)")
+                        help="the vision-tower section instead (Qwen2.5-VL-7B's tower, llmwizard.autotune.memory.vision)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     if args.vision:

@@ -20,12 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmwizard.autotune.dataset import DatasetProfile  # noqa: E402
+from llmwizard.autotune.data.dataset import DatasetProfile  # noqa: E402
 from llmwizard.autotune.errors import UserError  # noqa: E402
 from llmwizard.autotune.goals import Goals  # noqa: E402
-from llmwizard.autotune.hardware import GiB, from_spec  # noqa: E402
-from llmwizard.autotune.model_spec import load_model_spec  # noqa: E402
-from llmwizard.autotune.planner import plan  # noqa: E402
+from llmwizard.autotune.machine.hardware import GiB, from_spec  # noqa: E402
+from llmwizard.autotune.model.model_spec import load_model_spec  # noqa: E402
+from llmwizard.autotune.plan.planner import plan  # noqa: E402
 
 
 def dataset(examples: int, mean: float, p99: int) -> DatasetProfile:

@@ -1,5 +1,5 @@
 """torchao's low-bit AdamW: the optimizer states and the step's temporaries, measured against
-llmwizard.autotune.savers.torchao_optimizer_bytes, side by side.
+llmwizard.autotune.memory.savers.torchao_optimizer_bytes, side by side.
 
     python bench/torchao_states.py [--out bench/results/torchao_states-cpu.txt]
 
@@ -25,8 +25,8 @@ import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from llmwizard.autotune.memory import TrainSetup
-from llmwizard.autotune.model_types import Linear
-from llmwizard.autotune.savers import torchao_optimizer_bytes
+from llmwizard.autotune.model.model_types import Linear
+from llmwizard.autotune.memory.savers import torchao_optimizer_bytes
 
 SHAPES = [(4096, 4096), (14336, 4096), (32768, 4096)]
 

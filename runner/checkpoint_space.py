@@ -2,7 +2,7 @@
 for a shortfall.
 
 A disk that fills up during a save leaves a half-written checkpoint behind and ends the rank with
-a torch error ("inline_container.cc ... unexpected pos"). Instead, llmwizard.runner.callbacks
+a torch error ("inline_container.cc ... unexpected pos"). Instead, llmwizard.runner.rank.callbacks
 asks here on every rank when a save is due (one statvfs per save, never per step), and all ranks
 skip the save and stop together when one of them is short.
 
@@ -146,5 +146,5 @@ def shortfall(step: int, output_dir: str, room: Room) -> tuple[str, str]:
 
 def user_error_line(rank: int, message: str, fix: str) -> str:
     """The two lines llmwizard.runner.recovery reads as this failure (the format of
-    llmwizard.runner.train.main's UserError lines, with this failure's title)."""
+    llmwizard.runner.rank.train.main's UserError lines, with this failure's title)."""
     return f"llmwizard (rank {rank}, {TITLE}) UserError: {message}\nFix: {fix}"

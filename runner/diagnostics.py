@@ -1,7 +1,7 @@
 """What the loss curves say, in words a user can act on: pure functions over metrics records.
 
 The same functions run in three places: inside each rank (the divergence check that stops a
-run, llmwizard.runner.callbacks), in the live view, and in the end-of-run summary (llmwizard.runner.session). They
+run, llmwizard.runner.rank.callbacks), in the live view, and in the end-of-run summary (llmwizard.runner.session.session). They
 read only the records of llmwizard.runner.metrics, so a finished run can be diagnosed again from its
 metrics.jsonl.
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from llmwizard.autotune.errors import UserError
 
 if TYPE_CHECKING:
-    from llmwizard.autotune.model_types import ModelSpec
+    from llmwizard.autotune.model.model_types import ModelSpec
     from llmwizard.autotune.plan import Plan
 
 # Any of these in a snapshot means the weights are there (sharded checkpoints have the index).
@@ -127,7 +127,7 @@ def check_plan(plan: Plan, plan_file: Path) -> None:
     model = check_model_keys(plan, where)
     check_data_keys(plan, where)
     if model is not None:
-        from llmwizard.autotune.long_context import check_plan_split
+        from llmwizard.autotune.memory.long_context import check_plan_split
 
         if plan.strategy in ("zero2", "zero3"):
             check_plan_split(model, plan.strategy, plan.context_parallel, plan.num_processes, where)
@@ -152,7 +152,7 @@ def check_device(plan: Plan, where: str) -> None:
     """`device: cuda` needs GPUs here, one per process of this machine; on the CPU the choices that
     need a GPU are refused with the planner's own refusal of the same flag."""
     if plan.device == "cuda":
-        from llmwizard.autotune.nvml import read_nvml
+        from llmwizard.autotune.machine.nvml import read_nvml
 
         gpus, _, notes = read_nvml(os.environ)
         if not gpus:
@@ -169,9 +169,9 @@ def check_device(plan: Plan, where: str) -> None:
                           "GPU(s): two processes on one GPU fail with 'Duplicate GPU detected'.",
                           f"Set num_processes to {len(gpus) * plan.num_machines} or fewer (with micro_batch, "
                           "grad_accum and effective_batch to match), or export the plan again here.", title="Processes")
-        from llmwizard.autotune import plan_steps
+        from llmwizard.autotune.plan import plan_steps
         from llmwizard.autotune.goals import Goals
-        from llmwizard.autotune.hardware_types import HardwareProfile
+        from llmwizard.autotune.machine.hardware_types import HardwareProfile
 
         try:  # the rule of --precision: bf16 needs compute capability 8.0
             plan_steps.precision(HardwareProfile(source="detected", gpus=gpus), Goals(precision=plan.precision))
@@ -191,10 +191,10 @@ def check_device(plan: Plan, where: str) -> None:
 def _gpu_only_choices(plan: Plan) -> list[tuple[str, Any, str, Callable[[], object]]]:
     """(key, value, the CPU's value, the planner's check of it for a machine without a GPU): the
     same checks refuse --method qlora, --offload, --activation-offloading and --liger-kernel."""
-    from llmwizard.autotune import plan_steps
+    from llmwizard.autotune.plan import plan_steps
     from llmwizard.autotune.goals import Goals
-    from llmwizard.autotune.hardware_types import HardwareProfile
-    from llmwizard.autotune.search import check_choices
+    from llmwizard.autotune.machine.hardware_types import HardwareProfile
+    from llmwizard.autotune.plan.search import check_choices
 
     cpu = HardwareProfile(source="detected", gpus=[])
     checks: list[tuple[str, Any, str, Callable[[], object]]] = [
@@ -244,9 +244,9 @@ def check_flag_rules(plan: Plan, where: str) -> None:
     """The rules that refuse --strategy, --offload, --optimizer and --launcher together, applied to
     the plan's keys: a hand edit the planner would never make (ddp on one process, the deepspeed
     launcher without ZeRO) would otherwise launch as something else than plan.yaml says."""
-    from llmwizard.autotune import plan_steps
+    from llmwizard.autotune.plan import plan_steps
     from llmwizard.autotune.goals import Goals
-    from llmwizard.autotune.search import check_choices
+    from llmwizard.autotune.plan.search import check_choices
 
     try:
         check_choices(Goals(strategy=plan.strategy, offload=plan.offload, optimizer=plan.optimizer),
@@ -268,8 +268,8 @@ def check_flag_rules(plan: Plan, where: str) -> None:
 
 # What a plan key needs installed: (key, value, module, pip name, what it is for, the value without it).
 def _needed_packages(plan: Plan) -> list[tuple[str, Any, str, str, str, str]]:
-    from llmwizard.autotune.plan_steps import TRACKER_SETUP
-    from llmwizard.autotune.savers import TORCHAO_OPTIMIZERS
+    from llmwizard.autotune.plan.plan_steps import TRACKER_SETUP
+    from llmwizard.autotune.memory.savers import TORCHAO_OPTIMIZERS
 
     needs: list[tuple[str, Any, str, str, str, str]] = []
     if plan.method == "qlora":
@@ -309,8 +309,8 @@ def check_model_keys(plan: Plan, where: str) -> ModelSpec | None:
     positions, its block classes, its linear layers and its vision tower. The same rules refuse
     --max-length and --lora-targets. None (nothing checked) for a hub model whose config cannot be
     had here; check_model_weights refuses that run when it launches."""
-    from llmwizard.autotune import vision
-    from llmwizard.autotune.model_spec import load_model_spec
+    from llmwizard.autotune.memory import vision
+    from llmwizard.autotune.model.model_spec import load_model_spec
 
     try:
         model = load_model_spec(plan.model, trust_remote_code=plan.trust_remote_code)
@@ -382,7 +382,7 @@ def check_data_keys(plan: Plan, where: str) -> None:
     """The dataset must be readable here and hold rows of `dataset_format`: the ranks map the rows by
     what they hold, so a format the data does not have would be ignored. A hub dataset's rows are
     fetched by the ranks and not checked here."""
-    from llmwizard.autotune.dataset import detect_format, load_rows, local_path, resolve_dataset
+    from llmwizard.autotune.data.dataset import detect_format, load_rows, local_path, resolve_dataset
 
     try:
         source = resolve_dataset(plan.dataset)

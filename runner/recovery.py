@@ -3,7 +3,7 @@
 `diagnose_failure` reads the part of train.log that one attempt wrote (and its exit status) and
 recognises the failures people meet most: GPU out of memory, host out of memory, port in use,
 more processes than GPUs, collective timeouts, a missing dataset column, a full disk. Only GPU
-out-of-memory is recovered automatically (llmwizard.runner.engine re-plans with a smaller micro-batch);
+out-of-memory is recovered automatically (llmwizard.runner.session.engine re-plans with a smaller micro-batch);
 `record_recovery` keeps the story in <run>/recovery.log. Checkpoint helpers read what the HF
 Trainer wrote (trainer_state.json), so the summary can name the best and the last checkpoint.
 """
@@ -89,7 +89,7 @@ _SIGNATURES: list[tuple[str, str, str, str, str]] = [
      "check the firewall and NCCL_SOCKET_IFNAME; a slow first step can need a longer ddp_timeout."),
 ]
 _USER_ERROR = re.compile(r"UserError: (?P<message>.+)")
-# A rank's own UserError line: "llmwizard (rank 0, Disk full) UserError: ..." (llmwizard.runner.train).
+# A rank's own UserError line: "llmwizard (rank 0, Disk full) UserError: ..." (llmwizard.runner.rank.train).
 _RANK_USER_ERROR = re.compile(r"llmwizard \(rank (?P<rank>\d+), (?P<title>[^)]*)\) UserError: (?P<message>.+)")
 # UserError titles that name a failure kind of their own: their words (the check that found it,
 # with the numbers) win over the library errors the same cause could also produce.
@@ -292,7 +292,7 @@ def read_recoveries(run_dir: Path) -> list[str]:
     try:
         return [line.rstrip() for line in (run_dir / RECOVERY_LOG).read_text(encoding="utf-8").splitlines()
                 if line.strip()]
-    except (OSError, UnicodeDecodeError):  # damaged: the report and `runs` name it (runner.runs.run_problems)
+    except (OSError, UnicodeDecodeError):  # damaged: the report and `runs` name it (runner.after.runs.run_problems)
         return []
 
 

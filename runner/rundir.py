@@ -19,10 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from llmwizard.autotune.errors import UserError
-from llmwizard.runner import recovery, runlock
-from llmwizard.runner.configs import METRICS_FILE, OUTPUT_DIR, TENSORBOARD_DIR
+from llmwizard.runner import recovery
+from llmwizard.runner import runlock
 from llmwizard.runner.metrics import read_metrics
 from llmwizard.runner.state import RunState
+
+# The run directory's files, by name (the exporters and the after-run commands use these).
+OUTPUT_DIR = "output"
+METRICS_FILE = "metrics.jsonl"
+DS_CONFIG = "ds_config.json"
+# TensorBoard event files, when the plan reports to it (relative to the run directory).
+TENSORBOARD_DIR = "tensorboard"
+HOSTFILE = "hostfile"
+REPORT_FILE = "report.html"       # llmwizard report RUN (llmwizard.runner.after.report)
 
 MANIFEST_FILE = f"{runlock.STATE_DIR}/manifest.json"
 MANIFEST_VERSION = 1

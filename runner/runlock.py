@@ -2,7 +2,7 @@
 and one export at a time into a directory: the export lock (`export_lock`).
 
 Two trainers in one directory overwrite each other's checkpoints and interleave their metrics,
-so a launch takes `.llmwizard/lock.json` first (llmwizard.runner.launch.Launch.start does, so
+so a launch takes `.llmwizard/lock.json` first (llmwizard.runner.session.launch.Launch.start does, so
 every face gets it). The lock names the llmwizard process (pid and its start time), the
 launcher's pid once started, the host, the boot and the directory. It is live while either
 process still runs on this host and boot, or while a training process still works in the
@@ -36,8 +36,8 @@ STATE_DIR = ".llmwizard"
 LOCK_FILE = f"{STATE_DIR}/lock.json"
 # Held while an export writes into the directory (see `export_lock`).
 EXPORT_LOCK_FILE = f"{STATE_DIR}/export.lock"
-# The per-rank entry every launcher starts (llmwizard.runner.scripts.train_arguments).
-TRAIN_MODULE = "llmwizard.runner.train"
+# The per-rank entry every launcher starts (llmwizard.runner.export.scripts.train_arguments).
+TRAIN_MODULE = "llmwizard.runner.rank.train"
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """RunState: what a run's metrics records add up to, for every face that shows a run.
 
-Both the headless live view (llmwizard.runner.live) and the wizard's run screen fold records from
+Both the headless live view (llmwizard.runner.session.live) and the wizard's run screen fold records from
 llmwizard.runner.metrics into a RunState and draw from it; diagnostics are computed from its records.
 Records come from llmwizard.runner.metrics's readers, which pass on only records of the right
 shape with every number in its range (`check_record`), so `update` does arithmetic on them as they

@@ -14,7 +14,7 @@ import pytest
 os.environ.setdefault("LLMWIZARD_CACHE", tempfile.mkdtemp(prefix="llmwizard-test-cache-"))
 # The user's own presets (~/.config/llmwizard/presets) must not change what tests list.
 os.environ["LLMWIZARD_CONFIG_DIR"] = tempfile.mkdtemp(prefix="llmwizard-test-config-")
-# The calibration store (llmwizard.autotune.calibration): never the user's; tests that write it
+# The calibration store (llmwizard.autotune.machine.calibration): never the user's; tests that write it
 # point it at their own directory.
 os.environ["LLMWIZARD_CALIBRATION_DIR"] = tempfile.mkdtemp(prefix="llmwizard-test-calibration-")
 os.environ["HF_HUB_OFFLINE"] = "1"

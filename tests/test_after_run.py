@@ -33,13 +33,13 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def export_run(run_dir: Path, *, report_to: list[str] | None = None, **goals: Any) -> Path:
-    from llmwizard.autotune.dataset import profile_dataset
+    from llmwizard.autotune.data.dataset import profile_dataset
     from llmwizard.autotune.embedded import EMBEDDED_DATASET, ensure_embedded_model
     from llmwizard.autotune.goals import Goals
-    from llmwizard.autotune.hardware import from_spec
-    from llmwizard.autotune.model_spec import load_model_spec
-    from llmwizard.autotune.planner import plan
-    from llmwizard.autotune.tokens import counter_for
+    from llmwizard.autotune.machine.hardware import from_spec
+    from llmwizard.autotune.model.model_spec import load_model_spec
+    from llmwizard.autotune.plan.planner import plan
+    from llmwizard.autotune.data.tokens import counter_for
     from llmwizard.runner.export import export
 
     profile = profile_dataset(EMBEDDED_DATASET, counter_for(ensure_embedded_model()))
@@ -53,7 +53,7 @@ def export_run(run_dir: Path, *, report_to: list[str] | None = None, **goals: An
 
 
 def launch_beside(run_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    from llmwizard.runner.launch import free_port
+    from llmwizard.runner.session.launch import free_port
 
     log = open(run_dir / "train.log", "wb")  # noqa: SIM115 (closed when the process ends)
     return subprocess.Popen(["bash", str(run_dir / "launch.sh")], stdout=log, stderr=subprocess.STDOUT,
@@ -63,7 +63,7 @@ def launch_beside(run_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from llmwizard.autotune.plan import Plan
-    from llmwizard.runner.engine import RunSession
+    from llmwizard.runner.session.engine import RunSession
 
     root = tmp_path_factory.mktemp("runs")
     trackio_dir = tmp_path_factory.mktemp("trackio")
@@ -75,7 +75,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     seen: list[Any] = []
     previous = os.environ.get("TRACKIO_DIR")
     os.environ["TRACKIO_DIR"] = str(trackio_dir)  # Trackio's local store, inherited by the ranks
-    from llmwizard.runner import report
+    from llmwizard.runner.after import report
 
     writes: list[tuple[str, int]] = []   # (state shown, evaluations in metrics.jsonl) at each write
     write_report = report.write_report
@@ -134,7 +134,7 @@ def test_runs_lists_finished_stopped_and_failed_runs(runs, capsys):
     assert failed["state"] == "failed" and 1 <= failed["step"] < 3
     assert "without a final record" in failed["detail"]
 
-    from llmwizard.runner.runs import directory_size
+    from llmwizard.runner.after.runs import directory_size
 
     for name, row in listed.items():
         assert row["duration_s"] > 0 and row["size_bytes"] == directory_size(runs["root"] / name)
@@ -255,10 +255,10 @@ def test_report_command_prints_the_path_and_tells_a_stopped_run_s_story(runs, ca
 
 @pytest.mark.slow
 def test_samples_are_written_at_the_end_and_the_summary_shows_one(runs):
-    from llmwizard.runner import events
+    from llmwizard.runner.session import events
 
     run_dir = runs["finished"]
-    from llmwizard.runner.samples import SCORED_COUNT
+    from llmwizard.runner.rank.samples import SCORED_COUNT
 
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert 3 <= len(samples) <= SCORED_COUNT   # three shown, more held-out short answers scored
@@ -279,7 +279,7 @@ def test_samples_are_written_at_the_end_and_the_summary_shows_one(runs):
 def greedy_ids(model, tokenizer, prompts: list[str], new: int = 12) -> list[list[int]]:
     import torch
 
-    from llmwizard.runner.samples import encode
+    from llmwizard.runner.rank.samples import encode
 
     out = []
     with torch.no_grad():
@@ -352,7 +352,7 @@ def test_try_generates_from_the_tuned_model_and_the_base_side_by_side(runs, caps
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmwizard.autotune.embedded import ensure_embedded_model
-    from llmwizard.runner.samples import generate
+    from llmwizard.runner.rank.samples import generate
 
     run_dir = runs["finished"]
     assert cli_main(["try", str(run_dir), "12+7=", "--json", "--max-new-tokens", "8"]) == 0
@@ -372,21 +372,21 @@ def test_try_generates_from_the_tuned_model_and_the_base_side_by_side(runs, caps
 # ----------------------------------------------------------------------------- trackers in the plan
 
 def _plan_with(**goals: Any):
-    from llmwizard.autotune.dataset import profile_dataset
+    from llmwizard.autotune.data.dataset import profile_dataset
     from llmwizard.autotune.embedded import EMBEDDED_DATASET, ensure_embedded_model
     from llmwizard.autotune.goals import Goals
-    from llmwizard.autotune.hardware import from_spec
-    from llmwizard.autotune.model_spec import load_model_spec
-    from llmwizard.autotune.planner import plan
-    from llmwizard.autotune.tokens import counter_for
+    from llmwizard.autotune.machine.hardware import from_spec
+    from llmwizard.autotune.model.model_spec import load_model_spec
+    from llmwizard.autotune.plan.planner import plan
+    from llmwizard.autotune.data.tokens import counter_for
 
     profile = profile_dataset(EMBEDDED_DATASET, counter_for(ensure_embedded_model()))
     return plan(from_spec("cpu"), load_model_spec(None), profile, Goals(**goals))
 
 
 def test_report_to_reaches_trl_and_the_plan_suggests_only_a_configured_tracker(monkeypatch, capsys):
-    from llmwizard.autotune.plan_steps import configured_trackers
-    from llmwizard.runner.configs import sft_config
+    from llmwizard.autotune.plan.plan_steps import configured_trackers
+    from llmwizard.runner.export.configs import sft_config
 
     for name in ("WANDB_API_KEY", "MLFLOW_TRACKING_URI", "TRACKIO_SPACE_ID", "TRACKIO_DIR", "TENSORBOARD_LOGGING_DIR"):
         monkeypatch.delenv(name, raising=False)

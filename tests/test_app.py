@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from llmwizard.autotune.hardware import GPU, HardwareProfile
+from llmwizard.autotune.machine.hardware import GPU, HardwareProfile
 from llmwizard.wizard.app import WizardApp
 from llmwizard.wizard.cli import build_parser
 from llmwizard.wizard.core import STRATEGY_WORDS
@@ -29,7 +29,7 @@ def fake_hardware(free_gib: tuple[float, ...] = (79.2, 61.5), total_gib: float =
                   name: str = "NVIDIA A100-SXM4-80GB", interconnect: str = "nvlink") -> HardwareProfile:
     """What detect() would report for these GPUs: the NVML boundary, faked (catalog figures
     filled in as detect fills them)."""
-    from llmwizard.autotune.gpu_catalog import lookup
+    from llmwizard.autotune.machine.gpu_catalog import lookup
 
     part = lookup(name)
     gpus = [GPU(index=i, name=name, total_memory=int(total_gib * GiB), free_memory=int(free * GiB),
@@ -46,7 +46,7 @@ def fake_hardware(free_gib: tuple[float, ...] = (79.2, 61.5), total_gib: float =
 @pytest.fixture()
 def gpus(monkeypatch: pytest.MonkeyPatch) -> HardwareProfile:
     profile = fake_hardware()
-    monkeypatch.setattr("llmwizard.autotune.hardware.detect", lambda *args, **kwargs: profile)
+    monkeypatch.setattr("llmwizard.autotune.machine.hardware.detect", lambda *args, **kwargs: profile)
     return profile
 
 
@@ -152,7 +152,7 @@ async def test_every_step_from_detected_gpus_to_an_exported_plan(gpus: HardwareP
 @pytest.mark.asyncio
 async def test_what_if_edits_replan_and_a_setup_that_does_not_fit_is_shown_inline(monkeypatch, tmp_path: Path):
     small = fake_hardware(free_gib=(1.0,), total_gib=16, name="NVIDIA T4-like", interconnect="none")
-    monkeypatch.setattr("llmwizard.autotune.hardware.detect", lambda *args, **kwargs: small)
+    monkeypatch.setattr("llmwizard.autotune.machine.hardware.detect", lambda *args, **kwargs: small)
     app = make_app("--method", "lora", output=tmp_path)
     async with app.run_test(size=(120, 36)) as pilot:
         await go_to(pilot, 4)
@@ -359,10 +359,10 @@ def test_the_wizard_process_imports_no_torch_through_export(tmp_path: Path):
     script = textwrap.dedent(f"""
         import asyncio, json, sys
         sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
-        import llmwizard.autotune.hardware
+        import llmwizard.autotune.machine.hardware
         from tests.test_app import fake_hardware, go_to, make_app
         from pathlib import Path
-        llmwizard.autotune.hardware.detect = lambda *a, **k: fake_hardware()
+        llmwizard.autotune.machine.hardware.detect = lambda *a, **k: fake_hardware()
         async def main():
             app = make_app(output=Path({str(tmp_path)!r}))
             async with app.run_test(size=(120, 36)) as pilot:
@@ -432,7 +432,7 @@ async def test_stop_ends_the_run_cleanly_and_quits_with_130(tmp_path: Path):
     assert app.return_code == 130 and app.state.stopped
     assert app.state.launch.poll() is not None  # the whole group is gone
     # The CLI's stop advice, from the same summary builder.
-    from llmwizard.runner.events import Stopped
+    from llmwizard.runner.session.events import Stopped
 
     run_dir = app.state.launch.run_dir
     end = screen.end_event
@@ -454,8 +454,8 @@ async def test_the_run_screen_recovers_from_out_of_memory_as_the_cli_does(tmp_pa
     """The OOM test hook (tests/hooks/oom.py) makes every rank run out of memory at step 6 while the
     micro-batch is above 8: the screen shows the re-plan and the resume, then the CLI's summary."""
     from llmwizard.autotune.plan import Plan
-    from llmwizard.runner.events import Finished
-    from llmwizard.runner.session import print_summary
+    from llmwizard.runner.session.events import Finished
+    from llmwizard.runner.session.session import print_summary
     from tests.hooks.oom import environment
 
     for name, value in environment(above=8, at_step=6).items():
@@ -873,7 +873,7 @@ async def test_library_log_noise_stays_in_train_log(gpus, fake_runs, tmp_path: P
 def test_the_stop_summary_gives_the_step_its_checkpoint_holds(tmp_path: Path):
     """Logged every 9 steps, stopped at step 58: the summary says 58, as checkpoint-58 does."""
     from llmwizard.runner.state import RunState
-    from llmwizard.runner.summary import Outcome, build_summary
+    from llmwizard.runner.after.summary import Outcome, build_summary
 
     records = [{"type": "begin", "step": 0, "max_steps": 460, "world_size": 1, "time": 0.0}]
     records += [{"type": "log", "step": s, "epoch": s / 23, "loss": 2.0 - s / 100, "time": float(s)}
@@ -978,7 +978,7 @@ async def test_the_memory_legend_never_splits_a_figure_from_its_unit(tmp_path: P
     """The legend lays out its entries itself: the terminal's word wrap broke "1.69 GiB" after the figure."""
     rtx = fake_hardware(free_gib=(23.1, 23.6, 23.6, 20.2), total_gib=24, name="NVIDIA GeForce RTX 4090",
                         interconnect="pcie")
-    monkeypatch.setattr("llmwizard.autotune.hardware.detect", lambda *args, **kwargs: rtx)
+    monkeypatch.setattr("llmwizard.autotune.machine.hardware.detect", lambda *args, **kwargs: rtx)
     app = make_app("--model", "llama-3.1-8b", "--method", "full", output=tmp_path)
     async with app.run_test(size=size) as pilot:
         await go_to(pilot, 4)
@@ -1032,7 +1032,7 @@ def test_the_summary_line_counts_gpus_per_machine_and_names_offload():
 
 def metrics_event(step: int, max_steps: int = 10):
     """A metrics snapshot with a loss, an eval loss and an eval accuracy, as the session emits it."""
-    from llmwizard.runner.events import Metrics
+    from llmwizard.runner.session.events import Metrics
     from llmwizard.runner.state import RunState
 
     state = RunState()
@@ -1045,8 +1045,8 @@ def metrics_event(step: int, max_steps: int = 10):
 
 @pytest.mark.asyncio
 async def test_a_new_launch_starts_from_a_clean_run_screen(gpus, fake_runs, tmp_path: Path):
-    from llmwizard.runner.events import Stopped
-    from llmwizard.runner.summary import Outcome, build_summary
+    from llmwizard.runner.session.events import Stopped
+    from llmwizard.runner.after.summary import Outcome, build_summary
 
     app = make_app(output=tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -1087,7 +1087,7 @@ class ProbingSession(FakeSession):
     def run(self, detached=None) -> None:
         import time
 
-        from llmwizard.runner.events import Probe, Started
+        from llmwizard.runner.session.events import Probe, Started
 
         facts = {"strategy": "ddp", "micro_batch": 4, "grad_accum": 2, "checkpointing": False}
         self.on_event(Probe(1, "keep", "the measured peak is within the estimate", facts, facts,
@@ -1130,7 +1130,7 @@ async def test_the_probe_is_shown_on_the_run_screen(gpus, tmp_path: Path, monkey
 
 @pytest.mark.asyncio
 async def test_the_plan_says_it_will_be_probed_and_that_its_figure_is_calibrated(tmp_path: Path, monkeypatch):
-    from llmwizard.autotune import calibration
+    from llmwizard.autotune.machine import calibration
 
     monkeypatch.setenv(calibration.CACHE_ENV, str(tmp_path / "cache"))
     app = make_app(output=tmp_path / "runs")

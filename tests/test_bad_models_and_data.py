@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from llmwizard.autotune.embedded import EMBEDDED_MODEL, MODEL_CONFIG
-from llmwizard.autotune.embedded_vision import EMBEDDED_VISION_MODEL, VISION_MODEL_CONFIG
-from llmwizard.autotune.param_counts import CONFIG_CEILINGS
+from llmwizard.autotune.embedded.vision import EMBEDDED_VISION_MODEL, VISION_MODEL_CONFIG
+from llmwizard.autotune.model.param_counts import CONFIG_CEILINGS
 from tests.conftest import run_cli
 from tests.refusals import assert_refused, flat
 
@@ -89,14 +89,14 @@ def test_config_json_that_is_not_an_object_is_refused(tmp_path, text, words):
 
 
 def test_every_catalog_model_passes_the_config_checks():
-    from llmwizard.autotune.model_spec import catalog_names, load_model_spec
+    from llmwizard.autotune.model.model_spec import catalog_names, load_model_spec
 
     for name in catalog_names():
         assert load_model_spec(name).warnings == [], name
 
 
 def test_ceilings_are_far_above_every_catalog_model():
-    from llmwizard.autotune.model_spec import catalog_names, load_model_spec
+    from llmwizard.autotune.model.model_spec import catalog_names, load_model_spec
 
     for name in catalog_names():
         spec = load_model_spec(name)
@@ -123,7 +123,7 @@ def test_unknown_model_type_is_refused_naming_it_and_the_flag(tmp_path):
 def test_broken_tokenizer_files_are_refused_naming_the_file(tmp_path, name, text, words):
     import shutil
 
-    from llmwizard.autotune.embedded_vision import ensure_embedded
+    from llmwizard.autotune.embedded.vision import ensure_embedded
 
     directory = _model_dir(tmp_path / "model", MODEL_CONFIG, {})
     source = ensure_embedded(EMBEDDED_MODEL)
@@ -253,7 +253,7 @@ def test_bad_processor_settings_are_refused_naming_the_file(tmp_path, change, wo
     """The image-token rule reads the model's processor settings: what it cannot use is refused."""
     import shutil
 
-    from llmwizard.autotune.embedded_vision import ensure_embedded
+    from llmwizard.autotune.embedded.vision import ensure_embedded
 
     source = ensure_embedded(EMBEDDED_VISION_MODEL)
     directory = tmp_path / "model"

@@ -9,12 +9,12 @@ import typing
 
 import pytest
 from llmwizard.autotune import schema
-from llmwizard.autotune.dataset import DatasetProfile
+from llmwizard.autotune.data.dataset import DatasetProfile
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.goals import GOAL_FIELDS, Goals, goals_from_preset
-from llmwizard.autotune.hardware import from_spec
-from llmwizard.autotune.model_spec import spec_from_config
-from llmwizard.autotune.planner import plan
+from llmwizard.autotune.machine.hardware import from_spec
+from llmwizard.autotune.model.model_spec import spec_from_config
+from llmwizard.autotune.plan.planner import plan
 from llmwizard.wizard.core import parse_goal_value
 
 from tests.conftest import ROOT, run_cli

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llmwizard.autotune import calibration
-from llmwizard.autotune.calibration import FORMAT, MAX_KEYS, MAX_RATIOS, VERSION, Key, Store
+from llmwizard.autotune.machine import calibration
+from llmwizard.autotune.machine.calibration import FORMAT, MAX_KEYS, MAX_RATIOS, VERSION, Key, Store
 
 from tests.conftest import run_cli
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 
 def test_alone_the_best_checkpoint_is_the_best_step_s_folder_when_it_exists(tmp_path):
-    from llmwizard.runner.callbacks import SameBestCheckpointCallback
+    from llmwizard.runner.rank.callbacks import SameBestCheckpointCallback
 
     (tmp_path / "checkpoint-5").mkdir()
     state = SimpleNamespace(best_global_step=5, best_model_checkpoint=None)

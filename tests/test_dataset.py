@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from llmwizard.autotune.dataset import (detect_format, histogram, load_rows, normalize_rows, percentile,
+from llmwizard.autotune.data.dataset import (detect_format, histogram, load_rows, normalize_rows, percentile,
                               profile_dataset, resolve_dataset)
 from llmwizard.autotune.embedded import EMBEDDED_DATASET, ensure_embedded_model
 from llmwizard.autotune.errors import UserError
-from llmwizard.autotune.tokens import counter_for
+from llmwizard.autotune.data.tokens import counter_for
 
 
 def test_formats_are_detected_and_mapped():

@@ -108,7 +108,7 @@ INF = float("inf")
 
 
 def with_settings(records: list[dict], **settings) -> list[dict]:
-    """The settings the ranks write into the begin record (llmwizard.runner.callbacks), TRL's names."""
+    """The settings the ranks write into the begin record (llmwizard.runner.rank.callbacks), TRL's names."""
     records[0].update({"weight_decay": 0.0, "warmup_steps": 0.03, "fp16": False, **settings})
     return records
 
@@ -257,7 +257,7 @@ def test_diagnose_puts_stops_first_and_drops_plateau_advice_when_overfitting():
 
 EADDRINUSE = ("torch.distributed.DistNetworkError: The server socket has failed to listen on any local network "
               "address. port: 38765, useIpv6: false, code: -98, name: EADDRINUSE, message: address already in use")
-ACCELERATE_SIGKILL = ("subprocess.CalledProcessError: Command '['python3', '-m', 'llmwizard.runner.train', '--config', "
+ACCELERATE_SIGKILL = ("subprocess.CalledProcessError: Command '['python3', '-m', 'llmwizard.runner.rank.train', '--config', "
                       "'sft_config.yaml']' died with <Signals.SIGKILL: 9>.")
 TORCHRUN_SIGKILL = "\n".join([
     "E1123 20:22:41.892000 22558 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: -9) "
@@ -357,7 +357,7 @@ llmwizard: loading the dataset
 [rank1]: Traceback (most recent call last):
 Traceback (most recent call last):
   File "<frozen runpy>", line 198, in _run_module_as_main
-[rank1]:   File "/venv/lib/python3.11/site-packages/llmwizard/runner/train.py", line 65, in train
+[rank1]:   File "/venv/lib/python3.11/site-packages/llmwizard/runner/rank/train.py", line 65, in train
     script_args, training_args, model_args = parser.parse_args_and_config(trl_argv)
                                              ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
 ValueError: bogus is not a valid SchedulerType, please select one of ['linear', 'cosine']
@@ -372,7 +372,7 @@ Traceback (most recent call last):
     raise ChildFailedError(
 torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n\
 ============================================================
-llmwizard.runner.train FAILED
+llmwizard.runner.rank.train FAILED
 ------------------------------------------------------------
 Failures:
 [1]:
@@ -389,7 +389,7 @@ Root Cause (first observed failure):
 Traceback (most recent call last):
   File "/venv/lib/python3.11/site-packages/accelerate/commands/launch.py", line 999, in simple_launcher
     raise subprocess.CalledProcessError(returncode=process.returncode, cmd=cmd)
-subprocess.CalledProcessError: Command '['python', '-m', 'llmwizard.runner.train']' returned non-zero exit status 1.
+subprocess.CalledProcessError: Command '['python', '-m', 'llmwizard.runner.rank.train']' returned non-zero exit status 1.
 """
 
 

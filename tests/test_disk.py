@@ -9,7 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from llmwizard.runner import checkpoint_space, recovery
+from llmwizard.runner import checkpoint_space
+from llmwizard.runner import recovery
 from llmwizard.runner.metrics import read_metrics
 from tests.conftest import run_cli
 from tests.hooks.disk import environment

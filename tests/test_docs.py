@@ -112,11 +112,11 @@ def test_every_documented_command_runs(page: Path, tmp_path: Path, monkeypatch: 
 
 def test_the_figures_in_how_decisions_are_made_are_the_codes():
     """The page quotes the planner's constants; a change to one must change the page too."""
-    from llmwizard.autotune.dataset import PROFILE_SAMPLE
+    from llmwizard.autotune.data.dataset import PROFILE_SAMPLE
     from llmwizard.autotune.memory import OVERHEAD
-    from llmwizard.autotune.rules import RULES, SMALL_MAX_AVG_TOKENS, SMALL_MAX_EXAMPLES
-    from llmwizard.autotune.search import HEADROOM
-    from llmwizard.autotune.throughput import BANDWIDTH, ENGINE, MFU, SATURATION_TOKENS
+    from llmwizard.autotune.data.rules import RULES, SMALL_MAX_AVG_TOKENS, SMALL_MAX_EXAMPLES
+    from llmwizard.autotune.plan.search import HEADROOM
+    from llmwizard.autotune.memory.throughput import BANDWIDTH, ENGINE, MFU, SATURATION_TOKENS
     from llmwizard.runner.recovery import MAX_OOM_RETRIES
 
     page = " ".join((ROOT / "docs" / "how-decisions-are-made.md").read_text().split())

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llmwizard.autotune import embedded
-from llmwizard.runner import samples as samples_module
+from llmwizard.runner.rank import samples as samples_module
 from tests.conftest import run_cli
 from tests.refusals import flat
 
@@ -50,7 +50,7 @@ def test_model_builds_and_loads_with_transformers(tmp_path, monkeypatch):
     assert not info["missing_keys"] and not info["unexpected_keys"]
     params = sum(p.numel() for p in model.parameters())
     assert params < 1_000_000
-    from llmwizard.autotune.model_spec import load_model_spec
+    from llmwizard.autotune.model.model_spec import load_model_spec
 
     assert load_model_spec(None).total_params == params
     tokenizer = AutoTokenizer.from_pretrained(path)

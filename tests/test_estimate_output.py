@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from llmwizard.autotune.search import HEADROOM
+from llmwizard.autotune.plan.search import HEADROOM
 
 from tests.conftest import ROOT, run_cli
 from tests.refusals import flat
@@ -49,7 +49,7 @@ def test_the_verdict_is_the_planner_s(expected_total, share, verdict, fits, fits
 def test_estimate_of_a_local_model_prints_only_its_own_output(tmp_path: Path):
     """A model directory never seen before is built on the meta device (torch, transformers and what they
     import); the libraries' start-up warnings stay out of the output."""
-    catalog = json.loads((ROOT / "autotune" / "model_catalog.json").read_text())["models"]
+    catalog = json.loads((ROOT / "autotune" / "model" / "model_catalog.json").read_text())["models"]
     config = next(entry["config"] for entry in catalog if entry["name"] == "qwen2.5-0.5b")
     model = tmp_path / "my-model"
     model.mkdir()

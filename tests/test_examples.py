@@ -102,7 +102,7 @@ def test_setup_5_two_machine_torchrun_fsdp_over_loopback(tmp_path: Path):
     """Setup 5's route (full fine-tuning, FSDP, torchrun with c10d rendezvous on two machines),
     scaled to a tiny Llama: two `bash launch.sh` on one host, MACHINE_RANK 0 and 1."""
     from llmwizard.runner.export import export
-    from llmwizard.runner.launch import free_port
+    from llmwizard.runner.session.launch import free_port
 
     plan = make_plan(strategy="fsdp", launcher="torchrun", method="full", processes=1, nodes=2, max_steps=3)
     documented = (SETUP_5 / "launch.sh").read_text()

@@ -9,15 +9,15 @@ import subprocess
 import pytest
 import yaml
 
-from llmwizard.autotune.dataset import profile_dataset
+from llmwizard.autotune.data.dataset import profile_dataset
 from llmwizard.autotune.embedded import EMBEDDED_DATASET, ensure_embedded_model
 from llmwizard.autotune.goals import Goals
-from llmwizard.autotune.hardware import detect
-from llmwizard.autotune.model_spec import load_model_spec
-from llmwizard.autotune.planner import plan
-from llmwizard.autotune.tokens import counter_for
+from llmwizard.autotune.machine.hardware import detect
+from llmwizard.autotune.model.model_spec import load_model_spec
+from llmwizard.autotune.plan.planner import plan
+from llmwizard.autotune.data.tokens import counter_for
 from llmwizard.runner.export import export, sft_config
-from llmwizard.runner.launch import free_port
+from llmwizard.runner.session.launch import free_port
 
 
 def _plan(**goals):
@@ -108,7 +108,7 @@ def test_cpu_config_turns_bf16_off():
 # for GPUs even though only their CPU forms run here.
 
 def _gpu_plan(spec: str = "4xA100-80GB", nodes: int = 1, **goals):
-    from llmwizard.autotune.hardware import from_spec
+    from llmwizard.autotune.machine.hardware import from_spec
 
     profile = profile_dataset(EMBEDDED_DATASET, counter_for(ensure_embedded_model()))
     return plan(from_spec(spec, nodes=nodes), load_model_spec(None), profile, Goals(**goals))
@@ -121,7 +121,7 @@ def _accelerate_args(plan_, config_file, rank="0", ip="10.1.2.3", port="29555"):
     from llmwizard.runner.export import launch_command
 
     argv, _ = launch_command(plan_)
-    argv = argv[argv.index("accelerate.commands.launch") + 1:argv.index("llmwizard.runner.train") + 1]
+    argv = argv[argv.index("accelerate.commands.launch") + 1:argv.index("llmwizard.runner.rank.train") + 1]
     values = {"MACHINE_RANK": rank, "MAIN_PROCESS_IP": ip, "MAIN_PROCESS_PORT": port}
     argv = [values[word[2:].split(":")[0]] if word.startswith("${") else word for word in argv]
     argv[argv.index("--config_file") + 1] = str(config_file)

@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from llmwizard.autotune.goals import Goals
-from llmwizard.autotune.hardware import from_spec
-from llmwizard.autotune.planner import plan
-from llmwizard.autotune.probe import next_tier
-from llmwizard.autotune.savers import ADAMW_DEEPSPEED_CPU_WHY, ADAMW_FUSED, ADAMW_FUSED_WHY
-from llmwizard.runner.configs import deepspeed_config, sft_config
+from llmwizard.autotune.machine.hardware import from_spec
+from llmwizard.autotune.plan.planner import plan
+from llmwizard.autotune.plan.probe import next_tier
+from llmwizard.autotune.memory.savers import ADAMW_DEEPSPEED_CPU_WHY, ADAMW_FUSED, ADAMW_FUSED_WHY
+from llmwizard.runner.export.configs import deepspeed_config, sft_config
 from tests.conftest import ROOT
 from tests.test_planner import LARGE, LLAMA_8B, model
 
@@ -32,7 +32,7 @@ def _bench() -> ModuleType:
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_the_step_temporaries_measured_on_real_cpu_tensors_are_the_modelled_ones(dtype: str, monkeypatch):
     """foreach builds one more tensor the size of the states; the fused kernel (which runs on CPU
-    tensors in this torch) builds none: what llmwizard.autotune.model_states counts for each."""
+    tensors in this torch) builds none: what llmwizard.autotune.memory.model_states counts for each."""
     import torch
 
     bench = _bench()

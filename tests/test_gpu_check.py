@@ -15,7 +15,7 @@ from types import ModuleType
 
 import pytest
 
-from llmwizard.autotune.hardware import from_spec
+from llmwizard.autotune.machine.hardware import from_spec
 from tests.conftest import ROOT
 from tests.refusals import assert_refused
 

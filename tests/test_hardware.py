@@ -20,8 +20,8 @@ import pytest
 from rich.console import Console
 
 from llmwizard.autotune.errors import UserError
-from llmwizard.autotune.gpu_catalog import CATALOG, lookup, match_nvml_name
-from llmwizard.autotune.hardware import GiB, detect, from_spec, read_cgroup
+from llmwizard.autotune.machine.gpu_catalog import CATALOG, lookup, match_nvml_name
+from llmwizard.autotune.machine.hardware import GiB, detect, from_spec, read_cgroup
 from llmwizard.wizard.detect_view import render_detect
 from tests.conftest import run_cli
 
@@ -553,7 +553,7 @@ def test_render_detect_for_the_cpu_and_a_spec():
 
 
 def test_importing_hardware_stays_light():
-    code = ("import sys, llmwizard.autotune.hardware, llmwizard.autotune.gpu_catalog\n"
+    code = ("import sys, llmwizard.autotune.machine.hardware, llmwizard.autotune.machine.gpu_catalog\n"
             "print([m for m in ('torch', 'textual', 'transformers', 'pynvml', 'psutil') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

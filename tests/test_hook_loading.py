@@ -56,7 +56,7 @@ def test_a_named_hook_ends_the_default_callbacks_of_every_rank(tmp_path):
     code = ("import json, sys\n"
             "before = [type(f).__name__ for f in sys.meta_path]\n"
             "heavy = sorted(m for m in ('torch', 'transformers', 'llmwizard') if m in sys.modules)\n"
-            "from llmwizard.runner.callbacks import default_callbacks\n"
+            "from llmwizard.runner.rank.callbacks import default_callbacks\n"
             f"names = [type(c).__name__ for c in default_callbacks({str(tmp_path / 'metrics.jsonl')!r})]\n"
             "after = [type(f).__name__ for f in sys.meta_path]\n"
             "print(json.dumps({'before': before, 'heavy': heavy, 'names': names, 'after': after}))")

@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 # Every module of the core, the runner and the headless faces: what the CLI imports on its way to a
 # printed plan, or the parent process while it watches a run. Only the per-rank training entry and
 # the Textual app may import the heavy libraries. Listed from the folders, so a new module is covered.
-HEAVY = {"llmwizard.runner.callbacks", "llmwizard.runner.train", "llmwizard.wizard.app",
+HEAVY = {"llmwizard.runner.rank.callbacks", "llmwizard.runner.rank.train", "llmwizard.wizard.app",
          "llmwizard.wizard.messages", "llmwizard.wizard.__main__"}
 LIGHT = sorted(
     {f"llmwizard.{path.parent.name}.{path.stem}" for folder in ("autotune", "runner", "wizard")
@@ -68,6 +68,6 @@ def test_a_wheel_installs_only_the_llmwizard_namespace(tmp_path: Path):
     assert {t for t in top if not t.endswith(".dist-info")} == {"llmwizard"}
     for package in ("autotune", "runner", "wizard", "presets"):
         assert f"llmwizard/{package}/__init__.py" in names
-    assert "llmwizard/autotune/data/arithmetic.jsonl" in names
+    assert "llmwizard/autotune/embedded/data/arithmetic.jsonl" in names
     assert "llmwizard/presets/small-dataset.yaml" in names
     assert "llmwizard/wizard/app.tcss" in names

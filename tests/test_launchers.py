@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmwizard.runner.launch import free_port
+from llmwizard.runner.session.launch import free_port
 from llmwizard.runner.metrics import read_metrics
 from tests.tiny_models import launch_until_first_loss, losses, make_plan, run_group, run_launch_sh, strategy_ran
 
@@ -111,7 +111,7 @@ def test_a_dataset_without_usable_columns_ends_each_rank_readably(tmp_path: Path
 
     failure = diagnose_failure(log, result.returncode)
     assert failure is not None and failure.kind == "dataset_column"
-    assert "runner/train.py" not in log, "a user mistake must not print a traceback from the entry"
+    assert "runner/rank/train.py" not in log, "a user mistake must not print a traceback from the entry"
     assert not [r for r in read_metrics(run_dir / "metrics.jsonl") if r["type"] == "log"]
 
 
@@ -123,7 +123,7 @@ def test_the_entry_loads_every_local_file_type(tmp_path: Path, suffix: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from llmwizard.runner.train import load_splits
+    from llmwizard.runner.rank.train import load_splits
 
     rows = [{"instruction": f"Add {i} and 1.", "input": "", "output": f"{i + 1}"} for i in range(10)]
     path = tmp_path / f"data{suffix}"
@@ -146,7 +146,7 @@ def test_hub_style_splits_are_mapped_or_named_in_the_error():
     import datasets
 
     from llmwizard.autotune.errors import UserError
-    from llmwizard.runner.train import _normalized
+    from llmwizard.runner.rank.train import _normalized
 
     sharegpt = datasets.Dataset.from_list([{"conversations": [{"from": "human", "value": "hi"},
                                                              {"from": "gpt", "value": "hello"}]}])
@@ -201,7 +201,7 @@ esac
 
 
 def test_a_half_written_checkpoint_is_never_resumed_from(tmp_path):
-    from llmwizard.runner.train import last_checkpoint
+    from llmwizard.runner.rank.train import last_checkpoint
 
     for step, complete in ((10, True), (20, True), (30, False)):
         path = tmp_path / f"checkpoint-{step}"

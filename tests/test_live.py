@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from llmwizard.runner.live import ConsoleView, PlainPrinter, render
+from llmwizard.runner.session.live import ConsoleView, PlainPrinter, render
 from llmwizard.runner.metrics import read_metrics
 from llmwizard.runner.state import RunState
-from llmwizard.runner.plot import loss_plot
+from llmwizard.runner.after.plot import loss_plot
 from tests.conftest import run_cli
 
 PLAIN_LINE = re.compile(r"^step (\d+)/(\d+)  epoch [\d.]+  loss [\d.]+  smoothed [\d.]+  (acc [\d.]+%  )?lr [\d.e+-]+  "
@@ -147,7 +147,7 @@ def test_a_real_run_streams_metrics_evals_and_keeps_the_best_checkpoint(tmp_path
 
 def test_the_terminal_view_follows_a_session_to_its_end(tmp_path: Path):
     """The rich Live path (a terminal): a RunSession over a real Launch whose launch.sh writes the metrics."""
-    from llmwizard.runner.engine import RunSession
+    from llmwizard.runner.session.engine import RunSession
     from tests.test_session import exported
 
     run_dir = exported(tmp_path)
@@ -173,7 +173,7 @@ def app_plan(run_dir: Path):
 
 def test_the_plain_view_renders_each_event_as_the_console_always_printed_it():
     """Events in, the CLI's lines out: launch, the numbers, a finding once, a re-plan, a stop."""
-    from llmwizard.runner import events
+    from llmwizard.runner.session import events
     from llmwizard.runner.diagnostics import Finding
 
     out = io.StringIO()

@@ -18,7 +18,7 @@ from llmwizard.autotune.memory import (
     layer_token_bytes,
     trainable_params,
 )
-from llmwizard.autotune.model_spec import spec_from_config
+from llmwizard.autotune.model.model_spec import spec_from_config
 
 LLAMA_1B = dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                 num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,

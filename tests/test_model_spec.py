@@ -13,10 +13,11 @@ import sys
 
 import pytest
 
-from llmwizard.autotune import model_spec, param_counts
-from llmwizard.autotune.param_counts import count_on_meta
+from llmwizard.autotune.model import model_spec
+from llmwizard.autotune.model import param_counts
+from llmwizard.autotune.model.param_counts import count_on_meta
 from llmwizard.autotune.errors import UserError
-from llmwizard.autotune.model_spec import (
+from llmwizard.autotune.model.model_spec import (
     catalog_names,
     load_model_spec,
     search_catalog,
@@ -231,7 +232,7 @@ def test_names_aliases_and_hub_ids_resolve_case_insensitively():
 
 
 def test_catalog_load_imports_no_torch():
-    code = ("import sys; from llmwizard.autotune.model_spec import load_model_spec; "
+    code = ("import sys; from llmwizard.autotune.model.model_spec import load_model_spec; "
             "s = load_model_spec('qwen2.5-vl-7b'); assert s.total_params > 8e9; "
             "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -274,7 +275,7 @@ def test_local_directory_is_counted_once_then_cached(tmp_path, monkeypatch):
     assert (spec.source, spec.count_method, spec.path) == ("local", "meta", str(model_dir.resolve()))
     assert spec.wrap_classes == ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"]
     assert len(list((cache / "specs").glob("*.json"))) == 1
-    code = ("import sys; from llmwizard.autotune.model_spec import load_model_spec; "
+    code = ("import sys; from llmwizard.autotune.model.model_spec import load_model_spec; "
             f"s = load_model_spec({str(model_dir)!r}); "
             "print(s.count_method, s.total_params, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -305,7 +306,7 @@ def test_hub_id_resolves_from_the_local_hub_cache_without_network(tmp_path):
     (snapshot / "config.json").write_text(json.dumps(SMALL["phi-4-mini"]))
     (tmp_path / "hub" / "models--someorg--tiny-phi" / "refs").mkdir()
     (tmp_path / "hub" / "models--someorg--tiny-phi" / "refs" / "main").write_text("0123abcd")
-    code = ("from llmwizard.autotune.model_spec import load_model_spec; s = load_model_spec('someorg/tiny-phi'); "
+    code = ("from llmwizard.autotune.model.model_spec import load_model_spec; s = load_model_spec('someorg/tiny-phi'); "
             "print(s.source, s.name, s.path, s.count_method, s.layer_cls, s.total_params)")
     env = {**__import__("os").environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
            "LLMWIZARD_CACHE": str(tmp_path / "cache")}

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from llmwizard.autotune.errors import UserError
-from llmwizard.autotune.model_spec import load_model_spec
-from llmwizard.autotune.param_counts import count_on_meta, spec_from_config
+from llmwizard.autotune.model.model_spec import load_model_spec
+from llmwizard.autotune.model.param_counts import count_on_meta, spec_from_config
 from tests.conftest import run_cli
 from tests.refusals import assert_refused, flat
 
@@ -203,7 +203,7 @@ def test_moe_estimate_matches_a_fake_tensor_measurement(monkeypatch, model, meth
 
 def test_without_the_moe_terms_the_estimate_misses_the_routed_tokens(monkeypatch):
     """The routed tokens' copies are what a dense reading of the model leaves out (-23% here)."""
-    from llmwizard.autotune import activations
+    from llmwizard.autotune.memory import activations
 
     bench = _bench(monkeypatch)
     monkeypatch.setitem(bench.MODELS, "tiny-qwen3-moe", TINY_MOE_BENCH["tiny-qwen3-moe"])
@@ -218,13 +218,13 @@ def test_without_the_moe_terms_the_estimate_misses_the_routed_tokens(monkeypatch
 # ----------------------------------------------------------------------------- the tiny MoE trains for real
 
 def _moe_plan(strategy: str, method: str, **goals: Any):
-    from llmwizard.autotune.dataset import profile_dataset
+    from llmwizard.autotune.data.dataset import profile_dataset
     from llmwizard.autotune.embedded import EMBEDDED_DATASET
-    from llmwizard.autotune.embedded_moe import EMBEDDED_MOE_MODEL, ensure_moe_model
+    from llmwizard.autotune.embedded.moe import EMBEDDED_MOE_MODEL, ensure_moe_model
     from llmwizard.autotune.goals import Goals
-    from llmwizard.autotune.hardware import detect
-    from llmwizard.autotune.planner import plan
-    from llmwizard.autotune.tokens import counter_for
+    from llmwizard.autotune.machine.hardware import detect
+    from llmwizard.autotune.plan.planner import plan
+    from llmwizard.autotune.data.tokens import counter_for
     from tests.tiny_models import LEARNING_RATE
 
     model_dir = ensure_moe_model()
@@ -294,14 +294,14 @@ def test_lora_counts_are_pefts_own_for_attention_and_experts(config):
 
 
 def test_plans_name_active_parameters_leaf_modules_and_expert_parallelism():
-    from llmwizard.autotune import hardware
-    from llmwizard.autotune.dataset import profile_dataset
+    from llmwizard.autotune.machine import hardware
+    from llmwizard.autotune.data.dataset import profile_dataset
     from llmwizard.autotune.embedded import EMBEDDED_DATASET
     from llmwizard.autotune.goals import Goals
-    from llmwizard.autotune.planner import plan
+    from llmwizard.autotune.plan.planner import plan
 
-    from llmwizard.autotune.embedded_moe import ensure_moe_model
-    from llmwizard.autotune.tokens import counter_for
+    from llmwizard.autotune.embedded.moe import ensure_moe_model
+    from llmwizard.autotune.data.tokens import counter_for
 
     model = load_model_spec("qwen3-30b-a3b")
     profile = profile_dataset(EMBEDDED_DATASET, counter_for(ensure_moe_model()))
@@ -342,7 +342,7 @@ def test_experts_target_on_a_dense_model_is_refused(tmp_path):
 def test_mxfp4_experts_load_dequantized_for_training(tmp_path):
     """gpt-oss is released with MXFP4 experts, which do not train: the training entry asks
     transformers to dequantize them to bf16 (what the memory model and host-RAM check count)."""
-    from llmwizard.runner.patches import dequantized_for_training
+    from llmwizard.runner.rank.patches import dequantized_for_training
 
     (tmp_path / "config.json").write_text(json.dumps(GPT_OSS))
     config = dequantized_for_training(str(tmp_path), {})["quantization_config"]

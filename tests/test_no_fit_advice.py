@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 from llmwizard.autotune.goals import Goals
-from llmwizard.autotune.hardware import from_spec
-from llmwizard.autotune.model_spec import spec_from_config
-from llmwizard.autotune.no_fit import DoesNotFit
-from llmwizard.autotune.planner import plan
+from llmwizard.autotune.machine.hardware import from_spec
+from llmwizard.autotune.model.model_spec import spec_from_config
+from llmwizard.autotune.plan.no_fit import DoesNotFit
+from llmwizard.autotune.plan.planner import plan
 from tests.conftest import ROOT, run_cli
 from tests.refusals import assert_refused
 from tests.test_planner import LARGE
 
-CATALOG = {m["name"]: m for m in json.loads((ROOT / "autotune" / "model_catalog.json").read_text())["models"]}
+CATALOG = {m["name"]: m for m in json.loads((ROOT / "autotune" / "model" / "model_catalog.json").read_text())["models"]}
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_pins_more_gpus_cannot_help_get_no_hardware_advice(gpus: str, goals: dic
 
 
 def test_the_searched_fixes_are_worked_out_only_when_read():
-    """A caller that only tries settings (the wizard's what-if fields, llmwizard.autotune.refusal)
+    """A caller that only tries settings (the wizard's what-if fields, llmwizard.autotune.plan.refusal)
     reads no fix and pays nothing for the search; reading it twice searches once."""
     model = spec_from_config("llama-3.1-8b", "catalog", None, CATALOG["llama-3.1-8b"]["config"])
     calls: list[int] = []

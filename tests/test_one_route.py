@@ -1,5 +1,5 @@
 """One route from input to plan: the CLI and the wizard turn the same inputs into the same plan
-(llmwizard.autotune.inputs), the flag-to-goal mapping is Goals' own fields, and a Goals field
+(llmwizard.autotune.plan.inputs), the flag-to-goal mapping is Goals' own fields, and a Goals field
 without a flag is documented as preset-only."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def test_the_cli_and_the_wizard_make_the_same_plan():
 
 def test_a_damaged_calibration_store_is_a_warning_of_the_plan_in_both_faces(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMWIZARD_CALIBRATION_DIR", str(tmp_path))
-    from llmwizard.autotune.calibration import store_path
+    from llmwizard.autotune.machine.calibration import store_path
 
     store_path().write_text("{not json")
     args = cli.build_subparser("plan").parse_args(ARGV)

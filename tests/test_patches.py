@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmwizard.runner import patches
+from llmwizard.runner.rank import patches
 
 
 @pytest.mark.parametrize("name", sorted(patches.GUARDED))

@@ -11,9 +11,9 @@ import yaml
 
 from llmwizard.autotune.goals import Goals
 from llmwizard.autotune.plan import Plan
-from llmwizard.autotune.probe import RankMeasurement, correct
-from llmwizard.autotune.replan import shrink_micro_batch
-from llmwizard.autotune.search import HEADROOM
+from llmwizard.autotune.plan.probe import RankMeasurement, correct
+from llmwizard.autotune.plan.replan import shrink_micro_batch
+from llmwizard.autotune.plan.search import HEADROOM
 from tests.conftest import run_cli
 from tests.refusals import assert_refused
 from tests.test_probe import MODEL, gpu, planned
@@ -21,9 +21,9 @@ from tests.test_probe import MODEL, gpu, planned
 
 def pinned_plan(**goals) -> Plan:
     """A plan made the way the faces make it: the user's values through Goals.merged."""
-    from llmwizard.autotune.dataset import DatasetProfile  # noqa: F401  (the same data as test_probe)
-    from llmwizard.autotune.hardware import from_spec
-    from llmwizard.autotune.planner import plan
+    from llmwizard.autotune.data.dataset import DatasetProfile  # noqa: F401  (the same data as test_probe)
+    from llmwizard.autotune.machine.hardware import from_spec
+    from llmwizard.autotune.plan.planner import plan
     from tests.test_probe import DATA
 
     return plan(from_spec("1xH100-80GB"), MODEL, DATA, Goals().merged(**goals))

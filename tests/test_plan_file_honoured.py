@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from llmwizard.autotune.plan_steps import TRACKER_SETUP
+from llmwizard.autotune.plan.plan_steps import TRACKER_SETUP
 from tests.conftest import run_cli
 from tests.refusals import assert_refused, snapshot
 
@@ -145,7 +145,7 @@ def test_dataset_format_follows_the_data(run_dir: Path, tmp_path: Path) -> None:
 def test_attention_is_exported(run_dir: Path) -> None:
     """A kernel plan.yaml names is what the ranks load (transformers' own default, sdpa, stays unwritten)."""
     from llmwizard.autotune.plan import Plan
-    from llmwizard.runner.configs import sft_config
+    from llmwizard.runner.export.configs import sft_config
 
     plan = Plan.load(run_dir / "plan.yaml")
     assert "attn_implementation" not in sft_config(plan)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from llmwizard.autotune.dataset import DatasetProfile
+from llmwizard.autotune.data.dataset import DatasetProfile
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.goals import Goals
-from llmwizard.autotune.hardware import from_spec
-from llmwizard.autotune.model_spec import spec_from_config
-from llmwizard.autotune.planner import plan
+from llmwizard.autotune.machine.hardware import from_spec
+from llmwizard.autotune.model.model_spec import spec_from_config
+from llmwizard.autotune.plan.planner import plan
 
 LLAMA_8B = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
             "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
@@ -119,7 +119,7 @@ def test_more_processes_than_gpus_is_refused():
 
 
 def test_qlora_needs_a_gpu():
-    from llmwizard.autotune.hardware import HardwareProfile
+    from llmwizard.autotune.machine.hardware import HardwareProfile
 
     cpu = HardwareProfile(source="spec", gpus=[], host_ram_available=16 * 2**30, host_ram_total=16 * 2**30)
     with pytest.raises(UserError, match="QLoRA needs an NVIDIA GPU"):
@@ -185,7 +185,7 @@ def test_a_forced_choice_that_does_not_fit_is_named_with_what_would():
 
 def test_setup_of_matches_the_plans_estimate():
     from llmwizard.autotune.memory import estimate
-    from llmwizard.autotune.planner import setup_of
+    from llmwizard.autotune.plan.planner import setup_of
 
     p = plan(from_spec("4xRTX4090"), model(LLAMA_8B, "llama-8b"), LARGE, Goals())
     assert estimate(model(LLAMA_8B, "llama-8b"), setup_of(p), p.estimate.budget) == p.estimate
@@ -208,7 +208,7 @@ def test_reasons_come_in_the_order_of_the_steps():
 
 def test_odd_but_allowed_values_are_planned_with_a_warning():
     """A value the schema allows but that is almost surely a mistake is not accepted silently."""
-    from llmwizard.autotune.model_spec import load_model_spec
+    from llmwizard.autotune.model.model_spec import load_model_spec
 
     cpu = from_spec("cpu")
     m = load_model_spec(None)  # the embedded tiny model: fits any CPU

@@ -3,14 +3,14 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from llmwizard.autotune.dataset import profile_dataset
+from llmwizard.autotune.data.dataset import profile_dataset
 from llmwizard.autotune.embedded import EMBEDDED_DATASET, ensure_embedded_model
 from llmwizard.autotune.errors import UserError
-from llmwizard.autotune.hardware import detect
-from llmwizard.autotune.model_spec import load_model_spec
+from llmwizard.autotune.machine.hardware import detect
+from llmwizard.autotune.model.model_spec import load_model_spec
 from llmwizard.autotune.plan import Plan
-from llmwizard.autotune.planner import plan
-from llmwizard.autotune.tokens import counter_for
+from llmwizard.autotune.plan.planner import plan
+from llmwizard.autotune.data.tokens import counter_for
 from llmwizard.presets import list_presets, load_preset
 
 
@@ -69,7 +69,7 @@ def test_unparseable_plan(tmp_path):
 
 
 def test_shrinking_the_micro_batch_keeps_the_effective_batch(cpu_plan):
-    from llmwizard.autotune.planner import shrink_micro_batch
+    from llmwizard.autotune.plan.planner import shrink_micro_batch
 
     smaller = shrink_micro_batch(cpu_plan, "out of memory at step 3", load_model_spec(None))
     assert smaller is not None

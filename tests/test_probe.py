@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from llmwizard.autotune.dataset import DatasetProfile
+from llmwizard.autotune.data.dataset import DatasetProfile
 from llmwizard.autotune.goals import Goals
-from llmwizard.autotune.hardware import from_spec
-from llmwizard.autotune.hardware_types import GiB
+from llmwizard.autotune.machine.hardware import from_spec
+from llmwizard.autotune.machine.hardware_types import GiB
 from llmwizard.autotune.memory import TrainSetup, estimate
-from llmwizard.autotune.model_spec import spec_from_config
-from llmwizard.autotune.planner import plan
-from llmwizard.autotune.probe import RankMeasurement, correct, memory_ratio
-from llmwizard.autotune.reserved import CUDA_CONTEXT, NCCL_COMMUNICATOR, expected_peak
-from llmwizard.autotune.search import HEADROOM
-from llmwizard.runner import events
+from llmwizard.autotune.model.model_spec import spec_from_config
+from llmwizard.autotune.plan.planner import plan
+from llmwizard.autotune.plan.probe import RankMeasurement, correct, memory_ratio
+from llmwizard.autotune.memory.reserved import CUDA_CONTEXT, NCCL_COMMUNICATOR, expected_peak
+from llmwizard.autotune.plan.search import HEADROOM
+from llmwizard.runner.session import events
 
 LLAMA_1B = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
             "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
@@ -134,11 +134,11 @@ def probed(tmp_path_factory: pytest.TempPathFactory):
     """One probed run of the embedded model: micro-batch 8 of an effective 16, so the probe has
     room to grow it once and then keeps it. The run it then launches is killed at once: what it
     launched is what is checked (the rest of a run is other tests' business)."""
-    from llmwizard.autotune.dataset import profile_dataset
+    from llmwizard.autotune.data.dataset import profile_dataset
     from llmwizard.autotune.embedded import EMBEDDED_DATASET, ensure_embedded_model
-    from llmwizard.autotune.model_spec import load_model_spec
-    from llmwizard.autotune.tokens import counter_for
-    from llmwizard.runner.engine import RunSession
+    from llmwizard.autotune.model.model_spec import load_model_spec
+    from llmwizard.autotune.data.tokens import counter_for
+    from llmwizard.runner.session.engine import RunSession
     from llmwizard.runner.export import export
 
     root = tmp_path_factory.mktemp("probe")
@@ -163,7 +163,7 @@ def probed(tmp_path_factory: pytest.TempPathFactory):
         session = RunSession(p, run_dir, on_event, interval=0.1)
         session.probe_steps = 2
         outcome = session.run()
-        from llmwizard.autotune.calibration import Store
+        from llmwizard.autotune.machine.calibration import Store
 
         store = Store.load()
     return p, root / "run", seen, session, outcome, store
@@ -210,7 +210,7 @@ def test_the_probe_story_is_in_the_run_directory(probed):
 
 @pytest.mark.slow
 def test_the_probe_calibrates_later_estimates(probed):
-    from llmwizard.autotune.calibration import Key
+    from llmwizard.autotune.machine.calibration import Key
 
     _, _, _, _, _, store = probed
     entry = store.entries[Key("cpu", "llama", "lora", "single")]
@@ -222,7 +222,7 @@ def test_the_probe_calibrates_later_estimates(probed):
 # ----------------------------------------------------------------------------- what the faces show
 
 def test_the_probe_arguments_turn_a_run_into_a_probe():
-    from llmwizard.runner.train import parse_args
+    from llmwizard.runner.rank.train import parse_args
 
     own, rest = parse_args(["--config", "sft_config.yaml", "--probe", "3", "--probe-dir", "/r/.llmwizard/probe/round-1"])
     assert own.probe == 3 and rest[:2] == ["--config", "sft_config.yaml"]
@@ -236,7 +236,7 @@ def test_the_probe_arguments_turn_a_run_into_a_probe():
 def test_the_console_shows_each_round_and_the_story():
     from rich.console import Console
 
-    from llmwizard.runner.live import ConsoleView
+    from llmwizard.runner.session.live import ConsoleView
 
     before = {"strategy": "single", "offload": "none", "micro_batch": 4, "grad_accum": 4, "checkpointing": False}
     after = dict(before, micro_batch=2, grad_accum=8)

@@ -17,10 +17,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from llmwizard.runner import events, runlock
-from llmwizard.runner.engine import RunSession
+from llmwizard.runner.session import events
+from llmwizard.runner import runlock
+from llmwizard.runner.session.engine import RunSession
 from llmwizard.runner.metrics import read_metrics
-from llmwizard.runner.output import SafeOutput
+from llmwizard.runner.session.output import SafeOutput
 from llmwizard.runner.rundir import run_status
 from tests.conftest import run_cli
 

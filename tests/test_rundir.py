@@ -272,7 +272,7 @@ def test_a_stale_lock_is_cleared_with_a_note(tmp_path: Path, how: str):
 
 
 def test_a_live_lock_refuses_every_launch(tmp_path: Path):
-    from llmwizard.runner.launch import Launch
+    from llmwizard.runner.session.launch import Launch
 
     run_dir = _exported(tmp_path, "--max-steps", "4")
     sleeper = subprocess.Popen(["sleep", "60"])

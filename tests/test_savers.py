@@ -1,5 +1,5 @@
-"""Memory savers: pure bf16 and torchao's low-bit AdamW (llmwizard.autotune.savers), context
-parallelism, activation offloading and padding-free packing (llmwizard.autotune.long_context).
+"""Memory savers: pure bf16 and torchao's low-bit AdamW (llmwizard.autotune.memory.savers), context
+parallelism, activation offloading and padding-free packing (llmwizard.autotune.memory.long_context).
 
 The planner picks them only when they buy fit or speed, says the trade-off, and exports files
 the real loaders accept; one real CPU run trains in pure bf16 with torchao's 8-bit AdamW and
@@ -18,10 +18,10 @@ import yaml
 
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.goals import Goals
-from llmwizard.autotune.hardware import from_spec
+from llmwizard.autotune.machine.hardware import from_spec
 from llmwizard.autotune.memory import TrainSetup, estimate
-from llmwizard.autotune.planner import plan
-from llmwizard.autotune.savers import torchao_optimizer_bytes, widest_tensor
+from llmwizard.autotune.plan.planner import plan
+from llmwizard.autotune.memory.savers import torchao_optimizer_bytes, widest_tensor
 from llmwizard.runner.export import export
 from tests.conftest import run_cli
 from tests.test_planner import LARGE, LLAMA_8B, model
@@ -120,7 +120,7 @@ def test_adalomo_fits_full_fine_tuning_on_one_gpu_where_nothing_else_does_and_sa
 
 
 def test_adalomo_asked_for_is_refused_where_it_cannot_run():
-    from llmwizard.autotune.hardware import detect
+    from llmwizard.autotune.machine.hardware import detect
 
     m = model(LLAMA_8B, "llama-8b")
     for hardware, words in ((detect(), "no GPU"), (from_spec("2xH100-80GB"), "2 processes")):
@@ -137,7 +137,7 @@ def test_adalomo_exports_files_the_loaders_accept_and_a_hand_edit_cannot_accumul
 
     from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
-    from llmwizard.autotune.planner import shrink_micro_batch
+    from llmwizard.autotune.plan.planner import shrink_micro_batch
     from tests.test_export import _gpu_plan
 
     p = _gpu_plan(spec="1xA100-40GB", method="full", optimizer="adalomo", micro_batch=4)
@@ -294,7 +294,7 @@ LONG = None
 
 
 def _long(examples: int, mean: float, p99: int):
-    from llmwizard.autotune.dataset import DatasetProfile
+    from llmwizard.autotune.data.dataset import DatasetProfile
 
     return DatasetProfile(source="long", format="messages", num_examples=examples, measured=examples,
                           tokenizer="synthetic", exact_tokens=True, mean_tokens=mean, p50_tokens=int(mean),
@@ -303,7 +303,7 @@ def _long(examples: int, mean: float, p99: int):
 
 
 def test_long_sequences_split_over_gpus_only_when_one_gpu_per_sequence_does_not_fit_or_is_slower():
-    from llmwizard.autotune.model_spec import load_model_spec
+    from llmwizard.autotune.model.model_spec import load_model_spec
 
     mid = _long(5000, 12000.0, 32000)
     p = plan(from_spec("8xH100-80GB"), load_model_spec("llama-3.1-70b"), mid,
@@ -311,7 +311,7 @@ def test_long_sequences_split_over_gpus_only_when_one_gpu_per_sequence_does_not_
     assert p.context_parallel > 1 and p.strategy == "fsdp"
     assert "one GPU per sequence does not fit" in p.reasons["context_parallel"]
     assert p.micro_batch * p.grad_accum * p.num_processes // p.context_parallel == p.effective_batch
-    from llmwizard.autotune.planner import setup_of, shrink_micro_batch
+    from llmwizard.autotune.plan.planner import setup_of, shrink_micro_batch
 
     assert estimate(load_model_spec("llama-3.1-70b"), setup_of(p), p.estimate.budget) == p.estimate
     if p.micro_batch > 1:  # after an out-of-memory, the effective batch stays
@@ -323,14 +323,14 @@ def test_long_sequences_split_over_gpus_only_when_one_gpu_per_sequence_does_not_
 
 
 def test_activation_offloading_buys_fit_on_a_gpu_and_is_refused_on_the_cpu():
-    from llmwizard.autotune.hardware import detect
-    from llmwizard.autotune.model_spec import load_model_spec
+    from llmwizard.autotune.machine.hardware import detect
+    from llmwizard.autotune.model.model_spec import load_model_spec
 
     long = _long(2000, 60000.0, 120000)
     p = plan(from_spec("1xA100-40GB"), load_model_spec("gemma-3-4b"), long,
              Goals(method="lora", max_length=65536, dataset_size="large"))
     assert p.activation_offloading and "host RAM" in p.reasons["activation_offloading"]
-    from llmwizard.autotune.planner import setup_of
+    from llmwizard.autotune.plan.planner import setup_of
 
     assert estimate(load_model_spec("gemma-3-4b"), setup_of(p), p.estimate.budget) == p.estimate
     assert p.estimate.host_ram > 10 * GiB  # the offloaded activations are counted in host RAM
@@ -377,7 +377,7 @@ def test_context_parallel_activation_offloading_and_liger_export_files_the_loade
     from accelerate.parallelism_config import ParallelismConfig
     from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
-    from llmwizard.runner.configs import parallelism_environment
+    from llmwizard.runner.export.configs import parallelism_environment
     from tests.test_export import _accelerate_args, _gpu_plan
 
     p = _gpu_plan(spec="8xH100-80GB", strategy="fsdp", context_parallel=4, activation_offloading=True,
@@ -405,7 +405,7 @@ def test_ulysses_sequence_parallelism_exports_for_deepspeed(tmp_path, monkeypatc
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.parallelism_config import ParallelismConfig
 
-    from llmwizard.runner.configs import parallelism_environment
+    from llmwizard.runner.export.configs import parallelism_environment
     from llmwizard.runner.export import launch_command
     from tests.test_export import _gpu_plan
 

@@ -9,19 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from llmwizard.runner import events
-from llmwizard.runner.engine import RunSession
+from llmwizard.runner.session import events
+from llmwizard.runner.session.engine import RunSession
 
 
 def exported(tmp_path: Path, **goals) -> Path:
     """A run directory exported from a real plan for this machine (the embedded model and data)."""
-    from llmwizard.autotune.dataset import profile_dataset
+    from llmwizard.autotune.data.dataset import profile_dataset
     from llmwizard.autotune.embedded import EMBEDDED_DATASET, ensure_embedded_model
     from llmwizard.autotune.goals import Goals
-    from llmwizard.autotune.hardware import from_spec
-    from llmwizard.autotune.model_spec import load_model_spec
-    from llmwizard.autotune.planner import plan
-    from llmwizard.autotune.tokens import counter_for
+    from llmwizard.autotune.machine.hardware import from_spec
+    from llmwizard.autotune.model.model_spec import load_model_spec
+    from llmwizard.autotune.plan.planner import plan
+    from llmwizard.autotune.data.tokens import counter_for
     from llmwizard.runner.export import export
 
     profile = profile_dataset(EMBEDDED_DATASET, counter_for(ensure_embedded_model()))
@@ -155,7 +155,7 @@ def test_a_python_error_in_a_rank_is_shown_in_our_words_and_its_traceback_kept_i
 
     from rich.console import Console
 
-    from llmwizard.runner.session import print_summary
+    from llmwizard.runner.session.session import print_summary
     from llmwizard.wizard.core import summary_view
 
     run_dir = exported(tmp_path, max_steps=4, eval_fraction=0)

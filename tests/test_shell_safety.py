@@ -26,7 +26,7 @@ import yaml
 from llmwizard.autotune.embedded import DATASET_PATH, ensure_embedded_model
 from llmwizard.autotune.plan import Plan
 from llmwizard.runner.export import export, launch_script
-from llmwizard.runner.scripts import IP, IS_HOST, PORT, RANK, launch_command
+from llmwizard.runner.export.scripts import IP, IS_HOST, PORT, RANK, launch_command
 from tests.conftest import run_cli
 from tests.refusals import assert_refused, snapshot
 
@@ -204,7 +204,7 @@ def test_values_that_skipped_the_schema_are_still_quoted(hostile, tmp_path):
     """The exporters do not rely on the schema: a Plan changed after validation (as code could)
     with shell syntax and line breaks in every text field still gives scripts that run no
     injected command and pass each value on as one argument."""
-    from llmwizard.runner.scripts import slurm_script
+    from llmwizard.runner.export.scripts import slurm_script
 
     out = hostile["root"] / f"unchecked {HOSTILE}"
     plan = _export(hostile, out, "--gpus", "1xH100-80GB", "--nodes", "2", *MULTI_NODE["torchrun"])

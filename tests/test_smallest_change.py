@@ -1,4 +1,4 @@
-"""The smallest change is the core's (llmwizard.autotune.refusal), and both faces give it: the CLI
+"""The smallest change is the core's (llmwizard.autotune.plan.refusal), and both faces give it: the CLI
 in flags, the wizard in fields. Advice that is followed must work."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import json
 import re
 
 from llmwizard.autotune.errors import UserError
-from llmwizard.autotune.hardware import from_spec
-from llmwizard.autotune.inputs import plan_for, profile_for
-from llmwizard.autotune.model_spec import load_model_spec
-from llmwizard.autotune.refusal import smallest_change
+from llmwizard.autotune.machine.hardware import from_spec
+from llmwizard.autotune.plan.inputs import plan_for, profile_for
+from llmwizard.autotune.model.model_spec import load_model_spec
+from llmwizard.autotune.plan.refusal import smallest_change
 from llmwizard.wizard.core import goals_for
 from tests.conftest import run_cli
 from tests.refusals import assert_refused, flat

@@ -78,7 +78,7 @@ def assert_samples_are_the_result_s(run_dir: Path, model, family: str, steps: in
 
     from transformers import AutoTokenizer
 
-    from llmwizard.runner.samples import generate
+    from llmwizard.runner.rank.samples import generate
 
     assert (run_dir / "samples.jsonl").is_file(), log[-3000:]
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]

@@ -146,7 +146,7 @@ def _two_nodes(script: str, run_dir: Path, envs: list[dict[str, str]], *args: st
 
 @slow
 def test_the_skypilot_run_trains_as_two_nodes_and_resumes_from_the_bucket(tmp_path: Path):
-    from llmwizard.runner.launch import free_port
+    from llmwizard.runner.session.launch import free_port
 
     from tests.tiny_models import losses, strategy_ran
 
@@ -172,7 +172,7 @@ def test_the_skypilot_run_trains_as_two_nodes_and_resumes_from_the_bucket(tmp_pa
 
 @slow
 def test_the_trainjob_command_trains_as_two_pods_with_the_pet_variables(tmp_path: Path):
-    from llmwizard.runner.launch import free_port
+    from llmwizard.runner.session.launch import free_port
 
     from tests.tiny_models import losses, strategy_ran
 
@@ -229,7 +229,7 @@ def test_the_ray_driver_trains_on_a_local_cluster_keeps_a_checkpoint_and_resumes
 def test_the_reference_setups_target_files_are_current_and_parse(tmp_path: Path):
     """docs/examples/targets/ is what the script writes from setup 5's plan.yaml today, and each
     file passes its system's own parser."""
-    from llmwizard.runner.targets.examples import ROOT, generate
+    from llmwizard.runner.export.targets.examples import ROOT, generate
 
     committed = ROOT / "docs" / "examples" / "targets"
     for path in generate(tmp_path):
@@ -260,7 +260,7 @@ def test_a_hand_edited_target_file_is_kept_and_named_on_export_again(exported: P
 
 @pytest.mark.parametrize("module", ["__init__", "skypilot", "kubernetes", "ray_train", "ray_worker", "examples"])
 def test_each_target_module_imports_none_of_the_heavy_packages(module: str):
-    name = "llmwizard.runner.targets" + ("" if module == "__init__" else f".{module}")
+    name = "llmwizard.runner.export.targets" + ("" if module == "__init__" else f".{module}")
     code = (f"import sys, {name}\n"
             "print([m for m in ('torch', 'transformers', 'trl', 'ray', 'sky', 'kubeflow_trainer_api', 'textual')"
             " if m in sys.modules])")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from llmwizard.autotune import embedded_vision as ev
-from llmwizard.autotune.dataset import load_rows, profile_dataset, resolve_dataset
+from llmwizard.autotune.embedded import vision as ev
+from llmwizard.autotune.data.dataset import load_rows, profile_dataset, resolve_dataset
 from llmwizard.autotune.errors import UserError
-from llmwizard.autotune.images import ImageTokenRule, token_rule
-from llmwizard.autotune.model_spec import load_model_spec
-from llmwizard.autotune.tokens import counter_for
+from llmwizard.autotune.data.images import ImageTokenRule, token_rule
+from llmwizard.autotune.model.model_spec import load_model_spec
+from llmwizard.autotune.data.tokens import counter_for
 from tests.conftest import run_cli
 
 
@@ -41,7 +41,7 @@ def _vision_profile(source: str, name: str = ev.EMBEDDED_VISION_MODEL):
 def test_tiny_vision_model_loads_with_its_processor_and_counts_match_the_plan():
     from transformers import AutoModelForImageTextToText
 
-    from llmwizard.runner.vision import load_processor
+    from llmwizard.runner.rank.vision import load_processor
 
     path = ev.ensure_vision_model()
     model, info = AutoModelForImageTextToText.from_pretrained(path, output_loading_info=True)
@@ -176,7 +176,7 @@ def test_vision_run_saves_an_adapter_that_loads_with_peft_and_the_processor(visi
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from llmwizard.runner.vision import load_processor
+    from llmwizard.runner.rank.vision import load_processor
 
     run_dir, _ = vision_run
     output = run_dir / "output"
@@ -274,7 +274,7 @@ def test_lora_targets_adapt_what_the_plan_counts(name, train_tower):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from llmwizard.autotune import vision
+    from llmwizard.autotune.memory import vision
 
     spec = load_model_spec(name)
     targets = vision.lora_targets(spec, spec.linear_names, train_tower)
@@ -338,7 +338,7 @@ def test_gemma3_token_rule_matches_the_real_processor():
 def test_gemma3_plan_counts_fixed_image_tokens_and_one_square_of_patches_per_image():
     """gemma-3-4b (catalog, no tokenizer here): 256 tokens + 4 markers per image, whatever its size,
     and the tower encodes 64 x 64 patches per image; the planner's max length and memory use them."""
-    from llmwizard.autotune import vision
+    from llmwizard.autotune.memory import vision
 
     model = load_model_spec("gemma-3-4b")
     assert model.vision is not None and model.vision.tokens_per_image == 256
@@ -440,10 +440,10 @@ def test_full_fine_tuning_under_fsdp_wraps_vision_and_decoder_blocks_and_trains_
 def test_a_re_plan_sizes_the_vision_tower_as_the_plan_did():
     """After an out-of-memory failure the re-plan prices the plan's own setup, images included."""
     from llmwizard.autotune.goals import Goals
-    from llmwizard.autotune.hardware import from_spec
+    from llmwizard.autotune.machine.hardware import from_spec
     from llmwizard.autotune.memory import estimate
-    from llmwizard.autotune.planner import plan as make_plan
-    from llmwizard.autotune.replan import setup_of
+    from llmwizard.autotune.plan.planner import plan as make_plan
+    from llmwizard.autotune.plan.replan import setup_of
 
     model = load_model_spec("qwen2.5-vl-7b")
     dataset = profile_dataset(resolve_dataset(ev.EMBEDDED_VISION_DATASET), counter_for(None),

@@ -101,13 +101,13 @@ def tiny_model(family: str) -> Path:
 def make_plan(*, family: str = "llama", strategy: str = "ddp", launcher: str = "accelerate",
               method: str = "lora", processes: int = 2, nodes: int = 1, max_steps: int = 10,
               checkpointing: bool | None = False, eval_fraction: float = 0.0, **goals: Any) -> Plan:
-    from llmwizard.autotune.dataset import profile_dataset
+    from llmwizard.autotune.data.dataset import profile_dataset
     from llmwizard.autotune.embedded import EMBEDDED_DATASET
     from llmwizard.autotune.goals import Goals
-    from llmwizard.autotune.hardware import detect
-    from llmwizard.autotune.model_spec import load_model_spec
-    from llmwizard.autotune.planner import plan
-    from llmwizard.autotune.tokens import counter_for
+    from llmwizard.autotune.machine.hardware import detect
+    from llmwizard.autotune.model.model_spec import load_model_spec
+    from llmwizard.autotune.plan.planner import plan
+    from llmwizard.autotune.data.tokens import counter_for
 
     model_dir = tiny_model(family)
     hardware = detect()
@@ -122,7 +122,7 @@ def make_plan(*, family: str = "llama", strategy: str = "ddp", launcher: str = "
 def run_launch_sh(run_dir: Path, cwd: Path, *args: str, env: dict[str, str] | None = None,
                   timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """`bash /abs/run/launch.sh ARGS` from another directory, on a free port."""
-    from llmwizard.runner.launch import free_port
+    from llmwizard.runner.session.launch import free_port
 
     full_env = dict(os.environ, MAIN_PROCESS_PORT=str(free_port()))
     full_env.update(env or {})
@@ -178,7 +178,7 @@ def launch_until_first_loss(run_dir: Path, timeout: float = 300) -> tuple[Any, l
     (the caller kills the launch when done)."""
     import time
 
-    from llmwizard.runner.launch import Launch
+    from llmwizard.runner.session.launch import Launch
 
     launch = Launch(run_dir)
     launch.start()
@@ -188,5 +188,5 @@ def launch_until_first_loss(run_dir: Path, timeout: float = 300) -> tuple[Any, l
     if not losses(run_dir):
         launch.kill()
         raise AssertionError("no step logged:\n" + "\n".join(launch.log_tail(40)))
-    ranks = [p for p in launch.process_tree() if "llmwizard.runner.train" in " ".join(p.cmdline())]
+    ranks = [p for p in launch.process_tree() if "llmwizard.runner.rank.train" in " ".join(p.cmdline())]
     return launch, ranks

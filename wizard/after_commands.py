@@ -1,13 +1,13 @@
 """The commands for after a run: report, merge and try.
 
-- `llmwizard report RUN` writes report.html again from the run's files (llmwizard.runner.report),
+- `llmwizard report RUN` writes report.html again from the run's files (llmwizard.runner.after.report),
   prints its path, and opens it in a browser when stdout is a terminal and a browser is there.
   Damaged files are named on the page and on stderr; where report.html cannot be written the
   command says so (exit code 2) and changes nothing.
 - `llmwizard merge RUN [--out DIR] [--checkpoint NAME] [--dequantize]` merges the LoRA adapter
-  into the base (llmwizard.runner.merge); it never writes over an existing directory.
+  into the base (llmwizard.runner.after.merge); it never writes over an existing directory.
 - `llmwizard try RUN "prompt"` generates from the tuned model and from the base, side by side,
-  through the model's chat template (llmwizard.runner.samples.generate).
+  through the model's chat template (llmwizard.runner.rank.samples.generate).
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def _run_dir(target: str) -> Path:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from llmwizard.runner import rundir
-    from llmwizard.runner.report import write_report
-    from llmwizard.runner.runs import run_problems
+    from llmwizard.runner.after.report import write_report
+    from llmwizard.runner.after.runs import run_problems
 
     run_dir = _run_dir(args.target)
     if not rundir.is_run_dir(run_dir):
@@ -82,7 +82,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from llmwizard.runner.merge import check_merge_target, load_plan, merge
+    from llmwizard.runner.after.merge import check_merge_target, load_plan, merge
 
     run_dir = _run_dir(args.target)
     load_plan(run_dir)
@@ -101,8 +101,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_try(args: argparse.Namespace) -> int:
-    from llmwizard.runner.merge import load_plan, load_tuned
-    from llmwizard.runner.samples import generate, printable
+    from llmwizard.runner.after.merge import load_plan, load_tuned
+    from llmwizard.runner.rank.samples import generate, printable
 
     run_dir = _run_dir(args.target)
     load_plan(run_dir)

@@ -21,14 +21,14 @@ from llmwizard.wizard.widgets.steps import STEPS
 
 if TYPE_CHECKING:
     from llmwizard.autotune.goals import Goals
-    from llmwizard.autotune.hardware import HardwareProfile
-    from llmwizard.autotune.model_spec import ModelSpec
+    from llmwizard.autotune.machine.hardware import HardwareProfile
+    from llmwizard.autotune.model.model_spec import ModelSpec
     from llmwizard.autotune.plan import Plan
     from rich.console import Console
 
-    from llmwizard.runner.engine import RunSession
-    from llmwizard.runner.launch import Launch
-    from llmwizard.runner.summary import Summary
+    from llmwizard.runner.session.engine import RunSession
+    from llmwizard.runner.session.launch import Launch
+    from llmwizard.runner.after.summary import Summary
     from llmwizard.wizard.core import DatasetReport, ExportResult
 
 
@@ -268,6 +268,6 @@ def print_ended(app: WizardApp, console: Console | None = None) -> None:
         return
     from rich.console import Console
 
-    from llmwizard.runner.session import print_summary
+    from llmwizard.runner.session.session import print_summary
 
     print_summary(console if console is not None else Console(), app.state.ended)

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from llmwizard.autotune.dataset import DatasetProfile
+    from llmwizard.autotune.data.dataset import DatasetProfile
     from llmwizard.autotune.goals import Goals
-    from llmwizard.autotune.hardware import HardwareProfile
-    from llmwizard.autotune.model_spec import ModelSpec
+    from llmwizard.autotune.machine.hardware import HardwareProfile
+    from llmwizard.autotune.model.model_spec import ModelSpec
     from llmwizard.autotune.plan import Plan
 
 SUBCOMMANDS = ("plan", "estimate", "export", "run", "resume", "watch", "stop", "status", "runs", "report", "merge",
@@ -243,9 +243,9 @@ def _run_dir_flags(parser: argparse.ArgumentParser, fresh: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from llmwizard.autotune.errors import UserError
-    from llmwizard.runner.output import install as route_output_through_one_writer
+    from llmwizard.runner.session.output import install as route_output_through_one_writer
 
-    route_output_through_one_writer()  # a closed pipe or a hung-up terminal never raises (runner/output.py)
+    route_output_through_one_writer()  # a closed pipe or a hung-up terminal never raises (runner/session/output.py)
     try:
         if argv and argv[0] in SUBCOMMANDS:
             _exit_on_sigterm()
@@ -292,7 +292,7 @@ def _print_error(error: Any) -> None:
 # ----------------------------------------------------------------------------- shared steps
 
 def _hardware(args: argparse.Namespace) -> HardwareProfile:
-    from llmwizard.autotune import hardware
+    from llmwizard.autotune.machine import hardware
     from llmwizard.autotune.errors import UserError
 
     if getattr(args, "gpus", None):
@@ -315,8 +315,8 @@ def _goals(args: argparse.Namespace) -> Goals:
 
 
 def _inputs(args: argparse.Namespace) -> tuple[HardwareProfile, ModelSpec, DatasetProfile, Goals]:
-    from llmwizard.autotune.inputs import profile_for
-    from llmwizard.autotune.model_spec import load_model_spec
+    from llmwizard.autotune.plan.inputs import profile_for
+    from llmwizard.autotune.model.model_spec import load_model_spec
 
     goals = _goals(args)
     hardware = _hardware(args)
@@ -326,7 +326,7 @@ def _inputs(args: argparse.Namespace) -> tuple[HardwareProfile, ModelSpec, Datas
 
 def _make_plan(args: argparse.Namespace) -> tuple[Plan, HardwareProfile, ModelSpec, DatasetProfile]:
     from llmwizard.autotune.errors import UserError
-    from llmwizard.autotune.inputs import plan_for
+    from llmwizard.autotune.plan.inputs import plan_for
 
     hardware, model, profile, goals = _inputs(args)
     try:
@@ -348,10 +348,10 @@ def _flag_words(key: str, value: Any = None) -> str:
 def _with_smallest_change(error: Any, args: argparse.Namespace, hardware: HardwareProfile, model: ModelSpec,
                           profile: DatasetProfile) -> Any:
     """The planner's refusal, with the smallest change of the flags given that makes a plan (the
-    core's search, llmwizard.autotune.refusal), in flag words."""
+    core's search, llmwizard.autotune.plan.refusal), in flag words."""
     from llmwizard.autotune.errors import UserError
-    from llmwizard.autotune.inputs import plan_for
-    from llmwizard.autotune.refusal import PIN_ORDER, smallest_change
+    from llmwizard.autotune.plan.inputs import plan_for
+    from llmwizard.autotune.plan.refusal import PIN_ORDER, smallest_change
     from llmwizard.wizard.core import goals_for
 
     pinned = {key: getattr(args, key) for key in PIN_ORDER if getattr(args, key, None) is not None}
@@ -393,9 +393,9 @@ def _picks(key: str, plan: Plan) -> str:
 
 
 def calibration_for(hardware: HardwareProfile, model: ModelSpec, method: str) -> dict[str, Any]:
-    """Earlier probes' factors (llmwizard.autotune.inputs); a store that is damaged or not ours is
+    """Earlier probes' factors (llmwizard.autotune.plan.inputs); a store that is damaged or not ours is
     said on stderr and ignored."""
-    from llmwizard.autotune import inputs
+    from llmwizard.autotune.plan import inputs
 
     factors, warnings = inputs.calibration_for(hardware, model, method)
     if warnings:
@@ -444,7 +444,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     import json
 
-    from llmwizard.autotune.hardware import detect
+    from llmwizard.autotune.machine.hardware import detect
 
     profile = detect()
     if args.json:
@@ -476,12 +476,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_estimate(args: argparse.Namespace) -> int:
     import json
 
-    from llmwizard.autotune import hardware as hw
+    from llmwizard.autotune.machine import hardware as hw
     from llmwizard.autotune.goals import Goals
     from llmwizard.autotune.memory import estimate
-    from llmwizard.autotune.model_spec import load_model_spec
-    from llmwizard.autotune.planner import fixed_setup
-    from llmwizard.autotune.plan_steps import budget as process_budget
+    from llmwizard.autotune.model.model_spec import load_model_spec
+    from llmwizard.autotune.plan.planner import fixed_setup
+    from llmwizard.autotune.plan.plan_steps import budget as process_budget
 
     hardware = hw.from_spec(args.gpus, nodes=args.nodes, host_ram_gib=args.host_ram)
     model = load_model_spec(args.model, trust_remote_code=args.trust_remote_code)
@@ -494,7 +494,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     result = estimate(model, setup, process_budget(hardware, setup.gpus_per_node))
     host_ram = hardware.host_ram_available
     if args.json:
-        from llmwizard.autotune.search import HEADROOM
+        from llmwizard.autotune.plan.search import HEADROOM
 
         # "fits": within the budget; "fits_with_headroom": within what a plan may use, the budget
         # less the planner's headroom (the text verdict's "fits").
@@ -521,7 +521,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_calibration(args: argparse.Namespace) -> int:
     import json
 
-    from llmwizard.autotune.calibration import Store
+    from llmwizard.autotune.machine.calibration import Store
 
     store = Store.load()
     if args.reset:
@@ -566,7 +566,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from llmwizard.runner.export import export
 
-    from llmwizard.runner.safe_files import check_target
+    from llmwizard.runner.export.safe_files import check_target
     from llmwizard.wizard.run_commands import check_export_target
 
     out = Path(args.out)
@@ -660,7 +660,7 @@ def cmd_headless(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from llmwizard.runner.export import export
-    from llmwizard.runner.launch import new_run_dir
+    from llmwizard.runner.session.launch import new_run_dir
     from llmwizard.wizard.report import print_plan
 
     console = Console()
@@ -675,7 +675,7 @@ def cmd_headless(args: argparse.Namespace) -> int:
         command = shlex.join(["bash", str(run_dir / "launch.sh")])
         console.print(f"Launch it with: {command}", markup=False, highlight=False)
         return 0
-    from llmwizard.runner.session import run_session
+    from llmwizard.runner.session.session import run_session
     from llmwizard.wizard.run_commands import exit_code, signals_seen
 
     with signals_seen() as seen:

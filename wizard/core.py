@@ -15,21 +15,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from llmwizard.autotune.dataset import DatasetProfile
+    from llmwizard.autotune.data.dataset import DatasetProfile
     from llmwizard.autotune.goals import Goals
-    from llmwizard.autotune.hardware import HardwareProfile
+    from llmwizard.autotune.machine.hardware import HardwareProfile
     from llmwizard.autotune.memory import MemoryEstimate
-    from llmwizard.autotune.model_spec import ModelSpec
+    from llmwizard.autotune.model.model_spec import ModelSpec
     from llmwizard.autotune.plan import Plan
-    from llmwizard.autotune.rules import SizeRule
+    from llmwizard.autotune.data.rules import SizeRule
     from rich.console import RenderableType
     from rich.text import Text
 
     from llmwizard.runner.diagnostics import Finding as DiagnosticFinding
-    from llmwizard.runner.engine import RunSession
-    from llmwizard.runner.events import Event
+    from llmwizard.runner.session.engine import RunSession
+    from llmwizard.runner.session.events import Event
     from llmwizard.runner.state import RunState
-    from llmwizard.runner.summary import Summary
+    from llmwizard.runner.after.summary import Summary
 
 EMBEDDED_MODEL = "embedded:tiny-llama"
 EMBEDDED_DATASET = "embedded:arithmetic"
@@ -42,14 +42,14 @@ DATASET_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 # ----------------------------------------------------------------------------- hardware
 
 def detect_hardware(runs_dir: str | os.PathLike[str] = ".") -> HardwareProfile:
-    from llmwizard.autotune import hardware
+    from llmwizard.autotune.machine import hardware
 
     return hardware.detect(runs_dir)
 
 
 def hardware_from_spec(spec: str, nodes: int = 1, host_ram_gib: float | None = None) -> HardwareProfile:
     """Hardware to plan for; raises UserError naming the spec when it cannot be read."""
-    from llmwizard.autotune import hardware
+    from llmwizard.autotune.machine import hardware
 
     return hardware.from_spec(spec, nodes=nodes, host_ram_gib=host_ram_gib)
 
@@ -63,7 +63,7 @@ def with_nodes(hardware: HardwareProfile, nodes: int) -> HardwareProfile:
 
 def gpu_spec_examples() -> list[str]:
     """Specs a user can type, built from the GPU catalog so new entries show up by themselves."""
-    from llmwizard.autotune.gpu_catalog import CATALOG
+    from llmwizard.autotune.machine.gpu_catalog import CATALOG
 
     return ["cpu", *(f"{count}x{name}" for name in CATALOG for count in (1, 2, 4, 8)), "2x24GB", "2x8xH100-80GB"]
 
@@ -95,7 +95,7 @@ def goals_for(preset: str | None, args: argparse.Namespace | None,
 def default_method(preset: str | None, model: ModelSpec | None) -> str:
     """The method the planner takes for `model` when the user picks none (the model step shows it
     as chosen, so the screen says what the plan will do)."""
-    from llmwizard.autotune.plan_steps import default_method as planned
+    from llmwizard.autotune.plan.plan_steps import default_method as planned
 
     return planned(goals_for(preset, None), model)
 
@@ -110,7 +110,7 @@ class Choice:
 
 def model_choices(text: str, limit: int = 50) -> list[Choice]:
     """Catalog models matching `text` (the embedded default first), then local model directories."""
-    from llmwizard.autotune import model_spec
+    from llmwizard.autotune.model import model_spec
 
     text = text.strip()
     found: list[Choice] = []
@@ -145,7 +145,7 @@ def _catalog_choice(item: Any) -> Choice:
 
 def load_model(name: str | None, trust_remote_code: bool = False) -> ModelSpec:
     """The model's spec; a model that names its own code is refused unless `trust_remote_code`."""
-    from llmwizard.autotune.model_spec import load_model_spec
+    from llmwizard.autotune.model.model_spec import load_model_spec
 
     name = (name or "").strip() or None
     return load_model_spec(name, trust_remote_code=trust_remote_code)
@@ -153,7 +153,7 @@ def load_model(name: str | None, trust_remote_code: bool = False) -> ModelSpec:
 
 def model_directory(model: ModelSpec) -> Path | None:
     """Where the model's tokenizer lives on disk (building the embedded model once), or None."""
-    from llmwizard.autotune.inputs import model_directory as directory
+    from llmwizard.autotune.plan.inputs import model_directory as directory
 
     return directory(model)
 
@@ -169,8 +169,8 @@ class DatasetReport:
 
 
 def profile_dataset(source: str | None, model: ModelSpec) -> DatasetReport:
-    from llmwizard.autotune.inputs import profile_for
-    from llmwizard.autotune.rules import RULES, classify
+    from llmwizard.autotune.plan.inputs import profile_for
+    from llmwizard.autotune.data.rules import RULES, classify
 
     result = profile_for(model, source)
     size, why = classify(result)
@@ -246,9 +246,9 @@ def parse_goal_value(name: str, text: str) -> Any:
 
 
 def make_plan(hardware: HardwareProfile, model: ModelSpec, report: DatasetReport, goals: Goals) -> Plan:
-    """The plan by the route every face takes (llmwizard.autotune.inputs.plan_for); a damaged
+    """The plan by the route every face takes (llmwizard.autotune.plan.inputs.plan_for); a damaged
     calibration store is a warning of the plan (the terminal belongs to the app)."""
-    from llmwizard.autotune.inputs import plan_for
+    from llmwizard.autotune.plan.inputs import plan_for
 
     return plan_for(hardware, model, report.profile, goals)
 
@@ -348,9 +348,9 @@ class Refusal:
 
 def explain_refusal(hardware: HardwareProfile, model: ModelSpec, report: DatasetReport,
                     goals_with: Any, overrides: dict[str, Any], error: Any, last: Plan | None) -> Refusal:
-    """The core's smallest change (llmwizard.autotune.refusal) for the what-if values `overrides`,
+    """The core's smallest change (llmwizard.autotune.plan.refusal) for the what-if values `overrides`,
     in the plan step's words. `goals_with(overrides)` builds the goals for a set of edits."""
-    from llmwizard.autotune.refusal import smallest_change
+    from llmwizard.autotune.plan.refusal import smallest_change
 
     found = smallest_change(lambda changed: make_plan(hardware, model, report, goals_with(changed)),
                             overrides, error, model, last)
@@ -431,7 +431,7 @@ def _detail(error: Any, overrides: dict[str, Any]) -> str:
 def estimate_request(last: Plan, model: ModelSpec, overrides: dict[str, Any]) -> MemoryEstimate:
     """Memory of the setup the user asked for, when the planner refused it (the core's figure, so
     the bar and the verdict agree)."""
-    from llmwizard.autotune.refusal import requested_memory
+    from llmwizard.autotune.plan.refusal import requested_memory
 
     return requested_memory(last, model, overrides)
 
@@ -447,7 +447,7 @@ class ExportResult:
 
 def export_run(plan: Plan, output_dir: str | os.PathLike[str]) -> ExportResult:
     from llmwizard.runner.export import export
-    from llmwizard.runner.launch import new_run_dir
+    from llmwizard.runner.session.launch import new_run_dir
 
     run_dir = new_run_dir(Path(output_dir), plan.name)
     files = export(plan, run_dir)
@@ -469,7 +469,7 @@ def start_session(plan: Plan, run_dir: Path) -> tuple[RunSession, list[Event]]:
     The run screen follows it afterwards (`RunSession.run` in its thread worker, with its own
     sink): the session itself diagnoses, recovers from running out of GPU memory and stops.
     """
-    from llmwizard.runner.engine import RunSession
+    from llmwizard.runner.session.engine import RunSession
 
     said: list[Event] = []
     session = RunSession(plan, run_dir, said.append)
@@ -480,14 +480,14 @@ def start_session(plan: Plan, run_dir: Path) -> tuple[RunSession, list[Event]]:
 # ----------------------------------------------------------------------------- run views
 
 def format_seconds(seconds: float | None) -> str:
-    from llmwizard.runner.summary import format_seconds as clock
+    from llmwizard.runner.after.summary import format_seconds as clock
 
     return clock(seconds)
 
 
 def metrics_lines(state: RunState) -> list[Text]:
     """The current numbers (loss, eval, lr, grad norm, tokens/s, peak memory), as the console shows them."""
-    from llmwizard.runner.live import numbers
+    from llmwizard.runner.session.live import numbers
 
     return numbers(state)
 
@@ -496,7 +496,7 @@ def finding_view(finding: DiagnosticFinding) -> RenderableType:
     """A diagnostic as the console shows it, its fix in the wizard's words (fields, not flags)."""
     from dataclasses import replace
 
-    from llmwizard.runner.session import finding_text
+    from llmwizard.runner.session.session import finding_text
 
     return finding_text(replace(finding, message=in_wizard_words(finding.message), fix=in_wizard_words(finding.fix)))
 
@@ -506,7 +506,7 @@ def summary_view(summary: Summary, log_lines: int = 8) -> RenderableType:
     from rich.console import Group
     from rich.text import Text
 
-    from llmwizard.runner.session import failure_text, summary_table, summary_title
+    from llmwizard.runner.session.session import failure_text, summary_table, summary_title
 
     parts: list[RenderableType] = [summary_title(summary), summary_table(summary)]
     parts += [finding_view(finding) for finding in summary.findings]

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from llmwizard.autotune.hardware import GPU, HardwareProfile
+    from llmwizard.autotune.machine.hardware import GPU, HardwareProfile
 
 GiB = 1024**3
 _LINK_LABEL = {"nvlink": "NVLink", "pcie-p2p": "PCIe P2P", "pcie": "PCIe (no P2P)"}

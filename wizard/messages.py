@@ -14,11 +14,11 @@ from textual.message import Message
 
 if TYPE_CHECKING:
     from llmwizard.autotune.errors import UserError
-    from llmwizard.autotune.hardware import HardwareProfile
-    from llmwizard.autotune.model_spec import ModelSpec
+    from llmwizard.autotune.machine.hardware import HardwareProfile
+    from llmwizard.autotune.model.model_spec import ModelSpec
     from llmwizard.autotune.plan import Plan
-    from llmwizard.runner.engine import RunSession
-    from llmwizard.runner.events import Event
+    from llmwizard.runner.session.engine import RunSession
+    from llmwizard.runner.session.events import Event
     from llmwizard.wizard.core import Choice, DatasetReport, ExportResult, Refusal
 
 
@@ -95,7 +95,7 @@ class RunStarted(Message):
 
 @dataclass
 class RunEvent(Message):
-    """One event of the run session (llmwizard.runner.events); a metrics snapshot supersedes an
+    """One event of the run session (llmwizard.runner.session.events); a metrics snapshot supersedes an
     unhandled older one, every other event is shown."""
 
     event: Event

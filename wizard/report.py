@@ -10,10 +10,10 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from llmwizard.autotune.dataset import DatasetProfile
-    from llmwizard.autotune.hardware import HardwareProfile
+    from llmwizard.autotune.data.dataset import DatasetProfile
+    from llmwizard.autotune.machine.hardware import HardwareProfile
     from llmwizard.autotune.memory import MemoryEstimate
-    from llmwizard.autotune.model_spec import ModelSpec
+    from llmwizard.autotune.model.model_spec import ModelSpec
     from llmwizard.autotune.plan import Plan
 
 GiB = 1024**3
@@ -59,10 +59,10 @@ def estimate_table(estimate: MemoryEstimate) -> RenderableType:
     table.add_row(Text("total", style="bold"), Text(size_text(estimate.total), style="bold"),
                   Text("expected in nvidia-smi" if gpu else "expected resident size (RSS)", style="dim")
                   if estimate.tensor_peak else "")
-    from llmwizard.autotune.reserved import headroom_words
-    from llmwizard.autotune.search import HEADROOM
+    from llmwizard.autotune.memory.reserved import headroom_words
+    from llmwizard.autotune.plan.search import HEADROOM
 
-    # "fits" is the planner's word: within the budget less its headroom (autotune.search), as `plan` decides.
+    # "fits" is the planner's word: within the budget less its headroom (autotune.plan.search), as `plan` decides.
     usable = int(estimate.budget * (1 - HEADROOM))
     if estimate.total <= usable:
         verdict = Text(f"fits in {size_text(estimate.budget)}", style="green")

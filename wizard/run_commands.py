@@ -48,7 +48,8 @@ def check_export_target(out: Path, force: bool) -> None:
                         fix="Pass a new or empty directory to --out.")
     if not out.is_dir() or not any(out.iterdir()):
         return
-    from llmwizard.runner import rundir, runlock
+    from llmwizard.runner import rundir
+    from llmwizard.runner import runlock
 
     status = rundir.run_status(out)
     if status.state == "running" and status.pid is not None:
@@ -74,7 +75,8 @@ def run_dir_of(target: Path) -> tuple[Path, Path]:
 
 def cmd_run(args: argparse.Namespace, resume: bool = False) -> int:
     from llmwizard.autotune.plan import Plan
-    from llmwizard.runner import rundir, runlock
+    from llmwizard.runner import rundir
+    from llmwizard.runner import runlock
     from llmwizard.runner.export import LAUNCH_FILES, edited_files, edited_files_error, export_files
     from llmwizard.runner.preflight import check_plan
 
@@ -109,7 +111,7 @@ def cmd_run(args: argparse.Namespace, resume: bool = False) -> int:
         report = export_files(plan, run_dir, edits=choice)
         for note in report.notes:
             console.print(f"note: {note}", style="yellow", highlight=False)
-        from llmwizard.runner.session import run_session
+        from llmwizard.runner.session.session import run_session
 
         with signals_seen() as seen:
             code = run_session(console, plan, run_dir, resume=resume, probe=getattr(args, "probe", None))
@@ -134,8 +136,9 @@ def trained_here_error(run_dir: Path, status: object) -> UserError:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from llmwizard.runner import recovery, runlock
-    from llmwizard.runner.configs import OUTPUT_DIR
+    from llmwizard.runner import recovery
+    from llmwizard.runner import runlock
+    from llmwizard.runner.export.configs import OUTPUT_DIR
 
     run_dir = Path(args.target)
     if not run_dir.is_dir():
@@ -160,7 +163,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from llmwizard.runner import rundir
-    from llmwizard.runner.runs import run_dirs, run_problems
+    from llmwizard.runner.after.runs import run_dirs, run_problems
 
     root = runs_root(args.target)
     runs = run_dirs(root)
@@ -179,7 +182,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(_fitted_table(console.width, ["run", "state", "steps", "last checkpoint", "detail"], cells,
                                 drop=["detail", "last checkpoint"]))
     console.print(f"{len(rows)} run(s) under {root}", style="dim", highlight=False, markup=False)
-    for path, _, problems in rows:  # damaged files, named (llmwizard.runner.runs.run_problems)
+    for path, _, problems in rows:  # damaged files, named (llmwizard.runner.after.runs.run_problems)
         for problem in problems:
             console.print(f"! {path.name}: {problem}", style="yellow", highlight=False, markup=False)
     return 0
@@ -202,8 +205,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     """The runs under a directory: state, steps, final train and eval loss, duration and size."""
     from rich.text import Text
 
-    from llmwizard.runner.runs import list_runs
-    from llmwizard.runner.summary import format_bytes, format_seconds
+    from llmwizard.runner.after.runs import list_runs
+    from llmwizard.runner.after.summary import format_bytes, format_seconds
 
     root = runs_root(args.target)
     rows = list_runs(root)
@@ -231,7 +234,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         ("acc", "acc: next-token accuracy"), ("time", "time: training time")) if key in shown)
     table.caption_justify = "left"
     console.print(table)
-    for row in rows:  # damaged files, named (llmwizard.runner.runs.run_problems)
+    for row in rows:  # damaged files, named (llmwizard.runner.after.runs.run_problems)
         for problem in row.problems:
             console.print(f"! {row.name}: {problem}", style="yellow", highlight=False, markup=False)
     console.print(f"{len(rows)} run(s) under {root}", style="dim", highlight=False, markup=False)
@@ -277,7 +280,7 @@ def _fitted_table(width: int, headers: list[str], rows: list[list[Any]], drop: l
 
 
 class _Followed:
-    """What llmwizard.runner.live.watch needs of a launch, for a run another process started:
+    """What llmwizard.runner.session.live.watch needs of a launch, for a run another process started:
     running while its lock is live (or its ranks work in the directory); read-only."""
 
     def __init__(self, run_dir: Path) -> None:
@@ -303,14 +306,15 @@ class _Followed:
 def cmd_watch(args: argparse.Namespace) -> int:
     """The live view of a run that another process owns, read from its metrics file alone."""
     from llmwizard.autotune.plan import Plan
-    from llmwizard.runner import events, rundir
-    from llmwizard.runner.configs import METRICS_FILE
-    from llmwizard.runner.live import ConsoleView
+    from llmwizard.runner.session import events
+    from llmwizard.runner import rundir
+    from llmwizard.runner.export.configs import METRICS_FILE
+    from llmwizard.runner.session.live import ConsoleView
     from llmwizard.runner.metrics import MetricsTail
-    from llmwizard.runner.runs import run_problems
-    from llmwizard.runner.session import print_summary
+    from llmwizard.runner.after.runs import run_problems
+    from llmwizard.runner.session.session import print_summary
     from llmwizard.runner.state import RunState, final_status
-    from llmwizard.runner.summary import Outcome, build_summary
+    from llmwizard.runner.after.summary import Outcome, build_summary
 
     run_dir = Path(args.target)
     if not run_dir.is_dir() or not rundir.is_run_dir(run_dir):

@@ -23,7 +23,7 @@ from llmwizard.wizard.widgets.loss_plot import LossPlot
 def fixed_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     profile = fake_hardware(free_gib=(23.1, 23.6, 23.6, 20.2), total_gib=24,
                             name="NVIDIA GeForce RTX 4090", interconnect="pcie")
-    monkeypatch.setattr("llmwizard.autotune.hardware.detect", lambda *args, **kwargs: profile)
+    monkeypatch.setattr("llmwizard.autotune.machine.hardware.detect", lambda *args, **kwargs: profile)
 
 
 def at_step(step: int, *actions: str):
@@ -45,7 +45,7 @@ def test_step(snap_compare, step: int, size: tuple[int, int], tmp_path: Path):
 
 def test_plan_that_does_not_fit(snap_compare, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     small = fake_hardware(free_gib=(1.0,), total_gib=16, name="NVIDIA T4-like", interconnect="none")
-    monkeypatch.setattr("llmwizard.autotune.hardware.detect", lambda *args, **kwargs: small)
+    monkeypatch.setattr("llmwizard.autotune.machine.hardware.detect", lambda *args, **kwargs: small)
 
     async def run_before(pilot) -> None:
         await go_to(pilot, 4)

@@ -19,7 +19,7 @@ from llmwizard.wizard.messages import HardwareDetected, HardwareResolved
 from llmwizard.wizard.screens.base import StepScreen, error_parts, error_text
 
 if TYPE_CHECKING:
-    from llmwizard.autotune.hardware import HardwareProfile
+    from llmwizard.autotune.machine.hardware import HardwareProfile
 
 GiB = 1024**3
 

@@ -20,7 +20,7 @@ from llmwizard.wizard.screens.base import StepScreen, error_parts, error_text
 from llmwizard.wizard.screens.hardware import Choice
 
 if TYPE_CHECKING:
-    from llmwizard.autotune.model_spec import ModelSpec
+    from llmwizard.autotune.model.model_spec import ModelSpec
 
 METHODS = {"full": "Full", "lora": "LoRA", "qlora": "QLoRA"}
 METHOD_HELP = {

@@ -1,8 +1,8 @@
 """Step 7: the run as it trains: progress, live loss plot, metrics, diagnostics, recovery, stop, summary.
 
-The run is a llmwizard.runner.engine.RunSession, the same the CLI runs: it diagnoses failures,
+The run is a llmwizard.runner.session.engine.RunSession, the same the CLI runs: it diagnoses failures,
 re-plans after running out of GPU memory and resumes, and ends with the CLI's summary and resume
-advice. A thread worker runs it and posts each of its events (llmwizard.runner.events) as a
+advice. A thread worker runs it and posts each of its events (llmwizard.runner.session.events) as a
 RunEvent message; this screen only renders them. Metrics snapshots supersede each other, so a
 burst of records costs one repaint. Stop asks the session to stop: SIGTERM to the run's process
 group, every rank saves a checkpoint.
@@ -26,14 +26,14 @@ from llmwizard.wizard.screens.base import StepScreen
 from llmwizard.wizard.widgets.loss_plot import LossPlot
 
 if TYPE_CHECKING:
-    from llmwizard.runner import events
-    from llmwizard.runner.engine import RunSession
-    from llmwizard.runner.events import Event
+    from llmwizard.runner.session import events
+    from llmwizard.runner.session.engine import RunSession
+    from llmwizard.runner.session.events import Event
     from llmwizard.runner.state import RunState
 
 
 def metrics_text(state: RunState) -> Text:
-    """The numbers block: the console's lines (llmwizard.runner.live.numbers), one per row."""
+    """The numbers block: the console's lines (llmwizard.runner.session.live.numbers), one per row."""
     from llmwizard.wizard import core
 
     return Text("\n").join(core.metrics_lines(state))
@@ -64,7 +64,7 @@ def report_link(run_dir: Any) -> Text:
     """The run's report.html (written at each evaluation and at the end), as a terminal link."""
     from pathlib import Path
 
-    from llmwizard.runner.configs import REPORT_FILE
+    from llmwizard.runner.export.configs import REPORT_FILE
 
     path = (Path(run_dir) / REPORT_FILE).resolve()
     text = Text("report: ", style="dim")
@@ -189,7 +189,7 @@ class RunScreen(StepScreen):
     def _on_probe(self, event: events.Probe) -> None:
         """A round of the probe, before the run: what it measured and its verdict, as the console's
         table (one row per round) and the round's line in the console's words."""
-        from llmwizard.runner.live import probe_line, probe_table
+        from llmwizard.runner.session.live import probe_line, probe_table
 
         self.probes.append(event)
         widget = self.query_one("#probe", Static)

@@ -1,6 +1,6 @@
 """The run screen's loss plot: train loss as a line, eval loss as points, in braille dots.
 
-The drawing is llmwizard.runner.plot's, the same plot the headless live view shows; this widget only sizes
+The drawing is llmwizard.runner.after.plot's, the same plot the headless live view shows; this widget only sizes
 it to its content area.
 """
 
@@ -13,7 +13,7 @@ from rich.text import Text
 from textual.app import RenderResult
 from textual.widget import Widget
 
-from llmwizard.runner.plot import EVAL_STYLE, TRAIN_STYLE, loss_plot
+from llmwizard.runner.after.plot import EVAL_STYLE, TRAIN_STYLE, loss_plot
 
 
 class LossPlot(Widget):

@@ -7,7 +7,7 @@
 import sys
 from pathlib import Path
 
-from llmwizard.runner.targets.ray_worker import main
+from llmwizard.runner.export.targets.ray_worker import main
 
 SETTINGS = {'name': 'Llama-3.1-8B-Instruct-arithmetic',
  'num_workers': 16,

@@ -5,7 +5,7 @@ to the run's environment: TEST_CALLBACKS_ENV names the hook file, and this folde
 PYTHONPATH. The environment reaches every rank through launch.sh and the launcher, and Python runs
 this module at the start of each interpreter (the `site` module imports `sitecustomize` from
 sys.path). Where TEST_CALLBACKS_ENV is unset it does nothing more than that one lookup. Where it is
-set it puts a finder on sys.meta_path that waits for `llmwizard.runner.callbacks` to be imported
+set it puts a finder on sys.meta_path that waits for `llmwizard.runner.rank.callbacks` to be imported
 (only the ranks do; the CLI and the launchers never), lets the usual finder load it, then wraps
 its `default_callbacks` so the list the training entry installs ends with the hook's
 `callbacks()`, and takes itself off sys.meta_path.
@@ -28,7 +28,7 @@ from typing import Any
 
 # The hook file (an absolute path: the ranks run in the run directory) whose `callbacks()` every rank adds.
 TEST_CALLBACKS_ENV = "LLMWIZARD_TEST_CALLBACKS"
-CALLBACKS_MODULE = "llmwizard.runner.callbacks"
+CALLBACKS_MODULE = "llmwizard.runner.rank.callbacks"
 SITE = Path(__file__).resolve().parent
 
 

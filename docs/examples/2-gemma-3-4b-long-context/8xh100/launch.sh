@@ -11,4 +11,4 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # The plan's defaults, for where the environment sets no MAIN_PROCESS_PORT / MAIN_PROCESS_IP.
 PLAN_MAIN_PROCESS_PORT=29500
-exec "$PYTHON" -m accelerate.commands.launch --config_file accelerate_config.yaml --main_process_port "${MAIN_PROCESS_PORT:-$PLAN_MAIN_PROCESS_PORT}" -m llmwizard.runner.train --config sft_config.yaml --metrics-file metrics.jsonl --eval-fraction 0.1 "$@"
+exec "$PYTHON" -m accelerate.commands.launch --config_file accelerate_config.yaml --main_process_port "${MAIN_PROCESS_PORT:-$PLAN_MAIN_PROCESS_PORT}" -m llmwizard.runner.rank.train --config sft_config.yaml --metrics-file metrics.jsonl --eval-fraction 0.1 "$@"

@@ -11,4 +11,4 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # The plan's defaults, for where the environment sets no MAIN_PROCESS_PORT / MAIN_PROCESS_IP.
 PLAN_MAIN_PROCESS_PORT=29500
-exec "$PYTHON" -m torch.distributed.run --nnodes 1 --nproc_per_node 8 --master_addr 127.0.0.1 --master_port "${MAIN_PROCESS_PORT:-$PLAN_MAIN_PROCESS_PORT}" -m llmwizard.runner.train --config sft_config.yaml --metrics-file metrics.jsonl --eval-fraction 0.05 "$@"
+exec "$PYTHON" -m torch.distributed.run --nnodes 1 --nproc_per_node 8 --master_addr 127.0.0.1 --master_port "${MAIN_PROCESS_PORT:-$PLAN_MAIN_PROCESS_PORT}" -m llmwizard.runner.rank.train --config sft_config.yaml --metrics-file metrics.jsonl --eval-fraction 0.05 "$@"

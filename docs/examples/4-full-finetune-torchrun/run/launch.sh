@@ -20,4 +20,4 @@ export FSDP_STATE_DICT_TYPE=SHARDED_STATE_DICT
 export FSDP_CPU_RAM_EFFICIENT_LOADING=true
 export FSDP_OFFLOAD_PARAMS=false
 export FSDP_ACTIVATION_CHECKPOINTING=false
-exec "$PYTHON" -m torch.distributed.run --nnodes 1 --nproc_per_node 8 --master_addr 127.0.0.1 --master_port "${MAIN_PROCESS_PORT:-$PLAN_MAIN_PROCESS_PORT}" -m llmwizard.runner.train --config sft_config.yaml --metrics-file metrics.jsonl --eval-fraction 0.05 "$@"
+exec "$PYTHON" -m torch.distributed.run --nnodes 1 --nproc_per_node 8 --master_addr 127.0.0.1 --master_port "${MAIN_PROCESS_PORT:-$PLAN_MAIN_PROCESS_PORT}" -m llmwizard.runner.rank.train --config sft_config.yaml --metrics-file metrics.jsonl --eval-fraction 0.05 "$@"

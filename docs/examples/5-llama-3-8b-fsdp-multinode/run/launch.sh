@@ -27,4 +27,4 @@ export FSDP_ACTIVATION_CHECKPOINTING=false
 export ACCELERATE_USE_PARALLELISM_CONFIG=true
 export PARALLELISM_CONFIG_DP_REPLICATE_SIZE=2
 export PARALLELISM_CONFIG_DP_SHARD_SIZE=8
-exec "$PYTHON" -m torch.distributed.run --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint "${MAIN_PROCESS_IP:-$PLAN_MAIN_PROCESS_IP}:${MAIN_PROCESS_PORT:-$PLAN_MAIN_PROCESS_PORT}" --rdzv_conf "is_host=$(( ${MACHINE_RANK:-0} == 0 ))" --rdzv_id Llama-3.1-8B-Instruct-arithmetic --node_rank "${MACHINE_RANK:-0}" -m llmwizard.runner.train --config sft_config.yaml --metrics-file metrics.jsonl --eval-fraction 0.05 "$@"
+exec "$PYTHON" -m torch.distributed.run --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint "${MAIN_PROCESS_IP:-$PLAN_MAIN_PROCESS_IP}:${MAIN_PROCESS_PORT:-$PLAN_MAIN_PROCESS_PORT}" --rdzv_conf "is_host=$(( ${MACHINE_RANK:-0} == 0 ))" --rdzv_id Llama-3.1-8B-Instruct-arithmetic --node_rank "${MACHINE_RANK:-0}" -m llmwizard.runner.rank.train --config sft_config.yaml --metrics-file metrics.jsonl --eval-fraction 0.05 "$@"

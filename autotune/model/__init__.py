@@ -1,0 +1,1 @@
+"""Model facts: exact parameter counts without weights, the catalog, the layer classes."""

@@ -1,0 +1,63 @@
+"""One route from what the user gave to a plan, for every face.
+
+The CLI (`plan`, `export`, `estimate`, the headless run) and the wizard both go through these
+functions, so a model, a dataset and a set of goals give the same plan whichever face asked:
+the same tokenizer measures the data, the same earlier probes calibrate the estimates, and the
+same warnings reach the plan. A face turns its own inputs (flags, fields) into Goals and renders
+what comes back; it decides nothing here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from llmwizard.autotune.data.dataset import DatasetProfile
+from llmwizard.autotune.goals import Goals
+from llmwizard.autotune.machine.hardware_types import HardwareProfile
+from llmwizard.autotune.model.model_types import ModelSpec
+from llmwizard.autotune.plan import Plan
+
+
+def model_directory(model: ModelSpec) -> Path | None:
+    """Where the model's tokenizer and processor live on disk (building the embedded model once),
+    or None for a model known only by its config (a catalog name)."""
+    if model.source == "embedded":
+        from llmwizard.autotune.embedded.vision import ensure_embedded
+
+        return ensure_embedded(model.name)
+    return Path(model.path) if model.path and Path(model.path).is_dir() else None
+
+
+def profile_for(model: ModelSpec, dataset: str | None) -> DatasetProfile:
+    """The dataset (None: the embedded default) measured with the model's own tokenizer, chat
+    template and image processor."""
+    from llmwizard.autotune.data.dataset import profile_dataset, resolve_dataset
+    from llmwizard.autotune.data.images import token_rule
+    from llmwizard.autotune.data.tokens import counter_for
+
+    source = resolve_dataset((dataset or "").strip() or None)
+    directory = model_directory(model)
+    return profile_dataset(source, counter_for(directory), token_rule(model.vision, directory), model.name)
+
+
+def calibration_for(hardware: HardwareProfile, model: ModelSpec, method: str) -> tuple[dict[str, Any], list[str]]:
+    """Earlier probes' measured/expected factors for this machine's GPU model, this model family
+    and method, by strategy; and the store's warnings (a damaged store is ignored and said)."""
+    from llmwizard.autotune.machine.calibration import Store, gpu_key
+
+    store = Store.load()
+    gpu = hardware.smallest_gpu
+    factors = store.factors(gpu_key(hardware.device, gpu.name if gpu else None), model.model_type, method)
+    return factors, list(store.warnings)
+
+
+def plan_for(hardware: HardwareProfile, model: ModelSpec, profile: DatasetProfile, goals: Goals) -> Plan:
+    """The plan, with earlier probes' calibration applied; the calibration store's warnings join
+    the plan's own, so every face shows them where it shows the plan."""
+    from llmwizard.autotune.plan.planner import plan
+
+    factors, warnings = calibration_for(hardware, model, goals.method or "lora")
+    result = plan(hardware, model, profile, goals, calibration=factors or None)
+    return dataclasses.replace(result, warnings=result.warnings + warnings) if warnings else result

@@ -1,0 +1,1 @@
+"""After a run: its summary, report, merge and the table of runs."""

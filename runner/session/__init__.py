@@ -1,0 +1,1 @@
+"""The run session in the parent process: launch, follow, probe, recover, stop; and its views."""
