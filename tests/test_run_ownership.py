@@ -35,7 +35,7 @@ FIRST_STEP_TIMEOUT_S = 300
 def exported_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One export of the embedded default with many steps; each test runs a copy of it."""
     run_dir = tmp_path_factory.mktemp("template") / "run"
-    result = run_cli("export", "--max-steps", "200", "--eval-fraction", "0", "--out", str(run_dir))
+    result = run_cli("export", "--max-steps", "2000", "--eval-fraction", "0", "--out", str(run_dir))
     assert result.returncode == 0, result.stderr
     return run_dir
 
@@ -52,7 +52,9 @@ def start_run(run_dir: Path, stdout: int | object) -> subprocess.Popen[bytes]:
     with (run_dir.parent / "stderr.txt").open("wb") as stderr:
         return subprocess.Popen([sys.executable, "-m", "llmwizard.wizard.cli", "run", str(run_dir)],
                                 stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,  # type: ignore[arg-type]
-                                env=dict(os.environ, COLUMNS="120"), cwd=run_dir.parent)
+                                # unbuffered: a file is block-buffered, and the test reads the first step line
+                                # as it is printed (buffered, it can arrive when the run is over)
+                                env=dict(os.environ, COLUMNS="120", PYTHONUNBUFFERED="1"), cwd=run_dir.parent)
 
 
 def launcher_group(run_dir: Path) -> int:
