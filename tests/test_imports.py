@@ -17,9 +17,16 @@ from tests.conftest import ROOT
 # the Textual app may import the heavy libraries. Listed from the folders, so a new module is covered.
 HEAVY = {"llmwizard.runner.rank.callbacks", "llmwizard.runner.rank.train", "llmwizard.wizard.app",
          "llmwizard.wizard.messages", "llmwizard.wizard.__main__"}
+def _module(path: Path) -> str:
+    """The import name of a file under the repository: autotune/plan/search.py -> llmwizard.autotune.plan.search."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return "llmwizard." + ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 LIGHT = sorted(
-    {f"llmwizard.{path.parent.name}.{path.stem}" for folder in ("autotune", "runner", "wizard")
-     for path in (ROOT / folder).glob("*.py") if path.stem != "__init__"} - HEAVY
+    ({_module(path) for folder in ("autotune", "runner") for path in (ROOT / folder).rglob("*.py")}
+     | {_module(path) for path in (ROOT / "wizard").glob("*.py") if path.stem != "__init__"})
+    - {"llmwizard.autotune", "llmwizard.runner"} - HEAVY
 ) + ["llmwizard.presets"]
 
 
