@@ -14,10 +14,12 @@ from typing import Any
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.schema import (
     BatchSize,
+    Beta,
     DatasetSize,
     Epochs,
     EvalFraction,
     Fraction,
+    Generations,
     Launcher,
     LearningRate,
     LoraAlpha,
@@ -29,9 +31,13 @@ from llmwizard.autotune.schema import (
     Optimizer,
     Precision,
     ProcessCount,
+    Reference,
+    RewardNames,
     Seed,
     StepCount,
     Strategy,
+    Task,
+    Temperature,
     TokenLength,
     Tracker,
     WeightDecay,
@@ -44,6 +50,8 @@ from pydantic.dataclasses import dataclass
 @dataclass(config=ConfigDict(extra="forbid"))
 class Goals:
     preset: str | None = None
+    # What the run optimises (docs/tasks.md); None: supervised fine-tuning.
+    task: Task | None = None
     dataset_size: DatasetSize | None = None   # None: classify the data
     method: Method | None = None
     epochs: Epochs | None = None
@@ -80,6 +88,13 @@ class Goals:
     activation_offloading: bool | None = None      # TRL's activation offloading to host RAM
     packing: bool | None = None                    # padding-free packing (TRL packing, bfd strategy)
     liger_kernel: bool | None = None               # Liger's fused Triton kernels (GPU only)
+    # Preference and reward tasks (docs/tasks.md); None: the planner decides from the task and the data.
+    beta: Beta | None = None                        # DPO/KTO implicit-reward scale, ORPO's lambda, GRPO's KL weight
+    reference: Reference | None = None              # where the reference log-probs come from
+    num_generations: Generations | None = None      # GRPO: completions sampled per prompt
+    max_completion_length: TokenLength | None = None  # GRPO: tokens generated per completion; ORPO: its cap
+    temperature: Temperature | None = None          # GRPO: sampling temperature
+    rewards: RewardNames | None = None              # GRPO: reward functions, `module.function`
     train_vision_tower: bool = False           # LoRA: adapt the vision tower too (frozen by default)
     # Consent to run the model's own code (config.json's auto_map, an unknown model_type): to count it
     # on the meta device and to load it for training. Without it such a model is refused, never guessed.
@@ -119,6 +134,10 @@ class Goals:
         when one sequence is split over several. A fixed accumulation (grad_accum) is planned for
         the split asked for, or none."""
         return max(1, world // (self.context_parallel or 1))
+
+    @property
+    def task_name(self) -> Task:
+        return self.task or "sft"
 
 
 GOAL_FIELDS = {f.name for f in fields(Goals)} - {"explicit", "preset"}

@@ -44,7 +44,17 @@ Attention = Literal["sdpa", "flash", "eager"]
 DatasetSize = Literal["small", "large"]       # the size classes of autotune/data/rules.py
 Device = Literal["cuda", "cpu"]
 ModelSource = Literal["embedded", "local", "catalog", "hub"]
-DatasetFormat = Literal["messages", "prompt_completion", "text"]   # what TRL's SFTTrainer reads
+# What TRL's trainers read: SFT's three, the paired preferences of DPO and ORPO (prompt/chosen/
+# rejected, text or chat messages, the prompt explicit or implicit in a shared prefix), KTO's
+# unpaired rows (prompt/completion/label) and GRPO's prompts.
+DatasetFormat = Literal["messages", "prompt_completion", "text", "preference", "unpaired_preference", "prompt_only"]
+# What the run optimises: supervised fine-tuning, or preference and reward tuning with TRL's
+# DPOTrainer, ORPOTrainer (trl.experimental.orpo), KTOTrainer or GRPOTrainer (docs/tasks.md).
+Task = Literal["sft", "dpo", "orpo", "kto", "grpo"]
+# Where a preference task's reference log-probabilities come from: a second frozen copy of the
+# model (full fine-tuning), the policy with its LoRA adapter disabled (no second copy), a pass
+# over the data before training (`precompute_ref_log_probs`), or no reference (ORPO; GRPO at beta 0).
+Reference = Literal["copy", "adapter", "precompute", "none"]
 # Experiment trackers, as TRL/Trainer `report_to` names them ("none": metrics.jsonl only).
 Tracker = Literal["trackio", "tensorboard", "wandb", "mlflow", "none"]
 
@@ -53,7 +63,7 @@ CHOICES: dict[str, Any] = {
     "Strategy": Strategy, "Method": Method, "Offload": Offload, "Optimizer": Optimizer,
     "Precision": Precision, "Launcher": Launcher, "LrScheduler": LrScheduler, "Attention": Attention,
     "DatasetSize": DatasetSize, "Device": Device, "ModelSource": ModelSource, "DatasetFormat": DatasetFormat,
-    "Tracker": Tracker,
+    "Tracker": Tracker, "Task": Task, "Reference": Reference,
 }
 
 
@@ -165,6 +175,21 @@ MAX_NEW_TOKENS = 2**16
 NewTokens = Annotated[int, Check(lambda v: 1 <= v <= MAX_NEW_TOKENS,
                                  f"an integer of 1 or more, at most {MAX_NEW_TOKENS}")]
 
+# The preference and reward tasks' own numbers (docs/tasks.md). beta scales the implicit reward
+# (DPO, KTO), ORPO's odds-ratio term or GRPO's KL penalty: 0.01 to 0.5 in published runs, 0 only
+# for GRPO (no KL term, no reference); above 10 the loss saturates from the first step.
+MAX_BETA = 10.0
+Beta = Annotated[float, Check(lambda v: 0 <= v <= MAX_BETA, f"a number from 0 to {MAX_BETA:g}")]
+# GRPO's completions per prompt: the advantage is a group's reward minus its mean, so a group
+# needs 2; 256 per prompt is beyond any published run.
+MAX_GENERATIONS = 256
+Generations = Annotated[int, Check(lambda v: 2 <= v <= MAX_GENERATIONS,
+                                   f"an integer of 2 or more (a group to compare), at most {MAX_GENERATIONS}")]
+# Sampling temperature for GRPO's completions: 0 is greedy (every completion the same: no signal).
+MAX_TEMPERATURE = 10.0
+Temperature = Annotated[float, Check(lambda v: 0 < v <= MAX_TEMPERATURE,
+                                     f"a number greater than 0, at most {MAX_TEMPERATURE:g}")]
+
 # LoRA's target layers by name: an empty list would silently mean "every linear layer".
 LoraTargets = Annotated[list[str], Check(lambda v: len(v) > 0 and all(name.strip() for name in v),
                                          "a list of one or more linear layer names")]
@@ -176,7 +201,8 @@ NUMBERS: dict[str, Any] = {
     "MaxSteps": MaxSteps, "StepCount": StepCount, "Epochs": Epochs, "LearningRate": LearningRate,
     "WeightDecay": WeightDecay, "BatchSize": BatchSize, "TokenLength": TokenLength, "LoraRank": LoraRank,
     "LoraAlpha": LoraAlpha, "EvalFraction": EvalFraction, "ProcessCount": ProcessCount, "NodeCount": NodeCount,
-    "GiBAmount": GiBAmount, "Seconds": Seconds, "NewTokens": NewTokens,
+    "GiBAmount": GiBAmount, "Seconds": Seconds, "NewTokens": NewTokens, "Beta": Beta,
+    "Generations": Generations, "Temperature": Temperature,
 }
 
 
@@ -387,4 +413,9 @@ TEXTS: dict[str, Any] = {
 # Where else a run can be exported for (llmwizard.runner.export.targets): SkyPilot task YAML, a Kubeflow
 # Trainer v2 TrainJob, a Ray Train driver. plan.yaml's `targets` and `llmwizard export --target`.
 Target = Literal["skypilot", "kubernetes", "ray"]
+# GRPO's reward functions: importable dotted names (`package.module.function`), which the training
+# entry imports; nothing else reaches it.
+RewardNames = Annotated[list[str], Check(
+    lambda v: all(_matches(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", name) for name in v),
+    "importable function names, each `module.function` (letters, digits, '_' and dots)")]
 CHOICES["Target"] = Target

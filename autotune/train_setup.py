@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmwizard.autotune.schema import Attention, Device, Method, Offload, Optimizer, Precision, Strategy, choices
+from llmwizard.autotune.schema import (Attention, Device, Method, Offload, Optimizer, Precision, Reference, Strategy,
+                                       Task, choices)
 
 # The values each knob may take: the schema's.
 STRATEGIES = tuple(choices(Strategy))
@@ -62,6 +63,15 @@ class TrainSetup:
     # sequence (0: no images), and whether LoRA adapts the tower too.
     image_patches: int = 0
     train_vision_tower: bool = False
+    # Preference and reward tasks (llmwizard.autotune.memory.tasks, docs/tasks.md). For DPO and ORPO
+    # micro_batch counts pairs (each a chosen and a rejected sequence of seq_len), for KTO rows (and
+    # as many mismatched rows for its KL term), for GRPO completions (num_generations per prompt:
+    # prompt_len tokens, then up to completion_len generated).
+    task: Task = "sft"
+    reference: Reference = "none"
+    num_generations: int = 0
+    prompt_len: int = 0
+    completion_len: int = 0
 
     @property
     def data_parallel(self) -> int:

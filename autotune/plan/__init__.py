@@ -22,12 +22,14 @@ from llmwizard.autotune.memory import MemoryEstimate
 from llmwizard.autotune.schema import (
     Attention,
     BatchSize,
+    Beta,
     ClassNames,
     DatasetFormat,
     Device,
     Epochs,
     EvalFraction,
     Fraction,
+    Generations,
     HostAddress,
     Launcher,
     LearningRate,
@@ -49,11 +51,15 @@ from llmwizard.autotune.schema import (
     PositiveInt,
     Precision,
     ProcessCount,
+    Reference,
+    RewardNames,
     RunName,
     Seed,
     StepCount,
     Strategy,
     Target,
+    Task,
+    Temperature,
     TokenLength,
     Tracker,
     WeightDecay,
@@ -95,6 +101,25 @@ class LoraSettings:
     def adapted(self) -> list[str]:
         """What the memory model adapts: the linears, and "experts" when the routed experts are."""
         return [*self.target_modules, *(["experts"] if self.target_parameters else [])]
+
+
+@dataclass(config=STRICT)
+class TaskSettings:
+    """A preference or reward task's own choices (docs/tasks.md): what TRL's DPOConfig, ORPOConfig,
+    KTOConfig or GRPOConfig receives beyond the SFT fields."""
+
+    beta: Beta
+    reference: Reference
+    # GRPO: completions sampled per prompt, how long each may grow, and how they are sampled. The
+    # plan's micro-batch and effective batch count completions (TRL's per-device batch).
+    num_generations: Generations | None = None
+    max_completion_length: TokenLength | None = None
+    temperature: Temperature | None = None
+    # GRPO: the reward functions, as importable `module.function` names (llmwizard.runner.rank.rewards).
+    rewards: RewardNames = field(default_factory=list)
+    # The data's longest prompt and response, in tokens, as profiled (what the length caps cover).
+    prompt_tokens: NonNegativeInt = 0
+    response_tokens: NonNegativeInt = 0
 
 
 # A setting a user can pin, by its goal key (micro_batch, strategy, ...); a Literal built from Goals'
@@ -181,6 +206,10 @@ class Plan:
     # Other systems the run is exported for besides launch.sh (llmwizard.runner.export.targets, docs/targets.md):
     # skypilot.yaml, trainjob.yaml, ray_train.py. Left out of plan.yaml when empty.
     targets: list[Target] = field(default_factory=list)
+    # What the run optimises, and a preference or reward task's settings (None for sft). Both are
+    # left out of plan.yaml for sft, so SFT plans read as before.
+    task: Task = "sft"
+    task_settings: TaskSettings | None = None
     version: Literal[1] = PLAN_VERSION
 
     @model_validator(mode="after")
@@ -209,10 +238,49 @@ class Plan:
             raise ValueError(f"effective_batch ({self.effective_batch}) must be micro_batch x num_processes / "
                              f"context_parallel x grad_accum = {self.micro_batch} x {replicas} x {self.grad_accum} = "
                              f"{self.micro_batch * replicas * self.grad_accum}; change them together")
+        self._task_consistent(replicas)
         if (self.method == "full") != (self.lora is None):
             raise ValueError(f"method {self.method} " + ("takes no lora settings (set lora: null)"
                              if self.method == "full" else "needs lora settings (r, alpha, dropout, ...)"))
         return self
+
+    def _task_consistent(self, replicas: int) -> None:
+        """The task's own rules: where its reference comes from, and GRPO's whole groups."""
+        settings = self.task_settings
+        if (self.task == "sft") != (settings is None):
+            raise ValueError(f"task {self.task} " + ("takes no task_settings (set task_settings: null)"
+                             if self.task == "sft" else "needs task_settings (beta, reference, ...)"))
+        if settings is None:
+            return
+        reference, beta = settings.reference, settings.beta
+        if reference == "adapter" and self.method == "full":
+            raise ValueError("reference adapter disables a LoRA adapter, but method is full: use reference copy or "
+                             "precompute, or method lora")
+        if reference == "copy" and self.method != "full":
+            raise ValueError(f"reference copy loads a second model, but method {self.method} has the same weights "
+                             "with the adapter disabled: use reference adapter")
+        if self.task == "orpo" and reference != "none":
+            raise ValueError(f"ORPO has no reference model: set reference none (got {reference})")
+        if self.task in ("dpo", "kto") and reference == "none":
+            raise ValueError(f"{self.task} compares the policy with a reference: set reference copy, adapter or precompute")
+        if self.task in ("dpo", "kto", "orpo") and beta <= 0:
+            raise ValueError(f"{self.task} needs beta above 0 (got {beta}); 0.1 is the published default")
+        if self.task == "grpo":
+            if reference == "precompute":
+                raise ValueError("GRPO samples new completions each step, so their reference log-probs cannot be "
+                                 "precomputed: use reference copy or adapter, or beta 0 with reference none")
+            if (beta == 0) != (reference == "none"):
+                raise ValueError(f"GRPO with beta {beta} needs " + ("reference none (no KL term)" if beta == 0
+                                 else "a reference (copy or adapter) for its KL term, or beta 0"))
+            generations = settings.num_generations
+            if generations is None or settings.max_completion_length is None or not settings.rewards:
+                raise ValueError("GRPO needs num_generations, max_completion_length and at least one reward")
+            if (self.micro_batch * replicas * self.grad_accum) % generations:
+                raise ValueError(f"GRPO's batch of completions (micro_batch x processes x grad_accum = "
+                                 f"{self.micro_batch * replicas * self.grad_accum}) must divide by num_generations "
+                                 f"({generations}): every prompt's group is complete")
+        elif settings.num_generations is not None or settings.rewards:
+            raise ValueError(f"num_generations and rewards are GRPO's; task {self.task} takes none")
 
     @model_validator(mode="wrap")
     @classmethod
@@ -234,6 +302,8 @@ class Plan:
         data["estimate"] = self.estimate.to_dict()
         if not data["targets"]:  # plans without targets read as before (and keep their digests)
             del data["targets"]
+        if self.task == "sft":  # likewise SFT plans
+            del data["task"], data["task_settings"]
         return data
 
     def to_json_summary(self) -> dict[str, Any]:
@@ -254,7 +324,8 @@ class Plan:
             "hybrid_shard": self.hybrid_shard, "report_to": list(self.report_to),
             "context_parallel": self.context_parallel,
             "activation_offloading": self.activation_offloading, "packing": self.packing,
-            "liger_kernel": self.liger_kernel,
+            "liger_kernel": self.liger_kernel, "task": self.task,
+            "task_settings": asdict(self.task_settings) if self.task_settings else None,
         }
 
     def save(self, path: Path) -> None:
