@@ -415,7 +415,10 @@ TEXTS: dict[str, Any] = {
 Target = Literal["skypilot", "kubernetes", "ray"]
 # GRPO's reward functions: importable dotted names (`package.module.function`), which the training
 # entry imports; nothing else reaches it.
+_REWARD = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+"
+RewardName = Annotated[str, Check(lambda v: _matches(_REWARD, v),
+                                  "an importable function name, `module.function` (letters, digits, '_' and dots)")]
 RewardNames = Annotated[list[str], Check(
-    lambda v: all(_matches(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", name) for name in v),
-    "importable function names, each `module.function` (letters, digits, '_' and dots)")]
+    lambda v: bool(v) and all(_matches(_REWARD, name) for name in v),
+    "one or more importable function names, each `module.function` (letters, digits, '_' and dots)")]
 CHOICES["Target"] = Target

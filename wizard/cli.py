@@ -35,8 +35,10 @@ that run without llmwizard, launch, and watch the loss.
 def _plan_inputs(parser: argparse.ArgumentParser) -> None:
     from llmwizard.autotune.schema import (
         BatchSize,
+        Beta,
         Epochs,
         EvalFraction,
+        Generations,
         GiBAmount,
         Launcher,
         LearningRate,
@@ -48,8 +50,12 @@ def _plan_inputs(parser: argparse.ArgumentParser) -> None:
         Optimizer,
         Precision,
         ProcessCount,
+        Reference,
+        RewardName,
         StepCount,
         Strategy,
+        Task,
+        Temperature,
         TokenLength,
         Tracker,
         choices,
@@ -66,6 +72,19 @@ def _plan_inputs(parser: argparse.ArgumentParser) -> None:
                        help="host RAM per machine in GiB, for --gpus (default: typical for those GPUs)")
     group.add_argument("--processes", type=flag_type(ProcessCount),
                        help="processes per machine (on the CPU: ranks to run)")
+    task = parser.add_argument_group("preference and reward tuning (docs/tasks.md)")
+    task.add_argument("--task", choices=choices(Task),
+                      help="what the run optimises: sft (default), dpo, orpo, kto or grpo")
+    task.add_argument("--beta", type=flag_type(Beta),
+                      help="DPO/KTO reward scale, ORPO's lambda, GRPO's KL weight (default: the task's published value)")
+    task.add_argument("--reference", choices=choices(Reference),
+                      help="where the reference log-probs come from (default: the cheapest that fits)")
+    task.add_argument("--num-generations", type=flag_type(Generations), help="GRPO: completions per prompt (default 8)")
+    task.add_argument("--max-completion-length", type=flag_type(TokenLength),
+                      help="GRPO: tokens generated per completion (default 512)")
+    task.add_argument("--temperature", type=flag_type(Temperature), help="GRPO: sampling temperature (default 1.0)")
+    task.add_argument("--reward", dest="rewards", nargs="+", type=flag_type(RewardName), metavar="MODULE.FUNCTION",
+                      help="GRPO: reward functions (default: the exact answer of each row's `answer`)")
     tune = parser.add_argument_group("overrides (default: decided by the planner)")
     tune.add_argument("--method", choices=choices(Method))
     tune.add_argument("--strategy", choices=choices(Strategy))
@@ -321,7 +340,7 @@ def _inputs(args: argparse.Namespace) -> tuple[HardwareProfile, ModelSpec, Datas
     goals = _goals(args)
     hardware = _hardware(args)
     model = load_model_spec(args.model, trust_remote_code=goals.trust_remote_code)
-    return hardware, model, profile_for(model, args.dataset), goals
+    return hardware, model, profile_for(model, args.dataset, goals.task_name), goals
 
 
 def _make_plan(args: argparse.Namespace) -> tuple[Plan, HardwareProfile, ModelSpec, DatasetProfile]:

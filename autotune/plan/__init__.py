@@ -52,7 +52,7 @@ from llmwizard.autotune.schema import (
     Precision,
     ProcessCount,
     Reference,
-    RewardNames,
+    RewardName,
     RunName,
     Seed,
     StepCount,
@@ -116,7 +116,7 @@ class TaskSettings:
     max_completion_length: TokenLength | None = None
     temperature: Temperature | None = None
     # GRPO: the reward functions, as importable `module.function` names (llmwizard.runner.rank.rewards).
-    rewards: RewardNames = field(default_factory=list)
+    rewards: list[RewardName] = field(default_factory=list)
     # The data's longest prompt and response, in tokens, as profiled (what the length caps cover).
     prompt_tokens: NonNegativeInt = 0
     response_tokens: NonNegativeInt = 0

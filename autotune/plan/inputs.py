@@ -18,6 +18,7 @@ from llmwizard.autotune.goals import Goals
 from llmwizard.autotune.machine.hardware_types import HardwareProfile
 from llmwizard.autotune.model.model_types import ModelSpec
 from llmwizard.autotune.plan import Plan
+from llmwizard.autotune.schema import Task
 
 
 def model_directory(model: ModelSpec) -> Path | None:
@@ -30,16 +31,17 @@ def model_directory(model: ModelSpec) -> Path | None:
     return Path(model.path) if model.path and Path(model.path).is_dir() else None
 
 
-def profile_for(model: ModelSpec, dataset: str | None) -> DatasetProfile:
-    """The dataset (None: the embedded default) measured with the model's own tokenizer, chat
-    template and image processor."""
+def profile_for(model: ModelSpec, dataset: str | None, task: Task = "sft") -> DatasetProfile:
+    """The dataset (None: the task's embedded default) measured with the model's own tokenizer,
+    chat template and image processor, in the shape the task reads (a preference task's prompt,
+    chosen and rejected lengths apart)."""
     from llmwizard.autotune.data.dataset import profile_dataset, resolve_dataset
     from llmwizard.autotune.data.images import token_rule
     from llmwizard.autotune.data.tokens import counter_for
 
-    source = resolve_dataset((dataset or "").strip() or None)
+    source = resolve_dataset((dataset or "").strip() or None, task=task)
     directory = model_directory(model)
-    return profile_dataset(source, counter_for(directory), token_rule(model.vision, directory), model.name)
+    return profile_dataset(source, counter_for(directory), token_rule(model.vision, directory), model.name, task=task)
 
 
 def calibration_for(hardware: HardwareProfile, model: ModelSpec, method: str) -> tuple[dict[str, Any], list[str]]:

@@ -25,12 +25,15 @@ from llmwizard.autotune.memory.long_context import context_parallel_sizes, packe
 from llmwizard.autotune.model.model_types import ModelSpec
 from llmwizard.autotune.plan.no_fit import format_params
 from llmwizard.autotune.plan import plan_steps as step
+from llmwizard.autotune.plan import task_steps
 from llmwizard.autotune.plan import Plan
 from llmwizard.autotune.plan.plan_steps import DEFAULT_EFFECTIVE_BATCH, RANDOM_INIT_LR_SCALE, Decision
 from llmwizard.autotune.plan.replan import setup_of, shrink_micro_batch
 from llmwizard.autotune.memory.savers import fused_in_backward
 from llmwizard.autotune.schema import Attention, Strategy
-from llmwizard.autotune.plan.search import HEADROOM, check_choices, choose
+from llmwizard.autotune.plan.no_fit import DoesNotFit
+from llmwizard.autotune.plan.search import HEADROOM, Choice, check_choices, choose
+from llmwizard.autotune.plan import TaskSettings
 from llmwizard.autotune.train_setup import Calibrated, TrainSetup
 
 # Names callers import from here besides plan().
@@ -66,22 +69,36 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     method = record.take("method", step.method(hardware, goals, model))
     epochs = record.take("epochs", step.epochs(goals, rule, model))
     lr = record.take("learning_rate", step.learning_rate(model, goals, rule, method))
+    task = goals.task_name
+    if task != "sft":  # (SFT plans read as before)
+        record.take("task", task_steps.task(goals))
+    lr = record.take("learning_rate", task_steps.learning_rate(goals, lr, record.reasons.get("learning_rate", "")))
+    settings_decision = task_steps.settings(goals, dataset, method, model)
+    settings = record.take("task_settings", settings_decision) if settings_decision else None
     lora = record.take("lora", step.lora(model, goals, rule, method))
     if model.vision is not None:
         record.take("vision", step.vision_tower(model, dataset, goals, method))
     # 2. Max length from the real distribution.
-    max_length = record.take("max_length", step.max_length(model, dataset, goals, rule.max_length))
+    if settings is not None and task == "grpo":  # the prompt and the completion sampled after it
+        max_length = record.take("max_length", task_steps.max_length(settings, dataset, model))
+    else:
+        max_length = record.take("max_length", step.max_length(model, dataset, goals, rule.max_length))
     # 3. Precision.
     precision = record.take("precision", step.precision(hardware, goals))
     # 4. World layout, then strategy, offload, micro-batch and checkpointing.
     world = record.take("device", step.world(hardware, goals))
     effective = record.take("effective_batch", step.effective_batch(goals, world.size))
+    if settings is not None and settings.num_generations:
+        effective = record.take("effective_batch", task_steps.effective_batch(
+            goals, world.size, settings.num_generations, effective))
     step.activation_offloading(hardware, goals)
     liger = record.take("liger_kernel", step.liger(hardware, goals, model))
     base = step.base_setup(hardware, world, method, max_length, precision, goals, lora, model, dataset, liger)
     if calibration:
         base = dataclasses.replace(base, calibration=calibration)
-    choice = choose(hardware, model, base, goals, step.budget(hardware, world.per_node), effective, world.size)
+    base = task_steps.setup(base, task, settings)
+    budget = step.budget(hardware, world.per_node)
+    choice, settings = _choose_with_task(hardware, model, base, goals, budget, effective, world.size, settings, record)
     record.reasons.update(choice.reasons)
     chosen = choice.best
     if model.moe is not None:  # experts: total and active, how the strategy holds them, expert parallelism
@@ -129,8 +146,40 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
         liger_kernel=liger,
         train_vision_tower=bool(model.vision) and (method == "full" or goals.train_vision_tower),
         image_patches=base.image_patches, trust_remote_code=goals.trust_remote_code,
-        pinned=sorted(goals.explicit & GOAL_FIELDS),
+        pinned=sorted(goals.explicit & GOAL_FIELDS), task=task, task_settings=settings,
     )
+
+
+def _choose_with_task(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals: Goals, budget: int,
+                      effective: int, world: int, settings: TaskSettings | None,
+                      record: _Record) -> tuple[Choice, TaskSettings | None]:
+    """The search, with the task's reference settled: a full fine-tuning DPO or KTO run keeps a
+    second copy of the weights when that fits, and otherwise precomputes the reference log-probs
+    in a pass before training (the cheapest that fits). When nothing fits, the task's own levers
+    (precompute, a LoRA reference, fewer generations, shorter completions) lead the advice."""
+    try:
+        return choose(hardware, model, base, goals, budget, effective, world), settings
+    except DoesNotFit as refusal:
+        if settings is None:
+            raise
+        error = refusal
+    if settings.reference == "copy" and goals.reference is None and base.task in ("dpo", "kto"):
+        try:
+            choice = choose(hardware, model, dataclasses.replace(base, reference="precompute"), goals, budget,
+                            effective, world)
+        except DoesNotFit:
+            pass
+        else:
+            settings = task_steps.with_reference(settings, "precompute")
+            record.reasons["task_settings"] = record.reasons.get("task_settings", "").replace(
+                "reference copy: a second, frozen copy of the weights (full fine-tuning changes every weight)",
+                "reference precompute: a second copy of the weights does not fit, so the reference log-probs are "
+                "computed in one no-grad pass over the data before training (about a third of an epoch's compute "
+                "more) and no reference model is held")
+            return choice, settings
+    raise task_steps.lead_with_levers(error, lambda changes, changed_goals: choose(
+        hardware, model, dataclasses.replace(base, **changes), changed_goals, budget, effective, world),
+        base, goals, settings)
 
 
 def fixed_setup(hardware: HardwareProfile, model: ModelSpec, goals: Goals, seq_len: int, micro_batch: int,
