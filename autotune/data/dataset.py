@@ -4,6 +4,8 @@ Rows are normalised to one of the three formats TRL's SFTTrainer reads natively:
 `messages`, `prompt`/`completion`, or a `text` field. Common other shapes (ShareGPT
 `conversations`, Alpaca `instruction`/`input`/`output`, `question`/`answer`) are mapped to chat
 messages. The training entry applies the same `normalize_row`, so what is profiled is what trains.
+The preference and reward tasks (`task` other than "sft") read their own formats
+(llmwizard.autotune.data.preference).
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from llmwizard.autotune.data import images as img
+from llmwizard.autotune.data import preference
 from llmwizard.autotune.embedded import DATASET_PATH, EMBEDDED_DATASET
+from llmwizard.autotune.embedded.task_data import TASK_DATASET_PATHS
 from llmwizard.autotune.embedded.vision import EMBEDDED_VISION_DATASET, ensure_shapes_dataset
 from llmwizard.autotune.errors import UserError
-from llmwizard.autotune.schema import DatasetFormat
+from llmwizard.autotune.schema import DatasetFormat, Task
 
 SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 FORMATS = ("messages", "prompt_completion", "text")
@@ -39,12 +43,13 @@ _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assista
                    "system": "system", "model": "assistant"}
 
 
-def resolve_dataset(source: str | None) -> str:
-    """The dataset as the plan records it: `embedded:arithmetic`, an absolute path, or a hub name."""
-    if source is None or source == EMBEDDED_DATASET:
-        return EMBEDDED_DATASET
-    if source == EMBEDDED_VISION_DATASET:
-        return EMBEDDED_VISION_DATASET
+def resolve_dataset(source: str | None, task: Task = "sft") -> str:
+    """The dataset as the plan records it: an embedded set (None: the task's, e.g. `embedded:arithmetic`
+    for SFT), an absolute path, or a hub name."""
+    if source is None:
+        return preference.DEFAULT_DATASETS[task]
+    if source in (EMBEDDED_DATASET, EMBEDDED_VISION_DATASET) or source in TASK_DATASET_PATHS:
+        return source
     path = Path(source).expanduser()
     if path.suffix.lower() in SUFFIXES or path.exists() or source.startswith((".", "/", "~")):
         if not path.is_file():
@@ -70,6 +75,8 @@ def local_path(source: str) -> Path | None:
         return DATASET_PATH
     if source == EMBEDDED_VISION_DATASET:
         return ensure_shapes_dataset()  # generated into the user cache on first use
+    if source in TASK_DATASET_PATHS:
+        return TASK_DATASET_PATHS[source]
     path = Path(source)
     return path if path.is_absolute() else None
 
@@ -188,8 +195,12 @@ def _load_hub_rows(name: str) -> list[dict[str, Any]]:
         ) from None
 
 
-def detect_format(columns: Iterable[str]) -> tuple[DatasetFormat, Callable[[dict[str, Any]], dict[str, Any]]]:
-    """The TRL format a dataset maps to, and the row function that maps it."""
+def detect_format(columns: Iterable[str], task: Task = "sft") -> tuple[DatasetFormat,
+                                                                      Callable[[dict[str, Any]], dict[str, Any]]]:
+    """The TRL format a dataset maps to for `task`, and the row function that maps it (for KTO
+    and pairs: the checked pair, which normalize_rows unpairs)."""
+    if task != "sft":
+        return preference.detect(columns, task, sft_fits=_sft_fits(columns))
     cols = set(columns)
     if "messages" in cols and img.has_images(cols):
         return "messages", _vision_messages
@@ -205,24 +216,38 @@ def detect_format(columns: Iterable[str]) -> tuple[DatasetFormat, Callable[[dict
         return "messages", _question_answer
     if "text" in cols:
         return "text", _text
+    others = preference.fitting_tasks(cols)
     raise UserError(
         f"The dataset has no usable field: found columns {sorted(cols) or 'none'}.",
         title="Dataset",
-        fix=f"Give each row one of {_ACCEPTED}.",
+        fix=f"Give each row one of {_ACCEPTED}." + (f" These columns fit --task {', '.join(others)}." if others else ""),
     )
+
+
+def _sft_fits(columns: Iterable[str]) -> bool:
+    try:
+        detect_format(columns)
+    except UserError:
+        return False
+    return True
 
 
 def normalize_rows(rows: list[dict[str, Any]], source: str = "dataset",
                    on_image_size: Callable[[int, int], None] | None = None,
-                   measure: Callable[[int], bool] | None = None) -> tuple[DatasetFormat, list[dict[str, Any]]]:
+                   measure: Callable[[int], bool] | None = None,
+                   task: Task = "sft") -> tuple[DatasetFormat, list[dict[str, Any]]]:
     """Detect the format from the first row and map every row, naming the first bad one.
 
     Rows with images also have them checked: every file must exist, and the rows `measure`
     picks (all by default) have their image headers read, which finds unreadable files and
-    gives the sizes to `on_image_size`."""
+    gives the sizes to `on_image_size`. For a preference or reward task the rows take its format
+    (KTO's pairs unpaired: two rows each)."""
+    path = local_path(source) if source != "dataset" else None
+    if task != "sft":
+        return preference.normalize(rows, task, source, lambda number: _where(path, number),
+                                    sft_fits=_sft_fits(rows[0].keys()))
     fmt, convert = detect_format(rows[0].keys())
     vision = convert is _vision_messages
-    path = local_path(source) if source != "dataset" else None
     base = path.parent if path is not None else None
     out = []
     for number, row in enumerate(rows, 1):
@@ -355,6 +380,22 @@ class DatasetProfile:
     image_tokens_max: int = 0
     text_tokens_mean: float = 0.0      # per example without the images
     text_tokens_p99: int = 0
+    # Preference and reward tasks (llmwizard.autotune.data.preference). The token figures above are
+    # the longest sequence one forward sees: the prompt and the longer response (DPO, ORPO), the
+    # prompt and the completion (KTO), the prompt alone (GRPO). Each part's tokens apart, as TRL
+    # splits them (the response starts where the prompt with its generation prompt ends):
+    task: Task = "sft"
+    prompt_tokens_p99: int = 0
+    prompt_tokens_max: int = 0
+    chosen_tokens_p99: int = 0         # DPO, ORPO
+    chosen_tokens_max: int = 0
+    rejected_tokens_p99: int = 0
+    rejected_tokens_max: int = 0
+    completion_tokens_p99: int = 0     # KTO
+    completion_tokens_max: int = 0
+    desirable_rows: int = 0            # KTO: label true
+    undesirable_rows: int = 0          # KTO: label false
+    note: str = ""                     # how the rows were read for the task (pairs unpaired, a prompt split off)
 
     def plan_warnings(self, eval_fraction: float) -> tuple[str, ...]:
         """Refuse an evaluation split that leaves no training row; warn when the data is tiny or
@@ -407,24 +448,32 @@ class DatasetProfile:
 
 
 def profile_dataset(source: str, counter: TokenCounter, image_rule: img.ImageTokenRule | None = None,
-                    model_name: str | None = None) -> DatasetProfile:
+                    model_name: str | None = None, *, task: Task = "sft") -> DatasetProfile:
     """Count examples and measure token lengths with the model's own tokenizer and chat template.
 
     For rows with images, `image_rule` (the model's processor, llmwizard.autotune.data.images.token_rule)
-    turns each image into its tokens; a model without one cannot take images."""
+    turns each image into its tokens; a model without one cannot take images. For a preference or
+    reward task the rows are read in its format, and the prompt's and responses' tokens are also
+    measured apart."""
     rows = load_rows(source)
+    columns = list(rows[0].keys())
     sizes: list[tuple[int, int]] = []
-    fmt, rows = normalize_rows(rows, source, on_image_size=lambda w, h: sizes.append((w, h)))
+    fmt, rows = normalize_rows(rows, source, on_image_size=lambda w, h: sizes.append((w, h)), task=task)
     step = max(1, len(rows) // PROFILE_SAMPLE)
     sample = rows[::step]
-    vision: dict[str, Any] = {}
-    if sizes or any("images" in row for row in rows[:1]):
+    extra: dict[str, Any] = {}
+    if task != "sft":
+        lengths, parts, extra = preference.measure(rows, task, counter, step)
+        for part, values in parts.items():
+            extra |= {f"{part}_tokens_p99": percentile(values, 99), f"{part}_tokens_max": values[-1]}
+        extra["note"] = preference.describe(task, columns, rows)
+    elif sizes or any("images" in row for row in rows[:1]):
         if image_rule is None:
             raise UserError(f"{source} has images, but {model_name or 'the model'} is a text-only model.",
                             title="Dataset images",
                             fix="Pick a vision-language model (embedded:tiny-vision, qwen2.5-vl-7b, gemma-3-4b) "
                                 "or a dataset without an images column.")
-        lengths, vision = _vision_lengths(rows, step, sizes, counter, image_rule, source)
+        lengths, extra = _vision_lengths(rows, step, sizes, counter, image_rule, source)
     else:
         lengths = sorted(counter.count(row) for row in sample)
     mean = sum(lengths) / len(lengths)
@@ -443,7 +492,7 @@ def profile_dataset(source: str, counter: TokenCounter, image_rule: img.ImageTok
         max_tokens=lengths[-1],
         total_tokens=round(mean * len(rows)),
         histogram=histogram(lengths),
-        **vision,
+        **extra,
     )
 
 
@@ -517,6 +566,11 @@ class TokenCounter:
 
     def count(self, row: dict[str, Any]) -> int:
         return max(1, round(len(render_text(row)) / 4))
+
+    def count_prompt(self, prompt: str | list[dict[str, Any]]) -> int:
+        """A prompt's tokens as generation starts from it (a chat prompt with the assistant's turn opened)."""
+        text = prompt if isinstance(prompt, str) else render_text({"messages": prompt}) + "\nassistant: "
+        return max(1, round(len(text) / 4))
 
 
 def content_text(content: Any) -> str:

@@ -46,17 +46,29 @@ class ModelTokenCounter(TokenCounter):
             if self._template is None:
                 text = "\n".join(content_text(m["content"]) for m in row["messages"])
                 return len(self._tokenizer.encode(text).ids) + 1
-            try:
-                rendered = self._template.render(messages=row["messages"], add_generation_prompt=False,
-                                                 **self._special)
-            except Exception as exc:  # noqa: BLE001 (a template's raise_exception, or jinja2's errors)
-                raise UserError(f"The chat template in {self._template_file} refuses a row of the dataset: {exc}",
-                                title="Dataset", fix="Make the rows fit the model's chat template (some refuse a "
-                                "system message, or turns that do not alternate), or pick another model.") from None
-            return len(self._tokenizer.encode(rendered, add_special_tokens=False).ids)
+            return self._rendered_length(row["messages"], add_generation_prompt=False)
         text = row["text"] if "text" in row else row["prompt"] + row["completion"]
         # TRL appends the EOS token to plain text and completions.
         return len(self._tokenizer.encode(text).ids) + 1
+
+    def count_prompt(self, prompt: str | list[dict[str, Any]]) -> int:
+        """As TRL's preference and GRPO trainers tokenize a prompt: text as it is (no EOS), chat turns
+        with the template's generation prompt."""
+        if isinstance(prompt, str):
+            return len(self._tokenizer.encode(prompt).ids)
+        if self._template is None:
+            return len(self._tokenizer.encode("\n".join(content_text(m["content"]) for m in prompt)).ids)
+        return self._rendered_length(prompt, add_generation_prompt=True)
+
+    def _rendered_length(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool) -> int:
+        try:
+            rendered = self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                             **self._special)
+        except Exception as exc:  # noqa: BLE001 (a template's raise_exception, or jinja2's errors)
+            raise UserError(f"The chat template in {self._template_file} refuses a row of the dataset: {exc}",
+                            title="Dataset", fix="Make the rows fit the model's chat template (some refuse a "
+                            "system message, or turns that do not alternate), or pick another model.") from None
+        return len(self._tokenizer.encode(rendered, add_special_tokens=False).ids)
 
 
 def counter_for(model_dir: Path | None) -> TokenCounter:

@@ -29,6 +29,10 @@ from llmwizard.autotune.errors import UserError
 
 EMBEDDED_MODEL = "embedded:tiny-llama"
 EMBEDDED_DATASET = "embedded:arithmetic"
+# The same sums for the preference and reward tasks (llmwizard.autotune.embedded.task_data).
+EMBEDDED_PAIRS = "embedded:arithmetic-pairs"          # DPO, ORPO
+EMBEDDED_UNPAIRED = "embedded:arithmetic-unpaired"    # KTO
+EMBEDDED_PROMPTS = "embedded:arithmetic-prompts"      # GRPO
 
 # Bump when anything below changes what is built: old caches are then rebuilt beside the new one.
 _BUILD_VERSION = "2"
