@@ -32,7 +32,8 @@ from llmwizard.autotune.embedded import (
 )
 from llmwizard.autotune.errors import UserError
 
-from tests.refusals import flat
+from tests.conftest import run_cli
+from tests.refusals import assert_refused, flat
 
 
 def user(text: str) -> dict[str, str]:
@@ -314,6 +315,13 @@ def test_data_that_does_not_fit_the_task_is_refused_naming_task_columns_and_row(
     message = flat(str(err.value))
     for word in words:
         assert word in message, f"{word!r} not in: {message}"
+
+
+def test_the_cli_refuses_data_that_does_not_fit_the_task_with_exit_2(tmp_path):
+    path = jsonl(tmp_path / "sft.jsonl", [SFT_ROW])
+    assert_refused(run_cli("plan", "--task", "kto", "--dataset", path, cwd=tmp_path, timeout=300),
+                   ["sft.jsonl: line 1 does not fit --task kto", "lacks `prompt`, `completion` and `label`",
+                    "found columns ['messages']", "--task sft", EMBEDDED_UNPAIRED])
 
 
 def test_a_hub_datasets_columns_are_refused_by_detect_format_naming_the_task():

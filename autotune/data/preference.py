@@ -105,7 +105,7 @@ def detect(columns: Iterable[str], task: Task, *, where: str = "row 1", source: 
     if task in ("dpo", "orpo") and "prompt" in cols:
         missing = [name for name in ("chosen", "rejected") if name not in cols]
     others = [other for other in fitting_tasks(cols) if other != task] + (["sft"] if sft_fits else [])
-    fix = f"Add {_listed(missing)} to every row, for {_READS[task]}"
+    fix = f"Add {_listed(missing)} to every row"
     if others:
         fix += f"; or pass --task {_listed(others, quote=False, word='or')}, which these columns fit"
     fix += f"; or leave --dataset out to try --task {task} on {DEFAULT_DATASETS[task]}."
