@@ -385,11 +385,11 @@ def check_data_keys(plan: Plan, where: str) -> None:
     from llmwizard.autotune.data.dataset import detect_format, load_rows, local_path, resolve_dataset
 
     try:
-        source = resolve_dataset(plan.dataset)
+        source = resolve_dataset(plan.dataset, task=plan.task)
         if local_path(source) is None:
             return
         rows = load_rows(source)
-        found, _ = detect_format(rows[0].keys())
+        found, _ = detect_format(rows[0].keys(), task=plan.task)
     except UserError as error:
         raise refusal(where, "dataset", plan.dataset, error.message, error.fix or "Restore the dataset's path.",
                       title="Dataset") from None

@@ -334,12 +334,12 @@ def _goals(args: argparse.Namespace) -> Goals:
 
 
 def _inputs(args: argparse.Namespace) -> tuple[HardwareProfile, ModelSpec, DatasetProfile, Goals]:
-    from llmwizard.autotune.plan.inputs import profile_for
+    from llmwizard.autotune.plan.inputs import default_model, profile_for
     from llmwizard.autotune.model.model_spec import load_model_spec
 
     goals = _goals(args)
     hardware = _hardware(args)
-    model = load_model_spec(args.model, trust_remote_code=goals.trust_remote_code)
+    model = load_model_spec(args.model or default_model(goals.task_name), trust_remote_code=goals.trust_remote_code)
     return hardware, model, profile_for(model, args.dataset, goals.task_name), goals
 
 

@@ -487,6 +487,10 @@ def ensure_embedded(name: str | None) -> Path:
 
     if name == EMBEDDED_MOE_MODEL:
         return ensure_moe_model()
+    from llmwizard.autotune.embedded.warm import EMBEDDED_SFT_MODEL, ensure_warm_model
+
+    if name == EMBEDDED_SFT_MODEL:
+        return ensure_warm_model()
     from llmwizard.autotune.embedded import ensure_embedded_model
 
     return ensure_embedded_model()

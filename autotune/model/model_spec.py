@@ -28,6 +28,7 @@ from llmwizard.autotune.embedded import EMBEDDED_MODEL, MODEL_CONFIG, embedded_m
 from llmwizard.autotune.embedded.vision import (EMBEDDED_GEMMA3_MODEL, EMBEDDED_VISION_MODEL, GEMMA3_MODEL_CONFIG,
                                                  VISION_MODEL_CONFIG, gemma3_model_dir, vision_model_dir)
 from llmwizard.autotune.embedded.moe import EMBEDDED_MOE_MODEL, MOE_MODEL_CONFIG, moe_model_dir
+from llmwizard.autotune.embedded.warm import EMBEDDED_SFT_MODEL, warm_model_dir
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.model.model_types import Linear, ModelSpec
 from llmwizard.autotune.model.param_counts import cached_meta_counts, meta_count_error, spec_from_config, with_counts
@@ -58,6 +59,8 @@ def load_model_spec(name: str | None, trust_remote_code: bool = False) -> ModelS
         return spec_from_config(EMBEDDED_GEMMA3_MODEL, "embedded", str(gemma3_model_dir()), GEMMA3_MODEL_CONFIG)
     if name == EMBEDDED_MOE_MODEL:
         return spec_from_config(EMBEDDED_MOE_MODEL, "embedded", str(moe_model_dir()), MOE_MODEL_CONFIG)
+    if name == EMBEDDED_SFT_MODEL:  # the base after a short SFT warm-up: the same config
+        return spec_from_config(EMBEDDED_SFT_MODEL, "embedded", str(warm_model_dir()), MODEL_CONFIG)
     path = Path(name).expanduser()
     if path.is_dir():
         config_file = path / "config.json"

@@ -21,6 +21,15 @@ from llmwizard.autotune.plan import Plan
 from llmwizard.autotune.schema import Task
 
 
+def default_model(task: Task) -> str | None:
+    """The model when none is named: the embedded tiny model for SFT (None), and for a preference
+    or reward task the same model after a short SFT warm-up (llmwizard.autotune.embedded.warm),
+    since those tasks tune a model that already answers."""
+    from llmwizard.autotune.embedded.warm import EMBEDDED_SFT_MODEL
+
+    return None if task == "sft" else EMBEDDED_SFT_MODEL
+
+
 def model_directory(model: ModelSpec) -> Path | None:
     """Where the model's tokenizer and processor live on disk (building the embedded model once),
     or None for a model known only by its config (a catalog name)."""

@@ -76,6 +76,23 @@ def learning_rate(goals: Goals, lr: float, reason: str) -> Decision[float]:
                                  "order of magnitude less than their SFT")
 
 
+# Passes over the data: the dataset-size rules are for SFT. Preference runs take 1 to 3 (TRL's
+# default is 3; Zephyr's DPO ran 1 to 3); GRPO samples new completions every step, so one pass over
+# the prompts already brings new data at each step.
+TASK_EPOCHS = {"dpo": 3.0, "kto": 3.0, "orpo": 3.0, "grpo": 1.0}
+
+
+def epochs(goals: Goals, value: float, reason: str) -> Decision[float]:
+    """The task's passes over the data, in place of the SFT rule's (`value`, `reason`)."""
+    name = goals.task_name
+    if name == "sft" or goals.epochs is not None:
+        return Decision(value, reason)
+    wanted = TASK_EPOCHS[name]
+    why = ("one pass over the prompts: every step samples new completions" if name == "grpo" else
+           "preference runs take 1 to 3 passes (TRL's default 3), and overfit the pairs beyond")
+    return Decision(wanted, f"{wanted:g} epoch{'s' if wanted != 1 else ''}: {why} (the dataset-size rules are SFT's)")
+
+
 def reference(goals: Goals, method: Method, beta: float) -> Decision[Reference]:
     """Where the reference log-probs come from, before the search: none for ORPO and GRPO at beta
     0; the policy with its adapter disabled under LoRA (no second copy); a second copy for full
@@ -103,7 +120,7 @@ def settings(goals: Goals, dataset: DatasetProfile, method: Method, model: Model
     ref = reference(goals, method, beta)
     parts = [f"beta {beta:g} ({goals.origin('beta') if goals.beta is not None else BETA_SOURCE[name]})",
              f"reference {ref.reason}"]
-    prompt = getattr(dataset, "prompt_tokens_max", 0) or 0
+    prompt = dataset.prompt_tokens_max
     if name == "grpo":
         generations = goals.num_generations or DEFAULT_GENERATIONS
         embedded = dataset.source.startswith("embedded:")
@@ -125,7 +142,7 @@ def settings(goals: Goals, dataset: DatasetProfile, method: Method, model: Model
             asked = [k for k in ("num_generations", "rewards", "temperature") if getattr(goals, k)]
             raise UserError(f"{', '.join(asked)} ({goals.origin(asked[0])}) are GRPO's settings, but the task is "
                             f"{name}.", title="Task", fix=f"Drop {', '.join(asked)}, or pass --task grpo.")
-        response = max(getattr(dataset, "chosen_tokens_max", 0) or 0, getattr(dataset, "rejected_tokens_max", 0) or 0)
+        response = max(dataset.chosen_tokens_max, dataset.rejected_tokens_max, dataset.completion_tokens_max)
         value = TaskSettings(beta=beta, reference=ref.value, prompt_tokens=prompt, response_tokens=response)
     return Decision(value, "; ".join(parts))
 
