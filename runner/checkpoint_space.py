@@ -138,9 +138,9 @@ def shortfall(step: int, output_dir: str, room: Room) -> tuple[str, str]:
     message = (f"Not enough free disk space for checkpoint-{step} on {path}: it needs about {gib(room.needed)} GiB, "
                f"{gib(room.free)} GiB are free.")
     fix = ("Free space on that disk (old run directories and checkpoints can go), or start the run again with "
-           "--output-dir on a larger disk, or keep fewer checkpoints (save_total_limit in sft_config.yaml, kept "
-           "with --keep-edits). The last complete checkpoint is kept: `llmwizard resume` continues from it once "
-           "there is room.")
+           "--output-dir on a larger disk, or keep fewer checkpoints (save_total_limit in the run's TRL YAML, "
+           "sft_config.yaml or the task's, kept with --keep-edits). The last complete checkpoint is kept: "
+           "`llmwizard resume` continues from it once there is room.")
     return message, fix
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.schema import Task, choices
 from llmwizard.runner import recovery
 from llmwizard.runner import runlock
 from llmwizard.runner.metrics import read_metrics
@@ -32,6 +33,16 @@ DS_CONFIG = "ds_config.json"
 TENSORBOARD_DIR = "tensorboard"
 HOSTFILE = "hostfile"
 REPORT_FILE = "report.html"       # llmwizard report RUN (llmwizard.runner.after.report)
+
+
+def trl_config_name(task: str) -> str:
+    """The TRL YAML of a run that does `task` (the plan's task): sft_config.yaml, dpo_config.yaml,
+    orpo_config.yaml, kto_config.yaml or grpo_config.yaml."""
+    return f"{task}_config.yaml"
+
+
+# Every task's TRL YAML, by name: the files a launch reads whichever the plan's task.
+TRL_CONFIGS = tuple(trl_config_name(task) for task in choices(Task))
 
 MANIFEST_FILE = f"{runlock.STATE_DIR}/manifest.json"
 MANIFEST_VERSION = 1

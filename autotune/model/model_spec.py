@@ -2,7 +2,8 @@
 
 A `ModelSpec` holds the dimensions that drive memory (hidden, MLP width, layers, heads, vocab),
 the decoder-layer class FSDP wraps, the linear projections LoRA adapts and the parameter counts
-by part. Names resolve in this order: the embedded default, a local directory with config.json,
+by part. Names resolve in this order: the embedded default, a finished run directory (`run_start`:
+a run starts from another's result, e.g. DPO from an SFT run), a local directory with config.json,
 the bundled catalog (`model_catalog.json`, names and aliases, case-insensitive), a hub id.
 
 Counts are exact. Catalog models carry counts made by building each model on the meta device
@@ -15,10 +16,12 @@ architecture.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -35,8 +38,8 @@ from llmwizard.autotune.model.param_counts import cached_meta_counts, meta_count
 
 # Names callers import from here; the types live in llmwizard.autotune.model.model_types and the
 # analytic counts in llmwizard.autotune.model.param_counts.
-__all__ = ["CATALOG_PATH", "Linear", "ModelSpec", "catalog_names", "load_model_spec", "search_catalog",
-           "spec_from_config"]
+__all__ = ["CATALOG_PATH", "Linear", "ModelSpec", "RunStart", "catalog_names", "load_model_spec", "run_start",
+           "search_catalog", "spec_from_config"]
 
 CATALOG_PATH = Path(__file__).parent / "model_catalog.json"
 
@@ -62,6 +65,9 @@ def load_model_spec(name: str | None, trust_remote_code: bool = False) -> ModelS
     if name == EMBEDDED_SFT_MODEL:  # the base after a short SFT warm-up: the same config
         return spec_from_config(EMBEDDED_SFT_MODEL, "embedded", str(warm_model_dir()), MODEL_CONFIG)
     path = Path(name).expanduser()
+    start = run_start(path)
+    if start is not None:
+        return _spec_from_run(start, trust_remote_code)
     if path.is_dir():
         config_file = path / "config.json"
         if not config_file.is_file():
@@ -89,6 +95,93 @@ def load_model_spec(name: str | None, trust_remote_code: bool = False) -> ModelS
             fix="Download the model (huggingface-cli download) and pass its directory, or allow hub "
                 "access (unset HF_HUB_OFFLINE, log in for gated models), or pick a catalog name.")
     return _spec_from_file(name, "hub", None, hub_file, trust_remote_code)
+
+
+# ----------------------------------------------------------------------------- run directories
+
+# What a finished run leaves in output/: a LoRA adapter, or a full model (one or several shards).
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+_MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """A finished run directory that another run starts from (`--model runs/<sft-run>`).
+
+    `weights` is the run's output/: a LoRA adapter on `base` (the model that run trained from,
+    itself any model name, a run directory included), or full weights that load as they are."""
+
+    run_dir: Path
+    weights: Path
+    adapter: bool
+    base: str                      # the run's own model (its plan.yaml `model`); "" for full weights
+    trust_remote_code: bool = False
+
+
+def run_start(path: Path) -> RunStart | None:
+    """The run directory at `path` as a model to start from; None when `path` is no run directory
+    (no plan.yaml, or a model directory with config.json). A run directory without a finished
+    output/ is a UserError naming it."""
+    if not path.is_dir() or (path / "config.json").is_file() or not (path / "plan.yaml").is_file():
+        return None
+    plan = _run_plan(path)
+    output = path / "output"
+    if all((output / name).is_file() for name in _ADAPTER_FILES):
+        base = plan.get("model")
+        if not isinstance(base, str) or not base.strip():
+            adapter = _json_object(output / "adapter_config.json")
+            base = adapter.get("base_model_name_or_path")
+        if not isinstance(base, str) or not base.strip():
+            raise UserError(f"Run directory {path}: its plan.yaml names no model, so the base its LoRA adapter "
+                            "(output/) was trained on is unknown.", title="Model",
+                            fix=f"Restore {path / 'plan.yaml'} (its model: line), or merge the run first "
+                                f"(llmwizard merge {path}) and pass the merged directory as the model.")
+        if Path(base).expanduser().resolve() == path.resolve():
+            raise UserError(f"Run directory {path} names itself as its model.", title="Model",
+                            fix=f"Restore {path / 'plan.yaml'}'s model: line.")
+        return RunStart(path, output, True, base, bool(plan.get("trust_remote_code")))
+    if (output / "config.json").is_file() and any((output / name).is_file() for name in _MODEL_WEIGHTS):
+        return RunStart(path, output, False, "", bool(plan.get("trust_remote_code")))
+    raise UserError(f"Run directory {path} has no finished model in output/ (no adapter_model.safetensors nor "
+                    "model.safetensors): the run has not finished, or stopped before its final save.",
+                    title="Model", fix=f"Finish it first (llmwizard resume {path}), or pass a run directory whose "
+                                       "run finished, or a model directory.")
+
+
+def _run_plan(path: Path) -> dict[str, Any]:
+    """The run's plan.yaml as plain data (the model and its consent are all that is read here)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((path / "plan.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UserError(f"Run directory {path}: plan.yaml cannot be read ({type(exc).__name__}).", title="Model",
+                        fix=f"Restore {path / 'plan.yaml'}, or pass a model directory.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"Run directory {path}: plan.yaml holds no plan.", title="Model",
+                        fix=f"Restore {path / 'plan.yaml'}, or pass a model directory.")
+    return data
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _spec_from_run(start: RunStart, trust_remote_code: bool) -> ModelSpec:
+    """The run's model as the planner sizes it: the base's spec for an adapter (merging it changes no
+    shape), or the full weights' own config; named and loaded as the run directory."""
+    consent = trust_remote_code or start.trust_remote_code
+    if start.adapter:
+        spec = load_model_spec(start.base, trust_remote_code=consent)
+    else:
+        spec = _spec_from_file(start.run_dir.name, "local", str(start.weights.resolve()),
+                               start.weights / "config.json", consent)
+    return dataclasses.replace(spec, name=start.run_dir.name, source="local", path=str(start.run_dir.resolve()),
+                               catalog_name=None)
 
 
 def catalog_names() -> list[str]:

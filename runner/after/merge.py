@@ -154,12 +154,21 @@ def refuse_vision_language(plan: Plan, command: str) -> None:
 
 
 def base_model_path(plan: Plan) -> str:
-    """Where the base weights are; a UserError when they are not on this machine nor fetchable."""
+    """Where the base weights are; a UserError when they are not on this machine nor fetchable. A
+    run that started from another run (a DPO run on an SFT run's result) has that result as its base."""
     if plan.model_source == "embedded":
         from llmwizard.autotune.embedded.vision import ensure_embedded
 
         return str(ensure_embedded(plan.model))
     if plan.model_source == "local":
+        from llmwizard.autotune.model.model_spec import run_start
+
+        if run_start(Path(plan.model)) is not None:
+            # The run started from another run's result: its full weights, or its adapter merged into
+            # its base (as the ranks loaded it; made once into the cache).
+            from llmwizard.runner.rank.start import start_model
+
+            return start_model(plan.model, plan.trust_remote_code)
         if not _holds_weights(Path(plan.model)):
             raise UserError(f"The base model {plan.model} is not there any more (no config.json).",
                             title="Model weights",

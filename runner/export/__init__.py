@@ -3,7 +3,8 @@
     plan.yaml               the Plan itself; loads back into an equal Plan
     accelerate_config.yaml  accelerate's config (CPU, DDP, FSDP2 or DeepSpeed)
     ds_config.json          DeepSpeed ZeRO-2/3, "auto" wherever the HF Trainer fills the value
-    sft_config.yaml         TRL's TrlParser format (ScriptArguments + SFTConfig + ModelConfig)
+    sft_config.yaml         TRL's TrlParser format (ScriptArguments + SFTConfig + ModelConfig); a preference
+                            or reward task's is dpo_, orpo_, kto_ or grpo_config.yaml, with its config class
     launch.sh               the exact command, runnable from anywhere: `bash launch.sh`
     slurm.sbatch            multi-node runs under Slurm
     README.txt              how to rerun
@@ -43,6 +44,8 @@ from llmwizard.runner.export.configs import (  # noqa: F401 (the exporters' publ
     fsdp_environment,
     parallelism_environment,
     sft_config,
+    task_keys,
+    trl_config,
 )
 from llmwizard.runner.export.safe_files import StagedFiles, check_target, fault, make_directories, remove_empty
 from llmwizard.runner.export.scripts import (  # noqa: F401
@@ -56,7 +59,7 @@ from llmwizard.runner.export.scripts import (  # noqa: F401
 
 
 # The files a launch reads: an edit to one of these changes what trains.
-LAUNCH_FILES = ("accelerate_config.yaml", DS_CONFIG, "sft_config.yaml", "launch.sh", "slurm.sbatch", HOSTFILE)
+LAUNCH_FILES = ("accelerate_config.yaml", DS_CONFIG, *rundir.TRL_CONFIGS, "launch.sh", "slurm.sbatch", HOSTFILE)
 EDIT_CHOICES = ("refuse", "keep", "discard")
 
 
@@ -76,8 +79,11 @@ def render(plan: Plan, python: str | None = None) -> dict[str, tuple[str, int]]:
     ds = deepspeed_config(plan)
     if ds is not None:
         files[DS_CONFIG] = (json.dumps(ds, indent=2) + "\n", 0o644)
-    header = "# TRL SFT config (TrlParser): python -m llmwizard.runner.rank.train --config sft_config.yaml\n"
-    files["sft_config.yaml"] = (header + _yaml(sft_config(plan)), 0o644)
+    name = rundir.trl_config_name(plan.task)
+    task = "" if plan.task == "sft" else f" --task {plan.task}"
+    header = (f"# TRL {plan.task.upper()} config (TrlParser): python -m llmwizard.runner.rank.train "
+              f"--config {name}{task}\n")
+    files[name] = (header + _yaml(trl_config(plan)), 0o644)
     files["launch.sh"] = (launch_script(plan, python), 0o755)
     if plan.num_machines > 1:
         files["slurm.sbatch"] = (slurm_script(plan), 0o755)

@@ -1,14 +1,17 @@
-"""The run's configuration files as data: accelerate YAML, DeepSpeed JSON, TRL's SFT YAML.
+"""The run's configuration files as data: accelerate YAML, DeepSpeed JSON, TRL's YAML for the task.
 
 Pure functions of a Plan. Every key is one the reading library knows: accelerate's config
 loader, the HF Trainer's DeepSpeed integration ("auto" wherever it fills the value), and TRL's
-TrlParser (ScriptArguments + SFTConfig + ModelConfig fields), which the tests hold them to.
+TrlParser (ScriptArguments + the task's config class + ModelConfig fields: SFTConfig, DPOConfig,
+trl.experimental.orpo's ORPOConfig, KTOConfig or GRPOConfig), which the tests hold them to.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.plan import Plan
 from llmwizard.autotune.memory.savers import ADAMW_FUSED, GALORE_TARGETS, LOW_RANK_ARGS, TORCHAO_OPTIMIZERS, fused_in_backward
 from llmwizard.runner.rundir import DS_CONFIG, HOSTFILE, METRICS_FILE, OUTPUT_DIR, REPORT_FILE, TENSORBOARD_DIR  # noqa: F401 (re-exported)
@@ -241,8 +244,75 @@ def deepspeed_config(plan: Plan) -> dict[str, Any] | None:
     return config
 
 
+# The keys of the SFT YAML that a task's config class has no field for (what TRL 1.16's DPOConfig,
+# ORPOConfig, KTOConfig and GRPOConfig lack; tests/test_task_export.py holds this to the classes).
+# Packing is SFT's; ORPO and GRPO have no activation offloading; ORPO pads to no multiple; GRPO
+# truncates no sequence (its length is the prompt plus max_completion_length).
+_NOT_A_FIELD: dict[str, tuple[str, ...]] = {
+    "sft": (),
+    "dpo": ("packing", "packing_strategy"),
+    "kto": ("packing", "packing_strategy"),
+    "orpo": ("packing", "packing_strategy", "activation_offloading", "pad_to_multiple_of"),
+    "grpo": ("packing", "packing_strategy", "activation_offloading", "max_length"),
+}
+# Of those, the ones that carry a choice of plan.yaml: a task that cannot take it is refused by its key.
+_PLAN_KEYS = {"packing": "packing", "packing_strategy": "packing", "activation_offloading": "activation_offloading",
+              "pad_to_multiple_of": "context_parallel"}
+
+
+def trl_config(plan: Plan) -> dict[str, Any]:
+    """The TRL YAML of the plan's task (rundir.trl_config_name): flat TrlParser keys, every one a field
+    of ScriptArguments, the task's config class or ModelConfig. SFT's is `sft_config`; a preference
+    or reward task takes what it shares with SFT and adds its own settings (`task_keys`)."""
+    config = sft_config(plan)
+    if plan.task == "sft":
+        return config
+    for key in _NOT_A_FIELD[plan.task]:
+        value = config.pop(key, None)
+        if value and key in _PLAN_KEYS:
+            setting = _PLAN_KEYS[key]
+            raise UserError(f"plan.yaml sets {setting}: {getattr(plan, setting)!r}, which TRL's {plan.task.upper()} "
+                            "trainer cannot do.", title="Task",
+                            fix=f"Set {setting} back to its default in plan.yaml, or train with task sft.")
+    config.update(task_keys(plan))
+    return config
+
+
+def task_keys(plan: Plan) -> dict[str, Any]:
+    """A preference or reward task's own keys, from plan.task_settings."""
+    settings = plan.task_settings
+    assert settings is not None, "a task other than sft has task_settings (Plan checks it)"
+    keys: dict[str, Any] = {"beta": settings.beta}
+    if plan.task in ("dpo", "kto"):
+        # The reference's log-probabilities in one pass over the data before training: no second model
+        # (full fine-tuning) and no adapter-disabled forward per step (LoRA) while training.
+        keys["precompute_ref_log_probs"] = settings.reference == "precompute"
+    if plan.task == "orpo" and settings.max_completion_length is not None:
+        keys["max_completion_length"] = settings.max_completion_length
+    if plan.task == "grpo":
+        assert settings.num_generations is not None and settings.max_completion_length is not None
+        keys.update({
+            "num_generations": settings.num_generations,
+            "max_completion_length": settings.max_completion_length,
+            "temperature": settings.temperature if settings.temperature is not None else 1.0,
+            # Evaluation samples whole groups too: GRPOConfig requires per-device eval batch x processes
+            # to divide by num_generations.
+            "per_device_eval_batch_size": grpo_eval_batch(plan.micro_batch, plan.num_processes,
+                                                          settings.num_generations),
+        })
+    return keys
+
+
+def grpo_eval_batch(micro_batch: int, processes: int, generations: int) -> int:
+    """The smallest per-device eval batch of at least `micro_batch` whose total over the processes
+    holds whole groups of `generations` completions."""
+    step = generations // math.gcd(generations, processes)
+    return step * -(-micro_batch // step)
+
+
 def sft_config(plan: Plan) -> dict[str, Any]:
-    """Flat TrlParser keys; every one is a field of ScriptArguments, SFTConfig or ModelConfig."""
+    """Flat TrlParser keys; every one is a field of ScriptArguments, SFTConfig or ModelConfig.
+    Preference and reward tasks start from these (`trl_config`)."""
     cpu = plan.device == "cpu"
     evaluate = plan.eval_fraction > 0
     config: dict[str, Any] = {

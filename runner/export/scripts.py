@@ -17,7 +17,10 @@ import shlex
 import sys
 
 from llmwizard.autotune.plan import Plan
-from llmwizard.runner.export.configs import HOSTFILE, METRICS_FILE, OUTPUT_DIR, fsdp_environment, parallelism_environment
+from llmwizard.runner.export.configs import (HOSTFILE, METRICS_FILE, OUTPUT_DIR, fsdp_environment,
+                                             parallelism_environment)
+from llmwizard.runner.rundir import trl_config_name
+from llmwizard.runner.runlock import TRAIN_MODULE
 
 
 class Expansion(str):
@@ -39,10 +42,18 @@ IS_HOST = Expansion("is_host=$(( ${MACHINE_RANK:-0} == 0 ))")
 
 
 def train_arguments(plan: Plan) -> list[str]:
-    """What follows the launcher: the per-rank entry and its options."""
-    args = ["-m", "llmwizard.runner.rank.train", "--config", "sft_config.yaml", "--metrics-file", METRICS_FILE]
+    """What follows the launcher: the per-rank entry and its options (every launch path takes these:
+    launch.sh under each launcher, and through it slurm.sbatch, SkyPilot and Kubernetes; Ray's
+    worker calls the entry with them). A task other than SFT names itself (`--task`), and GRPO its
+    reward functions (`--reward`, one importable name each)."""
+    args = ["-m", TRAIN_MODULE, "--config", trl_config_name(plan.task), "--metrics-file", METRICS_FILE]
     if plan.eval_fraction > 0:
         args += ["--eval-fraction", f"{plan.eval_fraction:g}"]
+    if plan.task != "sft":
+        args += ["--task", plan.task]
+    if plan.task == "grpo" and plan.task_settings is not None:
+        for name in plan.task_settings.rewards:
+            args += ["--reward", name]
     return args
 
 
@@ -75,7 +86,7 @@ def launch_command(plan: Plan, python: str = Expansion("$PYTHON")) -> tuple[list
             env.update(fsdp_environment(plan))
         else:  # Ulysses' mesh, as accelerate launch would export it (empty without it)
             env.update(parallelism_environment(plan))
-        # ZeRO: sft_config.yaml names ds_config.json in the Trainer's `deepspeed` field.
+        # ZeRO: the TRL YAML (sft_config.yaml, ...) names ds_config.json in the Trainer's `deepspeed` field.
         return argv + train_arguments(plan), env
     # The deepspeed launcher counts devices only to fill a missing --num_gpus (on the CPU
     # accelerator: $LOCAL_SIZE or the NUMA nodes); --num_gpus sets the processes per machine.
@@ -202,7 +213,7 @@ def readme_text(plan: Plan) -> str:
         "Rerun:    bash launch.sh                 (the files as they are; from any directory)",
         f"Resume:   llmwizard resume .  or  bash launch.sh --resume   (from the last checkpoint in {OUTPUT_DIR}/)",
         "Follow:   llmwizard watch .   Stop: llmwizard stop .   State: llmwizard status .",
-        "Override: bash launch.sh --max_steps 100 (any sft_config.yaml key, as TRL's --key value)",
+        f"Override: bash launch.sh --max_steps 100 (any {trl_config_name(plan.task)} key, as TRL's --key value)",
         "Edit plan.yaml, not the files made from it: `llmwizard run` exports them again and never",
         "overwrites a hand edit silently (.llmwizard/manifest.json holds each file's sha256).",
     ]
@@ -214,7 +225,7 @@ def readme_text(plan: Plan) -> str:
         ]
     lines += [
         "",
-        "Files: plan.yaml (every choice and its reason), accelerate_config.yaml, sft_config.yaml (TRL),",
+        f"Files: plan.yaml (every choice and its reason), accelerate_config.yaml, {trl_config_name(plan.task)} (TRL),",
         (f"{'ds_config.json (DeepSpeed), ' if plan.strategy.startswith('zero') else ''}launch.sh, "
          f"train.log, metrics.jsonl, {result}."),
         "train.log names the strategy that really ran: `llmwizard: strategy=... world_size=...`.",

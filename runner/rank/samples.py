@@ -12,6 +12,9 @@ ZeRO-3) every rank generates the same prompts in step (`synced_gpus`), since eac
 its layers from all ranks. The summary shows the first. `llmwizard try RUN "prompt"` uses the
 same generation for the tuned model and the base side by side (llmwizard.wizard.after_commands).
 
+Preference and reward runs (DPO, ORPO, KTO, GRPO) write them too, from their held-out prompts: the
+reference is the chosen (or desirable) response, or the prompt's `answer` (`split_example`).
+
 Prompts go through the tokenizer's chat template when it has one (what serving will do), else as
 plain text. Reading samples.jsonl (`read_samples`) needs no torch; generating does.
 """
@@ -51,17 +54,21 @@ def content_text(content: Any) -> str:
 def split_example(row: dict[str, Any]) -> tuple[list[dict[str, Any]] | str, str] | None:
     """(prompt, reference) of a row in a TRL format: the conversation up to the last assistant turn
     and that turn; a prompt/completion pair; the first half of a text's words and the rest.
+    Preference and reward rows: a pair's prompt and its chosen response (explicit, or the prompt
+    implicit in a conversation); an unpaired row's prompt and its completion when it is desirable
+    (label true; an undesirable one is no reference); a prompt and its `answer` (GRPO's rows).
     None when the row has nothing to complete. A multimodal turn keeps its content list (its image
     parts are where the row's images go); the reference is the answer's text."""
     if isinstance(row.get("messages"), list):
-        messages = [m for m in row["messages"] if isinstance(m, dict)]
-        last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
-        if not last:
-            return None
-        prompt = [{"role": str(m.get("role")),
-                   "content": m["content"] if isinstance(m.get("content"), list) else content_text(m.get("content"))}
-                  for m in messages[:last]]
-        return prompt, content_text(messages[last].get("content"))
+        return _split_conversation(row["messages"])
+    if "chosen" in row:
+        if "prompt" not in row:  # implicit prompt: the chosen conversation up to its last answer
+            return _split_conversation(row["chosen"]) if isinstance(row["chosen"], list) else None
+        return split_example({"prompt": row["prompt"], "completion": row["chosen"]})
+    if "label" in row and row["label"] is not True:
+        return None
+    if "prompt" in row and "completion" not in row and row.get("answer") is not None:
+        return split_example({"prompt": row["prompt"], "completion": str(row["answer"])})
     if "prompt" in row and "completion" in row:
         prompt, completion = row["prompt"], row["completion"]
         if isinstance(completion, list):
@@ -76,6 +83,18 @@ def split_example(row: dict[str, Any]) -> tuple[list[dict[str, Any]] | str, str]
         half = len(words) // 2
         return " ".join(words[:half]), " ".join(words[half:])
     return None
+
+
+def _split_conversation(turns: list[Any]) -> tuple[list[dict[str, Any]], str] | None:
+    """The conversation up to its last assistant turn, and that turn's text."""
+    messages = [m for m in turns if isinstance(m, dict)]
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+    if not last:
+        return None
+    prompt = [{"role": str(m.get("role")),
+               "content": m["content"] if isinstance(m.get("content"), list) else content_text(m.get("content"))}
+              for m in messages[:last]]
+    return prompt, content_text(messages[last].get("content"))
 
 
 def prompt_text(prompt: list[dict[str, str]] | str) -> str:

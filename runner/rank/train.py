@@ -1,9 +1,20 @@
 """The per-rank training entry: `python -m llmwizard.runner.rank.train --config sft_config.yaml [options]`.
 
 Every launcher (accelerate launch, torchrun, deepspeed) starts this module once per rank. The
-TRL YAML carries everything TRL knows (ScriptArguments + SFTConfig + ModelConfig, parsed by
-TrlParser, unknown keys refused); the few things it has no field for are options here, so the
-launch command shows them.
+TRL YAML carries everything TRL knows (ScriptArguments + the task's config class + ModelConfig,
+parsed by TrlParser, unknown keys refused); the few things it has no field for are options here,
+so the launch command shows them:
+
+    --task sft|dpo|orpo|kto|grpo   what the run optimises (default sft): the config class and the
+                                   trainer (llmwizard.runner.rank.tasks); the YAML is that task's
+                                   (dpo_config.yaml, ...)
+    --reward NAME [NAME ...]       GRPO's reward functions, importable `module.function` names
+                                   (repeatable; llmwizard.runner.rank.rewards.exact_answer scores the
+                                   embedded prompts)
+    --metrics-file, --eval-fraction, --resume, --probe, --probe-dir   as below
+
+The model may be a finished run directory (a DPO run from an SFT run's result): its full weights,
+or its LoRA adapter merged into its base (llmwizard.runner.rank.start).
 
 A user mistake (a dataset without usable columns, a model directory that does not load) ends the
 rank with a one-paragraph message on stderr and exit code 2, never a traceback. Rank 0 prints
@@ -14,12 +25,14 @@ itself, so train.log says which strategy really ran (not only which one was aske
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from llmwizard.autotune.errors import UserError
+from llmwizard.runner.runlock import STATE_DIR
 from llmwizard.runner.rank.patches import (LibraryChanged, adalomo_keeps_its_moments, allow_fsdp_on_cpu,
                                       deepspeed_skips_its_shm_kernel,
                                       peft_sees_through_checkpoint_wrappers)
@@ -30,7 +43,13 @@ __all__ = ["allow_fsdp_on_cpu", "main", "train"]
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    from llmwizard.runner.rank.tasks import TASKS
+
     parser = argparse.ArgumentParser(prog="python -m llmwizard.runner.rank.train", add_help=False)
+    parser.add_argument("--task", choices=TASKS, default="sft",
+                        help="what the run optimises: the TRL config class and trainer (llmwizard.runner.rank.tasks)")
+    parser.add_argument("--reward", action="extend", nargs="+", default=[], metavar="NAME",
+                        help="GRPO: a reward function as an importable module.function name (repeatable)")
     parser.add_argument("--metrics-file", default="metrics.jsonl",
                         help="JSON-lines metrics written by rank 0")
     parser.add_argument("--eval-fraction", type=float, default=0.0,
@@ -74,11 +93,18 @@ def main(argv: list[str] | None = None, extra_callbacks: list[Any] | None = None
 
 
 def train(own: argparse.Namespace, trl_argv: list[str], extra_callbacks: list[Any] | None = None) -> int:
-    from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
+    from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
-    parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig))
+    from llmwizard.runner.rank.tasks import build_trainer, config_class, load_rewards
+
+    # Before anything loads: a reward that does not import is the user's to fix, said at once.
+    rewards = load_rewards(own.task, list(own.reward))
+    # Before the training arguments: they set up the process group, FSDP's rank-0-only loading and
+    # DeepSpeed's zero.Init, and merging a run directory's adapter into its base loads whole models.
+    model_path = resolve_model(*model_to_load(trl_argv))
+    parser = TrlParser((ScriptArguments, config_class(own.task), ModelConfig))
     script_args, training_args, model_args = parser.parse_args_and_config(trl_argv)
-    if own.probe and training_args.max_length:
+    if own.probe and getattr(training_args, "max_length", None) and hasattr(training_args, "pad_to_multiple_of"):
         # Every sequence padded to max_length: the probe measures the worst batch the run can see.
         training_args.pad_to_multiple_of = training_args.max_length
     import torch
@@ -95,10 +121,16 @@ def train(own: argparse.Namespace, trl_argv: list[str], extra_callbacks: list[An
             # zero.Init (ZeRO-3 loading) and Ulysses' sequence-parallel groups need it before the Trainer
             join_deepspeed_comm()
 
-    # After the training arguments: they set up the process group, FSDP's rank-0-only loading
-    # and DeepSpeed's zero.Init, which from_pretrained must see.
-    model_path = resolve_model(model_args.model_name_or_path)
-    train_dataset, eval_dataset = load_splits(script_args, training_args, own.eval_fraction)
+    # From here on after the training arguments: they set up the process group, FSDP's rank-0-only
+    # loading and DeepSpeed's zero.Init, which from_pretrained must see.
+    train_dataset, eval_dataset = load_splits(script_args, training_args, own.eval_fraction, own.task)
+    if getattr(training_args, "precompute_ref_log_probs", False):
+        # TRL keeps the precomputed reference log-probs in an Arrow file beside the dataset's own, written
+        # by rank 0 and read by every rank: rows built in memory have no such place (each rank would look
+        # in its own temporary folder), so they are written into the run directory first.
+        folder = Path(own.metrics_file).parent / STATE_DIR / "datasets"
+        train_dataset = on_disk(train_dataset, folder, "train")
+        eval_dataset = None if eval_dataset is None else on_disk(eval_dataset, folder, "eval")
     # Rows with images train through TRL's vision path: the image-text model class and its
     # processor (image processor + tokenizer + chat template) instead of the tokenizer alone.
     vision = "images" in train_dataset.column_names
@@ -116,15 +148,9 @@ def train(own: argparse.Namespace, trl_argv: list[str], extra_callbacks: list[An
                                      * training_args.gradient_accumulation_steps * training_args.world_size
                                      * own.probe)
         callbacks.append(ProbeCallback(own.probe_dir))
-    trainer = SFTTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
-        callbacks=callbacks,
-    )
+    trainer = build_trainer(own.task, model=model, args=training_args, train_dataset=train_dataset,
+                            eval_dataset=eval_dataset, processing_class=tokenizer,
+                            peft_config=get_peft_config(model_args), callbacks=callbacks, rewards=rewards)
     resume: str | bool | None = training_args.resume_from_checkpoint
     if own.resume:
         resume = last_checkpoint(training_args.output_dir) or None
@@ -136,6 +162,10 @@ def train(own: argparse.Namespace, trl_argv: list[str], extra_callbacks: list[An
         return 0
     if trainer.accelerator.is_main_process:
         print(strategy_line(trainer), flush=True)
+        if own.task != "sft":
+            from llmwizard.runner.rank.tasks import task_line
+
+            print(task_line(trainer, own.task), flush=True)
     if trainer.is_fsdp_enabled:
         # Checkpoints may be sharded (fast, resumable); the result is gathered whole so plain
         # transformers/PEFT load it. Trainer.save_model writes nothing for a sharded state dict.
@@ -259,12 +289,30 @@ def strategy_line(trainer: Any) -> str:
     return f"llmwizard: strategy={strategy} world_size={accelerator.num_processes} " + " ".join(details)
 
 
-def resolve_model(name: str | None) -> Path | str:
-    from llmwizard.autotune.embedded.vision import ensure_embedded
+@dataclasses.dataclass
+class ModelConsent:
+    """The one training-argument field the model's loading reads before the training arguments exist."""
 
-    if name is None or name.startswith("embedded:"):
-        return ensure_embedded(name)
-    return name
+    trust_remote_code: bool = False
+
+
+def model_to_load(trl_argv: list[str]) -> tuple[str | None, bool]:
+    """(model_name_or_path, trust_remote_code) from the YAML and the command line, read with
+    ModelConfig alone: no training arguments are built, so no process group is set up yet."""
+    from trl import ModelConfig, TrlParser
+
+    model_args, consent, _ = TrlParser((ModelConfig, ModelConsent)).parse_args_and_config(
+        trl_argv, return_remaining_strings=True)
+    return model_args.model_name_or_path, consent.trust_remote_code
+
+
+def resolve_model(name: str | None, trust_remote_code: bool = False) -> Path | str:
+    """What from_pretrained loads: an embedded model's directory (built once), a run directory's
+    result (its full weights, or its adapter merged into its base: llmwizard.runner.rank.start), or
+    the name as it is."""
+    from llmwizard.runner.rank.start import start_model
+
+    return start_model(name, trust_remote_code)
 
 
 def load_model(path: str, model_args: Any, training_args: Any, vision: bool = False) -> tuple[Any, Any]:
@@ -306,25 +354,26 @@ def load_model(path: str, model_args: Any, training_args: Any, vision: bool = Fa
                 model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"Model '{path}' could not be loaded: {str(exc).splitlines()[0]}", title="Model",
-                        fix="Point model_name_or_path in sft_config.yaml at a directory saved with "
-                            "save_pretrained() (config.json, weights, tokenizer), or a hub name you can reach.") from None
+                        fix="Point model_name_or_path in the run's TRL YAML (sft_config.yaml, ...) at a directory "
+                            "saved with save_pretrained() (config.json, weights, tokenizer), a finished run "
+                            "directory, or a hub name you can reach.") from None
     text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor holds one
     if text_tokenizer.pad_token is None:
         text_tokenizer.pad_token = text_tokenizer.eos_token  # padding positions are masked out of the loss
     return model, tokenizer
 
 
-def load_splits(script_args: Any, training_args: Any, eval_fraction: float) -> tuple[Any, Any]:
-    """Train and eval splits, normalised to a TRL format with autotune's row mapping."""
+def load_splits(script_args: Any, training_args: Any, eval_fraction: float, task: str = "sft") -> tuple[Any, Any]:
+    """Train and eval splits, normalised to the task's TRL format with autotune's row mapping."""
     import datasets
 
     from llmwizard.autotune.data.dataset import load_rows, local_path, normalize_rows, resolve_dataset
 
-    source = resolve_dataset(script_args.dataset_name)
+    source = resolve_dataset(script_args.dataset_name, **_task(task))
     test = None
     if local_path(source) is not None:
         # The same reader and row mapping the planner profiled, so what was measured is what trains.
-        _, rows = normalize_rows(load_rows(source), source)
+        _, rows = normalize_rows(load_rows(source), source, **_task(task))
         train = datasets.Dataset.from_list(rows)
         if "images" in train.column_names:
             # Paths and bytes become images the collator reads when a batch is built.
@@ -334,10 +383,11 @@ def load_splits(script_args: Any, training_args: Any, eval_fraction: float) -> t
             loaded = datasets.load_dataset(source, name=script_args.dataset_config)
         except Exception as exc:  # offline, unknown name, gated: all are the user's to fix
             raise UserError(f"Could not load dataset '{source}': {str(exc).splitlines()[0]}", title="Dataset",
-                            fix="Check the name and your network, or pass a local JSONL/JSON/CSV/Parquet file.") from None
-        train = _normalized(loaded[script_args.dataset_train_split], source)
+                            fix="Check the name and your network, or pass a local JSONL/JSON/CSV/Parquet "
+                                "file.") from None
+        train = _normalized(loaded[script_args.dataset_train_split], source, task)
         if training_args.eval_strategy != "no" and script_args.dataset_test_split in loaded:
-            test = _normalized(loaded[script_args.dataset_test_split], source)
+            test = _normalized(loaded[script_args.dataset_test_split], source, task)
     if training_args.eval_strategy == "no":
         return train, None
     if test is not None:
@@ -347,6 +397,13 @@ def load_splits(script_args: Any, training_args: Any, eval_fraction: float) -> t
                         fix="Pass --eval-fraction 0.1 to hold out rows, or set eval_strategy: 'no'.")
     split = train.train_test_split(test_size=eval_fraction, seed=training_args.seed)
     return split["train"], split["test"]
+
+
+def on_disk(dataset: Any, folder: Path, name: str) -> Any:
+    """`dataset` backed by an Arrow file in `folder` (named by the rows' fingerprint, so every rank of
+    the run, and a rerun on the same rows, reads the same file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return dataset.flatten_indices(cache_file_name=str(folder / f"{name}-{dataset._fingerprint}.arrow"))
 
 
 def longest_rows(dataset: Any, count: int) -> Any:
@@ -360,11 +417,16 @@ def longest_rows(dataset: Any, count: int) -> Any:
     return dataset.select([order[i % len(order)] for i in range(max(1, count))])
 
 
-def _normalized(dataset: Any, source: str) -> Any:
-    """Map a hub split to a TRL format; the error names the columns or the first bad row."""
+def _task(task: str) -> dict[str, Any]:
+    """The data functions' task keyword (the shape the task reads); none for SFT."""
+    return {} if task == "sft" else {"task": task}
+
+
+def _normalized(dataset: Any, source: str, task: str = "sft") -> Any:
+    """Map a hub split to the task's TRL format; the error names the columns or the first bad row."""
     from llmwizard.autotune.data.dataset import detect_format
 
-    fmt, convert = detect_format(dataset.column_names)
+    fmt, convert = detect_format(dataset.column_names, **_task(task))
 
     def checked(row: dict[str, Any], index: int) -> dict[str, Any]:
         try:

@@ -23,13 +23,13 @@ DRIVER_HELP = "Run the plan's training on a Ray cluster with Ray Train (extra ar
 def worker_arguments(run_dir: Path) -> tuple[list[str], dict[str, str]]:
     """(arguments of the training entry, environment) as launch.sh under torchrun would give them."""
     from llmwizard.autotune.plan import Plan
-    from llmwizard.runner.export.configs import DS_CONFIG, sft_config
+    from llmwizard.runner.export.configs import DS_CONFIG, trl_config
     from llmwizard.runner.export.scripts import launch_command, train_arguments
 
     plan = Plan.load(run_dir / "plan.yaml")
     _, env = launch_command(dataclasses.replace(plan, launcher="torchrun"))
     args = train_arguments(plan)[2:]  # without "-m llmwizard.runner.rank.train"
-    if plan.strategy.startswith("zero") and "deepspeed" not in sft_config(plan):
+    if plan.strategy.startswith("zero") and "deepspeed" not in trl_config(plan):
         args += ["--deepspeed", DS_CONFIG]  # what accelerate launch would have handed the Trainer
     env.update({"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
     return args, env
