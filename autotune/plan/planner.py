@@ -72,8 +72,8 @@ def plan(hardware: HardwareProfile, model: ModelSpec, dataset: DatasetProfile, g
     task = goals.task_name
     if task != "sft":  # (SFT plans read as before)
         record.take("task", task_steps.task(goals))
-    lr = record.take("learning_rate", task_steps.learning_rate(goals, lr, record.reasons.get("learning_rate", "")))
-    epochs = record.take("epochs", task_steps.epochs(goals, epochs, record.reasons.get("epochs", "")))
+    lr = record.take("learning_rate", task_steps.learning_rate(goals, lr, record.reasons.get("learning_rate", ""), model))
+    epochs = record.take("epochs", task_steps.epochs(goals, epochs, record.reasons.get("epochs", ""), dataset))
     settings_decision = task_steps.settings(goals, dataset, method, model)
     settings = record.take("task_settings", settings_decision) if settings_decision else None
     lora = record.take("lora", step.lora(model, goals, rule, method))

@@ -65,12 +65,16 @@ def task(goals: Goals) -> Decision[Task]:
     return Decision(name, f"{TASK_WORDS[name]}" + (f" ({goals.origin('task')})" if goals.task else " (the default)"))
 
 
-def learning_rate(goals: Goals, lr: float, reason: str) -> Decision[float]:
-    """The task's rate from the SFT step's (`lr`, `reason`): a tenth for DPO, KTO and GRPO."""
+def learning_rate(goals: Goals, lr: float, reason: str, model: ModelSpec | None = None) -> Decision[float]:
+    """The task's rate from the SFT step's (`lr`, `reason`): a tenth for DPO, KTO and GRPO, except
+    on the embedded toy model, whose few weights move visibly only at the SFT rate."""
     name = goals.task_name
     factor = LR_FACTOR.get(name, 1.0)
     if name == "sft" or "learning_rate" in goals.explicit or goals.learning_rate is not None or factor == 1.0:
         return Decision(lr, reason)
+    if model is not None and model.source == "embedded":
+        return Decision(lr, f"{reason}; the SFT rate, not a tenth of it as for pretrained models: the embedded "
+                            "toy model's margins and rewards move visibly only at this rate")
     return Decision(lr * factor, f"{lr * factor:g}: a tenth of the SFT rate for {name.upper()} ({reason}); "
                                  "preference tuning moves a model that already answers, and published runs use an "
                                  "order of magnitude less than their SFT")
@@ -82,11 +86,20 @@ def learning_rate(goals: Goals, lr: float, reason: str) -> Decision[float]:
 TASK_EPOCHS = {"dpo": 3.0, "kto": 3.0, "orpo": 3.0, "grpo": 1.0}
 
 
-def epochs(goals: Goals, value: float, reason: str) -> Decision[float]:
+# The embedded prompts on the CPU: a quarter pass (about 200 prompts, 100 steps of 16 completions)
+# shows the exact-answer reward rising in minutes; a whole pass takes an hour on two cores.
+EMBEDDED_GRPO_EPOCHS = 0.25
+
+
+def epochs(goals: Goals, value: float, reason: str, dataset: DatasetProfile | None = None) -> Decision[float]:
     """The task's passes over the data, in place of the SFT rule's (`value`, `reason`)."""
     name = goals.task_name
     if name == "sft" or goals.epochs is not None:
         return Decision(value, reason)
+    if name == "grpo" and dataset is not None and dataset.source.startswith("embedded:"):
+        return Decision(EMBEDDED_GRPO_EPOCHS, f"{EMBEDDED_GRPO_EPOCHS:g} epoch: a quarter of the embedded prompts "
+                                              "(each step samples new completions) shows the reward rising in "
+                                              "minutes on a CPU; a whole pass takes an hour")
     wanted = TASK_EPOCHS[name]
     why = ("one pass over the prompts: every step samples new completions" if name == "grpo" else
            "preference runs take 1 to 3 passes (TRL's default 3), and overfit the pairs beyond")
