@@ -10,6 +10,14 @@ training and validation loss should both fall; validation loss rising while trai
 means overfitting; a loss that does not move means too little signal; an initial loss above ~10
 usually means truncated or badly formatted inputs. NaN/Inf and sudden spikes are the usual
 signs of divergence (too high a learning rate, fp16 overflow, bad data).
+
+Preference and reward runs (DPO, ORPO, KTO, GRPO) are judged by what their trainers log besides
+the loss (llmwizard.runner.metrics): a reward margin that stops growing while the pairs are not yet
+ranked right, chosen answers growing less likely along with the rejected ones (likelihood
+displacement), a KL to the reference that keeps climbing, and GRPO groups whose completions all
+score alike (no signal: the task is too hard or too easy). GRPO's loss is a policy-gradient
+surrogate whose value says nothing of progress, so the loss rules that read its level or trend
+are not applied to it; DPO and KTO have the margin rule in place of the flat-loss one.
 """
 
 from __future__ import annotations
@@ -20,7 +28,20 @@ from dataclasses import asdict, dataclass
 from itertools import pairwise
 from typing import Any
 
-from llmwizard.runner.metrics import current_records, loss_series
+from llmwizard.runner.metrics import (
+    COMPLETION_CLIPPED,
+    KL,
+    LOGPS_CHOSEN,
+    LOGPS_REJECTED,
+    REWARD,
+    REWARD_ACCURACY,
+    REWARD_MARGIN,
+    REWARD_STD,
+    ZERO_STD,
+    current_records,
+    loss_series,
+    records_task,
+)
 
 # Google's guidance: "an initial loss above ~10 usually means inputs longer than the context
 # were truncated (check format and lengths)". A pretrained model fine-tuned on text in its own
@@ -80,6 +101,48 @@ PLATEAU_MIN_LOGS = 8   # too few points to call a trend below this
 # Still falling at the end: the last quarter is this much below the third quarter.
 STILL_FALLING_DROP = 0.05
 
+# ----------------------------------------------------------------------------- preference and reward runs
+# A trend is judged from this many logs on, and (while the run goes on) only from half the run on,
+# as the flat loss is: the same reasons hold (too few points; warmup).
+TASK_MIN_LOGS = PLATEAU_MIN_LOGS
+# Reward accuracy at which the pairs count as ranked right: above it nearly every pair is, and a
+# margin that stops growing there has converged rather than stalled.
+ACCURACY_DONE = 0.9
+# KTO logs no accuracy (its rows are unpaired): the margin at which the Bradley-Terry model the
+# preference losses stand on gives the chosen answer ACCURACY_DONE odds, ln(0.9 / 0.1) = 2.2
+# reward units, takes its place.
+MARGIN_DONE = math.log(ACCURACY_DONE / (1 - ACCURACY_DONE))
+# A margin still being learnt grows by more than this share from the third quarter of the run to
+# the last (the loss rule's still-falling share), and by at least MARGIN_MIN_RISE reward units: near
+# 0 a share of the margin is nothing. DPO's and KTO's rewards are beta x a log-ratio summed over the
+# answer's tokens: 0.02 is 0.2 nats at the published beta 0.1. ORPO's are beta x a per-token mean
+# log-prob, some hundred times smaller on answers of a hundred tokens and more: 0.002 is 0.02 nats
+# per token.
+MARGIN_MIN_RISE_SHARE = 0.05
+MARGIN_MIN_RISE = {"dpo": 0.02, "kto": 0.02, "orpo": 0.002}
+# Below this reward accuracy more pairs are ranked wrong than right by a clear share: swapped labels.
+ACCURACY_SWAPPED = 0.4
+# Likelihood displacement: the chosen answers' log-probability fell by this share of where it began
+# (DPO and KTO sum it over the answer's tokens, ORPO averages it per token: a share means the same
+# for both, each chosen token about 10% less likely), and by at least DISPLACEMENT_MIN nats, so a
+# memorised answer's -0.02 -> -0.03 is no news; while the rejected answers' fell too.
+DISPLACEMENT_SHARE = 0.1
+DISPLACEMENT_MIN = 0.1
+# KL to the reference, running away: above this level and still growing by KL_GROWTH from one
+# quarter of the run to the next. GRPO logs it per token (k3 estimate, about half the squared
+# log-ratio): 0.1 is each sampled token's log-probability some 0.45 nats (1.6x) off the
+# reference's. KTO logs it per completion (summed over its tokens): 10 nats moves KTO's reference
+# point by a whole reward unit at the published beta 0.1.
+KL_LIMIT = {"grpo": 0.1, "kto": 10.0}
+KL_GROWTH = 1.5
+# GRPO learns from the spread inside a group: a completion's advantage is its reward minus its
+# group's mean. When this share of the groups scored all their completions alike, nearly every
+# step is wasted. Without TRL's share, a reward_std below REWARD_STD_FLOOR means the same.
+ZERO_STD_SHARE = 0.9
+REWARD_STD_FLOOR = 1e-3
+# Completions cut at max_completion_length: from this share on the cap is named as a cause.
+CLIPPED_SHARE = 0.2
+
 WARNING = "warning"
 STOP = "stop"
 
@@ -87,7 +150,8 @@ STOP = "stop"
 @dataclass(frozen=True)
 class Finding:
     code: str        # initial_loss | uniform_loss | non_finite | non_finite_grad | spike | overfitting |
-                     # plateau | still_falling
+                     # plateau | still_falling | margin_stall | likelihood_displacement | kl_runaway |
+                     # reward_zero | reward_saturated
     severity: str    # warning | stop
     step: int        # the step the finding is about (first bad step, best eval step, ...)
     title: str
@@ -128,7 +192,8 @@ def initial_loss(records: list[dict[str, Any]]) -> Finding | None:
     return None
 
 
-def divergence(records: list[dict[str, Any]], since_step: int = 0, final: bool = False) -> Finding | None:
+def divergence(records: list[dict[str, Any]], since_step: int = 0, final: bool = False,
+               task: str | None = None) -> Finding | None:
     """The first NaN/Inf loss, streak of Inf/NaN gradient norms or loss spike confirmed at or after
     `since_step`, or None. A `stop` finding: the run must end. The callback in each rank passes the
     current step, so each log is judged once; `step` of the finding is the first bad step. The
@@ -136,6 +201,7 @@ def divergence(records: list[dict[str, Any]], since_step: int = 0, final: bool =
 
     One Inf gradient norm is no divergence: with fp16 the loss scaler overflows on purpose in the
     first steps (the step is skipped). A streak is (`nonfinite_grad`); `final`: the run ended.
+    `task`: the run's (else the records say); GRPO's loss is judged for NaN/Inf only.
     """
     for record in current_records(records):
         if record.get("type") != "log" or int(record.get("step") or 0) < since_step:
@@ -151,6 +217,8 @@ def divergence(records: list[dict[str, Any]], since_step: int = 0, final: bool =
     grad = nonfinite_grad(records, since_step, final)
     if grad is not None:
         return grad
+    if (task or records_task(records)) == "grpo":
+        return None  # GRPO's loss sits near 0 with either sign: "twice the median" means nothing there
     losses = [(step, loss) for step, loss in loss_series(records) if math.isfinite(loss)]
     for index in range(SPIKE_MIN_HISTORY, len(losses) - SPIKE_CONFIRM + 1):
         confirm_step = losses[index + SPIKE_CONFIRM - 1][0]
@@ -309,7 +377,7 @@ def spike_pending(records: list[dict[str, Any]]) -> bool:
     skips saving a checkpoint then, so the damaged weights cannot rotate the last good
     checkpoint out (save_total_limit keeps only the newest few)."""
     losses = [loss for _, loss in loss_series(records)]
-    if len(losses) <= SPIKE_MIN_HISTORY or not math.isfinite(losses[-1]):
+    if len(losses) <= SPIKE_MIN_HISTORY or not math.isfinite(losses[-1]) or records_task(records) == "grpo":
         return False
     recent = [value for value in losses[-1 - SPIKE_WINDOW:-1] if math.isfinite(value)]
     if not recent:
@@ -430,12 +498,196 @@ def plateau(records: list[dict[str, Any]], final: bool) -> Finding | None:
     return None
 
 
-def diagnose(records: list[dict[str, Any]], final: bool = False) -> list[Finding]:
-    """Every finding for a run, the most serious first. `final`: the run has ended."""
-    found = [divergence(records, final=final), overfitting(records), initial_loss(records)]
-    if not found[0] and not found[1]:  # "train longer" would contradict both
+def diagnose(records: list[dict[str, Any]], final: bool = False, task: str | None = None) -> list[Finding]:
+    """Every finding for a run, the most serious first. `final`: the run has ended. `task`: sft,
+    dpo, orpo, kto or grpo when the caller knows it (plan.yaml); else the records say."""
+    task = task or records_task(records)
+    if task == "grpo":
+        found = [divergence(records, final=final, task=task), kl_runaway(records, "grpo"),
+                 reward_no_signal(records, final)]
+        return sorted((f for f in found if f is not None), key=lambda f: f.severity != STOP)
+    found = [divergence(records, final=final, task=task), overfitting(records), initial_loss(records)]
+    if task in ("dpo", "orpo", "kto"):
+        found += [margin_stall(records, task, final), likelihood_displacement(records, task, final)]
+        if task == "kto":
+            found.append(kl_runaway(records, task))
+    # "train longer" would contradict the first two; a stalled margin says the more (ORPO's loss is
+    # mostly its likelihood term, so its flat loss rule stays, unless the margin rule spoke).
+    stalled = any(f is not None and f.code == "margin_stall" for f in found)
+    if not found[0] and not found[1] and task not in ("dpo", "kto") and not stalled:
         found.append(plateau(records, final))
     return sorted((f for f in found if f is not None), key=lambda f: f.severity != STOP)
+
+
+# ----------------------------------------------------------------------------- preference and reward runs
+
+def _train_series(records: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    """(step, value) of a finite `key` at each training log (not the evaluations) of the run."""
+    return [(step, value) for step, value in loss_series(records, key) if math.isfinite(value)]
+
+
+def _judged(records: list[dict[str, Any]], series: list[tuple[int, float]], final: bool) -> bool:
+    """Enough logs to call a trend (TASK_MIN_LOGS) and, while the run goes on, half of it done."""
+    if len(series) < TASK_MIN_LOGS:
+        return False
+    max_steps = int(begin_record(records).get("max_steps") or 0)
+    return final or not max_steps or series[-1][0] >= max_steps // 2
+
+
+def _quarters(values: list[float]) -> tuple[list[float], list[float], list[float], list[float]]:
+    """The first quarter of the values, then the last three quarters' worth in order (each a
+    quarter of the values long, at least 2): the first, second, third and last quarter."""
+    q = max(2, len(values) // 4)
+    return values[:q], values[-3 * q:-2 * q], values[-2 * q:-q], values[-q:]
+
+
+def _beta_text(records: list[dict[str, Any]], factor: float) -> str:
+    """How to change beta, in plan.yaml and as a flag, with the figure when the run logged its beta."""
+    beta = begin_record(records).get("beta")
+    if isinstance(beta, (int, float)) and beta > 0:
+        return f"task_settings.beta in plan.yaml from {beta:g} to {beta * factor:g} (--beta {beta * factor:g})"
+    return f"task_settings.beta in plan.yaml (--beta; {'double' if factor > 1 else 'halve'} it)"
+
+
+def _lower_lr(records: list[dict[str, Any]]) -> str:
+    lr = _learning_rate(records)
+    return (f"lower learning_rate in plan.yaml to a third, {lr / 3:.0e} (--learning-rate {lr / 3:.0e})" if lr
+            else "lower learning_rate in plan.yaml (--learning-rate; a third)")
+
+
+def margin_stall(records: list[dict[str, Any]], task: str, final: bool = False) -> Finding | None:
+    """DPO, ORPO, KTO: the reward margin stopped growing (MARGIN_MIN_RISE_SHARE, MARGIN_MIN_RISE)
+    over the last quarter of the run while the pairs are not yet ranked right (reward accuracy
+    below ACCURACY_DONE; for KTO, which logs none, a margin below MARGIN_DONE)."""
+    margins = _train_series(records, REWARD_MARGIN)
+    if not _judged(records, margins, final):
+        return None
+    values = [value for _, value in margins]
+    first, _, third, last = (statistics.fmean(part) for part in _quarters(values))
+    if last - third >= max(MARGIN_MIN_RISE_SHARE * abs(last), MARGIN_MIN_RISE.get(task, 0.02)):
+        return None
+    accuracies = [value for _, value in _train_series(records, REWARD_ACCURACY)]
+    data = ""
+    if accuracies:
+        accuracy = statistics.fmean(_quarters(accuracies)[3])
+        if accuracy >= ACCURACY_DONE:
+            return None
+        ranked = f"while only {accuracy:.0%} of the pairs are ranked right (chosen above rejected)"
+        if accuracy < ACCURACY_SWAPPED:
+            data = (" Fewer than half ranked right after training points at the data: check that chosen and "
+                    "rejected are not swapped.")
+        elif accuracy <= 1 - ACCURACY_SWAPPED:
+            data = " An accuracy near 50% can also mean chosen and rejected answers hardly differ: check the pairs."
+        else:
+            data = (" Preference data labelled by people often tops out at 70-80%; if yours does, more training "
+                    "will not help.")
+    elif task == "kto" and last < MARGIN_DONE:
+        ranked = f"while it is still below {MARGIN_DONE:.1f}, where a chosen answer would win nine times in ten"
+    else:
+        return None
+    return Finding(
+        "margin_stall", WARNING, margins[-1][0], "Reward margin stopped growing",
+        f"The reward margin (chosen minus rejected reward) averaged {first:+.3f} over the first quarter of steps "
+        f"{margins[0][0]}-{margins[-1][0]} and {last:+.3f} over the last, {last - third:+.3f} on the quarter before, "
+        f"{ranked}: the model has stopped separating the answers you prefer from the others." + data,
+        f"Raise {_beta_text(records, 2)}: the preference loss's pull is proportional to beta; or "
+        f"{_raise_lr(records)}; or {_train_longer(records)}.")
+
+
+def likelihood_displacement(records: list[dict[str, Any]], task: str, final: bool = False) -> Finding | None:
+    """DPO, ORPO, KTO: the chosen answers' log-probability fell (DISPLACEMENT_SHARE,
+    DISPLACEMENT_MIN) from the first quarter of the run to the last, the rejected ones' too."""
+    chosen = _train_series(records, LOGPS_CHOSEN)
+    rejected = _train_series(records, LOGPS_REJECTED)
+    if not _judged(records, chosen, final) or len(rejected) < TASK_MIN_LOGS:
+        return None
+    c_parts, r_parts = _quarters([v for _, v in chosen]), _quarters([v for _, v in rejected])
+    c0, c1 = statistics.fmean(c_parts[0]), statistics.fmean(c_parts[3])
+    r0, r1 = statistics.fmean(r_parts[0]), statistics.fmean(r_parts[3])
+    if c0 - c1 < max(DISPLACEMENT_SHARE * abs(c0), DISPLACEMENT_MIN) or r0 - r1 <= 0:
+        return None
+    per = "per token" if task == "orpo" else "summed over each answer's tokens"
+    if task == "orpo":
+        fix = (f"Lower {_beta_text(records, 0.5)}: ORPO's beta weighs the odds-ratio term against the likelihood "
+               f"of the chosen answers; or {_lower_lr(records)}.")
+    else:
+        fix = (f"{_lower_lr(records)[0].upper()}{_lower_lr(records)[1:]}; or raise {_beta_text(records, 2)}, which "
+               "holds the model nearer the reference; or train with --task orpo, whose loss keeps a likelihood "
+               "(SFT) term on the chosen answers.")
+    return Finding(
+        "likelihood_displacement", WARNING, chosen[-1][0], "Chosen answers are growing less likely",
+        f"The chosen answers' log-probability ({per}) fell from {c0:.4g} to {c1:.4g} "
+        f"({(c0 - c1) / abs(c0):.0%} lower) while the rejected ones' fell from {r0:.4g} to {r1:.4g}: both fall"
+        + (", the rejected faster, so the margin grows by pushing every answer down" if r0 - r1 > c0 - c1 else "")
+        + " (likelihood displacement). The model grows less likely to write the answers you prefer too, and its "
+        "probability moves to answers in neither set.", fix)
+
+
+def kl_runaway(records: list[dict[str, Any]], task: str) -> Finding | None:
+    """KTO, GRPO (beta > 0): the KL to the reference is above KL_LIMIT and still grew by KL_GROWTH
+    over each of the last two quarters of the logs so far."""
+    kl = _train_series(records, KL)
+    if len(kl) < TASK_MIN_LOGS or task not in KL_LIMIT:
+        return None
+    _, second, third, last = (statistics.fmean(part) for part in _quarters([v for _, v in kl]))
+    limit = KL_LIMIT[task]
+    if last < limit or last < KL_GROWTH * third or third < KL_GROWTH * second:
+        return None
+    unit = "nats per token" if task == "grpo" else "nats per completion"
+    return Finding(
+        "kl_runaway", WARNING, kl[-1][0], "KL to the reference is running away",
+        f"The KL between the model and its reference rose from {second:.3g} to {third:.3g} to {last:.3g} {unit} "
+        f"over the last three quarters of steps {kl[0][0]}-{kl[-1][0]}, above {limit:g}, and is still climbing: "
+        "the model drifts ever further from where it started, which is how it forgets what it could do and "
+        "learns to game the reward.",
+        f"Raise {_beta_text(records, 2)}, which weighs the KL more; or {_lower_lr(records)}.")
+
+
+def reward_no_signal(records: list[dict[str, Any]], final: bool = False) -> Finding | None:
+    """GRPO: over the last half of the logs ZERO_STD_SHARE of the groups scored all their
+    completions alike (or the reward's spread is below REWARD_STD_FLOOR), at the lowest reward of
+    the run (too hard: `reward_zero`) or at its highest (too easy: `reward_saturated`)."""
+    rewards = _train_series(records, REWARD)
+    if not _judged(records, rewards, final):
+        return None
+    window = [value for _, value in rewards[len(rewards) // 2:]]
+    since = rewards[len(rewards) // 2][0]
+    zero_std = [value for step, value in _train_series(records, ZERO_STD) if step >= since]
+    spread = [value for step, value in _train_series(records, REWARD_STD) if step >= since]
+    if zero_std:
+        alike = statistics.fmean(zero_std)
+        if alike < ZERO_STD_SHARE:
+            return None
+        groups = f"{alike:.0%} of the groups scored all their completions alike"
+    elif spread and max(spread) <= REWARD_STD_FLOOR:
+        groups = "every completion scored the same"
+    else:
+        return None
+    mean = statistics.fmean(window)
+    low, high = min(v for _, v in rewards), max(v for _, v in rewards)
+    at_top = mean > 0 if high - low < 1e-9 else high - mean < mean - low
+    steps = f"steps {since}-{rewards[-1][0]}"
+    clipped = [value for step, value in _train_series(records, COMPLETION_CLIPPED) if step >= since]
+    cut = statistics.fmean(clipped) if clipped else 0.0
+    if at_top:
+        return Finding(
+            "reward_saturated", WARNING, rewards[-1][0], "Every completion already earns the reward",
+            f"The reward stayed at {mean:.3f}, the highest of the run, over {steps}, and {groups}: the model "
+            "already solves these prompts, and GRPO learns only from the differences inside a group, so there is "
+            "no signal left.",
+            "Use harder prompts (ones the model solves only sometimes); or stop here: this data has nothing more "
+            "to teach it.")
+    longer = (f"; raise max_completion_length (--max-completion-length): {cut:.0%} of the completions were cut at "
+              "the cap" if cut >= CLIPPED_SHARE else "; raise max_completion_length (--max-completion-length) if "
+              "answers need more room")
+    return Finding(
+        "reward_zero", WARNING, rewards[-1][0], "No completion earns a reward",
+        f"The reward stayed at {mean:.3f}, the lowest of the run, over {steps}, and {groups}: nothing the model "
+        "writes earns more than the rest, and GRPO learns only from the differences inside a group, so there is "
+        "nothing to learn from.",
+        "Use easier prompts; or start from a supervised run (--task sft on worked answers, then --model "
+        "RUN_DIR/output); raise num_generations (--num-generations, e.g. double) so a group holds a success "
+        f"more often{longer}.")
 
 
 def _mean_near(series: list[tuple[int, float]], step: int, width: int = 3) -> float | None:

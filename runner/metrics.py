@@ -12,6 +12,21 @@ One record per line, each with a `type`:
   and the last good checkpoint; for a full disk the checkpoint that was skipped, the bytes it
   needed and the bytes free on the rank that was short, and the last complete checkpoint
 - `end`: step, reason ("completed", "stopped", "diverged" or "disk_full")
+A preference or reward run's `begin` also carries `task` (dpo, orpo, kto, grpo; sft is left
+out) and `beta`, and its `log` records the trainer's own names, slashes included; evaluation logs
+carry each with an `eval_` prefix. TRL 1.16 logs:
+- DPO: rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen,
+  logps/rejected (summed over the completion's tokens), logits/chosen, logits/rejected, entropy,
+  num_tokens, mean_token_accuracy (of the chosen completions), aux_loss (MoE)
+- ORPO: the same rewards/* and logps/* (log-probs averaged per token; rewards = beta x logps),
+  logits/chosen, logits/rejected, nll_loss, log_odds_ratio, log_odds_chosen
+- KTO: kl, rewards/chosen, rewards/rejected, rewards/margins, logps/chosen, logps/rejected (summed),
+  logits/chosen, logits/rejected, entropy, num_tokens; no rewards/accuracies (rows are unpaired)
+- GRPO: reward, reward_std, frac_reward_zero_std, rewards/<function>/mean and /std,
+  completions/mean_length, /min_length, /max_length, /clipped_ratio, /mean_terminated_length,
+  /min_terminated_length, /max_terminated_length, kl (only when beta > 0), entropy,
+  clip_ratio/low_mean, /high_mean, /region_mean, /low_min, /high_max, num_tokens, step_time
+`task_of` tells the task from these names when the `begin` record does not say.
 A resumed run appends to the same file: its `begin` carries the step it resumed from, and log
 records after that step from the earlier attempt are superseded (see `loss_series`).
 The shapes are the TypedDicts below. Every reader goes through `check_record` (`load_metrics`,
@@ -36,7 +51,7 @@ import os
 import stat
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, TextIO, TypedDict
@@ -66,6 +81,61 @@ _RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+# The names preference and reward trainers log under (TRL 1.16), as the views read them.
+REWARD_ACCURACY = "rewards/accuracies"   # DPO, ORPO: share of pairs whose chosen reward beats the rejected one
+REWARD_MARGIN = "rewards/margins"        # mean of chosen reward minus rejected reward
+REWARD_CHOSEN = "rewards/chosen"
+REWARD_REJECTED = "rewards/rejected"
+LOGPS_CHOSEN = "logps/chosen"
+LOGPS_REJECTED = "logps/rejected"
+KL = "kl"                                # KTO always; GRPO when beta > 0
+REWARD = "reward"                        # GRPO: mean (weighted) reward over the completions
+REWARD_STD = "reward_std"                # GRPO: their standard deviation
+ZERO_STD = "frac_reward_zero_std"        # GRPO: share of groups whose completions all scored the same
+COMPLETION_LENGTH = "completions/mean_length"
+COMPLETION_CLIPPED = "completions/clipped_ratio"   # share of completions cut at max_completion_length
+TASK_KEYS = (REWARD_ACCURACY, REWARD_MARGIN, REWARD_CHOSEN, REWARD_REJECTED, LOGPS_CHOSEN, LOGPS_REJECTED, KL,
+             REWARD, REWARD_STD, ZERO_STD, COMPLETION_LENGTH, COMPLETION_CLIPPED)
+EVAL_PREFIX = "eval_"
+TASKS = ("sft", "dpo", "orpo", "kto", "grpo")
+
+
+def task_of(keys: Iterable[str]) -> str:
+    """The task whose trainer logs these names (train or eval_ ones): GRPO's reward statistics,
+    ORPO's odds ratio, KTO's kl beside the rewards, DPO's rewards alone; else "sft"."""
+    names = {key.removeprefix(EVAL_PREFIX) for key in keys}
+    if names & {REWARD_STD, ZERO_STD, COMPLETION_LENGTH}:
+        return "grpo"
+    if names & {"log_odds_ratio", "log_odds_chosen", "nll_loss"}:
+        return "orpo"
+    if names & {REWARD_CHOSEN, REWARD_REJECTED, REWARD_MARGIN, REWARD_ACCURACY}:
+        return "kto" if KL in names else "dpo"
+    return "sft"
+
+
+# Every training and evaluation log of a preference or reward run carries its trainer's names; only
+# the last log (the Trainer's run summary) carries none. This many recent logs always show them.
+TASK_LOGS = 20
+
+
+def records_task(records: list[dict[str, Any]]) -> str:
+    """The task of a run: the latest `begin` record's, else the one its recent log records' names
+    show (read from the end, so a long run costs no more than a short one)."""
+    keys: set[str] = set()
+    logs = 0
+    for record in reversed(records):
+        kind = record.get("type")
+        if kind == "begin":
+            if record.get("task") in TASKS:
+                return str(record["task"])
+            if logs:  # the attempt's own logs were read; an earlier attempt's begin says no more
+                break
+        elif kind == "log" and logs < TASK_LOGS:
+            keys.update(record)
+            logs += 1
+    return task_of(keys)
+
+
 class _Stepped(TypedDict):
     """Every record has a step (the optimizer step it was written at); `type` names the shape."""
 
@@ -87,6 +157,8 @@ class BeginRecord(_Stepped, total=False):
     vocab_size: int | None
     output_dir: str
     memory_kind: str
+    task: str            # dpo, orpo, kto, grpo (left out for sft)
+    beta: float          # the task's beta as the trainer had it
 
 
 class LogRecord(_Stepped, total=False):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from llmwizard.runner import diagnostics
-from llmwizard.runner.metrics import load_metrics
+from llmwizard.runner.metrics import EVAL_PREFIX, TASK_KEYS, TASKS, load_metrics, task_of
 
 # Throughput is measured over this many recent log records: recent enough to show a slowdown,
 # long enough to smooth one slow step (an evaluation or a checkpoint save between logs).
@@ -33,6 +33,8 @@ ACCURACY = "mean_token_accuracy"
 EVAL_ACCURACY = "eval_mean_token_accuracy"
 # Diagnostics read the whole run; recompute them at most this often (seconds) while it runs.
 FINDINGS_INTERVAL = 2.0
+# What a preference or reward run logs besides the loss (llmwizard.runner.metrics), train and eval.
+TRACKED = (*TASK_KEYS, *(EVAL_PREFIX + key for key in TASK_KEYS))
 
 
 @dataclass
@@ -65,6 +67,12 @@ class RunState:
     ended: bool = False
     probe_step_s: float | None = None   # seconds per step a probe measured: the ETA until the run has its own
     damage: str | None = None            # what `read` skipped: "N damaged lines skipped in PATH", or None
+    # A preference or reward run's own numbers (TRACKED), each as (step, value) over the run.
+    task_series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    planned_task: str | None = None      # the task plan.yaml names, where the caller read it
+    beta: float | None = None            # the task's beta, as the trainer had it (begin record)
+    _begin_task: str | None = None       # the task the latest begin record names
+    _logged_task: str = "sft"            # the task the logged names show (metrics.task_of)
     _time_base: float = 0.0
     _rate_points: list[tuple[float, int]] = field(default_factory=list)
     _attempt_tokens: tuple[float, int] | None = None   # first (time, tokens) of this attempt
@@ -94,6 +102,7 @@ class RunState:
         for name in ("losses", "eval_losses", "accuracies", "eval_accuracies", "rank_peaks", "checkpoints", "records",
                      "_rate_points"):
             setattr(copy, name, list(getattr(self, name)))
+        copy.task_series = {key: list(values) for key, values in self.task_series.items()}
         return copy
 
     def update(self, record: dict[str, Any]) -> bool:
@@ -116,9 +125,15 @@ class RunState:
         self.num_train_epochs = float(record.get("num_train_epochs") or 0.0)
         self.world_size = int(record.get("world_size") or 1)
         self.memory_kind = str(record.get("memory_kind") or self.memory_kind)
+        task = record.get("task")
+        self._begin_task = task if task in TASKS else self._begin_task
+        beta = record.get("beta")
+        self.beta = float(beta) if isinstance(beta, (int, float)) else self.beta
         # A resume from an earlier checkpoint throws away what came after it.
         for name in ("losses", "eval_losses", "accuracies", "eval_accuracies"):
             setattr(self, name, [(s, v) for s, v in getattr(self, name) if s <= self.start_step])
+        for key, values in self.task_series.items():
+            self.task_series[key] = [(s, v) for s, v in values if s <= self.start_step]
 
     def _log(self, record: dict[str, Any]) -> bool:
         self.step = int(record.get("step", self.step))
@@ -138,6 +153,12 @@ class RunState:
                             (EVAL_ACCURACY, self.eval_accuracies)):
             if isinstance(record.get(key), (int, float)):
                 series.append((self.step, float(record[key])))
+        for key in TRACKED:
+            value = record.get(key)
+            if isinstance(value, (int, float)):
+                self.task_series.setdefault(key, []).append((self.step, float(value)))
+        if self._logged_task == "sft" and any(key in record for key in TRACKED):
+            self._logged_task = task_of(record)
         if training:
             self.losses.append((self.step, float(record["loss"])))
         return training
@@ -175,6 +196,25 @@ class RunState:
 
     _FOLDS: ClassVar[dict[str, Callable[[RunState, dict[str, Any]], bool | None]]] = {
         "begin": _begin, "log": _log, "save": _save, "stop": _stop, "end": _end}
+
+    @property
+    def task(self) -> str:
+        """sft, dpo, orpo, kto or grpo: as the run's begin record or plan.yaml says, else as its
+        logged names show (an SFT run logs none of TRACKED)."""
+        return self._begin_task or self.planned_task or self._logged_task
+
+    def series(self, key: str) -> list[tuple[int, float]]:
+        """(step, value) of one of TRACKED over the run (eval_ names for the evaluations)."""
+        return self.task_series.get(key, [])
+
+    def last(self, key: str) -> float | None:
+        values = self.task_series.get(key)
+        return values[-1][1] if values else None
+
+    def best(self, key: str) -> tuple[int, float] | None:
+        """The step and value of the highest finite `key` logged (accuracy, margin, reward)."""
+        finite = [item for item in self.task_series.get(key, []) if math.isfinite(item[1])]
+        return max(finite, key=lambda item: item[1]) if finite else None
 
     @property
     def first_loss(self) -> float | None:
@@ -246,7 +286,7 @@ class RunState:
         stale = count != len(self.records) or final != was_final
         due = now or count < 0 or final != was_final or self.stop is not None or clock - when >= FINDINGS_INTERVAL
         if stale and due:
-            cached = diagnostics.diagnose(self.records, final=final)
+            cached = diagnostics.diagnose(self.records, final=final, task=self.task)
             self._findings = (len(self.records), final, clock, cached)
         return cached
 

@@ -120,12 +120,17 @@ class MetricsCallback(TrainerCallback):
             "vocab_size": getattr(config, "vocab_size", None),
             "output_dir": args.output_dir,
             "memory_kind": self.run.memory_kind,
+            **task_settings(args),
         })
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
                **kwargs: Any) -> None:
         record: dict[str, Any] = {"type": "log", "step": state.global_step,
                                   "max_steps": state.max_steps, "epoch": state.epoch}
+        # Every number the trainer logged goes in under the trainer's own name: the preference and
+        # reward trainers' names hold slashes (rewards/margins, completions/mean_length), which JSON
+        # keeps as they are. Only what is no number is left out: GRPO logs None for a metric whose
+        # every value in the interval was NaN (a reward function that scored nothing).
         for key, value in (logs or {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 record[key] = value
@@ -145,6 +150,22 @@ class MetricsCallback(TrainerCallback):
                        "reason": self.run.stop_reason and ("stopped" if self.run.stop_reason == "signal"
                                                            else self.run.stop_reason) or "completed"})
         self.run.close()
+
+
+# TRL's config classes by the task they train; a subclass counts as its base (the MRO is searched).
+_CONFIG_TASKS = {"SFTConfig": "sft", "DPOConfig": "dpo", "ORPOConfig": "orpo", "KTOConfig": "kto",
+                 "GRPOConfig": "grpo"}
+
+
+def task_settings(args: Any) -> dict[str, Any]:
+    """The task the trainer's config is for and its beta, for the `begin` record (the views and the
+    diagnostics word a run by its task); {} for SFT and for configs this does not know."""
+    task = next((_CONFIG_TASKS[c.__name__] for c in type(args).__mro__ if c.__name__ in _CONFIG_TASKS), None)
+    if task is None or task == "sft":
+        return {}
+    beta = getattr(args, "beta", None)
+    return {"task": task, **({"beta": float(beta)} if isinstance(beta, (int, float)) and not isinstance(beta, bool)
+                             else {})}
 
 
 def lora_settings(model: Any) -> dict[str, Any]:
