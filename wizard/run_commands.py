@@ -205,7 +205,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     """The runs under a directory: state, steps, final train and eval loss, duration and size."""
     from rich.text import Text
 
-    from llmwizard.runner.after.runs import list_runs
+    from llmwizard.runner.after.runs import RunRow, list_runs
     from llmwizard.runner.after.summary import format_bytes, format_seconds
 
     root = runs_root(args.target)
@@ -222,16 +222,27 @@ def cmd_runs(args: argparse.Namespace) -> int:
     def number(value: float | None, digits: int = 4) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
-    cells = [[row.name, Text(row.state, style=styles.get(row.state, "dim")), f"{row.step}/{row.max_steps or '?'}",
+    def accuracy(row: RunRow) -> float | None:
+        """SFT's next-token accuracy; a DPO or ORPO run's reward accuracy (pairs ranked right)."""
+        return row.mean_token_accuracy if row.task == "sft" else row.reward_accuracy
+
+    tasks = any(row.task != "sft" for row in rows)      # SFT alone: the table as it always was
+    rewards = any(row.task == "grpo" for row in rows)
+    cells = [[row.name, Text(row.state, style=styles.get(row.state, "dim")),
+              *([row.task] if tasks else []), f"{row.step}/{row.max_steps or '?'}",
               number(row.train_loss), number(row.eval_loss),
-              "-" if row.mean_token_accuracy is None else f"{row.mean_token_accuracy:.1%}",
+              "-" if accuracy(row) is None else f"{accuracy(row):.1%}",
+              *([number(row.reward, 3)] if rewards else []),
               format_seconds(row.duration_s), format_bytes(row.size_bytes)] for row in rows]
-    table = _fitted_table(console.width, ["run", "state", "steps", "loss", "eval", "acc", "time", "size"], cells,
-                          drop=["size", "time", "acc", "eval", "loss"])
+    headers = ["run", "state", *(["task"] if tasks else []), "steps", "loss", "eval", "acc",
+               *(["reward"] if rewards else []), "time", "size"]
+    table = _fitted_table(console.width, headers, cells,
+                          drop=["size", "time", *(["task"] if tasks else []), "acc", "eval", "loss"])
     shown = {str(column.header) for column in table.columns}
     table.caption = " · ".join(words for key, words in (
         ("loss", "loss: the last training loss"), ("eval", "eval: the last eval loss"),
-        ("acc", "acc: next-token accuracy"), ("time", "time: training time")) if key in shown)
+        ("acc", "acc: next-token accuracy" + (" (sft), reward accuracy (dpo, orpo)" if tasks else "")),
+        ("reward", "reward: GRPO's mean reward"), ("time", "time: training time")) if key in shown)
     table.caption_justify = "left"
     console.print(table)
     for row in rows:  # damaged files, named (llmwizard.runner.after.runs.run_problems)
@@ -249,7 +260,7 @@ def _name_under(root: Path, path: Path) -> str:
         return str(path)
 
 
-_NUMBERS = ("steps", "loss", "eval", "acc", "time", "size")
+_NUMBERS = ("steps", "loss", "eval", "acc", "reward", "time", "size")
 
 
 def _fitted_table(width: int, headers: list[str], rows: list[list[Any]], drop: list[str]) -> Table:

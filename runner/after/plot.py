@@ -1,8 +1,10 @@
 """The loss plot of the live view: train and eval loss against the step, in braille dots.
 
 Braille cells hold 2 x 4 dots, four times the vertical resolution of one character per row, so a
-16-row plot shows a loss curve's shape rather than a staircase. Pure text (rich.Text), no
-terminal needed: the tests render it to strings.
+16-row plot shows a loss curve's shape rather than a staircase. The same plot draws a GRPO run's
+reward (mean, with its spread as a dim band), and `sparkline` puts a whole series in a few block
+characters beside its number (a preference run's reward accuracy and margin). Pure text
+(rich.Text), no terminal needed: the tests render it to strings.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ from rich.text import Text
 
 TRAIN_STYLE = "cyan"
 EVAL_STYLE = "magenta"
+BAND_STYLE = "dim cyan"     # GRPO's reward mean +- its spread, under the mean
+SPARK_STYLE = "cyan"
+
+_BLOCKS = "▁▂▃▄▅▆▇█"
+_ASCII_BLOCKS = "_.-=+*#@"
 
 _DOTS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))
 
@@ -47,11 +54,30 @@ class BrailleCanvas:
         return out
 
 
+def sparkline(values: list[float], width: int = 8, ascii_only: bool = False) -> str:
+    """The whole series in `width` characters, one block per share of it (its mean), from the
+    lowest to the highest value; a flat series is a row of middle blocks. "" without finite values."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return ""
+    blocks = _ASCII_BLOCKS if ascii_only else _BLOCKS
+    width = min(width, len(finite))
+    cells = [finite[len(finite) * i // width:len(finite) * (i + 1) // width] for i in range(width)]
+    means = [sum(cell) / len(cell) for cell in cells]
+    low, high = min(means), max(means)
+    if high - low < 1e-12:
+        return blocks[len(blocks) // 2 - 1] * width
+    return "".join(blocks[min(len(blocks) - 1, int((m - low) / (high - low) * len(blocks)))] for m in means)
+
+
 def loss_plot(train: list[tuple[int, float]], evals: list[tuple[int, float]], max_steps: int,
-              width: int, height: int, ascii_only: bool = False) -> list[Text]:
+              width: int, height: int, ascii_only: bool = False,
+              band: tuple[list[tuple[int, float]], list[tuple[int, float]]] | None = None) -> list[Text]:
     """Train (cyan) and eval (magenta) loss against the step, over the whole run so far, with a
-    y axis on the left and the step axis below. Empty when there is nothing finite to plot."""
-    finite = [v for _, v in train + evals if math.isfinite(v)]
+    y axis on the left and the step axis below. Empty when there is nothing finite to plot.
+    `band`: a lower and an upper line drawn dim under the train line (GRPO's reward +- its spread)."""
+    below, above = band or ([], [])
+    finite = [v for _, v in train + evals + below + above if math.isfinite(v)]
     if not finite or width < 10 or height < 2:
         return []
     low, high = min(finite), max(finite)
@@ -61,7 +87,7 @@ def loss_plot(train: list[tuple[int, float]], evals: list[tuple[int, float]], ma
     labels = [f"{value:.{decimals}f}" for value in (high, (high + low) / 2, low)]
     gutter = max(len(label) for label in labels) + 1
     plot_width = max(8, width - gutter - 1)
-    last_step = max([s for s, _ in train + evals] + [max_steps, 1])
+    last_step = max([s for s, _ in train + evals + below + above] + [max_steps, 1])
     canvas = BrailleCanvas(plot_width, height)
     px_max, py_max = 2 * plot_width - 1, 4 * height - 1
 
@@ -71,7 +97,7 @@ def loss_plot(train: list[tuple[int, float]], evals: list[tuple[int, float]], ma
     def py(value: float) -> int:
         return round((high - value) / (high - low) * py_max)
 
-    for series, style in ((train, TRAIN_STYLE), (evals, EVAL_STYLE)):
+    for series, style in ((below, BAND_STYLE), (above, BAND_STYLE), (train, TRAIN_STYLE), (evals, EVAL_STYLE)):
         columns: dict[int, list[float]] = {}
         for step, value in series:
             if math.isfinite(value):

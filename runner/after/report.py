@@ -8,7 +8,11 @@ drawn here, the style is in the page, and there is no script and no network acce
 What it holds: the run's state and numbers; charts of train and eval loss (raw and smoothed),
 next-token accuracy (TRL's mean_token_accuracy, train and eval), learning rate, grad norm,
 tokens/s and peak memory per rank; the plan with its reasons and the memory breakdown; the
-diagnostics; the recovery story (recovery.log, a stop); the held-out samples.
+diagnostics; the recovery story (recovery.log, a stop); the held-out samples. A preference run
+(DPO, ORPO, KTO) adds charts of its reward accuracy, reward margin, chosen and rejected rewards
+and log-probs (and KTO's KL), a GRPO run of its reward (mean +- spread), completion length, the
+share of groups that scored alike and its KL (beta > 0); the numbers hold the summary's rows for
+them (llmwizard.runner.after.summary.task_rows): first, last and best values.
 
 Each chart is an `<svg class="chart" data-chart=NAME>` whose series are `<polyline
 data-series=NAME data-points=N>`: the page can be checked by machine as well as by eye.
@@ -35,6 +39,7 @@ from typing import Any
 
 from llmwizard.autotune.errors import UserError
 from llmwizard.runner import diagnostics
+from llmwizard.runner import metrics as m
 from llmwizard.runner import recovery
 from llmwizard.runner import rundir
 from llmwizard.runner.export.configs import METRICS_FILE, REPORT_FILE
@@ -42,7 +47,7 @@ from llmwizard.runner.metrics import current_records
 from llmwizard.runner.after.runs import run_problems
 from llmwizard.runner.rank.samples import printable, read_samples
 from llmwizard.runner.state import ACCURACY, EVAL_ACCURACY, SMOOTHING_STEPS, RunState
-from llmwizard.runner.after.summary import format_bytes, format_seconds
+from llmwizard.runner.after.summary import format_bytes, format_seconds, plan_task, task_rows
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 
@@ -130,23 +135,91 @@ def memory_per_rank(records: list[dict[str, Any]]) -> list[Series]:
     return ranks
 
 
-def charts(records: list[dict[str, Any]], memory_kind: str = "rss") -> list[Chart]:
+def task_charts(records: list[dict[str, Any]], task: str) -> list[Chart]:
+    """A preference or reward run's own charts (`records` as `charts` passes them); none for SFT."""
+    def train_and_eval(key: str, color: str = COLORS[0], eval_color: str = COLORS[1]) -> tuple[Line, ...]:
+        raw = series(records, key, training=True)
+        return (Line("train (raw)", raw, color, faint=True),
+                Line(f"train (smoothed over {SMOOTHING_STEPS} steps)", smoothed(raw), color),
+                Line("eval", series(records, m.EVAL_PREFIX + key, training=False), eval_color, markers=True))
+
+    def kl() -> list[Chart]:
+        per = "per token" if task == "grpo" else "per completion"
+        points = series(records, m.KL, training=True)
+        return [Chart("kl", f"KL to the reference ({per})", "nats", (
+            Line("train", points, COLORS[3]),
+            Line("eval", series(records, m.EVAL_PREFIX + m.KL, training=False), COLORS[1], markers=True),
+        ))] if points else []
+
+    if task in ("dpo", "orpo", "kto"):
+        how = "per token" if task == "orpo" else "summed over each answer"
+        out = [Chart("reward_accuracy", "Reward accuracy (pairs ranked right)", "",
+                     train_and_eval(m.REWARD_ACCURACY), y_range=(0.0, 1.0))] if task != "kto" else []
+        return out + [
+            Chart("reward_margin", "Reward margin (chosen minus rejected)", "", train_and_eval(m.REWARD_MARGIN)),
+            Chart("rewards", "Rewards: chosen and rejected", "", (
+                Line("chosen", series(records, m.REWARD_CHOSEN, training=True), COLORS[2]),
+                Line("rejected", series(records, m.REWARD_REJECTED, training=True), COLORS[1]),
+                Line("eval chosen", series(records, m.EVAL_PREFIX + m.REWARD_CHOSEN, training=False), COLORS[2],
+                     faint=True, markers=True),
+                Line("eval rejected", series(records, m.EVAL_PREFIX + m.REWARD_REJECTED, training=False), COLORS[1],
+                     faint=True, markers=True),
+            )),
+            Chart("logps", f"Log-probs: chosen and rejected ({how})", "nats", (
+                Line("chosen", series(records, m.LOGPS_CHOSEN, training=True), COLORS[2]),
+                Line("rejected", series(records, m.LOGPS_REJECTED, training=True), COLORS[1]),
+            )),
+            *kl(),
+        ]
+    if task == "grpo":
+        reward = series(records, m.REWARD, training=True)
+        spread = dict(series(records, m.REWARD_STD, training=True))
+        return [
+            Chart("reward", "Reward (mean ± std over the completions)", "", (
+                Line("mean", reward, COLORS[0]),
+                Line("mean + std", [(x, y + spread[x]) for x, y in reward if x in spread], COLORS[0], faint=True),
+                Line("mean - std", [(x, y - spread[x]) for x, y in reward if x in spread], COLORS[0], faint=True),
+                Line("eval mean", series(records, m.EVAL_PREFIX + m.REWARD, training=False), COLORS[1], markers=True),
+            )),
+            Chart("completion_length", "Completion length", "tokens", (
+                Line("mean", series(records, m.COMPLETION_LENGTH, training=True), COLORS[2]),
+                Line("max", series(records, "completions/max_length", training=True), COLORS[2], faint=True),
+                Line("min", series(records, "completions/min_length", training=True), COLORS[2], faint=True),
+            )),
+            Chart("same_score_groups", "Groups whose completions all scored alike (no signal)", "", (
+                Line("share of groups", series(records, m.ZERO_STD, training=True), COLORS[4]),
+                Line("completions cut at max_completion_length", series(records, m.COMPLETION_CLIPPED, training=True),
+                     COLORS[5]),
+            ), y_range=(0.0, 1.0)),
+            *kl(),
+        ]
+    return []
+
+
+def charts(records: list[dict[str, Any]], memory_kind: str = "rss", task: str = "sft") -> list[Chart]:
     records = current_records(records)
     train = series(records, "loss", training=True)
     evals = series(records, "eval_loss", training=False)
     memory = memory_per_rank(records)
     kind = "GPU allocated" if memory_kind == "cuda" else "host RSS"
+    accuracy = (
+        Line("train", series(records, ACCURACY, training=True), COLORS[0]),
+        Line("eval", series(records, EVAL_ACCURACY, training=False), COLORS[1], markers=True),
+    )
+    # Only DPO logs a next-token accuracy beside SFT (of its chosen answers); the other tasks none.
+    next_token = [] if task != "sft" and not any(line.points for line in accuracy) else [
+        Chart("accuracy", "Next-token accuracy" + ("" if task == "sft" else " (chosen answers)"), "", accuracy,
+              y_range=(0.0, 1.0))]
     return [
-        Chart("loss", "Loss", "", (
+        Chart("loss", "Loss" + (" (GRPO's surrogate: its value is no measure of progress)" if task == "grpo" else ""),
+              "", (
             Line("train (raw)", train, COLORS[0], faint=True),
             Line(f"train (smoothed over {SMOOTHING_STEPS} steps)", smoothed(train), COLORS[0]),
             Line("eval (raw)", evals, COLORS[1], faint=True, markers=True),
             Line(f"eval (smoothed over {SMOOTHING_STEPS} steps)", smoothed(evals), COLORS[1], markers=True),
         )),
-        Chart("accuracy", "Next-token accuracy", "", (
-            Line("train", series(records, ACCURACY, training=True), COLORS[0]),
-            Line("eval", series(records, EVAL_ACCURACY, training=False), COLORS[1], markers=True),
-        ), y_range=(0.0, 1.0)),
+        *task_charts(records, task),
+        *next_token,
         Chart("learning_rate", "Learning rate", "", (
             Line("learning rate", series(records, "learning_rate", training=True), COLORS[2]),)),
         Chart("grad_norm", "Gradient norm", "", (
@@ -284,6 +357,18 @@ def _plan_section(run_dir: Path) -> str:
         ("trackers", ", ".join(plan.report_to) or "none (metrics.jsonl)"),
         ("trainable", f"{plan.trainable_params:,} of {plan.total_params:,} parameters"),
     ]
+    if plan.task != "sft" and plan.task_settings is not None:
+        task = plan.task_settings
+        extra = [f"beta {task.beta:g}", f"reference {task.reference}"]
+        if task.num_generations:
+            extra.append(f"{task.num_generations} generations per prompt")
+        if task.max_completion_length:
+            extra.append(f"completions up to {task.max_completion_length} tokens")
+        if task.temperature:
+            extra.append(f"temperature {task.temperature:g}")
+        if task.rewards:
+            extra.append("rewards " + ", ".join(task.rewards))
+        settings.insert(0, ("task", f"{plan.task}: " + ", ".join(extra)))
     reasons = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in plan.reasons.items())
     estimate = plan.estimate.to_dict()
     per_gpu = estimate.get("per_gpu") or {}
@@ -307,6 +392,7 @@ def render(run_dir: Path, status: rundir.RunStatus | None = None) -> str:
     """The page for the run in `run_dir`, from its files; `status` when the caller knows better
     than the files (the session that runs it)."""
     state = RunState.read(run_dir / METRICS_FILE)
+    state.planned_task = plan_task(run_dir)
     records = state.records
     status = status or rundir.run_status(run_dir)
     problems = run_problems(run_dir, state)
@@ -314,13 +400,17 @@ def render(run_dir: Path, status: rundir.RunStatus | None = None) -> str:
                      if problems else "")
     best = state.best_eval()
     numbers = [
+        *([("task", state.task + (f", beta {state.beta:g}" if state.beta is not None else ""))]
+          if state.task != "sft" else []),
         ("steps", f"{state.step}/{state.max_steps or '?'}" + (f" (epoch {state.epoch:.2f})" if state.epoch else "")),
         ("train loss", f"{state.first_loss:.4f} -> {state.last_loss:.4f}" if state.losses else "-"),
         ("eval loss", f"{state.eval_losses[-1][1]:.4f} (best {best[1]:.4f} at step {best[0]})"
          if state.eval_losses and best else "-"),
-        ("next-token accuracy", " · ".join(f"{label} {value:.1%}" for label, value in
-                                           (("train", state.last_accuracy), ("eval", state.last_eval_accuracy))
-                                           if value is not None) or "-"),
+        *([] if state.task != "sft" and state.last_accuracy is None else [(
+            "next-token accuracy" + ("" if state.task == "sft" else " (chosen answers)"),
+            " · ".join(f"{label} {value:.1%}" for label, value in
+                       (("train", state.last_accuracy), ("eval", state.last_eval_accuracy)) if value is not None) or "-")]),
+        *task_rows(state),
         ("throughput", f"{state.average_tokens_per_second():,.0f} tokens/s" if state.average_tokens_per_second() else "-"),
         ("wall time", format_seconds(state.elapsed) if state.began else "-"),
         ("attempts", str(state.attempts)),
@@ -352,7 +442,7 @@ def render(run_dir: Path, status: rundir.RunStatus | None = None) -> str:
         '<p class="muted">None yet: written at the end of a run that has held-out rows.</p>'
     figures = "".join(f'<figure><figcaption>{html.escape(c.title)}{" (" + c.unit + ")" if c.unit else ""}'
                       f"</figcaption>{svg_chart(c)}{legend(c)}</figure>"
-                      for c in charts(records, state.memory_kind))
+                      for c in charts(records, state.memory_kind, state.task))
     when = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"

@@ -27,6 +27,8 @@ from llmwizard.runner import rundir
 from llmwizard.runner import runlock
 from llmwizard.runner.export.configs import METRICS_FILE, OUTPUT_DIR
 from llmwizard.runner.after.merge import weights_problem
+from llmwizard.runner.after.summary import plan_task
+from llmwizard.runner.metrics import REWARD, REWARD_ACCURACY
 from llmwizard.runner.rank.samples import SAMPLES_FILE
 from llmwizard.runner.state import RunState
 
@@ -47,10 +49,14 @@ class RunRow:
     updated: str | None              # metrics.jsonl's last write (local time, ISO): the last sign of life
     detail: str
     problems: list[str] = field(default_factory=list)   # damaged files, named (run_problems)
+    task: str = "sft"                     # sft | dpo | orpo | kto | grpo
+    reward_accuracy: float | None = None  # DPO, ORPO: the last logged share of pairs ranked right
+    reward: float | None = None           # GRPO: the last logged mean reward
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("train_loss", "eval_loss", "best_eval_loss", "mean_token_accuracy", "duration_s"):
+        for key in ("train_loss", "eval_loss", "best_eval_loss", "mean_token_accuracy", "duration_s",
+                    "reward_accuracy", "reward"):
             value = data[key]
             if isinstance(value, float) and not math.isfinite(value):
                 data[key] = str(value)  # JSON has no NaN: "nan", "inf"
@@ -194,6 +200,7 @@ def run_row(run_dir: Path) -> RunRow:
     status = rundir.run_status(run_dir)
     metrics = run_dir / METRICS_FILE
     state = RunState.read(metrics)
+    state.planned_task = plan_task(run_dir)
     best = state.best_eval()
     updated = None
     if state.began:
@@ -207,6 +214,7 @@ def run_row(run_dir: Path) -> RunRow:
         best_eval_loss=best[1] if best else None, mean_token_accuracy=state.last_accuracy,
         duration_s=state.elapsed if state.began else None, size_bytes=directory_size(run_dir),
         updated=updated, detail=status.detail, problems=run_problems(run_dir, state),
+        task=state.task, reward_accuracy=state.last(REWARD_ACCURACY), reward=state.last(REWARD),
     )
 
 

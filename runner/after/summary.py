@@ -2,7 +2,11 @@
 
 `build_summary` gives the rows of (label, value) the console prints as a rich table
 (llmwizard.runner.session.session.print_summary) and the wizard's run screen shows: one builder, so both
-faces say the same, resume advice included. Plain strings only: no rich, no textual.
+faces say the same, resume advice included. A preference run (DPO, ORPO, KTO) adds its reward
+accuracy and margin, first, last and best, train and eval, its chosen and rejected rewards and
+log-probs and KTO's KL (`task_rows`); a GRPO run its reward (mean +- spread), completion length,
+the share of groups that scored alike and its KL. report.html shows the same rows.
+Plain strings only: no rich, no textual.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 
 from llmwizard.autotune.errors import UserError
 from llmwizard.runner import diagnostics
+from llmwizard.runner import metrics as m
 from llmwizard.runner import recovery
 from llmwizard.runner.export import OUTPUT_DIR
 from llmwizard.runner.state import RunState
@@ -90,12 +95,17 @@ def build_summary(run_dir: Path, state: RunState, outcome: Outcome) -> Summary:
         smoothed = state.smoothed_loss()
         rows.append(("loss", f"{state.first_loss:.4f} -> {state.last_loss:.4f}"
                      + (f" (smoothed {smoothed:.4f})" if smoothed is not None else "")))
+    state.planned_task = state.planned_task or plan_task(run_dir)
     best_eval = state.best_eval()
-    if state.eval_losses and best_eval:
+    if state.eval_losses and best_eval and state.task == "grpo":  # its lowest surrogate loss is no best
+        rows.append(("eval loss", f"{state.eval_losses[-1][1]:.4f}"))
+    elif state.eval_losses and best_eval:
         rows.append(("eval loss", f"{state.eval_losses[-1][1]:.4f} (best {best_eval[1]:.4f} at step {best_eval[0]})"))
     accuracy = accuracy_text(state)
     if accuracy is not None:
-        rows.append(("next-token accuracy", accuracy))
+        rows.append(("next-token accuracy" if state.task == "sft" else "next-token accuracy (chosen answers)",
+                     accuracy))
+    rows += task_rows(state)
     best = recovery.best_checkpoint(run_dir, output) if output.is_dir() else None
     if best is not None:
         metric = f", eval loss {best.metric:.4f}" if best.metric is not None else ""
@@ -133,6 +143,98 @@ def accuracy_text(state: RunState) -> str | None:
     if not parts:
         return None
     return parts[0] + (f" ({parts[1]})" if len(parts) > 1 else "") if state.accuracies else parts[0]
+
+
+def plan_task(run_dir: Path) -> str | None:
+    """The task plan.yaml names (sft, dpo, orpo, kto, grpo); None when it cannot be read, and then
+    the run's records say (llmwizard.runner.state.RunState.task)."""
+    from llmwizard.autotune.plan import Plan
+
+    path = run_dir / "plan.yaml"
+    if not path.is_file():  # missing, or no regular file (a pipe there would block the read)
+        return None
+    try:
+        return str(Plan.load(path).task)
+    except (UserError, OSError, ValueError):
+        return None
+
+
+def _first_last_best(state: RunState, key: str, form: str) -> str | None:
+    """"first -> last (best B at step S; eval E, best B at step S)" for one of the task's series, with
+    the evaluations' when there were any; None when it was never logged."""
+    series = state.series(key)
+    if not series:
+        return None
+    text = f"{form.format(series[0][1])} -> {form.format(series[-1][1])}"
+    notes = []
+    best = state.best(key)
+    if best is not None and len(series) > 1:
+        notes.append(f"best {form.format(best[1])} at step {best[0]}")
+    evals = state.series(m.EVAL_PREFIX + key)
+    if evals:
+        eval_best = state.best(m.EVAL_PREFIX + key)
+        notes.append(f"eval {form.format(evals[-1][1])}" + (f", best {form.format(eval_best[1])} at step {eval_best[0]}"
+                                                           if eval_best is not None and len(evals) > 1 else ""))
+    return text + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def logp_text(value: float | None) -> str | None:
+    """A log-prob in at most six characters: -212.4, -1.234 (ORPO's per-token means), -1500."""
+    if value is None:
+        return None
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def _first_last(state: RunState, key: str, form: str) -> str | None:
+    series = state.series(key)
+    if not series:
+        return None
+    first, last = series[0][1], series[-1][1]
+    if form == "logp":
+        return f"{logp_text(first)} -> {logp_text(last)}"
+    return f"{form.format(first)} -> {form.format(last)}"
+
+
+def task_rows(state: RunState) -> list[tuple[str, str]]:
+    """A preference or reward run's own figures, first -> last with the best, as summary rows;
+    none for SFT."""
+    rows: list[tuple[str | None, str | None]] = []
+    if state.task in ("dpo", "orpo", "kto"):
+        chosen, rejected = state.last(m.REWARD_CHOSEN), state.last(m.REWARD_REJECTED)
+        logps_chosen, logps_rejected = _first_last(state, m.LOGPS_CHOSEN, "logp"), \
+            _first_last(state, m.LOGPS_REJECTED, "logp")
+        how = "per token" if state.task == "orpo" else "summed over each answer"
+        rows += [
+            ("reward accuracy", _first_last_best(state, m.REWARD_ACCURACY, "{:.1%}")),
+            ("reward margin", _first_last_best(state, m.REWARD_MARGIN, "{:+.3f}")),
+            ("rewards", f"chosen {chosen:+.3f}, rejected {rejected:+.3f} (at the last log)"
+             if chosen is not None and rejected is not None else None),
+            ("log-probs", f"chosen {logps_chosen}, rejected {logps_rejected} ({how})"
+             if logps_chosen and logps_rejected else None),
+            ("kl", _first_last(state, m.KL, "{:.3g}")),
+        ]
+    elif state.task == "grpo":
+        reward, spread = state.series(m.REWARD), dict(state.series(m.REWARD_STD))
+
+        def with_spread(step: int, value: float) -> str:
+            return f"{value:.3f}" + (f" ± {spread[step]:.3f}" if step in spread else "")
+
+        best, evals = state.best(m.REWARD), state.series(m.EVAL_PREFIX + m.REWARD)
+        notes = ([f"best {best[1]:.3f} at step {best[0]}"] if best and len(reward) > 1 else []) + \
+            ([f"eval {evals[-1][1]:.3f}"] if evals else [])
+        clipped = state.last(m.COMPLETION_CLIPPED)
+        length = _first_last(state, m.COMPLETION_LENGTH, "{:.0f}")
+        alike = _first_last(state, m.ZERO_STD, "{:.0%}")
+        rows += [
+            ("reward", f"{with_spread(*reward[0])} -> {with_spread(*reward[-1])}"
+             + (f" ({'; '.join(notes)})" if notes else "") if reward else None),
+            ("completion length", f"{length} tokens" + (f" ({clipped:.0%} cut at max_completion_length at the last "
+                                                        "log)" if clipped is not None else "") if length else None),
+            ("same-score groups", f"{alike} (groups whose completions all scored alike teach nothing)"
+             if alike else None),
+            ("kl", _first_last(state, m.KL, "{:.3g}")),
+        ]
+    return [(label, value) for label, value in rows if label and value]
 
 
 def _vision_language(run_dir: Path) -> bool:

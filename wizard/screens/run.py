@@ -1,5 +1,9 @@
 """Step 7: the run as it trains: progress, live loss plot, metrics, diagnostics, recovery, stop, summary.
 
+A preference run's numbers (reward accuracy and margin with sparklines, chosen and rejected rewards
+and log-probs, KL) and a GRPO run's (reward +- spread, completion length, KL) come with the
+console's lines; a GRPO run's plot shows its reward instead of the loss.
+
 The run is a llmwizard.runner.session.engine.RunSession, the same the CLI runs: it diagnoses failures,
 re-plans after running out of GPU memory and resumes, and ends with the CLI's summary and resume
 advice. A thread worker runs it and posts each of its events (llmwizard.runner.session.events) as a
@@ -223,7 +227,14 @@ class RunScreen(StepScreen):
         self.state_snapshot = state
         self.query_one("#progress", ProgressBar).update(total=state.max_steps or None, progress=state.step)
         self.query_one("#run-metrics", Static).update(metrics_text(state))
-        self.query_one(LossPlot).update_series(state.losses, state.eval_losses, state.max_steps)
+        if state.task == "grpo" and state.series("reward"):
+            from llmwizard.runner.session.live import reward_band
+
+            # GRPO's loss says nothing of progress; its reward does (as the console plots it).
+            self.query_one(LossPlot).update_series(state.series("reward"), state.series("eval_reward"), state.max_steps,
+                                                   band=reward_band(state), labels=("reward (mean)", "eval reward"))
+        else:
+            self.query_one(LossPlot).update_series(state.losses, state.eval_losses, state.max_steps)
         self._tick()
 
     def _tick(self) -> None:
