@@ -1,5 +1,8 @@
 """Preference and reward tasks' exported files: the task's TRL YAML is read by TrlParser with the
-task's own config class (every key a field it knows), and every launch path names the task.
+task's own config class (every key a field it knows), and every launch path names the task. Then
+the training entry's task pieces that need no training: its options, the reward functions (the
+exact answer, a name that does not import), the held-out samples of each task's rows, and a run
+directory as the model to start from.
 
 Plans are the planner's SFT plans with the task swapped in (dataclasses.replace re-checks the
 Plan's task rules), so what is tested here is the exporters alone.
@@ -8,6 +11,8 @@ Plan's task rules), so what is tested here is the exporters alone.
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -175,3 +180,113 @@ def test_a_plan_value_the_task_cannot_take_is_refused_by_its_key(task, change, k
     with pytest.raises(UserError) as raised:
         trl_config(plan)
     assert f"plan.yaml sets {key}" in raised.value.message and task.upper() in raised.value.message
+
+
+# ----------------------------------------------------------------------------- the entry's task pieces
+
+def test_the_entry_takes_its_task_and_rewards_and_leaves_the_rest_to_trl():
+    from llmwizard.runner.rank.train import parse_args
+
+    own, rest = parse_args(["--config", "grpo_config.yaml", "--task", "grpo", "--reward", "a.b", "c.d",
+                            "--reward", "e.f", "--max_steps", "3"])
+    assert (own.task, own.reward) == ("grpo", ["a.b", "c.d", "e.f"])
+    assert rest == ["--config", "grpo_config.yaml", "--max_steps", "3"]
+    assert parse_args(["--config", "sft_config.yaml"])[0].task == "sft"
+    with pytest.raises(SystemExit) as refused:
+        parse_args(["--task", "ppo"])
+    assert refused.value.code == 2
+
+
+def test_exact_answer_scores_plain_and_conversational_completions():
+    from llmwizard.runner.rank.rewards import exact_answer
+
+    plain = exact_answer(["19", " 19 ", "91", "19 20"], ["19", "19", "19", "19"])
+    chat = exact_answer([[{"role": "assistant", "content": "38"}], [{"role": "assistant", "content": "37"}]],
+                        answer=["38", 38], prompts=[[{"role": "user", "content": "24+14="}]] * 2,
+                        completion_ids=[[], []], trainer_state=None, log_extra=None, log_metric=None)
+    assert plain == [1.0, 1.0, 0.0, 0.0] and chat == [1.0, 0.0]
+
+
+@pytest.mark.parametrize(("names", "words"), [
+    (["tests.no_such_rewards.score"], "the module tests.no_such_rewards does not import (ModuleNotFoundError"),
+    (["llmwizard.runner.rank.rewards.no_such_reward"], "has no no_such_reward"),
+    (["llmwizard.runner.rank.rewards.EXACT_ANSWER"], "is a str, not a function"),
+    (["exact_answer"], "is not a dotted name module.function"),
+    ([], "none was given"),
+])
+def test_a_reward_that_cannot_be_had_is_refused_by_name(names, words):
+    from llmwizard.runner.rank.tasks import load_rewards
+
+    with pytest.raises(UserError) as refused:
+        load_rewards("grpo", names)
+    assert words in refused.value.message and refused.value.title == "Reward"
+    assert all(name in refused.value.message for name in names)
+
+
+def test_rewards_are_grpo_s_alone():
+    from llmwizard.runner.rank.rewards import exact_answer
+    from llmwizard.runner.rank.tasks import load_rewards
+
+    assert load_rewards("grpo", [EXACT]) == [exact_answer]
+    assert load_rewards("dpo", []) == []
+    with pytest.raises(UserError) as refused:
+        load_rewards("dpo", [EXACT])
+    assert "reward functions are GRPO's, but the task is dpo" in refused.value.message
+
+
+@pytest.mark.parametrize("task", ["dpo", "orpo", "kto", "grpo"])
+def test_each_task_s_rows_give_held_out_samples(task):
+    """The embedded rows as the entry reads them: a pair's chosen answer, a desirable row's completion
+    (an undesirable one is no reference) and a prompt's answer are what its prompt is scored against."""
+    from llmwizard.autotune.data.dataset import load_rows, normalize_rows, resolve_dataset
+    from llmwizard.runner.rank.samples import prompt_text, split_example
+
+    source = resolve_dataset(None, task=task)
+    _, rows = normalize_rows(load_rows(source)[:20], source, task=task)
+    split = [split_example(row) for row in rows]
+    if task == "kto":
+        assert [s is not None for s in split] == [row["label"] is True for row in rows]
+    examples = [s for s in split if s is not None]
+    assert examples
+    for prompt, reference in examples:
+        assert re.fullmatch(r"\d+\+\d+=", prompt_text(prompt)) and re.fullmatch(r"\d+", reference)
+        a, b = prompt_text(prompt)[:-1].split("+")
+        assert int(reference) == int(a) + int(b)  # the chosen, desirable or expected answer: the right sum
+
+
+def test_an_implicit_prompt_pair_gives_its_shared_conversation():
+    from llmwizard.runner.rank.samples import split_example
+
+    chosen = [{"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}]
+    rejected = [{"role": "user", "content": "2+2="}, {"role": "assistant", "content": "5"}]
+    assert split_example({"chosen": chosen, "rejected": rejected}) == ([{"role": "user", "content": "2+2="}], "4")
+
+
+def test_a_run_directory_is_a_model_to_start_from(tmp_path):
+    """Full weights in output/ are loaded as they are; an adapter names the run's own model as its
+    base; no finished output is refused naming the directory; a model directory is no run directory."""
+    from llmwizard.autotune.model.model_spec import load_model_spec, run_start
+    from llmwizard.runner.rank.start import start_model
+    from tests.tiny_models import tiny_model
+
+    model = tiny_model("llama")
+    run = tmp_path / "run"
+    export(_sft_plan(), run)
+    with pytest.raises(UserError) as refused:
+        run_start(run)
+    assert f"Run directory {run} has no finished model in output/" in refused.value.message
+    (run / "output").symlink_to(model, target_is_directory=True)
+    start = run_start(run)
+    assert start is not None and not start.adapter and start.weights == run / "output"
+    assert start_model(str(run)) == str(run / "output")
+    spec = load_model_spec(str(run))
+    assert (spec.name, spec.source, spec.path) == ("run", "local", str(run.resolve()))
+    assert spec.total_params == load_model_spec(str(model)).total_params
+    assert run_start(model) is None and start_model(str(model)) == str(model)
+    (run / "output").unlink()
+    (run / "output").mkdir()
+    (run / "output" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/elsewhere"}))
+    (run / "output" / "adapter_model.safetensors").write_bytes(b"")
+    start = run_start(run)
+    assert start is not None and start.adapter and start.base == _sft_plan().model  # plan.yaml's model
+    assert load_model_spec(str(run)).total_params == load_model_spec(_sft_plan().model).total_params

@@ -34,12 +34,29 @@ TASK_METRIC = {"dpo": "rewards/margins", "kto": "kl", "orpo": "log_odds_ratio",
 # Ten times the rule's rate on these random tiny models (as tests/tiny_models.py's LEARNING_RATE), so a few
 # steps move them.
 LEARNING_RATE = {"lora": 0.02, "full": 0.003}
+# The first rows of each task's embedded set: TRL tokenizes a whole dataset before the first step, and a
+# few steps see no more than these.
+ROWS = 128
+
+
+def task_data(task: str) -> Path:
+    """The task's embedded set cut to its first ROWS rows, in the test cache."""
+    from llmwizard.autotune.data.dataset import local_path, resolve_dataset
+    from llmwizard.autotune.embedded import cache_root
+
+    source = local_path(resolve_dataset(None, task=task))
+    assert source is not None
+    path = cache_root() / "task-data" / f"{task}-{ROWS}.jsonl"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(source.read_text(encoding="utf-8").splitlines(keepends=True)[:ROWS]))
+    return path
 
 
 def task_plan(task: str, *, strategy: str = "single", method: str = "lora", launcher: str = "accelerate",
               model: Path | str | None = None, max_steps: int = 4, eval_fraction: float = 0.0, **goals):
-    """The planner's plan for `task` on the tiny Llama (or `model`), with the task's embedded data:
-    the route `llmwizard export --task TASK` takes."""
+    """The planner's plan for `task` on the tiny Llama (or `model`) and a slice of the task's embedded
+    data: the route `llmwizard export --task TASK` takes."""
     from llmwizard.autotune.goals import Goals
     from llmwizard.autotune.machine.hardware import detect
     from llmwizard.autotune.model.model_spec import load_model_spec
@@ -50,7 +67,7 @@ def task_plan(task: str, *, strategy: str = "single", method: str = "lora", laun
                    processes=1 if strategy == "single" else 2, max_steps=max_steps, checkpointing=False,
                    eval_fraction=eval_fraction, learning_rate=goals.pop("learning_rate", LEARNING_RATE[method]),
                    **goals)
-    return plan_for(detect(), spec, profile_for(spec, None, task), wanted)
+    return plan_for(detect(), spec, profile_for(spec, str(task_data(task)), task), wanted)
 
 
 def run(plan, tmp_path: Path, name: str = "run", timeout: float = 400) -> tuple[Path, str]:
@@ -100,9 +117,7 @@ DPO_CASES = [
 def test_dpo_trains_under_every_strategy(tmp_path: Path, strategy, launcher, method, asked, reference):
     from tests.test_strategies import assert_result_loads
 
-    # One process holds out a few rows: the run evaluates and writes its samples from their prompts.
-    held_out = {"eval_fraction": 0.01, "eval_steps": 4} if strategy == "single" else {}
-    plan = task_plan("dpo", strategy=strategy, launcher=launcher, method=method, reference=asked, **held_out)
+    plan = task_plan("dpo", strategy=strategy, launcher=launcher, method=method, reference=asked)
     assert plan.task_settings.reference == reference
     run_dir, log = run(plan, tmp_path)
     logs = assert_task_trained(run_dir, log, plan, {"fsdp": "fsdp2"}.get(strategy, strategy), reference)
@@ -110,11 +125,6 @@ def test_dpo_trains_under_every_strategy(tmp_path: Path, strategy, launcher, met
     assert_result_loads(run_dir / "output", "llama", plan)
     if reference == "precompute":  # rank 0 wrote the reference's log-probs where every rank read them
         assert list((run_dir / ".llmwizard" / "datasets").glob("train-*.arrow"))
-    if plan.eval_fraction:
-        samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
-        assert len(samples) >= 3  # the pairs' prompts, their chosen answers as the references
-        assert all(re.fullmatch(r"\d+\+\d+=", s["prompt"]) and re.fullmatch(r"\d+", s["reference"])
-                   for s in samples), samples
 
 
 @pytest.mark.parametrize("task", ["kto", "orpo", "grpo"])
@@ -145,7 +155,10 @@ def test_kto_orpo_and_grpo_train_in_one_process_and_under_ddp(tmp_path: Path, ta
         evaluated = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["type"] == "log" and "eval_loss" in r]
         assert evaluated, "no evaluation ran"
         samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
-        assert samples and all(re.fullmatch(r"\d+", s["reference"]) and "exact" in s for s in samples), samples
+        # every held-out prompt (TRL's split rounds up), its answer the reference, scored exactly
+        assert len(samples) == math.ceil(ROWS * plan.eval_fraction), samples
+        assert all(re.fullmatch(r"\d+\+\d+=", s["prompt"]) and re.fullmatch(r"\d+", s["reference"]) and "exact" in s
+                   for s in samples), samples
 
 
 def test_a_grpo_reward_that_does_not_import_is_refused_by_name(tmp_path: Path):

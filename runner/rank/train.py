@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from llmwizard.autotune.errors import UserError
+from llmwizard.autotune.schema import Task
 from llmwizard.runner.runlock import STATE_DIR
 from llmwizard.runner.rank.patches import (LibraryChanged, adalomo_keeps_its_moments, allow_fsdp_on_cpu,
                                       deepspeed_skips_its_shm_kernel,
@@ -363,17 +364,17 @@ def load_model(path: str, model_args: Any, training_args: Any, vision: bool = Fa
     return model, tokenizer
 
 
-def load_splits(script_args: Any, training_args: Any, eval_fraction: float, task: str = "sft") -> tuple[Any, Any]:
+def load_splits(script_args: Any, training_args: Any, eval_fraction: float, task: Task = "sft") -> tuple[Any, Any]:
     """Train and eval splits, normalised to the task's TRL format with autotune's row mapping."""
     import datasets
 
     from llmwizard.autotune.data.dataset import load_rows, local_path, normalize_rows, resolve_dataset
 
-    source = resolve_dataset(script_args.dataset_name, **_task(task))
+    source = resolve_dataset(script_args.dataset_name, task=task)
     test = None
     if local_path(source) is not None:
         # The same reader and row mapping the planner profiled, so what was measured is what trains.
-        _, rows = normalize_rows(load_rows(source), source, **_task(task))
+        _, rows = normalize_rows(load_rows(source), source, task=task)
         train = datasets.Dataset.from_list(rows)
         if "images" in train.column_names:
             # Paths and bytes become images the collator reads when a batch is built.
@@ -417,16 +418,11 @@ def longest_rows(dataset: Any, count: int) -> Any:
     return dataset.select([order[i % len(order)] for i in range(max(1, count))])
 
 
-def _task(task: str) -> dict[str, Any]:
-    """The data functions' task keyword (the shape the task reads); none for SFT."""
-    return {} if task == "sft" else {"task": task}
-
-
-def _normalized(dataset: Any, source: str, task: str = "sft") -> Any:
+def _normalized(dataset: Any, source: str, task: Task = "sft") -> Any:
     """Map a hub split to the task's TRL format; the error names the columns or the first bad row."""
     from llmwizard.autotune.data.dataset import detect_format
 
-    fmt, convert = detect_format(dataset.column_names, **_task(task))
+    fmt, convert = detect_format(dataset.column_names, task=task)
 
     def checked(row: dict[str, Any], index: int) -> dict[str, Any]:
         try:
