@@ -410,7 +410,10 @@ def _train_longer(records: list[dict[str, Any]]) -> str:
     reached = max((float(r["epoch"]) for r in records if r.get("type") == "log" and r.get("epoch") is not None),
                   default=0.0)
     max_steps = int(begin_record(records).get("max_steps") or 0)
-    if epochs and max_steps and reached < epochs * 0.99:
+    last_step = max((int(r["step"]) for r in records if r.get("type") == "log" and isinstance(r.get("step"), int)),
+                    default=0)
+    # (mid-run the epochs are not reached yet either: only a run that hit its cap stopped there)
+    if epochs and max_steps and last_step >= max_steps and reached < epochs * 0.99:
         return (f"raise max steps (the run stopped at its cap of {max_steps} steps, after {reached:.2f} of "
                 f"{epochs:g} epochs)")
     return "train more epochs"

@@ -480,3 +480,14 @@ def test_a_rank_killed_by_a_signal_is_not_called_out_of_memory(tmp_path):
     assert failure.kind == "killed", failure
     assert "SIGKILL" in failure.title and "kill -9" in failure.message
     assert "llmwizard resume" in failure.fix
+
+
+def test_mid_run_advice_never_says_the_run_stopped_at_its_cap():
+    from llmwizard.runner.diagnostics import _train_longer
+
+    begin = {"type": "begin", "step": 0, "max_steps": 100, "num_train_epochs": 3}
+    mid = [begin, *({"type": "log", "step": s, "epoch": s * 3 / 100, "loss": 1.0} for s in range(1, 51))]
+    assert _train_longer(mid) == "train more epochs"
+    capped = [{**begin, "num_train_epochs": 6}, *({"type": "log", "step": s, "epoch": s * 3 / 100, "loss": 1.0}
+                                                  for s in range(1, 101))]
+    assert _train_longer(capped).startswith("raise max steps (the run stopped at its cap of 100 steps, after 3.00 of 6")
