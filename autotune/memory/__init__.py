@@ -15,6 +15,12 @@ opposite ends of backward, so the tensor peak is the largest of the step's phase
 names it), not the sum of the components. `total`, what fit decisions use, is that peak as the
 system sees the process (nvidia-smi, RSS on the CPU): llmwizard.autotune.memory.reserved adds the
 allocator's reserve, the CUDA context, library workspaces and NCCL buffers (docs/memory.md).
+
+Preference and reward tasks (TrainSetup.task other than "sft": DPO, ORPO, KTO, GRPO) run the
+policy's step at the shape their TRL trainer gives it (chosen and rejected in one batch, prompt +
+completion) and add their own phases and terms: the reference model's copy and its forward, KTO's
+KL pass, GRPO's generation, vLLM's share (llmwizard.autotune.memory.tasks, docs/tasks-memory.md,
+measured with the real trainers by bench/task_memory.py). `components` names each such term.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from llmwizard.autotune.memory.activations import (
     trainable_params,
     weight_copy_bytes,
 )
-from llmwizard.autotune.memory import vision
+from llmwizard.autotune.memory import tasks, vision
 from llmwizard.autotune.errors import UserError
 from llmwizard.autotune.machine.hardware_types import GiB
 from llmwizard.autotune.memory.long_context import offload_stash_bytes, offloaded_activations, per_rank, ring_buffers
@@ -43,6 +49,7 @@ from llmwizard.autotune.memory.model_states import ModelStates, model_states
 from llmwizard.autotune.model.model_types import ModelSpec
 from llmwizard.autotune.memory.savers import fused_in_backward, fused_update_temp, widest_update
 from llmwizard.autotune.memory.reserved import ALLOCATOR_RESERVE, CPU_PROCESS, CUDA_CONTEXT, NCCL_COMMUNICATOR, expected_peak
+from llmwizard.autotune.schema import Reference
 from llmwizard.autotune.train_setup import (
     ATTENTIONS,
     METHODS,
@@ -57,7 +64,7 @@ from llmwizard.autotune.train_setup import (
 # llmwizard.autotune.train_setup, the activation figures in llmwizard.autotune.memory.activations.
 __all__ = ["ATTENTIONS", "GiB", "LM_HEAD_TILE", "METHODS", "MemoryEstimate", "NF4_BYTES", "OFFLOADS", "OPTIMIZERS",
            "PRECISIONS", "STRATEGIES", "TrainSetup", "activation_bytes", "attention_kernel", "estimate",
-           "layer_token_bytes", "logits_bytes", "trainable_params"]
+           "layer_token_bytes", "logits_bytes", "reference_options", "trainable_params"]
 
 # Framework costs outside the tensors the model owns (kept for callers; the figures and their
 # sources are llmwizard.autotune.memory.reserved's).
@@ -100,11 +107,16 @@ class MemoryEstimate:
     reserved_parts: dict[str, int] = field(default_factory=dict)
     calibration: str = ""             # "calibrated from 3 probes on this machine: x1.07", or empty
     calibration_factor: float = 1.0
+    # A preference or reward task's own terms, by name, in bytes per device ("reference copy",
+    # "generation KV cache", ...: llmwizard.autotune.memory.tasks); empty for SFT.
+    components: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["per_gpu"] = {key: data.pop(key) for key in
                            ("params", "grads", "optimizer", "activations", "logits", "overhead", "total")}
+        if not data["components"]:  # SFT estimates read as before
+            del data["components"]
         return data
 
     @classmethod
@@ -140,9 +152,21 @@ def _validate(setup: TrainSetup) -> None:
                         fix="Use zero3 (or fsdp) for parameter offload, or offload only the optimizer.")
 
 
-def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate:
-    """Peak bytes on one device for a training step, by component, and whether it fits `budget`."""
+def estimate(model: ModelSpec, setup: TrainSetup, budget: int, *, grad_accum: int = 1,
+             vllm_utilization: float = 0.0) -> MemoryEstimate:
+    """Peak bytes on one device for a training step, by component, and whether it fits `budget`.
+
+    `grad_accum`: micro-steps per optimizer step. Above 1, the gradients of the earlier
+    micro-steps are held through the later ones' forward and backward; for GRPO it is also how
+    many micro-steps one generation feeds (GRPOConfig's steps_per_generation defaults to it), so
+    the generation batch grows with it. `vllm_utilization` (GRPO): the share of the device a
+    colocated vLLM takes (0: generate with transformers)."""
     _validate(setup)
+    if grad_accum < 1:
+        raise UserError(f"Gradient accumulation of {grad_accum} micro-steps.", title="Memory estimate",
+                        fix="Pass 1 or more.")
+    tasks.validate(model, setup, grad_accum, vllm_utilization)
+    task_setup, setup = setup, tasks.policy_setup(setup)  # the step the policy runs
     notes: list[str] = []
     if attention_kernel(model, setup) != setup.attention:
         notes.append(f"{model.model_type} has no SDPA path in transformers: eager attention (s^2 per layer)")
@@ -164,6 +188,9 @@ def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate
             notes.append(f"activation offloading: {offloaded / GiB:.1f} GiB of saved activations in host RAM")
     # The vision tower's pixels and saved tensors live through the step like the decoder's.
     step = replace(step, activations=step.activations + vision.saved_bytes(model, setup, vision.tower_trains(model, setup)))
+    if setup.task == "orpo":  # ORPO's trainer builds the full logits instead of TRL's fused head
+        step = replace(step, head_fwd=tasks.orpo_head_bytes(model, setup, "forward"),
+                       head_bwd=tasks.orpo_head_bytes(model, setup, "backward"))
     if fused_in_backward(setup.optimizer):
         phases = _fused_phases(model, setup, states, step)
     else:
@@ -171,6 +198,14 @@ def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate
     if vision.forward_bytes(model, setup):
         phases["forward (vision tower)"] = (states.weights + states.optimizer + buffers.ddp_buckets + buffers.gathered_fwd
                                             + vision.saved_bytes(model, setup, False) + vision.forward_bytes(model, setup))
+    if grad_accum > 1 and not fused_in_backward(setup.optimizer):
+        phases = _accumulating(phases, states, step)
+    components: dict[str, float] = {}
+    host_task = 0.0
+    if task_setup.task != "sft":
+        phases, components, host_task = _task_phases(model, task_setup, setup, states, buffers, step, phases,
+                                                     budget, grad_accum, vllm_utilization)
+        notes += _task_notes(task_setup, components)
     peak_at = max(phases, key=lambda k: phases[k])
     tensors = phases[peak_at]
     reserve = expected_peak(tensors + buffers.deepspeed, setup.device, setup.data_parallel)
@@ -185,12 +220,150 @@ def estimate(model: ModelSpec, setup: TrainSetup, budget: int) -> MemoryEstimate
         grads=int(states.grads + buffers.ddp_buckets), optimizer=int(states.optimizer + states.optimizer_temp),
         activations=int(step.activations + step.restored + step.layer_backward),
         logits=int(max(step.head_fwd, step.head_bwd)),
-        overhead=int(overhead), total=int(total), host_ram=int(_host_ram(model, setup, states.host + offloaded)),
+        overhead=int(overhead), total=int(total),
+        host_ram=int(_host_ram(model, setup, states.host + offloaded) + host_task),
         budget=int(budget), fits=total <= budget, trainable_params=int(trainable), total_params=int(model.total_params),
         notes=notes, peak_at=peak_at, phases={key: int(value) for key, value in phases.items()},
         tensor_peak=reserve.tensor_peak, reserved_parts=dict(reserve.parts),
         calibration=calibrated.label if calibrated else "", calibration_factor=factor,
+        components={key: int(value) for key, value in components.items()},
     )
+
+
+def reference_options(model: ModelSpec, setup: TrainSetup, budget: int, *, grad_accum: int = 1,
+                      vllm_utilization: float = 0.0) -> dict[Reference, MemoryEstimate]:
+    """The estimate under each reference the task and method allow, for the planner to compare:
+    DPO and KTO: copy or precompute (full fine-tuning), adapter or precompute (LoRA/QLoRA); GRPO:
+    copy or adapter, and none (beta 0, no KL term); ORPO: none."""
+    if setup.task == "sft":
+        return {}
+    allowed = [ref for ref in tasks.REFERENCES[setup.task]
+               if not (ref == "copy" and setup.method != "full") and not (ref == "adapter" and setup.method == "full")]
+    return {ref: estimate(model, replace(setup, reference=ref), budget, grad_accum=grad_accum,
+                          vllm_utilization=vllm_utilization) for ref in allowed}
+
+
+def _accumulating(phases: dict[str, float], states: ModelStates, step: _StepTensors) -> dict[str, float]:
+    """The phases of a micro-step after the first: the gradients accumulated so far are held
+    through its forward and backward (each new gradient is added into them in place, so the LM
+    head's and the embedding's come and go instead of piling up)."""
+    held = {"forward (last layer)": states.grads, "forward (LM head)": states.grads,
+            "forward (vision tower)": states.grads, "backward (LM head)": states.grads,
+            "backward (last layer)": states.grads - step.lm_grad,
+            "backward (first layer)": step.embedding_grad}
+    return {name: value + max(0.0, held.get(name, 0.0)) for name, value in phases.items()}
+
+
+def _task_phases(model: ModelSpec, task_setup: TrainSetup, policy: TrainSetup, states: ModelStates,
+                 buffers: _Buffers, step: _StepTensors, phases: dict[str, float], budget: int,
+                 grad_accum: int, vllm_utilization: float
+                 ) -> tuple[dict[str, float], dict[str, float], float]:
+    """The task's phases beside the policy's step, the named terms, and host RAM it adds.
+
+    Every phase of the policy's step also holds the reference copy (and for GRPO the buffered
+    generation batch); the task adds the phases of its forwards without grad (the reference's,
+    KTO's KL pass, the precompute pass) and GRPO's generation. `policy` is the policy's setup
+    (tasks.policy_setup), `task_setup` the one asked about."""
+    task, reference = task_setup.task, task_setup.reference
+    ref_device, ref_host = tasks.reference_weights(model, task_setup)
+    resident = states.weights + states.optimizer + buffers.ddp_buckets
+    rows = policy.micro_batch  # sequences of one policy forward (pairs already doubled)
+    seq = policy.seq_len
+    scored = None  # every shifted position (the CPU scores them all)
+    if policy.device == "cuda":  # TRL's fused head scores the labelled (completion) tokens only
+        completion = (tasks.prompt_completion(task_setup)[1] if task == "grpo"
+                      else seq - task_setup.prompt_len if task_setup.prompt_len else seq)
+        scored = rows * min(completion, seq - 1)
+    top1 = task == "dpo"  # DPO's policy head computes is_top1 (its reference copy's does not)
+    policy_cache = tasks.autocast_weight_cache(model, policy)
+    components: dict[str, float] = {}
+    if ref_device or ref_host:
+        components["reference copy"] = ref_device or ref_host
+    held = ref_device
+    if task == "grpo":
+        gen_rows = tasks.generation_rows(task_setup, grad_accum)
+        held += tasks.generation_batch_bytes(task_setup, gen_rows)
+    share = tasks.vllm_share(budget, vllm_utilization) if vllm_utilization else 0.0
+    if share:
+        components["vLLM colocate share"] = share
+    out = {name: value + held + share for name, value in phases.items()}
+    # a later micro-step's no-grad forwards run beside the gradients accumulated so far
+    accumulated = states.grads if grad_accum > 1 else 0.0
+
+    def reference_forward(adapters: bool) -> float:
+        """One no-grad forward of the reference (or of the policy) over the policy's batch."""
+        if reference == "copy":
+            gathered = tasks.reference_gathered(model, task_setup, buffers.gathered_fwd)
+            cache = policy_cache  # (built in the policy's dtype)
+        else:
+            gathered, cache = 0.0, policy_cache
+        return gathered + cache + tasks.forward_working(model, policy, rows, seq, adapters=adapters, scored=scored,
+                                                         top1=top1 and reference != "copy")
+
+    if task in ("dpo", "kto") and reference != "precompute":
+        working = reference_forward(adapters=False)
+        components["reference forward"] = working
+        # under no_grad, after the policy's forward: its activations are still held
+        out["reference forward"] = (resident + held + share + accumulated + buffers.gathered_fwd + step.activations
+                                    + working)
+    if task == "kto":
+        kl = policy_cache + tasks.forward_working(model, policy, rows, seq, scored=scored)
+        components["KL pass"] = kl
+        out["KL pass (policy, no grad)"] = resident + held + accumulated + buffers.gathered_fwd + kl
+    if reference == "precompute":
+        # In __init__, before the optimizer exists: the policy as loaded (or, under FSDP, a reference
+        # loaded for the pass, sharded as one unit), one no-grad forward of a training micro-batch.
+        lay = layout(model, policy)
+        adapters = states.weights - model.total_params * lay.weight if policy.method != "full" else 0.0
+        if policy.strategy == "zero2":
+            weights = model.total_params * lay.compute + adapters / lay.trainable * lay.compute
+        elif policy.strategy == "zero3":
+            weights = states.weights + buffers.gathered_fwd
+        elif policy.strategy == "fsdp":
+            weights = model.total_params * (lay.weight / policy.num_gpus + lay.compute)
+        else:
+            weights = states.weights
+        cache = policy_cache if policy.strategy in ("single", "ddp") else 0.0
+        working = tasks.forward_working(model, policy, rows, seq, adapters=False, scored=scored, top1=top1)
+        components["reference precompute pass"] = weights + cache + working
+        out["reference precompute (before training)"] = weights + cache + working
+    if task == "grpo":
+        prompt, completion = tasks.prompt_completion(task_setup)
+        gathered = buffers.gathered_fwd + tasks.generation_gathered(model, policy)
+        if not share:
+            kv = tasks.kv_cache_bytes(model, policy, gen_rows, prompt + completion)
+            sampling = tasks.sampling_bytes(model, policy, gen_rows)
+            components["generation KV cache"] = kv
+            components["sampling logits"] = sampling
+            if gathered - buffers.gathered_fwd:
+                components["generation weights gathered (ZeRO-3)"] = gathered - buffers.gathered_fwd
+            base = resident + held + gathered + tasks.autocast_weight_cache(model, policy, lm_head=True)
+            out["generation (prefill)"] = (base + tasks.kv_cache_bytes(model, policy, gen_rows, prompt)
+                                           + tasks.forward_working(model, policy, gen_rows, prompt, scored=0)
+                                           + gen_rows * model.vocab_size * layout(model, policy).compute)
+            out["generation (last token)"] = (base + kv + tasks.kv_step_bytes(model, policy, gen_rows,
+                                                                              prompt + completion)
+                                              + tasks.forward_working(model, policy, gen_rows, 1, scored=0)
+                                              + sampling)
+        if reference != "none":
+            working = reference_forward(adapters=False)
+            components["reference forward"] = working
+            out["reference pass"] = resident + held + share + buffers.gathered_fwd + working
+        if share:  # vLLM's importance-sampling correction scores the old policy on every generation batch
+            working = policy_cache + tasks.forward_working(model, policy, rows, seq, scored=scored)
+            out["old-policy pass"] = resident + held + share + buffers.gathered_fwd + working
+    return out, components, ref_host
+
+
+def _task_notes(setup: TrainSetup, components: dict[str, float]) -> list[str]:
+    """One line per named task term, for the plan to show."""
+    words = {"sft": "", "dpo": "DPO: chosen and rejected in one batch (twice SFT's sequences)",
+             "orpo": "ORPO: chosen and rejected in one batch, with the full logits (no fused LM head)",
+             "kto": "KTO: a no-grad KL pass over mismatched completions before the policy's forward",
+             "grpo": "GRPO: generation, then the policy step on prompt + completion"}
+    notes = [words[setup.task]]
+    notes += [f"{name} {value / GiB:.2f} GiB" for name, value in components.items()]
+    return notes
 
 
 @dataclass(frozen=True)
