@@ -205,7 +205,7 @@ def estimate(model: ModelSpec, setup: TrainSetup, budget: int, *, grad_accum: in
     if task_setup.task != "sft":
         phases, components, host_task = _task_phases(model, task_setup, setup, states, buffers, step, phases,
                                                      budget, grad_accum, vllm_utilization)
-        notes += _task_notes(task_setup, components)
+        notes += _task_notes(task_setup, components, grad_accum, bool(vllm_utilization))
     peak_at = max(phases, key=lambda k: phases[k])
     tensors = phases[peak_at]
     reserve = expected_peak(tensors + buffers.deepspeed, setup.device, setup.data_parallel)
@@ -290,18 +290,16 @@ def _task_phases(model: ModelSpec, task_setup: TrainSetup, policy: TrainSetup, s
     # a later micro-step's no-grad forwards run beside the gradients accumulated so far
     accumulated = states.grads if grad_accum > 1 else 0.0
 
-    def reference_forward(adapters: bool) -> float:
-        """One no-grad forward of the reference (or of the policy) over the policy's batch."""
-        if reference == "copy":
-            gathered = tasks.reference_gathered(model, task_setup, buffers.gathered_fwd)
-            cache = policy_cache  # (built in the policy's dtype)
-        else:
-            gathered, cache = 0.0, policy_cache
-        return gathered + cache + tasks.forward_working(model, policy, rows, seq, adapters=adapters, scored=scored,
-                                                         top1=top1 and reference != "copy")
+    def reference_forward() -> float:
+        """One no-grad forward of the reference over the policy's batch: a copy (built in the
+        policy's dtype, so cast like it under autocast; gathered as TRL wraps it) or the policy
+        with its adapter disabled."""
+        gathered = tasks.reference_gathered(model, task_setup, buffers.gathered_fwd)
+        return gathered + policy_cache + tasks.forward_working(model, policy, rows, seq, adapters=False,
+                                                                scored=scored, top1=top1 and reference != "copy")
 
     if task in ("dpo", "kto") and reference != "precompute":
-        working = reference_forward(adapters=False)
+        working = reference_forward()
         components["reference forward"] = working
         # under no_grad, after the policy's forward: its activations are still held
         out["reference forward"] = (resident + held + share + accumulated + buffers.gathered_fwd + step.activations
@@ -311,16 +309,21 @@ def _task_phases(model: ModelSpec, task_setup: TrainSetup, policy: TrainSetup, s
         components["KL pass"] = kl
         out["KL pass (policy, no grad)"] = resident + held + accumulated + buffers.gathered_fwd + kl
     if reference == "precompute":
-        # In __init__, before the optimizer exists: the policy as loaded (or, under FSDP, a reference
-        # loaded for the pass, sharded as one unit), one no-grad forward of a training micro-batch.
+        # In __init__, before the optimizer exists: the policy as loaded, one no-grad forward of a
+        # training micro-batch. ZeRO-2: DeepSpeed's stage-0 inference engine casts it to the half
+        # dtype; ZeRO-3: sharded, gathered module by module; FSDP: the policy is not sharded before
+        # train(), so full fine-tuning loads a reference for the pass (sharded as one unit, gathered
+        # whole) and LoRA runs the whole policy.
         lay = layout(model, policy)
         adapters = states.weights - model.total_params * lay.weight if policy.method != "full" else 0.0
         if policy.strategy == "zero2":
             weights = model.total_params * lay.compute + adapters / lay.trainable * lay.compute
         elif policy.strategy == "zero3":
             weights = states.weights + buffers.gathered_fwd
-        elif policy.strategy == "fsdp":
+        elif policy.strategy == "fsdp" and policy.method == "full":
             weights = model.total_params * (lay.weight / policy.num_gpus + lay.compute)
+        elif policy.strategy == "fsdp":
+            weights = states.weights * policy.num_gpus
         else:
             weights = states.weights
         cache = policy_cache if policy.strategy in ("single", "ddp") else 0.0
@@ -346,7 +349,7 @@ def _task_phases(model: ModelSpec, task_setup: TrainSetup, policy: TrainSetup, s
                                               + tasks.forward_working(model, policy, gen_rows, 1, scored=0)
                                               + sampling)
         if reference != "none":
-            working = reference_forward(adapters=False)
+            working = reference_forward()
             components["reference forward"] = working
             out["reference pass"] = resident + held + share + buffers.gathered_fwd + working
         if share:  # vLLM's importance-sampling correction scores the old policy on every generation batch
@@ -355,12 +358,15 @@ def _task_phases(model: ModelSpec, task_setup: TrainSetup, policy: TrainSetup, s
     return out, components, ref_host
 
 
-def _task_notes(setup: TrainSetup, components: dict[str, float]) -> list[str]:
-    """One line per named task term, for the plan to show."""
-    words = {"sft": "", "dpo": "DPO: chosen and rejected in one batch (twice SFT's sequences)",
+def _task_notes(setup: TrainSetup, components: dict[str, float], grad_accum: int, vllm: bool) -> list[str]:
+    """What the task's step is, then one line per named task term, for the plan to show."""
+    rows = tasks.generation_rows(setup, grad_accum)
+    words = {"dpo": "DPO: chosen and rejected in one batch (twice SFT's sequences)",
              "orpo": "ORPO: chosen and rejected in one batch, with the full logits (no fused LM head)",
              "kto": "KTO: a no-grad KL pass over mismatched completions before the policy's forward",
-             "grpo": "GRPO: generation, then the policy step on prompt + completion"}
+             "grpo": (f"GRPO: {'vLLM generates' if vllm else 'generation of'} {rows} sequences at once "
+                      f"(micro-batch {setup.micro_batch} x {grad_accum} accumulation steps: a larger batch "
+                      "through accumulation generates more at once), then the policy step on prompt + completion")}
     notes = [words[setup.task]]
     notes += [f"{name} {value / GiB:.2f} GiB" for name, value in components.items()]
     return notes

@@ -217,11 +217,12 @@ def forward_working(model: ModelSpec, setup: TrainSetup, rows: int, seq: int, *,
     adapted = adapted_linears(model, setup) if adapters and setup.method != "full" else []
     if adapted:
         t = lay.trainable
-        extra = (t if t != c else 0) + (lay.mask + t if setup.lora_dropout > 0 else 0)  # per input element
+        cast = t if t != c else 0  # PEFT's cast of the input to the adapters' dtype (kept to the end)
+        dropout = lay.mask + t if setup.lora_dropout > 0 else 0  # mask and output, gone after lora_A
         widest = max(adapted, key=lambda lin: lin.d_in)
-        layer = max(layer, held + c * (widest.d_in + widest.d_out) + extra * widest.d_in)
+        layer = max(layer, held + c * (widest.d_in + widest.d_out) + (cast + dropout) * widest.d_in)
         if any(lin.name == "up_proj" for lin in adapted):
-            layer = max(layer, held + 4 * c * inter + extra * h)
+            layer = max(layer, held + 4 * c * inter + cast * h)
     rope = 2 * model.head_dim * s * seq  # cos and sin [1, seq, head_dim] (no position_ids given)
     scored = rows * (seq - 1) if scored is None else scored
     head = head_forward_bytes(model, setup, tokens, scored, top1=top1) if scored else 0.0
