@@ -6,7 +6,7 @@ weights GRPO's exact-answer reward is 0 for every completion, and a group of zer
 signal. So `embedded:tiny-llama-sft` is `embedded:tiny-llama` (the same tokenizer and config)
 trained for a few epochs on the bundled sums with a plain causal-LM loss: it answers about two
 held-out sums in five right, which leaves GRPO and DPO room to show their reward rising. It is
-built once into the cache beside the base model (about 15 s on two CPU cores), with torch, which
+built once into the cache beside the base model (about 30 s on two CPU cores), with torch, which
 only this build imports; the manifest of SHA-256 digests detects a corrupt copy, as for the base.
 """
 
@@ -21,9 +21,9 @@ from llmwizard.autotune.embedded import DATASET_PATH, cache_root, ensure_built, 
 
 EMBEDDED_SFT_MODEL = "embedded:tiny-llama-sft"
 # Bump when the warm-up changes: old caches are then rebuilt beside the new one.
-_BUILD_VERSION = "1"
+_BUILD_VERSION = "2"
 _SEED = 1234
-WARMUP_EPOCHS = 30
+WARMUP_EPOCHS = 60
 WARMUP_LR = 3e-3
 WARMUP_BATCH = 16
 _FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]
@@ -34,8 +34,21 @@ def warm_model_dir() -> Path:
 
 
 def ensure_warm_model() -> Path:
-    """The warmed-up model's directory, built (from the base model, built first) when missing or corrupt."""
-    return ensure_built(warm_model_dir(), _build)
+    """The warmed-up model's directory, built (from the base model, built first) when missing or
+    corrupt. One process builds it while the others wait on a lock file (the ranks of a run, test
+    workers): each build would take a CPU's half-minute for the same bytes. Planning needs only the
+    tokenizer and config, the base model's (llmwizard.autotune.plan.inputs.model_directory), so only
+    a launch waits for this."""
+    import fcntl
+
+    target = warm_model_dir()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return ensure_built(target, _build)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _build(directory: Path) -> list[str]:
@@ -45,12 +58,16 @@ def _build(directory: Path) -> list[str]:
     for name in _FILES:
         shutil.copyfile(base / name, directory / name)
     print(f"llmwizard: building {EMBEDDED_SFT_MODEL} once: {WARMUP_EPOCHS} epochs of SFT on the bundled sums "
-          "(about 15 s on the CPU)", file=sys.stderr, flush=True)
+          "(about 30 s on the CPU)", file=sys.stderr, flush=True)
     _warm_up(base, directory)
     return [*_FILES, "model.safetensors"]
 
 
 def _warm_up(base: Path, directory: Path) -> None:
+    """The embedded SFT recipe in a plain loop: the loss on the answers only, AdamW at WARMUP_LR
+    with a cosine decay, WARMUP_EPOCHS passes over every sum."""
+    import math
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -58,22 +75,34 @@ def _warm_up(base: Path, directory: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     rows = [json.loads(line) for line in DATASET_PATH.read_text().splitlines() if line.strip()]
-    sequences = []
+    examples = []
     for row in rows:
-        ids = tokenizer.apply_chat_template(row["messages"], tokenize=True)
-        sequences.append(list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids))
+        whole = _ids(tokenizer.apply_chat_template(row["messages"], tokenize=True))
+        prompt = _ids(tokenizer.apply_chat_template(row["messages"][:1], tokenize=True, add_generation_prompt=True))
+        examples.append((whole, len(prompt)))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     optimizer = torch.optim.AdamW(model.parameters(), lr=WARMUP_LR)
+    steps = WARMUP_EPOCHS * math.ceil(len(examples) / WARMUP_BATCH)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
     model.train()
     for epoch in range(WARMUP_EPOCHS):
-        random.Random(_SEED + epoch).shuffle(sequences)
-        for start in range(0, len(sequences), WARMUP_BATCH):
-            batch = sequences[start:start + WARMUP_BATCH]
-            width = max(len(s) for s in batch)
-            ids = torch.tensor([s + [pad] * (width - len(s)) for s in batch])
-            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch])
-            loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
-            loss.backward()
+        random.Random(_SEED + epoch).shuffle(examples)
+        for start in range(0, len(examples), WARMUP_BATCH):
+            batch = examples[start:start + WARMUP_BATCH]
+            width = max(len(ids) for ids, _ in batch)
+            ids = torch.tensor([seq + [pad] * (width - len(seq)) for seq, _ in batch])
+            mask = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq, _ in batch])
+            labels = ids.masked_fill(mask == 0, -100)
+            for row, (_, prompt_len) in enumerate(batch):
+                labels[row, :prompt_len] = -100  # the loss on the answer only, as TRL's SFT does
+            model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
             optimizer.step()
+            schedule.step()
             optimizer.zero_grad()
     model.save_pretrained(directory, safe_serialization=True)
+
+
+def _ids(encoded: object) -> list[int]:
+    """Token ids from apply_chat_template, which returns a list or a BatchEncoding by version."""
+    ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded  # type: ignore[index]
+    return list(ids)  # type: ignore[call-overload]

@@ -35,8 +35,10 @@ def model_directory(model: ModelSpec) -> Path | None:
     or None for a model known only by its config (a catalog name)."""
     if model.source == "embedded":
         from llmwizard.autotune.embedded.vision import ensure_embedded
+        from llmwizard.autotune.embedded.warm import EMBEDDED_SFT_MODEL
 
-        return ensure_embedded(model.name)
+        # The warmed-up model shares the base's tokenizer and config; its weights are built at launch.
+        return ensure_embedded(None if model.name == EMBEDDED_SFT_MODEL else model.name)
     return Path(model.path) if model.path and Path(model.path).is_dir() else None
 
 
