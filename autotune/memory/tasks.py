@@ -81,10 +81,7 @@ def validate(model: ModelSpec, setup: TrainSetup, grad_accum: int, vllm_utilizat
     if setup.reference == "adapter" and setup.method == "full":
         raise UserError("reference adapter with full fine-tuning: there is no adapter to disable.", title=title,
                         fix="Use reference copy or precompute, or method lora.")
-    if setup.task == "kto" and setup.micro_batch < 2:
-        raise UserError(f"KTO with micro-batch {setup.micro_batch}: its KL term pairs each prompt with another "
-                        "row's completion of the same micro-batch (TRL refuses a per-device batch of 1).",
-                        title=title, fix="Use a micro-batch of 2 or more.")
+    # (KTO runs at micro-batch 2 or more: the planner's search and plan.yaml's rules keep it there)
     if setup.task == "grpo":
         if setup.completion_len < 1 or setup.num_generations < 1:
             raise UserError(f"GRPO needs a completion length and generations per prompt (got completion "

@@ -263,6 +263,9 @@ class Plan:
             raise ValueError(f"ORPO has no reference model: set reference none (got {reference})")
         if self.task in ("dpo", "kto") and reference == "none":
             raise ValueError(f"{self.task} compares the policy with a reference: set reference copy, adapter or precompute")
+        if self.task == "kto" and self.micro_batch < 2:
+            raise ValueError("KTO needs micro_batch 2 or more: its KL term pairs each prompt with another row's "
+                             "completion of the same micro-batch")
         if self.task in ("dpo", "kto", "orpo") and beta <= 0:
             raise ValueError(f"{self.task} needs beta above 0 (got {beta}); 0.1 is the published default")
         if self.task == "grpo":

@@ -132,6 +132,8 @@ def _space(hardware: HardwareProfile, model: ModelSpec, base: TrainSetup, goals:
         ["single"] if world == 1 else ["ddp"] if base.optimizer in LOW_RANK_OPTIMIZERS
         else ["ddp", "zero2", "fsdp", "zero3"])
     micro_batches = [m for m in (64, 32, 16, 8, 4, 2, 1) if (effective // world) % m == 0]
+    if base.task == "kto":  # its KL term pairs each prompt with another row's completion of the micro-batch
+        micro_batches = [m for m in micro_batches if m >= 2]
     fixed = fixed_micro_batch(goals, effective, world)
     if fixed:
         micro_batches = [fixed]

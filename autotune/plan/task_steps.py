@@ -151,6 +151,10 @@ def settings(goals: Goals, dataset: DatasetProfile, method: Method, model: Model
                              max_completion_length=completion, temperature=temperature, rewards=rewards,
                              prompt_tokens=prompt or dataset.max_tokens, response_tokens=0)
     else:
+        if name == "kto" and goals.micro_batch == 1:
+            raise UserError(f"micro_batch 1 ({goals.origin('micro_batch')}) cannot run KTO: its KL term pairs each "
+                            "prompt with another row's completion of the same micro-batch (TRL refuses a "
+                            "per-device batch of 1).", title="Task", fix="Use --micro-batch 2 or more.")
         if goals.num_generations or goals.rewards or goals.temperature:
             asked = [k for k in ("num_generations", "rewards", "temperature") if getattr(goals, k)]
             raise UserError(f"{', '.join(asked)} ({goals.origin(asked[0])}) are GRPO's settings, but the task is "
