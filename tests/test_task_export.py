@@ -182,15 +182,6 @@ def test_a_plan_value_the_task_cannot_take_is_refused_by_its_key(task, change, k
     assert f"plan.yaml sets {key}" in raised.value.message and task.upper() in raised.value.message
 
 
-def test_kto_with_a_micro_batch_of_one_is_refused_before_trl_would(tmp_path):
-    base = _sft_plan()
-    plan = task_plan("kto", micro_batch=1, grad_accum=4, effective_batch=4 * base.num_processes)
-    with pytest.raises(UserError) as raised:
-        export(plan, tmp_path / "run")
-    assert "micro_batch: 1" in raised.value.message and "KL term" in raised.value.message
-    assert not (tmp_path / "run").exists()
-
-
 # ----------------------------------------------------------------------------- the entry's task pieces
 
 def test_the_entry_takes_its_task_and_rewards_and_leaves_the_rest_to_trl():

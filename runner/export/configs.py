@@ -282,12 +282,6 @@ def task_keys(plan: Plan) -> dict[str, Any]:
     """A preference or reward task's own keys, from plan.task_settings."""
     settings = plan.task_settings
     assert settings is not None, "a task other than sft has task_settings (Plan checks it)"
-    if plan.task == "kto" and plan.micro_batch < 2:
-        # TRL's KTOTrainer refuses it as it starts: its KL term pairs each row with another row's completion.
-        raise UserError(f"plan.yaml sets micro_batch: {plan.micro_batch}, but KTO estimates its KL term from the "
-                        "other rows of a micro-batch, so it needs 2 or more.", title="Task",
-                        fix="Set micro_batch to 2 or more in plan.yaml (and effective_batch and grad_accum with it), "
-                            "or train with task dpo on paired data.")
     keys: dict[str, Any] = {"beta": settings.beta}
     if plan.task in ("dpo", "kto"):
         # The reference's log-probabilities in one pass over the data before training: no second model
