@@ -225,7 +225,6 @@ def test_sft_estimates_are_unchanged_and_read_as_before():
 
 
 @pytest.mark.parametrize("changes, words", [
-    (dict(task="kto", reference="copy", micro_batch=1), "micro-batch of 2"),
     (dict(method="lora", task="dpo", reference="copy"), "reference adapter"),
     (dict(task="dpo", reference="adapter"), "no adapter"),
     (dict(task="dpo", reference="none"), "cannot take reference 'none'"),
