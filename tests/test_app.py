@@ -1317,3 +1317,260 @@ def test_the_tiny_moe_is_in_the_model_list():
     from llmwizard.wizard import core
 
     assert "embedded:tiny-moe" in [choice.value for choice in core.model_choices("")]
+
+
+# ----------------------------------------------------------------------------- what to train
+
+def one_line(app: WizardApp, selector: str) -> str:
+    return " ".join(text_of(app, selector).split())
+
+
+@pytest.mark.asyncio
+async def test_dpo_chosen_on_step_1_is_read_planned_shown_and_exported_as_shown(gpus, tmp_path: Path):
+    """DPO chosen with the keyboard on step 1: the dataset step reads the bundled pairs with each
+    part's lengths, the plan is DPO's with beta and the reference (and why) on screen, beta and
+    reference edits re-plan, and plan.yaml and the DPO config hold what the screen showed."""
+    import yaml
+
+    from llmwizard.autotune.plan import Plan
+    from llmwizard.wizard import core
+    from llmwizard.wizard.screens.plan import summary_line, task_line
+
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot)
+        await pilot.press("tab")  # from the presets to What to train
+        assert app.focused is app.screen.query_one("#task")
+        await pilot.press("right", "enter")  # SFT -> DPO
+        await settle(pilot)
+        assert app.screen.STEP == 0 and "DPO needs prompt/chosen/rejected pairs" in one_line(app, "#task-help")
+        await pilot.press("ctrl+n")
+        assert app.state.task == "dpo" and app.state.goals().task_name == "dpo"
+
+        await go_to(pilot, 3)
+        profile = app.state.dataset.profile
+        assert profile.task == "dpo" and profile.source == core.default_dataset("dpo")
+        assert app.state.dataset_key == ("", "embedded:tiny-llama-sft", "dpo")  # the task's default model
+        facts = one_line(app, "#dataset-facts")
+        assert "prompt / chosen / rejected pairs" in facts
+        for part in ("prompt", "chosen", "rejected"):
+            assert (f"{part} p99 {getattr(profile, f'{part}_tokens_p99')}, "
+                    f"max {getattr(profile, f'{part}_tokens_max')}") in facts
+        assert app.screen.query_one("#dataset").placeholder == "empty: the bundled arithmetic pairs"
+
+        await go_to(pilot, 4)
+        plan = app.state.plan
+        assert plan is not None and plan.task == "dpo" and plan.task_settings.beta == 0.1
+        shown = one_line(app, "#plan-task")
+        assert shown.startswith("DPO · beta 0.1 · reference ") and f"reference {plan.task_settings.reference}" in shown
+        reasons = one_line(app, "#reasons")
+        assert " ".join(core.in_wizard_words(plan.reasons["task_settings"]).split()) in reasons
+        assert "task settings beta 0.1" in reasons and f"reference {plan.task_settings.reference}:" in reasons
+        assert "pairs ·" in one_line(app, "#plan-summary")  # the batch counts pairs
+        assert plan.estimate.components and "task memory" in reasons  # the reference's memory, in the total
+        assert all(name in reasons for name in plan.estimate.components)
+        screen = app.screen
+        assert screen.query_one("#beta").display and not screen.query_one("#num-generations").display
+        assert screen.query_one("#beta").placeholder == "0.1"
+
+        screen.query_one("#beta").value = "0.25"
+        await settle(pilot)
+        screen.query_one("#reference").value = "precompute"
+        await settle(pilot)
+        plan = app.state.plan
+        assert plan.task_settings.beta == 0.25 and plan.task_settings.reference == "precompute"
+        assert "beta 0.25 · reference precompute" in one_line(app, "#plan-task")
+        assert "beta 0.25 (asked for)" in one_line(app, "#reasons")
+        summary, line = one_line(app, "#plan-summary"), one_line(app, "#plan-task")
+
+        await pilot.press("ctrl+n")  # Export
+        await settle(pilot)
+        assert app.screen.STEP == 5
+        run_dir = app.state.export.run_dir
+        exported = Plan.load(run_dir / "plan.yaml")
+        assert exported.task == "dpo" and exported.task_settings == plan.task_settings
+        assert " ".join(summary_line(exported).plain.split()) == summary
+        assert " ".join(task_line(exported).plain.split()) == line
+        config = yaml.safe_load((run_dir / "dpo_config.yaml").read_text())
+        assert config["beta"] == 0.25 and config["learning_rate"] == exported.learning_rate
+        assert config["per_device_train_batch_size"] == exported.micro_batch
+
+
+@pytest.mark.asyncio
+async def test_grpo_from_the_flag_shows_its_group_and_a_generations_edit_is_exported(gpus, tmp_path: Path):
+    import yaml
+
+    from llmwizard.autotune.plan import Plan
+
+    app = make_app("--task", "grpo", output=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert app.screen.chosen_task() == "grpo"  # the flag's task is the step's default
+        await go_to(pilot, 4)
+        plan = app.state.plan
+        assert plan.task == "grpo" and plan.task_settings.num_generations == 8
+        shown = one_line(app, "#plan-task")
+        assert shown.startswith(f"GRPO · 8 completions per prompt, up to {plan.task_settings.max_completion_length} "
+                                "tokens each · temperature 1 · reward exact_answer · beta 0 · reference none")
+        assert app.screen.query_one("#num-generations").display and app.focused is app.screen.query_one("#beta")
+        await pilot.press("tab", "tab")  # beta, reference, then the completions per prompt
+        assert app.focused is app.screen.query_one("#num-generations")
+        await pilot.press("4")
+        await settle(pilot)
+        plan = app.state.plan
+        assert plan.task_settings.num_generations == 4 and plan.effective_batch % 4 == 0
+        assert "4 completions per prompt" in one_line(app, "#plan-task")
+        assert f"= {plan.effective_batch} completions ·" in one_line(app, "#plan-summary")
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        run_dir = app.state.export.run_dir
+        exported = Plan.load(run_dir / "plan.yaml")
+        assert exported.task_settings == plan.task_settings and exported.effective_batch == plan.effective_batch
+        config = yaml.safe_load((run_dir / "grpo_config.yaml").read_text())
+        assert config["num_generations"] == 4 and config["beta"] == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("field,value,verdict,fix", [
+    ("beta", "0", "beta 0 not applied", "Clear beta (the planner picks 0.1)"),
+    ("packing", "on", "packing on not applied: TRL's DPO trainer cannot do packing on",
+     "Set packing to auto (the planner picks off)"),
+], ids=["beta-0", "packing"])
+async def test_a_setting_dpo_cannot_take_is_not_applied_and_named(gpus, tmp_path: Path, field, value, verdict, fix):
+    """Beta 0, or packing (SFT's), for DPO: the field is marked, the verdict names it, setting it
+    back is the fix, and nothing exports (the exporter would refuse packing for DPO)."""
+    app = make_app("--task", "dpo", output=tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 4)
+        app.screen.query_one(f"#{field}").value = value
+        await settle(pilot)
+        assert app.state.plan is None
+        assert verdict in one_line(app, "#memory") and fix in one_line(app, "#plan-problem")
+        assert app.screen.query_one(f"#{field}").has_class("-refused")
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.screen.STEP == 4 and not list(tmp_path.iterdir())
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("task,rows,columns", [
+    ("dpo", None, "['messages']"),
+    ("kto", [{"prompt": "2+2=", "completion": "4"}], "['completion', 'prompt']"),
+], ids=["sft-data-for-dpo", "kto-without-labels"])
+async def test_a_dataset_that_does_not_fit_the_task_is_named_on_the_dataset_step(gpus, tmp_path: Path, write_jsonl,
+                                                                                 task, rows, columns):
+    app = make_app("--task", task, output=tmp_path / "runs")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 3)
+        field = app.screen.query_one("#dataset")
+        field.value = str(write_jsonl(rows * 20)) if rows else "embedded:arithmetic"
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.screen.STEP == 3 and app.state.dataset_key[0] != field.value  # the report is the last good read
+        facts = one_line(app, "#dataset-facts")
+        assert f"does not fit {task.upper()}" in facts and f"found columns {columns}" in facts
+        assert "What to train on step 1" in facts or "leave the Dataset field (step 4) empty" in facts
+        assert "--" not in facts  # the wizard's fields and steps, not flags
+        assert app.focused is field
+
+
+@pytest.mark.asyncio
+async def test_a_task_preset_sets_the_task_and_another_task_leaves_the_preset(gpus, tmp_path: Path):
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        ids = [screen.query_one("#presets").get_option_at_index(i).id
+               for i in range(screen.query_one("#presets").option_count)]
+        await pilot.press(*["down"] * ids.index("dpo"))
+        await settle(pilot)
+        assert screen.chosen_task() == "dpo"
+        await pilot.press("down")  # a preset without a task: the task chosen before (SFT) is back
+        await settle(pilot)
+        assert ids[ids.index("dpo") + 1] not in screen.preset_tasks and screen.chosen_task() == "sft"
+        await pilot.press(*["down"] * (ids.index("grpo") - ids.index("dpo") - 1))
+        await settle(pilot)
+        assert screen.chosen_task() == "grpo"
+        await pilot.press("tab", "left", "left", "enter")  # GRPO -> KTO -> ORPO
+        await settle(pilot)
+        assert screen.chosen_task() == "orpo"
+        assert screen.query_one("#presets").highlighted == 0  # No preset: grpo's settings are GRPO's
+        assert "Preset grpo trains GRPO: for ORPO, No preset is chosen." in text_of(app, "#nav-status")
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.state.preset is None and app.state.task == "orpo"
+        await go_to(pilot, 4)
+        assert app.state.plan.task == "orpo" and app.state.plan.task_settings.reference == "none"
+        assert not app.screen.query_one("#reference").display  # ORPO has no reference to choose
+
+    app = make_app("--preset", "dpo", output=tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 4)
+        assert app.state.plan.task == "dpo" and "(from preset dpo)" in app.state.plan.reasons["task"]
+
+
+@pytest.mark.asyncio
+async def test_another_task_rereads_the_dataset_replans_and_clears_the_edits(gpus, tmp_path: Path):
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 4)
+        plan_screen = app.screen
+        assert app.state.plan.task == "sft" and not plan_screen.query_one("#task-fields").display
+        assert not plan_screen.query_one("#plan-task").display
+        plan_screen.query_one("#learning-rate").value = "1e-3"
+        await settle(pilot)
+        assert app.state.overrides == {"learning_rate": 1e-3}
+        app.goto(0)
+        await settle(pilot)
+        await pilot.click("#kto")
+        await settle(pilot)
+        await pilot.press("ctrl+n")
+        await go_to(pilot, 4)
+        assert app.state.dataset_key[2] == "kto" and app.state.dataset.profile.task == "kto"
+        assert app.state.dataset.profile.desirable_rows > 0
+        assert app.state.plan.task == "kto" and app.state.overrides == {}
+        assert plan_screen.query_one("#learning-rate").value == ""  # the edit made for SFT is gone
+        assert plan_screen.query_one("#task-fields").display and one_line(app, "#plan-task").startswith("KTO ·")
+        app.goto(3)
+        await settle(pilot)
+        assert "desirable" in one_line(app, "#dataset-facts")
+        app.goto(0)
+        await settle(pilot)
+        await pilot.click("#sft")
+        await pilot.press("ctrl+n")
+        await go_to(pilot, 4)
+        assert app.state.plan.task == "sft" and app.state.plan.task_settings is None
+        assert not plan_screen.query_one("#task-fields").display and not plan_screen.query_one("#plan-task").display
+
+
+@pytest.mark.asyncio
+async def test_what_to_train_keeps_the_focus_when_the_step_comes_back(gpus, tmp_path: Path):
+    app = make_app(output=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("tab")
+        task = app.screen.query_one("#task")
+        assert app.focused is task
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.screen.STEP == 0 and app.focused is task
+        await pilot.press("shift+tab")
+        assert app.focused is app.screen.query_one("#presets")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("task", ["dpo", "grpo"])
+async def test_the_wizard_plans_a_task_as_the_command_line_does(tmp_path: Path, task: str):
+    """The same flags give the same plan in both faces: the task's default model (the embedded model
+    after SFT), its default dataset, its settings and their reasons."""
+    from llmwizard.wizard import cli
+
+    argv = ["--gpus", "2xRTX4090", "--task", task]
+    from_cli, *_ = cli._make_plan(cli.build_subparser("plan").parse_args(argv))
+    app = make_app(*argv, output=tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await go_to(pilot, 4)
+        assert app.state.model.name == from_cli.model == "embedded:tiny-llama-sft"
+        assert app.state.plan.to_dict() == from_cli.to_dict()

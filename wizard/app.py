@@ -1,8 +1,8 @@
 """The interactive wizard: from detected hardware to a running, plotted training job.
 
 `llmwizard` with no arguments in a terminal calls `run_app(args)`. Seven steps, one screen
-each (llmwizard.wizard.screens): preset, hardware, model and method, dataset, plan with what-if edits,
-export and launch, live run. `WizardState` holds every answer so far; screens read it and
+each (llmwizard.wizard.screens): preset and what to train (SFT, DPO, ORPO, KTO, GRPO), hardware,
+model and method, dataset, plan with what-if edits, export and launch, live run. `WizardState` holds every answer so far; screens read it and
 write it from their message handlers, on the UI thread. All decisions come from the core via
 llmwizard.wizard.core; this module only wires screens together.
 """
@@ -38,6 +38,7 @@ class WizardState:
 
     args: argparse.Namespace
     preset: str | None = None
+    task: str | None = None                      # what to train, as chosen on step 1 (or --task); None: the preset's
     detected: HardwareProfile | None = None
     hardware: HardwareProfile | None = None      # what the plan is for
     other_hardware: bool = False                 # planning for hardware described by a spec
@@ -50,7 +51,7 @@ class WizardState:
     trust_code: bool = False                     # consent to run the model's own code (--trust-remote-code)
     dataset_text: str = ""
     dataset: DatasetReport | None = None
-    dataset_key: tuple[str, str] | None = None   # (dataset, model) the report was made for
+    dataset_key: tuple[str, str, str] | None = None   # (dataset, model, task) the report was made for
     overrides: dict[str, Any] = field(default_factory=dict)   # what-if edits on the plan step
     plan: Plan | None = None
     export: ExportResult | None = None
@@ -78,12 +79,28 @@ class WizardState:
         tower = self.vision_tower if self.model is not None and self.model.vision else None
         trust = True if self.trust_code else None  # the box adds consent; an unticked box leaves the flag's
         return core.goals_for(self.preset, self.args, {"method": self.method, "train_vision_tower": tower,
-                                                       "trust_remote_code": trust, **edits})
+                                                       "trust_remote_code": trust, "task": self.task_edit(), **edits})
+
+    def task_edit(self) -> str | None:
+        """The task as an edit on top of the preset: None when it is the preset's own (or SFT without a
+        preset task), so the plan says where the task came from."""
+        from llmwizard.wizard import core
+
+        if self.task is None or self.task == (core.preset_task(self.preset) or "sft"):
+            return None
+        return self.task
+
+    @property
+    def task_name(self) -> str:
+        """What the run trains: the task chosen on step 1, else the preset's, else SFT."""
+        from llmwizard.wizard import core
+
+        return self.task or core.preset_task(self.preset) or "sft"
 
     def plan_inputs(self) -> tuple[Any, ...]:
         """What the plan depends on besides the what-if edits: a change means re-planning."""
-        return (id(self.hardware), id(self.model), id(self.dataset), self.preset, self.method, self.vision_tower,
-                self.trust_code)
+        return (id(self.hardware), id(self.model), id(self.dataset), self.preset, self.task_name, self.method,
+                self.vision_tower, self.trust_code)
 
 
 def _screen_class(index: int) -> type:
@@ -109,6 +126,9 @@ class WizardApp(App[int]):
         args = argparse.Namespace(**vars(args)) if args is not None else argparse.Namespace()
         self.state = WizardState(args)
         self.state.preset = getattr(self.state.args, "preset", None)
+        # --task becomes the wizard's own answer (step 1), so choosing another task on screen wins.
+        self.state.task = getattr(self.state.args, "task", None)
+        self.state.args.task = None
         if getattr(self.state.args, "gpus", None):
             self.state.other_hardware = True
             self.state.gpu_spec = self.state.args.gpus

@@ -79,6 +79,38 @@ def list_presets() -> list[tuple[str, str]]:
             for info in all_presets()]
 
 
+# ----------------------------------------------------------------------------- tasks
+
+# What to train, as step 1 offers it: the label, and one line on the rows the task needs and what it
+# learns from them (the dataset step names the columns when a dataset lacks them).
+TASKS = {
+    "sft": ("SFT", "examples to imitate: chat messages, prompt/completion or text rows"),
+    "dpo": ("DPO", "prompt/chosen/rejected pairs; prefers chosen, against a reference"),
+    "orpo": ("ORPO", "prompt/chosen/rejected pairs; SFT on chosen, no reference model"),
+    "kto": ("KTO", "prompt/completion rows labelled good or bad (true/false), or pairs"),
+    "grpo": ("GRPO", "prompts, and what the reward reads (default: an exact `answer`)"),
+}
+
+
+def task_choices() -> list[str]:
+    """The tasks a user may choose, as the schema allows them."""
+    from llmwizard.autotune.schema import Task, choices
+
+    return choices(Task)
+
+
+def preset_task(preset: str | None) -> str | None:
+    """The task a preset trains (its `task:`), or None when it leaves the task to the user."""
+    return goals_for(preset, None).task if preset else None
+
+
+def default_dataset(task: str) -> str:
+    """The embedded dataset an empty Dataset field reads for `task`."""
+    from llmwizard.autotune.data.preference import DEFAULT_DATASETS
+
+    return DEFAULT_DATASETS[task]  # type: ignore[index]
+
+
 def goals_for(preset: str | None, args: argparse.Namespace | None,
               overrides: dict[str, Any] | None = None) -> Goals:
     """Preset, then command-line flags, then the wizard's own edits: later wins."""
@@ -143,12 +175,21 @@ def _catalog_choice(item: Any) -> Choice:
     return Choice(name, f"{name}  ({', '.join(details)})" if details else name)
 
 
-def load_model(name: str | None, trust_remote_code: bool = False) -> ModelSpec:
-    """The model's spec; a model that names its own code is refused unless `trust_remote_code`."""
+def load_model(name: str | None, trust_remote_code: bool = False, task: str = "sft") -> ModelSpec:
+    """The model's spec (none named: the task's default, as the command line takes it); a model that
+    names its own code is refused unless `trust_remote_code`."""
     from llmwizard.autotune.model.model_spec import load_model_spec
 
-    name = (name or "").strip() or None
+    name = (name or "").strip() or default_model(task)
     return load_model_spec(name, trust_remote_code=trust_remote_code)
+
+
+def default_model(task: str) -> str | None:
+    """The model an empty Model field reads for `task` (None: the embedded tiny model): a preference
+    or reward task starts from the embedded model after a short SFT warm-up."""
+    from llmwizard.autotune.plan.inputs import default_model as default
+
+    return default(task)  # type: ignore[arg-type]
 
 
 def model_directory(model: ModelSpec) -> Path | None:
@@ -168,17 +209,22 @@ class DatasetReport:
     rule: SizeRule
 
 
-def profile_dataset(source: str | None, model: ModelSpec) -> DatasetReport:
+def profile_dataset(source: str | None, model: ModelSpec, task: str = "sft") -> DatasetReport:
+    """The dataset (empty: the task's embedded one) read as `task` reads it; a UserError naming the
+    columns when it does not fit the task."""
     from llmwizard.autotune.plan.inputs import profile_for
     from llmwizard.autotune.data.rules import RULES, classify
 
-    result = profile_for(model, source)
+    result = profile_for(model, source, task)  # type: ignore[arg-type]
     size, why = classify(result)
     return DatasetReport(result, size, why, RULES[size])
 
 
-def dataset_choices(text: str, limit: int = 30) -> list[str]:
-    found = [name for name in (EMBEDDED_DATASET, EMBEDDED_VISION_DATASET) if text.strip().lower() in name]
+def dataset_choices(text: str, limit: int = 30, task: str = "sft") -> list[str]:
+    """Embedded datasets that fit `task` (its default first) matching `text`, then dataset files."""
+    embedded = {"sft": [EMBEDDED_DATASET, EMBEDDED_VISION_DATASET],
+                "kto": [default_dataset("kto"), default_dataset("dpo")]}.get(task, [default_dataset(task)])
+    found = [name for name in embedded if text.strip().lower() in name]
     return (found + _local_paths(text, want_dirs=False))[:limit]
 
 
@@ -247,10 +293,15 @@ def parse_goal_value(name: str, text: str) -> Any:
 
 def make_plan(hardware: HardwareProfile, model: ModelSpec, report: DatasetReport, goals: Goals) -> Plan:
     """The plan by the route every face takes (llmwizard.autotune.plan.inputs.plan_for); a damaged
-    calibration store is a warning of the plan (the terminal belongs to the app)."""
+    calibration store is a warning of the plan (the terminal belongs to the app). A plan whose
+    task's trainer cannot take one of its settings (packing for DPO) is refused here with the
+    exporter's own error, so the plan step never shows a plan that Export would refuse."""
     from llmwizard.autotune.plan.inputs import plan_for
+    from llmwizard.runner.export.configs import trl_config
 
-    return plan_for(hardware, model, report.profile, goals)
+    plan = plan_for(hardware, model, report.profile, goals)
+    trl_config(plan)  # the task's TRL config, as Export writes it
+    return plan
 
 
 # The what-if fields of the plan step, in the words the screen uses (Goals field -> label).
@@ -258,13 +309,31 @@ FIELD_WORDS = {"strategy": "strategy", "checkpointing": "checkpointing", "micro_
                "lora_r": "LoRA rank", "learning_rate": "learning rate", "epochs": "epochs",
                "max_steps": "max steps", "precision": "precision", "optimizer": "optimizer", "packing": "packing",
                "context_parallel": "GPUs per sequence", "activation_offloading": "activation offloading",
-               "liger_kernel": "Liger"}
+               "liger_kernel": "Liger", "beta": "beta", "num_generations": "generations", "reference": "reference"}
 # The what-if fields that are selects with an "auto" value (the others are typed numbers).
 SELECT_FIELDS = ("strategy", "checkpointing", "precision", "optimizer", "packing", "context_parallel",
-                 "activation_offloading", "liger_kernel")
+                 "activation_offloading", "liger_kernel", "reference")
 STRATEGY_WORDS = {"single": "single", "ddp": "DDP", "fsdp": "FSDP2", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}
 # Flags the planner's fixes name, as the wizard says them: a field of a step, or how to start it.
 _FLAG_WORDS = [
+    (r"(?:[Pp]ass|[Uu]se) --task ((?:sft|dpo|orpo|kto|grpo)(?:(?:, | or )(?:sft|dpo|orpo|kto|grpo))*)",
+     lambda m: f"{'C' if m.group(0)[0].isupper() else 'c'}hoose "
+               f"{' '.join(w if w == 'or' else w.upper() for w in m.group(1).split(' '))} under What to train on step 1"),
+    (r"--task (\w+)", lambda m: m.group(1).upper()),
+    (r"leave --dataset out", lambda m: "leave the Dataset field (step 4) empty"),
+    (r"plan\.yaml sets (\w+): (\S+), which TRL's (\w+) trainer cannot do",
+     lambda m: f"TRL's {m.group(3)} trainer cannot do {m.group(1).replace('_', ' ')} "
+               f"{'on' if m.group(2) == 'True' else m.group(2)}"),
+    (r"Set (\w+) back to its default in plan\.yaml, or train with task sft",
+     lambda m: f"Set {FIELD_WORDS.get(m.group(1), m.group(1))} to auto, or choose SFT under What to train on step 1"),
+    (r"--num-generations (\d+)", lambda m: f"generations {m.group(1)}"),
+    (r"--num-generations\b", lambda m: "generations"),
+    (r"--beta (\S+)", lambda m: f"beta {m.group(1)}"),
+    (r"--reference (\w+)", lambda m: f"reference {m.group(1)}"),
+    (r"--max-completion-length (\d+)", lambda m: f"max completion length {m.group(1)} (max_completion_length in a "
+                                                 "preset of your own, chosen on step 1)"),
+    (r"--effective-batch (\d+)", lambda m: f"effective batch {m.group(1)} (effective_batch in a preset of your own, "
+                                           "chosen on step 1)"),
     (r"--method (\w+)", lambda m: f"method {m.group(1).replace('qlora', 'QLoRA').replace('lora', 'LoRA')}, "
                                    "on step 3"),
     (r"with --gpus add '([^']+)'", lambda m: f"add '{m.group(1)}' to the GPUs field on step 2"),
@@ -386,8 +455,36 @@ def explain_refusal(hardware: HardwareProfile, model: ModelSpec, report: Dataset
         return Refusal(f"{asked} not applied together: {detail}",
                        f"{cleared_words[:1].upper()}{cleared_words[1:]}: no one of them alone makes a plan.",
                        found.refused, found.requested)
+    task_fix = _task_field_fix(hardware, model, report, goals_with, overrides, detail)
+    if task_fix is not None:
+        return task_fix
     return Refusal(f"No plan: {in_wizard_words(error.message)}",
                    in_wizard_words(error.fix) if error.fix else None, [], found.requested)
+
+
+# The task's what-if fields, which the core's search of pinned settings leaves out.
+TASK_FIELDS = ("beta", "reference", "num_generations")
+
+
+def _task_field_fix(hardware: HardwareProfile, model: ModelSpec, report: DatasetReport, goals_with: Any,
+                    overrides: dict[str, Any], detail: str) -> Refusal | None:
+    """A refusal that one of the task's fields alone causes (beta 0 for DPO, a reference the method
+    cannot have, a group too large for the batch): that field not applied, and what the planner
+    picks without it. None when no one of them alone is the cause."""
+    from llmwizard.autotune.errors import UserError
+
+    for name in TASK_FIELDS:
+        if overrides.get(name) is None:
+            continue
+        try:
+            cleared = make_plan(hardware, model, report, goals_with({k: v for k, v in overrides.items() if k != name}))
+        except UserError:
+            continue
+        label = FIELD_WORDS[name]
+        auto = f"set {label} to auto" if name in SELECT_FIELDS else f"clear {label}"
+        return Refusal(f"{value_words(name, overrides[name])} not applied: {detail.removeprefix('the plan: ')}",
+                       f"{auto[:1].upper()}{auto[1:]} (the planner picks {_picked(name, cleared)}).", [name])
+    return None
 
 
 def _picked(name: str, plan: Plan) -> str:
@@ -408,6 +505,9 @@ def _picked(name: str, plan: Plan) -> str:
         return "on" if getattr(plan, name) else "off"
     if name == "micro_batch":
         return str(plan.micro_batch)
+    if name in ("beta", "num_generations", "reference"):  # the task's settings
+        value = getattr(plan.task_settings, name, None)
+        return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
     if name == "lora_r":
         return str(plan.lora.r) if plan.lora else "none: full fine-tuning"
     if name == "max_steps":

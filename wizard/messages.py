@@ -58,7 +58,7 @@ class ModelLoaded(Message):
 
 @dataclass
 class DatasetProfiled(Message):
-    key: tuple[str, str]
+    key: tuple[str, str, str]        # (dataset, model, task) it was read for
     report: DatasetReport
     advance: bool = False
 

@@ -68,6 +68,25 @@ def test_dataset_error_inline(snap_compare, tmp_path: Path):
     assert snap_compare(make_app(output=tmp_path), terminal_size=(80, 24), run_before=run_before)
 
 
+@pytest.mark.parametrize("task,step", [("dpo", 3), ("dpo", 4), ("grpo", 4)], ids=["dpo-dataset", "dpo-plan", "grpo-plan"])
+def test_task_steps_at_80x24(snap_compare, task: str, step: int, tmp_path: Path):
+    """A preference or reward task: the dataset read for it (each part's lengths) and its plan (the
+    task's settings under the summary, its own fields above the others)."""
+    assert snap_compare(make_app("--task", task, output=tmp_path), terminal_size=(80, 24), run_before=at_step(step))
+
+
+def test_dataset_that_does_not_fit_the_task(snap_compare, tmp_path: Path):
+    """The SFT data for DPO: refused under the field, its columns named, the way out in the wizard's words."""
+
+    async def run_before(pilot) -> None:
+        await go_to(pilot, 3)
+        pilot.app.screen.query_one("#dataset").value = "embedded:arithmetic"
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+
+    assert snap_compare(make_app("--task", "dpo", output=tmp_path), terminal_size=(80, 24), run_before=run_before)
+
+
 class LossView(App[None]):
     """The run screen's live part, fed a fixed metrics stream (training has its own test)."""
 

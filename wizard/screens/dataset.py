@@ -1,4 +1,8 @@
-"""Step 4: the dataset: format, example count, token lengths, and the dataset-size verdict."""
+"""Step 4: the dataset: format, example count, token lengths, and the dataset-size verdict.
+
+The dataset is read for the task chosen on step 1 (DPO reads prompt/chosen/rejected pairs, GRPO
+prompts): an empty field reads the task's bundled set, each part's lengths are shown apart, and a
+dataset whose columns do not fit the task is refused under the field, naming its columns."""
 
 from __future__ import annotations
 
@@ -18,9 +22,27 @@ from llmwizard.wizard.screens.base import StepScreen
 from llmwizard.wizard.widgets.histogram import TokenHistogram
 
 if TYPE_CHECKING:
+    from llmwizard.autotune.data.dataset import DatasetProfile
     from llmwizard.wizard.core import DatasetReport
 
-FORMATS = {"messages": "chat messages", "prompt_completion": "prompt / completion", "text": "plain text"}
+FORMATS = {"messages": "chat messages", "prompt_completion": "prompt / completion", "text": "plain text",
+           "preference": "prompt / chosen / rejected pairs", "unpaired_preference": "prompt / completion / label",
+           "prompt_only": "prompts"}
+# What an empty Dataset field reads, per task, in the placeholder's words.
+BUNDLED = {"sft": "the bundled arithmetic examples", "dpo": "the bundled arithmetic pairs",
+           "orpo": "the bundled arithmetic pairs", "kto": "the bundled arithmetic answers, labelled",
+           "grpo": "the bundled arithmetic prompts"}
+HELP_SFT = ("A .jsonl/.json/.csv/.parquet file or a Hugging Face dataset name; empty uses the bundled "
+            "arithmetic set. Enter reads it with the model's tokenizer.")
+# What each task reads, as the help line says it.
+READS = {"dpo": "prompt/chosen/rejected pairs", "orpo": "prompt/chosen/rejected pairs",
+         "kto": "prompt/completion/label rows (or pairs)", "grpo": "prompts (and the reward's columns)"}
+# What the token figures of a task's profile measure (the longest sequence one forward reads).
+WHOLE = {"dpo": "the prompt and the longer response", "orpo": "the prompt and the longer response",
+         "kto": "the prompt and the completion", "grpo": "the prompt; completions are generated"}
+# The parts of a row each task's trainer reads apart, as the profile measures them.
+PARTS = {"dpo": ("prompt", "chosen", "rejected"), "orpo": ("prompt", "chosen", "rejected"),
+         "kto": ("prompt", "completion"), "grpo": ("prompt",)}
 
 
 def dataset_facts(report: DatasetReport) -> Table:
@@ -44,6 +66,8 @@ def dataset_facts(report: DatasetReport) -> Table:
                       f"{profile.image_tokens_max} per example: {profile.image_token_share:.0%} of the mean length, "
                       f"counted in the token figures above (text alone: mean {profile.text_tokens_mean:.0f}, "
                       f"p99 {profile.text_tokens_p99}; {profile.image_tokens_rule})")
+    if profile.task != "sft":
+        _task_rows(table, profile)
     verdict = Text(f"{report.size} dataset", style="bold green" if report.size == "small" else "bold cyan")
     verdict.append(f": {report.why}", style="default")
     table.add_row(Text("verdict", style="bold"), verdict)
@@ -53,14 +77,27 @@ def dataset_facts(report: DatasetReport) -> Table:
     return table
 
 
+def _task_rows(table: Table, profile: DatasetProfile) -> None:
+    """What a preference or reward task reads: each part's lengths apart (TRL splits the response
+    off where the prompt ends), KTO's labels, and how the rows were read when it was more than
+    taking their columns."""
+    parts = "; ".join(f"{part} p99 {getattr(profile, f'{part}_tokens_p99')}, max "
+                      f"{getattr(profile, f'{part}_tokens_max')}" for part in PARTS[profile.task])
+    table.add_row(Text("parts", style="bold"), f"{parts} (the tokens above: {WHOLE[profile.task]})")
+    if profile.task == "kto":
+        table.add_row(Text("labels", style="bold"),
+                      f"{profile.desirable_rows:,} desirable, {profile.undesirable_rows:,} undesirable")
+    if profile.note:
+        table.add_row(Text("read as", style="bold"), profile.note)
+
+
 class DatasetScreen(StepScreen):
     STEP = 3
     ERROR_PLACE = "#dataset-facts"
     ERROR_FIELD = "#dataset"
-    HELP = ("A .jsonl/.json/.csv/.parquet file or a Hugging Face dataset name; empty uses the bundled "
-            "arithmetic set. Enter reads it with the model's tokenizer.")
+    HELP = HELP_SFT
 
-    _last_read: tuple[str, str] | None = None    # the (dataset, model) last read, or tried
+    _last_read: tuple[str, str, str] | None = None    # the (dataset, model, task) last read, or tried
 
     def body(self) -> ComposeResult:
         with Horizontal(classes="form-row"):
@@ -76,10 +113,11 @@ class DatasetScreen(StepScreen):
         self.query_one("#dataset", Input).focus()
 
     def on_screen_resume(self) -> None:
-        """Read the dataset when the screen first shows or the model (its tokenizer) changed; not
-        again for a read that failed (its error is shown where the field is, and stays until the
-        text changes and Enter or Next reads it)."""
+        """Read the dataset when the screen first shows or the model (its tokenizer) or the task
+        changed; not again for a read that failed (its error is shown where the field is, and stays
+        until the text changes and Enter or Next reads it)."""
         super().on_screen_resume()
+        self._show_task()
         key = self._key()
         if self.state.dataset is not None and self.state.dataset_key == key:
             self._show(self.state.dataset)
@@ -88,24 +126,35 @@ class DatasetScreen(StepScreen):
         else:  # that read failed: nothing of an older dataset stays in view
             self.query_one(TokenHistogram).show([])
 
-    def _key(self) -> tuple[str, str]:
-        model = self.state.model.name if self.state.model is not None else ""
-        return self.query_one("#dataset", Input).value.strip(), model
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="profile")
-    def read_dataset(self, text: str, model_name: str, advance: bool = False) -> None:
+    def _show_task(self) -> None:
+        """The help and the placeholder say what an empty field reads for the task of step 1."""
         from llmwizard.wizard import core
 
-        self._last_read = (text, model_name)
+        task = self.state.task_name
+        help_text = HELP_SFT if task == "sft" else (
+            f"{core.TASKS[task][0]} reads {READS[task]} from a .jsonl/.json/.csv/.parquet file or a Hugging Face "
+            f"dataset; empty uses {core.default_dataset(task)}.")
+        self.query_one(".help", Static).update(help_text)
+        self.query_one("#dataset", Input).placeholder = f"empty: {BUNDLED[task]}"
+
+    def _key(self) -> tuple[str, str, str]:
+        model = self.state.model.name if self.state.model is not None else ""
+        return self.query_one("#dataset", Input).value.strip(), model, self.state.task_name
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="profile")
+    def read_dataset(self, text: str, model_name: str, task: str, advance: bool = False) -> None:
+        from llmwizard.wizard import core
+
+        self._last_read = (text, model_name, task)
         assert self.state.model is not None, "the model step comes first"
-        self.post_message(DatasetProfiled((text, model_name), core.profile_dataset(text, self.state.model),
+        self.post_message(DatasetProfiled((text, model_name, task), core.profile_dataset(text, self.state.model, task),
                                           advance))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="complete")
     def complete(self, text: str) -> None:
         from llmwizard.wizard import core
 
-        choices = [core.Choice(path, path) for path in core.dataset_choices(text)]
+        choices = [core.Choice(path, path) for path in core.dataset_choices(text, task=self.state.task_name)]
         self.post_message(Completions("dataset", text, choices))
 
     @on(Input.Changed, "#dataset")

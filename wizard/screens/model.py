@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from llmwizard.autotune.model.model_spec import ModelSpec
 
 METHODS = {"full": "Full", "lora": "LoRA", "qlora": "QLoRA"}
+# What an empty Model field reads: the embedded tiny model, or for a preference or reward task the
+# same model after a short SFT warm-up (those tasks tune a model that already answers).
+EMPTY_MODEL = {"sft": "empty: the embedded tiny model (trains anywhere)",
+               "task": "empty: embedded:tiny-llama-sft, the tiny model after SFT on its sums"}
 METHOD_HELP = {
     "full": "every weight trains: most memory, most capacity",
     "lora": "small adapters train, the base stays frozen: the usual choice",
@@ -80,8 +84,7 @@ class ModelScreen(StepScreen):
     def body(self) -> ComposeResult:
         with Horizontal(classes="form-row"):
             yield Label("Model", classes="field-label")
-            yield Input(self.state.model_text, placeholder="empty: the embedded tiny model (trains anywhere)",
-                        id="model", compact=True)
+            yield Input(self.state.model_text, placeholder=EMPTY_MODEL["sft"], id="model", compact=True)
         yield OptionList(id="matches")
         yield Static("Reading the model ...", id="model-facts", classes="detail")
         with Horizontal(classes="form-row"):
@@ -107,6 +110,8 @@ class ModelScreen(StepScreen):
         self._show_method()
         self.query_one("#tower-row").display = False
         self.query_one("#trust-row").display = self.state.trust_code
+        self._task_read = self.state.task_name
+        self.query_one("#model", Input).placeholder = EMPTY_MODEL["sft" if self._task_read == "sft" else "task"]
         self.lookup(self.state.model_text)
         self.query_one("#model", Input).focus()
 
@@ -114,6 +119,21 @@ class ModelScreen(StepScreen):
         super().on_screen_resume()
         if self.state.method is None:  # the preset may have changed: show its method
             self.query_one(f"#{self._default_method()}", RadioButton).value = True
+        self._follow_task()
+
+    _task_read: str = "sft"   # the task of step 1 whose default model an empty field reads
+
+    def _follow_task(self) -> None:
+        """An empty field reads the task's default model (a preference or reward task starts from the
+        embedded model after SFT): another task on step 1 reads it again."""
+        task = self.state.task_name
+        if task == self._task_read:
+            return
+        self._task_read = task
+        field = self.query_one("#model", Input)
+        field.placeholder = EMPTY_MODEL["sft" if task == "sft" else "task"]
+        if not field.value.strip():
+            self.lookup("")
 
     def _tower_default(self) -> bool:
         """The box as the user left it, else as the preset (or --train-vision-tower) sets it."""
@@ -150,7 +170,7 @@ class ModelScreen(StepScreen):
 
         self.post_message(Completions("model", text, core.model_choices(text)))
         try:
-            model = core.load_model(text, trust_remote_code=self.state.trust_code)
+            model = core.load_model(text, trust_remote_code=self.state.trust_code, task=self.state.task_name)
         except UserError as error:
             if advance:
                 raise

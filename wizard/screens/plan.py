@@ -35,7 +35,7 @@ AUTO = "auto"
 CHECKPOINTING = [("auto", AUTO), ("on", "on"), ("off", "off")]
 ON_OFF = CHECKPOINTING
 FIELD_LABELS = {"micro-batch": "Micro-batch", "lora-r": "LoRA rank", "learning-rate": "Learning rate",
-                "epochs": "Epochs", "max-steps": "Max steps"}
+                "epochs": "Epochs", "max-steps": "Max steps", "beta": "Beta", "num-generations": "Generations"}
 
 
 class GoalValue(Validator):
@@ -71,11 +71,23 @@ LONG_SELECTS: list[tuple[str, str, str]] = [("context-parallel", "context_parall
                                             ("activation-offloading", "activation_offloading", "act offload"),
                                             ("liger", "liger_kernel", "Liger")]
 CONTEXT_PARALLEL = [("auto", AUTO)] + [(str(n), str(n)) for n in (1, 2, 4, 8)]
+# (input id, Goals field) of the task's typed fields, on the row a preference or reward task shows:
+# beta for every such task, the completions per prompt for GRPO alone.
+TASK_FIELDS: list[tuple[str, str]] = [("beta", "beta"), ("num-generations", "num_generations")]
+# Where the reference log-probs may come from, per task (ORPO has none: no field). The planner's
+# rules pick among them by the method (a LoRA policy is its own reference with the adapter off).
+REFERENCES = {"dpo": ("copy", "adapter", "precompute"), "kto": ("copy", "adapter", "precompute"),
+              "grpo": ("copy", "adapter", "none")}
+REFERENCE_WORDS = {"copy": "a second, frozen copy of the weights", "adapter": "the policy with its adapter off",
+                   "precompute": "log-probs computed in a pass before training", "none": "no reference model"}
+# What the batch counts, per task (GRPO's micro-batch counts completions, DPO's pairs).
+BATCH_UNITS = {"dpo": "pairs", "orpo": "pairs", "kto": "rows", "grpo": "completions"}
 # Goals field -> the id of its field on this screen.
 FIELD_IDS = ({name: field_id for field_id, name in NUMBER_FIELDS}
              | {"checkpointing": "checkpointing", "strategy": "strategy"}
              | {name: field_id for field_id, name in SAVER_SELECTS}
-             | {name: field_id for field_id, name, _ in LONG_SELECTS})
+             | {name: field_id for field_id, name, _ in LONG_SELECTS}
+             | {name: field_id for field_id, name in TASK_FIELDS} | {"reference": "reference"})
 
 
 def summary_line(plan: Plan) -> Text:
@@ -83,16 +95,36 @@ def summary_line(plan: Plan) -> Text:
     # On several machines: per machine, then the machines ("2 GPUs x 2 nodes" is 4 GPUs).
     count = plan.processes_per_machine if plan.num_machines > 1 else plan.num_processes
     world = f"{count} {unit}" + (("es" if unit == "process" else "s") if count > 1 else "")
-    steps = f"{plan.max_steps} steps" if plan.max_steps > 0 else f"{plan.epochs:g} epochs"
+    steps = f"{plan.max_steps} steps" if plan.max_steps > 0 else f"{plan.epochs:g} epoch{'' if plan.epochs == 1 else 's'}"
     lora = f" r={plan.lora.r}" if plan.lora else ""
     text = Text()
     text.append(STRATEGY_WORDS.get(plan.strategy, plan.strategy), style="bold")  # as the strategy select says it
     if plan.offload != "none":  # the bar's small optimizer/params figures are in host RAM instead
         text.append(f" + {plan.offload} offload", style="bold")
     text.append(f" on {world}" + (f" x {plan.num_machines} nodes" if plan.num_machines > 1 else ""))
+    unit = f" {BATCH_UNITS[plan.task]}" if plan.task in BATCH_UNITS else ""
     text.append(f" · {plan.method}{lora} · {plan.precision} · micro-batch {plan.micro_batch} x accum "
-                f"{plan.grad_accum} = {plan.effective_batch} · {plan.max_length} tokens · {steps} · "
+                f"{plan.grad_accum} = {plan.effective_batch}{unit} · {plan.max_length} tokens · {steps} · "
                 f"lr {plan.learning_rate:g}")
+    return text
+
+
+def task_line(plan: Plan) -> Text:
+    """A preference or reward task and its settings in one line (each one's reason is in the table
+    below); empty for SFT."""
+    from llmwizard.wizard import core
+
+    settings = plan.task_settings
+    if settings is None:
+        return Text()
+    text = Text(core.TASKS[plan.task][0], style="bold")
+    if plan.task == "grpo":
+        rewards = ", ".join(name.rsplit(".", 1)[-1] for name in settings.rewards)
+        text.append(f" · {settings.num_generations} completions per prompt, up to {settings.max_completion_length} "
+                    f"tokens each · temperature {settings.temperature:g} · reward {rewards}")
+    text.append(f" · beta {settings.beta:g} · reference {settings.reference}")
+    if settings.reference != "none":
+        text.append(f" ({REFERENCE_WORDS[settings.reference]})")
     return text
 
 
@@ -105,7 +137,20 @@ def reasons_table(plan: Plan) -> Table:
     table.add_column("reason", ratio=1)
     for key, reason in plan.reasons.items():
         table.add_row(key.replace("_", " "), core.in_wizard_words(reason))
+        if key == "task_settings" and plan.estimate.components:
+            table.add_row("task memory", task_memory(plan))
     return table
+
+
+def task_memory(plan: Plan) -> str:
+    """The task's own terms of the memory estimate (the reference copy, its forward, the generation
+    cache): counted in the total the bar shows, though the bar's legend has SFT's parts only."""
+    from llmwizard.wizard.report import size_text
+
+    est = plan.estimate
+    terms = ", ".join(f"{name} {size_text(size)}" for name, size in est.components.items())
+    peak = f"; the peak is the {est.peak_at}" if est.peak_at in est.components else ""
+    return f"{terms} per {device_word(plan)}, in the total above{peak}"
 
 
 def probe_text(plan: Plan) -> Text:
@@ -139,10 +184,20 @@ class PlanScreen(StepScreen):
         from llmwizard.wizard import core
 
         yield Static("Planning ...", id="plan-summary")
+        yield Static(id="plan-task")
         yield MemoryBar(id="memory")
         yield Static(id="plan-probe")
         yield Static(id="plan-problem", classes="problem")
         yield Static(id="plan-warnings")
+        with Horizontal(id="task-fields", classes="form-row"):  # a preference or reward task's own fields
+            yield Label("beta", id="label-beta", classes="field-label")
+            yield Input(id="beta", classes="num", compact=True, validators=[GoalValue("beta")],
+                        validate_on=["changed", "submitted"])
+            yield Label("reference", id="label-reference", classes="field-label")
+            yield Select([("auto", AUTO)], value=AUTO, allow_blank=False, id="reference", compact=True)
+            yield Label("generations", id="label-num-generations", classes="field-label")
+            yield Input(id="num-generations", classes="num", compact=True, validators=[GoalValue("num_generations")],
+                        validate_on=["changed", "submitted"])
         with Horizontal(classes="form-row"):
             yield Label("micro-batch", id="label-micro-batch", classes="field-label")
             yield Input(id="micro-batch", classes="num", compact=True, validators=[GoalValue("micro_batch")],
@@ -182,12 +237,43 @@ class PlanScreen(StepScreen):
         self.last_plan: Plan | None = None       # the last plan that worked, for these inputs
         self.refusal: Refusal | None = None      # why no plan stands, when the planner refused
         self.field_error: str | None = None      # why no plan stands, when a field is not a value
+        self.task_shown: str | None = None       # the task whose fields the task row shows
         super().on_mount()
+        self._show_task_fields()
         self._fill_overrides()
+
+    def _show_task_fields(self) -> None:
+        """The task row for the task of step 1: beta for a preference or reward task, where the
+        reference comes from (not for ORPO, which has none), the completions per prompt for GRPO.
+        Nothing of it for SFT."""
+        task = self.state.task_name
+        if task == self.task_shown:
+            return
+        self.task_shown = task
+        self.query_one("#task-fields").display = task != "sft"
+        self.set_class(task != "sft", "-task")  # one more row: the rows close up (app.tcss)
+        for field_id, shown in (("beta", task != "sft"), ("reference", task in REFERENCES),
+                                ("num-generations", task == "grpo")):
+            self.query_one(f"#{field_id}").display = shown
+            self.query_one(f"#{field_id}").disabled = not shown  # a hidden field takes no focus
+            self.query_one(f"#label-{field_id}").display = shown
+        reference = self.query_one("#reference", Select)
+        choices = REFERENCES.get(task, ())
+        kept = reference.value if reference.value in choices else AUTO
+        reference.set_options([("auto", AUTO)] + [(name, name) for name in choices])
+        reference.value = kept
+
+    def _task_inputs(self) -> list[tuple[str, str]]:
+        """The task's typed fields shown for this task."""
+        return [(field_id, name) for field_id, name in TASK_FIELDS if not self.query_one(f"#{field_id}").disabled]
 
     def _fill_overrides(self) -> None:
         """Show the edits already made (or given as flags), blank where the planner decides."""
         overrides = self.state.overrides
+        for field_id, name in TASK_FIELDS:
+            value = overrides.get(name)
+            self.query_one(f"#{field_id}", Input).value = "" if value is None else f"{value:g}"
+        self.query_one("#reference", Select).value = overrides.get("reference") or AUTO
         for field_id, name in NUMBER_FIELDS:
             value = overrides.get(name)
             self.query_one(f"#{field_id}", Input).value = "" if value is None else f"{value:g}"
@@ -207,6 +293,9 @@ class PlanScreen(StepScreen):
     def on_screen_resume(self) -> None:
         super().on_screen_resume()
         if self.planned_for != self.state.plan_inputs():
+            # A new preset or task cleared the edits on step 1: the fields show what applies.
+            self._show_task_fields()
+            self._fill_overrides()
             self.replan()
 
     def replan(self) -> None:
@@ -220,6 +309,7 @@ class PlanScreen(StepScreen):
             self.query_one(MemoryBar).show(None, headline=Text("Planning ...", style="dim"))
             self.query_one("#reasons", Static).update("")
             self.query_one("#plan-problem").display = False
+            self._show_task_line(None)
             self._hide_warnings()
             self._mark_refused([])
         self.planned_for = inputs
@@ -254,6 +344,7 @@ class PlanScreen(StepScreen):
         self.query_one("#plan-problem").display = False
         self._mark_refused([])
         self.query_one("#plan-summary", Static).update(summary_line(plan))
+        self._show_task_line(plan)
         self.query_one(MemoryBar).show(plan.estimate, device_word(plan))
         self.query_one("#reasons", Static).update(reasons_table(plan))
         self.query_one("#reasons-box").remove_class("-stale")
@@ -265,7 +356,9 @@ class PlanScreen(StepScreen):
         probe.display = bool(probe_text(plan))
         placeholders = {"micro-batch": plan.micro_batch, "lora-r": plan.lora.r if plan.lora else None,
                         "learning-rate": plan.learning_rate, "epochs": plan.epochs,
-                        "max-steps": plan.max_steps if plan.max_steps > 0 else None}
+                        "max-steps": plan.max_steps if plan.max_steps > 0 else None,
+                        "beta": plan.task_settings.beta if plan.task_settings else None,
+                        "num-generations": plan.task_settings.num_generations if plan.task_settings else None}
         for field_id, value in placeholders.items():
             self.query_one(f"#{field_id}", Input).placeholder = "-" if value is None else f"{value:g}"
         self.set_status("")
@@ -286,6 +379,14 @@ class PlanScreen(StepScreen):
         self.show_last_plan()
         self.set_status("Export is off until a plan stands.", "warning")
 
+    def _show_task_line(self, plan: Plan | None, stale: bool = False) -> None:
+        line = self.query_one("#plan-task", Static)
+        text = task_line(plan) if plan is not None else Text()
+        if stale:
+            text.stylize("dim")
+        line.update(text)
+        line.display = bool(text)
+
     def _hide_warnings(self) -> None:
         """The warnings and the probe line belong to a plan: hidden while none stands."""
         self.query_one("#plan-warnings").display = False
@@ -300,7 +401,8 @@ class PlanScreen(StepScreen):
         """The fields whose values are not applied: marked in colour and, for a screen without colour,
         with a cross before the label."""
         for field_id in ["micro-batch", "checkpointing", "strategy", *[f for f, _ in NUMBER_FIELDS[1:]],
-                         *[f for f, _ in SAVER_SELECTS], *[f for f, _, _ in LONG_SELECTS]]:
+                         *[f for f, _ in SAVER_SELECTS], *[f for f, _, _ in LONG_SELECTS],
+                         *[f for f, _ in TASK_FIELDS], "reference"]:
             refused = field_id in field_ids
             self.query_one(f"#{field_id}").set_class(refused, "-refused")
             label = self.query_one(f"#label-{field_id}", Label)
@@ -314,7 +416,7 @@ class PlanScreen(StepScreen):
         from llmwizard.wizard import core
 
         bad: list[tuple[str, ValueError]] = []
-        for field_id, name in NUMBER_FIELDS:
+        for field_id, name in self._task_inputs() + NUMBER_FIELDS:
             text = self.query_one(f"#{field_id}", Input).value.strip()
             if text:
                 try:
@@ -351,8 +453,10 @@ class PlanScreen(StepScreen):
             stale = Text("last plan that worked (not exported): ", style="bold yellow")
             stale.append(summary_line(self.last_plan).plain, style="dim")
             summary.update(stale)
+            self._show_task_line(self.last_plan, stale=True)
             self.query_one("#reasons-box").add_class("-stale")
         else:
+            self._show_task_line(None)
             summary.update(Text("No plan yet: change what the message below names (Back for hardware, "
                                 "model or dataset).", style="bold yellow"))
             self.query_one("#reasons", Static).update("")
@@ -367,10 +471,13 @@ class PlanScreen(StepScreen):
         if bad:
             self.field_problem(bad)
             return
-        for field_id, name in NUMBER_FIELDS:
+        for field_id, name in self._task_inputs() + NUMBER_FIELDS:
             text = self.query_one(f"#{field_id}", Input).value.strip()
             if text:
                 overrides[name] = core.parse_goal_value(name, text)
+        reference = self.query_one("#reference", Select)
+        if not reference.disabled and reference.value != AUTO:
+            overrides["reference"] = reference.value
         checkpointing = self.query_one("#checkpointing", Select).value
         if checkpointing != AUTO:
             overrides["checkpointing"] = checkpointing == "on"
