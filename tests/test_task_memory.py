@@ -225,8 +225,6 @@ def test_sft_estimates_are_unchanged_and_read_as_before():
 
 
 @pytest.mark.parametrize("changes, words", [
-    (dict(method="lora", task="dpo", reference="copy"), "reference adapter"),
-    (dict(task="dpo", reference="adapter"), "no adapter"),
     (dict(task="dpo", reference="none"), "cannot take reference 'none'"),
     (dict(task="orpo", reference="copy"), "cannot take reference"),
     (dict(task="grpo", reference="precompute", completion_len=64, num_generations=2), "cannot take"),
@@ -288,3 +286,14 @@ def test_grpo_generation_matches_the_real_trainer_within_5_percent(monkeypatch):
     measured, estimated = rows["generation"]
     assert measured > 5 * 2**20
     assert estimated == pytest.approx(measured, rel=0.05)
+
+
+
+def test_a_what_if_over_the_method_keeps_the_reference_as_that_method_holds_it():
+    """The no-fit advice prices "with LoRA" for a full fine-tuning DPO run: LoRA's reference is its
+    disabled adapter, full fine-tuning's a copy (plan.yaml refuses the other pairings by name)."""
+    lora_what_if = est(method="lora", task="dpo", reference="copy")
+    lora = est(method="lora", task="dpo", reference="adapter")
+    assert lora_what_if.total == lora.total and "reference copy" not in lora_what_if.components
+    assert est(method="full", task="dpo", reference="adapter").total == est(method="full", task="dpo",
+                                                                            reference="copy").total

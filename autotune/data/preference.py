@@ -18,7 +18,8 @@ tasks train on text here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from llmwizard.autotune.embedded import EMBEDDED_DATASET, EMBEDDED_PAIRS, EMBEDDED_PROMPTS, EMBEDDED_UNPAIRED
@@ -351,7 +352,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _listed(names: list[str], quote: bool = True, word: str = "and") -> str:
+def _listed(names: Sequence[str], quote: bool = True, word: str = "and") -> str:
     names = [f"`{name}`" if quote else name for name in names]
     if len(names) <= 1:
         return "".join(names)

@@ -16,6 +16,7 @@ import json
 import random
 import shutil
 from pathlib import Path
+from typing import Any
 
 from llmwizard.autotune.embedded import DATASET_PATH, cache_root, ensure_built, ensure_embedded_model
 
@@ -104,5 +105,5 @@ def _warm_up(base: Path, directory: Path) -> None:
 
 def _ids(encoded: object) -> list[int]:
     """Token ids from apply_chat_template, which returns a list or a BatchEncoding by version."""
-    ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded  # type: ignore[index]
-    return list(ids)  # type: ignore[call-overload]
+    ids: Any = encoded["input_ids"] if hasattr(encoded, "keys") else encoded  # type: ignore[index]
+    return [int(token) for token in ids]

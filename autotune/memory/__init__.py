@@ -165,6 +165,10 @@ def estimate(model: ModelSpec, setup: TrainSetup, budget: int, *, grad_accum: in
     if grad_accum < 1:
         raise UserError(f"Gradient accumulation of {grad_accum} micro-steps.", title="Memory estimate",
                         fix="Pass 1 or more.")
+    if setup.task != "sft" and (setup.reference, setup.method == "full") in (("copy", False), ("adapter", True)):
+        # A what-if over the method (the no-fit advice's "with LoRA", "full fine-tuning") keeps the
+        # task's reference as that method holds it: LoRA's is its disabled adapter, full's a copy.
+        setup = replace(setup, reference="adapter" if setup.method != "full" else "copy")
     tasks.validate(model, setup, grad_accum, vllm_utilization)
     task_setup, setup = setup, tasks.policy_setup(setup)  # the step the policy runs
     notes: list[str] = []
@@ -237,7 +241,7 @@ def reference_options(model: ModelSpec, setup: TrainSetup, budget: int, *, grad_
     copy or adapter, and none (beta 0, no KL term); ORPO: none."""
     if setup.task == "sft":
         return {}
-    allowed = [ref for ref in tasks.REFERENCES[setup.task]
+    allowed: list[Reference] = [ref for ref in tasks.REFERENCES[setup.task]
                if not (ref == "copy" and setup.method != "full") and not (ref == "adapter" and setup.method == "full")]
     return {ref: estimate(model, replace(setup, reference=ref), budget, grad_accum=grad_accum,
                           vllm_utilization=vllm_utilization) for ref in allowed}

@@ -47,13 +47,14 @@ from llmwizard.autotune.memory.activations import LM_HEAD_TILE, adapted_linears,
 from llmwizard.autotune.memory.savers import pure_bf16
 from llmwizard.autotune.model.model_types import ModelSpec
 from llmwizard.autotune.train_setup import TrainSetup
+from llmwizard.autotune.schema import Reference
 
 # Trainers whose config turns dropout off in the model (and the reference): DPOConfig, KTOConfig and
 # ORPOConfig `disable_dropout=True`; GRPOConfig's default is False. `disable_dropout_in_model` sets
 # every nn.Dropout's p to 0, LoRA's too, and torch's dropout returns its input untouched at p=0.
 DROPOUT_OFF = ("dpo", "kto", "orpo")
 # Which reference each task may use (Plan._task_consistent says the same to the user).
-REFERENCES = {
+REFERENCES: dict[str, tuple[Reference, ...]] = {
     "dpo": ("copy", "adapter", "precompute"),
     "kto": ("copy", "adapter", "precompute"),
     "orpo": ("none",),
@@ -142,12 +143,12 @@ def reference_weights(model: ModelSpec, setup: TrainSetup) -> tuple[float, float
         return 0.0, 0.0
     lay = layout(model, setup)
     if setup.strategy in ("zero2", "zero3"):
-        whole = model.total_params * lay.compute
+        whole = float(model.total_params * lay.compute)
         if setup.strategy == "zero2":
             return whole, 0.0
         shard = whole / setup.num_gpus
         return (0.0, shard) if setup.offload == "params" else (shard, 0.0)
-    whole = model.total_params * lay.weight
+    whole = float(model.total_params * lay.weight)
     if setup.strategy == "fsdp":
         shard = whole / setup.num_gpus
         return (0.0, shard) if setup.offload != "none" else (shard, 0.0)

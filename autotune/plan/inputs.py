@@ -39,7 +39,12 @@ def model_directory(model: ModelSpec) -> Path | None:
 
         # The warmed-up model shares the base's tokenizer and config; its weights are built at launch.
         return ensure_embedded(None if model.name == EMBEDDED_SFT_MODEL else model.name)
-    return Path(model.path) if model.path and Path(model.path).is_dir() else None
+    if not model.path or not Path(model.path).is_dir():
+        return None
+    from llmwizard.autotune.model.model_spec import run_start
+
+    start = run_start(Path(model.path))  # a finished run: its output/ holds the tokenizer it trained with
+    return start.weights if start is not None else Path(model.path)
 
 
 def profile_for(model: ModelSpec, dataset: str | None, task: Task = "sft") -> DatasetProfile:

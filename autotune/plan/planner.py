@@ -15,7 +15,7 @@ steps in this order, and the Plan. Raising a micro-batch that ran out of memory:
 from __future__ import annotations
 
 import dataclasses
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from llmwizard.autotune.data.dataset import DatasetProfile
 from llmwizard.autotune.goals import GOAL_FIELDS, Goals
@@ -178,9 +178,10 @@ def _choose_with_task(hardware: HardwareProfile, model: ModelSpec, base: TrainSe
                 "computed in one no-grad pass over the data before training (about a third of an epoch's compute "
                 "more) and no reference model is held")
             return choice, settings
-    raise task_steps.lead_with_levers(error, lambda changes, changed_goals: choose(
-        hardware, model, dataclasses.replace(base, **changes), changed_goals, budget, effective, world),
-        base, goals, settings)
+    def try_with(changes: dict[str, Any], changed_goals: Goals) -> Choice:
+        return choose(hardware, model, dataclasses.replace(base, **changes), changed_goals, budget, effective, world)
+
+    raise task_steps.lead_with_levers(error, try_with, base, goals, settings)
 
 
 def fixed_setup(hardware: HardwareProfile, model: ModelSpec, goals: Goals, seq_len: int, micro_batch: int,

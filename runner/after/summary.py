@@ -11,6 +11,8 @@ Plain strings only: no rich, no textual.
 
 from __future__ import annotations
 
+from typing import Any
+
 import math
 import shlex
 from dataclasses import dataclass, field
@@ -195,6 +197,18 @@ def _first_last(state: RunState, key: str, form: str) -> str | None:
     return f"{form.format(first)} -> {form.format(last)}"
 
 
+def _reward_words(reward: list[tuple[int, float]], with_spread: Any, notes: list[str]) -> str:
+    """First -> last reward. One step's reward is the mean over a few prompts' groups and jumps from
+    step to step, so with ten logs or more the words compare the means of the first and last tenth."""
+    window = len(reward) // 10
+    if window < 1:
+        return f"{with_spread(*reward[0])} -> {with_spread(*reward[-1])}" + (f" ({'; '.join(notes)})" if notes else "")
+    first = sum(value for _, value in reward[:window]) / window
+    last = sum(value for _, value in reward[-window:]) / window
+    return (f"{first:.3f} -> {last:.3f} (means of the first and last {window} logs; last log "
+            f"{with_spread(*reward[-1])}" + "".join(f"; {note}" for note in notes) + ")")
+
+
 def task_rows(state: RunState) -> list[tuple[str, str]]:
     """A preference or reward run's own figures, first -> last with the best, as summary rows;
     none for SFT."""
@@ -226,8 +240,7 @@ def task_rows(state: RunState) -> list[tuple[str, str]]:
         length = _first_last(state, m.COMPLETION_LENGTH, "{:.0f}")
         alike = _first_last(state, m.ZERO_STD, "{:.0%}")
         rows += [
-            ("reward", f"{with_spread(*reward[0])} -> {with_spread(*reward[-1])}"
-             + (f" ({'; '.join(notes)})" if notes else "") if reward else None),
+            ("reward", _reward_words(reward, with_spread, notes) if reward else None),
             ("completion length", f"{length} tokens" + (f" ({clipped:.0%} cut at max_completion_length at the last "
                                                         "log)" if clipped is not None else "") if length else None),
             ("same-score groups", f"{alike} (groups whose completions all scored alike teach nothing)"

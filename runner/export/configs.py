@@ -300,6 +300,10 @@ def task_keys(plan: Plan) -> dict[str, Any]:
             "per_device_eval_batch_size": grpo_eval_batch(plan.micro_batch, plan.num_processes,
                                                           settings.num_generations),
         })
+        if plan.eval_fraction > 0:
+            # GRPO's loss is no measure of the model (it centres on 0 every step); the held-out
+            # prompts' mean reward is, and higher is better.
+            keys.update({"metric_for_best_model": "eval_reward", "greater_is_better": True})
     return keys
 
 
