@@ -115,6 +115,18 @@ def test_nothing_fits_names_the_tasks_levers_first(llama8b):
     (["--task", "grpo", "--reward", "rm -rf"], ["--reward", "'rm -rf'", "module.function"]),
     (["--task", "ppo"], ["--task", "ppo"]),
     (["--task", "dpo", "--beta", "0"], ["needs beta above 0"]),
+    (["--task", "dpo", "--packing"], ["packing (asked for)", "DPO trainer", "--packing"]),
+    (["--task", "grpo", "--gpus", "1xH100", "--activation-offloading"], ["activation_offloading", "GRPO trainer"]),
 ])
 def test_bad_task_flags_are_refused_by_name(flags, words, tmp_path):
     assert_refused(run_cli("plan", *flags, cwd=tmp_path), words)
+
+
+def test_the_search_never_offloads_activations_for_a_trainer_without_it(llama8b):
+    """ORPO and GRPO have no activation offloading in TRL: a tight plan does without it."""
+    for task, data in (("orpo", PAIRS), ("grpo", PROMPTS)):
+        try:
+            p = planned(llama8b, data, task=task)
+        except UserError:
+            continue  # nothing fits without it: refused, never exported with a key the trainer lacks
+        assert not p.activation_offloading, task

@@ -42,6 +42,8 @@ from llmwizard.autotune.train_setup import OFFLOADS, OPTIMIZERS, STRATEGIES, Tra
 
 # Keep this share of the budget free: allocator spikes, evaluation and checkpoint saving.
 HEADROOM = 0.05
+# Tasks whose TRL trainer has no activation offloading (ORPOConfig and GRPOConfig lack the field).
+NO_ACTIVATION_OFFLOADING = ("orpo", "grpo")
 CPU_TFLOPS = 0.2  # a few cores: only used to rank CPU candidates against each other
 
 
@@ -186,7 +188,9 @@ def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
     if savers:
         tiers += [Tier(strategies, ["none"], optimizer, why, precision, offload_activations=asked)
                   for optimizer, precision, why in saver_tiers(space.hardware.device, base, goals)]
-    if goals.activation_offloading is None and space.hardware.device == "cuda":
+    # (TRL's ORPO and GRPO trainers have no activation offloading)
+    may_offload_activations = goals.activation_offloading is None and base.task not in NO_ACTIVATION_OFFLOADING
+    if may_offload_activations and space.hardware.device == "cuda":
         last = tiers[-1]
         tiers.append(Tier(strategies, last.offloads, last.optimizer, last.why, last.precision,
                           offload_activations=True, activations_why=ACTIVATIONS_WHY))
@@ -196,7 +200,7 @@ def _tiers(space: SearchSpace, goals: Goals) -> list[Tier]:
     if fused:
         optimizer, precision, why = fused
         tiers.append(Tier(strategies, ["none"], optimizer, why, precision, offload_activations=asked))
-        if goals.activation_offloading is None:
+        if may_offload_activations:
             tiers.append(Tier(strategies, ["none"], optimizer, why, precision, offload_activations=True,
                               activations_why=ACTIVATIONS_WHY))
     if not goals.offload and not fused_in_backward(base.optimizer) and base.optimizer not in LOW_RANK_OPTIMIZERS:

@@ -123,6 +123,7 @@ def settings(goals: Goals, dataset: DatasetProfile, method: Method, model: Model
     name = goals.task_name
     if name == "sft":
         return None
+    _refuse_what_the_trainer_lacks(goals, name)
     beta = goals.beta if goals.beta is not None else DEFAULT_BETA[name]
     ref = reference(goals, method, beta)
     parts = [f"beta {beta:g} ({goals.origin('beta') if goals.beta is not None else BETA_SOURCE[name]})",
@@ -160,6 +161,20 @@ def settings(goals: Goals, dataset: DatasetProfile, method: Method, model: Model
         response = max(dataset.chosen_tokens_max, dataset.rejected_tokens_max, dataset.completion_tokens_max)
         value = TaskSettings(beta=beta, reference=ref.value, prompt_tokens=prompt, response_tokens=response)
     return Decision(value, "; ".join(parts))
+
+
+def _refuse_what_the_trainer_lacks(goals: Goals, name: Task) -> None:
+    """Settings the task's TRL trainer has no field for: padding-free packing (DPO, ORPO, KTO and
+    GRPO pad each batch themselves), activation offloading (ORPO, GRPO) and context parallelism
+    (ORPO pads nothing to the chunks it needs)."""
+    lacks = {"packing": bool(goals.packing),
+             "activation_offloading": bool(goals.activation_offloading) and name in ("orpo", "grpo"),
+             "context_parallel": (goals.context_parallel or 1) > 1 and name == "orpo"}
+    for key, asked in lacks.items():
+        if asked:
+            flag = "--" + key.replace("_", "-")
+            raise UserError(f"{key} ({goals.origin(key)}) is not something TRL's {name.upper()} trainer can do.",
+                            title="Task", fix=f"Drop {flag}, or train with --task sft.")
 
 
 def max_length(settings_: TaskSettings, dataset: DatasetProfile, model: ModelSpec) -> Decision[int]:
