@@ -1411,7 +1411,8 @@ async def test_grpo_from_the_flag_shows_its_group_and_a_generations_edit_is_expo
         assert plan.task == "grpo" and plan.task_settings.num_generations == 8
         shown = one_line(app, "#plan-task")
         assert shown.startswith(f"GRPO · 8 completions per prompt, up to {plan.task_settings.max_completion_length} "
-                                "tokens each · temperature 1 · reward exact_answer · beta 0 · reference none")
+                                f"tokens each · temperature {plan.task_settings.temperature:g} · reward exact_answer · "
+                                "beta 0 · reference none")
         assert app.screen.query_one("#num-generations").display and app.focused is app.screen.query_one("#beta")
         await pilot.press("tab", "tab")  # beta, reference, then the completions per prompt
         assert app.focused is app.screen.query_one("#num-generations")

@@ -144,6 +144,9 @@ SAMPLES: dict[str, object] = {
     "optimizer": "adafactor", "launcher": "torchrun", "processes": 1, "report_to": ["none"], "probe": False,
     "context_parallel": 2, "activation_offloading": True, "packing": True, "liger_kernel": True,
     "train_vision_tower": True, "trust_remote_code": True, "seed": 7,
+    # The task's own keys: alone (the task is sft) each of them is refused, which changes the outcome too.
+    "task": "dpo", "beta": 0.2, "reference": "precompute", "num_generations": 4, "max_completion_length": 64,
+    "temperature": 0.7, "rewards": ["my_rewards.score"],
 }
 
 
@@ -199,7 +202,7 @@ def test_docs_name_each_preset_keys_rule():
             line = next(ln for ln in section.splitlines() if ln.startswith(f"| `{key}` |"))
             assert f"`{rule}`" in line, f"docs/schema.md: {key} is {rule}"
             checked += 1
-    assert checked == 19  # every numeric key
+    assert checked == 23  # every numeric key
 
 
 # ----------------------------------------------------------------------------- one rule everywhere

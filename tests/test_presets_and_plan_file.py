@@ -85,7 +85,8 @@ def test_shrinking_the_micro_batch_keeps_the_effective_batch(cpu_plan):
 
 # ----------------------------------------------------------------------------- the presets
 
-BUNDLED = ["cpu-debug", "full-finetune", "large-dataset", "long-context", "multi-node", "qlora", "small-dataset"]
+BUNDLED = ["cpu-debug", "dpo", "full-finetune", "grpo", "kto", "large-dataset", "long-context", "multi-node", "orpo",
+           "qlora", "small-dataset"]
 
 
 def test_every_bundled_preset_passes_the_schema_and_names_its_command():
@@ -100,6 +101,7 @@ def test_every_bundled_preset_passes_the_schema_and_names_its_command():
     assert load_preset("qlora").method == "qlora" and load_preset("full-finetune").method == "full"
     assert load_preset("long-context").max_length_cap == 131072
     assert load_preset("multi-node").launcher == "torchrun"
+    assert [load_preset(name).task for name in ("dpo", "orpo", "kto", "grpo")] == ["dpo", "orpo", "kto", "grpo"]
 
 
 @pytest.mark.parametrize("name", ["long-context", "full-finetune", "qlora", "multi-node"])

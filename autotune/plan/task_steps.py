@@ -33,6 +33,8 @@ from llmwizard.autotune.plan.plan_steps import DEFAULT_EFFECTIVE_BATCH, Decision
 from llmwizard.autotune.schema import MAX_BATCH, Method, Reference, Task
 from llmwizard.autotune.train_setup import TrainSetup
 
+# The goals only a preference or reward task reads (refused under SFT rather than ignored).
+TASK_KEYS = ("beta", "reference", "num_generations", "max_completion_length", "temperature", "rewards")
 DEFAULT_BETA = {"dpo": 0.1, "kto": 0.1, "orpo": 0.1, "grpo": 0.0}
 BETA_SOURCE = {
     "dpo": "the DPO paper's value and TRL's default",
@@ -122,6 +124,11 @@ def settings(goals: Goals, dataset: DatasetProfile, method: Method, model: Model
     """The task's settings (None for SFT), with one reason naming each value's source."""
     name = goals.task_name
     if name == "sft":
+        asked = [key for key in TASK_KEYS if getattr(goals, key) is not None]
+        if asked:
+            raise UserError(f"{', '.join(asked)} ({goals.origin(asked[0])}) are settings of the preference and reward "
+                            "tasks, but the task is sft.", title="Task",
+                            fix=f"Pass --task dpo, orpo, kto or grpo, or drop {', '.join(asked)}.")
         return None
     _refuse_what_the_trainer_lacks(goals, name)
     beta = goals.beta if goals.beta is not None else DEFAULT_BETA[name]
