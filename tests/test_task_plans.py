@@ -130,3 +130,19 @@ def test_the_search_never_offloads_activations_for_a_trainer_without_it(llama8b)
         except UserError:
             continue  # nothing fits without it: refused, never exported with a key the trainer lacks
         assert not p.activation_offloading, task
+
+
+def test_grpo_plans_size_generation_for_the_whole_step_whatever_the_micro_batch(llama8b):
+    """TRL generates a step's completions at once (steps_per_generation = the accumulation), so the
+    plan's generation cache holds micro-batch x accumulation sequences, not one micro-batch's."""
+    from llmwizard.autotune.memory import estimate
+    from llmwizard.autotune.plan.replan import setup_of
+
+    grpo = planned(llama8b, PROMPTS, gpus="1xH100-80GB", task="grpo", micro_batch=4, effective_batch=64)
+    assert grpo.grad_accum == 16
+    setup = dataclasses.replace(setup_of(grpo), task="grpo", reference="none", num_generations=8,
+                                prompt_len=grpo.task_settings.prompt_tokens,
+                                completion_len=grpo.task_settings.max_completion_length)
+    one_micro_batch = estimate(llama8b, setup, 80 * 2**30)
+    assert grpo.estimate.components["generation KV cache"] == pytest.approx(
+        16 * one_micro_batch.components["generation KV cache"], rel=0.01)

@@ -260,7 +260,10 @@ def _largest_fitting(space: SearchSpace, strategy: Strategy, offload: Offload, h
         setup = _replace(base, strategy=strategy, offload=offload, micro_batch=micro, checkpointing=checkpointing,
                          num_gpus=shards, optimizer=optimizer, precision=precision or base.precision, cp=cp,
                          offload_activations=offload_activations)
-        est = estimate(space.model, setup, space.budget)
+        # GRPO generates for a whole optimizer step's completions at once (TRL's steps_per_generation
+        # defaults to the accumulation): a smaller micro-batch does not shrink the generation batch.
+        accum = space.effective * cp // (micro * space.world) if base.task == "grpo" else 1
+        est = estimate(space.model, setup, space.budget, grad_accum=max(1, accum))
         if est.total > space.usable:
             continue
         if (offload != "none" or offload_activations) and est.host_ram > hardware.host_ram_available:
