@@ -1434,7 +1434,7 @@ async def test_grpo_from_the_flag_shows_its_group_and_a_generations_edit_is_expo
 @pytest.mark.asyncio
 @pytest.mark.parametrize("field,value,verdict,fix", [
     ("beta", "0", "beta 0 not applied", "Clear beta (the planner picks 0.1)"),
-    ("packing", "on", "packing on not applied: TRL's DPO trainer cannot do packing on",
+    ("packing", "on", "packing on not applied: packing (asked for) is not something TRL's DPO trainer can do",
      "Set packing to auto (the planner picks off)"),
 ], ids=["beta-0", "packing"])
 async def test_a_setting_dpo_cannot_take_is_not_applied_and_named(gpus, tmp_path: Path, field, value, verdict, fix):
